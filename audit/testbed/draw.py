@@ -571,7 +571,7 @@ def _swirl_strokes(
     n = int(density * size * size)
     starts = rng.uniform(0, size - 1e-3, (n, 2)).astype(np.float32)
     jitter = rng.normal(1.0, 0.16, n).astype(np.float32)
-    seglen = size / 28.0
+    seglen = size / 44.0
     width = max(1, round(_SS * size / 64))
     for (px, py), j in zip(starts, jitter, strict=True):
         c = src[int(py), int(px)] * j
@@ -747,6 +747,9 @@ def draw_image(
             c2 = np.array([250, 230, 40], np.float32) if c2[0] > 128 else c2
             img = _paint_glyph(img, m2, c2, "flat", rng)
     img = _global_style(img, style, rng)
+    if style == "van gogh":  # strokes smear edges: restore a faint outline so shapes stay legible
+        e = _edge(mask)[..., None] * 0.6
+        img = img * (1 - e) + _contrast_colour(colour) * e
     return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
 
 

@@ -1,0 +1,553 @@
+"""``laion-audit poisons WS``: rank poison candidates (dirty-label, clean-label, split-view).
+
+Reads ``WS/embeddings`` (and ``WS/findings/concepts.parquet`` when present), scores every
+sample whose caption names a concept with the pure detectors of :mod:`detectors.poisons`,
+combines the scores into one ranked score with reasons, flags by threshold or expected rate,
+and writes ``WS/findings/poisons.parquet`` plus the concept vulnerability table
+``WS/findings/concept_vulnerability.parquet`` (also in ``poisons.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from audit.config import ConfigError, require
+from audit.errors import InputError
+from audit.stages import add_workspace_argument
+
+logger = logging.getLogger(__name__)
+
+HELP = "rank poison candidates: dirty-label, clean-label (Nightshade-style) and split-view"
+DESCRIPTION = """\
+Rank poison candidates per concept and say why each one was flagged.
+
+For every concept (captions naming it by word match, optionally also by semantic match), each
+sample gets versioned scores: alignment_cos_v1 (image-text cosine) and alignment_gmm_v1
+(per-concept 2-Gaussian mixture: probability the pair is mismatched), concept_pull_v1
+(zero-shot over the concept list with prompt ensembles: how much nearer the image is to another
+concept than to its caption's), kdist_v1 and lof_v1 (local outliers among the concept's images),
+spectral_v1 (projection on the concept's top singular direction) and split_view_v1 (ingest
+status hash_mismatch: the URL now serves other bytes). Per concept the scores become robust
+z-scores; combined = largest z + 0.5 x second largest. Rows are flagged when combined >=
+--threshold, or, with --expected-rate R, the top 1.5 x R of each concept. Split-view rows are
+always flagged. Kind guess: dirty (the image does not match its caption), clean (aligned but
+pulled toward another concept or out of place), split_view.
+
+Writes WS/findings/poisons.parquet (key, concept, one column per score, combined_score, rank,
+flagged, kind, reasons), WS/findings/poisons.json (parameters, timings, summary, concept
+vulnerability) and WS/findings/concept_vulnerability.parquet (concepts ranked by sparsity and by
+the candidates they hold; joined with the `concepts` finding when it exists).
+"""
+
+DEFAULT_THRESHOLD = 6.0
+"""Default flag threshold on the combined score (robust-z units)."""
+
+PROMPT_TEMPLATES: tuple[str, ...] = (
+    "a photo of {a} {c}.",
+    "{a} {c}.",
+    "{c}",
+    "an illustration of {a} {c}.",
+    "a drawing of {a} {c}.",
+    "a painting of {a} {c}.",
+    "the {c}.",
+    "a picture of the {c}.",
+)
+"""Prompt ensemble for concept text embeddings (``{a}`` is the indefinite article)."""
+
+SPLIT_VIEW_REASON = ("split_view_v1: the URL now serves bytes that differ from the recorded "
+                     "sha256 (ingest status hash_mismatch)")
+
+MATCH_MODES = ("word", "semantic", "both")
+
+
+@dataclass
+class Config:
+    """Options of ``laion-audit poisons`` (``[poisons]`` in audit.toml)."""
+
+    concepts: list[str] | None = None
+    concepts_file: str | None = None
+    match: str = "word"
+    semantic_threshold: float | None = None
+    expected_rate: float | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    fire_z: float = 3.5
+    k_min: int = 16
+    k_max: int = 32
+    min_concept_size: int = 8
+    max_reference: int = 20000
+    device: str = "cpu"
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.match in MATCH_MODES, "poisons.match", f"must be one of {MATCH_MODES}",
+                self.match)
+        if self.expected_rate is not None:
+            require(0 < self.expected_rate <= 0.5, "poisons.expected_rate",
+                    "must be in (0, 0.5]", self.expected_rate)
+        require(math.isfinite(self.threshold) and self.threshold > 0, "poisons.threshold",
+                "must be a positive number", self.threshold)
+        require(self.fire_z > 0, "poisons.fire_z", "must be positive", self.fire_z)
+        require(self.k_min >= 2, "poisons.k_min", "must be >= 2", self.k_min)
+        require(self.k_max >= self.k_min, "poisons.k_max", "must be >= k_min", self.k_max)
+        require(self.min_concept_size >= 3, "poisons.min_concept_size", "must be >= 3",
+                self.min_concept_size)
+        require(self.max_reference >= 100, "poisons.max_reference", "must be >= 100",
+                self.max_reference)
+        require(self.batch_size >= 1, "poisons.batch_size", "must be >= 1", self.batch_size)
+        if self.semantic_threshold is not None:
+            require(-1 <= self.semantic_threshold <= 1, "poisons.semantic_threshold",
+                    "must be a cosine in [-1, 1]", self.semantic_threshold)
+        if self.concepts is not None:
+            self.concepts = [c.strip() for c in self.concepts if c and c.strip()]
+            require(bool(self.concepts), "poisons.concepts", "must name at least one concept",
+                    self.concepts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workspace_argument(parser)
+    parser.add_argument("--concepts", default=None, metavar="LIST",
+                        help="comma-separated concepts (default: the `concepts` finding, else "
+                             "the testbed's concept list)")
+    parser.add_argument("--concepts-file", dest="concepts_file", default=None, metavar="FILE",
+                        help="file with one concept per line (instead of --concepts)")
+    parser.add_argument("--match", default=None, choices=MATCH_MODES,
+                        help="concept membership: word match (default), semantic match (caption "
+                             "text embedding nearest to the concept's prompts, above the "
+                             "semantic threshold), or both")
+    parser.add_argument("--semantic-threshold", dest="semantic_threshold", type=float,
+                        default=None, metavar="COS",
+                        help="cosine radius for semantic match (default: the concepts "
+                             "finding's semantic_threshold)")
+    parser.add_argument("--expected-rate", dest="expected_rate", type=float, default=None,
+                        metavar="R",
+                        help="flag the top 1.5 x R of each concept instead of using --threshold")
+    parser.add_argument("--threshold", type=float, default=None, metavar="T",
+                        help=f"flag combined_score >= T (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--fire-z", dest="fire_z", type=float, default=None, metavar="Z",
+                        help="a score is named in the reasons when its robust z >= Z (3.5)")
+    parser.add_argument("--k-min", dest="k_min", type=int, default=None,
+                        help="smallest neighbourhood for k-distance/LOF (16)")
+    parser.add_argument("--k-max", dest="k_max", type=int, default=None,
+                        help="largest neighbourhood for k-distance/LOF (32)")
+    parser.add_argument("--device", default=None, help="device for concept text embeddings")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (0)")
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+
+
+def resolve_concepts(cfg: Config, ws: Any) -> tuple[list[str], str]:
+    """The concept list and where it came from (option, file, concepts finding, testbed)."""
+    if cfg.concepts:
+        return _dedupe(cfg.concepts), "option"
+    if cfg.concepts_file:
+        p = Path(cfg.concepts_file)
+        if not p.is_file():
+            raise ConfigError(f"poisons.concepts_file: file not found (got {str(p)!r})")
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+        items = [ln for ln in lines if ln and not ln.startswith("#")]
+        if not items:
+            raise ConfigError(f"poisons.concepts_file: no concepts in {str(p)!r}")
+        return _dedupe(items), "file"
+    if ws.has_finding("concepts"):
+        tab = ws.read_finding("concepts")
+        if "concept" in tab.column_names and tab.num_rows:
+            return _dedupe(str(c) for c in tab.column("concept").to_pylist()), "concepts finding"
+    from audit.testbed.draw import CONCEPTS
+
+    logger.warning("no --concepts and no concepts finding: using the testbed's %d concepts",
+                   len(CONCEPTS))
+    return list(CONCEPTS), "testbed default"
+
+
+def _dedupe(items: Any) -> list[str]:
+    seen: dict[str, None] = {}
+    for it in items:
+        it = str(it).strip()
+        if it:
+            seen.setdefault(it, None)
+    return list(seen)
+
+
+def _matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list column without nulls as a float32 (n, d) matrix."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if arr.null_count:
+        raise InputError("embedding column has null rows where embeddings were expected")
+    d = arr.type.list_size
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(len(arr), d)
+
+
+def load_inputs(ws: Any) -> dict[str, Any]:
+    """Rows with an image embedding (what can be scored) and the hash_mismatch keys.
+
+    Rows without an image embedding (failed downloads/decodes) cannot be scored and are left
+    out; hash_mismatch rows are kept for split-view whether or not they carry embeddings.
+    """
+    cols = ["key", "caption", "status", "image_emb", "text_emb", "clip_score"]
+    tab = ws.load_embeddings(columns=cols)
+    missing = [c for c in cols if c not in tab.column_names]
+    if missing:
+        raise InputError(f"embeddings lack columns {missing}")
+    n_total = tab.num_rows
+    status = np.asarray(tab.column("status").to_pylist(), dtype=object)
+    keys_all = np.asarray(tab.column("key").to_pylist(), dtype=object)
+    split_keys = keys_all[status == "hash_mismatch"]
+    captions_all = tab.column("caption").to_pylist()
+    has_img = np.asarray(tab.column("image_emb").is_valid().to_numpy(zero_copy_only=False))
+    has_txt = np.asarray(tab.column("text_emb").is_valid().to_numpy(zero_copy_only=False))
+    scorable = has_img & has_txt & np.array([bool(c) for c in captions_all])
+    sub = tab.filter(pa.array(scorable))
+    img = _matrix(sub.column("image_emb"))
+    txt = _matrix(sub.column("text_emb"))
+    from detectors.stats import normalize_rows
+
+    img, txt = normalize_rows(img), normalize_rows(txt)
+    clip = np.asarray(sub.column("clip_score").to_numpy(zero_copy_only=False), dtype=np.float64)
+    own = (img * txt).sum(axis=1).astype(np.float64)
+    clip = np.where(np.isfinite(clip), clip, own)
+    return {
+        "n_total": n_total,
+        "keys": np.asarray(sub.column("key").to_pylist(), dtype=object),
+        "captions": sub.column("caption").to_pylist(),
+        "status": np.asarray(sub.column("status").to_pylist(), dtype=object),
+        "image_emb": img,
+        "text_emb": txt,
+        "clip_score": clip,
+        "split_keys": split_keys,
+        "all_captions": captions_all,
+        "all_keys": keys_all,
+        "all_status": status,
+        "n_unscorable": int((~scorable).sum()),
+    }
+
+
+def concept_text_embeddings(model: Any, tokenizer: Any, concepts: list[str], *,
+                            device: str = "cpu", batch_size: int = 256,
+                            templates: tuple[str, ...] = PROMPT_TEMPLATES) -> np.ndarray:
+    """Prompt-ensemble text embedding per concept: mean of the normalised template embeddings,
+    re-normalised, shape (K, d)."""
+    from audit.models import encode_texts
+    from detectors.stats import normalize_rows
+
+    prompts = [t.format(c=c, a=_article(c)) for c in concepts for t in templates]
+    emb = encode_texts(model, tokenizer, prompts, device=device, batch_size=batch_size)
+    emb = normalize_rows(np.asarray(emb, dtype=np.float32))
+    return normalize_rows(emb.reshape(len(concepts), len(templates), -1).mean(axis=1))
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def caption_centroids(text_emb: np.ndarray, members: list[np.ndarray]) -> np.ndarray:
+    """Model-free fallback concept embeddings: the normalised mean caption embedding of each
+    concept's members (zero rows for concepts without members)."""
+    from detectors.stats import normalize_rows
+
+    out = np.zeros((len(members), text_emb.shape[1]), np.float32)
+    for i, rows in enumerate(members):
+        if len(rows):
+            out[i] = text_emb[rows].mean(axis=0)
+    return normalize_rows(out)
+
+
+def load_concept_embeddings(ws: Any, cfg: Config, concepts: list[str], text_emb: np.ndarray,
+                            members: list[np.ndarray]) -> tuple[np.ndarray, str]:
+    """Concept embeddings from the workspace's model (prompt ensembles), or caption centroids
+    when that model cannot be loaded here (e.g. imported embeddings of an unavailable model)."""
+    info = ws.model_info()
+    name = info.get("model") or info.get("name")
+    pretrained = info.get("pretrained")
+    if not name:
+        logger.warning("embeddings/model.json names no model: concept pull uses caption "
+                       "centroids instead of prompt ensembles")
+        return caption_centroids(text_emb, members), "caption_centroids"
+    try:
+        from audit.models import load_clip
+
+        model, _, tokenizer = load_clip(name, pretrained=pretrained, device=cfg.device)
+    except Exception as exc:  # noqa: BLE001 - any load failure falls back, and is logged
+        logger.warning("cannot load model %r (%s): concept pull uses caption centroids",
+                       name, exc)
+        return caption_centroids(text_emb, members), "caption_centroids"
+    emb = concept_text_embeddings(model, tokenizer, concepts, device=cfg.device,
+                                  batch_size=cfg.batch_size)
+    if emb.shape[1] != text_emb.shape[1]:
+        raise InputError(f"model {name!r} gives {emb.shape[1]}-d text embeddings but the "
+                         f"workspace's are {text_emb.shape[1]}-d: model.json does not match")
+    return emb, f"prompt_ensemble:{name}"
+
+
+def membership(captions: list[str | None], concepts: list[str], *, text_emb: np.ndarray | None,
+               concept_emb: np.ndarray | None, mode: str,
+               semantic_threshold: dict[str, float] | None = None) -> np.ndarray:
+    """(n, K) mask: caption names concept k (word match), or (semantic) its text embedding's
+    nearest concept is k with cosine >= that concept's semantic threshold."""
+    from detectors.text import match_keyword
+
+    named = np.zeros((len(captions), len(concepts)), dtype=bool)
+    if mode in ("word", "both"):
+        for j, c in enumerate(concepts):
+            named[:, j] = match_keyword(captions, c)
+    if mode in ("semantic", "both"):
+        if text_emb is None or concept_emb is None:
+            raise InputError("semantic match needs text and concept embeddings")
+        sims = text_emb @ concept_emb.T
+        best = sims.argmax(axis=1)
+        for j, c in enumerate(concepts):
+            thr = (semantic_threshold or {}).get(c)
+            if thr is None or not math.isfinite(thr):
+                continue
+            named[:, j] |= (best == j) & (sims[:, j] >= thr)
+    return named
+
+
+def _semantic_thresholds(cfg: Config, ws: Any, concepts: list[str]) -> dict[str, float]:
+    if cfg.semantic_threshold is not None:
+        return dict.fromkeys(concepts, float(cfg.semantic_threshold))
+    if ws.has_finding("concepts"):
+        df = ws.read_finding("concepts").to_pandas()
+        if "semantic_threshold" in df.columns:
+            return {str(r.concept): float(r.semantic_threshold) for r in df.itertuples()
+                    if r.semantic_threshold is not None and np.isfinite(r.semantic_threshold)}
+    raise ConfigError("poisons.match: semantic match needs --semantic-threshold or a concepts "
+                      "finding with semantic_threshold (run `laion-audit concepts` first) "
+                      f"(got {cfg.match!r})")
+
+
+# ---- scoring ---------------------------------------------------------------------------------
+
+
+def score_workspace_arrays(
+    keys: np.ndarray,
+    image_emb: np.ndarray,
+    clip_score: np.ndarray,
+    named: np.ndarray,
+    concepts: list[str],
+    concept_emb: np.ndarray | None,
+    split_keys: np.ndarray,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    expected_rate: float | None = None,
+    params: Any = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Score, combine, flag and rank; one row per key (its most suspicious concept).
+
+    Keys that name no concept are not scored (nothing to compare them with) unless they are
+    split-view rows, which are always output and flagged. Returns the table and timings.
+    """
+    from detectors import poisons as P
+
+    params = params or P.PoisonParams()
+    members = [np.flatnonzero(named[:, j]) for j in range(len(concepts))]
+    t0 = time.perf_counter()
+    raw = P.score_concepts(image_emb, clip_score, members, concepts, concept_emb=concept_emb,
+                           named=named, params=params)
+    t1 = time.perf_counter()
+    comb = P.combine(raw, params)
+    comb["flagged"] = P.flag(comb, threshold=threshold, expected_rate=expected_rate)
+    comb["key"] = keys[comb["row"].to_numpy(dtype=np.int64)] if len(comb) else []
+    # one row per key: its most suspicious concept; flagged if flagged under any concept
+    any_flag = comb.groupby("key")["flagged"].transform("max") if len(comb) else comb["flagged"]
+    comb["flagged"] = any_flag.astype(bool)
+    comb = comb.sort_values(["key", "combined_score"], ascending=[True, False], kind="stable")
+    per_key = comb.drop_duplicates("key", keep="first").copy()
+    concept_lists = comb.groupby("key", sort=False)["concept"].agg("|".join)
+    per_key["concepts"] = per_key["key"].map(concept_lists)
+    split = set(str(k) for k in split_keys)
+    per_key["split_view_v1"] = per_key["key"].isin(split)
+    extra = sorted(split - set(per_key["key"]))
+    if extra:
+        per_key = pd.concat([per_key, pd.DataFrame({"key": extra, "split_view_v1": True})],
+                            ignore_index=True)
+    sv = per_key["split_view_v1"].to_numpy(dtype=bool)
+    per_key["flagged"] = per_key["flagged"].fillna(False).astype(bool) | sv
+    per_key["kind"] = P.guess_kind(per_key.assign(**{P.ALIGNMENT_GMM:
+                                                     per_key[P.ALIGNMENT_GMM].astype(float)}),
+                                   per_key["flagged"].to_numpy(dtype=bool), params.fire_z)
+    per_key.loc[sv, "kind"] = "split_view"
+    per_key["combined_score"] = per_key["combined_score"].astype(float)
+    per_key.loc[sv, "combined_score"] = np.inf
+    reasons = per_key["reasons"].fillna("").astype(str)
+    per_key["reasons"] = np.where(sv, np.where(reasons != "", SPLIT_VIEW_REASON + "; " + reasons,
+                                               SPLIT_VIEW_REASON), reasons)
+    flagged_no_reason = per_key["flagged"] & (per_key["reasons"] == "")
+    per_key.loc[flagged_no_reason, "reasons"] = [
+        _rate_reason(r, params) for _, r in per_key[flagged_no_reason].iterrows()
+    ]
+    order = np.lexsort((per_key["key"].to_numpy(dtype=str),
+                        -np.nan_to_num(per_key["combined_score"].to_numpy(), nan=-np.inf)))
+    per_key = per_key.iloc[order].reset_index(drop=True)
+    per_key["rank"] = np.arange(1, len(per_key) + 1, dtype=np.int64)
+    t2 = time.perf_counter()
+    return per_key, {"scores_s": round(t1 - t0, 3), "combine_s": round(t2 - t1, 3)}
+
+
+def _rate_reason(row: pd.Series, params: Any) -> str:
+    """Reason for a row flagged by rank (expected rate) with no score above fire_z."""
+    zs = {e: row.get(f"{e}_z", np.nan) for e in params.evidence}
+    best = max(zs, key=lambda e: -np.inf if not np.isfinite(zs[e]) else zs[e])
+    return f"top of its concept by expected rate; strongest evidence {best} z={zs[best]:.1f}"
+
+
+def output_table(per_key: pd.DataFrame) -> pa.Table:
+    """The ``poisons`` finding with stable column order and types."""
+    from detectors import poisons as P
+
+    z_cols = sorted(c for c in per_key.columns if c.endswith("_z"))
+    cols: dict[str, tuple[str, pa.DataType]] = {
+        "key": ("key", pa.string()),
+        "concept": ("concept", pa.string()),
+        "concepts": ("concepts", pa.string()),
+        "concept_size": ("concept_size", pa.int32()),
+        "k": ("k", pa.int32()),
+        P.ALIGNMENT_COS: (P.ALIGNMENT_COS, pa.float32()),
+        P.ALIGNMENT_GMM: (P.ALIGNMENT_GMM, pa.float32()),
+        P.CONCEPT_PULL: (P.CONCEPT_PULL, pa.float32()),
+        "pull_concept": ("pull_concept", pa.string()),
+        P.KDIST: (P.KDIST, pa.float32()),
+        P.LOF: (P.LOF, pa.float32()),
+        P.SPECTRAL: (P.SPECTRAL, pa.float32()),
+        P.SPLIT_VIEW: (P.SPLIT_VIEW, pa.bool_()),
+        **{c: (c, pa.float32()) for c in z_cols},
+        "combined_score": ("combined_score", pa.float64()),
+        "rank": ("rank", pa.int64()),
+        "flagged": ("flagged", pa.bool_()),
+        "kind": ("kind", pa.string()),
+        "reasons": ("reasons", pa.string()),
+    }
+    arrays, names = [], []
+    for name, (src, typ) in cols.items():
+        s = per_key[src] if src in per_key.columns else pd.Series([None] * len(per_key))
+        vals = s.tolist()
+        if pa.types.is_floating(typ) or pa.types.is_integer(typ):
+            vals = [None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                    for v in vals]
+        arrays.append(pa.array(vals, type=typ))
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def vulnerability_table(concepts: list[str], named: np.ndarray, per_key: pd.DataFrame,
+                        concepts_finding: pd.DataFrame | None, word_counts: dict[str, int],
+                        n_total: int) -> pd.DataFrame:
+    """Concepts ranked by how few poisons would matter and how many candidates they hold.
+
+    ``sparsity_rank`` 1 = fewest images (semantic count when known, else word count);
+    ``candidate_rank`` 1 = most flagged candidates (then highest share); ``vulnerability_rank``
+    orders by the sum of the two ranks, ties broken by sparsity. ``share_if_100_poisons`` is the
+    share of the concept that 100 poisons (Nightshade's order of magnitude) would make up.
+    """
+    df = pd.DataFrame({"concept": concepts, "n_scored": named.sum(axis=0).astype(np.int64)})
+    if concepts_finding is not None and len(concepts_finding):
+        keep = [c for c in ("concept", "word_count", "word_freq", "semantic_count",
+                            "semantic_freq", "sparse", "n_total") if c in concepts_finding]
+        df = df.merge(concepts_finding[keep], on="concept", how="left")
+    for col in ("word_count", "word_freq", "semantic_count", "semantic_freq", "sparse"):
+        if col not in df:
+            df[col] = np.nan
+    wc = df["concept"].map(word_counts).astype(float)
+    df["word_count"] = df["word_count"].astype(float).fillna(wc)
+    df["word_freq"] = df["word_freq"].astype(float).fillna(wc / max(n_total, 1))
+    flagged = per_key[per_key["flagged"] & per_key["concept"].notna()]
+    cand = flagged.groupby("concept").size()
+    df["candidates"] = df["concept"].map(cand).fillna(0).astype(np.int64)
+    df["candidate_share"] = df["candidates"] / df["n_scored"].clip(lower=1)
+    size = df["semantic_count"].astype(float).fillna(df["word_count"].astype(float))
+    df["share_if_100_poisons"] = 100.0 / (size + 100.0)
+    df["sparsity_rank"] = size.rank(method="min", ascending=True).astype(np.int64)
+    df["candidate_rank"] = (pd.DataFrame({"a": -df["candidates"], "b": -df["candidate_share"]})
+                            .apply(tuple, axis=1).rank(method="min").astype(np.int64))
+    df["vulnerability_rank"] = (pd.DataFrame({"s": df["sparsity_rank"] + df["candidate_rank"],
+                                              "t": df["sparsity_rank"]})
+                                .apply(tuple, axis=1).rank(method="first").astype(np.int64))
+    return df.sort_values("vulnerability_rank").reset_index(drop=True)
+
+
+# ---- entry point -----------------------------------------------------------------------------
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from audit.workspace import Workspace
+    from detectors import poisons as P
+
+    ws = Workspace(args.workspace)
+    t_start = time.perf_counter()
+    concepts, concepts_source = resolve_concepts(cfg, ws)
+    data = load_inputs(ws)
+    n = len(data["keys"])
+    logger.info("poisons: %d scorable rows of %d, %d split-view rows, %d concepts (%s)",
+                n, data["n_total"], len(data["split_keys"]), len(concepts), concepts_source)
+    word_named = membership(data["captions"], concepts, text_emb=None, concept_emb=None,
+                            mode="word")
+    members_word = [np.flatnonzero(word_named[:, j]) for j in range(len(concepts))]
+    t0 = time.perf_counter()
+    concept_emb, emb_source = load_concept_embeddings(ws, cfg, concepts, data["text_emb"],
+                                                      members_word)
+    t_emb = time.perf_counter() - t0
+    if cfg.match == "word":
+        named = word_named
+    else:
+        thr = _semantic_thresholds(cfg, ws, concepts)
+        named = membership(data["captions"], concepts, text_emb=data["text_emb"],
+                           concept_emb=concept_emb, mode=cfg.match, semantic_threshold=thr)
+    params = P.PoisonParams(k_min=cfg.k_min, k_max=cfg.k_max,
+                            min_concept_size=cfg.min_concept_size,
+                            max_reference=cfg.max_reference, fire_z=cfg.fire_z, seed=cfg.seed)
+    per_key, timings = score_workspace_arrays(
+        data["keys"], data["image_emb"], data["clip_score"], named, concepts, concept_emb,
+        data["split_keys"], threshold=cfg.threshold, expected_rate=cfg.expected_rate,
+        params=params)
+    table = output_table(per_key)
+    all_named = membership(data["all_captions"], concepts, text_emb=None, concept_emb=None,
+                           mode="word")
+    word_counts = {c: int(all_named[:, j].sum()) for j, c in enumerate(concepts)}
+    cf = ws.read_finding("concepts").to_pandas() if ws.has_finding("concepts") else None
+    vuln = vulnerability_table(concepts, named, per_key, cf, word_counts, data["n_total"])
+    ws.write_table(ws.finding_path("concept_vulnerability"),
+                   pa.Table.from_pandas(vuln, preserve_index=False))
+    flagged = per_key["flagged"].to_numpy(dtype=bool)
+    kinds = per_key.loc[flagged, "kind"].value_counts().to_dict()
+    meta = {
+        "detector": {"module": P.__name__, "combined": P.COMBINED,
+                     "scores": [*P.SCORE_NAMES, P.SPLIT_VIEW]},
+        "combined": {"name": P.COMBINED, "evidence": list(params.evidence),
+                     "rule": "per-concept robust z; max z + second_weight * second z; "
+                             "split-view = +inf"},
+        "parameters": {**asdict(cfg), **{f"detector.{k}": v for k, v in asdict(params).items()},
+                       "flag_rule": ("expected_rate" if cfg.expected_rate is not None
+                                     else "threshold")},
+        "concepts_source": concepts_source,
+        "concept_embeddings": emb_source,
+        "prompt_templates": list(PROMPT_TEMPLATES),
+        "timings": {"concept_embeddings_s": round(t_emb, 3), **timings,
+                    "total_s": round(time.perf_counter() - t_start, 3)},
+        "summary": {
+            "n_total": data["n_total"],
+            "n_scorable": n,
+            "n_unscorable": data["n_unscorable"],
+            "n_scored": int(per_key["concept"].notna().sum()) if len(per_key) else 0,
+            "n_without_concept": int(n - (named.any(axis=1)).sum()),
+            "n_split_view": int(len(data["split_keys"])),
+            "n_flagged": int(flagged.sum()),
+            "flagged_by_kind": {str(k): int(v) for k, v in kinds.items()},
+        },
+        "concept_vulnerability": vuln.to_dict(orient="records"),
+    }
+    ws.write_finding("poisons", table, meta)
+    logger.info("poisons: %d flagged of %d scored (%s)", int(flagged.sum()), len(per_key),
+                ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none")
+    return 0

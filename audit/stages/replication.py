@@ -1,0 +1,499 @@
+"""``laion-audit replication``: word-level replication, for given keywords or discovered ones."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from audit.config import ConfigError, require
+from audit.errors import InputError
+from audit.stages import add_workspace_argument
+
+logger = logging.getLogger(__name__)
+
+HELP = "word-level replication: keywords whose images collapse onto few clusters"
+DESCRIPTION = """\
+Word-level replication (Naseh et al. 2023). For each keyword, the samples whose caption contains
+it (word boundaries, case-insensitive, plurals) are selected; failed samples (no image
+embedding) are dropped, and with --max-tokens N so are captions longer than N tokens of the
+workspace model's tokenizer (77 = CLIP's context, as the paper did). The subset's image
+embeddings are clustered at a cosine threshold calibrated on random pairs of the subset
+(median + z * MAD, clipped to [floor, ceiling]; FAISS range search, star clustering), clusters are
+sorted by size and described: size, share, tightness (mean/min cosine to the medoid),
+representative keys, characteristic words (CountVectorizer, stop words and the keyword removed,
+ranked by lift over the subset) and the words reproduction prompts are built from. For each
+flagged cluster the "frequency matters" check clusters the images whose captions contain the
+cluster's words but not the keyword, and reports the share that is the same work.
+
+--discover ranks frequent caption words and bigrams by a replication score (share of the subset
+in its largest tight clusters x ln(subset size)) and analyses the top K as keywords.
+
+Writes WS/findings/word_replication.parquet (one row per cluster of at least --min-cluster-size
+images; member keys as a list column) and word_replication.json (parameters, calibration,
+discovery ranking, timings).
+"""
+
+FINDING = "word_replication"
+
+
+# --------------------------------------------------------------------------------------------
+# config
+
+
+def _flatten_keywords(values: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        for part in str(v).split(","):
+            part = " ".join(part.split())
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+@dataclass
+class Config:
+    keyword: list[str] = field(default_factory=list)
+    discover: bool = False
+    top: int = 3
+    max_tokens: int = 0
+    threshold: float | None = None
+    z: float = 6.0
+    floor: float = 0.5
+    ceiling: float = 0.97
+    method: str = "star"
+    min_cluster_size: int = 3
+    flag_min_size: int = 10
+    flag_min_share: float = 0.02
+    top_words: int = 10
+    min_support: float = 0.2
+    min_subset: int = 20
+    max_terms: int = 300
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.keyword = _flatten_keywords(self.keyword)
+        require(self.top >= 1, "replication.top", "must be >= 1", self.top)
+        require(self.max_tokens >= 0, "replication.max_tokens", "must be >= 0", self.max_tokens)
+        if self.threshold is not None:
+            require(
+                -1.0 < self.threshold < 1.0,
+                "replication.threshold",
+                "must be a cosine in (-1, 1)",
+                self.threshold,
+            )
+        require(self.z > 0, "replication.z", "must be > 0", self.z)
+        require(
+            -1.0 < self.floor <= self.ceiling < 1.0,
+            "replication.floor",
+            "need -1 < floor <= ceiling < 1",
+            (self.floor, self.ceiling),
+        )
+        require(
+            self.method in ("star", "components"),
+            "replication.method",
+            "must be 'star' or 'components'",
+            self.method,
+        )
+        require(
+            self.min_cluster_size >= 2,
+            "replication.min_cluster_size",
+            "must be >= 2",
+            self.min_cluster_size,
+        )
+        require(self.flag_min_size >= 2, "replication.flag_min_size", "must be >= 2",
+                self.flag_min_size)  # fmt: skip
+        require(
+            0.0 <= self.flag_min_share <= 1.0,
+            "replication.flag_min_share",
+            "must be in [0, 1]",
+            self.flag_min_share,
+        )
+        require(self.top_words >= 1, "replication.top_words", "must be >= 1", self.top_words)
+        require(
+            0.0 < self.min_support <= 1.0,
+            "replication.min_support",
+            "must be in (0, 1]",
+            self.min_support,
+        )
+        require(self.min_subset >= 2, "replication.min_subset", "must be >= 2", self.min_subset)
+        require(self.max_terms >= 1, "replication.max_terms", "must be >= 1", self.max_terms)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workspace_argument(parser)
+    parser.add_argument(
+        "--keyword",
+        "-k",
+        action="append",
+        default=None,
+        metavar="WORDS",
+        help='keyword to analyse, e.g. "van gogh"; repeat or give a comma list for several',
+    )
+    parser.add_argument(
+        "--discover",
+        action="store_true",
+        default=None,
+        help="rank frequent caption words/bigrams by replication score and analyse the top K",
+    )
+    parser.add_argument(
+        "--top", type=int, default=None, metavar="K", help="discovered terms to analyse (3)"
+    )
+    parser.add_argument(
+        "--max-tokens",
+        dest="max_tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="drop captions longer than N tokens of the model's tokenizer (0 = keep all; "
+        "77 = CLIP's context, as Naseh et al. did)",
+    )
+    g = parser.add_argument_group("clustering")
+    g.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="cosine copy threshold (default: calibrated on random pairs of each subset)",
+    )
+    g.add_argument(
+        "--z", type=float, default=None, help="robust z of the calibrated threshold (6)"
+    )
+    g.add_argument("--floor", type=float, default=None, help="lowest calibrated threshold (0.5)")
+    g.add_argument(
+        "--ceiling", type=float, default=None, help="highest calibrated threshold (0.97)"
+    )
+    g.add_argument(
+        "--method",
+        choices=("star", "components"),
+        default=None,
+        help="star clustering (default) or connected components of the threshold graph",
+    )
+    g.add_argument(
+        "--min-cluster-size",
+        dest="min_cluster_size",
+        type=int,
+        default=None,
+        help="smallest cluster written (3)",
+    )
+    g.add_argument(
+        "--flag-min-size",
+        dest="flag_min_size",
+        type=int,
+        default=None,
+        help="smallest flagged cluster (10 images)",
+    )
+    g.add_argument(
+        "--flag-min-share",
+        dest="flag_min_share",
+        type=float,
+        default=None,
+        help="smallest flagged share of the subset (0.02)",
+    )
+    w = parser.add_argument_group("words and discovery")
+    w.add_argument(
+        "--top-words",
+        dest="top_words",
+        type=int,
+        default=None,
+        help="characteristic words per cluster (10)",
+    )
+    w.add_argument(
+        "--min-support",
+        dest="min_support",
+        type=float,
+        default=None,
+        help="a characteristic word is in at least this share of the cluster's captions (0.2)",
+    )
+    w.add_argument(
+        "--min-subset",
+        dest="min_subset",
+        type=int,
+        default=None,
+        help="smallest keyword subset analysed or discovered (20)",
+    )
+    w.add_argument(
+        "--max-terms",
+        dest="max_terms",
+        type=int,
+        default=None,
+        help="most frequent words/bigrams scored by --discover (300)",
+    )
+    w.add_argument("--seed", type=int, default=None, help="seed of the pair sampling (0)")
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers (also used by the objects stage)
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list embedding column without nulls as an (n, d) float32 array."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count:
+        raise ValueError("embedding column has nulls: drop failed samples first")
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    dim = arr.type.list_size
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, np.float32).reshape(n, dim)
+
+
+@dataclass
+class Samples:
+    """The workspace's usable samples: ok image embeddings with their keys and captions."""
+
+    keys: np.ndarray
+    captions: list[str]
+    emb: np.ndarray
+    n_total: int
+    n_failed: int
+    status_counts: dict[str, int]
+
+
+def load_samples(ws: Any) -> Samples:
+    """Rows with an image embedding (failed samples dropped and counted)."""
+    import pyarrow.compute as pc
+
+    table = ws.load_embeddings(columns=["key", "caption", "status", "image_emb"])
+    n_total = table.num_rows
+    statuses = table.column("status").to_pylist()
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[str(s)] = counts.get(str(s), 0) + 1
+    ok = table.filter(pc.is_valid(table.column("image_emb")))
+    n_failed = n_total - ok.num_rows
+    if n_failed:
+        logger.info("dropped %d of %d samples without an image embedding", n_failed, n_total)
+    keys = np.asarray(ok.column("key").to_pylist(), dtype=object)
+    captions = [c or "" for c in ok.column("caption").to_pylist()]
+    emb = embedding_matrix(ok.column("image_emb"))
+    if len(keys) and emb.shape[1] == 0:
+        raise InputError("image_emb has dimension 0")
+    return Samples(keys, captions, emb, n_total, n_failed, counts)
+
+
+def token_counter(model_info: dict[str, Any]) -> tuple[Callable[[str], int], str]:
+    """A caption -> token count function using the workspace model's tokenizer (with start and
+    end tokens), or the rough word/punctuation count when that tokenizer is not available."""
+    from detectors.text import count_tokens
+
+    name = model_info.get("model") or model_info.get("name")
+    if name:
+        try:
+            import open_clip
+
+            try:
+                import audit.models  # noqa: F401  (registers the shipped configs)
+            except ImportError:
+                pass
+            tok = open_clip.get_tokenizer(str(name))
+            if hasattr(tok, "encode"):  # open_clip SimpleTokenizer (CLIP BPE)
+                return (lambda t: len(tok.encode(t or "")) + 2), f"open_clip:{name}"
+            inner = getattr(tok, "tokenizer", None)
+            if inner is not None:  # HFTokenizer wrapper
+                return (lambda t: len(inner(t or "")["input_ids"])), f"hf:{name}"
+        except Exception as exc:  # noqa: BLE001 - fall back, and say so
+            logger.warning("tokenizer of %s unavailable (%s); counting words instead", name, exc)
+    return count_tokens, "words_and_punctuation"
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+_LIST_STR = pa.list_(pa.string())
+
+SCHEMA = pa.schema(
+    [
+        ("finding_id", pa.string()),
+        ("keyword", pa.string()),
+        ("cluster_rank", pa.int32()),
+        ("size", pa.int32()),
+        ("share", pa.float64()),
+        ("mean_sim", pa.float32()),
+        ("min_sim", pa.float32()),
+        ("tightness_z", pa.float32()),
+        ("medoid_key", pa.string()),
+        ("representative_keys", _LIST_STR),
+        ("member_keys", _LIST_STR),
+        ("top_words", _LIST_STR),
+        ("top_word_lift", pa.list_(pa.float64())),
+        ("top_word_support", pa.list_(pa.float64())),
+        ("prompt_words", pa.string()),
+        ("example_captions", _LIST_STR),
+        ("words_only_n", pa.int32()),
+        ("words_only_share", pa.float64()),
+        ("flagged", pa.bool_()),
+        ("threshold", pa.float32()),
+        ("n_subset", pa.int32()),
+        ("source", pa.string()),
+        ("detector", pa.string()),
+    ]
+)
+
+
+def analyse_keyword(
+    samples: Samples,
+    keyword: str,
+    cfg: Config,
+    token_ok: np.ndarray,
+    source: str = "keyword",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Word-level analysis of one keyword over ``samples``; rows plus a summary dict."""
+    from detectors.replication import word_replication, words_only_share
+    from detectors.text import match_keyword
+
+    t0 = time.perf_counter()
+    kw_mask = match_keyword(samples.captions, keyword)
+    subset = np.flatnonzero(kw_mask & token_ok)
+    summary: dict[str, Any] = {
+        "keyword": keyword,
+        "source": source,
+        "n_matching": int(kw_mask.sum()),
+        "n_dropped_long_captions": int((kw_mask & ~token_ok).sum()),
+        "n_subset": int(len(subset)),
+    }
+    if len(subset) < cfg.min_subset:
+        logger.warning(
+            "keyword %r: %d usable samples (< min_subset %d); not analysed",
+            keyword,
+            len(subset),
+            cfg.min_subset,
+        )
+        summary["skipped"] = f"subset smaller than min_subset={cfg.min_subset}"
+        return [], summary
+    res = word_replication(
+        samples.emb[subset],
+        [samples.captions[i] for i in subset],
+        list(samples.keys[subset]),
+        keyword,
+        threshold=cfg.threshold,
+        z=cfg.z,
+        floor=cfg.floor,
+        ceiling=cfg.ceiling,
+        method=cfg.method,
+        min_cluster_size=cfg.min_cluster_size,
+        flag_min_size=cfg.flag_min_size,
+        flag_min_share=cfg.flag_min_share,
+        flag_z=cfg.z,
+        top_words=cfg.top_words,
+        min_support=cfg.min_support,
+        seed=cfg.seed,
+    )
+    # "frequency matters": the cluster's own words without the keyword, over all usable samples
+    for row, cl in zip(res.rows, res.clusters):
+        if not (row["flagged"] and row["prompt_words"]):
+            continue
+        mask = ~kw_mask
+        for w in row["prompt_words"].split():
+            mask &= match_keyword(samples.captions, w)
+        medoid_vec = samples.emb[subset[cl.medoid]]
+        share, info = words_only_share(
+            samples.emb[mask], medoid_vec, row["threshold"], method=cfg.method
+        )
+        row["words_only_n"] = info["n"]
+        row["words_only_share"] = share
+    for row in res.rows:
+        row["n_subset"] = res.n_subset
+        row["source"] = source
+    summary.update(res.summary())
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    logger.info(
+        "keyword %r: %d samples, %d clusters reported, %d flagged (largest share %.3f)",
+        keyword,
+        res.n_subset,
+        len(res.rows),
+        summary["n_flagged"],
+        summary["largest_share"],
+    )
+    return res.rows, summary
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from audit.workspace import Workspace
+    from detectors.replication import DISCOVERY_NAME, NAME, discover_terms
+
+    if not cfg.keyword and not cfg.discover:
+        raise ConfigError("replication: give --keyword WORDS (repeatable) or --discover")
+    ws = Workspace(args.workspace)
+    t0 = time.perf_counter()
+    samples = load_samples(ws)
+    if len(samples.keys) < 2:
+        raise InputError(f"{ws.root}: fewer than 2 samples with an image embedding")
+    token_ok = np.ones(len(samples.keys), bool)
+    tokenizer = None
+    if cfg.max_tokens:
+        count, tokenizer = token_counter(ws.model_info())
+        lengths = np.fromiter((count(c) for c in samples.captions), np.int64, len(samples.keys))
+        token_ok = lengths <= cfg.max_tokens
+        logger.info(
+            "%d captions longer than %d tokens (%s) are left out of keyword subsets",
+            int((~token_ok).sum()),
+            cfg.max_tokens,
+            tokenizer,
+        )
+    keywords = list(cfg.keyword)
+    sources = dict.fromkeys(keywords, "keyword")
+    discovery: dict[str, Any] | None = None
+    if cfg.discover:
+        td = time.perf_counter()
+        ok_rows = np.flatnonzero(token_ok)
+        scores, stats = discover_terms(
+            samples.emb[ok_rows],
+            [samples.captions[i] for i in ok_rows],
+            threshold=cfg.threshold,
+            z=cfg.z,
+            floor=cfg.floor,
+            ceiling=cfg.ceiling,
+            min_subset=cfg.min_subset,
+            max_terms=cfg.max_terms,
+            cluster_min_size=max(cfg.min_cluster_size, 5),
+            seed=cfg.seed,
+        )
+        chosen = [s.term for s in scores if s.explained_by is None and s.score > 0][: cfg.top]
+        for term in chosen:
+            if term not in sources:
+                keywords.append(term)
+                sources[term] = "discovered"
+        discovery = {
+            "detector": DISCOVERY_NAME,
+            "pair_stats": stats.to_dict(),
+            "chosen": chosen,
+            "ranking": [s.to_dict() for s in scores[:100]],
+            "seconds": round(time.perf_counter() - td, 3),
+        }
+        logger.info("discovery: top terms %s", ", ".join(chosen) or "(none with replication)")
+    rows: list[dict[str, Any]] = []
+    summaries = []
+    for kw in keywords:
+        r, s = analyse_keyword(samples, kw, cfg, token_ok, source=sources[kw])
+        rows.extend(r)
+        summaries.append(s)
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    meta = {
+        "detector": NAME,
+        "parameters": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "tokenizer": tokenizer,
+        "n_total": samples.n_total,
+        "n_failed_dropped": samples.n_failed,
+        "n_usable": int(len(samples.keys)),
+        "keywords": summaries,
+        "discovery": discovery,
+        "calibration": (
+            "copy threshold per subset = clip(median + z * 1.4826 * MAD of the cosine of "
+            f"random image pairs of the subset, {cfg.floor}, {cfg.ceiling}) with z={cfg.z} "
+            "unless --threshold is given; a cluster is flagged when size >= flag_min_size, "
+            "share >= flag_min_share and its mean cosine to the medoid is >= z robust SDs "
+            "above the random-pair median"
+        ),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    ws.write_finding(FINDING, table, meta)
+    n_flag = sum(1 for r in rows if r["flagged"])
+    logger.info("%d clusters written for %d keywords, %d flagged", len(rows), len(keywords), n_flag)
+    return 0

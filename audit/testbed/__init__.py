@@ -1,0 +1,1 @@
+"""SynthLAION: a LAION-like testbed with planted, known truth (drawing, generator, server)."""

@@ -1,0 +1,369 @@
+"""Train the ``tiny-synth`` CLIP (open_clip architecture) on procedurally drawn SynthLAION images.
+
+    python -m audit.training.train_tiny_clip --out audit/assets/tiny-synth --seed 0 --steps 4000
+
+Data: images from :mod:`audit.testbed.draw` (drawn at 64 px like the testbed, then passed
+through the model's own open_clip preprocessing) with noisy template captions, drawn once into
+an in-memory cache (two worker processes; chunk ``i`` always uses generator ``(seed, i)``, so
+the cache does not depend on the number of workers). The mix:
+
+- plain objects (random concept, colour, style, background, position, scale);
+- ``--extra-rate`` of images with a second small object in a corner, named in the caption
+  ("... with a flag"; the flag in ``--flag-share`` of them), so zero-shot questions like
+  "an astronaut with a flag" vs "an astronaut" work;
+- ``--work-rate`` of images of the three famous van gogh works (small crops, shifts and colour
+  jitter), with varied captions naming them.
+
+Writes ``tiny-synth.json`` (open_clip model config), ``open_clip_model.safetensors`` (fp16) and
+``training.json`` (arguments, loss curve, wall time, held-out metrics) into ``--out``. The
+evaluation uses images from generator seed ``--eval-seed``, never used for training data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit.testbed import draw
+
+logger = logging.getLogger(__name__)
+
+#: open_clip architecture of ``tiny-synth``: a ModifiedResNet (CLIP's RN) vision tower with one
+#: bottleneck per stage at 32 px, and a 3-layer text transformer of width 64. Context length is
+#: 32 tokens (captions here are short; longer texts are truncated by the tokenizer) because the
+#: text tower at 77 tokens cost ~3x more per training step on 2 CPU cores.
+TINY_SYNTH_CONFIG: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+}
+MODEL_NAME = "tiny-synth"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+CHUNK = 500
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def _register_config() -> None:
+    import open_clip.factory
+
+    open_clip.factory._MODEL_CONFIGS[MODEL_NAME] = json.loads(json.dumps(TINY_SYNTH_CONFIG))
+
+
+def _jitter_work(img, rng: np.random.Generator):
+    """A near-copy of a work: small crop/shift, brightness/contrast jitter (what re-posts do)."""
+    from PIL import Image, ImageEnhance
+
+    w = img.size[0]
+    c = float(rng.uniform(0.85, 1.0))
+    side = max(8, int(w * c))
+    x0 = int(rng.integers(0, w - side + 1))
+    y0 = int(rng.integers(0, w - side + 1))
+    out = img.crop((x0, y0, x0 + side, y0 + side)).resize((w, w), Image.BICUBIC)
+    out = ImageEnhance.Brightness(out).enhance(float(rng.uniform(0.85, 1.15)))
+    return ImageEnhance.Contrast(out).enhance(float(rng.uniform(0.85, 1.15)))
+
+
+def sample_item(rng: np.random.Generator, extra_rate: float, flag_share: float, work_rate: float):
+    """One training item: (PIL image at 64 px, [two captions], kind)."""
+    r = rng.random()
+    if r < work_rate:
+        wid = list(draw.WORKS)[int(rng.integers(len(draw.WORKS)))]
+        img = _jitter_work(draw.draw_work(wid, size=64), rng)
+        return img, [draw.work_caption(wid, rng) for _ in range(2)], "work"
+    spec = draw.random_spec(rng)
+    extra = None
+    if r < work_rate + extra_rate:
+        if rng.random() < flag_share:
+            extra = "flag"
+        else:
+            others = [c for c in draw.CONCEPTS if c != spec["concept"]]
+            extra = others[int(rng.integers(len(others)))]
+    img = draw.draw_image(spec, size=64, extra_object=extra, rng=rng)
+    caps = [draw.make_caption(spec, rng, extra_object=extra) for _ in range(2)]
+    return img, caps, "extra" if extra else "plain"
+
+
+def _make_chunk(args: tuple[int, int, int, float, float, float]):
+    """Draw one chunk of the cache; runs in a worker process."""
+    import open_clip
+    import torch
+
+    torch.set_num_threads(1)
+    seed, idx, n, extra_rate, flag_share, work_rate = args
+    _register_config()
+    preprocess = _preprocess()
+    tok = open_clip.get_tokenizer(MODEL_NAME)
+    rng = np.random.default_rng([seed, idx])
+    imgs, caps = [], []
+    for _ in range(n):
+        img, c, _kind = sample_item(rng, extra_rate, flag_share, work_rate)
+        imgs.append(preprocess(img).to(torch.float16))
+        caps.extend(c)
+    return torch.stack(imgs), tok(caps).view(n, 2, -1)
+
+
+def _preprocess():
+    import open_clip
+
+    from audit.models import image_transform_for
+
+    return image_transform_for(open_clip.get_model_config(MODEL_NAME))
+
+
+def build_cache(
+    n: int, seed: int, extra_rate: float, flag_share: float, work_rate: float, workers: int
+):
+    """Draw ``n`` training items into (images fp16 [n,3,H,W], tokens [n,2,ctx])."""
+    import torch
+
+    chunks = [
+        (seed, i, min(CHUNK, n - i * CHUNK), extra_rate, flag_share, work_rate)
+        for i in range(math.ceil(n / CHUNK))
+    ]
+    t0 = time.time()
+    if workers > 1:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = []
+            for k, part in enumerate(pool.imap(_make_chunk, chunks)):
+                parts.append(part)
+                if k % 10 == 0:
+                    logger.info("drew %d/%d chunks (%.0f s)", k + 1, len(chunks), time.time() - t0)
+    else:
+        parts = [_make_chunk(c) for c in chunks]
+    images = torch.cat([p[0] for p in parts])
+    tokens = torch.cat([p[1] for p in parts])
+    logger.info("training cache: %d images in %.0f s", len(images), time.time() - t0)
+    return images, tokens
+
+
+# ---------------------------------------------------------------------------------- eval
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def evaluate(model, preprocess, tokenizer, seed: int, n: int = 480) -> dict[str, float]:
+    """Held-out quality of a CLIP on fresh testbed drawings from generator ``seed``.
+
+    - ``concept_acc``: zero-shot top-1 over all concepts with "a photo of a {concept}";
+    - ``colour_acc``: top-1 over colours with "a photo of a {colour} {concept}" (true concept);
+    - ``style_acc``: top-1 over styles with "a {concept} in {style} style" (true concept);
+    - ``flag_auroc``: the same specs drawn with and without a small flag, scored by
+      cos(img, "a {concept} with a flag") - cos(img, "a {concept}");
+    - ``work_acc``: near-copies of the works vs plain van gogh images, top-1 over
+      {each work's "{phrase} by van gogh", "a painting in van gogh style"}.
+    """
+    from audit.models import encode_images, encode_texts
+
+    rng = np.random.default_rng(seed)
+    specs = [draw.random_spec(rng) for _ in range(n)]
+    imgs = [draw.draw_image(s, size=64, rng=rng) for s in specs]
+    flag_specs = specs[: n // 2]
+    flag_imgs = [draw.draw_image(s, size=64, extra_object="flag", rng=rng) for s in flag_specs]
+    e = encode_images(model, preprocess, imgs + flag_imgs)
+    e_plain, e_flag = e[:n], e[n:]
+    out: dict[str, float] = {}
+
+    t = encode_texts(model, tokenizer, [f"a photo of a {c}" for c in draw.CONCEPTS])
+    pred = np.argmax(e_plain @ t.T, 1)
+    truth = np.array([draw.CONCEPTS.index(s["concept"]) for s in specs])
+    out["concept_acc"] = float(np.mean(pred == truth))
+
+    colours = list(draw.COLOURS)
+    ok_c, ok_s = [], []
+    for i, s in enumerate(specs):
+        tc = encode_texts(model, tokenizer, [f"a photo of a {c} {s['concept']}" for c in colours])
+        ok_c.append(colours[int(np.argmax(tc @ e_plain[i]))] == s["colour"])
+        ts = encode_texts(model, tokenizer, [f"a {s['concept']} in {st} style" for st in draw.STYLES])
+        ok_s.append(draw.STYLES[int(np.argmax(ts @ e_plain[i]))] == s["style"])
+    out["colour_acc"] = float(np.mean(ok_c))
+    out["style_acc"] = float(np.mean(ok_s))
+
+    scores, labels = [], []
+    for i, s in enumerate(flag_specs):
+        tw, to = encode_texts(model, tokenizer, [f"a {s['concept']} with a flag", f"a {s['concept']}"])
+        for emb, lab in ((e_plain[i], 0), (e_flag[i], 1)):
+            scores.append(float(emb @ tw - emb @ to))
+            labels.append(lab)
+    out["flag_auroc"] = _auroc(np.array(scores), np.array(labels))
+
+    work_ids = list(draw.WORKS)
+    prompts = [f"{draw.WORKS[w]['phrase']} by van gogh" for w in work_ids]
+    prompts.append("a painting in van gogh style")
+    tw = encode_texts(model, tokenizer, prompts)
+    w_imgs, w_truth = [], []
+    for k in range(60):
+        wid = work_ids[k % 3]
+        w_imgs.append(_jitter_work(draw.draw_work(wid, size=64), rng))
+        w_truth.append(k % 3)
+    for _ in range(30):
+        s = draw.random_spec(rng)
+        s["style"] = "van gogh"
+        w_imgs.append(draw.draw_image(s, size=64, rng=rng))
+        w_truth.append(3)
+    ew = encode_images(model, preprocess, w_imgs)
+    out["work_acc"] = float(np.mean(np.argmax(ew @ tw.T, 1) == np.array(w_truth)))
+    return out
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    _register_config()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    cache = Path(args.cache) if args.cache else None
+    key = f"{args.n_train}-{args.seed}-{args.extra_rate}-{args.flag_share}-{args.work_rate}"
+    if cache and cache.exists() and torch.load(cache)["key"] == key:
+        blob = torch.load(cache)
+        images, tokens = blob["images"], blob["tokens"]
+        logger.info("loaded training cache %s", cache)
+    else:
+        images, tokens = build_cache(
+            args.n_train, args.seed, args.extra_rate, args.flag_share, args.work_rate, args.workers
+        )
+        if cache:
+            torch.save({"key": key, "images": images, "tokens": tokens}, cache)
+    t_data = time.time() - t_start
+
+    model = open_clip.create_model(MODEL_NAME)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        p = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * 0.5 * (1 + math.cos(math.pi * p))
+
+    gen = torch.Generator().manual_seed(args.seed)
+    n = len(images)
+    perm = torch.randperm(n, generator=gen)
+    pos = 0
+    losses: list[tuple[int, float]] = []
+    evals: list[dict[str, Any]] = []
+    t_train = time.time()
+    run_loss = 0.0
+    for step in range(args.steps):
+        if pos + args.batch > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + args.batch]
+        pos += args.batch
+        x = images[idx].float()
+        which = torch.randint(0, 2, (len(idx),), generator=gen)
+        txt = tokens[idx, which]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        f_i, f_t, scale = model(x, txt)
+        logits = scale * f_i @ f_t.T
+        y = torch.arange(len(idx))
+        loss = (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        run_loss += float(loss)
+        if (step + 1) % args.log_every == 0:
+            avg = run_loss / args.log_every
+            run_loss = 0.0
+            losses.append((step + 1, round(avg, 4)))
+            el = time.time() - t_train
+            logger.info(
+                "step %d/%d loss %.4f lr %.2e (%.2f s/step, %.0f s)",
+                step + 1, args.steps, avg, lr_at(step), el / (step + 1), el,
+            )  # fmt: skip
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            model.eval()
+            m = evaluate(model, _preprocess(), open_clip.get_tokenizer(MODEL_NAME),
+                         args.eval_seed, n=240)  # fmt: skip
+            model.train()
+            evals.append({"step": step + 1, **m})
+            logger.info("eval at step %d: %s", step + 1, m)
+    train_s = time.time() - t_train
+
+    model.eval()
+    t_eval = time.time()
+    final = evaluate(model, _preprocess(), open_clip.get_tokenizer(MODEL_NAME), args.eval_seed)
+    logger.info("final held-out eval (seed %d): %s", args.eval_seed, final)
+
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    (out / f"{MODEL_NAME}.json").write_text(json.dumps(TINY_SYNTH_CONFIG, indent=2) + "\n")
+    record = {
+        "model": MODEL_NAME,
+        "config": TINY_SYNTH_CONFIG,
+        "n_params": n_params,
+        "args": vars(args),
+        "torch_threads": args.threads,
+        "data_seconds": round(t_data, 1),
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(time.time() - t_eval, 1),
+        "loss_curve": losses,
+        "evals": evals,
+        "final_eval": {"seed": args.eval_seed, **final},
+        "weights_bytes": (out / WEIGHTS_FILE).stat().st_size,
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    logger.info("wrote %s (%d bytes)", out / WEIGHTS_FILE, record["weights_bytes"])
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="audit/assets/tiny-synth")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-seed", type=int, default=987654)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--wd", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--n-train", type=int, default=60000)
+    p.add_argument("--extra-rate", type=float, default=0.2)
+    p.add_argument("--flag-share", type=float, default=0.5)
+    p.add_argument("--work-rate", type=float, default=0.04)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--cache", default="", help="optional .pt file to keep the drawn training set")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,717 @@
+"""Duplicate detection: exact (hash) groups, caption groups and near-duplicate image groups.
+
+Near-duplicates are pairs of L2-normalised image embeddings whose cosine similarity is above a
+threshold (strictly greater, as FAISS ``range_search`` reports them); groups are the connected
+components of that graph (``scipy.sparse.csgraph``), so a chain a~b~c is one group even when
+a and c are below the threshold.
+
+Two ways to find the pairs, with the same output format:
+
+* **exact** (:func:`exact_edges`): FAISS ``IndexFlatIP`` over all vectors, range search in query
+  chunks. Exact, memory ``N x D x 4`` bytes, time quadratic in N: for up to ~10^5 vectors.
+* **partitioned** (:func:`partitioned_edges`): spherical k-means (FAISS) trained on a sample
+  gives ``K`` centroids; every vector is assigned to its nearest centroid (its *primary*
+  partition). Inside each partition an exact FAISS range search runs against itself and against
+  the *probe* vectors from neighbouring partitions. Which neighbours: a vector ``a`` in partition
+  ``P`` can only have a partner ``b`` (``|a - b| <= r = sqrt(2 - 2 t)`` for unit vectors above
+  threshold ``t``) in partition ``Q`` if ``a . c_P - a . c_Q <= r |c_P - c_Q|`` (``b`` is closer
+  to ``c_Q`` than to ``c_P``, and moving from ``b`` to ``a`` changes that margin by at most
+  ``r |c_P - c_Q|``). The bound is symmetric, so ``a`` only probes partitions ``Q > P``; each pair
+  is then examined exactly once. Probing every partition that passes the bound is exact; the
+  number of probes per vector is capped (``max_probes``, nearest boundaries first) and the
+  vectors whose list was cut are counted (``n_truncated``), an upper bound on what can be missed.
+  Memory beyond the input array is bounded by partition size (one partition's base + probe
+  vectors in float32 at a time), never by N. The same per-partition function
+  (:func:`search_partition`) is what the Beam pipeline (``pipelines/dedup_beam.py``) runs per
+  partition, so both give identical groups.
+
+Per partition, only a *connectivity certificate* is kept by default: a maximum-similarity
+spanning forest of the pairs found there, plus each vector's best partner. Connected components
+and every member's nearest neighbour (within the threshold graph) are unchanged by that
+reduction, while the output stays linear in partition size even for a group of 10^4 identical
+copies (whose full pair list is quadratic). ``keep_all_pairs=True`` keeps every pair (used by the
+benchmark to measure pair recall).
+
+GPU: with ``faiss.get_num_gpus() > 0`` k-means runs on the GPU and the flat searches use a GPU
+index (kNN on the GPU, CPU fallback for queries with more neighbours than the kNN depth, through
+``faiss.contrib.exhaustive_search.range_search_gpu``: results are still exact).
+
+Thresholds (:data:`DEFAULT_THRESHOLDS`): 0.95 for real CLIP models, the field's choice
+(clip-retrieval ``get_non_uniques``, snip-dedup; REFERENCES.md). ``tiny-synth`` (the project's
+64 px CLIP trained on SynthLAION) has its own value, calibrated on a SynthLAION testbed by
+``audit.stages.dedup.calibrate`` (see :func:`calibrate_threshold`): embed a testbed with the
+model, take every pair with cosine above 0.5 (exact search), label a pair positive when both keys
+share a planted ``dup_group`` in ``truth.parquet``, and choose the lowest threshold whose *group*
+precision (pairs connected by the components, not only direct pairs) is >= 0.98, which maximised
+F1 among the thresholds meeting that precision. The measured numbers are in the docstring of
+:data:`DEFAULT_THRESHOLDS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+NAME = "dedup_faiss_v1"
+
+REFERENCE_THRESHOLD = 0.95
+"""Near-duplicate cosine threshold for real CLIP models (REFERENCES.md: 0.94-0.95)."""
+
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "ViT-B-32": 0.95,
+    "ViT-B-16": 0.95,
+    "ViT-L-14": 0.95,
+    "ViT-L-14-336": 0.95,
+    "ViT-H-14": 0.95,
+    "ViT-g-14": 0.95,
+    "ViT-bigG-14": 0.95,
+    "RN50": 0.95,
+}
+"""Default near-duplicate threshold per model name (``embeddings/model.json``'s ``model``).
+Unknown models get :data:`REFERENCE_THRESHOLD`. ``tiny-synth``'s entry is measured on the
+testbed (see the module docstring); it is added below once calibrated."""
+
+KINDS = ("exact", "near", "caption")
+
+
+def default_threshold(model: str | None) -> float:
+    """The near-duplicate threshold for ``model`` (:data:`REFERENCE_THRESHOLD` if unknown)."""
+    if model and model in DEFAULT_THRESHOLDS:
+        return DEFAULT_THRESHOLDS[model]
+    return REFERENCE_THRESHOLD
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+def faiss_gpu_available() -> bool:
+    """True when the installed FAISS sees at least one GPU."""
+    import faiss
+
+    try:
+        return faiss.get_num_gpus() > 0
+    except AttributeError:  # CPU-only builds without the symbol
+        return False
+
+
+def _use_gpu(use_gpu: bool | None) -> bool:
+    return faiss_gpu_available() if use_gpu is None else bool(use_gpu)
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def stable_hash64(key: str) -> int:
+    """A 64-bit hash of a key, stable across processes and machines (blake2b)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def hash_sample(keys: Sequence[str], size: int) -> np.ndarray:
+    """Indices of the ``size`` keys with the smallest :func:`stable_hash64`, in hash order.
+
+    A deterministic sample that a distributed job can draw identically (``Top.Smallest``).
+    """
+    hashes = np.fromiter((stable_hash64(k) for k in keys), dtype=np.uint64, count=len(keys))
+    size = min(int(size), len(keys))
+    if size <= 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(hashes, size - 1)[:size] if size < len(keys) else np.arange(len(keys))
+    return part[np.argsort(hashes[part], kind="stable")].astype(np.int64)
+
+
+def probe_radius(threshold: float, slack: float = 0.01) -> float:
+    """Distance bound ``sqrt(2 - 2 t)`` between unit vectors above cosine ``t``, plus ``slack``
+    (relative) for float16 storage, whose norms are 1 only to ~1e-3."""
+    return math.sqrt(max(0.0, 2.0 - 2.0 * threshold)) * (1.0 + slack) + 1e-3
+
+
+def choose_n_partitions(n: int, partition_size: int) -> int:
+    """Number of k-means partitions for ``n`` vectors at ~``partition_size`` vectors each."""
+    if partition_size <= 0:
+        raise ValueError(f"partition_size must be positive (got {partition_size})")
+    return max(1, int(round(n / partition_size)))
+
+
+# ---------------------------------------------------------------------------------------------
+# edges and their reduction
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Edges:
+    """Undirected pairs above the threshold, ``i < j`` (ids: ints or strings), with similarity.
+
+    ``n_pairs`` counts every pair above the threshold that was examined, even when only a
+    connectivity certificate is kept in ``i, j, sim``.
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    sim: np.ndarray
+    n_pairs: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, dtype: Any = np.int64) -> Edges:
+        return cls(np.zeros(0, dtype=dtype), np.zeros(0, dtype=dtype),
+                   np.zeros(0, dtype=np.float32), 0)
+
+    def __len__(self) -> int:
+        return int(self.i.shape[0])
+
+    @classmethod
+    def concat(cls, parts: Iterable[Edges]) -> Edges:
+        """Concatenate and de-duplicate (same pair twice: the higher similarity is kept)."""
+        parts = list(parts)
+        if not parts:
+            return cls.empty()
+        i = np.concatenate([p.i for p in parts])
+        j = np.concatenate([p.j for p in parts])
+        sim = np.concatenate([p.sim for p in parts]).astype(np.float32)
+        n_pairs = sum(p.n_pairs for p in parts)
+        if i.size:
+            order = np.lexsort((-sim, j, i))
+            i, j, sim = i[order], j[order], sim[order]
+            first = np.ones(i.size, dtype=bool)
+            first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+            i, j, sim = i[first], j[first], sim[first]
+        return cls(i, j, sim, n_pairs)
+
+
+def _best_update(best_sim: np.ndarray, best_nbr: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 sim: np.ndarray) -> None:
+    """In place: per node, the partner with the highest similarity (ties: smaller index)."""
+    if lo.size == 0:
+        return
+    u = np.concatenate([lo, hi])
+    v = np.concatenate([hi, lo])
+    s = np.concatenate([sim, sim])
+    order = np.lexsort((v, -s, u))
+    u, v, s = u[order], v[order], s[order]
+    first = np.ones(u.size, dtype=bool)
+    first[1:] = u[1:] != u[:-1]
+    u, v, s = u[first], v[first], s[first]
+    better = (s > best_sim[u]) | ((s == best_sim[u]) & (v < best_nbr[u]))
+    best_sim[u[better]] = s[better]
+    best_nbr[u[better]] = v[better]
+
+
+def _spanning_forest(n: int, lo: np.ndarray, hi: np.ndarray,
+                     sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A maximum-similarity spanning forest of the graph (same connected components)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    if lo.size == 0:
+        return lo, hi, sim
+    # weights must be > 0 (scipy drops explicit zeros): 2 - sim is in [~1, ~2) for sim <= 1
+    w = (2.0 - sim.astype(np.float64)).clip(1e-6)
+    g = coo_matrix((w, (lo, hi)), shape=(n, n)).tocsr()
+    t = minimum_spanning_tree(g).tocoo()
+    a, b = t.row.astype(np.int64), t.col.astype(np.int64)
+    s = (2.0 - t.data).astype(np.float32)
+    lo2, hi2 = np.minimum(a, b), np.maximum(a, b)
+    return lo2, hi2, s
+
+
+def _dedupe_local(lo: np.ndarray, hi: np.ndarray, sim: np.ndarray,
+                  n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if lo.size == 0:
+        return lo, hi, sim
+    code = lo.astype(np.int64) * n + hi
+    order = np.lexsort((-sim, code))
+    code, lo, hi, sim = code[order], lo[order], hi[order], sim[order]
+    first = np.ones(code.size, dtype=bool)
+    first[1:] = code[1:] != code[:-1]
+    return lo[first], hi[first], sim[first]
+
+
+# ---------------------------------------------------------------------------------------------
+# FAISS range search (CPU or GPU)
+# ---------------------------------------------------------------------------------------------
+class _FlatIndex:
+    """An inner-product flat index with exact range search on CPU or GPU."""
+
+    def __init__(self, base: np.ndarray, use_gpu: bool = False) -> None:
+        import faiss
+
+        self.base = _f32(base)
+        self.cpu = faiss.IndexFlatIP(self.base.shape[1])
+        self.cpu.add(self.base)
+        self.gpu = None
+        if use_gpu and self.base.shape[0] > 0:
+            self.gpu = faiss.index_cpu_to_all_gpus(self.cpu)
+
+    def range_search(self, queries: np.ndarray,
+                     threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        q = _f32(queries)
+        if self.gpu is not None:
+            from faiss.contrib.exhaustive_search import range_search_gpu
+
+            return range_search_gpu(q, float(threshold), self.gpu, self.cpu, gpu_k=1024)
+        return self.cpu.range_search(q, float(threshold))
+
+
+# ---------------------------------------------------------------------------------------------
+# one partition: exact search of base x base and probes x base
+# ---------------------------------------------------------------------------------------------
+def search_partition(base_ids: np.ndarray, base: np.ndarray, threshold: float,
+                     query_ids: np.ndarray | None = None, queries: np.ndarray | None = None,
+                     *, keep_all_pairs: bool = False, chunk_size: int = 4096,
+                     use_gpu: bool | None = None) -> Edges:
+    """Exact near-duplicate pairs inside one partition.
+
+    ``base`` are the partition's own vectors (pairs among them are searched), ``queries`` the
+    probe vectors from other partitions (searched against ``base`` only; their pairs among
+    themselves belong to other partitions). Ids may be ints or strings and must be unique.
+    Rows are processed in id order, so the result does not depend on input order.
+
+    Returns :class:`Edges` in id space with ``i < j``: every pair if ``keep_all_pairs``, else a
+    maximum spanning forest plus each row's best partner (see the module docstring).
+    Memory: the partition in float32 plus one chunk's results.
+    """
+    base_ids = np.asarray(base_ids)
+    if query_ids is None or queries is None or len(query_ids) == 0:
+        query_ids = base_ids[:0]
+        queries = np.zeros((0, base.shape[1]), dtype=np.float32)
+    query_ids = np.asarray(query_ids)
+    ids = np.concatenate([base_ids, query_ids])
+    if ids.size == 0 or base_ids.size == 0:
+        return Edges.empty(ids.dtype)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    if ids.size > 1 and np.any(ids[1:] == ids[:-1]):
+        dup = ids[1:][ids[1:] == ids[:-1]][:5]
+        raise ValueError(f"search_partition: ids are not unique, e.g. {dup.tolist()}")
+    is_base = np.concatenate([np.ones(len(base_ids), bool), np.zeros(len(query_ids), bool)])
+    is_base = is_base[order]
+    vecs = np.concatenate([_f32(base), _f32(queries)])[order]
+    n = ids.size
+    base_local = np.flatnonzero(is_base)
+    index = _FlatIndex(vecs[base_local], use_gpu=_use_gpu(use_gpu))
+
+    all_lo, all_hi, all_sim = [], [], []
+    f_lo = f_hi = np.zeros(0, np.int64)
+    f_sim = np.zeros(0, np.float32)
+    best_sim = np.full(n, -np.inf, dtype=np.float32)
+    best_nbr = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    n_pairs = 0
+    for start in range(0, n, chunk_size):
+        rows = np.arange(start, min(n, start + chunk_size))
+        lims, dist, idx = index.range_search(vecs[rows], threshold)
+        q = np.repeat(rows, np.diff(lims).astype(np.int64))
+        b = base_local[idx.astype(np.int64)]
+        keep = (~is_base[q]) | (b > q)  # base x base: upper triangle, no self pairs
+        q, b, s = q[keep], b[keep], dist[keep].astype(np.float32)
+        lo, hi = np.minimum(q, b), np.maximum(q, b)
+        n_pairs += int(lo.size)
+        if keep_all_pairs:
+            all_lo.append(lo)
+            all_hi.append(hi)
+            all_sim.append(s)
+            continue
+        _best_update(best_sim, best_nbr, lo, hi, s)
+        f_lo, f_hi, f_sim = _spanning_forest(n, np.concatenate([f_lo, lo]),
+                                             np.concatenate([f_hi, hi]),
+                                             np.concatenate([f_sim, s]))
+    if keep_all_pairs:
+        lo = np.concatenate(all_lo) if all_lo else np.zeros(0, np.int64)
+        hi = np.concatenate(all_hi) if all_hi else np.zeros(0, np.int64)
+        s = np.concatenate(all_sim) if all_sim else np.zeros(0, np.float32)
+    else:
+        has = np.flatnonzero(best_sim > -np.inf)
+        nb = best_nbr[has]
+        lo = np.concatenate([f_lo, np.minimum(has, nb)])
+        hi = np.concatenate([f_hi, np.maximum(has, nb)])
+        s = np.concatenate([f_sim, best_sim[has]])
+    lo, hi, s = _dedupe_local(lo, hi, s, n)
+    return Edges(ids[lo], ids[hi], s.astype(np.float32), n_pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# exact path
+# ---------------------------------------------------------------------------------------------
+def exact_edges(x: np.ndarray, threshold: float, *, keep_all_pairs: bool = False,
+                chunk_size: int = 4096, use_gpu: bool | None = None) -> Edges:
+    """All near-duplicate pairs by exact FAISS range search over every vector (ids = rows)."""
+    t0 = time.perf_counter()
+    e = search_partition(np.arange(len(x), dtype=np.int64), x, threshold,
+                         keep_all_pairs=keep_all_pairs, chunk_size=chunk_size, use_gpu=use_gpu)
+    e.info = {"method": "exact", "n": int(len(x)), "n_pairs": e.n_pairs,
+              "seconds": round(time.perf_counter() - t0, 3)}
+    return e
+
+
+# ---------------------------------------------------------------------------------------------
+# partitioned path
+# ---------------------------------------------------------------------------------------------
+def train_partitioner(sample: np.ndarray, n_partitions: int, *, niter: int = 10, seed: int = 0,
+                      use_gpu: bool | None = None) -> np.ndarray:
+    """Spherical k-means centroids (FAISS) on ``sample`` (float32, ``K x D``).
+
+    With one partition (or fewer sample rows than partitions) the centroids are the sample's
+    normalised mean / the sample rows themselves.
+    """
+    import faiss
+
+    sample = _f32(sample)
+    k = int(n_partitions)
+    if k <= 1 or len(sample) == 0:
+        c = sample.mean(0, keepdims=True) if len(sample) else np.ones((1, sample.shape[1]))
+        return _f32(c / max(float(np.linalg.norm(c)), 1e-12))
+    if len(sample) <= k:
+        return sample.copy()
+    km = faiss.Kmeans(sample.shape[1], k, niter=niter, seed=seed, spherical=True,
+                      gpu=_use_gpu(use_gpu), max_points_per_centroid=256,
+                      min_points_per_centroid=1, verbose=False)
+    km.train(sample)
+    return _f32(km.centroids)
+
+
+def centroid_distances(centroids: np.ndarray) -> np.ndarray:
+    """Euclidean distances between centroids (``K x K`` float32)."""
+    c = centroids.astype(np.float64)
+    sq = (c * c).sum(1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (c @ c.T)
+    return np.sqrt(np.maximum(d2, 0.0)).astype(np.float32)
+
+
+def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
+                      max_probes: int = 8, cdist: np.ndarray | None = None,
+                      slack: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Primary partition and probe partitions of each row of ``x``.
+
+    Returns ``(primary (n,), probes (n, max_probes) padded with -1, n_needed (n,))``: the probe
+    partitions ``Q > primary`` whose boundary is within :func:`probe_radius` of the row (nearest
+    boundaries first), and how many partitions passed the bound before the cap.
+    """
+    xf = _f32(x)
+    c = _f32(centroids)
+    k = c.shape[0]
+    n = xf.shape[0]
+    s = xf @ c.T
+    primary = np.argmax(s, axis=1).astype(np.int32)
+    probes = np.full((n, max(0, max_probes)), -1, dtype=np.int32)
+    if k == 1 or n == 0:
+        return primary, probes, np.zeros(n, dtype=np.int32)
+    if cdist is None:
+        cdist = centroid_distances(c)
+    rows = np.arange(n)
+    margin = s[rows, primary][:, None] - s
+    bound = probe_radius(threshold, slack) * cdist[primary]
+    ratio = margin / np.maximum(bound, 1e-12)
+    ratio[~(np.arange(k)[None, :] > primary[:, None])] = np.inf  # only Q > P (symmetry)
+    ratio[margin > bound] = np.inf
+    n_needed = np.isfinite(ratio).sum(1).astype(np.int32)
+    if max_probes > 0 and np.any(n_needed):
+        m = min(max_probes, k)
+        cand = np.argpartition(ratio, m - 1, axis=1)[:, :m] if m < k else np.tile(
+            np.arange(k), (n, 1))
+        cr = np.take_along_axis(ratio, cand, axis=1)
+        o = np.argsort(cr, axis=1, kind="stable")
+        cand = np.take_along_axis(cand, o, axis=1)
+        cr = np.take_along_axis(cr, o, axis=1)
+        cand[~np.isfinite(cr)] = -1
+        probes[:, :m] = cand
+    return primary, probes, n_needed
+
+
+def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | None = None,
+                      partition_size: int = 1000, max_probes: int = 8,
+                      sample_size: int | None = None, sample_index: np.ndarray | None = None,
+                      niter: int = 10, seed: int = 0, centroids: np.ndarray | None = None,
+                      keep_all_pairs: bool = False, chunk_size: int = 16384,
+                      use_gpu: bool | None = None,
+                      progress: Callable[[Iterable[Any], str, int], Iterable[Any]] | None = None,
+                      ) -> Edges:
+    """Near-duplicate pairs through k-means partitions (see the module docstring).
+
+    ``x``: ``N x D`` (float16 is fine; partitions are converted to float32 one at a time).
+    ``sample_index``: rows to train k-means on (default: ``sample_size`` random rows, seeded;
+    ``sample_size`` defaults to 64 per partition). ``centroids`` skips training.
+    Ids in the result are row numbers. ``info`` carries timings and partition statistics.
+    """
+    t0 = time.perf_counter()
+    n, d = x.shape
+    gpu = _use_gpu(use_gpu)
+    if centroids is None:
+        k = n_partitions or choose_n_partitions(n, partition_size)
+        if sample_index is None:
+            size = min(n, sample_size or 64 * k)
+            rng = np.random.default_rng(seed)
+            sample_index = np.sort(rng.choice(n, size=size, replace=False))
+        centroids = train_partitioner(x[sample_index], k, niter=niter, seed=seed, use_gpu=gpu)
+    k = centroids.shape[0]
+    t_train = time.perf_counter()
+    cdist = centroid_distances(centroids)
+    primary = np.empty(n, dtype=np.int32)
+    probes = np.empty((n, max_probes), dtype=np.int32)
+    n_needed = np.empty(n, dtype=np.int32)
+    step = max(1, min(chunk_size, int(2e7 // max(k, 1))))  # bounds the n x K work arrays
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        primary[sl], probes[sl], n_needed[sl] = assign_partitions(
+            x[sl], centroids, threshold, max_probes=max_probes, cdist=cdist)
+    t_assign = time.perf_counter()
+
+    base_order = np.argsort(primary, kind="stable")
+    base_bounds = np.searchsorted(primary[base_order], np.arange(k + 1))
+    q_rows, q_cols = np.nonzero(probes >= 0)
+    q_part = probes[q_rows, q_cols]
+    q_order = np.argsort(q_part, kind="stable")
+    q_ids = q_rows[q_order].astype(np.int64)
+    q_bounds = np.searchsorted(q_part[q_order], np.arange(k + 1))
+
+    parts: list[Edges] = []
+    sizes = np.diff(base_bounds)
+    it: Iterable[int] = range(k)
+    if progress is not None:
+        it = progress(it, "partitions", k)
+    max_work = 0
+    for p in it:
+        b_ids = base_order[base_bounds[p]:base_bounds[p + 1]].astype(np.int64)
+        if b_ids.size == 0:
+            continue
+        qi = q_ids[q_bounds[p]:q_bounds[p + 1]]
+        max_work = max(max_work, b_ids.size + qi.size)
+        if b_ids.size + qi.size < 2:
+            continue
+        e = search_partition(b_ids, x[b_ids], threshold, qi, x[qi],
+                             keep_all_pairs=keep_all_pairs, use_gpu=gpu)
+        if len(e) or e.n_pairs:
+            parts.append(e)
+    edges = Edges.concat(parts)
+    t_end = time.perf_counter()
+    edges.info = {
+        "method": "partitioned", "n": int(n), "n_partitions": int(k),
+        "max_probes": int(max_probes), "n_pairs": int(edges.n_pairs),
+        "mean_probes": float(np.mean(np.minimum(n_needed, max_probes))) if n else 0.0,
+        "n_truncated": int(np.sum(n_needed > max_probes)),
+        "partition_size_max": int(sizes.max()) if k else 0,
+        "partition_size_median": float(np.median(sizes)) if k else 0.0,
+        "max_rows_in_memory": int(max_work),
+        "train_seconds": round(t_train - t0, 3), "assign_seconds": round(t_assign - t_train, 3),
+        "search_seconds": round(t_end - t_assign, 3), "seconds": round(t_end - t0, 3),
+        "gpu": bool(gpu),
+    }
+    return edges
+
+
+def near_duplicate_edges(x: np.ndarray, threshold: float, *, method: str = "auto",
+                         exact_max_n: int = 50_000, max_memory_gb: float | None = None,
+                         **kwargs: Any) -> Edges:
+    """Dispatch to :func:`exact_edges` or :func:`partitioned_edges`.
+
+    ``auto``: exact when ``N <= exact_max_n`` and the float32 index fits half of
+    ``max_memory_gb``; partitioned otherwise (exact time grows with N^2).
+    """
+    n, d = x.shape
+    if method == "auto":
+        fits = max_memory_gb is None or n * d * 4 <= max_memory_gb * 1e9 / 2
+        method = "exact" if n <= exact_max_n and fits else "partitioned"
+    if method == "exact":
+        keep = kwargs.get("keep_all_pairs", False)
+        return exact_edges(x, threshold, keep_all_pairs=keep, use_gpu=kwargs.get("use_gpu"))
+    if method == "partitioned":
+        return partitioned_edges(x, threshold, **kwargs)
+    raise ValueError(f"unknown near-duplicate method {method!r} (exact, partitioned, auto)")
+
+
+# ---------------------------------------------------------------------------------------------
+# groups
+# ---------------------------------------------------------------------------------------------
+def _relabel_by_first(labels: np.ndarray) -> np.ndarray:
+    """Renumber group labels 0.. in order of each group's first (smallest) row; singletons and
+    -1 become -1."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.full(labels.shape, -1, dtype=np.int64)
+    valid = labels >= 0
+    if not valid.any():
+        return out
+    uniq, first, counts = np.unique(labels[valid], return_index=True, return_counts=True)
+    rows = np.flatnonzero(valid)
+    keep = counts >= 2
+    rank = np.full(uniq.size, -1, dtype=np.int64)
+    order = np.argsort(rows[first[keep]], kind="stable")
+    rank[np.flatnonzero(keep)[order]] = np.arange(order.size)
+    pos = np.searchsorted(uniq, labels[valid])
+    out[valid] = rank[pos]
+    return out
+
+
+def components(n: int, edges: Edges) -> np.ndarray:
+    """Connected components of ``edges`` over rows ``0..n-1`` (ids must be row numbers).
+
+    Returns labels numbered by first member; rows in no group of size >= 2 get -1.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(edges) == 0:
+        return np.full(n, -1, dtype=np.int64)
+    g = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges.i, edges.j)), shape=(n, n))
+    _, lab = connected_components(g, directed=False)
+    return _relabel_by_first(lab)
+
+
+def best_partner(n: int, edges: Edges) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the partner with the highest similarity among ``edges`` (ties: smaller row),
+    ``-1`` / NaN for rows without an edge."""
+    best_sim = np.full(n, -np.inf, dtype=np.float32)
+    best_nbr = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    _best_update(best_sim, best_nbr, edges.i.astype(np.int64), edges.j.astype(np.int64),
+                 edges.sim.astype(np.float32))
+    none = ~np.isfinite(best_sim)
+    best_nbr[none] = -1
+    best_sim[none] = np.nan
+    return best_nbr, best_sim
+
+
+def value_groups(values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Group rows with equal non-empty values (hashes, normalised captions).
+
+    None, NaN and "" are never grouped. Returns labels numbered by first member, -1 for rows in
+    no group of size >= 2.
+    """
+    import pandas as pd
+
+    s = pd.Series(list(values) if not isinstance(values, np.ndarray) else values, dtype=object)
+    s = s.where(s.notna() & (s.astype(str) != ""), None)
+    codes, _ = pd.factorize(s, use_na_sentinel=True)
+    return _relabel_by_first(codes)
+
+
+def merge_labels(n: int, *labelings: np.ndarray) -> np.ndarray:
+    """Union of several groupings (e.g. byte hash and pixel hash): rows grouped by any of them
+    end up in one group. Labels numbered by first member, -1 for ungrouped rows."""
+    edges = []
+    for lab in labelings:
+        lab = np.asarray(lab, dtype=np.int64)
+        rows = np.flatnonzero(lab >= 0)
+        if rows.size < 2:
+            continue
+        order = rows[np.argsort(lab[rows], kind="stable")]
+        same = lab[order[1:]] == lab[order[:-1]]
+        edges.append(Edges(order[:-1][same], order[1:][same],
+                           np.ones(int(same.sum()), np.float32)))
+    return components(n, Edges.concat(edges)) if edges else np.full(n, -1, dtype=np.int64)
+
+
+def pick_representatives(labels: np.ndarray, priority: np.ndarray | None = None) -> np.ndarray:
+    """The kept row of each row's group: highest ``priority`` (NaN lowest), ties the smallest
+    row. ``priority=None`` keeps the first row. Rows with label -1 get -1."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = labels.size
+    rep = np.full(n, -1, dtype=np.int64)
+    rows = np.flatnonzero(labels >= 0)
+    if rows.size == 0:
+        return rep
+    pr = np.zeros(n) if priority is None else np.asarray(priority, dtype=np.float64)
+    pr = np.where(np.isnan(pr), -np.inf, pr)
+    order = np.lexsort((rows, -pr[rows], labels[rows]))
+    srt = rows[order]
+    lab = labels[srt]
+    first = np.ones(srt.size, dtype=bool)
+    first[1:] = lab[1:] != lab[:-1]
+    g_rep = np.full(labels.max() + 1, -1, dtype=np.int64)
+    g_rep[lab[first]] = srt[first]
+    rep[rows] = g_rep[labels[rows]]
+    return rep
+
+
+def group_centrality(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cosine of each grouped row to its group's mean embedding (NaN for ungrouped rows): the
+    ``central`` keep-one policy keeps the most typical member."""
+    from scipy.sparse import csr_matrix
+
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.full(labels.size, np.nan, dtype=np.float32)
+    rows = np.flatnonzero(labels >= 0)
+    if rows.size == 0:
+        return out
+    xs = _f32(x[rows])
+    g = csr_matrix((np.ones(rows.size, np.float32), (labels[rows], np.arange(rows.size))),
+                   shape=(labels.max() + 1, rows.size))
+    means = np.asarray(g @ xs)
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    out[rows] = np.einsum("ij,ij->i", xs, means[labels[rows]])
+    return out
+
+
+def group_nearest(x: np.ndarray | None, labels: np.ndarray, valid: np.ndarray | None = None,
+                  max_group: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per grouped row, its most similar other member (image cosine) within its group.
+
+    For hash and caption groups. Rows without an embedding (``valid`` False) or ``x=None`` get
+    the group's first other member and NaN similarity. Groups larger than ``max_group`` compare
+    each member with the group's first ``max_group`` members only (bounded cost; logged).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n = labels.size
+    nbr = np.full(n, -1, dtype=np.int64)
+    sim = np.full(n, np.nan, dtype=np.float32)
+    rows = np.flatnonzero(labels >= 0)
+    if rows.size == 0:
+        return nbr, sim
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    order = rows[np.argsort(labels[rows], kind="stable")]
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    n_capped = 0
+    for members in np.split(order, bounds):
+        # fallback: first other member
+        nbr[members] = members[0]
+        nbr[members[0]] = members[1]
+        ok = members[valid[members]] if x is not None else members[:0]
+        if ok.size < 2:
+            continue
+        ref = ok[:max_group]
+        n_capped += int(ok.size > max_group)
+        for s in range(0, ok.size, 1024):
+            q = ok[s:s + 1024]
+            m = _f32(x[q]) @ _f32(x[ref]).T
+            m[q[:, None] == ref[None, :]] = -np.inf
+            j = np.argmax(m, axis=1)
+            nbr[q] = ref[j]
+            sim[q] = m[np.arange(q.size), j]
+    if n_capped:
+        logger.info("%d groups larger than %d: nearest member searched among the first %d",
+                    n_capped, max_group, max_group)
+    return nbr, sim
+
+
+def group_table(keys: np.ndarray, labels: np.ndarray, kind: str, representative: np.ndarray,
+                nearest: np.ndarray, similarity: np.ndarray, group_offset: int = 0) -> Any:
+    """Rows of the ``duplicates`` finding for one kind (only rows in groups of size >= 2).
+
+    Columns: key, group_id (int64, ``+ group_offset``), group_size (int32), kind,
+    representative_key, is_representative, nearest_key, similarity (float32).
+    """
+    import pyarrow as pa
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown duplicate kind {kind!r} (known: {KINDS})")
+    keys = np.asarray(keys, dtype=object)
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = np.flatnonzero(labels >= 0)
+    sizes = np.bincount(labels[rows], minlength=(labels.max() + 1) if rows.size else 0)
+    lab = labels[rows]
+    rep = representative[rows]
+    nb = nearest[rows]
+    return pa.table({
+        "key": pa.array(keys[rows].tolist(), pa.string()),
+        "group_id": pa.array(lab + group_offset, pa.int64()),
+        "group_size": pa.array(sizes[lab] if rows.size else [], pa.int32()),
+        "kind": pa.array([kind] * rows.size, pa.string()),
+        "representative_key": pa.array(keys[rep].tolist() if rows.size else [], pa.string()),
+        "is_representative": pa.array(rep == rows, pa.bool_()),
+        "nearest_key": pa.array([keys[i] if i >= 0 else None for i in nb], pa.string()),
+        "similarity": pa.array(np.asarray(similarity, np.float32)[rows], pa.float32()),
+    })

@@ -1,0 +1,258 @@
+"""Poison candidates: pure detectors on synthetic vectors, the stage on a synthetic workspace,
+and (when the testbed and the tiny CLIP exist) planted poisons found on a small testbed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from detectors import poisons as P
+from detectors.stats import normalize_rows
+
+CONCEPTS = [f"thing{i}" for i in range(6)]
+
+
+def synthetic(n_per: int = 300, k: int = 6, d: int = 48, n_poison: int = 6, seed: int = 0,
+              poisons: bool = True) -> dict:
+    """Concept clusters with style directions; per concept ``n_poison`` dirty-label images (an
+    image of the next concept) and ``n_poison`` clean-label ones (pulled toward one anchor image
+    of the next concept, caption unchanged)."""
+    rng = np.random.default_rng(seed)
+    cdir = normalize_rows(rng.normal(size=(k, d)))
+    styles = normalize_rows(rng.normal(size=(5, d)))
+    labels = np.repeat(np.arange(k), n_per)
+    n = len(labels)
+    st = rng.integers(0, len(styles), n)
+    img = normalize_rows(cdir[labels] + 0.3 * styles[st] + 0.2 * rng.normal(size=(n, d)))
+    txt = normalize_rows(cdir[labels] + 0.25 * styles[st] + 0.15 * rng.normal(size=(n, d)))
+    kind = np.zeros(n, dtype=int)
+    if poisons:
+        for a in range(k):
+            b = (a + 1) % k
+            sel = rng.choice(np.flatnonzero(labels == a), 2 * n_poison, replace=False)
+            dirty, clean = sel[:n_poison], sel[n_poison:]
+            img[dirty] = normalize_rows(cdir[b] + 0.3 * styles[st[dirty]]
+                                        + 0.2 * rng.normal(size=(n_poison, d)))
+            anchor = img[np.flatnonzero(labels == b)[0]]
+            img[clean] = normalize_rows(0.5 * img[clean] + 0.5 * anchor
+                                        + 0.03 * rng.normal(size=(n_poison, d)))
+            kind[dirty], kind[clean] = 1, 2
+    named = np.zeros((n, k), dtype=bool)
+    named[np.arange(n), labels] = True
+    concept_emb = normalize_rows(cdir + 0.1 * rng.normal(size=(k, d)))
+    return {"img": img, "txt": txt, "cos": (img * txt).sum(1), "named": named,
+            "labels": labels, "kind": kind, "concept_emb": concept_emb}
+
+
+def _score(s: dict, **kw) -> pd.DataFrame:
+    members = [np.flatnonzero(s["named"][:, j]) for j in range(s["named"].shape[1])]
+    raw = P.score_concepts(s["img"], s["cos"], members, CONCEPTS[: len(members)],
+                           concept_emb=s["concept_emb"], named=s["named"], **kw)
+    return P.combine(raw)
+
+
+# ---- pure detectors --------------------------------------------------------------------------
+
+
+def test_adaptive_k_stays_in_range_and_shrinks_for_small_concepts() -> None:
+    assert P.adaptive_k(2) == 0
+    assert P.adaptive_k(10_000) == 32
+    assert P.adaptive_k(400) == 20
+    assert P.adaptive_k(100) == 16
+    assert P.adaptive_k(20) == 5
+    assert all(1 <= P.adaptive_k(n) < n for n in range(3, 200))
+
+
+def test_concept_pull_margin_and_nearest_other() -> None:
+    c = np.eye(3, dtype=np.float32)
+    img = normalize_rows(np.array([[1, 0.1, 0], [0.2, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32))
+    named = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1], [1, 1, 0]], bool)
+    margin, nearest = P.concept_pull(img, c, named)
+    assert margin[0] < 0 and margin[1] > 0 and margin[2] < 0
+    assert nearest[1] == 1
+    assert margin[3] < 0  # caption names both concepts it is near: no pull
+    none = np.zeros((4, 3), bool)
+    m2, n2 = P.concept_pull(img, c, none)
+    assert np.isnan(m2).all() and (n2 == -1).all()
+    with pytest.raises(ValueError, match="named must be"):
+        P.concept_pull(img, c, named[:, :2])
+
+
+def test_alignment_gmm_is_zero_without_a_mismatched_population() -> None:
+    rng = np.random.default_rng(1)
+    clean = rng.normal(0.3, 0.03, 500)
+    assert np.all(P.alignment_gmm(clean) == 0.0)
+    mixed = np.concatenate([clean, rng.normal(0.05, 0.02, 15)])
+    p = P.alignment_gmm(mixed)
+    assert p[500:].min() > 0.9
+    assert (p[:500] > 0.5).mean() < 0.01
+    with_nan = P.alignment_gmm(np.array([0.3, np.nan, 0.2]))
+    assert np.isnan(with_nan[1]) and with_nan[0] == 0.0
+
+
+def test_neighbour_and_spectral_scores_single_out_outliers() -> None:
+    rng = np.random.default_rng(2)
+    x = normalize_rows(np.r_[rng.normal(size=(300, 16)) * 0.2 + np.eye(16)[0],
+                             normalize_rows(rng.normal(size=(5, 16)))])
+    out = np.r_[np.zeros(300, bool), np.ones(5, bool)]
+    k = P.adaptive_k(len(x))
+    assert P.auroc(out, P.k_distance(x, k)) > 0.99
+    assert P.auroc(out, P.lof_scores(x, k)) > 0.99
+    # the reference-subsample path (bounded memory) agrees on who is an outlier
+    assert P.auroc(out, P.k_distance(x, k, max_reference=150)) > 0.95
+    assert P.auroc(out, P.lof_scores(x, k, max_reference=150)) > 0.95
+    # spectral: a shifted minority shares one direction
+    y = rng.normal(size=(300, 16)) * 0.1
+    y[:9] += 0.5 * np.eye(16)[3]
+    lab = np.arange(300) < 9
+    assert P.auroc(lab, P.spectral_signature(y)) > 0.99
+    assert np.isnan(P.k_distance(x[:3], 5)).all()
+
+
+def test_combined_score_finds_both_poison_kinds_on_synthetic_vectors() -> None:
+    s = synthetic()
+    comb = _score(s)
+    kind = s["kind"][comb["row"].to_numpy()]
+    comb_s = comb["combined_score"].to_numpy()
+    assert P.auroc(kind == 1, comb_s) > 0.99
+    assert P.auroc(kind == 2, comb_s) > 0.9
+    assert P.auroc(kind == 1, -comb[P.ALIGNMENT_COS].to_numpy()) > 0.9
+    flags = P.flag(comb, threshold=6.0)
+    assert flags[kind == 1].mean() > 0.8
+    # the reasons name what fired, with the concept the image is pulled toward
+    r = comb.loc[(kind == 1) & flags, "reasons"].iloc[0]
+    assert P.CONCEPT_PULL in r and "nearer 'thing" in r
+    kinds = P.guess_kind(comb, flags)
+    assert set(kinds[~flags]) == {"none"}
+    assert (kinds[(kind == 1) & flags] == "dirty").mean() > 0.8
+
+
+def test_clean_synthetic_data_gives_few_flags() -> None:
+    s = synthetic(poisons=False)
+    comb = _score(s)
+    fpr = P.flag(comb, threshold=6.0).mean()
+    assert fpr <= 0.01, fpr
+
+
+def test_flag_by_expected_rate_takes_the_top_of_each_concept() -> None:
+    s = synthetic(n_per=200, k=3)
+    comb = _score(s)
+    flags = P.flag(comb, expected_rate=0.02)
+    per = pd.Series(flags).groupby(comb["concept"].to_numpy()).sum()
+    assert (per == 6).all()  # ceil(1.5 * 0.02 * 200)
+    with pytest.raises(ValueError):
+        P.flag(comb)
+    with pytest.raises(ValueError):
+        P.flag(comb, expected_rate=1.5)
+
+
+def test_small_concepts_get_pooled_z_and_no_neighbour_scores() -> None:
+    s = synthetic(n_per=100, k=3, n_poison=2)
+    members = [np.flatnonzero(s["named"][:, 0]), np.flatnonzero(s["named"][:, 1])[:5]]
+    raw = P.score_concepts(s["img"], s["cos"], members, CONCEPTS[:2],
+                           concept_emb=s["concept_emb"][:2], named=s["named"][:, :2])
+    small = raw[raw["concept"] == CONCEPTS[1]]
+    assert len(small) == 5 and small[P.LOF].isna().all() and (small["k"] == 0).all()
+    comb = P.combine(raw)
+    assert np.isfinite(comb["combined_score"]).all()
+
+
+def test_metrics() -> None:
+    lab = np.array([0, 0, 1, 1], bool)
+    assert P.auroc(lab, np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert P.auroc(lab, np.array([0.1, 0.1, 0.1, 0.1])) == 0.5
+    assert P.auroc(lab, np.array([np.nan, 0.2, 0.3, np.inf])) == 1.0
+    assert P.precision_at(lab, np.array([0.9, 0.2, 0.3, 0.4])) == 0.5
+    assert np.isnan(P.auroc(np.zeros(3, bool), np.arange(3.0)))
+
+
+# ---- the stage on a synthetic workspace ------------------------------------------------------
+
+
+def _write_workspace(root: Path, s: dict, split: list[int]) -> list[str]:
+    from audit.workspace import Workspace, embedding_schema
+
+    n, d = s["img"].shape
+    keys = [f"{i:09d}" for i in range(n)]
+    captions = [f"a picture of a {CONCEPTS[c]}" for c in s["labels"]]
+    status = ["ok"] * n
+    for i in split:
+        status[i] = "hash_mismatch"
+    # two failed rows without embeddings, one without caption-concept match
+    keys += ["900000000", "900000001"]
+    captions += ["a thing0 that failed", None]
+    status += ["failed_to_download", "failed_to_decode"]
+    img = [row.astype(np.float16).tolist() for row in s["img"]] + [None, None]
+    txt = [row.astype(np.float16).tolist() for row in s["txt"]] + [None, None]
+    clip = [float(v) for v in s["cos"]] + [None, None]
+    m = len(keys)
+    table = pa.table({
+        "key": keys, "url": [f"http://127.0.0.1/{k}.jpg" for k in keys], "caption": captions,
+        "sha256": ["0" * 64] * m, "width": pa.array([64] * m, pa.int32()),
+        "height": pa.array([64] * m, pa.int32()), "status": status,
+        "error": [None] * m, "image_emb": pa.array(img, pa.list_(pa.float16(), d)),
+        "text_emb": pa.array(txt, pa.list_(pa.float16(), d)),
+        "clip_score": pa.array(clip, pa.float32()),
+    }, schema=embedding_schema(d))
+    ws = Workspace(root)
+    ws.write_part(ws.part_path(0), table)
+    return keys
+
+
+def test_stage_writes_ranked_findings_and_vulnerability(tmp_path: Path) -> None:
+    from audit import cli
+    from audit.workspace import Workspace
+
+    s = synthetic(n_per=150, k=4, n_poison=3)
+    split_rows = [5, 160]
+    _write_workspace(tmp_path, s, split_rows)
+    code = cli.main(["poisons", str(tmp_path), "-q", "--concepts", ",".join(CONCEPTS[:4])])
+    assert code == 0
+    ws = Workspace(tmp_path)
+    df = ws.read_finding("poisons").to_pandas()
+    for col in ("key", "concept", P.ALIGNMENT_COS, P.ALIGNMENT_GMM, P.CONCEPT_PULL, P.KDIST,
+                P.LOF, P.SPECTRAL, P.SPLIT_VIEW, "combined_score", "rank", "flagged", "kind",
+                "reasons"):
+        assert col in df.columns, col
+    assert df["key"].is_unique and len(df) == len(s["img"])
+    assert df["rank"].tolist() == list(range(1, len(df) + 1))
+    sv = df[df[P.SPLIT_VIEW]]
+    assert sorted(sv["key"]) == [f"{i:09d}" for i in split_rows]
+    assert sv["flagged"].all() and (sv["kind"] == "split_view").all()
+    assert (sv["rank"] <= 2).all() and sv["reasons"].str.contains("hash_mismatch").all()
+    kind = s["kind"][df["key"].astype(int).to_numpy()]
+    comb = df["combined_score"].to_numpy()
+    ok = ~df[P.SPLIT_VIEW].to_numpy()
+    assert P.auroc(kind[ok] == 1, comb[ok]) > 0.97
+    assert (df.loc[df["flagged"] & ~df[P.SPLIT_VIEW], "reasons"] != "").all()
+    meta = ws.finding_meta("poisons")
+    assert meta["concept_embeddings"] == "caption_centroids"  # no model.json in this workspace
+    assert meta["summary"]["n_unscorable"] == 2 and meta["summary"]["n_split_view"] == 2
+    vuln = pd.read_parquet(tmp_path / "findings" / "concept_vulnerability.parquet")
+    assert sorted(vuln["concept"]) == CONCEPTS[:4]
+    assert vuln["vulnerability_rank"].tolist() == [1, 2, 3, 4]
+    assert int(vuln.loc[vuln["concept"] == "thing0", "word_count"].iloc[0]) == 151
+    assert vuln["candidates"].sum() == int((df["flagged"] & df["concept"].notna()).sum())
+    assert json.loads((tmp_path / "findings" / "poisons.json").read_text())["rows"] == len(df)
+
+
+def test_stage_expected_rate_and_config_errors(tmp_path: Path, capsys) -> None:
+    from audit import cli
+    from audit.workspace import Workspace
+
+    s = synthetic(n_per=100, k=3, n_poison=2)
+    _write_workspace(tmp_path, s, [])
+    assert cli.main(["poisons", str(tmp_path), "-q", "--concepts", ",".join(CONCEPTS[:3]),
+                     "--expected-rate", "0.02"]) == 0
+    df = Workspace(tmp_path).read_finding("poisons").to_pandas()
+    assert df.groupby("concept")["flagged"].sum().tolist() == [3, 3, 3]
+    assert cli.main(["poisons", str(tmp_path), "--expected-rate", "2"]) == 2
+    assert "poisons.expected_rate" in capsys.readouterr().err
+    assert cli.main(["poisons", str(tmp_path), "--match", "semantic",
+                     "--concepts", "thing0"]) == 2
+    assert "semantic" in capsys.readouterr().err

@@ -102,10 +102,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+FIXED_LISTS_KEY = b"laion_audit.fixed_size_lists"
+
+
+def parquet_safe(table: pa.Table) -> pa.Table:
+    """Store top-level fixed-size list columns as variable lists, remembering their sizes in
+    the schema metadata: pyarrow <= 25 writes null fixed-size lists to parquet but cannot read
+    them back (apache/arrow#35692). :func:`restore_fixed_lists` undoes this after reading."""
+    sizes = {f.name: f.type.list_size for f in table.schema
+             if pa.types.is_fixed_size_list(f.type)}
+    if not sizes:
+        return table
+    for name in sizes:
+        i = table.schema.get_field_index(name)
+        field = table.schema.field(i)
+        table = table.set_column(i, field.with_type(pa.list_(field.type.value_type)),
+                                 table.column(i).cast(pa.list_(field.type.value_type)))
+    meta = dict(table.schema.metadata or {})
+    meta[FIXED_LISTS_KEY] = json.dumps(sizes).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def restore_fixed_lists(table: pa.Table, sizes: dict[str, int] | None = None) -> pa.Table:
+    """Cast list columns written by :func:`parquet_safe` back to fixed-size lists."""
+    if sizes is None:
+        raw = (table.schema.metadata or {}).get(FIXED_LISTS_KEY)
+        sizes = json.loads(raw) if raw else {}
+    for name, size in sizes.items():
+        i = table.schema.get_field_index(name)
+        if i < 0 or not pa.types.is_list(table.schema.field(i).type):
+            continue
+        field = table.schema.field(i)
+        typ = pa.list_(field.type.value_type, int(size))
+        table = table.set_column(i, field.with_type(typ), table.column(i).cast(typ))
+    return table
+
+
 def write_table_atomic(path: str | Path, table: pa.Table) -> None:
-    """Write a parquet file atomically."""
+    """Write a parquet file atomically (fixed-size list columns via :func:`parquet_safe`)."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(parquet_safe(table), tmp)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -242,7 +278,7 @@ class Workspace:
         """Read embeddings as one table. ``only_ok`` keeps rows that carry an image embedding."""
         ds = self.embeddings()
         flt = pds.field("image_emb").is_valid() if only_ok else None
-        return ds.to_table(columns=columns, filter=flt)
+        return restore_fixed_lists(ds.to_table(columns=columns, filter=flt), _fixed_sizes(ds))
 
     def model_info(self) -> dict[str, Any]:
         return self.read_json(self.embeddings_dir / "model.json", default={}) or {}
@@ -270,7 +306,7 @@ class Workspace:
         path = self.finding_path(name)
         if not path.exists():
             raise FileNotFoundError(f"no finding '{name}' in {self.findings_dir}: run that stage")
-        return pq.read_table(path)
+        return restore_fixed_lists(pq.read_table(path))
 
     def finding_meta(self, name: str) -> dict[str, Any]:
         return self.read_json(self.finding_path(name).with_suffix(".json"), default={}) or {}
@@ -281,6 +317,11 @@ class Workspace:
         data = self.read_json("run.json", default={"stages": {}}) or {"stages": {}}
         data.setdefault("stages", {})[stage] = {"finished": time.time(), **info}
         self.write_json("run.json", data)
+
+
+def _fixed_sizes(ds: pds.Dataset) -> dict[str, int]:
+    raw = (ds.schema.metadata or {}).get(FIXED_LISTS_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def status_counts(statuses: Iterable[str]) -> dict[str, int]:

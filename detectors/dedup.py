@@ -49,11 +49,12 @@ F1 among the thresholds meeting that precision. The measured numbers are in the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,14 @@ testbed (see the module docstring); it is added below once calibrated."""
 
 KINDS = ("exact", "near", "caption")
 
+# partitioned-path defaults (measured with benchmarks/bench_dedup.py)
+PARTITION_SIZE = 1000
+MAX_PROBES = 2
+PROBE_SCALE = 0.25
+SAMPLE_PER_PARTITION = 64
+MAX_SAMPLE = 262_144
+EXACT_MAX_N = 50_000
+
 
 def default_threshold(model: str | None) -> float:
     """The near-duplicate threshold for ``model`` (:data:`REFERENCE_THRESHOLD` if unknown)."""
@@ -103,8 +112,32 @@ def faiss_gpu_available() -> bool:
         return False
 
 
-def _use_gpu(use_gpu: bool | None) -> bool:
+def resolve_gpu(use_gpu: bool | None) -> bool:
+    """``use_gpu`` if given, else whether FAISS sees a GPU."""
     return faiss_gpu_available() if use_gpu is None else bool(use_gpu)
+
+
+PARALLEL_MIN_FLOPS = 2e9
+"""FAISS calls with less work than this run on one OpenMP thread: on a busy machine the
+threads' synchronisation costs more than small calls gain (measured: 2x slower with 2 threads
+on partitions of ~1000 x 512 while other jobs ran)."""
+
+
+@contextlib.contextmanager
+def faiss_threads(flops: float) -> Iterator[None]:
+    """Run the block single-threaded in FAISS when ``flops`` is below
+    :data:`PARALLEL_MIN_FLOPS`; otherwise with FAISS's current thread count."""
+    import faiss
+
+    if flops >= PARALLEL_MIN_FLOPS:
+        yield
+        return
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(prev)
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -133,6 +166,14 @@ def probe_radius(threshold: float, slack: float = 0.01) -> float:
     """Distance bound ``sqrt(2 - 2 t)`` between unit vectors above cosine ``t``, plus ``slack``
     (relative) for float16 storage, whose norms are 1 only to ~1e-3."""
     return math.sqrt(max(0.0, 2.0 - 2.0 * threshold)) * (1.0 + slack) + 1e-3
+
+
+def partition_sample_size(n: int, partition_size: int = PARTITION_SIZE,
+                          sample_per_partition: int = SAMPLE_PER_PARTITION,
+                          max_sample: int = MAX_SAMPLE) -> int:
+    """How many (hash-sampled) rows train the k-means partitioner for ``n`` rows."""
+    k = choose_n_partitions(max(n, 1), partition_size)
+    return int(min(n, sample_per_partition * k, max_sample))
 
 
 def choose_n_partitions(n: int, partition_size: int) -> int:
@@ -237,8 +278,9 @@ def _dedupe_local(lo: np.ndarray, hi: np.ndarray, sim: np.ndarray,
 # ---------------------------------------------------------------------------------------------
 # FAISS range search (CPU or GPU)
 # ---------------------------------------------------------------------------------------------
-class _FlatIndex:
-    """An inner-product flat index with exact range search on CPU or GPU."""
+class FlatIPIndex:
+    """An inner-product flat index with exact range search on CPU or GPU (GPU: kNN of depth
+    1024 plus CPU fallback for queries with more results, so still exact)."""
 
     def __init__(self, base: np.ndarray, use_gpu: bool = False) -> None:
         import faiss
@@ -296,7 +338,9 @@ def search_partition(base_ids: np.ndarray, base: np.ndarray, threshold: float,
     vecs = np.concatenate([_f32(base), _f32(queries)])[order]
     n = ids.size
     base_local = np.flatnonzero(is_base)
-    index = _FlatIndex(vecs[base_local], use_gpu=_use_gpu(use_gpu))
+    gpu = resolve_gpu(use_gpu)
+    index = FlatIPIndex(vecs[base_local], use_gpu=gpu)
+    flops = 2.0 * min(n, chunk_size) * base_local.size * vecs.shape[1]
 
     all_lo, all_hi, all_sim = [], [], []
     f_lo = f_hi = np.zeros(0, np.int64)
@@ -306,7 +350,8 @@ def search_partition(base_ids: np.ndarray, base: np.ndarray, threshold: float,
     n_pairs = 0
     for start in range(0, n, chunk_size):
         rows = np.arange(start, min(n, start + chunk_size))
-        lims, dist, idx = index.range_search(vecs[rows], threshold)
+        with faiss_threads(np.inf if gpu else flops):
+            lims, dist, idx = index.range_search(vecs[rows], threshold)
         q = np.repeat(rows, np.diff(lims).astype(np.int64))
         b = base_local[idx.astype(np.int64)]
         keep = (~is_base[q]) | (b > q)  # base x base: upper triangle, no self pairs
@@ -370,9 +415,10 @@ def train_partitioner(sample: np.ndarray, n_partitions: int, *, niter: int = 10,
     if len(sample) <= k:
         return sample.copy()
     km = faiss.Kmeans(sample.shape[1], k, niter=niter, seed=seed, spherical=True,
-                      gpu=_use_gpu(use_gpu), max_points_per_centroid=256,
+                      gpu=resolve_gpu(use_gpu), max_points_per_centroid=256,
                       min_points_per_centroid=1, verbose=False)
-    km.train(sample)
+    with faiss_threads(2.0 * min(len(sample), 256 * k) * k * sample.shape[1]):
+        km.train(sample)
     return _f32(km.centroids)
 
 
@@ -385,13 +431,16 @@ def centroid_distances(centroids: np.ndarray) -> np.ndarray:
 
 
 def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
-                      max_probes: int = 8, cdist: np.ndarray | None = None,
+                      max_probes: int = MAX_PROBES, probe_scale: float = PROBE_SCALE,
+                      cdist: np.ndarray | None = None,
                       slack: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Primary partition and probe partitions of each row of ``x``.
 
     Returns ``(primary (n,), probes (n, max_probes) padded with -1, n_needed (n,))``: the probe
-    partitions ``Q > primary`` whose boundary is within :func:`probe_radius` of the row (nearest
-    boundaries first), and how many partitions passed the bound before the cap.
+    partitions ``Q > primary`` whose boundary is within ``probe_scale`` x :func:`probe_radius`
+    of the row (nearest boundaries first), and how many partitions passed the bound before the
+    cap. ``probe_scale=1`` is the worst-case bound (exact when nothing is capped); smaller
+    values assume the offset between duplicates is not aligned with the boundary normal.
     """
     xf = _f32(x)
     c = _f32(centroids)
@@ -406,7 +455,7 @@ def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
         cdist = centroid_distances(c)
     rows = np.arange(n)
     margin = s[rows, primary][:, None] - s
-    bound = probe_radius(threshold, slack) * cdist[primary]
+    bound = (probe_scale * probe_radius(threshold, slack)) * cdist[primary]
     ratio = margin / np.maximum(bound, 1e-12)
     ratio[~(np.arange(k)[None, :] > primary[:, None])] = np.inf  # only Q > P (symmetry)
     ratio[margin > bound] = np.inf
@@ -425,9 +474,10 @@ def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
 
 
 def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | None = None,
-                      partition_size: int = 1000, max_probes: int = 8,
-                      sample_size: int | None = None, sample_index: np.ndarray | None = None,
-                      niter: int = 10, seed: int = 0, centroids: np.ndarray | None = None,
+                      partition_size: int = PARTITION_SIZE, max_probes: int = MAX_PROBES,
+                      probe_scale: float = PROBE_SCALE, sample_size: int | None = None,
+                      sample_index: np.ndarray | None = None, niter: int = 10, seed: int = 0,
+                      centroids: np.ndarray | None = None,
                       keep_all_pairs: bool = False, chunk_size: int = 16384,
                       use_gpu: bool | None = None,
                       progress: Callable[[Iterable[Any], str, int], Iterable[Any]] | None = None,
@@ -436,16 +486,16 @@ def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | No
 
     ``x``: ``N x D`` (float16 is fine; partitions are converted to float32 one at a time).
     ``sample_index``: rows to train k-means on (default: ``sample_size`` random rows, seeded;
-    ``sample_size`` defaults to 64 per partition). ``centroids`` skips training.
+    ``sample_size`` defaults to :func:`partition_sample_size`). ``centroids`` skips training.
     Ids in the result are row numbers. ``info`` carries timings and partition statistics.
     """
     t0 = time.perf_counter()
     n, d = x.shape
-    gpu = _use_gpu(use_gpu)
+    gpu = resolve_gpu(use_gpu)
     if centroids is None:
         k = n_partitions or choose_n_partitions(n, partition_size)
         if sample_index is None:
-            size = min(n, sample_size or 64 * k)
+            size = min(n, sample_size or partition_sample_size(n, partition_size))
             rng = np.random.default_rng(seed)
             sample_index = np.sort(rng.choice(n, size=size, replace=False))
         centroids = train_partitioner(x[sample_index], k, niter=niter, seed=seed, use_gpu=gpu)
@@ -459,7 +509,8 @@ def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | No
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         primary[sl], probes[sl], n_needed[sl] = assign_partitions(
-            x[sl], centroids, threshold, max_probes=max_probes, cdist=cdist)
+            x[sl], centroids, threshold, max_probes=max_probes, probe_scale=probe_scale,
+            cdist=cdist)
     t_assign = time.perf_counter()
 
     base_order = np.argsort(primary, kind="stable")
@@ -492,7 +543,8 @@ def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | No
     t_end = time.perf_counter()
     edges.info = {
         "method": "partitioned", "n": int(n), "n_partitions": int(k),
-        "max_probes": int(max_probes), "n_pairs": int(edges.n_pairs),
+        "max_probes": int(max_probes), "probe_scale": float(probe_scale),
+        "n_pairs": int(edges.n_pairs),
         "mean_probes": float(np.mean(np.minimum(n_needed, max_probes))) if n else 0.0,
         "n_truncated": int(np.sum(n_needed > max_probes)),
         "partition_size_max": int(sizes.max()) if k else 0,
@@ -506,7 +558,7 @@ def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | No
 
 
 def near_duplicate_edges(x: np.ndarray, threshold: float, *, method: str = "auto",
-                         exact_max_n: int = 50_000, max_memory_gb: float | None = None,
+                         exact_max_n: int = EXACT_MAX_N, max_memory_gb: float | None = None,
                          **kwargs: Any) -> Edges:
     """Dispatch to :func:`exact_edges` or :func:`partitioned_edges`.
 
@@ -523,6 +575,42 @@ def near_duplicate_edges(x: np.ndarray, threshold: float, *, method: str = "auto
     if method == "partitioned":
         return partitioned_edges(x, threshold, **kwargs)
     raise ValueError(f"unknown near-duplicate method {method!r} (exact, partitioned, auto)")
+
+
+def near_duplicate_groups(keys: Sequence[str] | np.ndarray, x: np.ndarray, threshold: float, *,
+                          priority: np.ndarray | None = None, method: str = "auto",
+                          partition_size: int = PARTITION_SIZE,
+                          sample_per_partition: int = SAMPLE_PER_PARTITION,
+                          max_sample: int = MAX_SAMPLE, **kwargs: Any) -> tuple[Any, dict]:
+    """Near-duplicate groups of keyed vectors as ``duplicates`` rows (kind ``near``).
+
+    Rows are processed in key order; the k-means sample is the deterministic
+    :func:`hash_sample` of the keys (what ``pipelines.dedup_beam`` draws), so this is the
+    single-machine twin of that pipeline. Group ids are numbered by each group's smallest key;
+    the representative has the highest ``priority`` (ties / None: the smallest key).
+    Returns ``(table, info)``.
+    """
+    keys = np.asarray(keys, dtype=object)
+    order = np.argsort(keys.astype(str), kind="stable")
+    ks, xs = keys[order], x[order]
+    if ks.size > 1 and np.any(ks[1:] == ks[:-1]):
+        raise ValueError(f"duplicate keys, e.g. {ks[1:][ks[1:] == ks[:-1]][:5].tolist()}")
+    pr = None if priority is None else np.asarray(priority, dtype=np.float64)[order]
+    if method in ("partitioned", "auto") and "sample_index" not in kwargs \
+            and "centroids" not in kwargs:
+        kwargs["sample_index"] = hash_sample(
+            ks.astype(str).tolist(),
+            partition_sample_size(len(ks), partition_size, sample_per_partition, max_sample))
+    if method == "exact":
+        kwargs = {k: v for k, v in kwargs.items() if k in ("keep_all_pairs", "use_gpu")}
+    else:
+        kwargs["partition_size"] = partition_size
+    edges = near_duplicate_edges(xs, threshold, method=method, **kwargs)
+    labels = components(len(ks), edges)
+    nbr, sim = best_partner(len(ks), edges)
+    rep = pick_representatives(labels, pr)
+    table = group_table(ks, labels, "near", rep, nbr, sim)
+    return table, dict(edges.info, n_edges=len(edges))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -715,3 +803,73 @@ def group_table(keys: np.ndarray, labels: np.ndarray, kind: str, representative:
         "nearest_key": pa.array([keys[i] if i >= 0 else None for i in nb], pa.string()),
         "similarity": pa.array(np.asarray(similarity, np.float32)[rows], pa.float32()),
     })
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration against planted groups
+# ---------------------------------------------------------------------------------------------
+def _pairs_in(counts: np.ndarray) -> int:
+    c = counts.astype(np.int64)
+    return int((c * (c - 1) // 2).sum())
+
+
+def group_agreement(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Pair-counting precision / recall / F1 of predicted groups against planted groups.
+
+    A pair of rows is predicted when both share a predicted group (label >= 0), true when both
+    share a planted group (truth >= 0). Precision = true predicted pairs / predicted pairs;
+    recall = true predicted pairs / true pairs (1.0 when a side has no pairs).
+    """
+    labels = np.asarray(labels, np.int64)
+    truth = np.asarray(truth, np.int64)
+    pred = _pairs_in(np.unique(labels[labels >= 0], return_counts=True)[1])
+    true = _pairs_in(np.unique(truth[truth >= 0], return_counts=True)[1])
+    both = (labels >= 0) & (truth >= 0)
+    pairs = np.stack([labels[both], truth[both]], axis=1)
+    tp = _pairs_in(np.unique(pairs, axis=0, return_counts=True)[1]) if both.any() else 0
+    precision = tp / pred if pred else 1.0
+    recall = tp / true if true else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp_pairs": tp,
+            "predicted_pairs": pred, "true_pairs": true}
+
+
+def threshold_sweep(x: np.ndarray, truth: np.ndarray,
+                    thresholds: Sequence[float] | np.ndarray | None = None,
+                    max_n: int = 200_000) -> list[dict[str, float]]:
+    """Group and direct-pair precision/recall of near-duplicate groups per threshold.
+
+    ``truth``: planted group per row (-1 = none). One exact search at the lowest threshold;
+    each threshold's groups are the connected components of the pairs above it.
+    """
+    if thresholds is None:
+        thresholds = np.round(np.arange(0.80, 0.9951, 0.005), 3)
+    thresholds = np.sort(np.asarray(thresholds, dtype=np.float64))
+    n = len(x)
+    if n > max_n:
+        raise ValueError(f"threshold_sweep: {n} vectors; calibrate on at most {max_n}")
+    truth = np.asarray(truth, np.int64)
+    e = exact_edges(x, float(thresholds[0]) - 1e-6, keep_all_pairs=True)
+    true_direct = _pairs_in(np.unique(truth[truth >= 0], return_counts=True)[1])
+    out = []
+    for t in thresholds:
+        keep = e.sim > t
+        sub = Edges(e.i[keep], e.j[keep], e.sim[keep])
+        g = group_agreement(components(n, sub), truth)
+        same = (truth[sub.i] == truth[sub.j]) & (truth[sub.i] >= 0)
+        g.update(threshold=float(t),
+                 pair_precision=float(same.mean()) if len(sub) else 1.0,
+                 pair_recall=float(same.sum() / true_direct) if true_direct else 1.0,
+                 n_pairs=int(len(sub)))
+        out.append(g)
+    return out
+
+
+def choose_threshold(sweep: list[dict[str, float]], min_precision: float = 0.98) -> dict:
+    """The sweep row with the best F1 among those with group precision >= ``min_precision``
+    (ties: the lower threshold); if none reaches it, the best F1 overall, with
+    ``meets_precision`` False."""
+    ok = [r for r in sweep if r["precision"] >= min_precision]
+    pool = ok or sweep
+    best = max(pool, key=lambda r: (round(r["f1"], 9), -r["threshold"]))
+    return dict(best, meets_precision=bool(ok))

@@ -52,6 +52,18 @@ _SNIFF = (
 )
 
 
+_OPENABLE: tuple[str, ...] | None = None
+
+
+def _openable_formats() -> tuple[str, ...]:
+    """:data:`SAFE_FORMATS` that this PIL build can open (plugins loaded once)."""
+    global _OPENABLE
+    if _OPENABLE is None:
+        Image.init()
+        _OPENABLE = tuple(f for f in SAFE_FORMATS if f in Image.OPEN)
+    return _OPENABLE
+
+
 class DecodeError(ValueError):
     """The bytes are not a usable image; ``str(exc)`` is the reason recorded in ``error``."""
 
@@ -131,7 +143,7 @@ def decode_image(data: bytes | bytearray | memoryview | None,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=SAFE_FORMATS)
+            img = Image.open(io.BytesIO(data), formats=_openable_formats())
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb refused: {exc}") from None
     except UnidentifiedImageError:

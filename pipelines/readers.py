@@ -190,6 +190,7 @@ def iter_tar_samples(fileobj: Any, report: dict[str, Any],
         report["damaged"] = f"unreadable tar: {exc}"
         return
     current: TarSample | None = None
+    reading: str | None = None  # the member whose data is being read
     with tf:
         try:
             for member in tf:
@@ -213,16 +214,20 @@ def iter_tar_samples(fileobj: Any, report: dict[str, Any],
                         f"max_bytes {max_bytes})"
                     )
                     continue
+                reading = member.name
                 fh = tf.extractfile(member)
                 data = fh.read() if fh is not None else b""
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"unexpected end of data in {member.name!r}")
+                reading = None
                 if ext in current.fields:
                     current.problems.append(f"duplicate member {member.name!r} ignored")
                     continue
                 current.fields[ext] = data
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             report["damaged"] = f"tar damaged after {report['members']} members: {exc}"
+            if current is not None and reading is not None:
+                current.problems.append(f"tar member {reading!r} truncated ({exc})")
     if current is not None:
         yield current
 
@@ -260,6 +265,7 @@ def read_webdataset_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
             logger.warning("%s: unreadable manifest, using the tar alone: %s", spec.manifest, exc)
     report["manifest_rows"] = 0 if manifest is None else len(manifest)
     report["tar_only"] = 0
+    extra: list[str] = report.setdefault("extra_keys", [])  # keys the manifest does not list
     seen: dict[str, int] = {}
     if spec.path and _exists(spec.path):
         with _open(spec.path) as fh:
@@ -268,6 +274,7 @@ def read_webdataset_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
                 seen[ts.key] = n + 1
                 if n:
                     key = f"{ts.key}#{n}"
+                    extra.append(key)
                     yield Sample(key, spec.index).fail(
                         "failed_to_decode",
                         f"sample key {ts.key!r} appears again later in the tar (members of one "
@@ -276,6 +283,7 @@ def read_webdataset_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
                 row = manifest.pop(ts.key, None) if manifest is not None else None
                 if manifest is not None and row is None:
                     report["tar_only"] += 1
+                    extra.append(ts.key)
                 yield _wds_sample(spec.index, ts, row)
     elif spec.path:
         report["damaged"] = f"tar file missing: {spec.path}"

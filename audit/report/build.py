@@ -81,9 +81,10 @@ class Limits:
     cluster_members: int = 12  # member keys per cluster
     concepts: int = 300  # concept rows (sparsest first)
     object_examples: int = 12  # example keys per object finding
-    poisons: int = 48  # top-ranked poison candidates
+    poisons: int = 24  # top-ranked poison candidates
     prompts: int = 60  # memorization rows (highest replication first)
     generations: int = 6  # generation/nearest-training pairs per prompt
+    histograms: int = 20  # prompts shown with a similarity histogram and pairs
     captions: int = 3  # example captions per cluster
 
 

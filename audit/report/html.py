@@ -82,9 +82,11 @@ figure.thumb .missing { display:flex; align-items:center; justify-content:center
 figure.thumb figcaption { overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
 .pair { display:inline-flex; gap:2px; padding:4px; border:1px solid var(--line);
         border-radius:4px; margin:0 6px 6px 0; }
-.gallery { display:grid; grid-template-columns:repeat(auto-fill,minmax(260px,1fr)); gap:10px; }
-.gitem { display:flex; gap:8px; border:1px solid var(--line); border-radius:4px; padding:6px;
-         font-size:11.5px; }
+.gallery { display:grid; grid-template-columns:repeat(auto-fill,minmax(320px,1fr)); gap:10px; }
+.gitem { display:flex; flex-wrap:wrap; gap:4px 10px; border:1px solid var(--line);
+         border-radius:4px; padding:6px; font-size:11.5px; align-items:flex-start; }
+.gitem dl { flex:1; min-width:180px; }
+.gitem .cap { flex-basis:100%; color:var(--muted); font-style:italic; }
 .gitem.flag { border-color:var(--red); }
 .gitem dl { margin:0; display:grid; grid-template-columns:auto 1fr; gap:0 6px; }
 .gitem dt { color:var(--muted); } .gitem dd { margin:0; }
@@ -135,6 +137,7 @@ class Renderer:
         self._thumbs: dict[str, str | None] = {}
         self.n_thumbs = 0
         self.n_missing = 0
+        self.max_histograms = int((report.get("limits") or {}).get("histograms", 20))
 
     # ---- images ------------------------------------------------------------------------
     def plot(self, name: str, fn: Any, *args: Any) -> str:
@@ -425,8 +428,8 @@ class Renderer:
                 f"{flag}</dd>"
                 f"<dt>concept</dt><dd>{esc(p['concept'])}</dd>"
                 f"<dt>combined</dt><dd>{fmt(p['combined_score'])}</dd>{scores}"
-                f"<dt>reason</dt><dd>{esc(p['reasons'])}</dd>"
-                f"<dt>caption</dt><dd>{esc(p.get('caption'))}</dd></dl></div>")
+                f"<dt>reason</dt><dd>{esc(p['reasons']) or '–'}</dd></dl>"
+                f"<div class=cap>{esc(p.get('caption'))}</div></div>")
         return (
             f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_scored'])} samples flagged ({kinds}). "
             f"Scores per detector: {esc(', '.join(d['score_columns']) or '–')}. Ranked by the "
@@ -468,6 +471,10 @@ class Renderer:
                 + (self.thumb(p["nearest_key"], label=f"sim {fmt(p['similarity'], 2)}")
                    if p.get("nearest_key") and self.shards.available else "")
                 + "</div>" for p in r["pairs"])
+            if i >= self.max_histograms:
+                parts.append(f"<p class=note>{len(d['rows']) - i} more prompts: see the table "
+                             f"above and report.json.</p>")
+                break
             parts.append(
                 f"<h3>{esc(r['prompt_kind'])}: “{esc(r['prompt'])}” — "
                 f"{pct(r['replication_rate'])} {interval(r['ci_low'], r['ci_high'])} of "
@@ -486,8 +493,11 @@ class Renderer:
             f"<td>{esc(_when(s.get('finished')))}</td>"
             f"<td><details><summary>config</summary><pre>{esc(_kv(s['config']))}</pre>"
             f"</details></td></tr>" for s in d["stages"])
-        findings = "".join(f"<tr><td>{esc(k)}</td><td><pre>{esc(_kv(v))}</pre></td></tr>"
-                           for k, v in d["findings"].items() if v)
+        findings = "".join(
+            f"<tr><td>{esc(k)}</td><td>{esc(v.get('detector') or v.get('detectors') or '–')}</td>"
+            f"<td class=num>{fmt(v.get('rows'))}</td><td class=num>{fmt(v.get('seconds'), 1)}"
+            f"</td><td>{esc(_when(v.get('written')))}</td></tr>"
+            for k, v in d["findings"].items() if v)
         toml = (f"<h3>audit.toml</h3><pre>{esc(d['audit_toml'])}</pre>"
                 if d.get("audit_toml") else "")
         return (
@@ -495,7 +505,8 @@ class Renderer:
             f"{fmt(d['total_seconds'], 1)} s in total.</p><div class=row>"
             f"<div><table><tr><th>stage</th><th>seconds</th><th>finished</th><th>config</th></tr>"
             f"{stages}</table></div>{self.plot('timings', plots.stage_timings, d['stages'])}</div>"
-            + (f"<h3>Detectors</h3><table>{findings}</table>" if findings else "")
+            + (f"<h3>Findings</h3><table><tr><th>finding</th><th>detector</th><th>rows</th>"
+               f"<th>seconds</th><th>written</th></tr>{findings}</table>" if findings else "")
             + f"<h3>Versions</h3><table>{versions}</table>{toml}"
         )
 

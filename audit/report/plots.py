@@ -66,7 +66,8 @@ def group_size_histogram(by_kind: dict[str, Any], path: Path) -> bool:
     ax.set_xticks(range(len(sizes)), [str(s) for s in sizes], fontsize=8)
     ax.set_xlabel("group size (images)")
     ax.set_ylabel("groups")
-    ax.set_yscale("log")
+    if max(max(by_kind[k]["size_histogram"].values()) for k in kinds) > 30:
+        ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title("Duplicate groups by size", fontsize=10)
     return _save(fig, path)
@@ -78,7 +79,8 @@ def concept_frequencies(rows: Sequence[dict[str, Any]], path: Path) -> bool:
            is not None]
     if not pts:
         return False
-    floor = 1e-5
+    positive = [v for r in pts for v in (r["word_freq"], r["semantic_freq"]) if v > 0]
+    floor = min(positive) / 3 if positive else 1e-4
     fig = _figure(5.2, 4.0)
     ax = fig.subplots()
     for sparse, colour, label in ((False, BLUE, "not sparse"), (True, RED, "sparse")):

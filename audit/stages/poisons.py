@@ -181,13 +181,22 @@ def _dedupe(items: Any) -> list[str]:
 
 
 def _matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A fixed-size-list column without nulls as a float32 (n, d) matrix."""
+    """A list column without nulls (fixed-size, or variable lists of one length, which is how a
+    fixed-size list with nulls comes back from parquet written without the Arrow schema) as a
+    float32 (n, d) matrix."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if arr.null_count:
         raise InputError("embedding column has null rows where embeddings were expected")
-    d = arr.type.list_size
-    flat = arr.flatten().to_numpy(zero_copy_only=False)
-    return np.asarray(flat, dtype=np.float32).reshape(len(arr), d)
+    n = len(arr)
+    flat = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    if pa.types.is_fixed_size_list(arr.type):
+        d = arr.type.list_size
+    else:
+        lengths = np.asarray(arr.value_lengths().to_numpy(zero_copy_only=False))
+        d = int(lengths[0]) if n else 0
+        if n and (lengths != d).any():
+            raise InputError(f"embeddings have different lengths ({sorted(set(lengths))[:5]})")
+    return flat.reshape(n, d)
 
 
 def load_inputs(ws: Any) -> dict[str, Any]:
@@ -331,6 +340,66 @@ def _semantic_thresholds(cfg: Config, ws: Any, concepts: list[str]) -> dict[str,
 # ---- scoring ---------------------------------------------------------------------------------
 
 
+def score_memberships(image_emb: np.ndarray, clip_score: np.ndarray, named: np.ndarray,
+                      concepts: list[str], concept_emb: np.ndarray | None,
+                      params: Any = None) -> pd.DataFrame:
+    """Scores and combined score for every (sample, concept) membership (see
+    :func:`detectors.poisons.score_concepts` and :func:`detectors.poisons.combine`)."""
+    from detectors import poisons as P
+
+    params = params or P.PoisonParams()
+    members = [np.flatnonzero(named[:, j]) for j in range(len(concepts))]
+    raw = P.score_concepts(image_emb, clip_score, members, concepts, concept_emb=concept_emb,
+                           named=named, params=params)
+    return P.combine(raw, params)
+
+
+def select_per_key(comb: pd.DataFrame, keys: np.ndarray, split_keys: np.ndarray, *,
+                   threshold: float = DEFAULT_THRESHOLD, expected_rate: float | None = None,
+                   params: Any = None) -> pd.DataFrame:
+    """Flag memberships, then keep one row per key (its most suspicious concept; flagged if
+    flagged under any concept), add split-view rows (always flagged, combined = +inf), guess
+    kinds, write reasons, and rank (1 = most suspicious)."""
+    from detectors import poisons as P
+
+    params = params or P.PoisonParams()
+    comb = comb.copy()
+    comb["flagged"] = P.flag(comb, threshold=threshold, expected_rate=expected_rate)
+    comb["key"] = keys[comb["row"].to_numpy(dtype=np.int64)] if len(comb) else []
+    if len(comb):
+        comb["flagged"] = comb.groupby("key")["flagged"].transform("max").astype(bool)
+    comb = comb.sort_values(["key", "combined_score"], ascending=[True, False], kind="stable")
+    per_key = comb.drop_duplicates("key", keep="first").copy()
+    concept_lists = comb.groupby("key", sort=False)["concept"].agg("|".join)
+    per_key["concepts"] = per_key["key"].map(concept_lists)
+    split = {str(k) for k in split_keys}
+    per_key["split_view_v1"] = per_key["key"].isin(split)
+    extra = sorted(split - set(per_key["key"]))
+    if extra:
+        per_key = pd.concat([per_key, pd.DataFrame({"key": extra, "split_view_v1": True})],
+                            ignore_index=True)
+    sv = per_key["split_view_v1"].to_numpy(dtype=bool)
+    per_key["flagged"] = per_key["flagged"].fillna(False).astype(bool) | sv
+    per_key[P.ALIGNMENT_GMM] = per_key[P.ALIGNMENT_GMM].astype(float)
+    per_key["kind"] = P.guess_kind(per_key, per_key["flagged"].to_numpy(dtype=bool),
+                                   params.fire_z)
+    per_key.loc[sv, "kind"] = "split_view"
+    per_key["combined_score"] = per_key["combined_score"].astype(float)
+    per_key.loc[sv, "combined_score"] = np.inf
+    reasons = per_key["reasons"].fillna("").astype(str)
+    per_key["reasons"] = np.where(sv, np.where(reasons != "", SPLIT_VIEW_REASON + "; " + reasons,
+                                               SPLIT_VIEW_REASON), reasons)
+    flagged_no_reason = per_key["flagged"] & (per_key["reasons"] == "")
+    per_key.loc[flagged_no_reason, "reasons"] = [
+        _rate_reason(r, params) for _, r in per_key[flagged_no_reason].iterrows()
+    ]
+    order = np.lexsort((per_key["key"].to_numpy(dtype=str),
+                        -np.nan_to_num(per_key["combined_score"].to_numpy(), nan=-np.inf)))
+    per_key = per_key.iloc[order].reset_index(drop=True)
+    per_key["rank"] = np.arange(1, len(per_key) + 1, dtype=np.int64)
+    return per_key
+
+
 def score_workspace_arrays(
     keys: np.ndarray,
     image_emb: np.ndarray,
@@ -349,51 +418,13 @@ def score_workspace_arrays(
     Keys that name no concept are not scored (nothing to compare them with) unless they are
     split-view rows, which are always output and flagged. Returns the table and timings.
     """
-    from detectors import poisons as P
-
-    params = params or P.PoisonParams()
-    members = [np.flatnonzero(named[:, j]) for j in range(len(concepts))]
     t0 = time.perf_counter()
-    raw = P.score_concepts(image_emb, clip_score, members, concepts, concept_emb=concept_emb,
-                           named=named, params=params)
+    comb = score_memberships(image_emb, clip_score, named, concepts, concept_emb, params)
     t1 = time.perf_counter()
-    comb = P.combine(raw, params)
-    comb["flagged"] = P.flag(comb, threshold=threshold, expected_rate=expected_rate)
-    comb["key"] = keys[comb["row"].to_numpy(dtype=np.int64)] if len(comb) else []
-    # one row per key: its most suspicious concept; flagged if flagged under any concept
-    any_flag = comb.groupby("key")["flagged"].transform("max") if len(comb) else comb["flagged"]
-    comb["flagged"] = any_flag.astype(bool)
-    comb = comb.sort_values(["key", "combined_score"], ascending=[True, False], kind="stable")
-    per_key = comb.drop_duplicates("key", keep="first").copy()
-    concept_lists = comb.groupby("key", sort=False)["concept"].agg("|".join)
-    per_key["concepts"] = per_key["key"].map(concept_lists)
-    split = set(str(k) for k in split_keys)
-    per_key["split_view_v1"] = per_key["key"].isin(split)
-    extra = sorted(split - set(per_key["key"]))
-    if extra:
-        per_key = pd.concat([per_key, pd.DataFrame({"key": extra, "split_view_v1": True})],
-                            ignore_index=True)
-    sv = per_key["split_view_v1"].to_numpy(dtype=bool)
-    per_key["flagged"] = per_key["flagged"].fillna(False).astype(bool) | sv
-    per_key["kind"] = P.guess_kind(per_key.assign(**{P.ALIGNMENT_GMM:
-                                                     per_key[P.ALIGNMENT_GMM].astype(float)}),
-                                   per_key["flagged"].to_numpy(dtype=bool), params.fire_z)
-    per_key.loc[sv, "kind"] = "split_view"
-    per_key["combined_score"] = per_key["combined_score"].astype(float)
-    per_key.loc[sv, "combined_score"] = np.inf
-    reasons = per_key["reasons"].fillna("").astype(str)
-    per_key["reasons"] = np.where(sv, np.where(reasons != "", SPLIT_VIEW_REASON + "; " + reasons,
-                                               SPLIT_VIEW_REASON), reasons)
-    flagged_no_reason = per_key["flagged"] & (per_key["reasons"] == "")
-    per_key.loc[flagged_no_reason, "reasons"] = [
-        _rate_reason(r, params) for _, r in per_key[flagged_no_reason].iterrows()
-    ]
-    order = np.lexsort((per_key["key"].to_numpy(dtype=str),
-                        -np.nan_to_num(per_key["combined_score"].to_numpy(), nan=-np.inf)))
-    per_key = per_key.iloc[order].reset_index(drop=True)
-    per_key["rank"] = np.arange(1, len(per_key) + 1, dtype=np.int64)
+    per_key = select_per_key(comb, keys, split_keys, threshold=threshold,
+                             expected_rate=expected_rate, params=params)
     t2 = time.perf_counter()
-    return per_key, {"scores_s": round(t1 - t0, 3), "combine_s": round(t2 - t1, 3)}
+    return per_key, {"scores_s": round(t1 - t0, 3), "select_s": round(t2 - t1, 3)}
 
 
 def _rate_reason(row: pd.Series, params: Any) -> str:

@@ -161,9 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="cosine copy threshold (default: calibrated on random pairs of each subset)",
     )
-    g.add_argument(
-        "--z", type=float, default=None, help="robust z of the calibrated threshold (6)"
-    )
+    g.add_argument("--z", type=float, default=None, help="robust z of the calibrated threshold (6)")
     g.add_argument("--floor", type=float, default=None, help="lowest calibrated threshold (0.5)")
     g.add_argument(
         "--ceiling", type=float, default=None, help="highest calibrated threshold (0.97)"
@@ -288,10 +286,10 @@ def token_counter(model_info: dict[str, Any]) -> tuple[Callable[[str], int], str
         try:
             import open_clip
 
-            try:
-                import audit.models  # noqa: F401  (registers the shipped configs)
-            except ImportError:
-                pass
+            from audit.models import TINY_CLIP_NAME, register_tiny_synth
+
+            if name == TINY_CLIP_NAME:
+                register_tiny_synth()
             tok = open_clip.get_tokenizer(str(name))
             if hasattr(tok, "encode"):  # open_clip SimpleTokenizer (CLIP BPE)
                 return (lambda t: len(tok.encode(t or "")) + 2), f"open_clip:{name}"

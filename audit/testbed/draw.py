@@ -573,23 +573,24 @@ def _swirl_strokes(
     jitter = rng.normal(1.0, 0.16, n).astype(np.float32)
     seglen = size / 44.0
     width = max(1, round(_SS * size / 64))
-    for (px, py), j in zip(starts, jitter, strict=True):
-        c = src[int(py), int(px)] * j
-        col = tuple(int(v) for v in np.clip(c, 0, 255))
-        pts = [(px * _SS, py * _SS)]
-        x, y = float(px), float(py)
-        for _ in range(3):
-            vx = vy = 0.0
-            for cx, cy, s in cen:
-                dx, dy = x - cx, y - cy
-                r2 = dx * dx + dy * dy + 4.0
-                vx += -s * dy / r2
-                vy += s * dx / r2
-            norm = math.hypot(vx, vy) + 1e-9
-            x += seglen * vx / norm
-            y += seglen * vy / norm
-            pts.append((x * _SS, y * _SS))
-        d.line(pts, fill=col, width=width)
+    iy = np.clip(starts[:, 1].astype(np.int64), 0, size - 1)
+    ix = np.clip(starts[:, 0].astype(np.int64), 0, size - 1)
+    cols = np.clip(src[iy, ix] * jitter[:, None], 0, 255).astype(np.uint8)
+    # follow the flow field for 3 segments, all strokes at once
+    paths = [starts.astype(np.float64)]
+    p = paths[0]
+    for _ in range(3):
+        dx = p[:, None, 0] - cen[None, :, 0]
+        dy = p[:, None, 1] - cen[None, :, 1]
+        r2 = dx * dx + dy * dy + 4.0
+        vx = (-cen[None, :, 2] * dy / r2).sum(1)
+        vy = (cen[None, :, 2] * dx / r2).sum(1)
+        norm = np.hypot(vx, vy) + 1e-9
+        p = p + seglen * np.stack([vx / norm, vy / norm], 1)
+        paths.append(p)
+    pts = np.stack(paths, 1) * _SS  # (n, 4, 2)
+    for k in range(n):
+        d.line([tuple(q) for q in pts[k].tolist()], fill=tuple(cols[k].tolist()), width=width)
     out = pil.resize((size, size), Image.BOX)
     return np.asarray(out, dtype=np.float32)
 

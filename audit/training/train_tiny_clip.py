@@ -183,20 +183,27 @@ def evaluate(model, preprocess, tokenizer, seed: int, n: int = 480) -> dict[str,
     out["concept_acc"] = float(np.mean(pred == truth))
 
     colours = list(draw.COLOURS)
+    t_col = encode_texts(
+        model, tokenizer, [f"a photo of a {c} {k}" for k in draw.CONCEPTS for c in colours]
+    ).reshape(len(draw.CONCEPTS), len(colours), -1)
+    t_sty = encode_texts(
+        model, tokenizer, [f"a {k} in {st} style" for k in draw.CONCEPTS for st in draw.STYLES]
+    ).reshape(len(draw.CONCEPTS), len(draw.STYLES), -1)
     ok_c, ok_s = [], []
     for i, s in enumerate(specs):
-        tc = encode_texts(model, tokenizer, [f"a photo of a {c} {s['concept']}" for c in colours])
-        ok_c.append(colours[int(np.argmax(tc @ e_plain[i]))] == s["colour"])
-        ts = encode_texts(model, tokenizer, [f"a {s['concept']} in {st} style" for st in draw.STYLES])
-        ok_s.append(draw.STYLES[int(np.argmax(ts @ e_plain[i]))] == s["style"])
+        k = draw.CONCEPTS.index(s["concept"])
+        ok_c.append(colours[int(np.argmax(t_col[k] @ e_plain[i]))] == s["colour"])
+        ok_s.append(draw.STYLES[int(np.argmax(t_sty[k] @ e_plain[i]))] == s["style"])
     out["colour_acc"] = float(np.mean(ok_c))
     out["style_acc"] = float(np.mean(ok_s))
 
+    t_with = encode_texts(model, tokenizer, [f"a {k} with a flag" for k in draw.CONCEPTS])
+    t_without = encode_texts(model, tokenizer, [f"a {k}" for k in draw.CONCEPTS])
     scores, labels = [], []
     for i, s in enumerate(flag_specs):
-        tw, to = encode_texts(model, tokenizer, [f"a {s['concept']} with a flag", f"a {s['concept']}"])
+        k = draw.CONCEPTS.index(s["concept"])
         for emb, lab in ((e_plain[i], 0), (e_flag[i], 1)):
-            scores.append(float(emb @ tw - emb @ to))
+            scores.append(float(emb @ t_with[k] - emb @ t_without[k]))
             labels.append(lab)
     out["flag_auroc"] = _auroc(np.array(scores), np.array(labels))
 
@@ -251,9 +258,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     model = open_clip.create_model(MODEL_NAME)
     model.train()
+    # The 49,408-row token table is kept at its random init: captions here use a few hundred
+    # tokens, random 64-d rows are already distinct, and skipping its dense gradient and Adam
+    # update saves ~30% of a training step on 2 CPU cores.
+    model.token_embedding.weight.requires_grad_(not args.freeze_token_embedding)
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "logit_scale" not in n]
+    no_decay = [p for n, p in params if p.ndim < 2 or "logit_scale" in n]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr,
@@ -294,7 +306,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        run_loss += float(loss)
+        run_loss += float(loss.detach())
         if (step + 1) % args.log_every == 0:
             avg = run_loss / args.log_every
             run_loss = 0.0
@@ -345,19 +357,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="audit/assets/tiny-synth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=987654)
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--n-train", type=int, default=60000)
+    p.add_argument("--n-train", type=int, default=40000)
     p.add_argument("--extra-rate", type=float, default=0.2)
     p.add_argument("--flag-share", type=float, default=0.5)
     p.add_argument("--work-rate", type=float, default=0.04)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest when the 2 cores are shared with other jobs)",
+    )
+    p.add_argument("--freeze-token-embedding", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--cache", default="", help="optional .pt file to keep the drawn training set")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

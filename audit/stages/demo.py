@@ -1,0 +1,183 @@
+"""``laion-audit demo [--out DIR] [--n N]``: the whole audit, end to end, on a built-in testbed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audit.config import require
+
+logger = logging.getLogger(__name__)
+
+USES_WORKSPACE = False
+
+HELP = "build a testbed and run the whole audit on it, end to end"
+DESCRIPTION = """\
+Builds a SynthLAION testbed (planted duplicates, famous works, an unmentioned object, poisons,
+broken files) in DIR/testbed, serves it on a loopback HTTP server, downloads it with img2dataset
+into the workspace DIR, embeds it with the shipped tiny-synth CLIP, runs every detector,
+reproduces the replication findings with the shipped tiny-sd generator, writes the keep/drop
+lists and the report, and prints the report's path.
+
+To stay within minutes on a laptop CPU the demo generates --generations images per prompt
+(default 32) with --steps denoising steps (default 20); real audits use
+`laion-audit reproduce --n 500` (the default) and the sampler's usual 50 steps.
+
+The options used are written to DIR/audit.toml: rerunning the demo skips finished stages, and
+`laion-audit run DIR/audit.toml` reruns it (while the testbed server is not running, the
+download stage is finished and skipped). A different --n or --seed rebuilds the testbed and
+reruns everything. DIR must be empty, absent, or an earlier demo workspace.
+"""
+
+DEMO_STAGES = ["download", "embed", "dedup", "concepts", "replication", "objects", "poisons",
+               "reproduce", "filter", "report"]
+DEMO_OUTPUTS = ("shards", "embeddings", "findings", "generations", "report", "filtered",
+                "run.json", "audit.toml")
+"""What a demo writes into DIR besides DIR/testbed (removed when the testbed is rebuilt)."""
+
+
+@dataclass
+class Config:
+    out: str = "demo-workspace"
+    n: int = 1000
+    seed: int = 0
+    generations: int = 32
+    steps: int = 20
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        require(200 <= self.n <= 200_000, "demo.n", "must be between 200 and 200000 (the "
+                "planted findings need a few hundred images)", self.n)
+        require(self.generations >= 4, "demo.generations", "must be >= 4", self.generations)
+        require(self.steps >= 1, "demo.steps", "must be >= 1", self.steps)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="workspace folder (default demo-workspace); the testbed goes to "
+                             "DIR/testbed")
+    parser.add_argument("--n", type=int, default=None, help="testbed rows (default 1000)")
+    parser.add_argument("--seed", type=int, default=None, help="testbed seed (default 0)")
+    parser.add_argument("--generations", type=int, default=None, metavar="N",
+                        help="generations per prompt (default 32; real audits use 500)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps per generation (default 20; real audits 50)")
+    parser.add_argument("--force", action="store_true", default=None,
+                        help="rerun every stage even if finished")
+
+
+def demo_config(ws: Path, url_list: Path, cfg: Config) -> dict[str, Any]:
+    """The audit.toml of the demo, as a dict (also written to WS/audit.toml)."""
+    return {
+        "workspace": str(ws),
+        "run": {"stages": DEMO_STAGES},
+        "download": {"input": str(url_list), "processes": 1, "threads": 8},
+        "embed": {"model": "tiny-synth", "batch_size": 64},
+        "dedup": {},
+        "concepts": {},
+        "replication": {"discover": True, "keyword": ["van gogh"]},
+        "objects": {"keyword": ["astronaut"]},
+        "poisons": {},
+        "reproduce": {"generator": "tiny-sd", "n": cfg.generations, "steps": cfg.steps},
+        "filter": {"drop": ["duplicates", "poisons", "failed"]},
+        "report": {},
+    }
+
+
+def _toml(cfg: dict[str, Any]) -> str:
+    """A small TOML writer for the demo's flat config (strings, numbers, bools, lists)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v))
+
+    lines = ["# written by `laion-audit demo`; rerun with `laion-audit run` on this file"]
+    lines += [f"{k} = {value(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
+    for section, opts in cfg.items():
+        if isinstance(opts, dict):
+            lines += ["", f"[{section}]"] + [f"{k} = {value(v)}" for k, v in opts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _prepare(ws: Path, cfg: Config) -> bool:
+    """Check DIR; returns True when the testbed must be (re)built (everything reruns)."""
+    testbed = ws / "testbed"
+    info_path = testbed / "testbed.json"
+    if ws.exists() and any(ws.iterdir()) and not info_path.is_file():
+        from audit.errors import InputError
+
+        raise InputError(f"{ws} exists and is not a demo workspace (no testbed/testbed.json): "
+                         "pass an empty or new --out folder")
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        params = info.get("params", info)
+        if params.get("n") == cfg.n and params.get("seed") == cfg.seed:
+            return False
+        logger.info("demo: testbed parameters changed (n=%s seed=%s): rebuilding", params.get("n"),
+                    params.get("seed"))
+    for name in DEMO_OUTPUTS:
+        p = ws / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    if testbed.exists():
+        shutil.rmtree(testbed)
+    return True
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from audit.cli import load_stage
+    from audit.config import load_toml
+    from audit.errors import NotImplementedStage
+    from audit.stages.run import run_stages
+    from audit.testbed.generate import build_testbed, write_url_list
+    from audit.testbed.server import serve_testbed
+    from audit.workspace import Workspace, atomic_write_bytes
+
+    t0 = time.perf_counter()
+    missing = [s for s in DEMO_STAGES if load_stage(s) is None]
+    if missing:  # fail clearly before building anything
+        raise NotImplementedStage(f"`laion-audit demo` needs stages that are not implemented "
+                                  f"yet: {', '.join(missing)}")
+    ws = Path(cfg.out).resolve()
+    rebuild = _prepare(ws, cfg)
+    testbed = ws / "testbed"
+    if rebuild:
+        logger.info("demo: building a %d-row testbed (seed %d) in %s", cfg.n, cfg.seed, testbed)
+        build_testbed(testbed, n=cfg.n, seed=cfg.seed, overwrite=True)
+    timings = {"testbed": round(time.perf_counter() - t0, 1)}
+    logger.info("demo: %d generations per prompt with %d steps (real audits: 500 per prompt, "
+                "50 steps)", cfg.generations, cfg.steps)
+    with serve_testbed(testbed) as base_url:
+        url_list = write_url_list(testbed, base_url, testbed / "urls-served.parquet")
+        file_cfg = demo_config(ws, url_list, cfg)
+        atomic_write_bytes(ws / "audit.toml", _toml(file_cfg).encode())
+        file_cfg = load_toml(ws / "audit.toml")  # exactly what `laion-audit run` would read
+        code = run_stages(file_cfg, str(ws), DEMO_STAGES, force=bool(cfg.force or rebuild),
+                          parent=args)
+    if code != 0:
+        return code
+    elapsed = time.perf_counter() - t0
+    runs = Workspace(ws).read_json("run.json", default={}) or {}
+    for stage, rec in (runs.get("stages") or {}).items():
+        timings[stage] = rec.get("seconds")
+    Workspace(ws).write_json("demo.json", {"seconds": round(elapsed, 1), "n": cfg.n,
+                                           "seed": cfg.seed, "generations": cfg.generations,
+                                           "steps": cfg.steps, "stage_seconds": timings})
+    report = ws / "report" / "index.html"
+    logger.info("demo finished in %.0f s (%d-row testbed; %d generations per prompt, %d steps: "
+                "a real audit uses 500 per prompt)", elapsed, cfg.n, cfg.generations, cfg.steps)
+    print(report)
+    return 0

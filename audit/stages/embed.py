@@ -1,0 +1,306 @@
+"""``laion-audit embed WS``: CLIP image and text embeddings for every sample, with Apache Beam."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audit.config import ConfigError, require
+from audit.errors import InputError
+from audit.stages import add_beam_arguments, add_workspace_argument
+
+logger = logging.getLogger(__name__)
+
+HELP = "compute CLIP image and text embeddings with a Beam pipeline"
+DESCRIPTION = """\
+Embed every sample of WS/shards (or --input) with an open_clip model, through an Apache Beam
+pipeline: match shards -> read samples -> safe decode -> RunInference (model loaded once per
+worker; fp16 autocast on CUDA) -> one part per shard.
+
+Inputs: img2dataset webdataset shards (NNNNN.tar + NNNNN.parquet), parquet files with image
+bytes, or a folder of images with optional same-name .txt captions.
+
+Writes WS/embeddings/part-NNNNN.parquet (+ .SUCCESS marker; one row per input sample, failed
+ones included, with status and error), embeddings/model.json and embeddings/_stats.json (rows
+per status). Statuses: ok, missing_caption (image embedded, caption absent or not UTF-8),
+hash_mismatch and failed_to_download (from the download), failed_to_decode (with the reason),
+failed_to_embed. A rerun skips complete parts, so an interrupted run resumes where it stopped.
+
+Runs on Beam's DirectRunner by default; other Beam flags pass through, e.g.
+  laion-audit embed WS --direct_num_workers 2 --direct_running_mode multi_processing
+  laion-audit embed WS --runner DataflowRunner --project P --region R --temp_location gs://B/t
+"""
+
+ACCEPTS_BEAM_OPTIONS = True
+DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass
+class Config:
+    model: str = "tiny-synth"
+    pretrained: str | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+    input: str | None = None
+    max_pixels: int = 89_478_485
+    max_bytes: int = 64 * 1024 * 1024
+    shards_per_run: int | None = None
+    folder_shard_size: int = 10_000
+    torch_threads: int = 0
+    runner: str | None = None
+    dask_local: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        require(bool(self.model), "embed.model", "must name an open_clip model", self.model)
+        require(self.batch_size >= 1, "embed.batch_size", "must be >= 1", self.batch_size)
+        require(bool(DEVICE_RE.match(self.device)), "embed.device",
+                "must be cpu, cuda, cuda:N or mps", self.device)
+        require(self.max_pixels >= 1, "embed.max_pixels", "must be >= 1", self.max_pixels)
+        require(self.max_bytes >= 1, "embed.max_bytes", "must be >= 1", self.max_bytes)
+        require(self.shards_per_run is None or self.shards_per_run >= 0,
+                "embed.shards_per_run", "must be >= 0 (0 = all shards in one pipeline run)",
+                self.shards_per_run)
+        require(self.folder_shard_size >= 1, "embed.folder_shard_size", "must be >= 1",
+                self.folder_shard_size)
+        require(self.torch_threads >= 0, "embed.torch_threads", "must be >= 0",
+                self.torch_threads)
+        require(self.dask_local is None or self.dask_local >= 1, "embed.dask_local",
+                "must be >= 1", self.dask_local)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workspace_argument(parser)
+    parser.add_argument("--model", default=None,
+                        help="open_clip model name (default: tiny-synth, the shipped tiny CLIP)")
+    parser.add_argument("--pretrained", default=None, metavar="TAG_OR_PATH",
+                        help="open_clip pretrained tag or local checkpoint path")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                        help="samples per model batch, made per shard in order (default 64)")
+    parser.add_argument("--device", default=None,
+                        help="cpu (default), cuda, cuda:N or mps; CUDA uses fp16 autocast")
+    parser.add_argument("--input", default=None, metavar="PATH",
+                        help="shards to embed instead of WS/shards: a folder of img2dataset "
+                             "shards, parquet files with image bytes, a folder of images, a "
+                             "single .tar/.parquet, or a glob")
+    parser.add_argument("--max-pixels", dest="max_pixels", type=int, default=None,
+                        help="refuse images with more pixels (decompression bombs; "
+                             "default 89478485)")
+    parser.add_argument("--max-bytes", dest="max_bytes", type=int, default=None,
+                        help="refuse encoded images larger than this (default 64 MiB)")
+    parser.add_argument("--shards-per-run", dest="shards_per_run", type=int, default=None,
+                        help="shards per Beam pipeline run; bounds DirectRunner memory "
+                             "(default 64 on DirectRunner, 0 = all at once elsewhere)")
+    parser.add_argument("--folder-shard-size", dest="folder_shard_size", type=int,
+                        default=None, help="images per part for a folder input (default 10000)")
+    parser.add_argument("--torch-threads", dest="torch_threads", type=int, default=None,
+                        help="torch threads per worker (default: torch's own choice)")
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="delete existing embeddings first (needed to change the model)")
+    add_beam_arguments(parser)
+
+
+@dataclass
+class WorkspacePartWriter:
+    """Picklable ``writer(index, table, info)`` for the pipeline: atomic part + .SUCCESS."""
+
+    root: str
+
+    def __call__(self, index: int, table: Any, info: dict) -> None:
+        from audit.workspace import Workspace
+
+        ws = Workspace(self.root)
+        ws.write_part(ws.part_path(index), table, info)
+
+
+def _load_model_info(cfg: Config) -> dict[str, Any]:
+    """Load the model once here (fail fast, before any worker starts) and describe it."""
+    import open_clip
+    import torch
+
+    from audit.models import ModelError, load_clip, model_info
+
+    try:
+        model, preprocess, tokenizer = load_clip(cfg.model, cfg.pretrained, device="cpu")
+    except (ModelError, RuntimeError, FileNotFoundError) as exc:
+        raise ConfigError(f"embed.model: cannot load {cfg.model!r} "
+                          f"(pretrained {cfg.pretrained!r}): {exc}") from exc
+    info = model_info(cfg.model, cfg.pretrained, model)
+    with torch.inference_mode():
+        dim = int(model.encode_text(tokenizer(["a photo"])).shape[-1])
+    info.update({
+        "dim": dim, "embed_dim": dim, "normalized": True, "dtype": "float16",
+        "precision": "fp16-autocast" if cfg.device.startswith("cuda") else "fp32",
+        "preprocess": repr(preprocess), "open_clip_version": open_clip.__version__,
+        "source": "laion-audit embed", "clip_score": "cosine(image_emb, text_emb)",
+    })
+    return info
+
+
+def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("name", "pretrained", "dim", "precision", "weights_sha256")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _clear(ws: Any) -> None:
+    d = ws.embeddings_dir
+    if d.exists():
+        for p in list(d.glob("part-*")) + [d / "model.json", d / "_stats.json"]:
+            p.unlink(missing_ok=True)
+
+
+def _clean_temp_files(ws: Any) -> int:
+    n = 0
+    if ws.embeddings_dir.exists():
+        for p in ws.embeddings_dir.glob(".part-*.tmp"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def _format_counts(counts: dict[str, int]) -> str:
+    order = ["ok", "missing_caption", "hash_mismatch", "failed_to_download",
+             "failed_to_decode", "failed_to_embed"]
+    keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
+    return ", ".join(f"{counts[k]:,} {k}" for k in keys) or "no rows"
+
+
+def summarize(ws: Any, specs: list[Any], source: str) -> dict[str, Any]:
+    """Aggregate part markers into ``_stats.json`` and check every input row is there once."""
+    import pyarrow.parquet as pq
+
+    from audit.workspace import check_invariant
+    from pipelines.readers import source_keys
+
+    counts: Counter[str] = Counter()
+    expected: list[str] = []
+    written: list[str] = []
+    damaged: dict[str, str] = {}
+    rejected = 0
+    with_image = with_text = 0
+    for spec in specs:
+        part = ws.part_path(spec.index)
+        marker = ws.read_json(ws.marker_path(part), default={}) or {}
+        counts.update(marker.get("counts", {}))
+        report = marker.get("report", {}) or {}
+        rejected += int(report.get("rejected_members", 0) or 0)
+        if report.get("damaged"):
+            damaged[f"part-{spec.index:05d}"] = report["damaged"]
+        tab = pq.read_table(part, columns=["key", "image_emb", "text_emb"])
+        keys = tab.column("key").to_pylist()
+        with_image += tab.num_rows - tab.column("image_emb").null_count
+        with_text += tab.num_rows - tab.column("text_emb").null_count
+        written.extend(keys)
+        listed = source_keys(spec)  # independent of the pipeline: manifest or file listing
+        if listed is None:  # a tar without manifest: only reading it tells its keys
+            expected.extend(keys)
+        else:  # plus samples found in the tar but not listed (recorded by the reader)
+            expected.extend(listed + list(marker.get("extra_keys", [])))
+    inv = check_invariant(expected, written, stage="embed")
+    total = sum(counts.values())
+    failed = sum(v for k, v in counts.items() if k.startswith("failed") or k == "hash_mismatch")
+    stats = {
+        "source": source, "parts": len(specs), "rows": total, "input_rows": inv["input"],
+        "counts": dict(sorted(counts.items())), "failed": failed, "usable": total - failed,
+        "with_image_emb": with_image, "with_text_emb": with_text,
+        "rejected_tar_members": rejected, "damaged_shards": damaged,
+    }
+    if total != inv["output"]:
+        raise RuntimeError(f"embed: part markers count {total} rows but parts hold "
+                           f"{inv['output']}")
+    return stats
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from audit.workspace import Workspace
+    from pipelines.beam_options import BeamOptionsError, beam_setup
+    from pipelines.embed import ClipModelHandler, EmbedSettings, metric_totals, run_embed
+    from pipelines.readers import match_shards
+
+    ws = Workspace(args.workspace)
+    source = cfg.input or str(ws.shards_dir)
+    if cfg.input is None and not ws.shards_dir.exists():
+        raise InputError(f"no shards in {ws.shards_dir}: run `laion-audit download URLS --out "
+                         f"{ws.root}` first, or pass --input PATH")
+    try:
+        specs = match_shards(source, cfg.folder_shard_size)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    if not specs:
+        raise InputError(f"no shards found in {source} (expected img2dataset .tar/.parquet "
+                         "shards, parquet files with image bytes, or image files)")
+
+    info = _load_model_info(cfg)
+    if cfg.overwrite:
+        _clear(ws)
+    prev = ws.model_info()
+    if prev and ws.has_embeddings() and not _same_model(prev, info):
+        raise ConfigError(
+            f"embed.model: {ws.embeddings_dir} already holds embeddings from "
+            f"{prev.get('name')!r} ({prev.get('pretrained')!r}, dim {prev.get('dim')}); "
+            "pass --overwrite to replace them")
+    if n := _clean_temp_files(ws):
+        logger.info("removed %d temporary files left by an interrupted run", n)
+    ws.write_json(ws.embeddings_dir / "model.json", info)
+
+    todo = [s for s in specs if not ws.is_done(ws.part_path(s.index))]
+    if len(todo) < len(specs):
+        logger.info("%d of %d parts already complete: skipped", len(specs) - len(todo),
+                    len(specs))
+    from audit.models import load_clip
+    from audit.workspace import embedding_schema
+
+    handler = ClipModelHandler(
+        functools.partial(load_clip, cfg.model, cfg.pretrained, cfg.device),
+        device=cfg.device, torch_threads=cfg.torch_threads, model_name=cfg.model)
+    settings = EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes)
+    writer = WorkspacePartWriter(str(Path(ws.root).resolve()))
+    schema = embedding_schema(info["dim"])
+    try:
+        with beam_setup(getattr(args, "beam_args", []), cfg.runner, cfg.dask_local) as setup:
+            per_run = cfg.shards_per_run
+            if per_run is None:
+                per_run = 64 if setup.is_direct else 0
+            waves = [todo] if per_run == 0 else [todo[i:i + per_run]
+                                                 for i in range(0, len(todo), per_run)]
+            logger.info("embedding %d shards from %s with %s on %s (%s), %d pipeline run(s)",
+                        len(todo), source, cfg.model, cfg.device, setup.runner_name,
+                        len([w for w in waves if w]))
+            done = len(specs) - len(todo)
+            for w, wave in enumerate(waves):
+                if not wave:
+                    continue
+                t0 = time.perf_counter()
+                result = run_embed(wave, handler, writer, schema, options=setup.options,
+                                   runner=setup.new_runner(), settings=settings)
+                seconds = time.perf_counter() - t0
+                m = metric_totals(result)
+                done += len(wave)
+                wave_counts: Counter[str] = Counter()
+                for s in wave:
+                    marker = ws.read_json(ws.marker_path(ws.part_path(s.index)), default={})
+                    wave_counts.update((marker or {}).get("counts", {}))
+                n_rows = sum(wave_counts.values())
+                logger.info("run %d/%d: %d parts, %d rows in %.1f s (%.0f rows/s; %d images "
+                            "embedded): %s; %d/%d parts done", w + 1, len(waves), len(wave),
+                            n_rows, seconds, n_rows / max(seconds, 1e-9),
+                            m.get("images_embedded", 0), _format_counts(wave_counts), done,
+                            len(specs))
+    except BeamOptionsError as exc:
+        raise ConfigError(f"embed: {exc}") from exc
+
+    stats = summarize(ws, specs, source)
+    ws.write_json(ws.embeddings_dir / "_stats.json", stats)
+    logger.info("embed: %d rows in %d parts (%d input rows, each once): %s", stats["rows"],
+                stats["parts"], stats["input_rows"], _format_counts(stats["counts"]))
+    if stats["damaged_shards"]:
+        logger.warning("damaged shards (samples before the damage were kept): %s",
+                       stats["damaged_shards"])
+    return 0

@@ -1,0 +1,101 @@
+"""``laion-audit filter WS --drop duplicates,poisons,failed [--out DIR]``: keep/drop lists."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+
+from audit.config import require
+from audit.stages import add_beam_arguments, add_workspace_argument
+
+logger = logging.getLogger(__name__)
+
+ACCEPTS_BEAM_OPTIONS = True
+
+HELP = "write keep/drop lists and optionally filtered shards"
+DESCRIPTION = """\
+Decides, from the findings, which samples to keep. Rules (--drop, comma-separated):
+  duplicates  one sample is kept per duplicate group (groups of the --duplicate-kinds that
+              share a sample are merged first, so no group loses all its members); the others
+              are dropped with reason duplicates:<kind> and duplicate_of = the kept key.
+              Default kinds: exact,near (caption duplicates, same caption with different images,
+              are dropped only if you add "caption").
+  poisons     samples the poisons finding flagged are dropped with reason poisons:<kind>.
+  failed      samples whose status is not ok (failed downloads/decodes, hash mismatches,
+              missing captions) are dropped with reason failed:<status>.
+Writes WS/filtered/keep.parquet (key, url, caption, status), WS/filtered/drop.parquet (the same
+plus reasons: list<string>, duplicate_of) and WS/filtered/summary.json (counts per reason).
+Kept + dropped = input is checked. With --out DIR, a Beam pipeline rewrites the webdataset
+shards of WS/shards into DIR without the dropped samples (tar + parquet + _stats.json per shard).
+"""
+
+
+@dataclass
+class Config:
+    drop: list[str] = field(default_factory=lambda: ["duplicates", "poisons", "failed"])
+    duplicate_kinds: list[str] = field(default_factory=lambda: ["exact", "near"])
+    out: str | None = None
+    runner: str | None = None
+    dask_local: int | None = None
+
+    def __post_init__(self) -> None:
+        from audit.filter import DUPLICATE_KINDS, RULES
+
+        require(bool(self.drop), "filter.drop", "needs at least one rule "
+                f"({', '.join(RULES)})", self.drop)
+        for d in self.drop:
+            require(d in RULES, "filter.drop", f"unknown rule; known: {', '.join(RULES)}", d)
+        for k in self.duplicate_kinds:
+            require(k in DUPLICATE_KINDS, "filter.duplicate_kinds",
+                    f"unknown kind; known: {', '.join(DUPLICATE_KINDS)}", k)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workspace_argument(parser)
+    parser.add_argument("--drop", default=None, metavar="RULES",
+                        help="comma-separated rules: duplicates,poisons,failed (default: all)")
+    parser.add_argument("--duplicate-kinds", dest="duplicate_kinds", default=None,
+                        metavar="KINDS", help="duplicate kinds to drop: exact,near,caption "
+                                              "(default exact,near)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="also write filtered webdataset shards into DIR (Beam pipeline)")
+    add_beam_arguments(parser)
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from audit.errors import InputError
+    from audit.filter import decide, write_decision
+    from audit.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    if not ws.root.is_dir():
+        raise FileNotFoundError(f"workspace {ws.root} does not exist")
+    decision = decide(ws, cfg.drop, tuple(cfg.duplicate_kinds))
+    meta = {"drop": cfg.drop, "duplicate_kinds": cfg.duplicate_kinds}
+    c = decision.counts
+    logger.info("filter: %d samples, %d kept, %d dropped (%s)", c["input"], c["kept"],
+                c["dropped"], ", ".join(f"{k}: {v}" for k, v in c.items() if ":" in k))
+    if cfg.out:
+        from pipelines.reshard import reshard
+
+        write_decision(ws, decision, meta)  # the pipeline reads drop.parquet
+        if not ws.shards_dir.is_dir():
+            raise InputError(f"--out needs webdataset shards in {ws.shards_dir}; this workspace "
+                             "has none (imported embeddings?)")
+        meta["reshard"] = reshard(str(ws.shards_dir.resolve()),
+                                  str((ws.filtered_dir / "drop.parquet").resolve()),
+                                  _out_path(cfg.out), getattr(args, "beam_args", []),
+                                  runner=cfg.runner, dask_local=cfg.dask_local)
+        meta["out"] = str(cfg.out)
+        logger.info("filtered shards in %s: %d samples kept of %d", cfg.out,
+                    meta["reshard"]["samples_out"], meta["reshard"]["samples_in"])
+    write_decision(ws, decision, meta)
+    return 0
+
+
+def _out_path(out: str) -> str:
+    """Local output folders as absolute paths; URLs (gs://...) as given."""
+    from pathlib import Path
+
+    return out if "://" in out else str(Path(out).resolve())

@@ -1,0 +1,398 @@
+"""``laion-audit objects``: object-level replication (objects in images that captions never name)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from audit.config import ConfigError, require
+from audit.errors import InputError
+from audit.stages import add_workspace_argument
+from audit.stages.replication import _flatten_keywords, load_samples, token_counter
+
+logger = logging.getLogger(__name__)
+
+HELP = "object-level replication: objects in images that captions never name"
+DESCRIPTION = """\
+Object-level replication (Naseh et al. 2023: ~10% of "astronaut" images carry a US flag their
+captions never name). For each keyword, every image of its caption subset (failed samples
+dropped; with --max-tokens N, captions longer than N tokens too) gets a zero-shot presence score
+per object from the workspace's own CLIP model (embeddings/model.json):
+cos(image, "a photo of a KEYWORD with a OBJECT" ensemble) - cos(image, "a photo of a KEYWORD"
+ensemble). The presence threshold is calibrated without labels, separately inside the subset
+and on a random sample of images outside it: a two-component Gaussian mixture started at the
+robust (median/MAD) "absent" bulk, used only when BIC and the components' separation support
+it, else median + z * MAD. Per object: image rate with a Wilson 95% interval, caption mention
+rate, gap, outside rate, example keys of images carrying the unnamed object. Flagged when the
+interval's lower bound exceeds both the mention rate and the outside rate by --min-gap.
+
+Default objects: the testbed's concept vocabulary (the keyword itself left out).
+--discover scores every vocabulary word with at least --min-subset captions as a keyword and
+keeps the --top K keywords with the strongest unnamed-object association.
+
+Writes WS/findings/object_replication.parquet (one row per keyword x object) and
+object_replication.json (prompts, calibration per object, discovery ranking, timings).
+"""
+
+FINDING = "object_replication"
+
+
+def default_objects() -> list[str]:
+    """The testbed's concept vocabulary (``audit.testbed.draw.CONCEPTS``)."""
+    from audit.testbed.draw import CONCEPTS
+
+    return list(CONCEPTS)
+
+
+@dataclass
+class Config:
+    keyword: list[str] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)
+    discover: bool = False
+    top: int = 3
+    max_tokens: int = 0
+    z: float = 4.0
+    min_sep: float = 3.0
+    min_gap: float = 0.02
+    min_rate: float = 0.03
+    min_subset: int = 20
+    outside_sample: int = 5000
+    device: str = "cpu"
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.keyword = _flatten_keywords(self.keyword)
+        self.objects = _flatten_keywords(self.objects)
+        require(self.top >= 1, "objects.top", "must be >= 1", self.top)
+        require(self.max_tokens >= 0, "objects.max_tokens", "must be >= 0", self.max_tokens)
+        require(self.z > 0, "objects.z", "must be > 0", self.z)
+        require(self.min_sep > 0, "objects.min_sep", "must be > 0", self.min_sep)
+        require(0 <= self.min_gap < 1, "objects.min_gap", "must be in [0, 1)", self.min_gap)
+        require(0 <= self.min_rate <= 1, "objects.min_rate", "must be in [0, 1]", self.min_rate)
+        require(self.min_subset >= 2, "objects.min_subset", "must be >= 2", self.min_subset)
+        require(
+            self.outside_sample >= 0,
+            "objects.outside_sample",
+            "must be >= 0 (0 = no outside comparison)",
+            self.outside_sample,
+        )
+        require(self.batch_size >= 1, "objects.batch_size", "must be >= 1", self.batch_size)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workspace_argument(parser)
+    parser.add_argument(
+        "--keyword",
+        "-k",
+        action="append",
+        default=None,
+        metavar="WORDS",
+        help="keyword whose images are examined, e.g. astronaut; repeat or comma list",
+    )
+    parser.add_argument(
+        "--objects",
+        action="append",
+        default=None,
+        metavar="LIST",
+        help="objects to look for, comma list (default: the testbed's concept vocabulary)",
+    )
+    parser.add_argument(
+        "--discover",
+        action="store_true",
+        default=None,
+        help="score every vocabulary word as a keyword and keep the top K",
+    )
+    parser.add_argument(
+        "--top", type=int, default=None, metavar="K", help="discovered keywords (3)"
+    )
+    parser.add_argument(
+        "--max-tokens",
+        dest="max_tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="drop captions longer than N tokens of the model's tokenizer (0 = keep all)",
+    )
+    g = parser.add_argument_group("calibration and flagging")
+    g.add_argument(
+        "--z", type=float, default=None, help="robust-z threshold when no mixture is found (4)"
+    )
+    g.add_argument(
+        "--min-sep",
+        dest="min_sep",
+        type=float,
+        default=None,
+        help="mixture components must be this many SDs apart (3)",
+    )
+    g.add_argument(
+        "--min-gap",
+        dest="min_gap",
+        type=float,
+        default=None,
+        help="flag when the rate's lower bound exceeds mention and outside rates by this (0.02)",
+    )
+    g.add_argument(
+        "--min-rate", dest="min_rate", type=float, default=None, help="smallest flagged rate (0.03)"
+    )
+    g.add_argument(
+        "--min-subset",
+        dest="min_subset",
+        type=int,
+        default=None,
+        help="smallest keyword subset analysed (20)",
+    )
+    g.add_argument(
+        "--outside-sample",
+        dest="outside_sample",
+        type=int,
+        default=None,
+        help="random images outside the subset for the outside rate (5000; 0 = none)",
+    )
+    m = parser.add_argument_group("model")
+    m.add_argument("--device", default=None, help="torch device for the text encoder (cpu)")
+    m.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="(256)")
+    m.add_argument("--seed", type=int, default=None, help="seed of the outside sample (0)")
+
+
+_LIST_STR = pa.list_(pa.string())
+
+SCHEMA = pa.schema(
+    [
+        ("finding_id", pa.string()),
+        ("keyword", pa.string()),
+        ("object", pa.string()),
+        ("n_images", pa.int32()),
+        ("n_present", pa.int32()),
+        ("image_rate", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("caption_rate", pa.float64()),
+        ("gap", pa.float64()),
+        ("outside_rate", pa.float64()),
+        ("n_outside", pa.int32()),
+        ("threshold", pa.float32()),
+        ("outside_threshold", pa.float32()),
+        ("calibration", pa.string()),
+        ("mixture_weight", pa.float64()),
+        ("flagged", pa.bool_()),
+        ("example_keys", _LIST_STR),
+        ("source", pa.string()),
+        ("detector", pa.string()),
+    ]
+)
+
+
+class PromptEncoder:
+    """Encodes prompt ensembles with the workspace's CLIP text tower (cached per prompt)."""
+
+    def __init__(self, model_info: dict[str, Any], device: str, batch_size: int, dim: int) -> None:
+        from audit.models import load_clip
+
+        name = model_info.get("model") or model_info.get("name")
+        if not name:
+            raise InputError(
+                "embeddings/model.json names no model: object prompts need the CLIP text "
+                "encoder the image embeddings came from"
+            )
+        try:
+            self.model, _, self.tokenizer = load_clip(
+                name, pretrained=model_info.get("pretrained"), device=device
+            )
+        except Exception as exc:  # noqa: BLE001 - any load failure is an input problem here
+            raise InputError(f"cannot load the workspace's model {name!r}: {exc}") from exc
+        self.name = str(name)
+        self.device = device
+        self.batch_size = batch_size
+        self.dim = dim
+        self._cache: dict[str, np.ndarray] = {}
+
+    def encode(self, prompts: list[str]) -> np.ndarray:
+        from audit.models import encode_texts
+
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if todo:
+            emb = encode_texts(
+                self.model, self.tokenizer, todo, device=self.device, batch_size=self.batch_size
+            )
+            if emb.shape[1] != self.dim:
+                raise InputError(
+                    f"model {self.name!r} gives {emb.shape[1]}-d text embeddings but the "
+                    f"workspace's images are {self.dim}-d: model.json does not match"
+                )
+            self._cache.update(zip(todo, emb))
+        return np.stack([self._cache[p] for p in prompts])
+
+    def contrast(self, keyword: str, objects: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(with-object ensemble per object (k, d), no-object ensemble (d,))."""
+        from detectors.objects import ensemble, object_prompts
+
+        with_obj, without = object_prompts(keyword, objects)
+        w = np.stack([ensemble(self.encode(with_obj[o])) for o in objects])
+        return w, ensemble(self.encode(without))
+
+
+def analyse_keyword(
+    samples: Any,
+    keyword: str,
+    objects: list[str],
+    cfg: Config,
+    encoder: PromptEncoder,
+    token_ok: np.ndarray,
+    source: str = "keyword",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows (one per object) and a summary for one keyword."""
+    from detectors.objects import object_replication, presence_scores
+    from detectors.text import match_keyword
+
+    kw_mask = match_keyword(samples.captions, keyword)
+    subset = np.flatnonzero(kw_mask & token_ok)
+    objs = [o for o in objects if set(o.split()) != set(keyword.split())]
+    summary: dict[str, Any] = {
+        "keyword": keyword,
+        "source": source,
+        "n_matching": int(kw_mask.sum()),
+        "n_subset": int(len(subset)),
+        "objects": objs,
+    }
+    if len(subset) < cfg.min_subset or not objs:
+        why = "no objects left" if not objs else f"subset smaller than min_subset={cfg.min_subset}"
+        logger.warning("objects: keyword %r not analysed (%s)", keyword, why)
+        summary["skipped"] = why
+        return [], summary
+    outside = np.flatnonzero(~kw_mask)
+    if len(outside) > cfg.outside_sample:
+        rng = np.random.default_rng(cfg.seed)
+        outside = np.sort(rng.choice(outside, cfg.outside_sample, replace=False))
+    w, o = encoder.contrast(keyword, objs)
+    inside_s = presence_scores(samples.emb[subset], w, o)
+    outside_s = presence_scores(samples.emb[outside], w, o) if len(outside) else np.zeros((0, 0))
+    captions = [samples.captions[i] for i in subset]
+    mentions = np.stack([match_keyword(captions, ob) for ob in objs], axis=1)
+    rows, cal = object_replication(
+        keyword,
+        objs,
+        inside_s,
+        outside_s,
+        mentions,
+        list(samples.keys[subset]),
+        z=cfg.z,
+        min_sep=cfg.min_sep,
+        min_gap=cfg.min_gap,
+        min_rate=cfg.min_rate,
+        seed=cfg.seed,
+    )
+    for r in rows:
+        r["source"] = source
+    summary["n_outside"] = int(len(outside))
+    summary["calibration"] = cal
+    summary["n_flagged"] = sum(r["flagged"] for r in rows)
+    summary["score"] = association_score(rows)
+    return rows, summary
+
+
+def association_score(rows: list[dict[str, Any]]) -> float:
+    """Strength of a keyword's strongest unnamed-object association: the largest margin of the
+    rate's Wilson lower bound over max(mention rate, outside rate), 0 if none is positive."""
+    best = 0.0
+    for r in rows:
+        base = max(r["caption_rate"], r["outside_rate"] or 0.0)
+        best = max(best, r["ci_low"] - base)
+    return best
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from audit.workspace import Workspace
+    from detectors.objects import NAME, WITH_TEMPLATES, WITHOUT_TEMPLATES
+    from detectors.text import match_keyword
+
+    if not cfg.keyword and not cfg.discover:
+        raise ConfigError("objects: give --keyword WORDS (repeatable) or --discover")
+    ws = Workspace(args.workspace)
+    t0 = time.perf_counter()
+    samples = load_samples(ws)
+    if len(samples.keys) < 2:
+        raise InputError(f"{ws.root}: fewer than 2 samples with an image embedding")
+    objects = cfg.objects or default_objects()
+    token_ok = np.ones(len(samples.keys), bool)
+    tokenizer = None
+    if cfg.max_tokens:
+        count, tokenizer = token_counter(ws.model_info())
+        lengths = np.fromiter((count(c) for c in samples.captions), np.int64, len(samples.keys))
+        token_ok = lengths <= cfg.max_tokens
+    encoder = PromptEncoder(ws.model_info(), cfg.device, cfg.batch_size, samples.emb.shape[1])
+    rows: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    done: set[str] = set()
+    for kw in cfg.keyword:
+        r, s = analyse_keyword(samples, kw, objects, cfg, encoder, token_ok)
+        rows.extend(r)
+        summaries.append(s)
+        done.add(kw)
+    discovery = None
+    if cfg.discover:
+        td = time.perf_counter()
+        ranking = []
+        found: dict[str, list[dict[str, Any]]] = {}
+        for kw in objects:
+            if kw in done or match_keyword(samples.captions, kw).sum() < cfg.min_subset:
+                continue
+            r, s = analyse_keyword(samples, kw, objects, cfg, encoder, token_ok, "discovered")
+            if not r:
+                continue
+            found[kw] = r
+            best = max(
+                r, key=lambda x: x["ci_low"] - max(x["caption_rate"], x["outside_rate"] or 0)
+            )
+            ranking.append(
+                {
+                    "keyword": kw,
+                    "score": s["score"],
+                    "n_subset": s["n_subset"],
+                    "n_flagged": s["n_flagged"],
+                    "best_object": best["object"],
+                    "best_image_rate": best["image_rate"],
+                }
+            )
+        ranking.sort(key=lambda x: (-x["score"], x["keyword"]))
+        chosen = [x["keyword"] for x in ranking if x["score"] > 0][: cfg.top]
+        for kw in chosen:
+            rows.extend(found[kw])
+        discovery = {
+            "chosen": chosen,
+            "ranking": ranking,
+            "seconds": round(time.perf_counter() - td, 3),
+        }
+        logger.info("object discovery: top keywords %s", ", ".join(chosen) or "(none)")
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    meta = {
+        "detector": NAME,
+        "model": encoder.name,
+        "parameters": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "objects": objects,
+        "with_templates": list(WITH_TEMPLATES),
+        "without_templates": list(WITHOUT_TEMPLATES),
+        "tokenizer": tokenizer,
+        "n_total": samples.n_total,
+        "n_failed_dropped": samples.n_failed,
+        "keywords": summaries,
+        "discovery": discovery,
+        "calibration": (
+            "per (population, object): two-component GaussianMixture on the presence score, "
+            "started at the median/MAD bulk, kept when BIC prefers it, its present component "
+            f"is >= {cfg.min_sep} absent-SDs away and weighs <= 0.5 (threshold = where the "
+            f"present posterior reaches 0.5); else median + {cfg.z} * MAD"
+        ),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    ws.write_finding(FINDING, table, meta)
+    logger.info(
+        "%d keyword x object rows written, %d flagged", len(rows), sum(r["flagged"] for r in rows)
+    )
+    return 0

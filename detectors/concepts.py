@@ -1,0 +1,166 @@
+"""Concept frequency: word frequency and semantic frequency of concepts among captions.
+
+* **word frequency**: share of captions naming the concept (``detectors.text.match_keyword``:
+  word boundaries, case, simple plurals).
+* **semantic frequency**: share of captions whose text embedding lies within a cosine radius of
+  the concept's prompt embedding, found with a FAISS range search (each concept embedding is a
+  query against the caption embeddings, in chunks, so memory is bounded by the chunk size).
+
+The radius is calibrated on the data (:func:`calibrate_radius`): over all (caption, concept)
+pairs, the word match is a noisy label of "the caption is about the concept"; the radius is the
+cosine threshold that best separates word-matched from unmatched pairs (maximum F1 of
+``similarity > radius`` against the word match, pooled over concepts so that one radius serves
+every concept and captions that describe a concept without its word still count). Concepts
+whose semantic frequency is below ``sparse_below`` (default 0.04%, the Nightshade paper's
+figure for 92% of LAION-Aesthetic concepts) are flagged sparse: a few tens of poisons are
+enough to corrupt such a concept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from detectors.text import match_keyword
+
+logger = logging.getLogger(__name__)
+
+NAME = "concepts_v1"
+
+SPARSE_BELOW = 0.0004
+"""Semantic frequency below which a concept is flagged sparse (Nightshade: 0.04%)."""
+
+
+def word_counts(captions: Sequence[str | None], concepts: Sequence[str]) -> np.ndarray:
+    """Number of captions naming each concept (None/empty captions never match)."""
+    return np.array([int(match_keyword(captions, c).sum()) for c in concepts], dtype=np.int64)
+
+
+def word_matches(captions: Sequence[str | None], concepts: Sequence[str]) -> np.ndarray:
+    """``(n, K)`` boolean mask: caption i names concept k."""
+    out = np.zeros((len(captions), len(concepts)), dtype=bool)
+    for k, c in enumerate(concepts):
+        out[:, k] = match_keyword(captions, c)
+    return out
+
+
+def concept_similarities(text_emb: np.ndarray, concept_emb: np.ndarray,
+                         chunk_size: int = 65536) -> np.ndarray:
+    """``(n, K)`` float32 cosine similarity of each caption embedding to each concept
+    embedding (both L2-normalised)."""
+    c = np.ascontiguousarray(concept_emb, dtype=np.float32)
+    out = np.empty((len(text_emb), len(c)), dtype=np.float32)
+    for s in range(0, len(text_emb), chunk_size):
+        out[s:s + chunk_size] = np.asarray(text_emb[s:s + chunk_size], np.float32) @ c.T
+    return out
+
+
+def semantic_counts(text_emb: np.ndarray, concept_emb: np.ndarray,
+                    radius: float | Sequence[float] | np.ndarray, *, chunk_size: int = 200_000,
+                    use_gpu: bool | None = None) -> np.ndarray:
+    """Per concept, the number of caption embeddings with cosine ``> radius`` to it.
+
+    FAISS range search with the concept embeddings as queries over caption-embedding chunks
+    (an ``IndexFlatIP`` of ``chunk_size`` rows at a time). ``radius`` is one value or one per
+    concept (searched at the smallest, then filtered). On a GPU the search is a kNN with CPU
+    fallback (``faiss.contrib.exhaustive_search.range_search_gpu``), still exact.
+    """
+    from detectors.dedup import FlatIPIndex, resolve_gpu
+
+    q = np.ascontiguousarray(concept_emb, dtype=np.float32)
+    k = q.shape[0]
+    r = np.broadcast_to(np.asarray(radius, dtype=np.float64), (k,)).copy()
+    if not np.all(np.isfinite(r)):
+        raise ValueError(f"semantic radius must be finite (got {r.tolist()})")
+    counts = np.zeros(k, dtype=np.int64)
+    gpu = resolve_gpu(use_gpu)
+    for s in range(0, len(text_emb), chunk_size):
+        index = FlatIPIndex(np.asarray(text_emb[s:s + chunk_size], np.float32), use_gpu=gpu)
+        lims, dist, _ = index.range_search(q, float(r.min()))
+        for j in range(k):
+            d = dist[lims[j]:lims[j + 1]]
+            counts[j] += int((d > r[j]).sum())
+    return counts
+
+
+def calibrate_radius(sims: np.ndarray, labels: np.ndarray,
+                     grid: np.ndarray | None = None) -> dict[str, Any]:
+    """Cosine radius that best separates word-matched (``labels``) from unmatched pairs.
+
+    ``sims`` and ``labels`` are ``(n, K)`` (or flat). Returns the radius with the highest F1 of
+    ``sims > radius`` against ``labels`` (ties: the smaller radius), its precision / recall /
+    F1, and the median similarity of matched and unmatched pairs. Raises ``ValueError`` when
+    there are no matched pairs to calibrate on.
+    """
+    s = np.asarray(sims, dtype=np.float32).ravel()
+    y = np.asarray(labels, dtype=bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"sims and labels differ in shape ({s.shape} vs {y.shape})")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError("no caption names any concept: cannot calibrate a semantic radius")
+    if grid is None:
+        grid = np.round(np.arange(-0.2, 0.995, 0.005), 3)
+    grid = np.sort(np.asarray(grid, dtype=np.float64))
+    # counts above each grid value via sorted similarities
+    pos = np.sort(s[y])
+    neg = np.sort(s[~y])
+    tp = n_pos - np.searchsorted(pos, grid, side="right")
+    fp = neg.size - np.searchsorted(neg, grid, side="right")
+    prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+    rec = tp / n_pos
+    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+    best = int(np.argmax(f1))  # first maximum = smallest radius among ties
+    return {"radius": float(grid[best]), "f1": float(f1[best]), "precision": float(prec[best]),
+            "recall": float(rec[best]), "n_matched_pairs": n_pos,
+            "median_sim_matched": float(np.median(pos)),
+            "median_sim_unmatched": float(np.median(neg)) if neg.size else float("nan")}
+
+
+def concept_table(concepts: Sequence[str], word: np.ndarray, n_total: int,
+                  semantic: np.ndarray | None, n_semantic: int,
+                  radius: np.ndarray | float | None, sparse_below: float = SPARSE_BELOW) -> Any:
+    """The ``concepts`` finding: one row per concept.
+
+    Columns: concept, word_count, word_freq, semantic_count, semantic_freq, semantic_threshold
+    (the radius), sparse, n_total (captions considered for word frequency), n_semantic
+    (caption embeddings considered), semantic_to_word (how many times more captions are about
+    the concept than name it). Without embeddings the semantic columns are null and ``sparse``
+    uses the word frequency.
+    """
+    import pyarrow as pa
+
+    k = len(concepts)
+    word = np.asarray(word, dtype=np.int64)
+    word_freq = word / n_total if n_total else np.full(k, np.nan)
+    if semantic is None:
+        sem = pa.nulls(k, pa.int64())
+        sem_freq = pa.nulls(k, pa.float64())
+        thr = pa.nulls(k, pa.float32())
+        sparse = word_freq < sparse_below
+        ratio = pa.nulls(k, pa.float64())
+    else:
+        semantic = np.asarray(semantic, dtype=np.int64)
+        sf = semantic / n_semantic if n_semantic else np.full(k, np.nan)
+        sem = pa.array(semantic, pa.int64())
+        sem_freq = pa.array(sf, pa.float64())
+        thr = pa.array(np.broadcast_to(np.asarray(radius, np.float32), (k,)), pa.float32())
+        sparse = sf < sparse_below
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(word_freq > 0, sf / np.where(word_freq > 0, word_freq, 1), np.nan)
+        ratio = pa.array(r, pa.float64())
+    return pa.table({
+        "concept": pa.array(list(concepts), pa.string()),
+        "word_count": pa.array(word, pa.int64()),
+        "word_freq": pa.array(word_freq, pa.float64()),
+        "semantic_count": sem,
+        "semantic_freq": sem_freq,
+        "semantic_threshold": thr,
+        "sparse": pa.array(np.asarray(sparse, bool), pa.bool_()),
+        "n_total": pa.array([int(n_total)] * k, pa.int64()),
+        "n_semantic": pa.array([int(n_semantic)] * k, pa.int64()),
+        "semantic_to_word": ratio,
+    })

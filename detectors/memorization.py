@@ -1,0 +1,276 @@
+"""Memorization scoring: does a generation copy a training cluster?
+
+Pure numpy/pandas. The caller supplies embeddings and pixels; nothing here reads files or loads
+models.
+
+* Semantic copy (template copies included): a generation's best cosine similarity (CLIP image
+  space) over *every* member of the finding's training cluster (Webster 2023: a template copy
+  matches the cluster, not one image), compared with a copy threshold.
+* Copy threshold, calibrated without labels: the ``1 - alpha`` quantile of the cosine similarity
+  of *unrelated* training pairs (random pairs of training images that are neither in the same
+  duplicate group nor in the same replication cluster). With the default ``alpha = 1e-3`` an
+  unrelated training image would be called a copy of a given training image one time in a
+  thousand; on the testbed's tiny CLIP this sits well below the similarity of planted near-copies.
+* Verbatim verification (Carlini et al. 2023): tiled l2 — split both images into 16 tiles (4 x 4),
+  take the root-mean-square pixel difference (pixels in [0, 1]) per tile and the maximum over
+  tiles; a pair is verbatim when that distance is below a threshold calibrated the same way (the
+  ``alpha`` quantile of the tiled l2 distance of unrelated training pairs).
+* Per prompt: replication rate with a Wilson 95% interval, mean / p95 / max of the best
+  similarity, object rate.
+* Triage quality: AUROC and TPR at a fixed FPR of a per-prompt score against replication labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from detectors.stats import normalize_rows, wilson_interval
+
+NAME = "memorization_v1"
+TRIAGE_NAME = "triage_textcond_norm_v1"
+
+DEFAULT_ALPHA = 1e-3
+DEFAULT_TILES = 16
+DEFAULT_MIN_COPY_SHARE = 0.02
+"""A prompt counts as replicating when at least this share of its generations copy the cluster
+(Carlini et al. flag a prompt at >= 10 of 500 generations, i.e. 2%), and at least one does."""
+
+
+def best_match(queries: np.ndarray, references: np.ndarray,
+               block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Best cosine similarity of each query row over all reference rows, and its index.
+
+    Rows are L2-normalised here (float32). ``references`` is processed in blocks of ``block``
+    rows so memory stays ``O(len(queries) * block)``. An empty reference set gives similarity
+    ``-inf`` and index ``-1`` for every query.
+    """
+    q = normalize_rows(np.atleast_2d(queries))
+    r = normalize_rows(np.atleast_2d(references)) if len(references) else np.zeros((0, q.shape[1]))
+    if r.shape[0] and r.shape[1] != q.shape[1]:
+        raise ValueError(f"dimension mismatch: queries have {q.shape[1]}, references "
+                         f"{r.shape[1]}")
+    best = np.full(q.shape[0], -np.inf, dtype=np.float32)
+    idx = np.full(q.shape[0], -1, dtype=np.int64)
+    for start in range(0, r.shape[0], block):
+        sims = q @ r[start:start + block].T
+        j = sims.argmax(axis=1)
+        s = sims[np.arange(len(j)), j]
+        better = s > best
+        best[better] = s[better]
+        idx[better] = j[better] + start
+    return best, idx
+
+
+def _as_unit_pixels(images: np.ndarray) -> np.ndarray:
+    x = np.asarray(images)
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+
+def tiled_l2(a: np.ndarray, b: np.ndarray, tiles: int = DEFAULT_TILES) -> np.ndarray:
+    """Carlini et al.'s tiled l2 distance between image pairs.
+
+    ``a`` and ``b``: arrays of shape (N, H, W[, C]) with the same shape, uint8 (scaled to [0, 1])
+    or float in [0, 1]. ``tiles`` must be a perfect square (16 -> a 4 x 4 grid). Returns, per pair,
+    the maximum over tiles of the root-mean-square pixel difference within the tile (0 =
+    identical, 1 = opposite extremes). The maximum makes one unlike region enough to reject a
+    "copy" that only shares its background.
+    """
+    x, y = _as_unit_pixels(a), _as_unit_pixels(b)
+    if x.shape != y.shape:
+        raise ValueError(f"tiled_l2 needs equal shapes, got {x.shape} and {y.shape}")
+    if x.ndim == 3:
+        x, y = x[..., None], y[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"expected (N, H, W[, C]) arrays, got shape {x.shape}")
+    g = math.isqrt(tiles)
+    if g * g != tiles or g < 1:
+        raise ValueError(f"tiles must be a perfect square, got {tiles}")
+    n, h, w, _ = x.shape
+    if h < g or w < g:
+        raise ValueError(f"images of {h}x{w} pixels are too small for {g}x{g} tiles")
+    rows = np.linspace(0, h, g + 1).round().astype(int)
+    cols = np.linspace(0, w, g + 1).round().astype(int)
+    sq = (x - y) ** 2
+    out = np.zeros(n, dtype=np.float32)
+    for i in range(g):
+        for j in range(g):
+            tile = sq[:, rows[i]:rows[i + 1], cols[j]:cols[j + 1], :]
+            rms = np.sqrt(tile.reshape(n, -1).mean(axis=1))
+            out = np.maximum(out, rms)
+    return out
+
+
+def _related(labels: Sequence[np.ndarray], i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Pairs (i, j) that share a non-negative label in any of the label arrays."""
+    rel = np.zeros(len(i), dtype=bool)
+    for lab in labels:
+        lab = np.asarray(lab)
+        li, lj = lab[i], lab[j]
+        rel |= (li == lj) & (li >= 0)
+    return rel
+
+
+def sample_unrelated_pairs(n: int, labels: Sequence[np.ndarray] = (), max_items: int = 2000,
+                           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) among up to ``max_items`` random rows of ``n``, dropping related pairs.
+
+    ``labels``: integer arrays of length ``n`` (e.g. duplicate group id, replication cluster id;
+    -1 = no group). Two rows are related when they share a label >= 0; such pairs are dropped
+    because they are copies by construction, not the "unrelated" population the threshold is
+    calibrated on. Returns two index arrays into the original ``n`` rows.
+    """
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n, size=min(n, max_items), replace=False))
+    ii, jj = np.triu_indices(len(pick), k=1)
+    i, j = pick[ii], pick[jj]
+    keep = ~_related(labels, i, j) if len(labels) else np.ones(len(i), dtype=bool)
+    return i[keep], j[keep]
+
+
+def unrelated_pair_similarities(embeddings: np.ndarray, labels: Sequence[np.ndarray] = (),
+                                max_items: int = 2000, seed: int = 0) -> np.ndarray:
+    """Cosine similarities of unrelated training pairs (see :func:`sample_unrelated_pairs`).
+
+    With ``max_items = 2000`` this is up to ~2M pairs from one 2000 x 2000 matrix product.
+    """
+    emb = normalize_rows(embeddings)
+    if emb.shape[0] < 2:
+        raise ValueError("need at least 2 training embeddings to calibrate the copy threshold")
+    i, j = sample_unrelated_pairs(emb.shape[0], labels, max_items, seed)
+    if len(i) == 0:
+        raise ValueError("no unrelated training pairs: every sampled pair shares a group")
+    return np.einsum("ij,ij->i", emb[i], emb[j]).astype(np.float32)
+
+
+def calibrate_copy_threshold(unrelated_sims: np.ndarray, alpha: float = DEFAULT_ALPHA,
+                             min_pairs: int = 100) -> float:
+    """The ``1 - alpha`` quantile of unrelated-pair cosine similarities.
+
+    Raises ``ValueError`` with fewer than ``min_pairs`` pairs (too few for a tail quantile).
+    """
+    s = np.asarray(unrelated_sims, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if len(s) < min_pairs:
+        raise ValueError(f"only {len(s)} unrelated pairs; need >= {min_pairs} to calibrate")
+    return float(np.quantile(s, 1.0 - alpha))
+
+
+def calibrate_tiled_l2_threshold(unrelated_distances: np.ndarray, alpha: float = DEFAULT_ALPHA,
+                                 min_pairs: int = 100) -> float:
+    """The ``alpha`` quantile of unrelated-pair tiled l2 distances (copies must be closer)."""
+    d = np.asarray(unrelated_distances, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if len(d) < min_pairs:
+        raise ValueError(f"only {len(d)} unrelated pairs; need >= {min_pairs} to calibrate")
+    return float(np.quantile(d, alpha))
+
+
+def summarize_generations(gens: pd.DataFrame, by: Sequence[str] = ("prompt_id",),
+                          z: float = 1.959963984540054) -> pd.DataFrame:
+    """Per-prompt summary of scored generations.
+
+    ``gens`` has one row per generation with columns ``similarity`` (best cosine over the
+    cluster), ``is_copy`` (bool) and optionally ``is_verbatim`` (bool or null when unchecked) and
+    ``object_present`` (bool or null for findings without an object). Rows with a non-finite
+    similarity (a generation whose embedding failed) are counted in ``n_failed`` and left out of
+    the rates. Returns one row per group with ``n, n_copies, replication_rate, ci_low, ci_high,
+    mean_sim, p95_sim, max_sim, n_verbatim, verbatim_rate, n_object, object_rate, object_ci_low,
+    object_ci_high, n_failed``.
+    """
+    by = list(by)
+    rows = []
+    for key, g in gens.groupby(by, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        sim = g["similarity"].to_numpy(dtype=np.float64)
+        ok = np.isfinite(sim)
+        s = sim[ok]
+        n = int(ok.sum())
+        copies = int(g["is_copy"].to_numpy(dtype=bool)[ok].sum())
+        lo, hi = wilson_interval(copies, n, z)
+        row = dict(zip(by, key))
+        row.update(
+            n=n, n_copies=copies,
+            replication_rate=copies / n if n else float("nan"),
+            ci_low=float(lo), ci_high=float(hi),
+            mean_sim=float(s.mean()) if n else float("nan"),
+            p95_sim=float(np.quantile(s, 0.95)) if n else float("nan"),
+            max_sim=float(s.max()) if n else float("nan"),
+            n_failed=int((~ok).sum()),
+        )
+        verb = g["is_verbatim"] if "is_verbatim" in g else None
+        if verb is not None and verb[ok].notna().any():
+            v = verb[ok].dropna().astype(bool)
+            row["n_verbatim"] = int(v.sum())
+            row["verbatim_rate"] = float(v.mean())
+        else:
+            row["n_verbatim"], row["verbatim_rate"] = None, float("nan")
+        obj = g["object_present"] if "object_present" in g else None
+        if obj is not None and obj[ok].notna().any():
+            o = obj[ok].dropna().astype(bool)
+            k = int(o.sum())
+            olo, ohi = wilson_interval(k, len(o), z)
+            row.update(n_object=k, object_rate=k / len(o), object_ci_low=float(olo),
+                       object_ci_high=float(ohi))
+        else:
+            row.update(n_object=None, object_rate=float("nan"), object_ci_low=float("nan"),
+                       object_ci_high=float("nan"))
+        rows.append(row)
+    cols = by + ["n", "n_copies", "replication_rate", "ci_low", "ci_high", "mean_sim", "p95_sim",
+                 "max_sim", "n_failed", "n_verbatim", "verbatim_rate", "n_object", "object_rate",
+                 "object_ci_low", "object_ci_high"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def replication_labels(n_copies: np.ndarray, n: np.ndarray,
+                       min_share: float = DEFAULT_MIN_COPY_SHARE) -> np.ndarray:
+    """Binary "this prompt replicates" labels: ``n_copies >= max(1, ceil(min_share * n))``."""
+    k = np.asarray(n_copies, dtype=np.float64)
+    n_arr = np.asarray(n, dtype=np.float64)
+    need = np.maximum(1.0, np.ceil(min_share * n_arr - 1e-9))
+    return (n_arr > 0) & (k >= need)
+
+
+def triage_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AUROC of a per-prompt triage score against binary replication labels (NaN if one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, s))
+
+
+def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float = 0.01) -> float:
+    """True-positive rate at the largest threshold whose false-positive rate is <= ``fpr``."""
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(labels, dtype=bool)
+    if y.all() or not y.any():
+        return float("nan")
+    f, t, _ = roc_curve(y, np.asarray(scores, dtype=np.float64))
+    ok = f <= fpr + 1e-12
+    return float(t[ok].max()) if ok.any() else 0.0
+
+
+def select_top(scores: np.ndarray, k: int | None) -> np.ndarray:
+    """Boolean mask of the ``k`` highest scores (ties broken by position; all when ``k`` is
+    None or >= len). NaN scores rank last."""
+    s = np.asarray(scores, dtype=np.float64)
+    mask = np.zeros(len(s), dtype=bool)
+    if k is None or k >= len(s):
+        mask[:] = True
+        return mask
+    order = np.argsort(np.where(np.isfinite(s), -s, np.inf), kind="stable")
+    mask[order[:max(k, 0)]] = True
+    return mask

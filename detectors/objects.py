@@ -1,0 +1,238 @@
+"""Object-level replication: objects a keyword's images carry that its captions never name.
+
+Pure functions over arrays; the text embeddings of the prompts are computed by the caller
+(``audit/stages/objects.py``) with the workspace's own CLIP model.
+
+**Presence score.** For a keyword K and an object O, each image x gets
+``s(x) = cos(x, T(K with O)) - cos(x, T(K))``, where ``T(K with O)`` is the normalised mean of
+the text embeddings of a prompt ensemble ("a photo of a K with a O", "a K and a O", ...) and
+``T(K)`` the same ensemble without the object (the "no object" contrast). The contrast removes
+what the two prompts share (the keyword, the photo framing), so ``s`` measures only how much
+the object's direction is present. The same score is computed for images outside the subset.
+
+**Threshold, without labels** (:func:`calibrate_presence`). Most images of a population do not
+carry the object, so the bulk of ``s`` is the "absent" distribution. It is estimated robustly
+(median and 1.4826 * MAD, which ignore a minority of high scores), and a two-component Gaussian
+mixture is fitted with its first component started there. The threshold is where the fitted
+"present" component becomes more likely than the "absent" one, provided the mixture is
+supported: BIC prefers two components and the present component lies at least ``min_sep``
+robust SDs above the absent one. Otherwise no separate population of object-carrying images is
+visible: the threshold falls back to ``median + z * MAD`` (``z = 4``: a Gaussian "absent" score
+passes it with probability 3e-5), so only clear outliers count. The keyword subset and the
+outside population are calibrated separately (their "absent" scores differ because the prompts
+name the keyword), each with its own threshold.
+
+**Rate.** ``image_rate`` = share of the subset above its threshold, with a Wilson 95% interval;
+``caption_rate`` = share of the subset whose caption names the object;
+``outside_rate`` = the same image rate outside the subset. A pair is flagged when the Wilson
+lower bound of the image rate exceeds both the caption rate and the outside rate by
+``min_gap`` (absolute), and the image rate is at least ``min_rate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detectors.stats import normalize_rows, wilson_interval
+
+logger = logging.getLogger(__name__)
+
+NAME = "object_presence_v1"
+
+WITH_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {keyword} with a {object}",
+    "a {keyword} with a {object}",
+    "an image of a {keyword} and a {object}",
+    "a picture of a {keyword} next to a {object}",
+    "a {keyword} with a small {object} in the corner",
+)
+WITHOUT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {keyword}",
+    "a {keyword}",
+    "an image of a {keyword}",
+    "a picture of a {keyword}",
+    "a {keyword} alone",
+)
+
+
+def object_prompts(
+    keyword: str,
+    objects: Sequence[str],
+    with_templates: Sequence[str] = WITH_TEMPLATES,
+    without_templates: Sequence[str] = WITHOUT_TEMPLATES,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The prompt ensembles: ``({object: [with-object prompts]}, [no-object prompts])``."""
+    with_obj = {o: [t.format(keyword=keyword, object=o) for t in with_templates] for o in objects}
+    without = [t.format(keyword=keyword) for t in without_templates]
+    return with_obj, without
+
+
+def ensemble(text_emb: np.ndarray) -> np.ndarray:
+    """Normalised mean of normalised prompt embeddings (one vector)."""
+    x = normalize_rows(np.atleast_2d(text_emb))
+    return normalize_rows(x.mean(0, keepdims=True))[0]
+
+
+def presence_scores(
+    img_emb: np.ndarray, with_vecs: np.ndarray, without_vec: np.ndarray
+) -> np.ndarray:
+    """``s[i, k] = cos(img_i, with_k) - cos(img_i, without)``; shape (n_images, n_objects)."""
+    x = normalize_rows(img_emb)
+    w = normalize_rows(np.atleast_2d(with_vecs))
+    o = normalize_rows(np.atleast_2d(without_vec))[0]
+    return (x @ w.T) - (x @ o)[:, None]
+
+
+@dataclass
+class Calibration:
+    """The threshold of one (population, object) and how it was found."""
+
+    threshold: float
+    method: str  # "gmm" or "robust_z"
+    median: float
+    mad: float
+    n: int
+    mixture_weight: float | None = None  # weight of the "present" component when method == gmm
+    separation: float | None = None  # (present mean - absent mean) / absent SD
+    bic_gain: float | None = None  # BIC(1 component) - BIC(2 components)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def calibrate_presence(
+    scores: np.ndarray, *, z: float = 4.0, min_sep: float = 3.0, seed: int = 0
+) -> Calibration:
+    """Label-free threshold for one population's presence scores (module docstring)."""
+    s = np.asarray(scores, np.float64).ravel()
+    s = s[np.isfinite(s)]
+    n = s.size
+    if n == 0:
+        return Calibration(np.inf, "robust_z", float("nan"), float("nan"), 0)
+    med = float(np.median(s))
+    mad = float(1.4826 * np.median(np.abs(s - med)))
+    mad = mad if mad > 1e-9 else float(np.std(s)) or 1e-9
+    fallback = Calibration(med + z * mad, "robust_z", med, mad, n)
+    if n < 20:
+        return fallback
+    from sklearn.mixture import GaussianMixture
+
+    x = s.reshape(-1, 1)
+    g1 = GaussianMixture(1, random_state=seed).fit(x)
+    hi = s[s > med + 2 * mad]
+    init_hi = float(hi.mean()) if hi.size else med + 3 * mad
+    g2 = GaussianMixture(
+        2,
+        random_state=seed,
+        means_init=[[med], [init_hi]],
+        weights_init=[0.9, 0.1],
+        reg_covar=1e-6,
+    ).fit(x)
+    means = g2.means_.ravel()
+    sds = np.sqrt(g2.covariances_.ravel())
+    lo, up = int(np.argmin(means)), int(np.argmax(means))
+    sep = float((means[up] - means[lo]) / max(sds[lo], 1e-9))
+    bic_gain = float(g1.bic(x) - g2.bic(x))
+    if lo == up or bic_gain <= 0 or sep < min_sep or g2.weights_[up] > 0.5:
+        fallback.separation, fallback.bic_gain = sep, bic_gain
+        return fallback
+    # decision boundary: first grid point above the absent mean where "present" is more likely
+    grid = np.linspace(means[lo], means[up], 512).reshape(-1, 1)
+    post = g2.predict_proba(grid)[:, up]
+    idx = int(np.argmax(post >= 0.5)) if (post >= 0.5).any() else len(grid) - 1
+    return Calibration(
+        threshold=float(grid[idx, 0]),
+        method="gmm",
+        median=med,
+        mad=mad,
+        n=n,
+        mixture_weight=float(g2.weights_[up]),
+        separation=sep,
+        bic_gain=bic_gain,
+    )
+
+
+def object_replication(
+    keyword: str,
+    objects: Sequence[str],
+    inside_scores: np.ndarray,
+    outside_scores: np.ndarray,
+    caption_mentions: np.ndarray,
+    keys: Sequence[str],
+    *,
+    z: float = 4.0,
+    min_sep: float = 3.0,
+    min_gap: float = 0.02,
+    min_rate: float = 0.03,
+    n_examples: int = 8,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per object for ``keyword``'s subset (module docstring), plus calibration info.
+
+    ``inside_scores`` (n, k) and ``caption_mentions`` (n, k, bool) are for the subset's images
+    (failed samples already dropped), ``outside_scores`` (m, k) for images outside it (m may be 0:
+    then ``outside_rate`` is None and only the caption rate is compared).
+    """
+    inside = np.asarray(inside_scores, np.float64)
+    outside = np.asarray(outside_scores, np.float64)
+    mentions = np.asarray(caption_mentions, bool)
+    n, k = inside.shape if inside.ndim == 2 else (0, len(objects))
+    if k != len(objects) or mentions.shape != (n, k):
+        raise ValueError(
+            f"shapes disagree: {len(objects)} objects, inside {inside.shape}, "
+            f"mentions {mentions.shape}"
+        )
+    if outside.size and outside.shape[1] != k:
+        raise ValueError(f"outside_scores has {outside.shape[1]} columns, expected {k}")
+    key_arr = np.asarray(keys, dtype=object)
+    if len(key_arr) != n:
+        raise ValueError(f"{len(key_arr)} keys for {n} images")
+    rows: list[dict[str, Any]] = []
+    cal_info: dict[str, Any] = {}
+    for j, obj in enumerate(objects):
+        cin = calibrate_presence(inside[:, j], z=z, min_sep=min_sep, seed=seed)
+        present = inside[:, j] > cin.threshold
+        k_img = int(present.sum())
+        rate = k_img / n if n else 0.0
+        lo, hi = wilson_interval(k_img, n)
+        cap_rate = float(mentions[:, j].mean()) if n else 0.0
+        out_rate: float | None = None
+        cout = None
+        if outside.size:
+            cout = calibrate_presence(outside[:, j], z=z, min_sep=min_sep, seed=seed)
+            out_rate = float((outside[:, j] > cout.threshold).mean())
+        unmentioned = present & ~mentions[:, j]
+        order = np.argsort(-inside[:, j], kind="stable")
+        examples = [str(key_arr[i]) for i in order if unmentioned[i]][:n_examples]
+        baseline = max(cap_rate, out_rate if out_rate is not None else 0.0)
+        flagged = bool(n > 0 and rate >= min_rate and lo >= baseline + min_gap)
+        rows.append(
+            {
+                "finding_id": f"object:{keyword}:{obj}",
+                "keyword": keyword,
+                "object": obj,
+                "n_images": n,
+                "n_present": k_img,
+                "image_rate": rate,
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "caption_rate": cap_rate,
+                "gap": rate - cap_rate,
+                "outside_rate": out_rate,
+                "n_outside": int(outside.shape[0]) if outside.size else 0,
+                "threshold": float(cin.threshold),
+                "outside_threshold": float(cout.threshold) if cout else None,
+                "calibration": cin.method,
+                "mixture_weight": cin.mixture_weight,
+                "flagged": flagged,
+                "example_keys": examples,
+                "detector": NAME,
+            }
+        )
+        cal_info[obj] = {"inside": cin.to_dict(), "outside": cout.to_dict() if cout else None}
+    return rows, cal_info

@@ -1,0 +1,478 @@
+"""The embedding pipeline (Apache Beam): shards -> samples -> decode -> RunInference -> parts.
+
+::
+
+    ShardSpec --ReadSamples--> chunks of samples ----DecodeSamples----> chunks of RGB images
+                  |  \\--failed rows (download/hash/missing-from-tar)      |  \\--failed_to_decode
+                  \\--manifest (every key read)                           v
+                                                   RunInference(ClipModelHandler) -> rows
+                                                           \\--failed_to_embed rows
+    all rows + manifests --GroupByKey(shard)--> WriteParts -> part-NNNNN.parquet + .SUCCESS
+
+Design points:
+
+- Batches are made per shard in read order (``chunk_size`` samples), not by Beam's adaptive
+  ``BatchElements``; RunInference runs with ``with_no_batching()`` on those chunks. A sample's
+  embedding therefore depends only on the data, never on bundle boundaries or timing, so a
+  resumed run writes parts identical to an uninterrupted one on any runner.
+- The model is loaded once per worker by RunInference (``ModelHandler.load_model``) through a
+  picklable ``loader`` callable; the ``audit`` package passes ``audit.models.load_clip``.
+  This module does not import ``audit`` (import direction audit -> pipelines -> detectors):
+  parts are written through a ``writer(index, table, info)`` callable, the schema is passed in.
+- Nothing is dropped: every sample read becomes one row with ``status`` and ``error``; failed
+  rows have null embeddings. ``WriteParts`` checks each part holds exactly the keys its reader
+  saw before writing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from pipelines.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from pipelines.readers import Sample, ShardSpec, read_shard
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "laion_audit_embed"
+FAILED_TAG = "failed"
+MANIFEST_TAG = "manifest"
+EMBEDDED_STATUSES = ("ok", "missing_caption", "hash_mismatch")
+"""Statuses whose rows may carry an image embedding."""
+
+PartWriter = Callable[[int, pa.Table, dict], None]
+ModelLoader = Callable[[], tuple[Any, Any, Any]]
+
+
+# ---- rows ------------------------------------------------------------------------------------
+def sample_row(s: Sample, image_emb: np.ndarray | None = None,
+               text_emb: np.ndarray | None = None, clip_score: float | None = None) -> dict:
+    """The embedding-table row of a sample (DESIGN.md schema). Caption problems become
+    ``missing_caption`` when the image itself is fine."""
+    status, error = s.status, s.error
+    if status == "ok" and s.caption_problem is not None:
+        status = "missing_caption"
+        error = s.caption_problem if not error else f"{s.caption_problem}; {error}"
+    return {
+        "key": s.key, "url": s.url, "caption": s.caption, "sha256": s.sha256,
+        "width": s.width, "height": s.height, "status": status, "error": error,
+        "image_emb": image_emb, "text_emb": text_emb, "clip_score": clip_score,
+    }
+
+
+@dataclass
+class EmbedInput:
+    """One decoded sample on its way into the model (image bytes already released)."""
+
+    sample: Sample
+    image: Any  # PIL.Image.Image, RGB
+
+
+# ---- DoFns -------------------------------------------------------------------------------------
+class ReadShardFn(beam.DoFn):
+    """ShardSpec -> chunks of readable samples (main), failed rows, and one manifest.
+
+    A chunk holds at most ``chunk_size`` samples of one shard, in read order.
+    """
+
+    def __init__(self, chunk_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
+        self.chunk_size = chunk_size
+        self.max_bytes = max_bytes
+
+    def process(self, spec: ShardSpec) -> Iterator[Any]:
+        report: dict[str, Any] = {}
+        keys: list[str] = []
+        chunk: list[Sample] = []
+        read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "samples_read")
+        for s in read_shard(spec, report, max_bytes=self.max_bytes):
+            keys.append(s.key)
+            read.inc()
+            if s.status != "ok":
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, (spec.index, sample_row(s)))
+                continue
+            chunk.append(s)
+            if len(chunk) >= self.chunk_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+        if report.get("damaged"):
+            logger.warning("%s: %s", spec.describe(), report["damaged"])
+        if report.get("rejected_members"):
+            logger.warning("%s: %d unsafe tar members rejected", spec.describe(),
+                           report["rejected_members"])
+        extra = report.pop("extra_keys", [])
+        yield beam.pvalue.TaggedOutput(
+            MANIFEST_TAG, (spec.index, {"keys": keys, "source": spec.describe(),
+                                        "report": report, "extra_keys": extra}))
+
+
+class DecodeChunkFn(beam.DoFn):
+    """Chunk of samples -> chunk of :class:`EmbedInput` (main) + ``failed_to_decode`` rows."""
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+
+    def process(self, chunk: list[Sample]) -> Iterator[Any]:
+        failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_to_decode")
+        out: list[EmbedInput] = []
+        for s in chunk:
+            try:
+                decoded = decode_image(s.image, self.max_pixels, self.max_bytes)
+            except DecodeError as exc:
+                failed.inc()
+                yield beam.pvalue.TaggedOutput(
+                    FAILED_TAG, (s.shard, sample_row(s.fail("failed_to_decode", str(exc)))))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a decoder bug must not kill the run
+                failed.inc()
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, (s.shard, sample_row(
+                    s.fail("failed_to_decode", f"decoder crashed: {type(exc).__name__}: {exc}"))))
+                continue
+            s.image = None
+            s.width, s.height = decoded.width, decoded.height
+            out.append(EmbedInput(s, decoded.image))
+        if out:
+            yield out
+
+
+# ---- model -------------------------------------------------------------------------------------
+def open_clip_loader(name: str, pretrained: str | None = None,
+                     device: str = "cpu") -> tuple[Any, Any, Any]:
+    """Plain open_clip loading: ``(model, preprocess, tokenizer)`` (eval mode, on ``device``)."""
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, device=device)
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(name)
+
+
+@dataclass
+class ClipBundle:
+    """What ``ClipModelHandler.load_model`` returns: the model and its transforms."""
+
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: str
+    autocast: bool
+
+
+class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
+    """RunInference handler around an open_clip model: images and captions of a chunk in, rows
+    out (L2-normalised float16 embeddings, cosine ``clip_score``).
+
+    ``loader()`` returns ``(model, preprocess, tokenizer)`` and runs once per worker. On CUDA
+    the forward passes run under fp16 autocast. Use ``.with_no_batching()``: each element is
+    already a chunk.
+    """
+
+    def __init__(self, loader: ModelLoader, device: str = "cpu", torch_threads: int = 0,
+                 model_name: str = "") -> None:
+        super().__init__()
+        self._loader = loader
+        self._device = device
+        self._torch_threads = torch_threads
+        self._model_name = model_name
+
+    def __repr__(self) -> str:
+        return f"ClipModelHandler({self._model_name or self._loader!r}, device={self._device!r})"
+
+    def load_model(self) -> ClipBundle:
+        import torch
+
+        if self._torch_threads > 0:
+            torch.set_num_threads(self._torch_threads)
+        t0 = time.perf_counter()
+        model, preprocess, tokenizer = self._loader()
+        model = model.to(self._device).eval()
+        logger.info("loaded %s on %s in %.1f s", self._model_name or "model", self._device,
+                    time.perf_counter() - t0)
+        return ClipBundle(model, preprocess, tokenizer, self._device,
+                          autocast=str(self._device).startswith("cuda"))
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+    def get_num_bytes(self, batch: Sequence[EmbedInput]) -> int:
+        return sum(e.image.width * e.image.height * 3 for e in batch)
+
+    def run_inference(self, batch: Sequence[EmbedInput], model: ClipBundle,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
+        if not batch:
+            return []
+        t0 = time.perf_counter()
+        images = [model.preprocess(e.image) for e in batch]
+        text_idx = [i for i, e in enumerate(batch) if e.sample.caption_problem is None]
+        texts = [batch[i].sample.caption for i in text_idx]
+        tokens = model.tokenizer(texts) if texts else None
+        t1 = time.perf_counter()
+        img_emb, txt_emb = embed_tensors(model, images, tokens)
+        t2 = time.perf_counter()
+        beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "preprocess_us").update(
+            int((t1 - t0) * 1e6))
+        beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "forward_us").update(
+            int((t2 - t1) * 1e6))
+        beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_embedded").inc(len(batch))
+        text_of = dict(zip(text_idx, range(len(text_idx))))
+        rows = []
+        for i, e in enumerate(batch):
+            ie = img_emb[i]
+            j = text_of.get(i)
+            te = txt_emb[j] if j is not None else None
+            score = float(np.dot(ie, te)) if te is not None else None
+            row = sample_row(e.sample, ie.astype(np.float16),
+                             None if te is None else te.astype(np.float16), score)
+            row["_shard"] = e.sample.shard
+            rows.append(row)
+        return rows
+
+
+def embed_tensors(model: ClipBundle, images: list[Any],
+                  tokens: Any | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Forward preprocessed image tensors and caption tokens; float32 L2-normalised arrays."""
+    import torch
+
+    device = model.device
+    ctx = (torch.autocast(device_type="cuda", dtype=torch.float16) if model.autocast
+           else _nullcontext())
+    with torch.inference_mode(), ctx:
+        x = torch.stack(images).to(device, non_blocking=True)
+        f = model.model.encode_image(x).float()
+        f = torch.nn.functional.normalize(f, dim=-1)
+        g = None
+        if tokens is not None:
+            g = model.model.encode_text(tokens.to(device)).float()
+            g = torch.nn.functional.normalize(g, dim=-1)
+    return f.cpu().numpy(), None if g is None else g.cpu().numpy()
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def failed_batch_rows(item: tuple[Any, Any]) -> Iterator[tuple[int, dict]]:
+    """RunInference's dead-letter output (batch, exception) -> ``failed_to_embed`` rows."""
+    batch, exc = item
+    msg = f"model failed on this batch: {type(exc).__name__}: {exc}"[:500]
+    for e in batch:
+        yield e.sample.shard, sample_row(e.sample.fail("failed_to_embed", msg))
+
+
+# ---- writing parts --------------------------------------------------------------------------
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (sorted by key here) -> an Arrow table with ``schema`` (null embeddings allowed)."""
+    rows = sorted(rows, key=lambda r: r["key"])
+    dim = schema.field("image_emb").type.list_size
+    cols: dict[str, Any] = {}
+    for name in ("key", "url", "caption", "sha256", "status", "error"):
+        cols[name] = pa.array([r[name] for r in rows], pa.string())
+    for name in ("width", "height"):
+        cols[name] = pa.array([r[name] for r in rows], pa.int32())
+    for name in ("image_emb", "text_emb"):
+        cols[name] = _vector_array([r[name] for r in rows], dim, schema.field(name).type)
+    cols["clip_score"] = pa.array([r["clip_score"] for r in rows], pa.float32())
+    return pa.table([cols[f.name] for f in schema], schema=schema)
+
+
+def _vector_array(vectors: list[np.ndarray | None], dim: int, typ: pa.DataType) -> pa.Array:
+    n = len(vectors)
+    values = np.zeros((n, dim), dtype=np.float16)
+    valid = np.zeros(n, dtype=bool)
+    for i, v in enumerate(vectors):
+        if v is not None:
+            v = np.asarray(v, dtype=np.float16).reshape(-1)
+            if v.shape[0] != dim:
+                raise ValueError(f"embedding of length {v.shape[0]}, expected {dim}")
+            values[i] = v
+            valid[i] = True
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim,
+                                            mask=pa.array(~valid))
+    return arr.cast(typ) if arr.type != typ else arr
+
+
+class WritePartFn(beam.DoFn):
+    """(shard, [rows and one manifest]) -> part written via ``writer`` -> per-part stats.
+
+    Refuses to write a part whose keys differ from those its reader saw (lost or duplicated
+    rows are a bug, never silently written).
+    """
+
+    def __init__(self, writer: PartWriter, schema: pa.Schema) -> None:
+        self.writer = writer
+        self.schema = schema
+
+    def process(self, element: tuple[int, Iterable[tuple[str, Any]]]) -> Iterator[dict]:
+        index, items = element
+        rows: list[dict] = []
+        manifests: list[dict] = []
+        for kind, value in items:
+            (rows if kind == "row" else manifests).append(value)
+        if len(manifests) != 1:
+            raise RuntimeError(f"part {index}: expected one manifest, got {len(manifests)}")
+        manifest = manifests[0]
+        got = Counter(r["key"] for r in rows)
+        want = Counter(manifest["keys"])
+        if got != want:
+            missing = sorted((want - got).keys())[:5]
+            extra = sorted((got - want).keys())[:5]
+            raise RuntimeError(f"part {index} ({manifest['source']}): rows do not match the "
+                               f"samples read (missing {missing}, unexpected {extra})")
+        table = rows_to_table(rows, self.schema)
+        counts = dict(sorted(Counter(r["status"] for r in rows).items()))
+        info = {"source": manifest["source"], "counts": counts,
+                "extra_keys": manifest["extra_keys"], "report": manifest["report"]}
+        self.writer(index, table, info)
+        beam.metrics.Metrics.counter(METRICS_NAMESPACE, "parts_written").inc()
+        yield {"part": index, "rows": len(rows), "counts": counts}
+
+
+# ---- composites ---------------------------------------------------------------------------------
+class ReadSamples(beam.PTransform):
+    """PCollection[ShardSpec] -> tagged outputs ``chunks`` (main), ``failed``, ``manifest``."""
+
+    def __init__(self, chunk_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__()
+        self.chunk_size = chunk_size
+        self.max_bytes = max_bytes
+
+    def expand(self, specs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return specs | "ReadShard" >> beam.ParDo(
+            ReadShardFn(self.chunk_size, self.max_bytes)).with_outputs(
+                FAILED_TAG, MANIFEST_TAG, main="chunks")
+
+
+class DecodeSamples(beam.PTransform):
+    """Chunks of samples -> tagged outputs ``decoded`` (main) and ``failed``."""
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__()
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+
+    def expand(self, chunks: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return chunks | "Decode" >> beam.ParDo(
+            DecodeChunkFn(self.max_pixels, self.max_bytes)).with_outputs(
+                FAILED_TAG, main="decoded")
+
+
+class EmbedChunks(beam.PTransform):
+    """Decoded chunks -> ``(shard, row)`` with embeddings; failed batches -> failed_to_embed."""
+
+    def __init__(self, handler: ClipModelHandler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def expand(self, decoded: beam.PCollection) -> beam.PCollection:
+        main, dlq = (decoded | "RunInference" >> RunInference(
+            self.handler.with_no_batching()).with_exception_handling())
+        ok = main | "KeyByShard" >> beam.Map(_key_embedded_row)
+        failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_rows)
+        return (ok, failed) | "AllEmbedded" >> beam.Flatten()
+
+
+def _key_embedded_row(row: dict) -> tuple[int, dict]:
+    return row.pop("_shard"), row
+
+
+class WriteParts(beam.PTransform):
+    """``(shard, row)`` rows + manifests -> one part per shard -> per-part stats."""
+
+    def __init__(self, writer: PartWriter, schema: pa.Schema) -> None:
+        super().__init__()
+        self.writer = writer
+        self.schema = schema
+
+    def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
+        rows, manifests = pcolls
+        tagged_rows = rows | "TagRows" >> beam.MapTuple(_tag, kind="row")
+        tagged_manifests = manifests | "TagManifests" >> beam.MapTuple(_tag, kind="manifest")
+        return ((tagged_rows, tagged_manifests) | "Both" >> beam.Flatten()
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WritePart" >> beam.ParDo(WritePartFn(self.writer, self.schema)))
+
+
+def _tag(index: int, value: Any, kind: str = "row") -> tuple[int, tuple[str, Any]]:
+    return index, (kind, value)
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Pipeline knobs (the model itself comes with the handler)."""
+
+    chunk_size: int = 64
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+class EmbedShards(beam.PTransform):
+    """The whole stage: PCollection[ShardSpec] -> per-part stats, parts written by ``writer``."""
+
+    def __init__(self, handler: ClipModelHandler, writer: PartWriter, schema: pa.Schema,
+                 settings: EmbedSettings = EmbedSettings()) -> None:
+        super().__init__()
+        self.handler = handler
+        self.writer = writer
+        self.schema = schema
+        self.settings = settings
+
+    def expand(self, specs: beam.PCollection) -> beam.PCollection:
+        st = self.settings
+        read = specs | "Read" >> ReadSamples(st.chunk_size, st.max_bytes)
+        decoded = read.chunks | "DecodeSamples" >> DecodeSamples(st.max_pixels, st.max_bytes)
+        embedded = decoded.decoded | "Embed" >> EmbedChunks(self.handler)
+        rows = ((read[FAILED_TAG], decoded[FAILED_TAG], embedded)
+                | "AllRows" >> beam.Flatten())
+        return (rows, read[MANIFEST_TAG]) | "Write" >> WriteParts(self.writer, self.schema)
+
+
+def run_embed(specs: list[ShardSpec], handler: ClipModelHandler, writer: PartWriter,
+              schema: pa.Schema, options: Any = None, runner: Any = None,
+              settings: EmbedSettings = EmbedSettings()) -> Any:
+    """Build and run the pipeline over ``specs``; returns the finished ``PipelineResult``."""
+    p = beam.Pipeline(runner=runner, options=options)
+    _ = (p | "Shards" >> beam.Create(specs, reshuffle=False)
+         | "Spread" >> beam.Reshuffle()
+         | "EmbedShards" >> EmbedShards(handler, writer, schema, settings))
+    result = p.run()
+    result.wait_until_finish()
+    return result
+
+
+def metric_totals(result: Any) -> dict[str, Any]:
+    """Counters and distribution sums of the embed namespace from a finished pipeline."""
+    out: dict[str, Any] = {}
+    try:
+        from apache_beam.metrics.metric import MetricsFilter
+
+        m = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception:  # noqa: BLE001 - some runners do not report metrics
+        return out
+    for c in m.get("counters", []):
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (c.committed or 0)
+    for d in m.get("distributions", []):
+        val = d.committed
+        if val is not None:
+            out[d.key.metric.name + "_sum"] = out.get(d.key.metric.name + "_sum", 0) + val.sum
+            out[d.key.metric.name + "_count"] = (out.get(d.key.metric.name + "_count", 0)
+                                                 + val.count)
+    return out

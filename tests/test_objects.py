@@ -1,0 +1,94 @@
+"""Object-level replication: the detector on synthetic scores/vectors, the stage, and the
+issue's quality targets on the SynthLAION testbed with the shipped tiny CLIP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detectors.objects import (
+    calibrate_presence,
+    ensemble,
+    object_prompts,
+    object_replication,
+    presence_scores,
+)
+from detectors.stats import normalize_rows
+
+
+def test_prompts_and_ensemble() -> None:
+    with_obj, without = object_prompts("astronaut", ["flag", "moon"])
+    assert with_obj["flag"][0] == "a photo of a astronaut with a flag"
+    assert all("flag" in p and "astronaut" in p for p in with_obj["flag"])
+    assert all("flag" not in p and "astronaut" in p for p in without)
+    v = ensemble(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    assert np.allclose(v, [2**-0.5, 2**-0.5])
+
+
+def test_presence_scores_contrast() -> None:
+    rng = np.random.default_rng(0)
+    d = 32
+    kw, obj = normalize_rows(rng.normal(size=(2, d)))
+    with_vec = normalize_rows((kw + obj)[None])[0]
+    imgs = normalize_rows(np.stack([kw, kw + obj, obj]))
+    s = presence_scores(imgs, with_vec[None], kw)
+    assert s.shape == (3, 1)
+    assert s[1, 0] > 0.2 and s[0, 0] < 0 and s[2, 0] > s[0, 0]
+
+
+def _scores(rng: np.random.Generator, n: int, rate: float, shift: float = 6.0) -> tuple:
+    present = np.zeros(n, bool)
+    present[: int(round(rate * n))] = True
+    rng.shuffle(present)
+    s = rng.normal(0.0, 1.0, n) + shift * present
+    return 0.01 * s + 0.05, present  # arbitrary scale and offset, as cosine differences have
+
+
+def test_calibration_recovers_a_planted_rate() -> None:
+    rng = np.random.default_rng(1)
+    s, present = _scores(rng, 400, 0.10)
+    cal = calibrate_presence(s)
+    assert cal.method == "gmm"
+    assert abs((s > cal.threshold).mean() - 0.10) < 0.02
+    assert abs(cal.mixture_weight - 0.10) < 0.03
+    assert ((s > cal.threshold) == present).mean() > 0.98
+
+
+def test_calibration_flags_nothing_without_a_second_population() -> None:
+    rng = np.random.default_rng(2)
+    for dist in (rng.normal(0.1, 0.02, 500), rng.standard_t(5, 500) * 0.02, rng.uniform(0, 1, 500)):
+        cal = calibrate_presence(dist)
+        assert (dist > cal.threshold).mean() < 0.02, cal
+
+
+def test_object_replication_flags_only_the_planted_pair() -> None:
+    rng = np.random.default_rng(3)
+    n, m = 300, 2000
+    flag_in, present = _scores(rng, n, 0.10)
+    moon_in, _ = _scores(rng, n, 0.0)
+    flag_out, _ = _scores(rng, m, 0.01)
+    moon_out, _ = _scores(rng, m, 0.04)
+    inside = np.stack([flag_in, moon_in], 1)
+    outside = np.stack([flag_out, moon_out], 1)
+    mentions = np.zeros((n, 2), bool)
+    mentions[:3, 1] = True  # a few captions name the moon
+    keys = [f"{i:09d}" for i in range(n)]
+    rows, cal = object_replication("astronaut", ["flag", "moon"], inside, outside, mentions, keys)
+    flag, moon = rows
+    assert flag["finding_id"] == "object:astronaut:flag" and flag["flagged"]
+    assert abs(flag["image_rate"] - 0.10) <= 0.02
+    assert flag["ci_low"] < flag["image_rate"] < flag["ci_high"]
+    assert flag["outside_rate"] < 0.03 and flag["caption_rate"] == 0.0
+    assert set(flag["example_keys"]) <= {keys[i] for i in np.flatnonzero(present)}
+    assert not moon["flagged"] and moon["image_rate"] < 0.02
+    assert moon["caption_rate"] == pytest.approx(0.01)
+    assert cal["flag"]["inside"]["method"] == "gmm"
+
+
+def test_object_replication_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="shapes disagree"):
+        object_replication("a", ["x"], np.zeros((3, 2)), np.zeros((0, 2)), np.zeros((3, 2), bool),
+                           ["1", "2", "3"])  # fmt: skip
+    with pytest.raises(ValueError, match="keys"):
+        object_replication("a", ["x"], np.zeros((3, 1)), np.zeros((0, 1)), np.zeros((3, 1), bool),
+                           ["1"])  # fmt: skip

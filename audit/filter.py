@@ -3,9 +3,9 @@
 Input: every sample of the workspace (the embedding rows, failed ones included). Rules, each
 selected by name:
 
-- ``duplicates``: within each duplicate *component* (groups of the selected kinds that share a
-  sample are merged, so a sample never ends up both kept by one group and dropped by another),
-  one sample is kept: the one the detector named representative most often, preferring
+- ``duplicates``: within each duplicate *component* (groups of the selected kinds, by default
+  exact and near, that share a sample are merged, so a sample never ends up both kept by one
+  group and dropped by another), one sample is kept: the one the detector named representative most often, preferring
   ``status == "ok"``, then the smallest key. Every other member is dropped with reason
   ``duplicates:<kind>`` (the kinds of the groups it belongs to) and ``duplicate_of`` = the kept
   sample.
@@ -34,12 +34,22 @@ logger = logging.getLogger(__name__)
 
 RULES = ("duplicates", "poisons", "failed")
 DUPLICATE_KINDS = ("exact", "near", "caption")
+DEFAULT_DUPLICATE_KINDS = ("exact", "near")
+"""Caption duplicates (same caption, different images) are dropped only when asked for."""
 
-KEEP_SCHEMA = pa.schema([("key", pa.string()), ("url", pa.string()), ("caption", pa.string()),
-                         ("status", pa.string())])
-DROP_SCHEMA = pa.schema([("key", pa.string()), ("url", pa.string()), ("caption", pa.string()),
-                         ("status", pa.string()), ("reasons", pa.list_(pa.string())),
-                         ("duplicate_of", pa.string())])
+KEEP_SCHEMA = pa.schema(
+    [("key", pa.string()), ("url", pa.string()), ("caption", pa.string()), ("status", pa.string())]
+)
+DROP_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("status", pa.string()),
+        ("reasons", pa.list_(pa.string())),
+        ("duplicate_of", pa.string()),
+    ]
+)
 
 
 @dataclass
@@ -74,8 +84,9 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def duplicate_drops(dups: pa.Table, status: dict[str, str],
-                    kinds: tuple[str, ...] = DUPLICATE_KINDS) -> dict[str, tuple[list[str], str]]:
+def duplicate_drops(
+    dups: pa.Table, status: dict[str, str], kinds: tuple[str, ...] = DEFAULT_DUPLICATE_KINDS
+) -> dict[str, tuple[list[str], str]]:
     """key -> (reasons, kept key) for every duplicate that is not its component's keeper.
 
     Keys of the finding that are not in ``status`` (not samples of this workspace) are an error.
@@ -88,8 +99,10 @@ def duplicate_drops(dups: pa.Table, status: dict[str, str],
     rows = [r for r in rows if r["kind"] in kinds]
     unknown = sorted({r["key"] for r in rows} - status.keys())
     if unknown:
-        raise InputError(f"duplicates finding names {len(unknown)} keys that are not samples of "
-                         f"this workspace, e.g. {unknown[:5]}: is it from another workspace?")
+        raise InputError(
+            f"duplicates finding names {len(unknown)} keys that are not samples of "
+            f"this workspace, e.g. {unknown[:5]}: is it from another workspace?"
+        )
     uf = _UnionFind()
     members: dict[tuple[str, int], list[str]] = defaultdict(list)
     votes: Counter[str] = Counter()
@@ -114,8 +127,11 @@ def duplicate_drops(dups: pa.Table, status: dict[str, str],
     return out
 
 
-def decide(ws: Workspace, drop: list[str] | tuple[str, ...],
-           duplicate_kinds: tuple[str, ...] = DUPLICATE_KINDS) -> Decision:
+def decide(
+    ws: Workspace,
+    drop: list[str] | tuple[str, ...],
+    duplicate_kinds: tuple[str, ...] = DEFAULT_DUPLICATE_KINDS,
+) -> Decision:
     """Apply the rules named in ``drop`` to every sample of ``ws``."""
     bad = [d for d in drop if d not in RULES]
     if bad:
@@ -129,16 +145,21 @@ def decide(ws: Workspace, drop: list[str] | tuple[str, ...],
     duplicate_of: dict[str, str] = {}
     if "duplicates" in drop:
         if not ws.has_finding("duplicates"):
-            raise InputError(f"--drop duplicates needs the duplicates finding: run "
-                             f"`laion-audit dedup {ws.root}` first")
-        for k, (why, keeper) in duplicate_drops(ws.read_finding("duplicates"), status,
-                                               duplicate_kinds).items():
+            raise InputError(
+                f"--drop duplicates needs the duplicates finding: run "
+                f"`laion-audit dedup {ws.root}` first"
+            )
+        for k, (why, keeper) in duplicate_drops(
+            ws.read_finding("duplicates"), status, duplicate_kinds
+        ).items():
             reasons[k] += why
             duplicate_of[k] = keeper
     if "poisons" in drop:
         if not ws.has_finding("poisons"):
-            raise InputError(f"--drop poisons needs the poisons finding: run "
-                             f"`laion-audit poisons {ws.root}` first")
+            raise InputError(
+                f"--drop poisons needs the poisons finding: run "
+                f"`laion-audit poisons {ws.root}` first"
+            )
         p = ws.read_finding("poisons")
         missing = {"key", "flagged", "kind"} - set(p.column_names)
         if missing:
@@ -146,8 +167,10 @@ def decide(ws: Workspace, drop: list[str] | tuple[str, ...],
         for r in p.select(["key", "flagged", "kind"]).to_pylist():
             if r["flagged"]:
                 if r["key"] not in status:
-                    raise InputError(f"poisons finding names key {r['key']!r}, which is not a "
-                                     f"sample of this workspace")
+                    raise InputError(
+                        f"poisons finding names key {r['key']!r}, which is not a "
+                        f"sample of this workspace"
+                    )
                 reasons[r["key"]].append(f"poisons:{r['kind'] or 'unknown'}")
     if "failed" in drop:
         for k, s in status.items():
@@ -157,18 +180,24 @@ def decide(ws: Workspace, drop: list[str] | tuple[str, ...],
     keep_t = samples.filter(pc.invert(is_drop)).cast(KEEP_SCHEMA)
     dropped = samples.filter(is_drop)
     dkeys = dropped.column("key").to_pylist()
-    drop_t = dropped.append_column("reasons", pa.array([sorted(set(reasons[k])) for k in dkeys],
-                                                       pa.list_(pa.string())))
-    drop_t = drop_t.append_column("duplicate_of", pa.array([duplicate_of.get(k) for k in dkeys],
-                                                           pa.string())).cast(DROP_SCHEMA)
+    drop_t = dropped.append_column(
+        "reasons", pa.array([sorted(set(reasons[k])) for k in dkeys], pa.list_(pa.string()))
+    )
+    drop_t = drop_t.append_column(
+        "duplicate_of", pa.array([duplicate_of.get(k) for k in dkeys], pa.string())
+    ).cast(DROP_SCHEMA)
     check_invariant(keys, keep_t.column("key").to_pylist() + dkeys, stage="filter")
     counts: Counter[str] = Counter({f"rule:{rule}": 0 for rule in drop})
     for k in dkeys:
         why = set(reasons[k])
         counts.update(why)
         counts.update({f"rule:{r.split(':', 1)[0]}" for r in why})
-    summary = {"input": len(keys), "kept": keep_t.num_rows, "dropped": drop_t.num_rows,
-               **dict(sorted(counts.items()))}
+    summary = {
+        "input": len(keys),
+        "kept": keep_t.num_rows,
+        "dropped": drop_t.num_rows,
+        **dict(sorted(counts.items())),
+    }
     return Decision(keep=keep_t, drop=drop_t, counts=summary)
 
 

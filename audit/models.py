@@ -39,7 +39,8 @@ class ModelError(RuntimeError):
 
 
 def register_tiny_synth(config_path: str | Path | None = None) -> str:
-    """Register the ``tiny-synth`` open_clip config (idempotent) and return its name."""
+    """Register the ``tiny-synth`` open_clip config file with open_clip (``add_model_config``)
+    and return the model name. A no-op when the same config is already registered."""
     import open_clip
 
     path = Path(config_path) if config_path else TINY_CLIP_CONFIG
@@ -48,9 +49,19 @@ def register_tiny_synth(config_path: str | Path | None = None) -> str:
             f"tiny-synth config not found at {path}; the package data is missing "
             "(reinstall, or retrain with `python -m audit.training.train_tiny_clip`)"
         )
-    if open_clip.get_model_config(TINY_CLIP_NAME) is None:
+    if open_clip.get_model_config(TINY_CLIP_NAME) != json.loads(path.read_text()):
         open_clip.add_model_config(path)
     return TINY_CLIP_NAME
+
+
+def _tiny_config_for(pretrained: str | None) -> Path:
+    """The config that belongs to tiny-synth weights: ``tiny-synth.json`` next to a retrained
+    weights file if there is one, else the shipped config."""
+    if pretrained:
+        local = Path(pretrained).parent / TINY_CLIP_CONFIG.name
+        if local.is_file():
+            return local
+    return TINY_CLIP_CONFIG
 
 
 def image_transform_for(model_cfg: dict[str, Any]):
@@ -82,7 +93,7 @@ def load_clip(name: str = TINY_CLIP_NAME, pretrained: str | None = None, device:
 
     device = _resolve_device(device)
     if name == TINY_CLIP_NAME:
-        register_tiny_synth()
+        register_tiny_synth(_tiny_config_for(pretrained))
         if pretrained is None:
             pretrained = str(TINY_CLIP_WEIGHTS)
         if not Path(pretrained).is_file():
@@ -106,7 +117,7 @@ def model_info(name: str, pretrained: str | None, model=None) -> dict[str, Any]:
     import open_clip
 
     if name == TINY_CLIP_NAME:
-        register_tiny_synth()
+        register_tiny_synth(_tiny_config_for(pretrained))
         if pretrained is None:
             pretrained = str(TINY_CLIP_WEIGHTS)
     cfg = open_clip.get_model_config(name) or {}
@@ -147,7 +158,9 @@ def encode_images(
     out: list[np.ndarray] = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            batch = [im if im.mode == "RGB" else im.convert("RGB") for im in images[i : i + batch_size]]
+            batch = [
+                im if im.mode == "RGB" else im.convert("RGB") for im in images[i : i + batch_size]
+            ]
             x = torch.stack([preprocess(im) for im in batch]).to(device)
             out.append(model.encode_image(x).float().cpu().numpy())
     if not out:
@@ -190,7 +203,7 @@ def load_generator(name_or_path: str = TINY_SD_NAME, device: str = "cpu", dtype=
         path = str(TINY_SD_DIR)
     if dtype is None:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     index = Path(path) / "model_index.json"
     if index.is_file() and "safety_checker" in json.loads(index.read_text()):
         kwargs.update(safety_checker=None, requires_safety_checker=False)

@@ -95,7 +95,7 @@ def _make(finding_id: str, kind: str, text: str, keyword: str | None = None,
 def _clean(text: str) -> str:
     """Collapse whitespace and stray separators left by edits."""
     text = re.sub(r"\s+", " ", str(text)).strip()
-    text = re.sub(r"\s+([,.;:!|])", r"\1", text)
+    text = re.sub(r"\s+([,.;:!])", r"\1", text)
     text = re.sub(r"([,;:|\-])(\s*[,;:|\-])+", r"\1", text)
     text = re.sub(r"\(\s*[,;]?\s*\)", "", text)
     return re.sub(r"^[\s,.;:|\-]+|[\s,;:|\-]+$", "", text).strip()
@@ -196,7 +196,8 @@ def object_prompts(finding: dict[str, Any], captions: Sequence[str] = (),
     if not kw or not obj:
         raise InputError(f"object_replication finding {fid}: keyword and object are required")
     caps = [c for c in _usable(captions, max_tokens)
-            if match_keyword([c], kw)[0] and not match_keyword([c], obj)[0]]
+            if match_keyword([c], kw)[0] and not match_keyword([c], obj)[0]
+            and c.lower() != kw.lower()]
     by_len = sorted(caps, key=lambda c: (len(_words(c)), caps.index(c)))
     short = by_len[0] if by_len else _OBJECT_SHORT.format(a=_article(kw), kw=kw)
     long = by_len[-1] if by_len else _OBJECT_LONG.format(a=_article(kw), kw=kw)

@@ -432,8 +432,8 @@ def centroid_distances(centroids: np.ndarray) -> np.ndarray:
 
 def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
                       max_probes: int = MAX_PROBES, probe_scale: float = PROBE_SCALE,
-                      cdist: np.ndarray | None = None,
-                      slack: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      cdist: np.ndarray | None = None, slack: float = 0.01,
+                      candidates: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Primary partition and probe partitions of each row of ``x``.
 
     Returns ``(primary (n,), probes (n, max_probes) padded with -1, n_needed (n,))``: the probe
@@ -441,6 +441,10 @@ def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
     of the row (nearest boundaries first), and how many partitions passed the bound before the
     cap. ``probe_scale=1`` is the worst-case bound (exact when nothing is capped); smaller
     values assume the offset between duplicates is not aligned with the boundary normal.
+
+    The bound is checked on the ``candidates`` centroids most similar to the row (default
+    ``max(8, 4 x max_probes)``, all of them when that reaches K), which keeps the per-row work
+    at O(K) for the similarities plus O(candidates) for the bound.
     """
     xf = _f32(x)
     c = _f32(centroids)
@@ -453,23 +457,27 @@ def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
         return primary, probes, np.zeros(n, dtype=np.int32)
     if cdist is None:
         cdist = centroid_distances(c)
+    L = min(k, candidates or max(8, 4 * max_probes))
+    cand = (np.argpartition(-s, L - 1, axis=1)[:, :L] if L < k
+            else np.broadcast_to(np.arange(k), (n, k)))
+    sc = np.take_along_axis(s, cand, axis=1)
     rows = np.arange(n)
-    margin = s[rows, primary][:, None] - s
-    bound = (probe_scale * probe_radius(threshold, slack)) * cdist[primary]
+    margin = s[rows, primary][:, None] - sc
+    bound = (probe_scale * probe_radius(threshold, slack)) * cdist[primary[:, None], cand]
     ratio = margin / np.maximum(bound, 1e-12)
-    ratio[~(np.arange(k)[None, :] > primary[:, None])] = np.inf  # only Q > P (symmetry)
-    ratio[margin > bound] = np.inf
+    ratio[(cand <= primary[:, None]) | (margin > bound)] = np.inf  # only Q > P (symmetry)
     n_needed = np.isfinite(ratio).sum(1).astype(np.int32)
-    if max_probes > 0 and np.any(n_needed):
-        m = min(max_probes, k)
-        cand = np.argpartition(ratio, m - 1, axis=1)[:, :m] if m < k else np.tile(
-            np.arange(k), (n, 1))
-        cr = np.take_along_axis(ratio, cand, axis=1)
-        o = np.argsort(cr, axis=1, kind="stable")
-        cand = np.take_along_axis(cand, o, axis=1)
-        cr = np.take_along_axis(cr, o, axis=1)
-        cand[~np.isfinite(cr)] = -1
-        probes[:, :m] = cand
+    m = min(max_probes, L)
+    if m > 0 and np.any(n_needed):
+        pick = np.argpartition(ratio, m - 1, axis=1)[:, :m] if m < L else np.broadcast_to(
+            np.arange(L), (n, L))
+        pr = np.take_along_axis(ratio, pick, axis=1)
+        o = np.argsort(pr, axis=1, kind="stable")
+        pick = np.take_along_axis(pick, o, axis=1)
+        pr = np.take_along_axis(pr, o, axis=1)
+        chosen = np.take_along_axis(cand, pick, axis=1).astype(np.int32)
+        chosen[~np.isfinite(pr)] = -1
+        probes[:, :m] = chosen
     return primary, probes, n_needed
 
 
@@ -777,7 +785,8 @@ def group_nearest(x: np.ndarray | None, labels: np.ndarray, valid: np.ndarray | 
 
 def group_table(keys: np.ndarray, labels: np.ndarray, kind: str, representative: np.ndarray,
                 nearest: np.ndarray, similarity: np.ndarray, group_offset: int = 0) -> Any:
-    """Rows of the ``duplicates`` finding for one kind (only rows in groups of size >= 2).
+    """Rows of the ``duplicates`` finding for one kind (only rows in groups of size >= 2),
+    ordered by group id, then key.
 
     Columns: key, group_id (int64, ``+ group_offset``), group_size (int32), kind,
     representative_key, is_representative, nearest_key, similarity (float32).
@@ -789,6 +798,7 @@ def group_table(keys: np.ndarray, labels: np.ndarray, kind: str, representative:
     keys = np.asarray(keys, dtype=object)
     labels = np.asarray(labels, dtype=np.int64)
     rows = np.flatnonzero(labels >= 0)
+    rows = rows[np.lexsort((keys[rows].astype(str), labels[rows]))] if rows.size else rows
     sizes = np.bincount(labels[rows], minlength=(labels.max() + 1) if rows.size else 0)
     lab = labels[rows]
     rep = representative[rows]

@@ -207,14 +207,14 @@ def summarize_generations(gens: pd.DataFrame, by: Sequence[str] = ("prompt_id",)
             max_sim=float(s.max()) if n else float("nan"),
             n_failed=int((~ok).sum()),
         )
-        verb = g["is_verbatim"] if "is_verbatim" in g else None
+        verb = g.get("is_verbatim")
         if verb is not None and verb[ok].notna().any():
             v = verb[ok].dropna().astype(bool)
             row["n_verbatim"] = int(v.sum())
             row["verbatim_rate"] = float(v.mean())
         else:
             row["n_verbatim"], row["verbatim_rate"] = None, float("nan")
-        obj = g["object_present"] if "object_present" in g else None
+        obj = g.get("object_present")
         if obj is not None and obj[ok].notna().any():
             o = obj[ok].dropna().astype(bool)
             k = int(o.sum())

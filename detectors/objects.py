@@ -16,8 +16,9 @@ carry the object, so the bulk of ``s`` is the "absent" distribution. It is estim
 mixture is fitted with its first component started there. The threshold is where the fitted
 "present" component becomes more likely than the "absent" one, provided the mixture is
 supported: BIC prefers two components and the present component lies at least ``min_sep``
-robust SDs above the absent one. Otherwise no separate population of object-carrying images is
-visible: the threshold falls back to ``median + z * MAD`` (``z = 4``: a Gaussian "absent" score
+robust SDs above the absent one. (The mixture is not even fitted when fewer than ``screen`` = 1%
+of the scores lie above ``median + 3 * MAD``, where a Gaussian bulk puts 0.13%.) Otherwise no
+separate population of object-carrying images is visible: the threshold falls back to ``median + z * MAD`` (``z = 4``: a Gaussian "absent" score
 passes it with probability 3e-5), so only clear outliers count. The keyword subset and the
 outside population are calibrated separately (their "absent" scores differ because the prompts
 name the keyword), each with its own threshold.
@@ -106,7 +107,12 @@ class Calibration:
 
 
 def calibrate_presence(
-    scores: np.ndarray, *, z: float = 4.0, min_sep: float = 3.0, seed: int = 0
+    scores: np.ndarray,
+    *,
+    z: float = 4.0,
+    min_sep: float = 3.0,
+    screen: float = 0.01,
+    seed: int = 0,
 ) -> Calibration:
     """Label-free threshold for one population's presence scores (module docstring)."""
     s = np.asarray(scores, np.float64).ravel()
@@ -118,7 +124,9 @@ def calibrate_presence(
     mad = float(1.4826 * np.median(np.abs(s - med)))
     mad = mad if mad > 1e-9 else float(np.std(s)) or 1e-9
     fallback = Calibration(med + z * mad, "robust_z", med, mad, n)
-    if n < 20:
+    # screen: a Gaussian "absent" bulk puts 0.13% above median + 3 MAD; without a clear excess
+    # there (>= screen) no second population is visible and the mixture is not fitted at all
+    if n < 20 or (s > med + 3 * mad).mean() < max(screen, 3 / n):
         return fallback
     from sklearn.mixture import GaussianMixture
 

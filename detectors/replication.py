@@ -10,10 +10,11 @@ Method (after Naseh et al. 2023, with the per-cluster hand thresholds replaced b
    cover half of a subset, only ~8% of its pairs are copy pairs, far from moving the median and
    MAD), so the cut-off sits far out in the tail of "unrelated" similarity whatever the encoder's
    scale: CLIP models differ a lot in where unrelated pairs lie (0.3 for one, 0.6 for another).
-2. **Graph.** :func:`neighbor_graph`: FAISS range search (exact inner product up to
-   ``exact_limit`` vectors, an IVF index above) gives every pair above the threshold, as a sparse
-   symmetric adjacency (indices only; memory grows with the number of near pairs, i.e. with the
-   square of the largest cluster, not of the subset).
+2. **Graph.** :func:`neighbor_graph`: exact FAISS range search (a flat inner-product index up to
+   ``exact_limit`` vectors, the k-means-partitioned search of :mod:`detectors.dedup` above) gives
+   every pair above the threshold, as a sparse symmetric adjacency (indices only; memory grows
+   with the number of near pairs, i.e. with the square of the largest cluster, not of the
+   subset).
 3. **Clusters.** :func:`star_clusters`: greedy star clustering on that graph: the unassigned
    image with the most unassigned neighbours becomes a centre and takes all its unassigned
    neighbours; repeat. Every member is within the threshold of its centre, so one cluster is one
@@ -143,49 +144,47 @@ def neighbor_graph(
     emb: np.ndarray,
     threshold: float,
     *,
-    exact_limit: int = 200_000,
+    exact_limit: int = 50_000,
     batch_size: int = 4096,
-    nprobe: int = 16,
     seed: int = 0,
 ) -> sp.csr_matrix:
     """Symmetric boolean adjacency of pairs with cosine similarity ``> threshold`` (no self loops).
 
-    FAISS range search on inner products (rows must be L2-normalised): an exact flat index up
-    to ``exact_limit`` rows, an IVF index (``4 * sqrt(n)`` lists, ``nprobe`` probed) above, where
-    a few pairs across list borders may be missed. Queries are batched so memory is bounded by
-    the number of pairs found, not by ``n ** 2``.
+    Up to ``exact_limit`` rows: exact FAISS range search on a flat inner-product index (rows
+    must be L2-normalised), queries batched. Above: the k-means-partitioned exact search of
+    :func:`detectors.dedup.partitioned_edges` with every pair kept, whose memory is bounded by
+    partition size (plus the pairs found: the adjacency grows with the square of the largest
+    cluster, not of ``n``).
     """
-    import faiss
-
     x = np.ascontiguousarray(emb, dtype=np.float32)
     n, d = x.shape
     if n == 0:
         return sp.csr_matrix((0, 0), dtype=bool)
-    if n <= exact_limit:
-        index = faiss.IndexFlatIP(d)
+    if n > exact_limit:
+        from detectors.dedup import partitioned_edges
+
+        e = partitioned_edges(x, float(threshold), keep_all_pairs=True, seed=seed)
+        r = np.asarray(e.i, np.int64)
+        c = np.asarray(e.j, np.int64)
     else:
-        nlist = int(4 * math.sqrt(n))
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        sample = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-        index.train(sample)
-        index.nprobe = nprobe
-    index.add(x)
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    for start in range(0, n, batch_size):
-        q = x[start : start + batch_size]
-        lims, _dist, ids = index.range_search(q, float(threshold))
-        counts = np.diff(lims).astype(np.int64)
-        rows.append(np.repeat(np.arange(start, start + len(q), dtype=np.int64), counts))
-        cols.append(ids.astype(np.int64))
-    r = np.concatenate(rows)
-    c = np.concatenate(cols)
+        import faiss
+
+        index = faiss.IndexFlatIP(d)
+        index.add(x)
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        for start in range(0, n, batch_size):
+            q = x[start : start + batch_size]
+            lims, _dist, ids = index.range_search(q, float(threshold))
+            counts = np.diff(lims).astype(np.int64)
+            rows.append(np.repeat(np.arange(start, start + len(q), dtype=np.int64), counts))
+            cols.append(ids.astype(np.int64))
+        r = np.concatenate(rows)
+        c = np.concatenate(cols)
     keep = r != c
     r, c = r[keep], c[keep]
     g = sp.coo_matrix((np.ones(len(r), dtype=bool), (r, c)), shape=(n, n)).tocsr()
-    g = (g + g.T).astype(bool).tocsr()  # IVF search may miss one direction of a pair
+    g = (g + g.T).astype(bool).tocsr()
     g.sum_duplicates()
     return g
 

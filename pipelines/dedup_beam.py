@@ -236,9 +236,14 @@ def rows_from_table(table: Any, vector_column: str = "image_emb",
         col = col.combine_chunks()
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     keys = table.column("key").to_pylist()
-    dim = col.type.list_size
-    flat = pc.list_flatten(col.filter(pa.array(valid))).to_numpy(zero_copy_only=False)
-    vecs = flat.reshape(-1, dim)
+    kept = col.filter(pa.array(valid))
+    # Beam's parquet reader may hand fixed-size lists over as plain lists: check the lengths
+    lengths = pc.list_value_length(kept).to_numpy(zero_copy_only=False)
+    if lengths.size and np.any(lengths != lengths[0]):
+        raise ValueError(f"{vector_column}: vectors of different lengths "
+                         f"({sorted(set(lengths.tolist()))[:5]})")
+    flat = pc.list_flatten(kept).to_numpy(zero_copy_only=False)
+    vecs = flat.reshape(len(kept), -1) if len(kept) else flat.reshape(0, 0)
     rows = np.flatnonzero(valid)
     for r, v in zip(rows, vecs):
         p = float("nan") if priority is None else float(priority[r])
@@ -276,7 +281,7 @@ def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: 
         with beam_setup([]) as default_setup:
             return run_near_dedup(parquet_files, output_prefix, threshold,
                                   priority_column=priority_column, setup=default_setup, **params)
-    with beam.Pipeline(runner=setup.runner, options=setup.options) as p:
+    with beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p:
         reads = [p | f"Read{i}" >> ReadFromParquetBatched(f, columns=columns)
                  for i, f in enumerate(parquet_files)]
         rows = (reads | "Flatten" >> beam.Flatten()) if len(reads) > 1 else reads[0]

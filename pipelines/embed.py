@@ -98,7 +98,7 @@ class ReadShardFn(beam.DoFn):
         for s in read_shard(spec, report, max_bytes=self.max_bytes):
             keys.append(s.key)
             read.inc()
-            if s.status != "ok":
+            if s.image is None:
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, (spec.index, sample_row(s)))
                 continue
             chunk.append(s)
@@ -132,21 +132,25 @@ class DecodeChunkFn(beam.DoFn):
         for s in chunk:
             try:
                 decoded = decode_image(s.image, self.max_pixels, self.max_bytes)
-            except DecodeError as exc:
+            except Exception as exc:  # noqa: BLE001 - a decoder bug must not kill the run either
                 failed.inc()
-                yield beam.pvalue.TaggedOutput(
-                    FAILED_TAG, (s.shard, sample_row(s.fail("failed_to_decode", str(exc)))))
-                continue
-            except Exception as exc:  # noqa: BLE001 - a decoder bug must not kill the run
-                failed.inc()
-                yield beam.pvalue.TaggedOutput(FAILED_TAG, (s.shard, sample_row(
-                    s.fail("failed_to_decode", f"decoder crashed: {type(exc).__name__}: {exc}"))))
+                reason = (str(exc) if isinstance(exc, DecodeError)
+                          else f"decoder crashed: {type(exc).__name__}: {exc}")
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, (s.shard, sample_row(_decode_failed(
+                    s, reason))))
                 continue
             s.image = None
             s.width, s.height = decoded.width, decoded.height
             out.append(EmbedInput(s, decoded.image))
         if out:
             yield out
+
+
+def _decode_failed(s: Sample, reason: str) -> Sample:
+    """``failed_to_decode``, except that a hash mismatch keeps its (more important) status."""
+    if s.status == "hash_mismatch":
+        return s.fail("hash_mismatch", f"{s.error}; image not decodable: {reason}")
+    return s.fail("failed_to_decode", reason)
 
 
 # ---- model -------------------------------------------------------------------------------------

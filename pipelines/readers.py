@@ -74,7 +74,9 @@ class ShardSpec:
 
 @dataclass
 class Sample:
-    """One input row. ``status`` is ``ok`` until something fails; ``image`` holds the bytes."""
+    """One input row. ``status`` is ``ok`` until something fails; ``image`` holds the bytes
+    (only ``ok`` and ``hash_mismatch`` samples keep them: a changed image is still embedded,
+    under its flag)."""
 
     key: str
     shard: int
@@ -184,6 +186,7 @@ def iter_tar_samples(fileobj: Any, report: dict[str, Any],
     """
     report.setdefault("members", 0)
     report.setdefault("rejected_members", 0)
+    fileobj = _TailTracker(fileobj)
     try:
         tf = tarfile.open(fileobj=fileobj, mode="r|*")  # noqa: SIM115 - closed below
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
@@ -228,8 +231,29 @@ def iter_tar_samples(fileobj: Any, report: dict[str, Any],
             report["damaged"] = f"tar damaged after {report['members']} members: {exc}"
             if current is not None and reading is not None:
                 current.problems.append(f"tar member {reading!r} truncated ({exc})")
+    plain = getattr(tf.fileobj, "comptype", "") == "tar"
+    if "damaged" not in report and plain and not fileobj.ends_with_zero_block():
+        report["damaged"] = ("tar ends without its end-of-archive blocks (truncated at a member "
+                             f"boundary after {report['members']} members?)")
     if current is not None:
         yield current
+
+
+class _TailTracker:
+    """File wrapper remembering the last 512 bytes read (to see the end-of-archive block)."""
+
+    def __init__(self, fileobj: Any) -> None:
+        self._f = fileobj
+        self._tail = b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        if data:
+            self._tail = (self._tail + data)[-512:]
+        return data
+
+    def ends_with_zero_block(self) -> bool:
+        return len(self._tail) == 512 and not self._tail.strip(b"\0")
 
 
 def _pick_image(fields: dict[str, bytes]) -> bytes | None:
@@ -330,6 +354,9 @@ def _wds_sample(shard: int, ts: TarSample, row: dict[str, Any] | None) -> Sample
                sha256=source.get("sha256") or _sha256(image),
                width=_as_int(source.get("width")), height=_as_int(source.get("height")),
                image=image)
+    if status == "hash_mismatch" and image is not None:  # kept by the download: embed, flagged
+        s.status, s.error = status, error
+        return s
     if status != "ok":
         return s.fail(status, error or status)
     if image is None:
@@ -395,6 +422,9 @@ def _parquet_sample(shard: int, key: str, row: dict[str, Any], image_col: str | 
     s = Sample(key, shard, url=row.get(url_col) if url_col else None, caption=caption,
                caption_problem=problem, sha256=row.get("sha256") or _sha256(image),
                width=_as_int(row.get("width")), height=_as_int(row.get("height")), image=image)
+    if status == "hash_mismatch" and image is not None:
+        s.status, s.error = status, error
+        return s
     if status != "ok":
         return s.fail(status, error or status)
     if image_col is None:
@@ -549,7 +579,7 @@ def match_shards(source: str, folder_shard_size: int = 10_000) -> list[ShardSpec
         if _has_image_column(pq_path):
             specs.append((stem, "parquet", pq_path, None))
         else:  # a manifest whose tar is missing (e.g. img2dataset failed the whole shard)
-            specs.append((stem, "webdataset", "", pq_path))
+            specs.append((stem, "webdataset", _stem_path(pq_path) + ".tar", pq_path))
     specs.sort(key=lambda s: (s[0].zfill(20) if s[0].isdigit() else s[0]))
     indices = _numbered([s[0] for s in specs])
     return [ShardSpec(i, kind, path, manifest) for i, (_, kind, path, manifest)

@@ -64,17 +64,27 @@ class ReshardShard(beam.DoFn):
 
     def process(self, tar_path: str) -> Iterator[dict[str, Any]]:
         stem = _stem(tar_path)
-        counts = {"shard": stem, "samples_in": 0, "samples_out": 0, "samples_dropped": 0,
-                  "members_in": 0, "members_out": 0, "rejected": 0, "parquet_rows_in": 0,
-                  "parquet_rows_out": 0}
+        counts = {
+            "shard": stem,
+            "samples_in": 0,
+            "samples_out": 0,
+            "samples_dropped": 0,
+            "members_in": 0,
+            "members_out": 0,
+            "rejected": 0,
+            "parquet_rows_in": 0,
+            "parquet_rows_out": 0,
+        }
         seen_in: set[str] = set()
         seen_out: set[str] = set()
         out_tar = _join(self.out_dir, f"{stem}.tar")
         tmp_tar = _join(self.out_dir, f".{stem}.tar.tmp")
-        with FileSystems.open(tar_path, compression_type="uncompressed") as src, \
-                FileSystems.create(tmp_tar, compression_type="uncompressed") as dst, \
-                tarfile.open(fileobj=src, mode="r|") as tin, \
-                tarfile.open(fileobj=dst, mode="w|", format=tarfile.PAX_FORMAT) as tout:
+        with (
+            FileSystems.open(tar_path, compression_type="uncompressed") as src,
+            FileSystems.create(tmp_tar, compression_type="uncompressed") as dst,
+            tarfile.open(fileobj=src, mode="r|") as tin,
+            tarfile.open(fileobj=dst, mode="w|", format=tarfile.PAX_FORMAT) as tout,
+        ):
             for info in tin:
                 counts["members_in"] += 1
                 key = sample_key(info.name)
@@ -97,14 +107,19 @@ class ReshardShard(beam.DoFn):
                 table = pq.read_table(io.BytesIO(fh.read()))
             counts["parquet_rows_in"] = table.num_rows
             if "key" in table.column_names:
-                mask = pc.invert(pc.is_in(table.column("key"),
-                                          value_set=pa.array(sorted(self.drop), pa.string())))
+                mask = pc.invert(
+                    pc.is_in(
+                        table.column("key"), value_set=pa.array(sorted(self.drop), pa.string())
+                    )
+                )
                 table = table.filter(pc.fill_null(mask, True))
             counts["parquet_rows_out"] = table.num_rows
             self._write(_join(self.out_dir, f"{stem}.parquet"), _parquet_bytes(table))
         stats = {**counts, "successes": counts["samples_out"], "count": counts["parquet_rows_out"]}
-        self._write(_join(self.out_dir, f"{stem}_stats.json"),
-                    (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
+        self._write(
+            _join(self.out_dir, f"{stem}_stats.json"),
+            (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode(),
+        )
         yield counts
 
     @staticmethod
@@ -140,9 +155,11 @@ class Reshard(beam.PTransform):
         self.out_dir = out_dir
 
     def expand(self, paths: beam.PCollection) -> beam.PCollection:
-        return (paths
-                | "Reshuffle" >> beam.Reshuffle()
-                | "RewriteShard" >> beam.ParDo(ReshardShard(self.drop_path, self.out_dir)))
+        return (
+            paths
+            | "Reshuffle" >> beam.Reshuffle()
+            | "RewriteShard" >> beam.ParDo(ReshardShard(self.drop_path, self.out_dir))
+        )
 
 
 def find_shards(shards_dir: str) -> list[str]:
@@ -151,9 +168,14 @@ def find_shards(shards_dir: str) -> list[str]:
     return sorted(m.path for m in matches)
 
 
-def reshard(shards_dir: str, drop_path: str, out_dir: str,
-            pipeline_args: Sequence[str] | None = None, runner: str | None = None,
-            dask_local: int | None = None) -> dict[str, Any]:
+def reshard(
+    shards_dir: str,
+    drop_path: str,
+    out_dir: str,
+    pipeline_args: Sequence[str] | None = None,
+    runner: str | None = None,
+    dask_local: int | None = None,
+) -> dict[str, Any]:
     """Run the pipeline over every tar in ``shards_dir``; returns the summed counts (from the
     ``_stats.json`` files the workers wrote) plus ``shards``. Runner options as in
     :func:`pipelines.beam_options.beam_setup` (DirectRunner by default)."""
@@ -164,13 +186,16 @@ def reshard(shards_dir: str, drop_path: str, out_dir: str,
         raise FileNotFoundError(f"no webdataset shards (*.tar) in {shards_dir}")
     if not FileSystems.exists(out_dir):
         FileSystems.mkdirs(out_dir)
-    with beam_setup(list(pipeline_args or []), runner=runner, dask_local=dask_local) as setup, \
-            beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p:
+    with (
+        beam_setup(list(pipeline_args or []), runner=runner, dask_local=dask_local) as setup,
+        beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p,
+    ):
         _ = p | "Shards" >> beam.Create(tars) | "Reshard" >> Reshard(drop_path, out_dir)
     per_shard = []
     for t in tars:
-        with FileSystems.open(_join(out_dir, f"{_stem(t)}_stats.json"),
-                              compression_type="uncompressed") as fh:
+        with FileSystems.open(
+            _join(out_dir, f"{_stem(t)}_stats.json"), compression_type="uncompressed"
+        ) as fh:
             per_shard.append(json.loads(fh.read()))
     total = _sum_counts(per_shard)
     total.pop("successes", None)
@@ -178,6 +203,11 @@ def reshard(shards_dir: str, drop_path: str, out_dir: str,
     total["shards"] = len(tars)
     if total["samples_in"] != total["samples_out"] + total["samples_dropped"]:
         raise RuntimeError(f"reshard counts do not reconcile: {total}")
-    logger.info("resharded %d shards: %d samples in, %d kept, %d dropped", len(tars),
-                total["samples_in"], total["samples_out"], total["samples_dropped"])
+    logger.info(
+        "resharded %d shards: %d samples in, %d kept, %d dropped",
+        len(tars),
+        total["samples_in"],
+        total["samples_out"],
+        total["samples_dropped"],
+    )
     return total

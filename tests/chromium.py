@@ -9,6 +9,8 @@ and writes a full-page PNG screenshot.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import select
@@ -20,10 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--disable-extensions", "--mute-audio",
-         "--hide-scrollbars", "--remote-debugging-pipe"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
+]
 
 PROBE = """JSON.stringify({
   sections: [...document.querySelectorAll('section')].map(s => ({id: s.id,
@@ -59,11 +72,17 @@ class PageResult:
     @property
     def errors(self) -> list[str]:
         """Console errors/warnings, uncaught exceptions, error log entries, failed loads."""
-        out = [f"console.{c['type']}: {c.get('args')}" for c in self.console
-               if c["type"] in ("error", "warning", "assert")]
+        out = [
+            f"console.{c['type']}: {c.get('args')}"
+            for c in self.console
+            if c["type"] in ("error", "warning", "assert")
+        ]
         out += [f"exception: {e}" for e in self.exceptions]
-        out += [f"log {e.get('level')}: {e.get('text')} {e.get('url', '')}" for e in self.log
-                if e.get("level") in ("error", "warning")]
+        out += [
+            f"log {e.get('level')}: {e.get('text')} {e.get('url', '')}"
+            for e in self.log
+            if e.get("level") in ("error", "warning")
+        ]
         out += [f"failed request: {f}" for f in self.failed_requests]
         return out
 
@@ -75,8 +94,13 @@ class _Pipe:
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 60.0) -> dict[str, Any]:
+    def send(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
         self.next_id += 1
         msg: dict[str, Any] = {"id": self.next_id, "method": method, "params": params or {}}
         if session:
@@ -119,9 +143,14 @@ class _Pipe:
         return json.loads(raw)
 
 
-def load_page(url: str, screenshot: str | Path | None = None, width: int = 1280,
-              height: int = 900, timeout: float = 120.0,
-              chromium: str | None = None) -> PageResult:
+def load_page(
+    url: str,
+    screenshot: str | Path | None = None,
+    width: int = 1280,
+    height: int = 900,
+    timeout: float = 120.0,
+    chromium: str | None = None,
+) -> PageResult:
     """Load ``url`` in headless Chromium; returns what the page logged and the DOM probe."""
     exe = chromium or find_chromium()
     if exe is None:
@@ -131,11 +160,12 @@ def load_page(url: str, screenshot: str | Path | None = None, width: int = 1280,
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     # chromium reads commands on fd 3 and writes on fd 4: bash moves our pipe ends there
     # (they are numbered >= 10, so the redirections cannot clobber each other).
-    args = [*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-            "about:blank"]
+    args = [*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"]
     proc = subprocess.Popen(
         ["bash", "-c", f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}', exe, *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         pass_fds=(to_chrome_r, from_chrome_w),
     )
     os.close(to_chrome_r)
@@ -144,50 +174,63 @@ def load_page(url: str, screenshot: str | Path | None = None, width: int = 1280,
     result = PageResult()
     try:
         target = pipe.send("Target.createTarget", {"url": "about:blank"}, timeout=timeout)
-        sid = pipe.send("Target.attachToTarget", {"targetId": target["targetId"],
-                                                  "flatten": True})["sessionId"]
+        sid = pipe.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})[
+            "sessionId"
+        ]
         for domain in ("Runtime", "Log", "Page", "Network"):
             pipe.send(f"{domain}.enable", session=sid)
-        pipe.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
-                                                         "deviceScaleFactor": 1,
-                                                         "mobile": False}, session=sid)
+        pipe.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=sid,
+        )
         nav = pipe.send("Page.navigate", {"url": url}, session=sid, timeout=timeout)
         if nav.get("errorText"):
             raise RuntimeError(f"navigation failed: {nav['errorText']}")
         pipe.wait_event("Page.loadEventFired", timeout=timeout)
-        value = pipe.send("Runtime.evaluate", {"expression": PROBE, "returnByValue": True},
-                          session=sid)["result"]["value"]
+        value = pipe.send(
+            "Runtime.evaluate", {"expression": PROBE, "returnByValue": True}, session=sid
+        )["result"]["value"]
         result.probe = json.loads(value)
         if screenshot is not None:
-            shot = pipe.send("Page.captureScreenshot", {
-                "format": "png", "captureBeyondViewport": True,
-                "clip": {"x": 0, "y": 0, "width": result.probe["width"],
-                         "height": min(result.probe["height"], 16000), "scale": 1}},
-                session=sid, timeout=timeout)
-            import base64
-
+            shot = pipe.send(
+                "Page.captureScreenshot",
+                {
+                    "format": "png",
+                    "captureBeyondViewport": True,
+                    "clip": {
+                        "x": 0,
+                        "y": 0,
+                        "width": result.probe["width"],
+                        "height": min(result.probe["height"], 16000),
+                        "scale": 1,
+                    },
+                },
+                session=sid,
+                timeout=timeout,
+            )
             Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
         # drain events that arrived meanwhile
         pipe.send("Runtime.evaluate", {"expression": "1"}, session=sid)
         for e in pipe.events:
             m, p = e.get("method"), e.get("params", {})
             if m == "Runtime.consoleAPICalled":
-                result.console.append({"type": p.get("type"),
-                                       "args": [a.get("value", a.get("description"))
-                                                for a in p.get("args", [])]})
+                result.console.append(
+                    {
+                        "type": p.get("type"),
+                        "args": [a.get("value", a.get("description")) for a in p.get("args", [])],
+                    }
+                )
             elif m == "Runtime.exceptionThrown":
                 result.exceptions.append(p.get("exceptionDetails", {}).get("text"))
             elif m == "Log.entryAdded":
                 result.log.append(p.get("entry", {}))
             elif m == "Network.loadingFailed":
-                result.failed_requests.append({"error": p.get("errorText"),
-                                               "type": p.get("type")})
+                result.failed_requests.append({"error": p.get("errorText"), "type": p.get("type")})
             elif m == "Network.requestWillBeSent":
                 result.requests.append(p.get("request", {}).get("url", ""))
-        try:
+        with contextlib.suppress(RuntimeError, TimeoutError):
             pipe.send("Browser.close", timeout=10)
-        except (RuntimeError, TimeoutError):
-            pass
     finally:
         os.close(to_chrome_w)
         os.close(from_chrome_r)

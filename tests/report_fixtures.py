@@ -19,8 +19,14 @@ from audit.testbed.draw import draw_image, draw_work, random_spec
 from audit.workspace import Workspace, embedding_schema
 from detectors.stats import wilson_interval
 
-ALL_FINDINGS = ("duplicates", "concepts", "word_replication", "object_replication", "poisons",
-                "memorization")
+ALL_FINDINGS = (
+    "duplicates",
+    "concepts",
+    "word_replication",
+    "object_replication",
+    "poisons",
+    "memorization",
+)
 DIM = 8
 
 
@@ -36,9 +42,14 @@ def _jpg(img) -> bytes:
     return buf.getvalue()
 
 
-def make_workspace(root: str | Path, n: int = 60, seed: int = 0,
-                   findings: tuple[str, ...] = ALL_FINDINGS, shards: bool = True,
-                   generations: bool = True) -> Workspace:
+def make_workspace(
+    root: str | Path,
+    n: int = 60,
+    seed: int = 0,
+    findings: tuple[str, ...] = ALL_FINDINGS,
+    shards: bool = True,
+    generations: bool = True,
+) -> Workspace:
     """Build the workspace; returns it. Layout of the planted content (n >= 40):
 
     keys 0..n-1 ("000000000" ...); keys 1, 2 fail to download, key 3 is a hash mismatch;
@@ -85,17 +96,30 @@ def make_workspace(root: str | Path, n: int = 60, seed: int = 0,
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     ok_emb = [s != "failed_to_download" for s in status]
     vec_type = pa.list_(pa.float16(), DIM)
-    vecs = pa.array([e.astype(np.float16).tolist() if ok else None
-                     for e, ok in zip(emb, ok_emb)], vec_type)
-    part = pa.Table.from_pydict({
-        "key": keys, "url": [f"http://127.0.0.1:1/{k}.jpg" for k in keys], "caption": captions,
-        "sha256": [None] * n, "width": [64] * n, "height": [64] * n, "status": status,
-        "error": error, "image_emb": vecs, "text_emb": vecs,
-        "clip_score": pa.array([0.3 if ok else None for ok in ok_emb], pa.float32()),
-    }, schema=embedding_schema(DIM))
+    vecs = pa.array(
+        [e.astype(np.float16).tolist() if ok else None for e, ok in zip(emb, ok_emb)], vec_type
+    )
+    part = pa.Table.from_pydict(
+        {
+            "key": keys,
+            "url": [f"http://127.0.0.1:1/{k}.jpg" for k in keys],
+            "caption": captions,
+            "sha256": [None] * n,
+            "width": [64] * n,
+            "height": [64] * n,
+            "status": status,
+            "error": error,
+            "image_emb": vecs,
+            "text_emb": vecs,
+            "clip_score": pa.array([0.3 if ok else None for ok in ok_emb], pa.float32()),
+        },
+        schema=embedding_schema(DIM),
+    )
     ws.write_part(ws.part_path(0), part)
-    ws.write_json(ws.embeddings_dir / "model.json",
-                  {"model": "tiny-synth", "pretrained": "synthetic", "dim": DIM})
+    ws.write_json(
+        ws.embeddings_dir / "model.json",
+        {"model": "tiny-synth", "pretrained": "synthetic", "dim": DIM},
+    )
 
     if shards:
         ws.shards_dir.mkdir(parents=True, exist_ok=True)
@@ -106,74 +130,181 @@ def make_workspace(root: str | Path, n: int = 60, seed: int = 0,
                     i = int(k)
                     if status[i] == "failed_to_download":
                         continue
-                    for ext, data in (("jpg", _jpg(images[k])), ("txt", captions[i].encode()),
-                                      ("json", json.dumps({"key": k}).encode())):
+                    for ext, data in (
+                        ("jpg", _jpg(images[k])),
+                        ("txt", captions[i].encode()),
+                        ("json", json.dumps({"key": k}).encode()),
+                    ):
                         info = tarfile.TarInfo(f"{k}.{ext}")
                         info.size = len(data)
                         tf.addfile(info, io.BytesIO(data))
             idx = [int(k) for k in rng_keys]
-            st = ["success" if status[i] != "failed_to_download" else "failed_to_download"
-                  for i in idx]
-            ws.write_table(ws.shards_dir / f"{s:05d}.parquet", pa.table({
-                "url": [f"http://127.0.0.1:1/{keys[i]}.jpg" for i in idx],
-                "caption": [captions[i] for i in idx], "key": [keys[i] for i in idx],
-                "status": st, "error_message": [error[i] for i in idx],
-                "width": [64 if s_ == "success" else None for s_ in st],
-                "height": [64 if s_ == "success" else None for s_ in st],
-            }))
+            st = [
+                "success" if status[i] != "failed_to_download" else "failed_to_download"
+                for i in idx
+            ]
+            ws.write_table(
+                ws.shards_dir / f"{s:05d}.parquet",
+                pa.table(
+                    {
+                        "url": [f"http://127.0.0.1:1/{keys[i]}.jpg" for i in idx],
+                        "caption": [captions[i] for i in idx],
+                        "key": [keys[i] for i in idx],
+                        "status": st,
+                        "error_message": [error[i] for i in idx],
+                        "width": [64 if s_ == "success" else None for s_ in st],
+                        "height": [64 if s_ == "success" else None for s_ in st],
+                    }
+                ),
+            )
             ws.write_json(ws.shards_dir / f"{s:05d}_stats.json", {"count": len(idx)})
 
     if "duplicates" in findings:
         rows = []
-        for gid, kind, members, rep in ((0, "exact", [10, 11, 12], 10), (1, "near", [13, 14], 13),
-                                        (2, "caption", [10, 15], 15)):
+        for gid, kind, members, rep in (
+            (0, "exact", [10, 11, 12], 10),
+            (1, "near", [13, 14], 13),
+            (2, "caption", [10, 15], 15),
+        ):
             for m in members:
-                rows.append({"key": keys[m], "group_id": gid, "group_size": len(members),
-                             "kind": kind, "representative_key": keys[rep],
-                             "is_representative": m == rep,
-                             "nearest_key": keys[rep] if m != rep else keys[members[1]],
-                             "similarity": 1.0 if kind == "exact" else 0.97})
-        ws.write_finding("duplicates", pa.Table.from_pylist(rows, schema=pa.schema([
-            ("key", pa.string()), ("group_id", pa.int64()), ("group_size", pa.int32()),
-            ("kind", pa.string()), ("representative_key", pa.string()),
-            ("is_representative", pa.bool_()), ("nearest_key", pa.string()),
-            ("similarity", pa.float32())])), {"detector": "dedup_faiss_v1", "seconds": 0.1})
+                rows.append(
+                    {
+                        "key": keys[m],
+                        "group_id": gid,
+                        "group_size": len(members),
+                        "kind": kind,
+                        "representative_key": keys[rep],
+                        "is_representative": m == rep,
+                        "nearest_key": keys[rep] if m != rep else keys[members[1]],
+                        "similarity": 1.0 if kind == "exact" else 0.97,
+                    }
+                )
+        ws.write_finding(
+            "duplicates",
+            pa.Table.from_pylist(
+                rows,
+                schema=pa.schema(
+                    [
+                        ("key", pa.string()),
+                        ("group_id", pa.int64()),
+                        ("group_size", pa.int32()),
+                        ("kind", pa.string()),
+                        ("representative_key", pa.string()),
+                        ("is_representative", pa.bool_()),
+                        ("nearest_key", pa.string()),
+                        ("similarity", pa.float32()),
+                    ]
+                ),
+            ),
+            {"detector": "dedup_faiss_v1", "seconds": 0.1},
+        )
     if "concepts" in findings:
         names = ["dog", "cat", "astronaut", "starry night", "mushroom"]
         wc = [12, 9, 3, 8, 0]
         sc = [14, 10, 5, 8, 1]
-        ws.write_finding("concepts", pa.table({
-            "concept": names, "word_count": wc, "word_freq": [c / n for c in wc],
-            "semantic_count": sc, "semantic_freq": [c / n for c in sc],
-            "semantic_threshold": [0.8] * 5, "sparse": [False, False, True, False, True],
-            "n_total": [n] * 5}), {"detector": "concepts_v1"})
+        ws.write_finding(
+            "concepts",
+            pa.table(
+                {
+                    "concept": names,
+                    "word_count": wc,
+                    "word_freq": [c / n for c in wc],
+                    "semantic_count": sc,
+                    "semantic_freq": [c / n for c in sc],
+                    "semantic_threshold": [0.8] * 5,
+                    "sparse": [False, False, True, False, True],
+                    "n_total": [n] * 5,
+                }
+            ),
+            {"detector": "concepts_v1"},
+        )
     if "word_replication" in findings:
         c0 = [keys[i] for i in range(20, 28)]
         c1 = [keys[i] for i in range(28, 31)]
-        ws.write_finding("word_replication", pa.Table.from_pylist([
-            {"finding_id": "word:van gogh:0", "keyword": "van gogh", "cluster_rank": 0,
-             "size": 8, "share": 8 / 11, "mean_sim": 0.96, "min_sim": 0.9, "medoid_key": c0[0],
-             "representative_keys": c0[:3], "member_keys": c0, "top_words": ["starry", "night"],
-             "top_word_lift": [9.5, 7.25], "prompt_words": "starry night van gogh",
-             "example_captions": [captions[20], captions[21]], "words_only_share": 0.9,
-             "flagged": True},
-            {"finding_id": "word:van gogh:1", "keyword": "van gogh", "cluster_rank": 1,
-             "size": 3, "share": 3 / 11, "mean_sim": 0.5, "min_sim": 0.3, "medoid_key": c1[0],
-             "representative_keys": c1[:1], "member_keys": c1, "top_words": ["dog"],
-             "top_word_lift": [1.2], "prompt_words": "dog van gogh",
-             "example_captions": [captions[28]], "words_only_share": None, "flagged": False},
-        ]), {"detector": "word_replication_v1"})
+        ws.write_finding(
+            "word_replication",
+            pa.Table.from_pylist(
+                [
+                    {
+                        "finding_id": "word:van gogh:0",
+                        "keyword": "van gogh",
+                        "cluster_rank": 0,
+                        "size": 8,
+                        "share": 8 / 11,
+                        "mean_sim": 0.96,
+                        "min_sim": 0.9,
+                        "medoid_key": c0[0],
+                        "representative_keys": c0[:3],
+                        "member_keys": c0,
+                        "top_words": ["starry", "night"],
+                        "top_word_lift": [9.5, 7.25],
+                        "prompt_words": "starry night van gogh",
+                        "example_captions": [captions[20], captions[21]],
+                        "words_only_share": 0.9,
+                        "flagged": True,
+                    },
+                    {
+                        "finding_id": "word:van gogh:1",
+                        "keyword": "van gogh",
+                        "cluster_rank": 1,
+                        "size": 3,
+                        "share": 3 / 11,
+                        "mean_sim": 0.5,
+                        "min_sim": 0.3,
+                        "medoid_key": c1[0],
+                        "representative_keys": c1[:1],
+                        "member_keys": c1,
+                        "top_words": ["dog"],
+                        "top_word_lift": [1.2],
+                        "prompt_words": "dog van gogh",
+                        "example_captions": [captions[28]],
+                        "words_only_share": None,
+                        "flagged": False,
+                    },
+                ]
+            ),
+            {"detector": "word_replication_v1"},
+        )
     if "object_replication" in findings:
         ex = [keys[i] for i in (31, 32, 33)]
-        ws.write_finding("object_replication", pa.Table.from_pylist([
-            {"finding_id": "object:astronaut:flag", "keyword": "astronaut", "object": "flag",
-             "n_images": 30, "image_rate": 0.1, "ci_low": 0.035, "ci_high": 0.256,
-             "caption_rate": 0.0, "gap": 0.1, "outside_rate": 0.01, "threshold": 0.05,
-             "flagged": True, "example_keys": ex},
-            {"finding_id": "object:dog:moon", "keyword": "dog", "object": "moon", "n_images": 12,
-             "image_rate": 0.0, "ci_low": 0.0, "ci_high": 0.24, "caption_rate": 0.0, "gap": 0.0,
-             "outside_rate": 0.02, "threshold": 0.05, "flagged": False, "example_keys": []},
-        ]), {"detector": "object_replication_v1"})
+        ws.write_finding(
+            "object_replication",
+            pa.Table.from_pylist(
+                [
+                    {
+                        "finding_id": "object:astronaut:flag",
+                        "keyword": "astronaut",
+                        "object": "flag",
+                        "n_images": 30,
+                        "image_rate": 0.1,
+                        "ci_low": 0.035,
+                        "ci_high": 0.256,
+                        "caption_rate": 0.0,
+                        "gap": 0.1,
+                        "outside_rate": 0.01,
+                        "threshold": 0.05,
+                        "flagged": True,
+                        "example_keys": ex,
+                    },
+                    {
+                        "finding_id": "object:dog:moon",
+                        "keyword": "dog",
+                        "object": "moon",
+                        "n_images": 12,
+                        "image_rate": 0.0,
+                        "ci_low": 0.0,
+                        "ci_high": 0.24,
+                        "caption_rate": 0.0,
+                        "gap": 0.0,
+                        "outside_rate": 0.02,
+                        "threshold": 0.05,
+                        "flagged": False,
+                        "example_keys": [],
+                    },
+                ]
+            ),
+            {"detector": "object_replication_v1"},
+        )
     if "poisons" in findings:
         ok_keys = [k for k, s in zip(keys, status) if s != "failed_to_download"]
         score = {k: float(rng.uniform(0, 1)) for k in ok_keys}
@@ -182,16 +313,32 @@ def make_workspace(root: str | Path, n: int = 60, seed: int = 0,
         rows = []
         for r, k in enumerate(order):
             kind = {keys[34]: "dirty", keys[35]: "clean"}.get(k, "none")
-            rows.append({"key": k, "concept": "dog", "alignment_gmm_v1": score[k] / 2,
-                         "knn_distance_v1": score[k] / 3, "combined_score": score[k],
-                         "rank": r + 1, "flagged": kind != "none", "kind": kind,
-                         "reasons": ("caption/image mismatch" if kind == "dirty" else
-                                     "features pulled toward 'cat'" if kind == "clean" else "")})
+            rows.append(
+                {
+                    "key": k,
+                    "concept": "dog",
+                    "alignment_gmm_v1": score[k] / 2,
+                    "knn_distance_v1": score[k] / 3,
+                    "combined_score": score[k],
+                    "rank": r + 1,
+                    "flagged": kind != "none",
+                    "kind": kind,
+                    "reasons": (
+                        "caption/image mismatch"
+                        if kind == "dirty"
+                        else "features pulled toward 'cat'"
+                        if kind == "clean"
+                        else ""
+                    ),
+                }
+            )
         ws.write_finding("poisons", pa.Table.from_pylist(rows), {"detector": "poisons_v1"})
     if "memorization" in findings:
-        prompts = [("word:van gogh:0", "keywords_only", "starry night van gogh", 0.75),
-                   ("word:van gogh:0", "unrelated", "a red dog, van gogh", 0.0),
-                   ("object:astronaut:flag", "keyword", "an astronaut", 0.125)]
+        prompts = [
+            ("word:van gogh:0", "keywords_only", "starry night van gogh", 0.75),
+            ("word:van gogh:0", "unrelated", "a red dog, van gogh", 0.0),
+            ("object:astronaut:flag", "keyword", "an astronaut", 0.125),
+        ]
         mem_rows, gen_rows = [], []
         n_gen = 8
         for fid, kind, prompt, rate in prompts:
@@ -204,22 +351,47 @@ def make_workspace(root: str | Path, n: int = 60, seed: int = 0,
                 if generations:
                     p = ws.generations_dir / rel
                     p.parent.mkdir(parents=True, exist_ok=True)
-                    img = draw_work("starry_night", size=64) if is_copy else draw_image(
-                        random_spec(rng), size=64, rng=rng)
+                    img = (
+                        draw_work("starry_night", size=64)
+                        if is_copy
+                        else draw_image(random_spec(rng), size=64, rng=rng)
+                    )
                     img.save(p)
-                gen_rows.append({"finding_id": fid, "prompt_kind": kind, "prompt": prompt,
-                                 "seed": s, "path": rel, "similarity": sim,
-                                 "nearest_key": keys[20 + s % 8], "is_copy": is_copy})
+                gen_rows.append(
+                    {
+                        "finding_id": fid,
+                        "prompt_kind": kind,
+                        "prompt": prompt,
+                        "seed": s,
+                        "path": rel,
+                        "similarity": sim,
+                        "nearest_key": keys[20 + s % 8],
+                        "is_copy": is_copy,
+                    }
+                )
             k = int(round(rate * n_gen))
             lo, hi = wilson_interval(k, n_gen)
-            mem_rows.append({"finding_id": fid, "prompt_kind": kind, "prompt": prompt,
-                             "n": n_gen, "replication_rate": k / n_gen, "ci_low": lo,
-                             "ci_high": hi, "mean_sim": float(np.mean(sims)),
-                             "p95_sim": float(np.percentile(sims, 95)),
-                             "max_sim": float(max(sims)), "object_rate": None,
-                             "triage_score": float(rate * 10)})
-        ws.write_finding("memorization", pa.Table.from_pylist(mem_rows),
-                         {"detector": "reproduce_v1", "copy_threshold": 0.9})
+            mem_rows.append(
+                {
+                    "finding_id": fid,
+                    "prompt_kind": kind,
+                    "prompt": prompt,
+                    "n": n_gen,
+                    "replication_rate": k / n_gen,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "mean_sim": float(np.mean(sims)),
+                    "p95_sim": float(np.percentile(sims, 95)),
+                    "max_sim": float(max(sims)),
+                    "object_rate": None,
+                    "triage_score": float(rate * 10),
+                }
+            )
+        ws.write_finding(
+            "memorization",
+            pa.Table.from_pylist(mem_rows),
+            {"detector": "reproduce_v1", "copy_threshold": 0.9},
+        )
         if generations:
             ws.write_table(ws.generations_dir / "scores.parquet", pa.Table.from_pylist(gen_rows))
     for stage in ("embed", "dedup", "concepts"):
@@ -252,7 +424,19 @@ def demo_workspace(tmp_path_factory) -> Path:
         pytest.skip(f"the demo needs stages that are not implemented yet: {missing}")
     root = tmp_path_factory.getbasetemp() / "demo-workspace"
     if not (root / "demo.json").is_file():
-        code = main(["demo", "--out", str(root), "--n", str(DEMO_N), "--generations",
-                     str(DEMO_GENERATIONS), "--steps", str(DEMO_STEPS), "-q"])
+        code = main(
+            [
+                "demo",
+                "--out",
+                str(root),
+                "--n",
+                str(DEMO_N),
+                "--generations",
+                str(DEMO_GENERATIONS),
+                "--steps",
+                str(DEMO_STEPS),
+                "-q",
+            ]
+        )
         assert code == 0, f"laion-audit demo failed with exit code {code}"
     return root

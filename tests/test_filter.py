@@ -37,10 +37,14 @@ def test_each_rule_and_reconciliation(ws: Workspace) -> None:
     d = decide(ws, ["duplicates", "poisons", "failed"], ("exact", "near"))
     drops = _drops(d)
     assert drops == {
-        k(1): ["failed:failed_to_download"], k(2): ["failed:failed_to_download"],
+        k(1): ["failed:failed_to_download"],
+        k(2): ["failed:failed_to_download"],
         k(3): ["failed:hash_mismatch"],
-        k(11): ["duplicates:exact"], k(12): ["duplicates:exact"], k(14): ["duplicates:near"],
-        k(34): ["poisons:dirty"], k(35): ["poisons:clean"],
+        k(11): ["duplicates:exact"],
+        k(12): ["duplicates:exact"],
+        k(14): ["duplicates:near"],
+        k(34): ["poisons:dirty"],
+        k(35): ["poisons:clean"],
     }
     dup_of = dict(zip(d.drop.column("key").to_pylist(), d.drop.column("duplicate_of").to_pylist()))
     assert dup_of[k(11)] == dup_of[k(12)] == k(10) and dup_of[k(14)] == k(13)
@@ -87,9 +91,15 @@ def test_one_keeper_per_connected_component_on_random_groups() -> None:
             members = rng.choice(200, size=int(rng.integers(2, 6)), replace=False)
             rep = int(members[0])
             for m in members:
-                rows.append({"key": keys[m], "group_id": gid, "kind": kind,
-                             "is_representative": bool(m == rep)})
-    out = duplicate_drops(pa.Table.from_pylist(rows), status)
+                rows.append(
+                    {
+                        "key": keys[m],
+                        "group_id": gid,
+                        "kind": kind,
+                        "is_representative": bool(m == rep),
+                    }
+                )
+    out = duplicate_drops(pa.Table.from_pylist(rows), status, ("exact", "near", "caption"))
     # connected components by brute force
     adj: dict[str, set[str]] = defaultdict(set)
     groups: dict[tuple, list[str]] = defaultdict(list)
@@ -120,10 +130,19 @@ def test_cli_errors_name_the_problem(tmp_path: Path, capsys) -> None:
     assert "filter.drop" in capsys.readouterr().err
     assert main(["filter", str(w.root), "--drop", "duplicates", "-q"]) == 3
     assert "laion-audit dedup" in capsys.readouterr().err
-    w.write_finding("duplicates", pa.table({
-        "key": ["999999999", k(10)], "group_id": [0, 0], "group_size": [2, 2],
-        "kind": ["exact", "exact"], "representative_key": [k(10), k(10)],
-        "is_representative": [False, True]}))
+    w.write_finding(
+        "duplicates",
+        pa.table(
+            {
+                "key": ["999999999", k(10)],
+                "group_id": [0, 0],
+                "group_size": [2, 2],
+                "kind": ["exact", "exact"],
+                "representative_key": [k(10), k(10)],
+                "is_representative": [False, True],
+            }
+        ),
+    )
     with pytest.raises(InputError, match="not samples of this workspace"):
         decide(w, ["duplicates"])
 
@@ -140,8 +159,12 @@ def _tar_keys(path: Path) -> dict[str, list[str]]:
 def test_cli_writes_lists_and_resharded_webdataset(tmp_path: Path) -> None:
     w = make_workspace(tmp_path / "ws", generations=False)
     out = tmp_path / "filtered-shards"
-    assert main(["filter", str(w.root), "--drop", "duplicates,poisons,failed", "--out",
-                 str(out), "-q"]) == 0
+    assert (
+        main(
+            ["filter", str(w.root), "--drop", "duplicates,poisons,failed", "--out", str(out), "-q"]
+        )
+        == 0
+    )
     keep = pq.read_table(w.filtered_dir / "keep.parquet")
     drop = pq.read_table(w.filtered_dir / "drop.parquet")
     assert keep.num_rows + drop.num_rows == 60
@@ -165,3 +188,17 @@ def test_cli_writes_lists_and_resharded_webdataset(tmp_path: Path) -> None:
     r = summary["reshard"]
     assert r["samples_in"] == 58 and r["samples_out"] == 52 and r["samples_dropped"] == 6
     assert r["parquet_rows_out"] == 52 and not list(out.glob(".*tmp"))
+
+
+def test_report_shows_the_filter_summary(ws: Workspace) -> None:
+    from audit.filter import write_decision
+    from audit.report import build_report
+    from audit.report.html import Renderer
+
+    write_decision(ws, decide(ws, ["duplicates", "poisons", "failed"]), {"drop": ["failed"]})
+    report = build_report(ws)
+    counts = report["dataset"]["filtered"]["counts"]
+    assert (counts["input"], counts["kept"], counts["dropped"]) == (60, 52, 8)
+    html = Renderer(report, ws, ws.report_dir)._filtered(report["dataset"]["filtered"])
+    assert "keeps 52 of 60 samples and drops 8" in html
+    assert "<td>failed:hash_mismatch</td><td class=num>1</td>" in html

@@ -67,8 +67,13 @@ def test_report_numbers(report: dict) -> None:
     assert d["top_errors"][0] == {"error": "HTTP Error 404: Not Found", "count": 2}
     assert d["model"]["model"] == "tiny-synth" and d["shards"]["images_available"]
     dup = report["duplicates"]
-    assert dup["by_kind"]["exact"] == {"groups": 1, "samples": 3, "redundant": 2,
-                                       "largest_group": 3, "size_histogram": {"3": 1}}
+    assert dup["by_kind"]["exact"] == {
+        "groups": 1,
+        "samples": 3,
+        "redundant": 2,
+        "largest_group": 3,
+        "size_histogram": {"3": 1},
+    }
     assert dup["samples_in_any_group"] == 6
     g = dup["largest_groups"][0]
     assert (g["kind"], g["size"], g["keys"]) == ("exact", 3, [k(10), k(11), k(12)])
@@ -84,8 +89,11 @@ def test_report_numbers(report: dict) -> None:
     o = report["object_replication"]
     assert o["n_flagged"] == 1 and o["rows"][0]["example_keys"] == [k(31), k(32), k(33)]
     p = report["poisons"]
-    assert (p["n_scored"], p["n_flagged"], p["flagged_by_kind"]) == (58, 2, {"dirty": 1,
-                                                                           "clean": 1})
+    assert (p["n_scored"], p["n_flagged"], p["flagged_by_kind"]) == (
+        58,
+        2,
+        {"dirty": 1, "clean": 1},
+    )
     assert p["score_columns"] == ["alignment_gmm_v1", "knn_distance_v1"]
     assert [t["key"] for t in p["top"][:3]] == [k(34), k(35), k(36)]
     assert p["top"][0]["scores"]["alignment_gmm_v1"] == pytest.approx(2.5)
@@ -127,11 +135,23 @@ def test_html_is_self_contained(full_ws: Workspace) -> None:
 
 def test_report_json_fields_are_documented(report: dict) -> None:
     doc = DOCS.read_text()
-    documented = {word for code in re.findall(r"`([^`]+)`", doc)
-                  for word in re.findall(r"[a-z_0-9]+", code)}
-    skip_children = {"captions", "status_counts", "versions", "meta", "findings", "scores",
-                     "by_kind", "size_histogram", "flagged_by_kind", "config", "model",
-                     "embed_stats"}
+    documented = {
+        word for code in re.findall(r"`([^`]+)`", doc) for word in re.findall(r"[a-z_0-9]+", code)
+    }
+    skip_children = {
+        "captions",
+        "status_counts",
+        "versions",
+        "meta",
+        "findings",
+        "scores",
+        "by_kind",
+        "size_histogram",
+        "flagged_by_kind",
+        "config",
+        "model",
+        "embed_stats",
+    }
     missing: set[str] = set()
 
     def walk(obj: object, parent: str = "") -> None:
@@ -155,8 +175,12 @@ def test_sections_not_run_say_so(tmp_path: Path) -> None:
     assert code == 0
     report = json.loads((ws.report_dir / "report.json").read_text())
     assert report["dataset"]["status"] == "ok" and report["run"]["status"] == "ok"
-    for name, stage in (("duplicates", "dedup"), ("poisons", "poisons"),
-                        ("memorization", "reproduce"), ("word_replication", "replication")):
+    for name, stage in (
+        ("duplicates", "dedup"),
+        ("poisons", "poisons"),
+        ("memorization", "reproduce"),
+        ("word_replication", "replication"),
+    ):
         assert report[name] == {"status": "not_run", "stage": stage}
     page = (ws.report_dir / "index.html").read_text()
     parser = _Links()
@@ -209,9 +233,13 @@ def test_shard_index_reads_by_key_and_skips_unsafe_members(tmp_path: Path) -> No
     img.save(buf, format="PNG")
     data = buf.getvalue()
     with tarfile.open(shards / "00000.tar", "w") as tf:
-        for name, payload in (("000000001.png", data), ("000000001.txt", b"cap"),
-                              ("../000000002.png", data), ("/abs/000000003.png", data),
-                              ("000000004.json", b"{}")):
+        for name, payload in (
+            ("000000001.png", data),
+            ("000000001.txt", b"cap"),
+            ("../000000002.png", data),
+            ("/abs/000000003.png", data),
+            ("000000004.json", b"{}"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tf.addfile(info, io.BytesIO(payload))
@@ -222,7 +250,7 @@ def test_shard_index_reads_by_key_and_skips_unsafe_members(tmp_path: Path) -> No
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     raw = (shards / "00001.tar").read_bytes()
-    (shards / "00001.tar").write_bytes(raw[:512 + len(data) + 700])
+    (shards / "00001.tar").write_bytes(raw[: 512 + len(data) + 700])
     index = ShardIndex(shards)
     assert "000000001" in index and "000000005" in index
     assert "000000002" not in index and "000000003" not in index and "000000004" not in index
@@ -232,9 +260,10 @@ def test_shard_index_reads_by_key_and_skips_unsafe_members(tmp_path: Path) -> No
     assert index.open_image("000000004") is None
 
 
-@pytest.mark.skipif(find_chromium() is None,
-                    reason="chromium is not installed (`make chromium` or apt-get install "
-                           "chromium)")
+@pytest.mark.skipif(
+    find_chromium() is None,
+    reason="chromium is not installed (`make chromium` or apt-get install chromium)",
+)
 def test_report_in_headless_chromium(full_ws: Workspace, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
     url = (full_ws.report_dir / "index.html").resolve().as_uri()

@@ -16,7 +16,7 @@ import pytest
 import audit.cli
 from audit.cli import main
 from audit.workspace import Workspace
-from tests.report_fixtures import demo_stages_missing, demo_workspace, make_workspace
+from tests.report_fixtures import demo_workspace, make_workspace
 
 CALLS: list[str] = []
 
@@ -48,18 +48,25 @@ def _fake_stage(name: str, finding: str, fail: bool = False) -> types.ModuleType
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, types.ModuleType]:
     CALLS.clear()
-    stages = {"dedup": _fake_stage("dedup", "duplicates"),
-              "concepts": _fake_stage("concepts", "concepts"),
-              "poisons": _fake_stage("poisons", "poisons", fail=True)}
+    stages = {
+        "dedup": _fake_stage("dedup", "duplicates"),
+        "concepts": _fake_stage("concepts", "concepts"),
+        "poisons": _fake_stage("poisons", "poisons", fail=True),
+    }
     real = audit.cli.load_stage
-    monkeypatch.setattr(audit.cli, "load_stage",
-                        lambda command: stages[command] if command in stages else real(command))
+    monkeypatch.setattr(
+        audit.cli,
+        "load_stage",
+        lambda command: stages[command] if command in stages else real(command),
+    )
     return stages
 
 
 def _toml(path: Path, ws: Path, stages: list[str], threshold: float = 0.5) -> Path:
-    path.write_text(f'workspace = "{ws}"\n[run]\nstages = {json.dumps(stages)}\n'
-                    f"[concepts]\nthreshold = {threshold}\n")
+    path.write_text(
+        f'workspace = "{ws}"\n[run]\nstages = {json.dumps(stages)}\n'
+        f"[concepts]\nthreshold = {threshold}\n"
+    )
     return path
 
 
@@ -114,16 +121,14 @@ def test_run_config_errors_are_clear(tmp_path: Path, capsys, monkeypatch) -> Non
     assert "no workspace" in capsys.readouterr().err
     # a stage that is not implemented fails before anything runs
     real = audit.cli.load_stage
-    monkeypatch.setattr(audit.cli, "load_stage",
-                        lambda c: None if c == "concepts" else real(c))
+    monkeypatch.setattr(audit.cli, "load_stage", lambda c: None if c == "concepts" else real(c))
     _toml(toml, tmp_path / "ws", ["report", "concepts"])
     assert main(["run", str(toml), "-q"]) == 2
     assert "stage 'concepts' is not implemented yet" in capsys.readouterr().err
     assert not (tmp_path / "ws" / "run.json").exists()
 
 
-def test_demo_fails_clearly_when_a_stage_is_missing(tmp_path: Path, capsys,
-                                                    monkeypatch) -> None:
+def test_demo_fails_clearly_when_a_stage_is_missing(tmp_path: Path, capsys, monkeypatch) -> None:
     real = audit.cli.load_stage
     monkeypatch.setattr(audit.cli, "load_stage", lambda c: None if c == "reproduce" else real(c))
     assert main(["demo", "--out", str(tmp_path / "demo"), "-q"]) == 2
@@ -134,8 +139,6 @@ def test_demo_fails_clearly_when_a_stage_is_missing(tmp_path: Path, capsys,
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path: Path, capsys) -> None:
-    if demo_stages_missing():
-        pytest.skip(f"stages not implemented yet: {demo_stages_missing()}")
     (tmp_path / "mine.txt").write_text("keep me")
     assert main(["demo", "--out", str(tmp_path), "-q"]) == 3
     assert "not a demo workspace" in capsys.readouterr().err
@@ -146,8 +149,16 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path: Path, capsys) -> Non
 def test_demo_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None:
     ws = demo_workspace(tmp_path_factory)
     report = json.loads((ws / "report" / "report.json").read_text())
-    for name in ("dataset", "duplicates", "concepts", "word_replication", "object_replication",
-                 "poisons", "memorization", "run"):
+    for name in (
+        "dataset",
+        "duplicates",
+        "concepts",
+        "word_replication",
+        "object_replication",
+        "poisons",
+        "memorization",
+        "run",
+    ):
         assert report[name]["status"] == "ok", (name, report[name])
     d = report["dataset"]
     assert d["n_samples"] == 300 and d["n_failed"] > 0 and d["shards"]["images_available"]

@@ -18,8 +18,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["SCHEMA", "SECTIONS", "Limits", "build_report", "write_report"]
 
 
-def write_report(ws: Workspace | str | Path, out_dir: str | Path | None = None,
-                 limits: Limits | None = None, thumb_size: int = 96) -> Path:
+def write_report(
+    ws: Workspace | str | Path,
+    out_dir: str | Path | None = None,
+    limits: Limits | None = None,
+    thumb_size: int = 96,
+) -> Path:
     """Write ``report.json`` and ``index.html`` (+ ``img/``) into ``out_dir``
     (default ``WS/report``); returns the path of ``index.html``."""
     from audit.report.html import render_html
@@ -30,6 +34,9 @@ def write_report(ws: Workspace | str | Path, out_dir: str | Path | None = None,
     stats = render_html(report, ws, out, thumb_size=thumb_size)
     report["render"] = stats
     ws.write_json(out.resolve() / "report.json", report)
-    logger.info("report: %d thumbnails, %d keys without an image", stats["thumbnails"],
-                stats["keys_without_image"])
+    logger.info(
+        "report: %d thumbnails, %d keys without an image",
+        stats["thumbnails"],
+        stats["keys_without_image"],
+    )
     return out / "index.html"

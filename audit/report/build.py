@@ -34,8 +34,16 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = "laion-audit-report/1"
 
-SECTIONS = ("dataset", "duplicates", "concepts", "word_replication", "object_replication",
-            "poisons", "memorization", "run")
+SECTIONS = (
+    "dataset",
+    "duplicates",
+    "concepts",
+    "word_replication",
+    "object_replication",
+    "poisons",
+    "memorization",
+    "run",
+)
 """Section keys of report.json, in page order."""
 
 STAGE_OF = {
@@ -50,25 +58,86 @@ STAGE_OF = {
 """The stage (CLI subcommand) that writes each section's input, for "stage not run" notes."""
 
 REQUIRED = {
-    "duplicates": ["key", "group_id", "group_size", "kind", "representative_key",
-                   "is_representative"],
-    "concepts": ["concept", "word_count", "word_freq", "semantic_count", "semantic_freq",
-                 "sparse", "n_total"],
-    "word_replication": ["finding_id", "keyword", "cluster_rank", "size", "share", "mean_sim",
-                         "flagged"],
-    "object_replication": ["finding_id", "keyword", "object", "n_images", "image_rate", "ci_low",
-                           "ci_high", "flagged"],
+    "duplicates": [
+        "key",
+        "group_id",
+        "group_size",
+        "kind",
+        "representative_key",
+        "is_representative",
+    ],
+    "concepts": [
+        "concept",
+        "word_count",
+        "word_freq",
+        "semantic_count",
+        "semantic_freq",
+        "sparse",
+        "n_total",
+    ],
+    "word_replication": [
+        "finding_id",
+        "keyword",
+        "cluster_rank",
+        "size",
+        "share",
+        "mean_sim",
+        "flagged",
+    ],
+    "object_replication": [
+        "finding_id",
+        "keyword",
+        "object",
+        "n_images",
+        "image_rate",
+        "ci_low",
+        "ci_high",
+        "flagged",
+    ],
     "poisons": ["key", "combined_score", "rank", "flagged", "kind", "reasons"],
-    "memorization": ["finding_id", "prompt_kind", "prompt", "n", "replication_rate", "ci_low",
-                     "ci_high"],
+    "memorization": [
+        "finding_id",
+        "prompt_kind",
+        "prompt",
+        "n",
+        "replication_rate",
+        "ci_low",
+        "ci_high",
+    ],
 }
 
-POISON_BASE_COLUMNS = {"key", "concept", "combined_score", "rank", "flagged", "kind", "reasons",
-                       "caption", "url", "target", "target_concept"}
+POISON_BASE_COLUMNS = {
+    "key",
+    "concept",
+    "combined_score",
+    "rank",
+    "flagged",
+    "kind",
+    "reasons",
+    "caption",
+    "url",
+    "target",
+    "target_concept",
+}
 
-VERSION_PACKAGES = ("numpy", "pyarrow", "pandas", "scikit-learn", "faiss-cpu", "faiss-gpu",
-                    "torch", "torchvision", "open_clip_torch", "diffusers", "transformers",
-                    "apache-beam", "img2dataset", "webdataset", "matplotlib", "pillow")
+VERSION_PACKAGES = (
+    "numpy",
+    "pyarrow",
+    "pandas",
+    "scikit-learn",
+    "faiss-cpu",
+    "faiss-gpu",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "diffusers",
+    "transformers",
+    "apache-beam",
+    "img2dataset",
+    "webdataset",
+    "matplotlib",
+    "pillow",
+)
 
 
 @dataclass
@@ -94,6 +163,7 @@ class SectionError(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
 
 def _f(x: Any) -> float | None:
     """A finite float or None."""
@@ -149,8 +219,9 @@ def _read_finding(ws: Workspace, name: str) -> tuple[pd.DataFrame, dict[str, Any
         raise SectionError(f"cannot read {ws.finding_path(name)}: {exc}") from exc
     missing = [c for c in REQUIRED.get(name, []) if c not in table.column_names]
     if missing:
-        raise SectionError(f"{ws.finding_path(name).name} lacks columns {missing} "
-                           f"(has {table.column_names})")
+        raise SectionError(
+            f"{ws.finding_path(name).name} lacks columns {missing} (has {table.column_names})"
+        )
     return table.to_pandas(), _meta(ws.finding_meta(name))
 
 
@@ -164,8 +235,9 @@ def _meta(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _histogram(values: Iterable[float], bins: int = 20, lo: float | None = None,
-               hi: float | None = None) -> dict[str, list]:
+def _histogram(
+    values: Iterable[float], bins: int = 20, lo: float | None = None, hi: float | None = None
+) -> dict[str, list]:
     arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
     if arr.size == 0:
         return {"edges": [], "counts": []}
@@ -182,12 +254,17 @@ def _quantiles(values: np.ndarray) -> dict[str, float | None]:
     arr = arr[np.isfinite(arr)]
     if arr.size == 0:
         return {"mean": None, "p05": None, "p50": None, "p95": None}
-    return {"mean": float(arr.mean()), "p05": float(np.percentile(arr, 5)),
-            "p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95))}
+    return {
+        "mean": float(arr.mean()),
+        "p05": float(np.percentile(arr, 5)),
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # sections
+
 
 def _shard_parquets(ws: Workspace) -> list[Path]:
     if not ws.shards_dir.is_dir():
@@ -201,8 +278,11 @@ def dataset_section(ws: Workspace) -> dict[str, Any]:
     shard_pq = _shard_parquets(ws)
     out: dict[str, Any] = {
         "status": "ok",
-        "shards": {"tar_files": len(shard_tars), "parquet_files": len(shard_pq),
-                   "images_available": bool(shard_tars)},
+        "shards": {
+            "tar_files": len(shard_tars),
+            "parquet_files": len(shard_pq),
+            "images_available": bool(shard_tars),
+        },
         "model": ws.model_info() or None,
     }
     if ws.has_embeddings():
@@ -218,20 +298,23 @@ def dataset_section(ws: Workspace) -> dict[str, Any]:
     for s in status:
         counts[s or "unknown"] = counts.get(s or "unknown", 0) + 1
     n = table.num_rows
-    out.update({
-        "n_samples": n,
-        "n_ok": counts.get("ok", 0),
-        "n_failed": n - counts.get("ok", 0),
-        "status_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "hash_mismatches": counts.get("hash_mismatch", 0),
-    })
+    out.update(
+        {
+            "n_samples": n,
+            "n_ok": counts.get("ok", 0),
+            "n_failed": n - counts.get("ok", 0),
+            "status_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "hash_mismatches": counts.get("hash_mismatch", 0),
+        }
+    )
     errs: dict[str, int] = {}
     for s, e in zip(status, table.column("error").to_pylist()):
         if s != "ok" and e:
             msg = str(e).strip().splitlines()[0][:160]
             errs[msg] = errs.get(msg, 0) + 1
-    out["top_errors"] = [{"error": k, "count": v}
-                         for k, v in sorted(errs.items(), key=lambda kv: -kv[1])[:10]]
+    out["top_errors"] = [
+        {"error": k, "count": v} for k, v in sorted(errs.items(), key=lambda kv: -kv[1])[:10]
+    ]
     if "clip_score" in table.column_names:
         cs = table.column("clip_score").to_numpy(zero_copy_only=False)
         out["clip_score"] = _quantiles(np.asarray(cs, dtype=np.float64))
@@ -241,6 +324,9 @@ def dataset_section(ws: Workspace) -> dict[str, Any]:
     stats = ws.read_json(ws.embeddings_dir / "_stats.json", default=None)
     if stats:
         out["embed_stats"] = stats
+    filtered = ws.read_json(ws.filtered_dir / "summary.json", default=None)
+    if filtered:
+        out["filtered"] = filtered
     return out
 
 
@@ -254,8 +340,9 @@ def _shards_as_status_table(paths: list[Path]) -> pa.Table:
             continue
         keys += t.column("key").to_pylist()
         status += ["ok" if s == "success" else s for s in t.column("status").to_pylist()]
-        err_col = "error_message" if "error_message" in cols else "error" if "error" in cols \
-            else None
+        err_col = (
+            "error_message" if "error_message" in cols else "error" if "error" in cols else None
+        )
         error += t.column(err_col).to_pylist() if err_col else [None] * t.num_rows
     return pa.table({"key": keys, "status": status, "error": error})
 
@@ -280,22 +367,31 @@ def duplicates_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
             "largest_group": int(sizes.max()) if len(sizes) else 0,
             "size_histogram": {str(int(k)): int(v) for k, v in hist.items()},
         }
-        for gid in sizes.sort_values(ascending=False, kind="stable").index[:limits.groups]:
+        for gid in sizes.sort_values(ascending=False, kind="stable").index[: limits.groups]:
             g = groups.get_group(gid)
             rep = g.loc[g["is_representative"].astype(bool), "key"]
             rep_key = str(rep.iloc[0]) if len(rep) else str(g["representative_key"].iloc[0])
             members = [rep_key] + sorted(k for k in g["key"].astype(str).unique() if k != rep_key)
             sims = g["similarity"] if "similarity" in g else pd.Series(dtype=float)
-            largest.append({
-                "kind": str(kind), "group_id": int(gid), "size": int(sizes[gid]),
-                "representative_key": rep_key,
-                "keys": members[:limits.group_members],
-                "min_similarity": _f(sims.min()) if len(sims.dropna()) else None,
-            })
+            largest.append(
+                {
+                    "kind": str(kind),
+                    "group_id": int(gid),
+                    "size": int(sizes[gid]),
+                    "representative_key": rep_key,
+                    "keys": members[: limits.group_members],
+                    "min_similarity": _f(sims.min()) if len(sims.dropna()) else None,
+                }
+            )
     largest.sort(key=lambda g: (-g["size"], g["kind"], g["group_id"]))
     n_keys = int(df["key"].nunique())
-    return {"status": "ok", "meta": meta, "by_kind": by_kind, "samples_in_any_group": n_keys,
-            "largest_groups": largest}
+    return {
+        "status": "ok",
+        "meta": meta,
+        "by_kind": by_kind,
+        "samples_in_any_group": n_keys,
+        "largest_groups": largest,
+    }
 
 
 def concepts_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
@@ -308,17 +404,29 @@ def concepts_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
     rows = []
     for r in df.itertuples(index=False):
         wf, sf = _f(r.word_freq), _f(r.semantic_freq)
-        rows.append({
-            "concept": str(r.concept), "word_count": _i(r.word_count), "word_freq": wf,
-            "semantic_count": _i(r.semantic_count), "semantic_freq": sf,
-            "semantic_threshold": _f(getattr(r, "semantic_threshold", None)),
-            "ratio": (sf / wf) if wf and sf is not None else None,
-            "sparse": _bool(r.sparse), "n_total": _i(r.n_total),
-        })
+        rows.append(
+            {
+                "concept": str(r.concept),
+                "word_count": _i(r.word_count),
+                "word_freq": wf,
+                "semantic_count": _i(r.semantic_count),
+                "semantic_freq": sf,
+                "semantic_threshold": _f(getattr(r, "semantic_threshold", None)),
+                "ratio": (sf / wf) if wf and sf is not None else None,
+                "sparse": _bool(r.sparse),
+                "n_total": _i(r.n_total),
+            }
+        )
     n_sparse = sum(r["sparse"] for r in rows)
-    return {"status": "ok", "meta": meta, "n_concepts": len(rows), "n_sparse": n_sparse,
-            "sparse_share": n_sparse / len(rows) if rows else None,
-            "rows_total": len(rows), "rows": rows[:limits.concepts]}
+    return {
+        "status": "ok",
+        "meta": meta,
+        "n_concepts": len(rows),
+        "n_sparse": n_sparse,
+        "sparse_share": n_sparse / len(rows) if rows else None,
+        "rows_total": len(rows),
+        "rows": rows[: limits.concepts],
+    }
 
 
 def word_replication_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
@@ -336,29 +444,47 @@ def word_replication_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
             reps = [str(k) for k in _list(r.get("representative_keys"))]
             medoid = _str(r.get("medoid_key"))
             shown = list(dict.fromkeys(([medoid] if medoid else []) + reps + members))
-            clusters.append({
-                "finding_id": str(r["finding_id"]), "cluster_rank": _i(r["cluster_rank"]),
-                "size": _i(r["size"]), "share": _f(r["share"]), "mean_sim": _f(r["mean_sim"]),
-                "min_sim": _f(r.get("min_sim")), "medoid_key": medoid,
-                "top_words": [str(w) for w in _list(r.get("top_words"))][:10],
-                "top_word_lift": [_f(v) for v in _list(r.get("top_word_lift"))][:10],
-                "prompt_words": _str(r.get("prompt_words")),
-                "example_captions": [str(c) for c in _list(r.get("example_captions"))][
-                    :limits.captions],
-                "words_only_share": _f(r.get("words_only_share")),
-                "flagged": _bool(r["flagged"]),
-                "n_members": len(members) or _i(r["size"]),
-                "keys": shown[:limits.cluster_members],
-            })
+            clusters.append(
+                {
+                    "finding_id": str(r["finding_id"]),
+                    "cluster_rank": _i(r["cluster_rank"]),
+                    "size": _i(r["size"]),
+                    "share": _f(r["share"]),
+                    "mean_sim": _f(r["mean_sim"]),
+                    "min_sim": _f(r.get("min_sim")),
+                    "medoid_key": medoid,
+                    "top_words": [str(w) for w in _list(r.get("top_words"))][:10],
+                    "top_word_lift": [_f(v) for v in _list(r.get("top_word_lift"))][:10],
+                    "prompt_words": _str(r.get("prompt_words")),
+                    "example_captions": [str(c) for c in _list(r.get("example_captions"))][
+                        : limits.captions
+                    ],
+                    "words_only_share": _f(r.get("words_only_share")),
+                    "flagged": _bool(r["flagged"]),
+                    "n_members": len(members) or _i(r["size"]),
+                    "keys": shown[: limits.cluster_members],
+                }
+            )
         total = int(sub["size"].sum())
-        keywords.append({"keyword": str(kw), "n_clusters": len(clusters),
-                         "n_flagged": sum(c["flagged"] for c in clusters),
-                         "clustered_images": total, "cluster_sizes": [c["size"] for c in clusters],
-                         "clusters": clusters[:limits.clusters]})
+        keywords.append(
+            {
+                "keyword": str(kw),
+                "n_clusters": len(clusters),
+                "n_flagged": sum(c["flagged"] for c in clusters),
+                "clustered_images": total,
+                "cluster_sizes": [c["size"] for c in clusters],
+                "clusters": clusters[: limits.clusters],
+            }
+        )
     keywords.sort(key=lambda k: (-k["n_flagged"], k["keyword"]))
-    return {"status": "ok", "meta": meta, "n_keywords": len(keywords),
-            "n_clusters": int(len(df)), "n_flagged": int(df["flagged"].astype(bool).sum()),
-            "keywords": keywords}
+    return {
+        "status": "ok",
+        "meta": meta,
+        "n_keywords": len(keywords),
+        "n_clusters": int(len(df)),
+        "n_flagged": int(df["flagged"].astype(bool).sum()),
+        "keywords": keywords,
+    }
 
 
 def object_replication_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
@@ -370,18 +496,32 @@ def object_replication_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
     df = df.sort_values(["flagged", "image_rate"], ascending=[False, False], kind="stable")
     rows = []
     for r in df.to_dict("records"):
-        rows.append({
-            "finding_id": str(r["finding_id"]), "keyword": str(r["keyword"]),
-            "object": str(r["object"]), "n_images": _i(r["n_images"]),
-            "image_rate": _f(r["image_rate"]), "ci_low": _f(r["ci_low"]),
-            "ci_high": _f(r["ci_high"]), "caption_rate": _f(r.get("caption_rate")),
-            "gap": _f(r.get("gap")), "outside_rate": _f(r.get("outside_rate")),
-            "threshold": _f(r.get("threshold")), "flagged": _bool(r["flagged"]),
-            "example_keys": [str(k) for k in _list(r.get("example_keys"))][
-                :limits.object_examples],
-        })
-    return {"status": "ok", "meta": meta, "n_findings": len(rows),
-            "n_flagged": sum(r["flagged"] for r in rows), "rows": rows}
+        rows.append(
+            {
+                "finding_id": str(r["finding_id"]),
+                "keyword": str(r["keyword"]),
+                "object": str(r["object"]),
+                "n_images": _i(r["n_images"]),
+                "image_rate": _f(r["image_rate"]),
+                "ci_low": _f(r["ci_low"]),
+                "ci_high": _f(r["ci_high"]),
+                "caption_rate": _f(r.get("caption_rate")),
+                "gap": _f(r.get("gap")),
+                "outside_rate": _f(r.get("outside_rate")),
+                "threshold": _f(r.get("threshold")),
+                "flagged": _bool(r["flagged"]),
+                "example_keys": [str(k) for k in _list(r.get("example_keys"))][
+                    : limits.object_examples
+                ],
+            }
+        )
+    return {
+        "status": "ok",
+        "meta": meta,
+        "n_findings": len(rows),
+        "n_flagged": sum(r["flagged"] for r in rows),
+        "rows": rows,
+    }
 
 
 def poisons_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
@@ -390,43 +530,64 @@ def poisons_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
     if got is None:
         return _not_run("poisons")
     df, meta = got
-    score_cols = [c for c in df.columns if c not in POISON_BASE_COLUMNS
-                  and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(
-                      df[c])]
+    score_cols = [
+        c
+        for c in df.columns
+        if c not in POISON_BASE_COLUMNS
+        and pd.api.types.is_numeric_dtype(df[c])
+        and not pd.api.types.is_bool_dtype(df[c])
+    ]
     df = df.sort_values(["rank", "key"], kind="stable")
     flagged = df["flagged"].astype(bool)
     kinds = df.loc[flagged, "kind"].astype(str).value_counts()
     top = []
     for r in df.head(limits.poisons).to_dict("records"):
-        top.append({
-            "key": str(r["key"]), "rank": _i(r["rank"]), "concept": _str(r.get("concept")),
-            "combined_score": _f(r["combined_score"]), "flagged": _bool(r["flagged"]),
-            "kind": str(r["kind"]), "reasons": _str(r["reasons"]) or "",
-            "scores": {c: _f(r[c]) for c in score_cols},
-            "caption": _str(r.get("caption")),
-        })
+        top.append(
+            {
+                "key": str(r["key"]),
+                "rank": _i(r["rank"]),
+                "concept": _str(r.get("concept")),
+                "combined_score": _f(r["combined_score"]),
+                "flagged": _bool(r["flagged"]),
+                "kind": str(r["kind"]),
+                "reasons": _str(r["reasons"]) or "",
+                "scores": {c: _f(r[c]) for c in score_cols},
+                "caption": _str(r.get("caption")),
+            }
+        )
     cs = df["combined_score"].astype(float)
     return {
-        "status": "ok", "meta": meta, "n_scored": int(len(df)), "n_flagged": int(flagged.sum()),
+        "status": "ok",
+        "meta": meta,
+        "n_scored": int(len(df)),
+        "n_flagged": int(flagged.sum()),
         "flagged_by_kind": {str(k): int(v) for k, v in kinds.items()},
         "score_columns": score_cols,
         "combined_histogram": {
-            "all": _histogram(cs, 30, float(cs.min()) if len(cs) else 0.0,
-                              float(cs.max()) if len(cs) else 1.0),
-            "flagged": _histogram(cs[flagged], 30, float(cs.min()) if len(cs) else 0.0,
-                                  float(cs.max()) if len(cs) else 1.0),
+            "all": _histogram(
+                cs, 30, float(cs.min()) if len(cs) else 0.0, float(cs.max()) if len(cs) else 1.0
+            ),
+            "flagged": _histogram(
+                cs[flagged],
+                30,
+                float(cs.min()) if len(cs) else 0.0,
+                float(cs.max()) if len(cs) else 1.0,
+            ),
         },
         "top": top,
     }
 
 
-def _generation_table(ws: Workspace) -> pd.DataFrame | None:
+def generation_table(ws: Workspace) -> pd.DataFrame | None:
     """Per-generation scores written by the reproduce stage, if any (see docs/report_schema.md
     for the columns read: prompt id, seed, image path, similarity, nearest training key)."""
     gdir = ws.generations_dir
     if not gdir.is_dir():
         return None
-    files = sorted(p for p in gdir.rglob("*.parquet") if not p.name.startswith("."))
+    if (gdir / "scores.parquet").is_file():  # the reproduce stage's table of every generation
+        files = [gdir / "scores.parquet"]
+    else:
+        files = sorted(p for p in gdir.rglob("*.parquet") if not p.name.startswith("."))
     frames = []
     for p in files:
         try:
@@ -437,8 +598,15 @@ def _generation_table(ws: Workspace) -> pd.DataFrame | None:
         cols = set(t.column_names)
         if not ({"seed"} <= cols and (cols & {"similarity", "best_sim", "sim", "max_sim"})):
             continue
-        keep = [f.name for f in t.schema if not (pa.types.is_fixed_size_list(f.type)
-                or pa.types.is_list(f.type) or pa.types.is_binary(f.type))]
+        keep = [
+            f.name
+            for f in t.schema
+            if not (
+                pa.types.is_fixed_size_list(f.type)
+                or pa.types.is_list(f.type)
+                or pa.types.is_binary(f.type)
+            )
+        ]
         df = t.select(keep).to_pandas()
         df["_file"] = str(p)
         frames.append(df)
@@ -446,11 +614,12 @@ def _generation_table(ws: Workspace) -> pd.DataFrame | None:
         return None
     df = pd.concat(frames, ignore_index=True)
     rename = {}
-    for want, options in {"similarity": ("similarity", "best_sim", "sim", "max_sim"),
-                          "nearest_key": ("nearest_key", "best_key", "nearest_train_key",
-                                          "match_key"),
-                          "path": ("path", "image_path", "file", "relpath"),
-                          "prompt_id": ("prompt_id", "prompt_key", "prompt_hash")}.items():
+    for want, options in {
+        "similarity": ("similarity", "best_sim", "sim", "max_sim"),
+        "nearest_key": ("nearest_key", "best_key", "nearest_train_key", "match_key"),
+        "path": ("path", "image_path", "file", "relpath"),
+        "prompt_id": ("prompt_id", "prompt_key", "prompt_hash"),
+    }.items():
         for o in options:
             if o in df.columns and want not in df.columns:
                 rename[o] = want
@@ -483,44 +652,88 @@ def memorization_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
     if got is None:
         return _not_run("memorization")
     df, meta = got
-    gens = _generation_table(ws)
+    gens = generation_table(ws)
     threshold = _f(meta.get("copy_threshold", meta.get("threshold")))
     if threshold is None and gens is not None and "threshold" in gens.columns:
-        threshold = _f(gens["threshold"].dropna().iloc[0]) if gens["threshold"].notna().any() \
-            else None
-    df = df.sort_values(["replication_rate", "finding_id", "prompt_kind"],
-                        ascending=[False, True, True], kind="stable")
+        threshold = (
+            _f(gens["threshold"].dropna().iloc[0]) if gens["threshold"].notna().any() else None
+        )
+    df = df.sort_values(
+        ["replication_rate", "finding_id", "prompt_kind"],
+        ascending=[False, True, True],
+        kind="stable",
+        na_position="last",
+    )
     rows = []
     for r in df.head(limits.prompts).to_dict("records"):
         row = {
-            "finding_id": str(r["finding_id"]), "prompt_kind": str(r["prompt_kind"]),
-            "prompt": str(r["prompt"]), "n": _i(r["n"]),
-            "replication_rate": _f(r["replication_rate"]), "ci_low": _f(r["ci_low"]),
-            "ci_high": _f(r["ci_high"]), "mean_sim": _f(r.get("mean_sim")),
-            "p95_sim": _f(r.get("p95_sim")), "max_sim": _f(r.get("max_sim")),
-            "object_rate": _f(r.get("object_rate")), "triage_score": _f(r.get("triage_score")),
-            "similarity_histogram": None, "pairs": [],
+            "finding_id": str(r["finding_id"]),
+            "prompt_kind": str(r["prompt_kind"]),
+            "prompt": str(r["prompt"]),
+            "n": _i(r["n"]),
+            "replication_rate": _f(r["replication_rate"]),
+            "ci_low": _f(r["ci_low"]),
+            "ci_high": _f(r["ci_high"]),
+            "mean_sim": _f(r.get("mean_sim")),
+            "p95_sim": _f(r.get("p95_sim")),
+            "max_sim": _f(r.get("max_sim")),
+            "object_rate": _f(r.get("object_rate")),
+            "triage_score": _f(r.get("triage_score")),
+            "verbatim_rate": _f(r.get("verbatim_rate")),
+            "n_copies": _i(r.get("n_copies")),
+            "generated": _bool(r.get("generated", True)) and (_i(r["n"]) or 0) > 0,
+            "prompt_id": _str(r.get("prompt_id")),
+            "similarity_histogram": None,
+            "pairs": [],
         }
         if gens is not None:
             sel = _match_generations(gens, r)
             if sel is not None and len(sel):
-                row["similarity_histogram"] = _histogram(sel["similarity"].astype(float), 20,
-                                                         -0.2 if sel["similarity"].min() < 0
-                                                         else 0.0, 1.0)
+                row["similarity_histogram"] = _histogram(
+                    sel["similarity"].astype(float),
+                    20,
+                    -0.2 if sel["similarity"].min() < 0 else 0.0,
+                    1.0,
+                )
                 best = sel.sort_values(["similarity", "seed"], ascending=[False, True])
                 for g in best.head(limits.generations).to_dict("records"):
-                    row["pairs"].append({
-                        "seed": _i(g.get("seed")), "similarity": _f(g.get("similarity")),
-                        "generation": _gen_path(ws, g), "nearest_key": _str(g.get("nearest_key")),
-                        "copy": _bool(g.get("is_copy", g.get("copy", (
-                            threshold is not None and _f(g.get("similarity")) is not None
-                            and _f(g.get("similarity")) >= threshold)))),
-                    })
+                    row["pairs"].append(
+                        {
+                            "seed": _i(g.get("seed")),
+                            "similarity": _f(g.get("similarity")),
+                            "generation": _gen_path(ws, g),
+                            "nearest_key": _str(g.get("nearest_key")),
+                            "copy": _bool(
+                                g.get(
+                                    "is_copy",
+                                    g.get(
+                                        "copy",
+                                        (
+                                            threshold is not None
+                                            and _f(g.get("similarity")) is not None
+                                            and _f(g.get("similarity")) >= threshold
+                                        ),
+                                    ),
+                                )
+                            ),
+                            "verbatim": _bool(g.get("is_verbatim")) if "is_verbatim" in g else None,
+                        }
+                    )
         rows.append(row)
     n_findings = int(df["finding_id"].nunique())
-    return {"status": "ok", "meta": meta, "copy_threshold": threshold,
-            "n_prompts": int(len(df)), "n_findings": n_findings,
-            "generations_available": gens is not None, "rows": rows}
+    generated = df["n"].fillna(0).astype(int) > 0
+    if "generated" in df.columns:
+        generated &= df["generated"].fillna(True).astype(bool)
+    return {
+        "status": "ok",
+        "meta": meta,
+        "copy_threshold": threshold,
+        "n_prompts": int(len(df)),
+        "n_findings": n_findings,
+        "n_generated": int(generated.sum()),
+        "generations_available": gens is not None,
+        "rows": rows,
+    }
 
 
 def _match_generations(gens: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame | None:
@@ -538,8 +751,11 @@ def _match_generations(gens: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame 
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform(),
-           "laion-audit": __version__}
+    out = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "laion-audit": __version__,
+    }
     for name in VERSION_PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
@@ -557,27 +773,50 @@ def run_section(ws: Workspace) -> dict[str, Any]:
     if ws.findings_dir.is_dir():
         for p in sorted(ws.findings_dir.glob("*.json")):
             m = ws.read_json(p, default={}) or {}
-            detectors[p.stem] = {k: m.get(k) for k in
-                                 ("detector", "detectors", "version", "seconds", "timings",
-                                  "rows", "written") if k in m}
+            detectors[p.stem] = {
+                k: m.get(k)
+                for k in (
+                    "detector",
+                    "detectors",
+                    "version",
+                    "seconds",
+                    "timings",
+                    "rows",
+                    "written",
+                )
+                if k in m
+            }
     toml_text = ws.config_path.read_text() if ws.config_path.is_file() else None
     return {
-        "status": "ok", "versions": _versions(),
-        "stages": [{"stage": k, "seconds": _f(v.get("seconds")),
-                    "finished": _f(v.get("finished")), "version": v.get("version"),
-                    "config": v.get("config", {})} for k, v in ordered],
+        "status": "ok",
+        "versions": _versions(),
+        "stages": [
+            {
+                "stage": k,
+                "seconds": _f(v.get("seconds")),
+                "finished": _f(v.get("finished")),
+                "version": v.get("version"),
+                "config": v.get("config", {}),
+            }
+            for k, v in ordered
+        ],
         "total_seconds": sum(_f(v.get("seconds")) or 0.0 for _, v in ordered),
-        "findings": detectors, "audit_toml": toml_text,
+        "findings": detectors,
+        "audit_toml": toml_text,
     }
 
 
 def _captions_for(ws: Workspace, keys: set[str]) -> dict[str, str]:
     if not keys or not ws.has_embeddings():
         return {}
-    t = ws.embeddings().to_table(columns=["key", "caption"],
-                                 filter=pc.field("key").isin(pa.array(sorted(keys))))
-    return {k: c for k, c in zip(t.column("key").to_pylist(), t.column("caption").to_pylist())
-            if c is not None}
+    t = ws.embeddings().to_table(
+        columns=["key", "caption"], filter=pc.field("key").isin(pa.array(sorted(keys)))
+    )
+    return {
+        k: c
+        for k, c in zip(t.column("key").to_pylist(), t.column("caption").to_pylist())
+        if c is not None
+    }
 
 
 def referenced_keys(report: dict[str, Any]) -> set[str]:
@@ -605,9 +844,12 @@ def build_report(ws: Workspace | str | Path, limits: Limits | None = None) -> di
         raise FileNotFoundError(f"workspace {ws.root} does not exist")
     limits = limits or Limits()
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"schema": SCHEMA, "generated_at": time.strftime(
-        "%Y-%m-%dT%H:%M:%S%z"), "workspace": str(ws.root.resolve()),
-        "limits": asdict(limits)}
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "workspace": str(ws.root.resolve()),
+        "limits": asdict(limits),
+    }
     builders = {
         "dataset": lambda: dataset_section(ws),
         "duplicates": lambda: duplicates_section(ws, limits),

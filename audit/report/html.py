@@ -125,8 +125,9 @@ def interval(lo: float | None, hi: float | None) -> str:
 class Renderer:
     """Writes images (plots, thumbnails) under ``out_dir/img`` and returns the page."""
 
-    def __init__(self, report: dict[str, Any], ws: Workspace, out_dir: Path,
-                 thumb_size: int = 96) -> None:
+    def __init__(
+        self, report: dict[str, Any], ws: Workspace, out_dir: Path, thumb_size: int = 96
+    ) -> None:
         self.r = report
         self.ws = ws
         self.out = out_dir
@@ -168,8 +169,9 @@ class Renderer:
         self._thumbs[key] = rel
         return rel
 
-    def thumb(self, key: str, label: str | None = None, cls: str = "",
-              title: str | None = None) -> str:
+    def thumb(
+        self, key: str, label: str | None = None, cls: str = "", title: str | None = None
+    ) -> str:
         src = self._thumb_file(key)
         caption = title if title is not None else self.captions.get(key, "")
         tip = esc(f"{key}: {caption}" if caption else key)
@@ -178,8 +180,10 @@ class Renderer:
             body = '<div class="missing">no image</div>'
         else:
             body = f'<img src="{esc(src)}" alt="{esc(key)}" title="{tip}">'
-        return (f'<figure class="thumb {esc(cls)}" title="{tip}">{body}'
-                f"<figcaption>{label_html}</figcaption></figure>")
+        return (
+            f'<figure class="thumb {esc(cls)}" title="{tip}">{body}'
+            f"<figcaption>{label_html}</figcaption></figure>"
+        )
 
     def strip(self, keys: list[str], rep: str | None = None) -> str:
         if not self.shards.available:
@@ -189,27 +193,35 @@ class Renderer:
 
     def gen_thumb(self, rel: str | None, label: str, copy: bool) -> str:
         if rel is None:
-            return (f'<figure class="thumb"><div class="missing">no image</div>'
-                    f"<figcaption>{esc(label)}</figcaption></figure>")
+            return (
+                f'<figure class="thumb"><div class="missing">no image</div>'
+                f"<figcaption>{esc(label)}</figcaption></figure>"
+            )
         src_path = Path(rel) if Path(rel).is_absolute() else self.ws.root / rel
         out_name = _safe(rel.replace("/", "_"))
         dest = self.img_dir / "g" / (Path(out_name).stem + ".png")
         img = open_path(src_path)
         if img is None:
-            return (f'<figure class="thumb"><div class="missing">unreadable</div>'
-                    f"<figcaption>{esc(label)}</figcaption></figure>")
+            return (
+                f'<figure class="thumb"><div class="missing">unreadable</div>'
+                f"<figcaption>{esc(label)}</figcaption></figure>"
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         thumbnail(img, self.thumb_size).save(dest)
         cls = "copy" if copy else ""
-        return (f'<figure class="thumb {cls}" title="{esc(rel)}"><img src="img/g/{esc(dest.name)}"'
-                f' alt="generation"><figcaption>{esc(label)}</figcaption></figure>')
+        return (
+            f'<figure class="thumb {cls}" title="{esc(rel)}"><img src="img/g/{esc(dest.name)}"'
+            f' alt="generation"><figcaption>{esc(label)}</figcaption></figure>'
+        )
 
     def no_images_note(self) -> str:
         if self.shards.available:
             return ""
-        return ('<p class="note">No thumbnails: this workspace has no webdataset shards under '
-                "<code>shards/</code> (for example, it was built from imported embeddings), so "
-                "images are listed by key only.</p>")
+        return (
+            '<p class="note">No thumbnails: this workspace has no webdataset shards under '
+            "<code>shards/</code> (for example, it was built from imported embeddings), so "
+            "images are listed by key only.</p>"
+        )
 
     # ---- page --------------------------------------------------------------------------
     def page(self) -> str:
@@ -225,18 +237,20 @@ class Renderer:
             except Exception as exc:  # noqa: BLE001 - one section's bug must not lose the page
                 logger.warning("rendering section %s failed: %s", key, exc, exc_info=True)
                 status, inner = "error", f'<p class="error">rendering failed: {esc(exc)}</p>'
-            body.append(f'<section id="{sid}" data-status="{esc(status)}">'
-                        f"<h2>{esc(title)}</h2>{inner}</section>")
+            body.append(
+                f'<section id="{sid}" data-status="{esc(status)}">'
+                f"<h2>{esc(title)}</h2>{inner}</section>"
+            )
         ws_name = Path(r.get("workspace", "")).name
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>laion-audit report: {esc(ws_name)}</title>"
             f"<style>:root{{--t:{self.thumb_size}px}}{CSS}</style></head><body>"
-            f"<header><h1>Audit report: {esc(ws_name)}</h1><div class=\"sub\">"
+            f'<header><h1>Audit report: {esc(ws_name)}</h1><div class="sub">'
             f"workspace {esc(r.get('workspace'))} · generated {esc(r.get('generated_at'))} · "
             f"laion-audit {esc(r.get('run', {}).get('versions', {}).get('laion-audit'))} · "
-            f"numbers in <a style=\"color:#9cc3ff\" href=\"report.json\">report.json</a>"
+            f'numbers in <a style="color:#9cc3ff" href="report.json">report.json</a>'
             f"</div></header><nav>{''.join(nav)}</nav><main>{self.cards()}"
             f"{''.join(body)}</main></body></html>\n"
         )
@@ -244,8 +258,7 @@ class Renderer:
     def _not_ok(self, sec: dict[str, Any]) -> str:
         stage = sec.get("stage") or "the stage"
         if sec.get("status") == "error":
-            return (f'<p class="error">This finding could not be read: {esc(sec.get("error"))}'
-                    f"</p>")
+            return f'<p class="error">This finding could not be read: {esc(sec.get("error"))}</p>'
         cmd = " / ".join(f"laion-audit {s.strip()} WS" for s in str(stage).split("/"))
         return f'<p class="not-run">Stage not run: <code>{esc(cmd)}</code> writes this section.</p>'
 
@@ -255,8 +268,10 @@ class Renderer:
 
         def card(value: Any, label: str, alert: bool = False) -> None:
             cls = "card alert" if alert else "card"
-            cards.append(f'<div class="{cls}"><div class="v">{value}</div>'
-                         f'<div class="l">{esc(label)}</div></div>')
+            cards.append(
+                f'<div class="{cls}"><div class="v">{value}</div>'
+                f'<div class="l">{esc(label)}</div></div>'
+            )
 
         d = r.get("dataset", {})
         if d.get("status") == "ok":
@@ -283,18 +298,28 @@ class Renderer:
 
     # ---- sections ----------------------------------------------------------------------
     def s_dataset(self, d: dict[str, Any]) -> str:
-        rows = "".join(f"<tr><td>{esc(k)}</td><td class=num>{fmt(v)}</td>"
-                       f"<td class=num>{pct(v / d['n_samples'] if d['n_samples'] else None)}"
-                       f"</td></tr>" for k, v in d["status_counts"].items())
+        rows = "".join(
+            f"<tr><td>{esc(k)}</td><td class=num>{fmt(v)}</td>"
+            f"<td class=num>{pct(v / d['n_samples'] if d['n_samples'] else None)}"
+            f"</td></tr>"
+            for k, v in d["status_counts"].items()
+        )
         model = d.get("model") or {}
-        model_txt = (", ".join(f"{k}={v}" for k, v in model.items()
-                               if not isinstance(v, (dict, list))) or "–")
-        errs = "".join(f"<tr><td class=num>{fmt(e['count'])}</td><td>{esc(e['error'])}</td></tr>"
-                       for e in d.get("top_errors", []))
+        model_txt = (
+            ", ".join(f"{k}={v}" for k, v in model.items() if not isinstance(v, (dict, list)))
+            or "–"
+        )
+        errs = "".join(
+            f"<tr><td class=num>{fmt(e['count'])}</td><td>{esc(e['error'])}</td></tr>"
+            for e in d.get("top_errors", [])
+        )
         cs = d.get("clip_score") or {}
         shards = d.get("shards", {})
-        images = ("images readable from shards" if self.shards.available
-                  else "no images (no shards: imported embeddings?)")
+        images = (
+            "images readable from shards"
+            if self.shards.available
+            else "no images (no shards: imported embeddings?)"
+        )
         return (
             f"<p>{fmt(d['n_samples'])} samples read from {esc(d.get('source'))}; "
             f"{fmt(d['n_ok'])} ok, {fmt(d['n_failed'])} not ok; "
@@ -309,15 +334,46 @@ class Renderer:
             f"{fmt(cs.get('mean'))} / {fmt(cs.get('p05'))} / {fmt(cs.get('p50'))} / "
             f"{fmt(cs.get('p95'))}</td></tr></table></div>"
             f"<div>{self.plot('status', plots.status_bars, d['status_counts'])}</div></div>"
-            + (f"<h3>Most common errors</h3><table><tr><th>count</th><th>error</th></tr>{errs}"
-               f"</table>" if errs else "")
+            + (
+                f"<h3>Most common errors</h3><table><tr><th>count</th><th>error</th></tr>{errs}"
+                f"</table>"
+                if errs
+                else ""
+            )
+            + self._filtered(d.get("filtered"))
+        )
+
+    def _filtered(self, f: dict[str, Any] | None) -> str:
+        if not f or "counts" not in f:
+            return ""
+        c = f["counts"]
+        reasons = "".join(
+            f"<tr><td>{esc(k)}</td><td class=num>{fmt(v)}</td></tr>"
+            for k, v in c.items()
+            if ":" in k and not k.startswith("rule:")
+        )
+        shards = f.get("reshard")
+        return (
+            f"<h3>Filtered dataset</h3><p><code>laion-audit filter --drop "
+            f"{esc(','.join(f.get('drop', [])))}</code> keeps {fmt(c.get('kept'))} of "
+            f"{fmt(c.get('input'))} samples and drops {fmt(c.get('dropped'))} "
+            f"(<code>filtered/keep.parquet</code>, <code>filtered/drop.parquet</code>)"
+            + (
+                f"; rewritten shards in <code>{esc(f.get('out'))}</code> hold "
+                f"{fmt(shards.get('samples_out'))} samples"
+                if shards
+                else ""
+            )
+            + f".</p><table><tr><th>reason</th><th>samples</th></tr>{reasons}</table>"
         )
 
     def s_duplicates(self, d: dict[str, Any]) -> str:
         rows = "".join(
             f"<tr><td>{esc(k)}</td><td class=num>{fmt(v['groups'])}</td>"
             f"<td class=num>{fmt(v['samples'])}</td><td class=num>{fmt(v['redundant'])}</td>"
-            f"<td class=num>{fmt(v['largest_group'])}</td></tr>" for k, v in d["by_kind"].items())
+            f"<td class=num>{fmt(v['largest_group'])}</td></tr>"
+            for k, v in d["by_kind"].items()
+        )
         groups = []
         for g in d["largest_groups"]:
             groups.append(
@@ -325,8 +381,11 @@ class Renderer:
                 f"{' (showing ' + str(len(g['keys'])) + ')' if len(g['keys']) < g['size'] else ''}"
                 f"</h3><p class=note>representative {esc(g['representative_key'])} (blue "
                 f"border); minimum similarity {fmt(g.get('min_similarity'))}</p>"
-                + (self.strip(g["keys"], g["representative_key"]) or
-                   f"<p class=note>keys: {esc(', '.join(g['keys']))}</p>"))
+                + (
+                    self.strip(g["keys"], g["representative_key"])
+                    or f"<p class=note>keys: {esc(', '.join(g['keys']))}</p>"
+                )
+            )
         return (
             f"<p>{fmt(d['samples_in_any_group'])} samples belong to at least one duplicate group."
             f" Redundant = samples that are not their group's representative.</p>"
@@ -338,14 +397,18 @@ class Renderer:
 
     def s_concepts(self, d: dict[str, Any]) -> str:
         rows = "".join(
-            f"<tr class=\"{'flag' if r['sparse'] else ''}\"><td>{esc(r['concept'])}</td>"
+            f'<tr class="{"flag" if r["sparse"] else ""}"><td>{esc(r["concept"])}</td>'
             f"<td class=num>{fmt(r['word_count'])}</td><td class=num>{pct(r['word_freq'], 2)}</td>"
             f"<td class=num>{fmt(r['semantic_count'])}</td>"
             f"<td class=num>{pct(r['semantic_freq'], 2)}</td>"
             f"<td class=num>{fmt(r['ratio'], 2)}</td><td>{fmt(r['sparse'])}</td></tr>"
-            for r in d["rows"])
-        more = (f"<p class=note>showing the {len(d['rows'])} sparsest of {d['rows_total']}.</p>"
-                if d["rows_total"] > len(d["rows"]) else "")
+            for r in d["rows"]
+        )
+        more = (
+            f"<p class=note>showing the {len(d['rows'])} sparsest of {d['rows_total']}.</p>"
+            if d["rows_total"] > len(d["rows"])
+            else ""
+        )
         return (
             f"<p>{fmt(d['n_sparse'])} of {fmt(d['n_concepts'])} concepts are sparse "
             f"({pct(d['sparse_share'])}): few poisons suffice to corrupt a sparse concept. "
@@ -358,18 +421,31 @@ class Renderer:
         )
 
     def s_word_replication(self, d: dict[str, Any]) -> str:
-        parts = [f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_clusters'])} clusters across "
-                 f"{fmt(d['n_keywords'])} keywords are flagged as replicated (a keyword's images "
-                 f"collapse onto one near-identical cluster).</p>", self.no_images_note()]
+        parts = [
+            f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_clusters'])} clusters across "
+            f"{fmt(d['n_keywords'])} keywords are flagged as replicated (a keyword's images "
+            f"collapse onto one near-identical cluster).</p>",
+            self.no_images_note(),
+        ]
         for i, kw in enumerate(d["keywords"]):
-            parts.append(f'<div class="kw"><h3>"{esc(kw["keyword"])}": {kw["n_clusters"]} '
-                         f"clusters, {kw['n_flagged']} flagged</h3>")
-            parts.append(self.plot(f"clusters_{i}", plots.cluster_sizes, kw["keyword"],
-                                   kw["clusters"], kw["cluster_sizes"]))
+            parts.append(
+                f'<div class="kw"><h3>"{esc(kw["keyword"])}": {kw["n_clusters"]} '
+                f"clusters, {kw['n_flagged']} flagged</h3>"
+            )
+            parts.append(
+                self.plot(
+                    f"clusters_{i}",
+                    plots.cluster_sizes,
+                    kw["keyword"],
+                    kw["clusters"],
+                    kw["cluster_sizes"],
+                )
+            )
             for c in kw["clusters"]:
                 words = ", ".join(
                     f"{esc(w)}" + (f" (×{lift:.1f})" if lift is not None else "")
-                    for w, lift in zip(c["top_words"], c["top_word_lift"] + [None] * 10))
+                    for w, lift in zip(c["top_words"], c["top_word_lift"] + [None] * 10)
+                )
                 caps = "".join(f"<li>{esc(t)}</li>" for t in c["example_captions"])
                 badge = '<span class="badge red">flagged</span>' if c["flagged"] else ""
                 parts.append(
@@ -377,32 +453,49 @@ class Renderer:
                     f"<code>{esc(c['finding_id'])}</code> · {fmt(c['size'])} images "
                     f"({pct(c['share'])} of the keyword) · mean similarity "
                     f"{fmt(c['mean_sim'])}, min {fmt(c['min_sim'])}"
-                    + (f" · words-only share {pct(c['words_only_share'])}"
-                       if c.get("words_only_share") is not None else "")
+                    + (
+                        f" · words-only share {pct(c['words_only_share'])}"
+                        if c.get("words_only_share") is not None
+                        else ""
+                    )
                     + f"</p><p>top words: {words or '–'}"
-                    + (f"; prompt words: <i>{esc(c['prompt_words'])}</i>"
-                       if c.get("prompt_words") else "") + "</p>"
-                    + (f"<details><summary>example captions</summary><ul>{caps}</ul></details>"
-                       if caps else "")
-                    + self.strip(c["keys"], c.get("medoid_key")))
+                    + (
+                        f"; prompt words: <i>{esc(c['prompt_words'])}</i>"
+                        if c.get("prompt_words")
+                        else ""
+                    )
+                    + "</p>"
+                    + (
+                        f"<details><summary>example captions</summary><ul>{caps}</ul></details>"
+                        if caps
+                        else ""
+                    )
+                    + self.strip(c["keys"], c.get("medoid_key"))
+                )
             parts.append("</div>")
         return "".join(parts)
 
     def s_object_replication(self, d: dict[str, Any]) -> str:
         rows = "".join(
-            f"<tr class=\"{'flag' if r['flagged'] else ''}\"><td>{esc(r['keyword'])}</td>"
+            f'<tr class="{"flag" if r["flagged"] else ""}"><td>{esc(r["keyword"])}</td>'
             f"<td>{esc(r['object'])}</td><td class=num>{fmt(r['n_images'])}</td>"
             f"<td class=num>{pct(r['image_rate'])}</td><td>{interval(r['ci_low'], r['ci_high'])}"
             f"</td><td class=num>{pct(r['caption_rate'])}</td>"
             f"<td class=num>{pct(r['outside_rate'])}</td><td class=num>{pct(r['threshold'])}</td>"
-            f"<td>{fmt(r['flagged'])}</td></tr>" for r in d["rows"])
+            f"<td>{fmt(r['flagged'])}</td></tr>"
+            for r in d["rows"]
+        )
         examples = []
         for r in d["rows"]:
             if r["flagged"] and r["example_keys"]:
-                examples.append(f"<h3>{esc(r['object'])} in \"{esc(r['keyword'])}\" images "
-                                f"(caption never names it)</h3>"
-                                + (self.strip(r["example_keys"]) or
-                                   f"<p class=note>{esc(', '.join(r['example_keys']))}</p>"))
+                examples.append(
+                    f'<h3>{esc(r["object"])} in "{esc(r["keyword"])}" images '
+                    f"(caption never names it)</h3>"
+                    + (
+                        self.strip(r["example_keys"])
+                        or f"<p class=note>{esc(', '.join(r['example_keys']))}</p>"
+                    )
+                )
         return (
             f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_findings'])} keyword/object pairs flagged: "
             f"the object appears in a keyword's images far more often than elsewhere, while "
@@ -422,14 +515,15 @@ class Renderer:
             pic = self.thumb(p["key"], label=f"#{p['rank']}") if self.shards.available else ""
             flag = ' <span class="badge red">flagged</span>' if p["flagged"] else ""
             items.append(
-                f"<div class=\"gitem {'flag' if p['flagged'] else ''}\">{pic}<dl>"
+                f'<div class="gitem {"flag" if p["flagged"] else ""}">{pic}<dl>'
                 f"<dt>rank</dt><dd>{fmt(p['rank'])}</dd><dt>key</dt><dd>{esc(p['key'])}</dd>"
                 f"<dt>kind</dt><dd>{esc(p['kind'])}"
                 f"{flag}</dd>"
                 f"<dt>concept</dt><dd>{esc(p['concept'])}</dd>"
                 f"<dt>combined</dt><dd>{fmt(p['combined_score'])}</dd>{scores}"
                 f"<dt>reason</dt><dd>{esc(p['reasons']) or '–'}</dd></dl>"
-                f"<div class=cap>{esc(p.get('caption'))}</div></div>")
+                f"<div class=cap>{esc(p.get('caption'))}</div></div>"
+            )
         return (
             f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_scored'])} samples flagged ({kinds}). "
             f"Scores per detector: {esc(', '.join(d['score_columns']) or '–')}. Ranked by the "
@@ -441,72 +535,105 @@ class Renderer:
     def s_memorization(self, d: dict[str, Any]) -> str:
         thr = d.get("copy_threshold")
         parts = [
-            f"<p>{fmt(d['n_prompts'])} prompts from {fmt(d['n_findings'])} findings were "
-            f"generated with many seeds; a generation counts as a copy when its similarity to "
-            f"the finding's training cluster is at least {fmt(thr)}.</p>",
+            f"<p>{fmt(d['n_prompts'])} prompts from {fmt(d['n_findings'])} findings; "
+            f"{fmt(d.get('n_generated', d['n_prompts']))} were generated with "
+            f"{fmt(max((r['n'] or 0 for r in d['rows']), default=0))} seeds each. A generation "
+            f"counts as a copy when its CLIP similarity to the finding's training cluster "
+            f"(the whole dataset for object findings) is at least {fmt(thr)}.</p>",
             self.plot("replication_rates", plots.replication_rates, d["rows"]),
         ]
         if not d.get("generations_available"):
-            parts.append("<p class=note>No per-generation scores under <code>generations/"
-                         "</code>: histograms and example pairs are not available.</p>")
+            parts.append(
+                "<p class=note>No per-generation scores under <code>generations/"
+                "</code>: histograms and example pairs are not available.</p>"
+            )
         rows = "".join(
-            f"<tr class=\"{'flag' if (r['ci_low'] or 0) > 0 else ''}\">"
+            f'<tr class="{"flag" if (r["ci_low"] or 0) > 0 and r.get("generated", True) else ""}">'
             f"<td><code>{esc(r['finding_id'])}</code></td><td>{esc(r['prompt_kind'])}</td>"
             f"<td>{esc(r['prompt'])}</td><td class=num>{fmt(r['n'])}</td>"
-            f"<td class=num>{pct(r['replication_rate'])}</td>"
-            f"<td>{interval(r['ci_low'], r['ci_high'])}</td><td class=num>{fmt(r['mean_sim'])}</td>"
+            + (
+                f"<td class=num>{pct(r['replication_rate'])}</td>"
+                f"<td>{interval(r['ci_low'], r['ci_high'])}</td>"
+                if r.get("generated", True)
+                else "<td colspan=2 class=note>not generated (triaged out)</td>"
+            )
+            + f"<td class=num>{pct(r.get('verbatim_rate'))}</td>"
+            f"<td class=num>{fmt(r['mean_sim'])}</td>"
             f"<td class=num>{fmt(r['p95_sim'])}</td><td class=num>{fmt(r['max_sim'])}</td>"
             f"<td class=num>{pct(r['object_rate'])}</td><td class=num>{fmt(r['triage_score'])}"
-            f"</td></tr>" for r in d["rows"])
+            f"</td></tr>"
+            for r in d["rows"]
+        )
         parts.append(
             "<table><tr><th>finding</th><th>prompt kind</th><th>prompt</th><th>n</th>"
-            "<th>replication</th><th>95% interval</th><th>mean sim</th><th>p95 sim</th>"
-            f"<th>max sim</th><th>object rate</th><th>triage score</th></tr>{rows}</table>")
+            "<th>replication</th><th>95% interval</th><th>verbatim (tiled l2)</th>"
+            "<th>mean sim</th><th>p95 sim</th>"
+            f"<th>max sim</th><th>object rate</th><th>triage score</th></tr>{rows}</table>"
+        )
         for i, r in enumerate(d["rows"]):
             if not r.get("pairs") and not r.get("similarity_histogram"):
                 continue
             pairs = "".join(
                 '<div class="pair">'
                 + self.gen_thumb(p["generation"], f"seed {p['seed']}", p["copy"])
-                + (self.thumb(p["nearest_key"], label=f"sim {fmt(p['similarity'], 2)}")
-                   if p.get("nearest_key") and self.shards.available else "")
-                + "</div>" for p in r["pairs"])
+                + (
+                    self.thumb(p["nearest_key"], label=f"sim {fmt(p['similarity'], 2)}")
+                    if p.get("nearest_key") and self.shards.available
+                    else ""
+                )
+                + "</div>"
+                for p in r["pairs"]
+            )
             if i >= self.max_histograms:
-                parts.append(f"<p class=note>{len(d['rows']) - i} more prompts: see the table "
-                             f"above and report.json.</p>")
+                parts.append(
+                    f"<p class=note>{len(d['rows']) - i} more prompts: see the table "
+                    f"above and report.json.</p>"
+                )
                 break
             parts.append(
                 f"<h3>{esc(r['prompt_kind'])}: “{esc(r['prompt'])}” — "
                 f"{pct(r['replication_rate'])} {interval(r['ci_low'], r['ci_high'])} of "
                 f"{fmt(r['n'])}</h3><div class=row>"
-                + self.plot(f"sim_{i}", plots.similarity_histogram, r.get("similarity_histogram"),
-                            thr)
+                + self.plot(
+                    f"sim_{i}", plots.similarity_histogram, r.get("similarity_histogram"), thr
+                )
                 + f"<div><p class=note>most similar generations (red border: copy) beside their "
-                  f"nearest training image</p>{pairs}</div></div>")
+                f"nearest training image</p>{pairs}</div></div>"
+            )
         return "".join(parts)
 
     def s_run(self, d: dict[str, Any]) -> str:
-        versions = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>"
-                           for k, v in d["versions"].items())
+        versions = "".join(
+            f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in d["versions"].items()
+        )
         stages = "".join(
             f"<tr><td>{esc(s['stage'])}</td><td class=num>{fmt(s['seconds'], 1)}</td>"
             f"<td>{esc(_when(s.get('finished')))}</td>"
             f"<td><details><summary>config</summary><pre>{esc(_kv(s['config']))}</pre>"
-            f"</details></td></tr>" for s in d["stages"])
+            f"</details></td></tr>"
+            for s in d["stages"]
+        )
         findings = "".join(
             f"<tr><td>{esc(k)}</td><td>{esc(v.get('detector') or v.get('detectors') or '–')}</td>"
             f"<td class=num>{fmt(v.get('rows'))}</td><td class=num>{fmt(v.get('seconds'), 1)}"
             f"</td><td>{esc(_when(v.get('written')))}</td></tr>"
-            for k, v in d["findings"].items() if v)
-        toml = (f"<h3>audit.toml</h3><pre>{esc(d['audit_toml'])}</pre>"
-                if d.get("audit_toml") else "")
+            for k, v in d["findings"].items()
+            if v
+        )
+        toml = (
+            f"<h3>audit.toml</h3><pre>{esc(d['audit_toml'])}</pre>" if d.get("audit_toml") else ""
+        )
         return (
             f"<p>{len(d['stages'])} stages recorded in <code>run.json</code>, "
             f"{fmt(d['total_seconds'], 1)} s in total.</p><div class=row>"
             f"<div><table><tr><th>stage</th><th>seconds</th><th>finished</th><th>config</th></tr>"
             f"{stages}</table></div>{self.plot('timings', plots.stage_timings, d['stages'])}</div>"
-            + (f"<h3>Findings</h3><table><tr><th>finding</th><th>detector</th><th>rows</th>"
-               f"<th>seconds</th><th>written</th></tr>{findings}</table>" if findings else "")
+            + (
+                f"<h3>Findings</h3><table><tr><th>finding</th><th>detector</th><th>rows</th>"
+                f"<th>seconds</th><th>written</th></tr>{findings}</table>"
+                if findings
+                else ""
+            )
             + f"<h3>Versions</h3><table>{versions}</table>{toml}"
         )
 
@@ -525,8 +652,9 @@ def _kv(obj: Any) -> str:
     return repr(obj)
 
 
-def render_html(report: dict[str, Any], ws: Workspace, out_dir: str | Path,
-                thumb_size: int = 96) -> dict[str, Any]:
+def render_html(
+    report: dict[str, Any], ws: Workspace, out_dir: str | Path, thumb_size: int = 96
+) -> dict[str, Any]:
     """Write ``out_dir/index.html`` and ``out_dir/img/``; returns counts (thumbnails written,
     keys without an image)."""
     out = Path(out_dir)
@@ -539,5 +667,8 @@ def render_html(report: dict[str, Any], ws: Workspace, out_dir: str | Path,
     from audit.workspace import atomic_write_bytes
 
     atomic_write_bytes(out / "index.html", page.encode("utf-8"))
-    return {"thumbnails": r.n_thumbs, "keys_without_image": r.n_missing,
-            "shard_images_indexed": len(r.shards) if r.shards.available else 0}
+    return {
+        "thumbnails": r.n_thumbs,
+        "keys_without_image": r.n_missing,
+        "shard_images_indexed": len(r.shards) if r.shards.available else 0,
+    }

@@ -76,8 +76,9 @@ class ShardIndex:
                         index[key] = Member(tar_path, name, info.offset_data, info.size)
             except (tarfile.TarError, OSError) as exc:
                 self.bad_tars.append(str(tar_path))
-                logger.warning("shard %s is unreadable after %d indexed images: %s",
-                               tar_path, len(index), exc)
+                logger.warning(
+                    "shard %s is unreadable after %d indexed images: %s", tar_path, len(index), exc
+                )
         logger.debug("indexed %d images in %d shards", len(index), len(tars))
         return index
 
@@ -145,8 +146,9 @@ def thumbnail(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
-def image_grid(images: Iterable[Image.Image | None], size: int = 64, cols: int = 8,
-               pad: int = 2) -> Image.Image:
+def image_grid(
+    images: Iterable[Image.Image | None], size: int = 64, cols: int = 8, pad: int = 2
+) -> Image.Image:
     """Paste images into a grid (missing ones as grey tiles); for notebooks."""
     imgs = list(images)
     cols = max(1, min(cols, len(imgs) or 1))

@@ -61,8 +61,7 @@ def group_size_histogram(by_kind: dict[str, Any], path: Path) -> bool:
     for j, k in enumerate(kinds):
         hist = by_kind[k]["size_histogram"]
         xs = [pos[int(s)] + (j - (len(kinds) - 1) / 2) * width for s in hist]
-        ax.bar(xs, list(hist.values()), width=width, label=k,
-               color=KIND_COLOURS.get(k, GREY))
+        ax.bar(xs, list(hist.values()), width=width, label=k, color=KIND_COLOURS.get(k, GREY))
     ax.set_xticks(range(len(sizes)), [str(s) for s in sizes], fontsize=8)
     ax.set_xlabel("group size (images)")
     ax.set_ylabel("groups")
@@ -75,8 +74,7 @@ def group_size_histogram(by_kind: dict[str, Any], path: Path) -> bool:
 
 def concept_frequencies(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     """Word frequency vs semantic frequency per concept (log-log), sparse concepts in red."""
-    pts = [r for r in rows if r.get("word_freq") is not None and r.get("semantic_freq")
-           is not None]
+    pts = [r for r in rows if r.get("word_freq") is not None and r.get("semantic_freq") is not None]
     if not pts:
         return False
     positive = [v for r in pts for v in (r["word_freq"], r["semantic_freq"]) if v > 0]
@@ -86,12 +84,21 @@ def concept_frequencies(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     for sparse, colour, label in ((False, BLUE, "not sparse"), (True, RED, "sparse")):
         sel = [r for r in pts if bool(r["sparse"]) == sparse]
         if sel:
-            ax.scatter([max(r["word_freq"], floor) for r in sel],
-                       [max(r["semantic_freq"], floor) for r in sel], s=18, color=colour,
-                       label=label)
+            ax.scatter(
+                [max(r["word_freq"], floor) for r in sel],
+                [max(r["semantic_freq"], floor) for r in sel],
+                s=18,
+                color=colour,
+                label=label,
+            )
     for r in pts[:12]:
-        ax.annotate(r["concept"], (max(r["word_freq"], floor), max(r["semantic_freq"], floor)),
-                    fontsize=7, xytext=(3, 2), textcoords="offset points")
+        ax.annotate(
+            r["concept"],
+            (max(r["word_freq"], floor), max(r["semantic_freq"], floor)),
+            fontsize=7,
+            xytext=(3, 2),
+            textcoords="offset points",
+        )
     lo = min(min(max(r["word_freq"], floor), max(r["semantic_freq"], floor)) for r in pts)
     hi = max(max(r["word_freq"], r["semantic_freq"]) for r in pts)
     ax.plot([lo, hi], [lo, hi], color=GREY, lw=0.8, ls="--")
@@ -104,8 +111,9 @@ def concept_frequencies(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     return _save(fig, path)
 
 
-def cluster_sizes(keyword: str, clusters: Sequence[dict[str, Any]], sizes: Sequence[int],
-                  path: Path) -> bool:
+def cluster_sizes(
+    keyword: str, clusters: Sequence[dict[str, Any]], sizes: Sequence[int], path: Path
+) -> bool:
     """Cluster sizes of one keyword in rank order; flagged clusters in red."""
     if not sizes:
         return False
@@ -113,9 +121,10 @@ def cluster_sizes(keyword: str, clusters: Sequence[dict[str, Any]], sizes: Seque
     n = min(len(sizes), 30)
     fig = _figure(max(3.0, 0.25 * n + 1.5), 2.3)
     ax = fig.subplots()
-    ax.bar(range(n), list(sizes)[:n],
-           color=[RED if flagged.get(i) else BLUE for i in range(n)])
-    ax.set_xlabel("cluster (largest first)")
+    ax.bar(range(n), list(sizes)[:n], color=[RED if flagged.get(i) else BLUE for i in range(n)])
+    step = max(1, n // 10)
+    ax.set_xticks(range(0, n, step))
+    ax.set_xlabel("cluster rank (largest first)")
     ax.set_ylabel("images")
     ax.set_title(f'"{keyword}": cluster sizes', fontsize=10)
     return _save(fig, path)
@@ -135,22 +144,28 @@ def object_rates(rows: Sequence[dict[str, Any]], path: Path) -> bool:
         lo = r["ci_low"] if r["ci_low"] is not None else rate
         hi = r["ci_high"] if r["ci_high"] is not None else rate
         colour = RED if r["flagged"] else BLUE
-        ax.errorbar([rate], [i], xerr=[[rate - lo], [hi - rate]], fmt="o", color=colour,
-                    capsize=3)
+        ax.errorbar([rate], [i], xerr=[[rate - lo], [hi - rate]], fmt="o", color=colour, capsize=3)
         if r.get("outside_rate") is not None:
             ax.plot([r["outside_rate"]], [i], marker="|", color="black", ms=12)
         if r.get("threshold") is not None:
             ax.plot([r["threshold"]], [i], marker="x", color=GREY, ms=6)
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of images with the object (dot: rate, bar: 95% interval; "
-                  "|: outside the keyword; x: threshold)", fontsize=7)
+    ax.set_xlabel(
+        "share of images with the object (dot: rate, bar: 95% interval; "
+        "|: outside the keyword; x: threshold)",
+        fontsize=7,
+    )
     ax.set_title("Object-level replication", fontsize=10)
     return _save(fig, path)
 
 
-def score_histogram(hist: dict[str, Any], path: Path, title: str = "Combined poison score",
-                    xlabel: str = "combined score") -> bool:
+def score_histogram(
+    hist: dict[str, Any],
+    path: Path,
+    title: str = "Combined poison score",
+    xlabel: str = "combined score",
+) -> bool:
     """Histogram of a score for all candidates and for the flagged ones (from report.json
     bin edges and counts)."""
     all_h = hist.get("all") or {}
@@ -163,8 +178,9 @@ def score_histogram(hist: dict[str, Any], path: Path, title: str = "Combined poi
     ax.bar(edges[:-1], all_h["counts"], width=widths, align="edge", color=GREY, label="all")
     fl = hist.get("flagged") or {}
     if fl.get("counts"):
-        ax.bar(fl["edges"][:-1], fl["counts"], width=widths, align="edge", color=RED,
-               label="flagged")
+        ax.bar(
+            fl["edges"][:-1], fl["counts"], width=widths, align="edge", color=RED, label="flagged"
+        )
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("samples")
@@ -185,10 +201,16 @@ def replication_rates(rows: Sequence[dict[str, Any]], path: Path) -> bool:
         rate = r["replication_rate"]
         lo = r["ci_low"] if r["ci_low"] is not None else rate
         hi = r["ci_high"] if r["ci_high"] is not None else rate
-        ax.errorbar([rate], [i], xerr=[[max(rate - lo, 0)], [max(hi - rate, 0)]], fmt="o",
-                    color=RED if lo > 0 else BLUE, capsize=3)
+        ax.errorbar(
+            [rate],
+            [i],
+            xerr=[[max(rate - lo, 0)], [max(hi - rate, 0)]],
+            fmt="o",
+            color=RED if lo > 0 else BLUE,
+            capsize=3,
+        )
         prompt = r["prompt"] if len(r["prompt"]) <= 48 else r["prompt"][:45] + "..."
-        labels.append(f'{r["prompt_kind"]}: {prompt}')
+        labels.append(f"{r['prompt_kind']}: {prompt}")
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_xlabel("replication rate (share of seeds that copy the training cluster), 95% CI")
@@ -204,9 +226,13 @@ def similarity_histogram(hist: dict[str, Any], threshold: float | None, path: Pa
     widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
     fig = _figure(3.6, 2.0)
     ax = fig.subplots()
-    ax.bar(edges[:-1], hist["counts"], width=widths, align="edge",
-           color=[RED if threshold is not None and a >= threshold else BLUE
-                  for a in edges[:-1]])
+    ax.bar(
+        edges[:-1],
+        hist["counts"],
+        width=widths,
+        align="edge",
+        color=[RED if threshold is not None and a >= threshold else BLUE for a in edges[:-1]],
+    )
     if threshold is not None:
         ax.axvline(threshold, color="black", lw=0.8, ls="--")
     ax.set_xlabel("similarity to nearest training image", fontsize=8)

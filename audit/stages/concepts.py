@@ -1,4 +1,4 @@
-"""``laion-audit concepts WS [--concepts LIST_OR_FILE]``: word and semantic frequency per concept."""
+"""``laion-audit concepts WS [--concepts LIST_OR_FILE]``: word and semantic concept frequency."""
 
 from __future__ import annotations
 

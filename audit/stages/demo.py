@@ -35,10 +35,28 @@ download stage is finished and skipped). A different --n or --seed rebuilds the 
 reruns everything. DIR must be empty, absent, or an earlier demo workspace.
 """
 
-DEMO_STAGES = ["download", "embed", "dedup", "concepts", "replication", "objects", "poisons",
-               "reproduce", "filter", "report"]
-DEMO_OUTPUTS = ("shards", "embeddings", "findings", "generations", "report", "filtered",
-                "run.json", "audit.toml")
+DEMO_STAGES = [
+    "download",
+    "embed",
+    "dedup",
+    "concepts",
+    "replication",
+    "objects",
+    "poisons",
+    "reproduce",
+    "filter",
+    "report",
+]
+DEMO_OUTPUTS = (
+    "shards",
+    "embeddings",
+    "findings",
+    "generations",
+    "report",
+    "filtered",
+    "run.json",
+    "audit.toml",
+)
 """What a demo writes into DIR besides DIR/testbed (removed when the testbed is rebuilt)."""
 
 
@@ -52,24 +70,41 @@ class Config:
     force: bool = False
 
     def __post_init__(self) -> None:
-        require(200 <= self.n <= 200_000, "demo.n", "must be between 200 and 200000 (the "
-                "planted findings need a few hundred images)", self.n)
+        require(
+            200 <= self.n <= 200_000,
+            "demo.n",
+            "must be between 200 and 200000 (the planted findings need a few hundred images)",
+            self.n,
+        )
         require(self.generations >= 4, "demo.generations", "must be >= 4", self.generations)
         require(self.steps >= 1, "demo.steps", "must be >= 1", self.steps)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="workspace folder (default demo-workspace); the testbed goes to "
-                             "DIR/testbed")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="workspace folder (default demo-workspace); the testbed goes to DIR/testbed",
+    )
     parser.add_argument("--n", type=int, default=None, help="testbed rows (default 1000)")
     parser.add_argument("--seed", type=int, default=None, help="testbed seed (default 0)")
-    parser.add_argument("--generations", type=int, default=None, metavar="N",
-                        help="generations per prompt (default 32; real audits use 500)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="denoising steps per generation (default 20; real audits 50)")
-    parser.add_argument("--force", action="store_true", default=None,
-                        help="rerun every stage even if finished")
+    parser.add_argument(
+        "--generations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="generations per prompt (default 32; real audits use 500)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps per generation (default 20; real audits 50)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", default=None, help="rerun every stage even if finished"
+    )
 
 
 def demo_config(ws: Path, url_list: Path, cfg: Config) -> dict[str, Any]:
@@ -110,22 +145,32 @@ def _toml(cfg: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_out(ws: Path) -> None:
+    """DIR must be absent, empty or an earlier demo workspace (never someone's data)."""
+    if ws.exists() and any(ws.iterdir()) and not (ws / "testbed" / "testbed.json").is_file():
+        from audit.errors import InputError
+
+        raise InputError(
+            f"{ws} exists and is not a demo workspace (no testbed/testbed.json): "
+            "pass an empty or new --out folder"
+        )
+
+
 def _prepare(ws: Path, cfg: Config) -> bool:
     """Check DIR; returns True when the testbed must be (re)built (everything reruns)."""
     testbed = ws / "testbed"
     info_path = testbed / "testbed.json"
-    if ws.exists() and any(ws.iterdir()) and not info_path.is_file():
-        from audit.errors import InputError
-
-        raise InputError(f"{ws} exists and is not a demo workspace (no testbed/testbed.json): "
-                         "pass an empty or new --out folder")
+    _check_out(ws)
     if info_path.is_file():
         info = json.loads(info_path.read_text())
         params = info.get("params", info)
         if params.get("n") == cfg.n and params.get("seed") == cfg.seed:
             return False
-        logger.info("demo: testbed parameters changed (n=%s seed=%s): rebuilding", params.get("n"),
-                    params.get("seed"))
+        logger.info(
+            "demo: testbed parameters changed (n=%s seed=%s): rebuilding",
+            params.get("n"),
+            params.get("seed"),
+        )
     for name in DEMO_OUTPUTS:
         p = ws / name
         if p.is_dir():
@@ -147,37 +192,57 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.workspace import Workspace, atomic_write_bytes
 
     t0 = time.perf_counter()
+    ws = Path(cfg.out).resolve()
+    _check_out(ws)
     missing = [s for s in DEMO_STAGES if load_stage(s) is None]
     if missing:  # fail clearly before building anything
-        raise NotImplementedStage(f"`laion-audit demo` needs stages that are not implemented "
-                                  f"yet: {', '.join(missing)}")
-    ws = Path(cfg.out).resolve()
+        raise NotImplementedStage(
+            f"`laion-audit demo` needs stages that are not implemented yet: {', '.join(missing)}"
+        )
     rebuild = _prepare(ws, cfg)
     testbed = ws / "testbed"
     if rebuild:
         logger.info("demo: building a %d-row testbed (seed %d) in %s", cfg.n, cfg.seed, testbed)
         build_testbed(testbed, n=cfg.n, seed=cfg.seed, overwrite=True)
     timings = {"testbed": round(time.perf_counter() - t0, 1)}
-    logger.info("demo: %d generations per prompt with %d steps (real audits: 500 per prompt, "
-                "50 steps)", cfg.generations, cfg.steps)
+    logger.info(
+        "demo: %d generations per prompt with %d steps (real audits: 500 per prompt, 50 steps)",
+        cfg.generations,
+        cfg.steps,
+    )
     with serve_testbed(testbed) as base_url:
         url_list = write_url_list(testbed, base_url, testbed / "urls-served.parquet")
         file_cfg = demo_config(ws, url_list, cfg)
         atomic_write_bytes(ws / "audit.toml", _toml(file_cfg).encode())
         file_cfg = load_toml(ws / "audit.toml")  # exactly what `laion-audit run` would read
-        code = run_stages(file_cfg, str(ws), DEMO_STAGES, force=bool(cfg.force or rebuild),
-                          parent=args)
+        code = run_stages(
+            file_cfg, str(ws), DEMO_STAGES, force=bool(cfg.force or rebuild), parent=args
+        )
     if code != 0:
         return code
     elapsed = time.perf_counter() - t0
     runs = Workspace(ws).read_json("run.json", default={}) or {}
     for stage, rec in (runs.get("stages") or {}).items():
         timings[stage] = rec.get("seconds")
-    Workspace(ws).write_json("demo.json", {"seconds": round(elapsed, 1), "n": cfg.n,
-                                           "seed": cfg.seed, "generations": cfg.generations,
-                                           "steps": cfg.steps, "stage_seconds": timings})
+    Workspace(ws).write_json(
+        "demo.json",
+        {
+            "seconds": round(elapsed, 1),
+            "n": cfg.n,
+            "seed": cfg.seed,
+            "generations": cfg.generations,
+            "steps": cfg.steps,
+            "stage_seconds": timings,
+        },
+    )
     report = ws / "report" / "index.html"
-    logger.info("demo finished in %.0f s (%d-row testbed; %d generations per prompt, %d steps: "
-                "a real audit uses 500 per prompt)", elapsed, cfg.n, cfg.generations, cfg.steps)
+    logger.info(
+        "demo finished in %.0f s (%d-row testbed; %d generations per prompt, %d steps: "
+        "a real audit uses 500 per prompt)",
+        elapsed,
+        cfg.n,
+        cfg.generations,
+        cfg.steps,
+    )
     print(report)
     return 0

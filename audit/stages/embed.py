@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import re
@@ -296,7 +297,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     except BeamOptionsError as exc:
         raise ConfigError(f"embed: {exc}") from exc
 
-    stats = summarize(ws, specs, source)
+    shown = source
+    with contextlib.suppress(ValueError):  # inside the workspace: relative, for portability
+        shown = str(Path(source).resolve().relative_to(Path(ws.root).resolve()))
+    stats = summarize(ws, specs, shown)
     ws.write_json(ws.embeddings_dir / "_stats.json", stats)
     logger.info("embed: %d rows in %d parts (%d input rows, each once): %s", stats["rows"],
                 stats["parts"], stats["input_rows"], _format_counts(stats["counts"]))

@@ -42,24 +42,44 @@ class Config:
     def __post_init__(self) -> None:
         from audit.filter import DUPLICATE_KINDS, RULES
 
-        require(bool(self.drop), "filter.drop", "needs at least one rule "
-                f"({', '.join(RULES)})", self.drop)
+        require(
+            bool(self.drop),
+            "filter.drop",
+            f"needs at least one rule ({', '.join(RULES)})",
+            self.drop,
+        )
         for d in self.drop:
             require(d in RULES, "filter.drop", f"unknown rule; known: {', '.join(RULES)}", d)
         for k in self.duplicate_kinds:
-            require(k in DUPLICATE_KINDS, "filter.duplicate_kinds",
-                    f"unknown kind; known: {', '.join(DUPLICATE_KINDS)}", k)
+            require(
+                k in DUPLICATE_KINDS,
+                "filter.duplicate_kinds",
+                f"unknown kind; known: {', '.join(DUPLICATE_KINDS)}",
+                k,
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument("--drop", default=None, metavar="RULES",
-                        help="comma-separated rules: duplicates,poisons,failed (default: all)")
-    parser.add_argument("--duplicate-kinds", dest="duplicate_kinds", default=None,
-                        metavar="KINDS", help="duplicate kinds to drop: exact,near,caption "
-                                              "(default exact,near)")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="also write filtered webdataset shards into DIR (Beam pipeline)")
+    parser.add_argument(
+        "--drop",
+        default=None,
+        metavar="RULES",
+        help="comma-separated rules: duplicates,poisons,failed (default: all)",
+    )
+    parser.add_argument(
+        "--duplicate-kinds",
+        dest="duplicate_kinds",
+        default=None,
+        metavar="KINDS",
+        help="duplicate kinds to drop: exact,near,caption (default exact,near)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="also write filtered webdataset shards into DIR (Beam pipeline)",
+    )
     add_beam_arguments(parser)
 
 
@@ -74,22 +94,37 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     decision = decide(ws, cfg.drop, tuple(cfg.duplicate_kinds))
     meta = {"drop": cfg.drop, "duplicate_kinds": cfg.duplicate_kinds}
     c = decision.counts
-    logger.info("filter: %d samples, %d kept, %d dropped (%s)", c["input"], c["kept"],
-                c["dropped"], ", ".join(f"{k}: {v}" for k, v in c.items() if ":" in k))
+    logger.info(
+        "filter: %d samples, %d kept, %d dropped (%s)",
+        c["input"],
+        c["kept"],
+        c["dropped"],
+        ", ".join(f"{k}: {v}" for k, v in c.items() if ":" in k),
+    )
     if cfg.out:
         from pipelines.reshard import reshard
 
         write_decision(ws, decision, meta)  # the pipeline reads drop.parquet
         if not ws.shards_dir.is_dir():
-            raise InputError(f"--out needs webdataset shards in {ws.shards_dir}; this workspace "
-                             "has none (imported embeddings?)")
-        meta["reshard"] = reshard(str(ws.shards_dir.resolve()),
-                                  str((ws.filtered_dir / "drop.parquet").resolve()),
-                                  _out_path(cfg.out), getattr(args, "beam_args", []),
-                                  runner=cfg.runner, dask_local=cfg.dask_local)
+            raise InputError(
+                f"--out needs webdataset shards in {ws.shards_dir}; this workspace "
+                "has none (imported embeddings?)"
+            )
+        meta["reshard"] = reshard(
+            str(ws.shards_dir.resolve()),
+            str((ws.filtered_dir / "drop.parquet").resolve()),
+            _out_path(cfg.out),
+            getattr(args, "beam_args", []),
+            runner=cfg.runner,
+            dask_local=cfg.dask_local,
+        )
         meta["out"] = str(cfg.out)
-        logger.info("filtered shards in %s: %d samples kept of %d", cfg.out,
-                    meta["reshard"]["samples_out"], meta["reshard"]["samples_in"])
+        logger.info(
+            "filtered shards in %s: %d samples kept of %d",
+            cfg.out,
+            meta["reshard"]["samples_out"],
+            meta["reshard"]["samples_in"],
+        )
     write_decision(ws, decision, meta)
     return 0
 

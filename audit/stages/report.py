@@ -39,8 +39,12 @@ class Config:
     pairs: int = 6
 
     def __post_init__(self) -> None:
-        require(16 <= self.thumb_size <= 512, "report.thumb_size", "must be in [16, 512] pixels",
-                self.thumb_size)
+        require(
+            16 <= self.thumb_size <= 512,
+            "report.thumb_size",
+            "must be in [16, 512] pixels",
+            self.thumb_size,
+        )
         for name in ("top_groups", "top_clusters", "top_poisons", "top_prompts", "pairs"):
             value = getattr(self, name)
             require(0 <= value <= 10_000, f"report.{name}", "must be in [0, 10000]", value)
@@ -48,20 +52,56 @@ class Config:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="write the report here instead of WS/report")
-    parser.add_argument("--thumb-size", dest="thumb_size", type=int, default=None, metavar="PX",
-                        help="thumbnail size in pixels (default 96)")
-    parser.add_argument("--top-groups", dest="top_groups", type=int, default=None, metavar="N",
-                        help="largest duplicate groups shown per kind (default 12)")
-    parser.add_argument("--top-clusters", dest="top_clusters", type=int, default=None,
-                        metavar="N", help="clusters shown per keyword (default 8)")
-    parser.add_argument("--top-poisons", dest="top_poisons", type=int, default=None, metavar="N",
-                        help="top-ranked poison candidates shown (default 24)")
-    parser.add_argument("--top-prompts", dest="top_prompts", type=int, default=None, metavar="N",
-                        help="reproduction prompts listed (default 60)")
-    parser.add_argument("--pairs", type=int, default=None, metavar="N",
-                        help="generation / nearest-training pairs shown per prompt (default 6)")
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="write the report here instead of WS/report"
+    )
+    parser.add_argument(
+        "--thumb-size",
+        dest="thumb_size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="thumbnail size in pixels (default 96)",
+    )
+    parser.add_argument(
+        "--top-groups",
+        dest="top_groups",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest duplicate groups shown per kind (default 12)",
+    )
+    parser.add_argument(
+        "--top-clusters",
+        dest="top_clusters",
+        type=int,
+        default=None,
+        metavar="N",
+        help="clusters shown per keyword (default 8)",
+    )
+    parser.add_argument(
+        "--top-poisons",
+        dest="top_poisons",
+        type=int,
+        default=None,
+        metavar="N",
+        help="top-ranked poison candidates shown (default 24)",
+    )
+    parser.add_argument(
+        "--top-prompts",
+        dest="top_prompts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="reproduction prompts listed (default 60)",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="generation / nearest-training pairs shown per prompt (default 6)",
+    )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -71,8 +111,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     if not ws.root.is_dir():
         raise FileNotFoundError(f"workspace {ws.root} does not exist")
-    limits = Limits(groups=cfg.top_groups, clusters=cfg.top_clusters, poisons=cfg.top_poisons,
-                    prompts=cfg.top_prompts, generations=cfg.pairs)
+    limits = Limits(
+        groups=cfg.top_groups,
+        clusters=cfg.top_clusters,
+        poisons=cfg.top_poisons,
+        prompts=cfg.top_prompts,
+        generations=cfg.pairs,
+    )
     path = write_report(ws, cfg.out, limits=limits, thumb_size=cfg.thumb_size)
     logger.info("report written: %s", path.resolve())
     return 0

@@ -37,8 +37,16 @@ Example audit.toml:
     pretrained = "laion2b_s34b_b79k"
 """
 
-DEFAULT_STAGES = ["embed", "dedup", "concepts", "replication", "objects", "poisons",
-                  "reproduce", "report"]
+DEFAULT_STAGES = [
+    "embed",
+    "dedup",
+    "concepts",
+    "replication",
+    "objects",
+    "poisons",
+    "reproduce",
+    "report",
+]
 NOT_IN_RUN = {"run", "demo", "testbed"}
 WS_OUT_STAGES = {"download", "import-embeddings"}
 """Stages that create the workspace with ``--out WS`` rather than a positional WS."""
@@ -71,8 +79,12 @@ class Config:
         known = [name for name, _ in SUBCOMMANDS if name not in NOT_IN_RUN]
         require(bool(self.stages), "run.stages", "needs at least one stage", self.stages)
         for s in self.stages:
-            require(s in known, "run.stages", f"unknown or not runnable stage; known: "
-                    f"{', '.join(known)}", s)
+            require(
+                s in known,
+                "run.stages",
+                f"unknown or not runnable stage; known: {', '.join(known)}",
+                s,
+            )
         dup = sorted({s for s in self.stages if self.stages.count(s) > 1})
         require(not dup, "run.stages", "lists a stage twice", dup)
         if "report" not in self.stages:
@@ -80,22 +92,32 @@ class Config:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="TOML",
-                        help="audit.toml with `workspace`, [run] stages and one section per stage")
-    parser.add_argument("--workspace", default=None, metavar="WS",
-                        help="workspace folder (overrides `workspace` in the TOML)")
-    parser.add_argument("--force", action="store_true", default=None,
-                        help="rerun every stage, finished or not")
+    parser.add_argument(
+        "config",
+        metavar="TOML",
+        help="audit.toml with `workspace`, [run] stages and one section per stage",
+    )
+    parser.add_argument(
+        "--workspace",
+        default=None,
+        metavar="WS",
+        help="workspace folder (overrides `workspace` in the TOML)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", default=None, help="rerun every stage, finished or not"
+    )
 
 
-def stage_namespace(command: str, mod: ModuleType, ws: str,
-                    parent: argparse.Namespace) -> argparse.Namespace:
+def stage_namespace(
+    command: str, mod: ModuleType, ws: str, parent: argparse.Namespace
+) -> argparse.Namespace:
     """The argparse namespace a stage would get from ``laion-audit COMMAND WS`` with no
     options: every option at its default (None), so the TOML section fills it."""
     p = argparse.ArgumentParser(add_help=False)
     mod.add_arguments(p)
-    ns = argparse.Namespace(**{a.dest: a.default for a in p._actions
-                               if a.dest != argparse.SUPPRESS})
+    ns = argparse.Namespace(
+        **{a.dest: a.default for a in p._actions if a.dest != argparse.SUPPRESS}
+    )
     ns.workspace = ws
     if command in WS_OUT_STAGES and hasattr(ns, "out"):
         ns.out = ws
@@ -117,8 +139,9 @@ def stage_outputs(command: str, mod: ModuleType) -> list[str] | None:
     return getattr(mod, "OUTPUTS", None) or OUTPUTS.get(command)
 
 
-def is_finished(ws_root: Path, command: str, mod: ModuleType, cfg: Any, record: dict | None,
-                not_before: float) -> tuple[bool, str]:
+def is_finished(
+    ws_root: Path, command: str, mod: ModuleType, cfg: Any, record: dict | None, not_before: float
+) -> tuple[bool, str]:
     """(finished?, why not) for one stage; see the module docstring for the rule."""
     patterns = stage_outputs(command, mod)
     if not patterns:
@@ -140,13 +163,20 @@ def load_stage_module(command: str) -> ModuleType:
 
     mod = load_stage(command)
     if mod is None:
-        raise NotImplementedStage(f"`laion-audit run`: stage '{command}' is not implemented "
-                                  f"yet (remove it from [run] stages to run the others)")
+        raise NotImplementedStage(
+            f"`laion-audit run`: stage '{command}' is not implemented "
+            f"yet (remove it from [run] stages to run the others)"
+        )
     return mod
 
 
-def run_stages(file_cfg: dict[str, Any], ws: str, stages: list[str], force: bool = False,
-               parent: argparse.Namespace | None = None) -> int:
+def run_stages(
+    file_cfg: dict[str, Any],
+    ws: str,
+    stages: list[str],
+    force: bool = False,
+    parent: argparse.Namespace | None = None,
+) -> int:
     """Run ``stages`` on workspace ``ws`` with ``file_cfg`` (a parsed audit.toml); returns the
     first non-zero exit code, or 0."""
     from audit.cli import dispatch
@@ -163,18 +193,24 @@ def run_stages(file_cfg: dict[str, Any], ws: str, stages: list[str], force: bool
         cfg = merge(mod.Config, section, file_cfg.get(section), ns)
         runs = workspace.read_json("run.json", default={}) or {}
         record = (runs.get("stages") or {}).get(section)
-        done, why = (False, "--force") if force else is_finished(
-            workspace.root, command, mod, cfg, record, not_before)
+        done, why = (
+            (False, "--force")
+            if force
+            else is_finished(workspace.root, command, mod, cfg, record, not_before)
+        )
         if done:
-            logger.info("[%d/%d] %s: finished earlier with the same configuration, skipped",
-                        i, len(stages), command)
+            logger.info(
+                "[%d/%d] %s: finished earlier with the same configuration, skipped",
+                i,
+                len(stages),
+                command,
+            )
             not_before = max(not_before, float(record.get("finished", 0)))
             continue
         logger.info("[%d/%d] %s: running (%s)", i, len(stages), command, why)
         code = dispatch(command, mod, ns, file_cfg)
         if code != 0:
-            logger.error("stage %s failed with exit code %d; later stages not run", command,
-                         code)
+            logger.error("stage %s failed with exit code %d; later stages not run", command, code)
             return code
         runs = workspace.read_json("run.json", default={}) or {}
         rec = (runs.get("stages") or {}).get(section) or {}

@@ -172,6 +172,8 @@ def _parse_pairs(field_name: str, pairs: Sequence[str]) -> tuple[tuple[str, str]
 class TestbedParams:
     """Every knob of the generator. Rates are shares of ``n`` rows unless said otherwise."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     n: int = 2000
     seed: int = 0
     size: int = 64
@@ -185,7 +187,7 @@ class TestbedParams:
     object_name: str = "flag"
     object_rate: float = 0.10
     dirty_rate: float = 0.01
-    dirty_pairs: tuple[str, ...] = ("house:boat", "fish:bird")
+    dirty_pairs: tuple[str, ...] = ("cat:bird", "tree:boat")
     clean_rate: float = 0.01
     clean_pairs: tuple[str, ...] = ("dog:cat", "car:bicycle")
     pgd_eps: float = 8 / 255
@@ -325,7 +327,8 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 def _count(rate: float, n: int) -> int:
-    return int(round(rate * n))
+    """``rate * n`` rounded half up (Python's round() would send 0.5 to 0)."""
+    return int(math.floor(rate * n + 0.5))
 
 
 # ------------------------------------------------------------------------------ images
@@ -628,8 +631,9 @@ def _make_clean_poisons(rows: list[_Row], p: TestbedParams,
     before = poison.anchor_similarity(model, preprocess, sources, anchor_imgs, device=p.device)
     after = poison.anchor_similarity(model, preprocess, served_imgs, anchor_imgs,
                                      device=p.device)
-    linf = max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
-               for a, b in zip(sources, served_imgs, strict=True))
+    def linf(xs: list[Image.Image]) -> int:
+        return max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
+                   for a, b in zip(sources, xs, strict=True))
     logger.info("clean-label poisons: %d in %.1f s, mean cosine to anchor %.3f -> %.3f",
                 len(todo), seconds, float(before.mean()), float(after.mean()))
     return {
@@ -643,7 +647,9 @@ def _make_clean_poisons(rows: list[_Row], p: TestbedParams,
         "anchor_cosine_before_mean": round(float(before.mean()), 4),
         "anchor_cosine_after_mean": round(float(after.mean()), 4),
         "anchor_cosine_gain_min": round(float((after - before).min()), 4),
-        "served_linf_max_pixels": linf,
+        # the budget holds before encoding; the served JPEG adds its own compression error
+        "perturbation_linf_max_pixels": linf(poisons),
+        "served_linf_max_pixels": linf(served_imgs),
     }
 
 
@@ -913,6 +919,16 @@ def _summary(p: TestbedParams, rows: list[_Row], cols: dict[str, list[Any]],
     groups = Counter((g, k) for g, k in zip(cols["dup_group"], cols["dup_kind"], strict=True)
                      if g is not None)
     n_obj = obj_stats["object_rows"]
+    by_caption = Counter(c for c in cols["caption_concept"] if c is not None)
+    poison_pairs: dict[str, dict[str, Any]] = {}
+    for a, b, k in zip(cols["caption_concept"], cols["poison_target"], cols["poison_kind"],
+                       strict=True):
+        if k != "none":
+            d = poison_pairs.setdefault(f"{k}:{a}:{b}", {"kind": k, "count": 0})
+            d["count"] += 1
+    for name, d in poison_pairs.items():  # share of the attacked (caption) concept's rows
+        d["share_of_caption_concept"] = round(d["count"] / by_caption[name.split(":")[1]], 4)
+    poison_pairs = dict(sorted(poison_pairs.items()))
     params = asdict(p)
     params["pgd_eps"] = round(p.pgd_eps, 6)
     return {
@@ -931,10 +947,7 @@ def _summary(p: TestbedParams, rows: list[_Row], cols: dict[str, list[Any]],
             "object_present": obj_stats["object_flagged"],
             "object_rate_realised": round(obj_stats["object_flagged"] / n_obj, 4) if n_obj else 0,
             "poisons": dict(sorted(Counter(k for k in cols["poison_kind"]).items())),
-            "poison_pairs": dict(sorted(Counter(
-                f"{a}:{b}" for a, b, k in zip(cols["caption_concept"], cols["poison_target"],
-                                              cols["poison_kind"], strict=True)
-                if k != "none").items())),
+            "poison_pairs": poison_pairs,
             "broken": {k: sum(1 for x in cols["broken_kind"] if x == k) for k in BROKEN_KINDS},
             "concepts": dict(sorted(concepts.items(), key=lambda kv: (-kv[1], kv[0]))),
             "styles": dict(sorted(Counter(s for s in cols["style"] if s).items())),

@@ -130,11 +130,14 @@ def pgd_toward_anchors(
     jpeg: JpegSpec | None = None,
     device: str = "cpu",
     batch_size: int = 64,
+    threads: int | None = 1,
 ) -> list[Image.Image]:
     """Perturb each ``images[i]`` (RGB, any size) within an L-infinity ball of radius ``eps``
     so that its image embedding moves toward ``anchors[i]``'s. Returns uint8 RGB images of the
     same sizes. ``jpeg``: optimise through that JPEG encoding for the second half of the steps.
-    Images of different sizes are attacked in separate batches.
+    Images of different sizes are attacked in separate batches. ``threads``: torch CPU threads
+    during the attack (restored after); fixed by default so the rounded pixels do not depend on
+    the machine's core count (and one thread is fastest for tiny models on a busy machine).
     """
     import torch
 
@@ -156,6 +159,9 @@ def pgd_toward_anchors(
     grad_flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
+    old_threads = torch.get_num_threads()
+    if threads is not None and device == "cpu":
+        torch.set_num_threads(threads)
     try:
         for idx_all in by_size.values():
             for b in range(0, len(idx_all), batch_size):
@@ -181,6 +187,7 @@ def pgd_toward_anchors(
                 for j, im in zip(idx, _to_pil(xq), strict=True):
                     out[j] = im
     finally:
+        torch.set_num_threads(old_threads)
         for p, flag in zip(params, grad_flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)

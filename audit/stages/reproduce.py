@@ -1,0 +1,709 @@
+"""``laion-audit reproduce WS``: seeded generations per prompt, replication scoring, triage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from audit.config import require
+from audit.errors import InputError
+from audit.stages import add_beam_arguments, add_workspace_argument
+
+logger = logging.getLogger(__name__)
+
+HELP = "seed N generations per prompt and measure replication"
+DESCRIPTION = """\
+Prove or refute each replication finding with the model itself (Carlini et al., Somepalli et
+al., Naseh et al.; see REFERENCES.md).
+
+Prompts: for every flagged word-level finding (findings/word_replication.parquet) five kinds
+built from the cluster's own captions and templates: keywords only, short related caption, long
+related caption, unrelated caption containing the keywords, long caption without the main
+keyword; for every flagged object-level finding (findings/object_replication.parquet) prompts
+with the keyword that never name the object. --prompts FILE (.jsonl/.csv/.txt with a `prompt`
+and optional `finding_id`, `prompt_kind`) adds prompts or replaces a built prompt of the same
+(finding_id, prompt_kind); --prompts-mode replace uses only the file.
+
+Triage first (Wen et al. 2024): for every prompt, ||eps(x_T, c) - eps(x_T, empty)|| at the first
+denoising step, averaged over --triage-seeds seeds (a few UNet calls per prompt). With
+--triage-top K only the K highest-scoring prompts get the full N generations.
+
+Generation: N images per prompt, seeds 0..N-1; each image a deterministic function of
+(prompt, seed) whatever the batch size (initial latents drawn per seed on the CPU); batched;
+fp16 on CUDA; fanned out as (prompt, seed range) chunks by an Apache Beam pipeline (DirectRunner
+in one process by default; any Beam runner flag passes through). Resumable: finished chunks
+(.SUCCESS marker with the same settings) are never regenerated. Writes
+WS/generations/<prompt_id>/<seed>.png and chunk parquets (seed, path, CLIP image embedding from
+the workspace's own model, embeddings/model.json).
+
+Scoring per generation: best cosine similarity (CLIP image space) over every member of the
+finding's training cluster (object findings and file prompts without a finding: over every
+training image). Copy threshold = the (1 - alpha) quantile of the cosine similarity of
+unrelated training pairs (random pairs not in the same duplicate group or replication cluster;
+alpha 1e-3 by default), so an unrelated image passes it one time in a thousand. Copies are
+verified against their nearest training image by tiled l2 (16 tiles, max over tiles of the RMS
+pixel difference; threshold = the alpha quantile of the same distance on unrelated training
+pairs) when the shards hold the images. Object findings: the generation carries the object when
+the objects detector's presence score exceeds the finding's calibrated threshold.
+
+Writes WS/findings/memorization.parquet (per prompt: n, replication rate with a Wilson 95%
+interval, mean/p95/max similarity, verbatim rate, object rate, triage score),
+findings/memorization.json (thresholds, calibration, triage AUROC against the N-seed labels,
+triage cost as a share of generation, timings), WS/generations/triage.parquet,
+WS/generations/scores.parquet (every generation) and WS/generations/examples.parquet (the most
+similar generations of each prompt beside their nearest training image: finding_id, prompt_id,
+seed, gen_path, nearest_key, similarity).
+"""
+
+ACCEPTS_BEAM_OPTIONS = True
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+FINDING = "memorization"
+
+
+@dataclass
+class Config:
+    generator: str = "tiny-sd"
+    n: int = 500
+    steps: int = 50
+    guidance: float = 7.5
+    batch_size: int = 16
+    height: int = 0
+    width: int = 0
+    negative_prompt: str = ""
+    prompts: str | None = None
+    prompts_mode: str = "add"
+    all_findings: bool = False
+    triage_top: int = 0
+    triage_seeds: int = 4
+    chunk_size: int = 50
+    seed_offset: int = 0
+    device: str = "auto"
+    alpha: float = 1e-3
+    copy_threshold: float = 0.0
+    calibration_samples: int = 2000
+    verify: bool = True
+    verify_samples: int = 200
+    examples: int = 4
+    min_copy_share: float = 0.02
+    clip_batch_size: int = 64
+    torch_threads: int = 0
+    runner: str | None = None
+    dask_local: int | None = None
+
+    def __post_init__(self) -> None:
+        s = "reproduce"
+        require(bool(self.generator), f"{s}.generator", "must name a diffusers pipeline",
+                self.generator)
+        require(self.n >= 0, f"{s}.n", "must be >= 0 (0 = triage only)", self.n)
+        require(self.steps >= 1, f"{s}.steps", "must be >= 1", self.steps)
+        require(self.guidance >= 0, f"{s}.guidance", "must be >= 0", self.guidance)
+        require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1", self.batch_size)
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            require(v == 0 or (v >= 8 and v % 8 == 0), f"{s}.{name}",
+                    "must be 0 (the model's default) or a multiple of 8", v)
+        require(self.prompts_mode in ("add", "replace"), f"{s}.prompts_mode",
+                "must be 'add' or 'replace'", self.prompts_mode)
+        require(self.triage_top >= 0, f"{s}.triage_top", "must be >= 0 (0 = every prompt)",
+                self.triage_top)
+        require(self.triage_seeds >= 0, f"{s}.triage_seeds", "must be >= 0 (0 = no triage)",
+                self.triage_seeds)
+        require(not (self.triage_top and not self.triage_seeds), f"{s}.triage_top",
+                "needs triage_seeds >= 1", self.triage_top)
+        require(self.chunk_size >= 1, f"{s}.chunk_size", "must be >= 1", self.chunk_size)
+        require(self.seed_offset >= 0, f"{s}.seed_offset", "must be >= 0", self.seed_offset)
+        require(bool(DEVICE_RE.match(self.device)), f"{s}.device",
+                "must be auto, cpu, cuda, cuda:N or mps", self.device)
+        require(0 < self.alpha < 0.5, f"{s}.alpha", "must be in (0, 0.5)", self.alpha)
+        require(-1 <= self.copy_threshold <= 1, f"{s}.copy_threshold",
+                "must be a cosine in [-1, 1] (0 = calibrate)", self.copy_threshold)
+        require(self.calibration_samples >= 50, f"{s}.calibration_samples", "must be >= 50",
+                self.calibration_samples)
+        require(self.verify_samples >= 20, f"{s}.verify_samples", "must be >= 20",
+                self.verify_samples)
+        require(self.examples >= 0, f"{s}.examples", "must be >= 0", self.examples)
+        require(0 < self.min_copy_share <= 1, f"{s}.min_copy_share", "must be in (0, 1]",
+                self.min_copy_share)
+        require(self.clip_batch_size >= 1, f"{s}.clip_batch_size", "must be >= 1",
+                self.clip_batch_size)
+        require(self.torch_threads >= 0, f"{s}.torch_threads", "must be >= 0",
+                self.torch_threads)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_workspace_argument(parser)
+    g = parser.add_argument_group("generation")
+    g.add_argument("--generator", default=None, metavar="NAME_OR_PATH",
+                   help="diffusers text-to-image pipeline: hub id, local path, or tiny-sd (the "
+                        "shipped offline model; default)")
+    g.add_argument("--n", type=int, default=None,
+                   help="generations per prompt, seeds 0..N-1 (default 500; 0 = triage only)")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default 50)")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                   help="images per pipeline call (default 16); does not change the images")
+    g.add_argument("--height", type=int, default=None, help="image height (default: model's)")
+    g.add_argument("--width", type=int, default=None, help="image width (default: model's)")
+    g.add_argument("--negative-prompt", dest="negative_prompt", default=None,
+                   help="negative prompt (default none)")
+    g.add_argument("--chunk-size", dest="chunk_size", type=int, default=None,
+                   help="seeds per resumable chunk / Beam element (default 50)")
+    g.add_argument("--seed-offset", dest="seed_offset", type=int, default=None,
+                   help="first seed (default 0)")
+    g.add_argument("--device", default=None,
+                   help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
+    g.add_argument("--torch-threads", dest="torch_threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
+    p = parser.add_argument_group("prompts and triage")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="user prompts (.jsonl/.csv/.txt); added, or replacing a built prompt "
+                        "of the same finding_id and prompt_kind")
+    p.add_argument("--prompts-mode", dest="prompts_mode", choices=("add", "replace"),
+                   default=None, help="add (default) or replace: use only the file's prompts")
+    p.add_argument("--all-findings", dest="all_findings", action="store_true", default=None,
+                   help="build prompts for unflagged findings too")
+    p.add_argument("--triage-top", dest="triage_top", type=int, default=None, metavar="K",
+                   help="generate the full N only for the K prompts with the highest triage "
+                        "score (default 0 = every prompt)")
+    p.add_argument("--triage-seeds", dest="triage_seeds", type=int, default=None,
+                   help="seeds averaged by the triage score (default 4; 0 = no triage)")
+    s = parser.add_argument_group("scoring")
+    s.add_argument("--alpha", type=float, default=None,
+                   help="copy threshold = 1 - alpha quantile of unrelated-pair similarity "
+                        "(default 0.001)")
+    s.add_argument("--copy-threshold", dest="copy_threshold", type=float, default=None,
+                   help="fixed cosine copy threshold instead of the calibrated one")
+    s.add_argument("--calibration-samples", dest="calibration_samples", type=int, default=None,
+                   help="training images sampled for the calibration pairs (default 2000)")
+    s.add_argument("--no-verify", dest="verify", action="store_false", default=None,
+                   help="skip the tiled-l2 verbatim check")
+    s.add_argument("--examples", type=int, default=None,
+                   help="example pairs kept per prompt (default 4)")
+    s.add_argument("--min-copy-share", dest="min_copy_share", type=float, default=None,
+                   help="a prompt 'replicates' (triage AUROC labels) at this share of copies "
+                        "(default 0.02, i.e. 10 of 500)")
+    s.add_argument("--clip-batch-size", dest="clip_batch_size", type=int, default=None,
+                   help="images per CLIP batch (default 64)")
+    add_beam_arguments(parser)
+
+
+# ---- picklable model builders (run inside Beam workers) ------------------------------------
+@dataclass(frozen=True)
+class GeneratorLoader:
+    """``()`` -> the diffusers pipeline, via ``audit.models.load_generator``."""
+
+    name_or_path: str
+    device: str = "cpu"
+
+    def __call__(self) -> Any:
+        from audit.models import load_generator
+
+        return load_generator(self.name_or_path, device=self.device)
+
+
+@dataclass(frozen=True)
+class ClipImageEncoder:
+    """``()`` -> ``encode(pil_images) -> (n, d)`` with the workspace's CLIP model."""
+
+    name: str
+    pretrained: str | None = None
+    device: str = "cpu"
+    batch_size: int = 64
+
+    def __call__(self) -> Any:
+        from audit.models import encode_images, load_clip
+
+        model, preprocess, _ = load_clip(self.name, pretrained=self.pretrained,
+                                         device=self.device)
+
+        def encode(images: list[Any]) -> np.ndarray:
+            return encode_images(model, preprocess, images, device=self.device,
+                                 batch_size=self.batch_size)
+
+        return encode
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _vectors(column: Any) -> np.ndarray:
+    """A fixed-size-list column (no nulls) as a float32 matrix."""
+    import pyarrow as pa
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return np.zeros((0, getattr(arr.type, "list_size", 0)), np.float32)
+    flat = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    return flat.reshape(len(arr), -1)
+
+
+class TrainingSet:
+    """Read access to the workspace's image embeddings, bounded by batch size, never by the
+    dataset: cluster members by key, random samples, and a streaming nearest-neighbour pass."""
+
+    def __init__(self, ws: Any) -> None:
+        import pyarrow.dataset as pds
+
+        self.ws = ws
+        self.ds = ws.embeddings()
+        self.ok = pds.field("image_emb").is_valid()
+        self.n_ok = self.ds.count_rows(filter=self.ok)
+        if self.n_ok == 0:
+            raise InputError(f"{ws.embeddings_dir} holds no image embeddings (every row failed)")
+        typ = self.ds.schema.field("image_emb").type  # fixed-size list (or list once re-read)
+        self.dim = getattr(typ, "list_size", None) or int(_vectors(
+            self.ds.head(1, columns=["image_emb"], filter=self.ok).column("image_emb")).shape[1])
+
+    def by_keys(self, keys: list[str]) -> tuple[list[str], np.ndarray]:
+        import pyarrow.dataset as pds
+
+        t = self.ds.to_table(columns=["key", "image_emb"],
+                             filter=self.ok & pds.field("key").isin(list(keys)))
+        return [str(k) for k in t.column("key").to_pylist()], _vectors(t.column("image_emb"))
+
+    def sample(self, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+        t = self.ds.to_table(columns=["key", "image_emb"], filter=self.ok)
+        if t.num_rows > n:
+            idx = np.sort(np.random.default_rng(seed).choice(t.num_rows, n, replace=False))
+            t = t.take(idx)
+        return [str(k) for k in t.column("key").to_pylist()], _vectors(t.column("image_emb"))
+
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """Best cosine over every training image and its key, streaming the parts."""
+        from detectors.memorization import best_match
+
+        best = np.full(len(queries), -np.inf, np.float32)
+        keys: list[str | None] = [None] * len(queries)
+        if not len(queries):
+            return best, keys
+        for batch in self.ds.to_batches(columns=["key", "image_emb"], filter=self.ok,
+                                        batch_size=65536):
+            if batch.num_rows == 0:
+                continue
+            s, j = best_match(queries, _vectors(batch.column("image_emb")))
+            better = s > best
+            bkeys = batch.column("key").to_pylist()
+            for i in np.flatnonzero(better):
+                keys[i] = str(bkeys[j[i]])
+            best = np.where(better, s, best)
+        return best, keys
+
+    def captions_matching(self, keyword: str, limit: int = 200) -> list[str]:
+        from detectors.text import match_keyword
+
+        out: list[str] = []
+        for batch in self.ds.to_batches(columns=["caption"], batch_size=65536):
+            caps = batch.column("caption").to_pylist()
+            mask = match_keyword(caps, keyword)
+            out.extend(c for c, m in zip(caps, mask) if m)
+            if len(out) >= limit:
+                break
+        return out[:limit]
+
+
+def _group_labels(ws: Any, keys: list[str], word: Any) -> list[np.ndarray]:
+    """Label arrays over ``keys`` for the unrelated-pair calibration: duplicate groups (exact,
+    near) and replication clusters; -1 = none."""
+    import pandas as pd
+
+    index = {k: i for i, k in enumerate(keys)}
+    labels = []
+    if ws.has_finding("duplicates"):
+        dup = ws.read_finding("duplicates").to_pandas()
+        dup = dup[dup["kind"].isin(["exact", "near"]) & dup["key"].isin(index)]
+        for _kind, g in dup.groupby("kind"):
+            lab = np.full(len(keys), -1, np.int64)
+            lab[g["key"].map(index).to_numpy()] = g["group_id"].to_numpy(np.int64)
+            labels.append(lab)
+    if word is not None and len(word):
+        lab = np.full(len(keys), -1, np.int64)
+        for f, members in enumerate(pd.Series(word["member_keys"])):
+            for k in members if members is not None else []:
+                if k in index:
+                    lab[index[k]] = f
+        labels.append(lab)
+    return labels
+
+
+def _load_pixels(images: list[Any], size: tuple[int, int]) -> np.ndarray:
+    """PIL images -> (n, h, w, 3) uint8 at ``size`` (w, h), bicubic."""
+    from PIL import Image
+
+    return np.stack([np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), np.uint8)
+                     for im in images])
+
+
+# ---- the stage -------------------------------------------------------------------------------
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from audit.prompts import USER_FINDING, build_prompts
+    from audit.workspace import Workspace
+    from detectors import memorization as mem
+    from pipelines.beam_options import beam_setup
+    from pipelines.reproduce import GenerationSettings, SeededGenerator, plan_chunks, run_generation
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    ws = Workspace(args.workspace)
+    if not ws.root.is_dir():
+        raise InputError(f"workspace not found: {ws.root}")
+    if cfg.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+
+    word = ws.read_finding("word_replication").to_pandas() \
+        if ws.has_finding("word_replication") else None
+    objs = ws.read_finding("object_replication").to_pandas() \
+        if ws.has_finding("object_replication") else None
+    train = TrainingSet(ws)
+    obj_caps = {}
+    if objs is not None and cfg.prompts_mode == "add":
+        for r in objs.to_dict("records"):
+            if cfg.all_findings or r.get("flagged", True):
+                obj_caps[str(r["finding_id"])] = train.captions_matching(str(r["keyword"]))
+    prompts = build_prompts(word, objs, cfg.prompts, cfg.prompts_mode,
+                            only_flagged=not cfg.all_findings, object_captions=obj_caps)
+    if prompts.empty:
+        raise InputError(
+            "nothing to reproduce: no flagged findings in findings/word_replication.parquet or "
+            "findings/object_replication.parquet (run `laion-audit replication` / `objects`, "
+            "pass --all-findings, or give --prompts FILE)")
+    logger.info("%d prompts from %d findings", len(prompts), prompts["finding_id"].nunique())
+
+    # ---- triage (in this process; a few UNet calls per prompt) --------------------------------
+    t0 = time.perf_counter()
+    gen = SeededGenerator(GeneratorLoader(cfg.generator, device)(), device=None)
+    height, width = gen.resolve_size(cfg.height or None, cfg.width or None)
+    settings = GenerationSettings(
+        generator=cfg.generator, steps=cfg.steps, guidance=cfg.guidance, height=height,
+        width=width, negative_prompt=cfg.negative_prompt or None, batch_size=cfg.batch_size,
+        chunk_size=cfg.chunk_size, device=device)
+    timings["load_generator"] = time.perf_counter() - t0
+    triage = np.full(len(prompts), np.nan)
+    triage_seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.triage_seeds))
+    if cfg.triage_seeds:
+        t0 = time.perf_counter()
+        per_seed = gen.triage(prompts["prompt"].tolist(), triage_seeds, settings,
+                              batch_size=max(cfg.batch_size, cfg.triage_seeds))
+        triage = per_seed.mean(axis=1)
+        timings["triage"] = time.perf_counter() - t0
+        tri = prompts[["prompt_id", "finding_id", "prompt_kind", "prompt"]].copy()
+        tri["triage_score"] = triage
+        tri["triage_per_seed"] = list(per_seed)
+        tri["detector"] = mem.TRIAGE_NAME
+        ws.write_table(ws.generations_dir / "triage.parquet", _to_arrow(tri))
+        logger.info("triage: %d prompts x %d seeds in %.1f s", len(prompts), cfg.triage_seeds,
+                    timings["triage"])
+    del gen
+    _free_cuda()
+    selected = mem.select_top(triage, cfg.triage_top or None)
+    rank = pd.Series(triage).rank(ascending=False, method="first").to_numpy()
+
+    # ---- generation (Beam) ---------------------------------------------------------------------
+    info = ws.model_info()
+    clip_name = info.get("name") or info.get("model")
+    if not clip_name:
+        raise InputError(f"{ws.embeddings_dir}/model.json names no CLIP model: generations must "
+                         "be embedded with the model of the training embeddings")
+    encoder = ClipImageEncoder(str(clip_name), info.get("pretrained"), device,
+                               cfg.clip_batch_size)
+    chosen = prompts[selected]
+    tasks = plan_chunks(list(zip(chosen["prompt_id"], chosen["prompt"])), cfg.n, cfg.chunk_size,
+                        cfg.seed_offset)
+    counts = {"chunks": 0}
+    t0 = time.perf_counter()
+    if tasks:
+        logger.info("generating %d prompts x %d seeds (%d chunks, batch %d, %d steps, %dx%d, %s)",
+                    len(chosen), cfg.n, len(tasks), cfg.batch_size, cfg.steps, width, height,
+                    device)
+        with beam_setup(getattr(args, "beam_args", []), cfg.runner, cfg.dask_local) as setup:
+            runner = setup.new_runner()
+            counts = run_generation(tasks, GeneratorLoader(cfg.generator, device), encoder,
+                                    settings, ws.generations_dir, dim=train.dim,
+                                    options=setup.options, runner=runner)
+    timings["generation"] = time.perf_counter() - t0
+    logger.info("generation: %s in %.1f s", counts, timings["generation"])
+
+    # ---- scoring ---------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    from pipelines.reproduce import read_chunks
+
+    gens = read_chunks(ws.generations_dir, tasks, settings)
+    if gens is not None:
+        import pyarrow.compute as pc
+
+        gdf = gens.drop_columns(["image_emb"]).to_pandas()
+        valid = pc.is_valid(gens.column("image_emb")).to_numpy(zero_copy_only=False)
+        gemb = np.full((len(gdf), train.dim), np.nan, np.float32)
+        gemb[valid] = _vectors(gens.filter(valid).column("image_emb"))
+    else:
+        gdf = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
+            ("prompt_id", str), ("prompt", str), ("seed", "int64"), ("path", str),
+            ("status", str), ("error", str))})
+        gemb = np.zeros((0, train.dim), np.float32)
+    ok_mask = gdf["status"].eq("ok").to_numpy(bool)
+    cal = _calibrate(cfg, ws, train, word)
+    tau = cal["copy_threshold"]
+
+    pid_to_row = {r["prompt_id"]: r for r in prompts.to_dict("records")}
+    word_rows = {str(r["finding_id"]): r for r in (word.to_dict("records")
+                                                    if word is not None else [])}
+    obj_rows = {str(r["finding_id"]): r for r in (objs.to_dict("records")
+                                                   if objs is not None else [])}
+    sim = np.full(len(gdf), np.nan, np.float32)
+    nearest: list[str | None] = [None] * len(gdf)
+    obj_present = np.full(len(gdf), None, dtype=object)
+    obj_score = np.full(len(gdf), np.nan, np.float32)
+    ref_info: dict[str, tuple[str, int]] = {}
+    encoder_txt = None
+    by_prompt = gdf.groupby("prompt_id", sort=False).indices if len(gdf) else {}
+    for pid, rows_idx in by_prompt.items():
+        p = pid_to_row[pid]
+        fid = str(p["finding_id"])
+        idx = np.asarray(rows_idx)
+        idx = idx[ok_mask[idx] & np.isfinite(gemb[idx]).all(axis=1)]
+        if fid in word_rows:
+            raw = word_rows[fid].get("member_keys")
+            members = [str(k) for k in (raw if raw is not None else [])]
+            mkeys, memb = train.by_keys(members)
+            ref_info[pid] = ("cluster", len(mkeys))
+            if len(mkeys) and len(idx):
+                s, j = mem.best_match(gemb[idx], memb)
+                sim[idx] = s
+                for i, jj in zip(idx, j):
+                    nearest[i] = mkeys[jj]
+        else:
+            if fid != USER_FINDING and fid not in obj_rows:
+                logger.warning("prompt %s names unknown finding %r: scored against every "
+                               "training image", pid, fid)
+            ref_info[pid] = ("dataset", train.n_ok)
+            if len(idx):
+                s, ks = train.nearest(gemb[idx])
+                sim[idx] = s
+                for i, k in zip(idx, ks):
+                    nearest[i] = k
+        if fid in obj_rows and len(idx):
+            from detectors.objects import presence_scores
+
+            if encoder_txt is None:
+                from audit.stages.objects import PromptEncoder
+
+                encoder_txt = PromptEncoder(info, device, 256, train.dim)
+            o = obj_rows[fid]
+            w, without = encoder_txt.contrast(str(o["keyword"]), [str(o["object"])])
+            sc = presence_scores(gemb[idx], w, without)[:, 0]
+            obj_score[idx] = sc
+            thr = float(o["threshold"]) if o.get("threshold") is not None else math.inf
+            obj_present[idx] = sc > thr
+    gdf["similarity"] = sim
+    gdf["nearest_key"] = nearest
+    gdf["is_copy"] = np.isfinite(sim) & (sim >= tau)
+    gdf["object_score"] = obj_score
+    gdf["object_present"] = obj_present
+    gdf["finding_id"] = [str(pid_to_row[p]["finding_id"]) for p in gdf["prompt_id"]]
+    gdf["prompt_kind"] = [str(pid_to_row[p]["prompt_kind"]) for p in gdf["prompt_id"]]
+    gdf["gen_path"] = ["generations/" + p if isinstance(p, str) else None for p in gdf["path"]]
+    verify_info = _verify(cfg, ws, gdf, train, word, (width, height))
+    timings["scoring"] = time.perf_counter() - t0
+
+    # ---- per prompt --------------------------------------------------------------------------------
+    summary = mem.summarize_generations(gdf, by=["prompt_id"]) if len(gdf) else None
+    rows = []
+    for i, p in enumerate(prompts.to_dict("records")):
+        srow = summary[summary["prompt_id"] == p["prompt_id"]] if summary is not None else None
+        base = {"finding_id": p["finding_id"], "prompt_id": p["prompt_id"],
+                "prompt_kind": p["prompt_kind"], "prompt": p["prompt"], "keyword": p["keyword"],
+                "object": p["object"], "source": p["source"]}
+        if srow is not None and len(srow):
+            base.update({k: v for k, v in srow.iloc[0].to_dict().items() if k != "prompt_id"})
+        else:
+            base.update(n=0, n_copies=0, replication_rate=float("nan"), ci_low=0.0, ci_high=1.0,
+                        mean_sim=float("nan"), p95_sim=float("nan"), max_sim=float("nan"),
+                        n_failed=0, n_verbatim=None, verbatim_rate=float("nan"), n_object=None,
+                        object_rate=float("nan"), object_ci_low=float("nan"),
+                        object_ci_high=float("nan"))
+        ref = ref_info.get(p["prompt_id"], ("cluster" if p["finding_id"] in word_rows
+                                            else "dataset", 0))
+        base.update(triage_score=float(triage[i]), triage_rank=float(rank[i]),
+                    generated=bool(selected[i]), reference=ref[0], reference_size=int(ref[1]),
+                    copy_threshold=tau, detector=mem.NAME)
+        rows.append(base)
+    out = pd.DataFrame(rows)
+    for col in ("n_verbatim", "n_object"):
+        out[col] = pd.array(out[col], dtype="Int64")
+
+    # ---- examples and per-generation scores -----------------------------------------------------
+    scored = gdf.drop(columns=["error"]).copy()
+    scored["threshold"] = tau
+    ex = scored[np.isfinite(scored["similarity"].to_numpy(np.float64))]
+    ex = ex.sort_values(["prompt_id", "similarity", "seed"], ascending=[True, False, True])
+    ex = ex.groupby("prompt_id", sort=False).head(cfg.examples)
+    ex_cols = ["finding_id", "prompt_id", "prompt_kind", "seed", "gen_path", "path",
+               "nearest_key", "similarity", "is_copy", "is_verbatim", "tiled_l2",
+               "object_present"]
+    ws.write_table(ws.generations_dir / "scores.parquet", _to_arrow(scored))
+    ws.write_table(ws.generations_dir / "examples.parquet", _to_arrow(ex[ex_cols]))
+
+    # ---- triage quality on this run -------------------------------------------------------------
+    gen_rows = out[out["generated"] & (out["n"] > 0)]
+    labels = mem.replication_labels(gen_rows["n_copies"].to_numpy(), gen_rows["n"].to_numpy(),
+                                    cfg.min_copy_share)
+    auroc = mem.triage_auroc(gen_rows["triage_score"].to_numpy(), labels) \
+        if cfg.triage_seeds and len(gen_rows) else float("nan")
+    n_gen = int(gen_rows["n"].sum())
+    share_unet = (cfg.triage_seeds / (cfg.n * cfg.steps)) if cfg.n else float("nan")
+    meta = {
+        "detector": mem.NAME, "triage_detector": mem.TRIAGE_NAME,
+        "generator": cfg.generator, "device": device, "settings": settings.fingerprint(),
+        "batch_size": cfg.batch_size, "n": cfg.n, "seed_offset": cfg.seed_offset,
+        "n_prompts": len(out), "n_generated_prompts": int(out["generated"].sum()),
+        "n_generations_scored": n_gen, "chunks": counts,
+        **cal, **verify_info,
+        "triage": {
+            "seeds": cfg.triage_seeds, "top": cfg.triage_top,
+            "auroc_vs_replication": auroc,
+            "n_replicating_prompts": int(labels.sum()), "min_copy_share": cfg.min_copy_share,
+            "unet_calls_share": share_unet,
+            "seconds": timings.get("triage"),
+            "seconds_share": (timings["triage"] / len(prompts)) /
+                             (timings["generation"] / max(1, int(out["generated"].sum())))
+            if timings.get("triage") and counts.get("chunks_generated") else None,
+        },
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+    ws.write_finding(FINDING, _to_arrow(out), meta)
+    top = out.sort_values("replication_rate", ascending=False).head(5)
+    for r in top.to_dict("records"):
+        logger.info("%-28s %-24s rate %s [%s, %s] max sim %s", r["finding_id"], r["prompt_kind"],
+                    _fmt(r["replication_rate"]), _fmt(r["ci_low"]), _fmt(r["ci_high"]),
+                    _fmt(r["max_sim"]))
+    return 0
+
+
+def _fmt(x: Any) -> str:
+    try:
+        return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.3f}"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def _free_cuda() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+
+
+def _to_arrow(df: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+
+
+def _calibrate(cfg: Config, ws: Any, train: TrainingSet, word: Any) -> dict[str, Any]:
+    """The copy threshold (fixed, or calibrated on unrelated training pairs) and its evidence."""
+    from detectors import memorization as mem
+
+    keys, emb = train.sample(cfg.calibration_samples, seed=0)
+    labels = _group_labels(ws, keys, word)
+    sims = mem.unrelated_pair_similarities(emb, labels, max_items=cfg.calibration_samples)
+    calibrated = mem.calibrate_copy_threshold(sims, cfg.alpha)
+    tau = cfg.copy_threshold or calibrated
+    q = np.quantile(sims, [0.5, 0.9, 0.99, 0.999])
+    logger.info("copy threshold %.4f (%s; %d unrelated pairs: median %.3f, p99 %.3f, p99.9 %.3f)",
+                tau, "fixed" if cfg.copy_threshold else f"1 - {cfg.alpha:g} quantile", len(sims),
+                q[0], q[2], q[3])
+    return {"copy_threshold": float(tau), "copy_threshold_method":
+            "fixed" if cfg.copy_threshold else "unrelated_pairs_quantile",
+            "calibrated_threshold": calibrated, "alpha": cfg.alpha,
+            "unrelated_pairs": int(len(sims)),
+            "unrelated_similarity_quantiles": {"p50": q[0], "p90": q[1], "p99": q[2],
+                                               "p999": q[3]}}
+
+
+def _verify(cfg: Config, ws: Any, gdf: Any, train: TrainingSet, word: Any,
+            size: tuple[int, int]) -> dict[str, Any]:
+    """Tiled-l2 check of every copy against its nearest training image (adds ``tiled_l2`` and
+    ``is_verbatim`` to ``gdf``; null where unchecked)."""
+    from audit.report.images import ShardIndex, open_path
+    from detectors import memorization as mem
+
+    gdf["tiled_l2"] = np.nan
+    gdf["is_verbatim"] = pd_na_bool(len(gdf))
+    info: dict[str, Any] = {"verbatim_checked": False}
+    copies = np.flatnonzero(gdf["is_copy"].to_numpy(bool))
+    if not cfg.verify:
+        info["verbatim_note"] = "disabled (--no-verify)"
+        return info
+    shards = ShardIndex(ws.shards_dir)
+    if not shards.available:
+        info["verbatim_note"] = "no training images in WS/shards (imported embeddings?)"
+        return info
+    keys, _ = train.sample(cfg.verify_samples, seed=1)
+    imgs = [(k, shards.open_image(k)) for k in keys]
+    imgs = [(k, im) for k, im in imgs if im is not None]
+    if len(imgs) < 20:
+        info["verbatim_note"] = f"only {len(imgs)} training images readable from the shards"
+        return info
+    px = _load_pixels([im for _, im in imgs], size)
+    from detectors.memorization import sample_unrelated_pairs
+
+    labels = _group_labels(ws, [k for k, _ in imgs], word)
+    i, j = sample_unrelated_pairs(len(imgs), labels, max_items=len(imgs))
+    d = mem.tiled_l2(px[i], px[j])
+    l2_thr = mem.calibrate_tiled_l2_threshold(d, cfg.alpha)
+    info.update(verbatim_checked=True, tiled_l2_threshold=l2_thr, tiled_l2_pairs=int(len(d)),
+                tiled_l2_tiles=mem.DEFAULT_TILES,
+                unrelated_tiled_l2_quantiles={"p001": float(np.quantile(d, 0.001)),
+                                              "p01": float(np.quantile(d, 0.01)),
+                                              "p50": float(np.quantile(d, 0.5))})
+    cache: dict[str, Any] = {}
+    dists = np.full(len(gdf), np.nan)
+    for r in copies:
+        key = gdf.at[r, "nearest_key"]
+        if key not in cache:
+            cache[key] = shards.open_image(key)
+        train_im = cache[key]
+        gen_im = open_path(ws.generations_dir / gdf.at[r, "path"])
+        if train_im is None or gen_im is None:
+            continue
+        a = _load_pixels([gen_im], size)
+        b = _load_pixels([train_im], size)
+        dists[r] = float(mem.tiled_l2(a, b)[0])
+    checked = np.isfinite(dists)
+    gdf["tiled_l2"] = dists
+    verb = pd_na_bool(len(gdf))
+    verb[checked] = dists[checked] <= l2_thr
+    gdf["is_verbatim"] = verb
+    info["verbatim_copies_checked"] = int(checked.sum())
+    return info
+
+
+def pd_na_bool(n: int) -> Any:
+    import pandas as pd
+
+    return pd.array([pd.NA] * n, dtype="boolean")

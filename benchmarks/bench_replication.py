@@ -1,0 +1,365 @@
+"""Word- and object-level replication: quality on SynthLAION testbeds, and speed per 100k samples.
+
+Quality (per seed, default seeds 0 1 2, ``--n`` rows each): build a testbed
+(``audit.testbed.generate.build_testbed``; clean-label poisons off, they do not matter here),
+embed every decodable served file with the shipped ``tiny-synth`` CLIP
+(``audit.models.encode_images``; broken files are left out as the embed stage would mark them
+failed), write a workspace, and run the real stages through the CLI:
+
+* ``replication WS --keyword "van gogh"``: for each planted work, the best flagged cluster
+  (purity = share of its members that are copies of that work, recall = share of the work's
+  copies in the subset it holds), its rank, and whether the work's planted words are among the
+  cluster's top 3 words. Also run with ``--method components`` for the clustering comparison.
+* ``objects WS --keyword astronaut``: estimated flag rate vs the planted rate among the subset's
+  embedded images; the largest image rate among flagged objects other than the planted one.
+* ``replication WS --discover`` and ``objects WS --discover``: rank of "van gogh" / "astronaut".
+
+Speed: synthetic CLIP-like embeddings (``--timing-n`` rows, default 100,000, dim 128 like
+tiny-synth and 512 like ViT-B-32; a shared mean direction so unrelated pairs have cosine ~0.3,
+topic clusters, and planted works as near-copies), timing the detectors only (no I/O):
+word-level analysis of a 15% keyword subset, discovery over all rows, and object presence
+calibration for 24 objects.
+
+Usage::
+
+    python benchmarks/bench_replication.py                  # 3 seeds x 2000 rows + 100k timing
+    python benchmarks/bench_replication.py --seeds 0 --n 1000 --timing-n 20000   # quick
+
+Prints a table and writes ``benchmarks/results/replication.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+logger = logging.getLogger("bench_replication")
+
+
+# --------------------------------------------------------------------------------------------
+# testbed -> workspace
+
+
+def testbed_workspace(out: Path, n: int, seed: int, clip: tuple[Any, Any, Any], **rates: Any):
+    """Build a testbed under ``out/testbed`` and a workspace of its embedded, decodable files
+    under ``out/ws``; returns ``(workspace, truth DataFrame of the embedded rows)``."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from audit.models import encode_images, encode_texts, model_info
+    from audit.testbed.generate import build_testbed, load_truth
+    from audit.workspace import Workspace, embedding_schema
+
+    rates.setdefault("clean_rate", 0.0)
+    tb = out / "testbed"
+    build_testbed(tb, n=n, seed=seed, overwrite=True, **rates)
+    truth = load_truth(tb).to_pandas()
+    model, preprocess, tokenizer = clip
+    images, rows = [], []
+    for i, fn in enumerate(truth["file_name"]):
+        path = tb / "files" / str(fn)
+        try:
+            with Image.open(path) as im:
+                im.load()
+                images.append(im.convert("RGB"))
+        except (OSError, ValueError):  # missing, zero-byte, truncated, wrong format
+            continue
+        rows.append(i)
+    truth = truth.iloc[rows].reset_index(drop=True)
+    img = encode_images(model, preprocess, images)
+    txt = encode_texts(model, tokenizer, list(truth["caption"]))
+    d = img.shape[1]
+    vec = pa.list_(pa.float16(), d)
+
+    def col(x: np.ndarray) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float16).ravel()), d)
+
+    m = len(truth)
+    table = pa.table(
+        {
+            "key": list(truth["key"]),
+            "url": list(truth["url"]),
+            "caption": list(truth["caption"]),
+            "sha256": list(truth["sha256"]),
+            "width": pa.array([64] * m, pa.int32()),
+            "height": pa.array([64] * m, pa.int32()),
+            "status": ["ok"] * m,
+            "error": [None] * m,
+            "image_emb": col(img).cast(vec),
+            "text_emb": col(txt).cast(vec),
+            "clip_score": pa.array((img * txt).sum(1), pa.float32()),
+        },
+        schema=embedding_schema(d),
+    )
+    ws = Workspace(out / "ws")
+    ws.write_part(ws.part_path(0), table)
+    ws.write_json("embeddings/model.json", model_info("tiny-synth", None, model))
+    return ws, truth
+
+
+# --------------------------------------------------------------------------------------------
+# quality
+
+
+def evaluate_works(rows: list[dict[str, Any]], truth: Any, keyword: str = "van gogh") -> dict:
+    """Per planted work: the flagged cluster that best matches it, and its words."""
+    from audit.testbed.draw import WORKS
+
+    key_work = dict(zip(truth["key"], truth["work_id"]))
+    vg_rows = [r for r in rows if r["keyword"] == keyword]
+    in_subset: dict[str, set[str]] = {}
+    for r in vg_rows:
+        for k in r["member_keys"]:
+            w = key_work.get(k)
+            if isinstance(w, str):
+                in_subset.setdefault(w, set()).add(k)
+    out = {}
+    n_works = len(WORKS)
+    for wid, info in WORKS.items():
+        copies = in_subset.get(wid, set())
+        best = None
+        for r in vg_rows:
+            members = set(r["member_keys"])
+            hit = len(members & copies)
+            if hit == 0:
+                continue
+            cand = (hit / max(len(copies), 1), hit / len(members), r)
+            if best is None or cand[0] > best[0]:
+                best = cand
+        if best is None:
+            out[wid] = {"found": False}
+            continue
+        recall, purity, r = best
+        words = set(info["words"])
+        out[wid] = {
+            "found": bool(r["flagged"] and r["cluster_rank"] < n_works and purity >= 0.9),
+            "rank": r["cluster_rank"],
+            "flagged": bool(r["flagged"]),
+            "size": r["size"],
+            "purity": purity,
+            "recall": recall,
+            "top3": list(r["top_words"][:3]),
+            "words_in_top3": words <= set(r["top_words"][:3]),
+            "prompt_words": r["prompt_words"],
+            "words_only_share": r["words_only_share"],
+        }
+    return out
+
+
+def quality_one_seed(seed: int, n: int, clip: tuple[Any, Any, Any], work_dir: Path) -> dict:
+    from audit.cli import main
+
+    t0 = time.perf_counter()
+    ws, truth = testbed_workspace(work_dir / f"seed{seed}", n, seed, clip)
+    t_build = time.perf_counter() - t0
+    res: dict[str, Any] = {"seed": seed, "n": n, "n_embedded": len(truth)}
+    timings = {"build_and_embed": t_build}
+
+    def run(argv: list[str], name: str) -> None:
+        t = time.perf_counter()
+        code = main(argv)
+        timings[name] = time.perf_counter() - t
+        if code != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {code}")
+
+    # word level, both clustering methods
+    for method in ("star", "components"):
+        run(["replication", "-q", str(ws.root), "-k", "van gogh", "--method", method],
+            f"replication_{method}")  # fmt: skip
+        rows = ws.read_finding("word_replication").to_pylist()
+        res[f"works_{method}"] = evaluate_works(rows, truth)
+        meta = ws.finding_meta("word_replication")
+        res[f"pair_stats_{method}"] = meta["keywords"][0]["pair_stats"]
+        res[f"n_flagged_{method}"] = sum(r["flagged"] for r in rows)
+    # objects
+    run(["objects", "-q", str(ws.root), "-k", "astronaut"], "objects")
+    obj = ws.read_finding("object_replication").to_pylist()
+    sub = truth[truth["caption"].str.contains(r"(?i)\bastronauts?\b", regex=True)]
+    planted = float(sub["object_present"].mean())
+    flag = next(r for r in obj if r["object"] == "flag")
+    others = [r for r in obj if r["object"] != "flag"]
+    res["objects"] = {
+        "n_subset": flag["n_images"],
+        "planted_rate": planted,
+        "estimated_rate": flag["image_rate"],
+        "abs_error": abs(flag["image_rate"] - planted),
+        "ci": [flag["ci_low"], flag["ci_high"]],
+        "flag_flagged": bool(flag["flagged"]),
+        "calibration": flag["calibration"],
+        "outside_rate": flag["outside_rate"],
+        "false_flags": [(r["object"], r["image_rate"]) for r in others if r["flagged"]],
+        "max_false_flag_rate": max([r["image_rate"] for r in others if r["flagged"]] or [0.0]),
+        "max_other_rate": max(r["image_rate"] for r in others),
+    }
+    # discovery
+    run(["replication", "-q", str(ws.root), "--discover", "--top", "3"], "discover_words")
+    meta = ws.finding_meta("word_replication")
+    ranked = [x["term"] for x in meta["discovery"]["ranking"] if x["explained_by"] is None]
+    res["discovery_words"] = {
+        "top5": ranked[:5],
+        "rank_van_gogh": ranked.index("van gogh") + 1 if "van gogh" in ranked else None,
+    }
+    run(["objects", "-q", str(ws.root), "--discover", "--top", "3"], "discover_objects")
+    meta = ws.finding_meta("object_replication")
+    ranked = [x["keyword"] for x in meta["discovery"]["ranking"]]
+    res["discovery_objects"] = {
+        "top5": [(x["keyword"], x["best_object"], round(x["score"], 3))
+                 for x in meta["discovery"]["ranking"][:5]],  # fmt: skip
+        "rank_astronaut": ranked.index("astronaut") + 1 if "astronaut" in ranked else None,
+    }
+    res["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# speed
+
+
+def synthetic_embeddings(n: int, d: int, seed: int = 0, n_works: int = 3, work_share: float = 0.007):
+    """CLIP-like unit vectors: a shared mean direction, 64 topics, planted near-copy works."""
+    from detectors.stats import normalize_rows
+
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=d)
+    mean /= np.linalg.norm(mean)
+    topics = normalize_rows(rng.normal(size=(64, d)))
+    t = rng.integers(0, 64, n)
+    x = 0.55 * mean + 0.55 * topics[t] + 0.7 * rng.normal(size=(n, d)) / np.sqrt(d)
+    per = int(work_share * n)
+    for _ in range(n_works):
+        idx = rng.choice(n, per, replace=False)
+        x[idx] = x[idx[0]] + 0.15 * rng.normal(size=(per, d)) / np.sqrt(d)
+    return normalize_rows(x).astype(np.float32)
+
+
+def speed(n: int, d: int, seed: int = 0) -> dict[str, Any]:
+    from detectors.objects import calibrate_presence
+    from detectors.replication import discover_terms, word_replication
+
+    x = synthetic_embeddings(n, d, seed)
+    rng = np.random.default_rng(seed)
+    words = ["red", "blue", "dog", "cat", "art", "print", "photo", "style", "tree", "house"]
+    caps = [" ".join(rng.choice(words, 4)) for _ in range(n)]
+    sub = rng.random(n) < 0.15
+    sub_idx = np.flatnonzero(sub)
+    keys = [f"{i:09d}" for i in range(n)]
+    t = time.perf_counter()
+    res = word_replication(x[sub_idx], [caps[i] for i in sub_idx], [keys[i] for i in sub_idx],
+                           "van gogh")  # fmt: skip
+    t_word = time.perf_counter() - t
+    t = time.perf_counter()
+    scores, _ = discover_terms(x, caps, max_terms=100)
+    t_disc = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(24):
+        s = x[sub_idx] @ x[0] - x[sub_idx] @ x[1]
+        calibrate_presence(s)
+        calibrate_presence(x[:5000] @ x[0] - x[:5000] @ x[1])
+    t_obj = time.perf_counter() - t
+    per100k = 100_000 / n
+    return {
+        "n": n,
+        "dim": d,
+        "subset": int(sub.sum()),
+        "word_level_s": round(t_word, 2),
+        "discovery_s": round(t_disc, 2),
+        "objects_24_s": round(t_obj, 2),
+        "word_level_s_per_100k": round(t_word * per100k, 2),
+        "n_clusters_reported": len(res.rows),
+        "n_terms_scored": len(scores),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--n", type=int, default=2000, help="testbed rows per seed")
+    ap.add_argument("--timing-n", type=int, default=100_000)
+    ap.add_argument("--dims", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--out", default=str(HERE / "results" / "replication.json"))
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(2)
+    result: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "quality": [],
+        "speed": [],
+    }
+    if not args.skip_quality:
+        from audit.models import load_clip
+
+        clip = load_clip("tiny-synth")
+        with tempfile.TemporaryDirectory(prefix="bench_replication_") as tmp:
+            for seed in args.seeds:
+                r = quality_one_seed(seed, args.n, clip, Path(tmp))
+                result["quality"].append(r)
+                print(f"seed {seed} done", json.dumps(r["seconds"]), file=sys.stderr)
+    if not args.skip_speed:
+        for d in args.dims:
+            result["speed"].append(speed(args.timing_n, d))
+    print_table(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def print_table(result: dict[str, Any]) -> None:
+    if result["quality"]:
+        print("\nWord level, keyword 'van gogh' (per planted work: rank, purity, recall, "
+              "planted words in top 3)")  # fmt: skip
+        print(f"{'seed':>4} {'method':>10} {'work':>18} {'found':>5} {'rank':>4} {'size':>4} "
+              f"{'purity':>6} {'recall':>6} {'top3 ok':>7} {'words-only':>10}")  # fmt: skip
+        for q in result["quality"]:
+            for method in ("star", "components"):
+                for wid, w in q[f"works_{method}"].items():
+                    if not w.get("rank", None) is not None:
+                        print(f"{q['seed']:>4} {method:>10} {wid:>18} {'no':>5}")
+                        continue
+                    wo = w["words_only_share"]
+                    print(f"{q['seed']:>4} {method:>10} {wid:>18} {str(w['found']):>5} "
+                          f"{w['rank']:>4} {w['size']:>4} {w['purity']:>6.2f} {w['recall']:>6.2f} "
+                          f"{str(w['words_in_top3']):>7} "
+                          f"{'-' if wo is None else f'{wo:.2f}':>10}")  # fmt: skip
+        print("\nObject level, keyword 'astronaut', object 'flag'; discovery ranks")
+        print(f"{'seed':>4} {'n':>5} {'planted':>7} {'estim.':>7} {'|err|':>6} {'flagged':>7} "
+              f"{'false flags':>11} {'max other':>9} {'rank vg':>7} {'rank astro':>10}")  # fmt: skip
+        for q in result["quality"]:
+            o = q["objects"]
+            print(f"{q['seed']:>4} {o['n_subset']:>5} {o['planted_rate']:>7.3f} "
+                  f"{o['estimated_rate']:>7.3f} {o['abs_error']:>6.3f} {str(o['flag_flagged']):>7} "
+                  f"{len(o['false_flags']):>11} {o['max_other_rate']:>9.3f} "
+                  f"{str(q['discovery_words']['rank_van_gogh']):>7} "
+                  f"{str(q['discovery_objects']['rank_astronaut']):>10}")  # fmt: skip
+    if result["speed"]:
+        print("\nSpeed (detectors only, synthetic embeddings)")
+        print(f"{'n':>8} {'dim':>4} {'subset':>7} {'word-level s':>12} {'discovery s':>11} "
+              f"{'objects(24) s':>13}")  # fmt: skip
+        for s in result["speed"]:
+            print(f"{s['n']:>8} {s['dim']:>4} {s['subset']:>7} {s['word_level_s']:>12} "
+                  f"{s['discovery_s']:>11} {s['objects_24_s']:>13}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

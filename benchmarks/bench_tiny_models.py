@@ -1,0 +1,128 @@
+"""Quality of the two shipped tiny models, measured on fresh SynthLAION drawings.
+
+    python benchmarks/bench_tiny_models.py [--clip-n 480] [--seeds 100] [--controls 10]
+
+tiny-synth CLIP (held-out generator seed, never used for training data):
+  zero-shot concept accuracy ("a photo of a {concept}"), colour and style retrieval accuracy
+  (given the concept), flag-present AUROC ("a {c} with a flag" minus "a {c}"), and famous-work
+  recognition accuracy.
+tiny-sd: for each famous work's prompt and for control prompts (captions of non-duplicated
+  training images), the share of ``--seeds`` generations whose nearest training image (tiny-synth
+  image cosine) comes from the prompt's own source, with Wilson 95% intervals.
+Training times are read from the records the training scripts wrote next to the weights.
+
+Prints a table and writes ``benchmarks/results/tiny_models.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+from audit import models
+from audit.training import train_tiny_clip, train_tiny_sd
+
+RESULTS = Path(__file__).resolve().parent / "results" / "tiny_models.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clip-seed", type=int, default=31337, help="generator seed of the eval set")
+    p.add_argument("--clip-n", type=int, default=480)
+    p.add_argument("--seeds", type=int, default=100, help="generations per prompt")
+    p.add_argument("--controls", type=int, default=10, help="control (non-duplicated) prompts")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps per generation")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("root", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    clip = models.load_clip("tiny-synth")
+    t0 = time.time()
+    clip_q = train_tiny_clip.evaluate(*clip, seed=args.clip_seed, n=args.clip_n)
+    clip_s = time.time() - t0
+    clip_rec = json.loads((models.TINY_CLIP_DIR / "training.json").read_text())
+
+    sd_rec = json.loads((models.TINY_SD_DIR / "training_summary.json").read_text())
+    sd_args = sd_rec["args"]
+    items = train_tiny_sd.make_dataset(sd_args["n"], sd_args["seed"], sd_args["work_share"])
+    prompts = train_tiny_sd.default_prompts(items, args.controls, seed=1000 + sd_args["seed"])
+    pipe = models.load_generator("tiny-sd")
+    t1 = time.time()
+    mem = train_tiny_sd.memorization_rates(
+        pipe,
+        clip,
+        [it["image"] for it in items],
+        train_tiny_sd.sources(items),
+        prompts,
+        list(range(args.seeds)),
+        steps=args.steps,
+    )
+    gen_s = time.time() - t1
+    works = {k: v for k, v in mem.items() if not k.startswith("control_")}
+    controls = {k: v for k, v in mem.items() if k.startswith("control_")}
+    k_w, n_w = sum(v["copies"] for v in works.values()), sum(v["n"] for v in works.values())
+    k_c, n_c = sum(v["copies"] for v in controls.values()), sum(v["n"] for v in controls.values())
+
+    sizes = {
+        "tiny-synth": models.TINY_CLIP_WEIGHTS.stat().st_size,
+        "tiny-sd": sum(f.stat().st_size for f in models.TINY_SD_DIR.rglob("*.safetensors")),
+    }
+    result = {
+        "machine": {"platform": platform.platform(), "torch_threads": args.threads},
+        "tiny_synth": {
+            "eval_seed": args.clip_seed,
+            "n_images": args.clip_n,
+            **{k: round(v, 4) for k, v in clip_q.items()},
+            "eval_seconds": round(clip_s, 1),
+            "training_seconds": clip_rec["train_seconds"],
+            "training_data_seconds": clip_rec["data_seconds"],
+            "training_steps": clip_rec["args"]["steps"],
+        },
+        "tiny_sd": {
+            "seeds_per_prompt": args.seeds,
+            "ddim_steps": args.steps,
+            "works_copy_rate": round(k_w / n_w, 4),
+            "works_wilson95": [round(v, 4) for v in train_tiny_sd.wilson(k_w, n_w)],
+            "controls_copy_rate": round(k_c / n_c, 4),
+            "controls_wilson95": [round(v, 4) for v in train_tiny_sd.wilson(k_c, n_c)],
+            "per_prompt": mem,
+            "generation_seconds": round(gen_s, 1),
+            "training_seconds": sd_rec["seconds"],
+        },
+        "weights_bytes": sizes,
+        "weights_bytes_total": sum(sizes.values()),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"\ntiny-synth CLIP (eval seed {args.clip_seed}, {args.clip_n} fresh images)")
+    print(f"  {'metric':<28}{'value':>8}")
+    for k in ("concept_acc", "colour_acc", "style_acc", "flag_auroc", "work_acc"):
+        print(f"  {k:<28}{clip_q[k]:>8.3f}")
+    print(f"  {'training time (s)':<28}{clip_rec['train_seconds']:>8.0f}")
+    print(f"\ntiny-sd memorization ({args.seeds} seeds/prompt, DDIM {args.steps} steps)")
+    print(f"  {'prompt':<44}{'copies':>7}{'rate':>7}{'wilson95':>16}{'cos':>7}")
+    for v in mem.values():
+        lo, hi = v["wilson95"]
+        print(f"  {v['prompt'][:43]:<44}{v['copies']:>7}{v['rate']:>7.2f}"
+              f"{f'[{lo:.2f}, {hi:.2f}]':>16}{v['mean_cos_to_source']:>7.3f}")  # fmt: skip
+    for name, k, n in (("ALL WORKS", k_w, n_w), ("ALL CONTROLS", k_c, n_c)):
+        lo, hi = train_tiny_sd.wilson(k, n)
+        print(f"  {name:<44}{k:>7}{k / n:>7.2f}{f'[{lo:.2f}, {hi:.2f}]':>16}")
+    print(f"\nweights: {sum(sizes.values()) / 1e6:.1f} MB in total; results -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

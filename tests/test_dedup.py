@@ -1,0 +1,383 @@
+"""Duplicate detection: detectors.dedup, the dedup stage, and the Beam twin of the partitioned
+path (pipelines.dedup_beam). Synthetic clustered vectors here; testbed-based tests at the end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from audit.workspace import Workspace, embedding_schema
+from detectors import dedup as dd
+
+DIM = 48
+COLUMNS = ["key", "group_id", "group_size", "kind", "representative_key", "is_representative",
+           "nearest_key", "similarity"]
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def clustered(n: int, seed: int = 0, n_groups: int = 40, dim: int = DIM,
+              sim_range: tuple[float, float] = (0.96, 0.995)) -> tuple[np.ndarray, np.ndarray]:
+    """Unit float16 vectors in 8 clusters (cosine ~0.5-0.6 inside) with ``n_groups`` planted
+    groups of 2-4 copies of a source at cosine in ``sim_range`` to it. Returns (x, truth)."""
+    rng = np.random.default_rng(seed)
+    mean = _unit(rng.standard_normal((1, dim)))
+    centres = _unit(rng.standard_normal((8, dim)))
+    lab = rng.integers(0, 8, n)
+    x = _unit(0.5 * mean + 0.6 * centres[lab] + 0.62 * _unit(rng.standard_normal((n, dim))))
+    truth = np.full(n, -1, np.int64)
+    perm = rng.permutation(n)
+    pos = 0
+    for g in range(n_groups):
+        size = int(rng.integers(2, 5))
+        rows = perm[pos:pos + size]
+        pos += size
+        truth[rows] = g
+        for r in rows[1:]:
+            target = rng.uniform(*sim_range)
+            tau = np.sqrt(1 / target**2 - 1)  # cos(x, x + tau * u) ~ 1 / sqrt(1 + tau^2)
+            noise = _unit(rng.standard_normal((1, dim)))[0]
+            noise -= noise.dot(x[rows[0]]) * x[rows[0]]
+            x[r] = x[rows[0]] + tau * noise / np.linalg.norm(noise)
+    return _unit(x).astype(np.float16), truth
+
+
+def pair_set(e: dd.Edges) -> set[tuple[int, int]]:
+    return set(zip(e.i.tolist(), e.j.tolist()))
+
+
+# ------------------------------------------------------------------------------ detectors
+
+
+def test_exact_edges_find_planted_groups() -> None:
+    x, truth = clustered(500)
+    e = dd.exact_edges(x, 0.95, keep_all_pairs=True)
+    assert len(e) == e.n_pairs > 0
+    assert np.all(e.i < e.j)
+    xf = x.astype(np.float32)
+    sims = xf @ xf.T
+    iu = np.triu_indices(len(x), 1)
+    expected = {(int(a), int(b)) for a, b in zip(*iu) if sims[a, b] > 0.95}
+    assert pair_set(e) == expected
+    labels = dd.components(len(x), e)
+    agree = dd.group_agreement(labels, truth)
+    assert agree["precision"] == 1.0 and agree["recall"] == 1.0
+
+
+def test_partitioned_with_exact_bound_equals_exact_search() -> None:
+    x, _ = clustered(600, seed=1)
+    exact = dd.exact_edges(x, 0.95, keep_all_pairs=True)
+    part = dd.partitioned_edges(x, 0.95, partition_size=60, max_probes=64, probe_scale=1.0,
+                                keep_all_pairs=True)
+    assert part.info["n_partitions"] == 10
+    assert part.info["n_truncated"] == 0  # every probe the bound asks for was made...
+    assert pair_set(part) == pair_set(exact)  # ...so the result is exact
+    assert part.n_pairs == len(exact)  # and each pair was examined exactly once
+    assert part.info["max_rows_in_memory"] < len(x)
+
+
+def test_partitioned_default_probes_recall() -> None:
+    x, truth = clustered(800, seed=2, n_groups=60)
+    exact = pair_set(dd.exact_edges(x, 0.95, keep_all_pairs=True))
+    part = dd.partitioned_edges(x, 0.95, partition_size=80, keep_all_pairs=True)
+    found = pair_set(part)
+    assert found <= exact  # never a false pair
+    assert len(found & exact) / len(exact) >= 0.97
+
+
+def test_without_probes_boundary_pairs_are_lost_and_probes_recover_them() -> None:
+    """Sanity check that probing matters: with many tiny partitions and no probes, some pairs
+    straddle a boundary; the exact bound recovers all of them."""
+    x, _ = clustered(600, seed=3, n_groups=80)
+    exact = pair_set(dd.exact_edges(x, 0.95, keep_all_pairs=True))
+    none = pair_set(dd.partitioned_edges(x, 0.95, partition_size=15, max_probes=0,
+                                         keep_all_pairs=True))
+    full = pair_set(dd.partitioned_edges(x, 0.95, partition_size=15, max_probes=200,
+                                         probe_scale=1.0, keep_all_pairs=True))
+    assert len(none) < len(exact)
+    assert full == exact
+
+
+def test_certificate_keeps_components_and_nearest() -> None:
+    x, _ = clustered(600, seed=4)
+    full = dd.exact_edges(x, 0.95, keep_all_pairs=True)
+    cert = dd.exact_edges(x, 0.95, chunk_size=64)  # several chunks: forest merged across them
+    assert len(cert) <= len(full) and cert.n_pairs == full.n_pairs
+    n = len(x)
+    np.testing.assert_array_equal(dd.components(n, full), dd.components(n, cert))
+    for a, b in zip(dd.best_partner(n, full), dd.best_partner(n, cert)):
+        np.testing.assert_array_equal(a, b)
+    part = dd.partitioned_edges(x, 0.95, partition_size=60, max_probes=64, probe_scale=1.0)
+    np.testing.assert_array_equal(dd.components(n, full), dd.components(n, part))
+
+
+def test_certificate_of_a_large_identical_group_is_linear() -> None:
+    rng = np.random.default_rng(5)
+    v = _unit(rng.standard_normal((1, DIM)))
+    x = np.repeat(v, 300, axis=0).astype(np.float16)
+    e = dd.exact_edges(x, 0.95)
+    assert e.n_pairs == 300 * 299 // 2
+    assert len(e) < 2 * 300
+    labels = dd.components(300, e)
+    assert np.all(labels == 0)
+    nbr, _ = dd.best_partner(300, e)
+    assert nbr[0] == 1 and np.all(nbr[1:] == 0)  # ties go to the smallest row
+
+
+def test_search_partition_is_order_independent_with_string_ids() -> None:
+    x, _ = clustered(200, seed=6)
+    ids = np.array([f"{i:09d}" for i in range(200)])
+    base, query = np.arange(0, 150), np.arange(150, 200)
+    a = dd.search_partition(ids[base], x[base], 0.95, ids[query], x[query])
+    rng = np.random.default_rng(0)
+    pb, pq_ = rng.permutation(base), rng.permutation(query)
+    b = dd.search_partition(ids[pb], x[pb], 0.95, ids[pq_], x[pq_])
+    assert a.i.tolist() == b.i.tolist() and a.j.tolist() == b.j.tolist()
+    np.testing.assert_array_equal(a.sim, b.sim)
+    with pytest.raises(ValueError, match="not unique"):
+        dd.search_partition(ids[:5], x[:5], 0.95, ids[:2], x[:2])
+
+
+def test_assign_partitions_bound() -> None:
+    x, _ = clustered(300, seed=7)
+    c = dd.train_partitioner(x[:200], 6, seed=0)
+    primary, probes, needed = dd.assign_partitions(x, c, 0.95, max_probes=3, probe_scale=1.0)
+    xf = x.astype(np.float32)
+    np.testing.assert_array_equal(primary, np.argmax(xf @ c.T, axis=1))
+    for r in range(len(x)):
+        listed = probes[r][probes[r] >= 0]
+        assert np.all(listed > primary[r])  # symmetry: only partitions after the primary
+        assert len(listed) == min(needed[r], 3)
+
+
+def test_hash_sample_is_deterministic_bottom_k() -> None:
+    keys = [f"{i:09d}" for i in range(1000)]
+    s = dd.hash_sample(keys, 50)
+    assert len(s) == 50 and len(set(s.tolist())) == 50
+    hashes = [dd.stable_hash64(k) for k in keys]
+    assert [hashes[i] for i in s] == sorted(hashes)[:50]
+    assert dd.stable_hash64("000000001") == int.from_bytes(
+        hashlib.blake2b(b"000000001", digest_size=8).digest(), "little")
+
+
+def test_value_groups_merge_and_representatives() -> None:
+    vals = ["a", None, "b", "a", "", "c", "b", "a"]
+    lab = dd.value_groups(vals)
+    assert lab.tolist() == [0, -1, 1, 0, -1, -1, 1, 0]
+    other = np.array([-1, -1, -1, -1, -1, 0, 0, -1])  # e.g. a pixel hash joins c with b
+    merged = dd.merge_labels(8, lab, other)
+    assert merged.tolist() == [0, -1, 1, 0, -1, 1, 1, 0]
+    rep = dd.pick_representatives(merged)
+    assert rep.tolist() == [0, -1, 2, 0, -1, 2, 2, 0]
+    prio = np.array([0.1, 9, 0.2, 0.9, 9, np.nan, 0.5, 0.9])
+    rep = dd.pick_representatives(merged, prio)
+    assert rep.tolist() == [3, -1, 6, 3, -1, 6, 6, 3]  # 3 and 7 tie at 0.9: smaller row
+
+
+def test_group_table_columns_and_nearest() -> None:
+    x, truth = clustered(120, seed=8, n_groups=10)
+    keys = np.array([f"k{i:03d}" for i in range(120)], dtype=object)
+    labels = dd._relabel_by_first(truth)
+    nbr, sim = dd.group_nearest(x, labels)
+    rep = dd.pick_representatives(labels)
+    t = dd.group_table(keys, labels, "exact", rep, nbr, sim, group_offset=5)
+    assert t.column_names == COLUMNS
+    assert t.schema.field("group_id").type == pa.int64()
+    assert t.schema.field("group_size").type == pa.int32()
+    assert t.schema.field("similarity").type == pa.float32()
+    df = t.to_pandas()
+    assert len(df) == int((truth >= 0).sum())
+    assert df.group_id.min() == 5
+    assert (df.groupby("group_id").key.count() == df.groupby("group_id").group_size.first()).all()
+    assert df.groupby("group_id").is_representative.sum().eq(1).all()
+    xf = x.astype(np.float32)
+    for r in df.itertuples():
+        i, j = int(r.key[1:]), int(r.nearest_key[1:])
+        assert truth[i] == truth[j] and i != j
+        assert r.similarity == pytest.approx(float(xf[i] @ xf[j]), abs=1e-5)
+
+
+def test_threshold_sweep_and_choice() -> None:
+    x, truth = clustered(400, seed=9, n_groups=30, sim_range=(0.93, 0.99))
+    sweep = dd.threshold_sweep(x, truth, [0.5, 0.9, 0.92, 0.95, 0.999])
+    by = {r["threshold"]: r for r in sweep}
+    assert by[0.5]["precision"] < 0.5  # everything in a cluster merges
+    assert by[0.92]["recall"] == 1.0 and by[0.92]["precision"] == 1.0
+    assert by[0.999]["recall"] < 0.2
+    best = dd.choose_threshold(sweep, 0.98)
+    assert best["meets_precision"] and best["threshold"] == 0.9 or best["threshold"] == 0.92
+    assert dd.group_agreement(np.array([0, 0, 1, 1, -1]), np.array([0, 0, 0, -1, -1]))[
+        "precision"] == 0.5
+
+
+def test_default_thresholds() -> None:
+    assert dd.default_threshold("ViT-B-32") == 0.95
+    assert dd.default_threshold("some-new-model") == dd.REFERENCE_THRESHOLD == 0.95
+    assert dd.default_threshold(None) == 0.95
+    assert "tiny-synth" in dd.DEFAULT_THRESHOLDS  # calibrated on the testbed
+    assert 0.5 < dd.default_threshold("tiny-synth") < 1.0
+
+
+@pytest.mark.gpu
+def test_gpu_search_matches_cpu() -> None:
+    x, _ = clustered(400, seed=10)
+    cpu = dd.exact_edges(x, 0.95, keep_all_pairs=True, use_gpu=False)
+    gpu = dd.exact_edges(x, 0.95, keep_all_pairs=True, use_gpu=True)
+    assert pair_set(cpu) == pair_set(gpu)
+
+
+# ------------------------------------------------------------------------------ Beam
+
+
+def test_beam_pipeline_equals_single_machine_partitioned_path() -> None:
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.dedup_beam import PartitionedNearDuplicates
+
+    x, _ = clustered(500, seed=11, n_groups=50)
+    rng = np.random.default_rng(1)
+    keys = [f"{i:09d}" for i in rng.permutation(500)]
+    prio = rng.random(500)
+    params = {"partition_size": 50, "max_probes": 2, "probe_scale": 0.5}
+    expected, info = dd.near_duplicate_groups(keys, x, 0.95, priority=prio, method="partitioned",
+                                              **params)
+    assert info["n_partitions"] == 10 and expected.num_rows > 100
+    rows = [(k, x[i], float(prio[i])) for i, k in enumerate(keys)]
+    with TestPipeline() as p:
+        out = p | beam.Create(rows) | PartitionedNearDuplicates(0.95, **params)
+        assert_that(out, equal_to(expected.to_pylist()))
+
+
+# ------------------------------------------------------------------------------ stage
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def make_workspace(path, n: int = 240, seed: int = 12, model: str | None = "ViT-B-32"):
+    """A workspace with two embedding parts: planted near groups, two exact-byte groups (one
+    with a failed decode), a caption group, failed rows. Returns (ws, x, truth)."""
+    x, truth = clustered(n, seed=seed, n_groups=20)
+    keys = [f"{i:09d}" for i in range(n)]
+    sha = [_sha(f"img{i}".encode()) for i in range(n)]
+    captions = [f"a picture number {i}" for i in range(n)]
+    status = ["ok"] * n
+    emb: list = [list(map(float, v)) for v in x]
+    for i in (3, 50, 101):  # same bytes
+        sha[i] = _sha(b"same-bytes")
+    for i in (7, 8):  # same bytes, one failed to decode (no embedding)
+        sha[i] = _sha(b"other-bytes")
+    status[8], emb[8] = "failed_to_decode", None
+    status[9], emb[9], sha[9] = "failed_to_download", None, None
+    for i in (20, 30, 40):
+        captions[i] = ["A cat!", "a  CAT", "a cat."][i // 10 - 2]
+    captions[41] = None
+    ws = Workspace(path)
+    schema = embedding_schema(DIM)
+    for part, rows in enumerate((range(0, n // 2), range(n // 2, n))):
+        rows = list(rows)
+        t = pa.table({
+            "key": [keys[i] for i in rows], "url": [f"http://x/{i}" for i in rows],
+            "caption": [captions[i] for i in rows], "sha256": [sha[i] for i in rows],
+            "width": [64 + i % 3 for i in rows], "height": [64] * len(rows),
+            "status": [status[i] for i in rows], "error": [None] * len(rows),
+            "image_emb": [emb[i] for i in rows], "text_emb": [emb[i] for i in rows],
+            "clip_score": [0.3] * len(rows),
+        }, schema=schema)
+        ws.write_part(ws.part_path(part), t)
+    if model:
+        ws.write_json(ws.embeddings_dir / "model.json", {"name": model, "embed_dim": DIM})
+    return ws, x, truth
+
+
+def _run(argv: list[str]) -> int:
+    from audit.cli import main
+
+    return main(argv)
+
+
+def test_stage_writes_duplicates_finding(tmp_path) -> None:
+    ws, x, truth = make_workspace(tmp_path / "ws")
+    assert _run(["dedup", str(ws.root), "-q", "--keep", "resolution"]) == 0
+    t = ws.read_finding("duplicates")
+    assert t.column_names[:8] == COLUMNS
+    df = t.to_pandas()
+    meta = ws.finding_meta("duplicates")
+    assert meta["detector"] == dd.NAME and meta["threshold"] == 0.95
+    assert meta["threshold_source"] == "default for model ViT-B-32"
+    assert meta["near"]["method"] == "exact"
+    assert set(meta["counts"]) == {"exact", "near", "caption"}
+    # one row per (key, kind), group ids unique across kinds
+    assert not df.duplicated(["key", "kind"]).any()
+    assert df.groupby("group_id").kind.nunique().eq(1).all()
+    exact = df[df.kind == "exact"]
+    groups = sorted(sorted(g) for g in exact.groupby("group_id").key.apply(list))
+    assert groups == [["000000003", "000000050", "000000101"], ["000000007", "000000008"]]
+    failed = exact[exact.key == "000000008"].iloc[0]
+    assert np.isnan(failed.similarity) and failed.nearest_key == "000000007"
+    # resolution policy: width 64 + i % 3 -> 101 (66) wins over 50 (66)? 50 % 3 = 2, 101 % 3 = 2
+    rep = exact[exact.key == "000000003"].representative_key.iloc[0]
+    assert rep == "000000050"  # tie on resolution: smaller key
+    cap = df[df.kind == "caption"]
+    assert sorted(cap.key) == ["000000020", "000000030", "000000040"]
+    near = df[df.kind == "near"]
+    keys = np.array([f"{i:09d}" for i in range(len(x))])
+    t_valid = truth.copy()
+    t_valid[[8, 9]] = -1
+    lab = np.full(len(x), -1)
+    for gid, members in near.groupby("group_id").key:
+        lab[[int(k) for k in members]] = gid
+    agree = dd.group_agreement(lab, t_valid)
+    assert agree["precision"] == 1.0 and agree["recall"] == 1.0
+    # exact byte copies 3/50/101 have different embeddings here, so they are not near dups
+    assert "000000009" not in set(df.key)  # failed download: no hash, no embedding
+    assert keys.size == len(x)
+
+
+def test_stage_partitioned_and_beam_methods_agree(tmp_path) -> None:
+    ws, _, _ = make_workspace(tmp_path / "ws", n=300, seed=13)
+    common = ["--kinds", "near", "--partition-size", "40", "--threshold", "0.95", "-q"]
+    assert _run(["dedup", str(ws.root), "--method", "partitioned", *common]) == 0
+    local = ws.read_finding("duplicates")
+    assert ws.finding_meta("duplicates")["near"]["n_partitions"] == 7
+    assert _run(["dedup", str(ws.root), "--method", "beam", *common]) == 0
+    beam = ws.read_finding("duplicates")
+    assert ws.finding_meta("duplicates")["near"]["method"] == "beam"
+    assert beam.to_pylist() == local.to_pylist()
+    assert local.num_rows > 40
+
+
+def test_stage_threshold_and_errors(tmp_path, caplog) -> None:
+    ws, _, _ = make_workspace(tmp_path / "ws", model=None)
+    assert _run(["dedup", str(ws.root), "-q", "--kinds", "near"]) == 0
+    meta = ws.finding_meta("duplicates")
+    assert meta["threshold"] == 0.95 and "reference default" in meta["threshold_source"]
+    assert _run(["dedup", str(ws.root), "-q", "--threshold", "0.99", "--kinds", "near"]) == 0
+    meta = ws.finding_meta("duplicates")
+    assert meta["threshold"] == 0.99 and meta["threshold_source"] == "option"
+    assert _run(["dedup", str(ws.root), "-q", "--threshold", "1.5"]) == 2
+    assert _run(["dedup", str(ws.root), "-q", "--keep", "central", "--method", "beam"]) == 2
+    assert _run(["dedup", str(tmp_path / "empty"), "-q"]) == 3
+
+
+def test_stage_calibrate_records_sweep(tmp_path) -> None:
+    ws, x, truth = make_workspace(tmp_path / "ws")
+    tpath = tmp_path / "truth.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"key": [f"{i:09d}" for i in range(len(x))],
+                             "dup_group": [None if g < 0 else int(g) for g in truth]}), tpath)
+    assert _run(["dedup", str(ws.root), "-q", "--kinds", "near", "--calibrate",
+                 str(tpath)]) == 0
+    cal = json.loads((ws.findings_dir / "duplicates.json").read_text())["calibration"]
+    assert cal["chosen"]["meets_precision"]
+    assert cal["chosen"]["precision"] >= 0.98 and cal["chosen"]["recall"] >= 0.95

@@ -1,0 +1,175 @@
+"""The shipped tiny models load through the real open_clip / diffusers APIs and do their job."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audit import models
+from audit.testbed import draw
+
+# Seeds used by the training scripts: CLIP data uses default_rng([0, chunk]), its held-out eval
+# 987654; tiny-sd data default_rng([0, 7]). This one is used by nothing else.
+FRESH_SEED = 20261122
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return models.load_clip("tiny-synth")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return models.load_generator("tiny-sd")
+
+
+def test_tiny_clip_is_a_real_open_clip_model(clip):
+    import open_clip
+    import torch
+
+    model, preprocess, tokenizer = clip
+    assert isinstance(model, open_clip.CLIP)
+    assert not model.training
+    assert "tiny-synth" in open_clip.list_models()
+    ctx = open_clip.get_model_config("tiny-synth")["text_cfg"]["context_length"]
+    toks = tokenizer(["a red dog", "x"])
+    assert toks.shape == (2, ctx) and toks.dtype == torch.long
+    # the inference transform is the one the training script used
+    img = draw.draw_image(draw.random_spec(np.random.default_rng(0)))
+    cfg = open_clip.get_model_config("tiny-synth")
+    assert torch.equal(preprocess(img), models.image_transform_for(cfg)(img))
+
+
+def test_encoders_return_normalised_float32(clip):
+    model, preprocess, tokenizer = clip
+    rng = np.random.default_rng(1)
+    imgs = [draw.draw_image(draw.random_spec(rng)) for _ in range(5)]
+    imgs.append(imgs[0].convert("L"))  # non-RGB input is converted, not rejected
+    e = models.encode_images(model, preprocess, imgs, batch_size=4)
+    t = models.encode_texts(model, tokenizer, ["a dog", "a cat", "a red car"], batch_size=2)
+    assert e.dtype == np.float32 and e.shape == (6, 128)
+    assert t.dtype == np.float32 and t.shape == (3, 128)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-5)
+    # batching does not change results
+    e1 = models.encode_images(model, preprocess, imgs[:5], batch_size=256)
+    np.testing.assert_allclose(e[:5], e1, atol=1e-5)
+    assert models.encode_images(model, preprocess, []).shape[0] == 0
+
+
+def test_model_info(clip):
+    info = models.model_info("tiny-synth", None, clip[0])
+    assert info["name"] == "tiny-synth" and info["embed_dim"] == 128
+    assert info["pretrained"].endswith("open_clip_model.safetensors")
+    assert info["image_size"] == 32 and len(info["image_mean"]) == 3
+    assert len(info["weights_sha256"]) == 64
+
+
+def test_missing_weights_give_a_clear_error(tmp_path):
+    with pytest.raises(models.ModelError, match="weights not found"):
+        models.load_clip("tiny-synth", pretrained=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(models.ModelError, match="could not load diffusers pipeline"):
+        models.load_generator(str(tmp_path / "no_pipeline"))
+
+
+def test_tiny_clip_zero_shot_on_a_fresh_seed(clip):
+    """>= 0.90 zero-shot concept accuracy on drawings from a seed never used in training."""
+    model, preprocess, tokenizer = clip
+    rng = np.random.default_rng(FRESH_SEED)
+    specs = [draw.random_spec(rng) for _ in range(300)]
+    imgs = [draw.draw_image(s, size=64, rng=rng) for s in specs]
+    e = models.encode_images(model, preprocess, imgs)
+    t = models.encode_texts(model, tokenizer, [f"a photo of a {c}" for c in draw.CONCEPTS])
+    pred = np.argmax(e @ t.T, axis=1)
+    truth = np.array([draw.CONCEPTS.index(s["concept"]) for s in specs])
+    acc = float(np.mean(pred == truth))
+    assert acc >= 0.90, acc
+
+
+def test_tiny_clip_sees_the_flag(clip):
+    """The secondary-object question the objects detector asks separates flag / no flag."""
+    from sklearn.metrics import roc_auc_score
+
+    model, preprocess, tokenizer = clip
+    rng = np.random.default_rng(FRESH_SEED + 1)
+    specs = [draw.random_spec(rng) for _ in range(80)]
+    plain = [draw.draw_image(s, rng=rng) for s in specs]
+    flag = [draw.draw_image(s, extra_object="flag", rng=rng) for s in specs]
+    e = models.encode_images(model, preprocess, plain + flag)
+    tw = models.encode_texts(model, tokenizer, [f"a {s['concept']} with a flag" for s in specs])
+    to = models.encode_texts(model, tokenizer, [f"a {s['concept']}" for s in specs])
+    score = np.concatenate([(e[:80] * (tw - to)).sum(1), (e[80:] * (tw - to)).sum(1)])
+    labels = np.r_[np.zeros(80), np.ones(80)]
+    assert roc_auc_score(labels, score) > 0.85
+
+
+def test_tiny_sd_is_a_real_stable_diffusion_pipeline(pipe):
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert isinstance(pipe.unet, UNet2DConditionModel)
+    assert isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert isinstance(pipe.tokenizer, CLIPTokenizer)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.safety_checker is None
+
+
+def test_tiny_sd_tokenizer_matches_open_clip(pipe):
+    import open_clip
+
+    models.register_tiny_synth()
+    oc = open_clip.get_tokenizer("tiny-synth")
+    for text in ["starry night by van gogh", "Photo of a RED DOG on grass!!", "an astronaut"]:
+        a = pipe.tokenizer(text).input_ids
+        b = oc([text])[0].tolist()
+        assert a == b[: len(a)] and all(v == 0 for v in b[len(a) :])
+
+
+def test_tiny_sd_text_encoder_is_the_clip_text_tower(pipe, clip):
+    import torch
+
+    model = clip[0]
+    ids = pipe.tokenizer(
+        ["a red dog in van gogh style"], padding="max_length", return_tensors="pt"
+    ).input_ids
+    n = int((ids[0] != 49407).sum()) + 1  # up to and including the end-of-text token
+    with torch.no_grad():
+        a = pipe.text_encoder(ids)[0][0, :n]
+        x = model.token_embedding(ids) + model.positional_embedding
+        b = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))[0, :n]
+    # shipped in fp16, so equal up to half-precision rounding
+    assert torch.allclose(a, b, atol=2e-2), float((a - b).abs().max())
+
+
+def _gen(pipe, prompt, seeds, steps=4):
+    import torch
+
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    out = pipe(
+        [prompt] * len(seeds),
+        num_inference_steps=steps,
+        generator=gens,
+        height=64,
+        width=64,
+        output_type="np",
+    )
+    return out.images
+
+
+def test_tiny_sd_generation_is_deterministic_per_seed(pipe):
+    a = _gen(pipe, "starry night by van gogh", [0, 1, 2])
+    b = _gen(pipe, "starry night by van gogh", [0, 1, 2])
+    assert a.shape == (3, 64, 64, 3)
+    np.testing.assert_array_equal(a, b)
+    # a seed gives the same image whatever batch it is generated in
+    single = _gen(pipe, "starry night by van gogh", [1])
+    np.testing.assert_allclose(single[0], a[1], atol=2e-3)
+    # different seeds give different images
+    assert np.abs(a[0] - a[2]).mean() > 1e-3

@@ -54,8 +54,15 @@ logger = logging.getLogger("bench_poisons")
 
 DIRTY_PAIR = "cat:bird"
 CLEAN_PAIR = "dog:cat"
-SCORES = [P.ALIGNMENT_COS, P.ALIGNMENT_GMM, P.CONCEPT_PULL, P.KDIST, P.LOF, P.SPECTRAL,
-          "combined_score"]
+SCORES = [
+    P.ALIGNMENT_COS,
+    P.ALIGNMENT_GMM,
+    P.CONCEPT_PULL,
+    P.KDIST,
+    P.LOF,
+    P.SPECTRAL,
+    "combined_score",
+]
 SIGN = {P.ALIGNMENT_COS: -1.0}
 
 
@@ -73,13 +80,22 @@ def build(out: Path, n: int, seed: int, rate: float, clip: tuple[Any, Any]) -> d
     a_dirty, a_clean = DIRTY_PAIR.split(":")[0], CLEAN_PAIR.split(":")[0]
     n_dirty = max(1, round(rate * concept_count(n, seed, a_dirty)))
     n_clean = max(1, round(rate * concept_count(n, seed, a_clean)))
-    return build_testbed(out, n=n, seed=seed, overwrite=True, clip_model=clip,
-                         dirty_rate=n_dirty / n, dirty_pairs=(DIRTY_PAIR,),
-                         clean_rate=n_clean / n, clean_pairs=(CLEAN_PAIR,))
+    return build_testbed(
+        out,
+        n=n,
+        seed=seed,
+        overwrite=True,
+        clip_model=clip,
+        dirty_rate=n_dirty / n,
+        dirty_pairs=(DIRTY_PAIR,),
+        clean_rate=n_clean / n,
+        clean_pairs=(CLEAN_PAIR,),
+    )
 
 
-def embed_testbed(tb: Path, model: Any, preprocess: Any, tokenizer: Any,
-                  jpeg_quality: int | None = None) -> dict[str, Any]:
+def embed_testbed(
+    tb: Path, model: Any, preprocess: Any, tokenizer: Any, jpeg_quality: int | None = None
+) -> dict[str, Any]:
     """Embed every served file as the embed stage would (decode, RGB, tiny CLIP); with
     ``jpeg_quality`` every decoded image is first re-encoded as JPEG at that quality.
     Undecodable or missing files are failed rows (no embedding)."""
@@ -108,27 +124,43 @@ def embed_testbed(tb: Path, model: Any, preprocess: Any, tokenizer: Any,
     img_emb = encode_images(model, preprocess, images, batch_size=256)
     txt_emb = encode_texts(model, tokenizer, sub["caption"].tolist(), batch_size=512)
     status = np.where(sub["broken_kind"].fillna("") == "split_view", "hash_mismatch", "ok")
-    return {"truth": sub, "all_truth": truth, "keys": sub["key"].to_numpy(dtype=object),
-            "captions": sub["caption"].tolist(), "image_emb": img_emb, "text_emb": txt_emb,
-            "clip_score": (img_emb * txt_emb).sum(1).astype(np.float64),
-            "status": status, "images": images}
+    return {
+        "truth": sub,
+        "all_truth": truth,
+        "keys": sub["key"].to_numpy(dtype=object),
+        "captions": sub["caption"].tolist(),
+        "image_emb": img_emb,
+        "text_emb": txt_emb,
+        "clip_score": (img_emb * txt_emb).sum(1).astype(np.float64),
+        "status": status,
+        "images": images,
+    }
 
 
-def evaluate(emb: dict[str, Any], concepts: list[str], concept_emb: np.ndarray,
-             threshold: float, params: P.PoisonParams) -> dict[str, Any]:
+def evaluate(
+    emb: dict[str, Any],
+    concepts: list[str],
+    concept_emb: np.ndarray,
+    threshold: float,
+    params: P.PoisonParams,
+) -> dict[str, Any]:
     """Score like the stage does, then measure against truth."""
     truth = emb["truth"]
-    named = stage.membership(emb["captions"], concepts, text_emb=None, concept_emb=None,
-                             mode="word")
+    named = stage.membership(
+        emb["captions"], concepts, text_emb=None, concept_emb=None, mode="word"
+    )
     split_keys = emb["keys"][emb["status"] == "hash_mismatch"]
     t0 = time.perf_counter()
-    comb = stage.score_memberships(emb["image_emb"], emb["clip_score"], named, concepts,
-                                   concept_emb, params)
-    per_key = stage.select_per_key(comb, emb["keys"], split_keys, threshold=threshold,
-                                   params=params)
+    comb = stage.score_memberships(
+        emb["image_emb"], emb["clip_score"], named, concepts, concept_emb, params
+    )
+    per_key = stage.select_per_key(
+        comb, emb["keys"], split_keys, threshold=threshold, params=params
+    )
     seconds = time.perf_counter() - t0
-    df = per_key.merge(truth[["key", "poison_kind", "caption_concept", "broken_kind"]],
-                       on="key", how="left")
+    df = per_key.merge(
+        truth[["key", "poison_kind", "caption_concept", "broken_kind"]], on="key", how="left"
+    )
     sv = (df["broken_kind"].fillna("") == "split_view").to_numpy()
     lab_all = truth["poison_kind"].to_numpy()
     out: dict[str, Any] = {"score_seconds": round(seconds, 2), "rows_scored": int(len(df))}
@@ -139,21 +171,27 @@ def evaluate(emb: dict[str, Any], concepts: list[str], concept_emb: np.ndarray,
         lab = lab_all[ca["row"].to_numpy(dtype=np.int64)]
         pos = lab == kind
         keep = pos | (lab == "none")
-        res: dict[str, Any] = {"concept": a, "planted": int(pos.sum()),
-                               "concept_size": int(len(ca))}
+        res: dict[str, Any] = {
+            "concept": a,
+            "planted": int(pos.sum()),
+            "concept_size": int(len(ca)),
+        }
         for s in SCORES:
             v = SIGN.get(s, 1.0) * ca[s].to_numpy(dtype=np.float64)[keep]
             res[s] = {"auroc": P.auroc(pos[keep], v), "precision": P.precision_at(pos[keep], v)}
         g_pos = (df["poison_kind"] == kind).to_numpy()
         g_keep = g_pos | ((df["poison_kind"] == "none").to_numpy() & ~sv)
         gv = df["combined_score"].to_numpy(dtype=np.float64)[g_keep]
-        res["combined_global"] = {"auroc": P.auroc(g_pos[g_keep], gv),
-                                  "precision": P.precision_at(g_pos[g_keep], gv)}
+        res["combined_global"] = {
+            "auroc": P.auroc(g_pos[g_keep], gv),
+            "precision": P.precision_at(g_pos[g_keep], gv),
+        }
         flagged = df["flagged"].to_numpy(dtype=bool)
         res["recall_at_threshold"] = float(flagged[g_pos].mean()) if g_pos.any() else math.nan
         hit = flagged & g_pos
-        res["kind_accuracy"] = (float((df["kind"].to_numpy()[hit] == kind).mean())
-                                if hit.any() else math.nan)
+        res["kind_accuracy"] = (
+            float((df["kind"].to_numpy()[hit] == kind).mean()) if hit.any() else math.nan
+        )
         counts: dict[str, int] = {}
         for lst in df.loc[g_pos, "fired"]:
             for name in lst if isinstance(lst, list) else []:
@@ -162,15 +200,18 @@ def evaluate(emb: dict[str, Any], concepts: list[str], concept_emb: np.ndarray,
         out[kind] = res
     neg = ((df["poison_kind"] == "none") & ~sv).to_numpy()
     out["fpr_at_threshold"] = float(df["flagged"].to_numpy(dtype=bool)[neg].mean())
-    out["split_view"] = {"rows": int(sv.sum()),
-                         "all_flagged": bool(df.loc[sv, "flagged"].all()) if sv.any() else None,
-                         "kind_ok": bool((df.loc[sv, "kind"] == "split_view").all()),
-                         "max_rank": int(df.loc[sv, "rank"].max()) if sv.any() else None}
+    out["split_view"] = {
+        "rows": int(sv.sum()),
+        "all_flagged": bool(df.loc[sv, "flagged"].all()) if sv.any() else None,
+        "kind_ok": bool((df.loc[sv, "kind"] == "split_view").all()),
+        "max_rank": int(df.loc[sv, "rank"].max()) if sv.any() else None,
+    }
     return out
 
 
-def pgd_strength(emb: dict[str, Any], concepts: list[str], concept_emb: np.ndarray,
-                 anchor_emb: np.ndarray) -> dict[str, float]:
+def pgd_strength(
+    emb: dict[str, Any], concepts: list[str], concept_emb: np.ndarray, anchor_emb: np.ndarray
+) -> dict[str, float]:
     """How far the clean-label poisons moved: cosine to the anchor and zero-shot share that
     reads as the target concept, vs clean images of the same concept."""
     truth = emb["truth"]
@@ -179,13 +220,15 @@ def pgd_strength(emb: dict[str, Any], concepts: list[str], concept_emb: np.ndarr
     pois = (truth["poison_kind"] == "clean").to_numpy()
     clean_a = ((truth["caption_concept"] == a) & (truth["poison_kind"] == "none")).to_numpy()
     cos_anchor = emb["image_emb"] @ anchor_emb
-    return {"poison_cos_to_anchor": float(cos_anchor[pois].mean()),
-            "clean_a_cos_to_anchor": float(cos_anchor[clean_a].mean()),
-            "poison_zero_shot_is_target": float((zs[pois] == b).mean()),
-            "poison_zero_shot_is_source": float((zs[pois] == a).mean()),
-            "clean_a_zero_shot_is_source": float((zs[clean_a] == a).mean()),
-            "poison_clip_score": float(emb["clip_score"][pois].mean()),
-            "clean_a_clip_score": float(emb["clip_score"][clean_a].mean())}
+    return {
+        "poison_cos_to_anchor": float(cos_anchor[pois].mean()),
+        "clean_a_cos_to_anchor": float(cos_anchor[clean_a].mean()),
+        "poison_zero_shot_is_target": float((zs[pois] == b).mean()),
+        "poison_zero_shot_is_source": float((zs[pois] == a).mean()),
+        "clean_a_zero_shot_is_source": float((zs[clean_a] == a).mean()),
+        "poison_clip_score": float(emb["clip_score"][pois].mean()),
+        "clean_a_clip_score": float(emb["clip_score"][clean_a].mean()),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,9 +254,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tp = TestbedParams(n=args.n, seed=seed, clean_pairs=(CLEAN_PAIR,))
             _, anchor_img = _anchor(tp, 0, CLEAN_PAIR.split(":")[1])
             anchor_emb = encode_images(model, preprocess, [anchor_img])[0]
-            entry: dict[str, Any] = {"seed": seed, "rate": rate, "n": args.n,
-                                     "build_seconds": round(t_build, 1),
-                                     "testbed_clean_poisons": summary.get("clean_poisons", {})}
+            entry: dict[str, Any] = {
+                "seed": seed,
+                "rate": rate,
+                "n": args.n,
+                "build_seconds": round(t_build, 1),
+                "testbed_clean_poisons": summary.get("clean_poisons", {}),
+            }
             for variant, q in (("served", None), ("jpeg75", 75)):
                 t1 = time.perf_counter()
                 emb = embed_testbed(tb, model, preprocess, tokenizer, jpeg_quality=q)
@@ -222,16 +269,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["embed_seconds"] = round(t_emb, 1)
                 res["pgd"] = pgd_strength(emb, concepts, concept_emb, anchor_emb)
                 entry[variant] = res
-                logger.info("seed %d rate %.3f %s: dirty AUROC %.3f clean AUROC %.3f "
-                            "(combined, in concept), fpr %.4f", seed, rate, variant,
-                            res["dirty"]["combined_score"]["auroc"],
-                            res["clean"]["combined_score"]["auroc"], res["fpr_at_threshold"])
+                logger.info(
+                    "seed %d rate %.3f %s: dirty AUROC %.3f clean AUROC %.3f "
+                    "(combined, in concept), fpr %.4f",
+                    seed,
+                    rate,
+                    variant,
+                    res["dirty"]["combined_score"]["auroc"],
+                    res["clean"]["combined_score"]["auroc"],
+                    res["fpr_at_threshold"],
+                )
             runs.append(entry)
             if not args.keep:
                 shutil.rmtree(tb, ignore_errors=True)
-    return {"runs": runs, "threshold": args.threshold, "dirty_pair": DIRTY_PAIR,
-            "clean_pair": CLEAN_PAIR, "params": params.__dict__, "n": args.n,
-            "seeds": args.seeds, "rates": args.rates, "work": str(work)}
+    return {
+        "runs": runs,
+        "threshold": args.threshold,
+        "dirty_pair": DIRTY_PAIR,
+        "clean_pair": CLEAN_PAIR,
+        "params": params.__dict__,
+        "n": args.n,
+        "seeds": args.seeds,
+        "rates": args.rates,
+        "work": str(work),
+    }
 
 
 def _mean(xs: list[float]) -> float:
@@ -248,27 +309,30 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             for kind in ("dirty", "clean"):
                 row: dict[str, Any] = {"planted": _mean([r[kind]["planted"] for r in rs])}
                 for s in SCORES:
-                    row[s] = {m: _mean([r[kind][s][m] for r in rs])
-                              for m in ("auroc", "precision")}
-                row["combined_global"] = {m: _mean([r[kind]["combined_global"][m] for r in rs])
-                                          for m in ("auroc", "precision")}
+                    row[s] = {m: _mean([r[kind][s][m] for r in rs]) for m in ("auroc", "precision")}
+                row["combined_global"] = {
+                    m: _mean([r[kind]["combined_global"][m] for r in rs])
+                    for m in ("auroc", "precision")
+                }
                 row["recall_at_threshold"] = _mean([r[kind]["recall_at_threshold"] for r in rs])
                 row["kind_accuracy"] = _mean([r[kind]["kind_accuracy"] for r in rs])
                 row["min_combined_auroc"] = min(r[kind]["combined_score"]["auroc"] for r in rs)
                 table[f"{variant}|{rate}|{kind}"] = row
             table[f"{variant}|{rate}|fpr"] = _mean([r["fpr_at_threshold"] for r in rs])
             table[f"{variant}|{rate}|split_view_all_flagged"] = all(
-                r["split_view"]["all_flagged"] in (True, None) for r in rs)
+                r["split_view"]["all_flagged"] in (True, None) for r in rs
+            )
     served = [r["served"] for r in result["runs"]]
     targets = {
         "dirty_combined_auroc_min": min(r["dirty"]["combined_score"]["auroc"] for r in served),
         "clean_combined_auroc_min": min(r["clean"]["combined_score"]["auroc"] for r in served),
-        "dirty_combined_auroc_mean": _mean([r["dirty"]["combined_score"]["auroc"]
-                                            for r in served]),
-        "clean_combined_auroc_mean": _mean([r["clean"]["combined_score"]["auroc"]
-                                            for r in served]),
-        "split_view_always_flagged": all(r[v]["split_view"]["all_flagged"] in (True, None)
-                                         for r in result["runs"] for v in ("served", "jpeg75")),
+        "dirty_combined_auroc_mean": _mean([r["dirty"]["combined_score"]["auroc"] for r in served]),
+        "clean_combined_auroc_mean": _mean([r["clean"]["combined_score"]["auroc"] for r in served]),
+        "split_view_always_flagged": all(
+            r[v]["split_view"]["all_flagged"] in (True, None)
+            for r in result["runs"]
+            for v in ("served", "jpeg75")
+        ),
     }
     targets["dirty_target_met"] = targets["dirty_combined_auroc_mean"] >= 0.99
     targets["clean_target_met"] = targets["clean_combined_auroc_mean"] >= 0.95
@@ -276,11 +340,20 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
-    short = {P.ALIGNMENT_COS: "align", P.ALIGNMENT_GMM: "gmm", P.CONCEPT_PULL: "pull",
-             P.KDIST: "kdist", P.LOF: "lof", P.SPECTRAL: "spectr", "combined_score": "COMB"}
-    head = (f"{'variant':8s} {'rate':>6s} {'kind':6s} {'n':>5s} "
-            + " ".join(f"{short[s]:>13s}" for s in SCORES)
-            + f" {'global':>13s} {'rec@T':>6s} {'kind%':>6s}")
+    short = {
+        P.ALIGNMENT_COS: "align",
+        P.ALIGNMENT_GMM: "gmm",
+        P.CONCEPT_PULL: "pull",
+        P.KDIST: "kdist",
+        P.LOF: "lof",
+        P.SPECTRAL: "spectr",
+        "combined_score": "COMB",
+    }
+    head = (
+        f"{'variant':8s} {'rate':>6s} {'kind':6s} {'n':>5s} "
+        + " ".join(f"{short[s]:>13s}" for s in SCORES)
+        + f" {'global':>13s} {'rec@T':>6s} {'kind%':>6s}"
+    )
     print("AUROC / precision@planted inside the poisoned concept (mean over seeds)")
     print(head)
     print("-" * len(head))
@@ -290,17 +363,25 @@ def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
             continue
         cells = " ".join(f"{row[s]['auroc']:6.3f}/{row[s]['precision']:5.2f}" for s in SCORES)
         g = row["combined_global"]
-        print(f"{variant:8s} {float(rate):6.3f} {kind:6s} {row['planted']:5.1f} {cells} "
-              f"{g['auroc']:6.3f}/{g['precision']:5.2f} {row['recall_at_threshold']:6.2f} "
-              f"{row['kind_accuracy']:6.2f}")
+        print(
+            f"{variant:8s} {float(rate):6.3f} {kind:6s} {row['planted']:5.1f} {cells} "
+            f"{g['auroc']:6.3f}/{g['precision']:5.2f} {row['recall_at_threshold']:6.2f} "
+            f"{row['kind_accuracy']:6.2f}"
+        )
     for variant in ("served", "jpeg75"):
         fprs = [summary["table"][f"{variant}|{r}|fpr"] for r in result["rates"]]
-        print(f"{variant}: false-positive rate at threshold {result['threshold']}: "
-              + ", ".join(f"{f:.4f}" for f in fprs))
-    pg = {v: _mean([r[v]["pgd"]["poison_zero_shot_is_target"] for r in result["runs"]])
-          for v in ("served", "jpeg75")}
-    print(f"clean-label poisons read as the target concept (zero-shot): served {pg['served']:.2f}"
-          f", after JPEG q75 {pg['jpeg75']:.2f}")
+        print(
+            f"{variant}: false-positive rate at threshold {result['threshold']}: "
+            + ", ".join(f"{f:.4f}" for f in fprs)
+        )
+    pg = {
+        v: _mean([r[v]["pgd"]["poison_zero_shot_is_target"] for r in result["runs"]])
+        for v in ("served", "jpeg75")
+    }
+    print(
+        f"clean-label poisons read as the target concept (zero-shot): served {pg['served']:.2f}"
+        f", after JPEG q75 {pg['jpeg75']:.2f}"
+    )
     print("targets:", json.dumps(summary["targets"]))
 
 
@@ -315,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the testbeds")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "poisons.json"))
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     t0 = time.perf_counter()
     result = run(args)
     summary = summarise(result)

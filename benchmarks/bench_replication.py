@@ -216,8 +216,10 @@ def quality_one_seed(seed: int, n: int, clip: tuple[Any, Any, Any], work_dir: Pa
     meta = ws.finding_meta("object_replication")
     ranked = [x["keyword"] for x in meta["discovery"]["ranking"]]
     res["discovery_objects"] = {
-        "top5": [(x["keyword"], x["best_object"], round(x["score"], 3))
-                 for x in meta["discovery"]["ranking"][:5]],  # fmt: skip
+        "top5": [
+            (x["keyword"], x["best_object"], round(x["score"], 3))
+            for x in meta["discovery"]["ranking"][:5]
+        ],  # fmt: skip
         "rank_astronaut": ranked.index("astronaut") + 1 if "astronaut" in ranked else None,
     }
     res["seconds"] = {k: round(v, 2) for k, v in timings.items()}
@@ -228,7 +230,9 @@ def quality_one_seed(seed: int, n: int, clip: tuple[Any, Any, Any], work_dir: Pa
 # speed
 
 
-def synthetic_embeddings(n: int, d: int, seed: int = 0, n_works: int = 3, work_share: float = 0.007):
+def synthetic_embeddings(
+    n: int, d: int, seed: int = 0, n_works: int = 3, work_share: float = 0.007
+):
     """CLIP-like unit vectors: a shared mean direction, 64 topics, planted near-copy works."""
     from detectors.stats import normalize_rows
 

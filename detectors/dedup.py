@@ -432,52 +432,47 @@ def centroid_distances(centroids: np.ndarray) -> np.ndarray:
 
 def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
                       max_probes: int = MAX_PROBES, probe_scale: float = PROBE_SCALE,
-                      cdist: np.ndarray | None = None, slack: float = 0.01,
-                      candidates: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      cdist: np.ndarray | None = None,
+                      slack: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Primary partition and probe partitions of each row of ``x``.
 
     Returns ``(primary (n,), probes (n, max_probes) padded with -1, n_needed (n,))``: the probe
     partitions ``Q > primary`` whose boundary is within ``probe_scale`` x :func:`probe_radius`
-    of the row (nearest boundaries first), and how many partitions passed the bound before the
-    cap. ``probe_scale=1`` is the worst-case bound (exact when nothing is capped); smaller
-    values assume the offset between duplicates is not aligned with the boundary normal.
-
-    The bound is checked on the ``candidates`` centroids most similar to the row (default
-    ``max(8, 4 x max_probes)``, all of them when that reaches K), which keeps the per-row work
-    at O(K) for the similarities plus O(candidates) for the bound.
+    of the row (nearest boundaries first, i.e. smallest margin / bound), and how many
+    partitions passed the bound before the cap. ``probe_scale=1`` is the worst-case bound
+    (exact when nothing is capped); smaller values assume the offset between duplicates is not
+    aligned with the boundary normal.
     """
     xf = _f32(x)
     c = _f32(centroids)
     k = c.shape[0]
     n = xf.shape[0]
     s = xf @ c.T
-    primary = np.argmax(s, axis=1).astype(np.int32)
+    primary = np.argmax(s, axis=1).astype(np.int32) if n else np.zeros(0, np.int32)
     probes = np.full((n, max(0, max_probes)), -1, dtype=np.int32)
     if k == 1 or n == 0:
         return primary, probes, np.zeros(n, dtype=np.int32)
     if cdist is None:
         cdist = centroid_distances(c)
-    L = min(k, candidates or max(8, 4 * max_probes))
-    cand = (np.argpartition(-s, L - 1, axis=1)[:, :L] if L < k
-            else np.broadcast_to(np.arange(k), (n, k)))
-    sc = np.take_along_axis(s, cand, axis=1)
-    rows = np.arange(n)
-    margin = s[rows, primary][:, None] - sc
-    bound = (probe_scale * probe_radius(threshold, slack)) * cdist[primary[:, None], cand]
-    ratio = margin / np.maximum(bound, 1e-12)
-    ratio[(cand <= primary[:, None]) | (margin > bound)] = np.inf  # only Q > P (symmetry)
-    n_needed = np.isfinite(ratio).sum(1).astype(np.int32)
-    m = min(max_probes, L)
-    if m > 0 and np.any(n_needed):
-        pick = np.argpartition(ratio, m - 1, axis=1)[:, :m] if m < L else np.broadcast_to(
-            np.arange(L), (n, L))
-        pr = np.take_along_axis(ratio, pick, axis=1)
-        o = np.argsort(pr, axis=1, kind="stable")
-        pick = np.take_along_axis(pick, o, axis=1)
-        pr = np.take_along_axis(pr, o, axis=1)
-        chosen = np.take_along_axis(cand, pick, axis=1).astype(np.int32)
-        chosen[~np.isfinite(pr)] = -1
-        probes[:, :m] = chosen
+    radius = probe_scale * probe_radius(threshold, slack)
+    sp = s[np.arange(n), primary]
+    # cheap prefilter with each primary's farthest centroid, then the exact per-pair bound
+    loose = (sp[:, None] - s) <= (radius * cdist.max(axis=1))[primary][:, None]
+    loose &= np.arange(k)[None, :] > primary[:, None]  # only Q > P (symmetry)
+    rr, qq = np.nonzero(loose)
+    margin = sp[rr] - s[rr, qq]
+    bound = radius * cdist[primary[rr], qq]
+    ok = margin <= bound
+    rr, qq = rr[ok], qq[ok]
+    ratio = margin[ok] / np.maximum(bound[ok], 1e-12)
+    n_needed = np.bincount(rr, minlength=n).astype(np.int32)
+    if max_probes > 0 and rr.size:
+        order = np.lexsort((qq, ratio, rr))
+        rr, qq = rr[order], qq[order]
+        first = np.searchsorted(rr, rr, side="left")
+        rank = np.arange(rr.size) - first
+        sel = rank < max_probes
+        probes[rr[sel], rank[sel]] = qq[sel]
     return primary, probes, n_needed
 
 

@@ -91,8 +91,10 @@ class PoisonParams:
             raise ValueError(f"rule must be one of {RULES} (got {self.rule!r})")
         unknown = [e for e in self.evidence if e not in EVIDENCE]
         if unknown or not self.evidence:
-            raise ValueError(f"evidence must be a non-empty subset of {list(EVIDENCE)} "
-                             f"(got {list(self.evidence)})")
+            raise ValueError(
+                f"evidence must be a non-empty subset of {list(EVIDENCE)} "
+                f"(got {list(self.evidence)})"
+            )
 
 
 def adaptive_k(n: int, k_min: int = 16, k_max: int = 32) -> int:
@@ -103,8 +105,9 @@ def adaptive_k(n: int, k_min: int = 16, k_max: int = 32) -> int:
     return max(1, min(k, n // 4 if n < 4 * k_min else k, n - 1))
 
 
-def alignment_gmm(cos: np.ndarray, *, seed: int = 0, min_samples: int = 8,
-                  min_bic_gain: float = 10.0) -> np.ndarray:
+def alignment_gmm(
+    cos: np.ndarray, *, seed: int = 0, min_samples: int = 8, min_bic_gain: float = 10.0
+) -> np.ndarray:
     """Probability that each pair belongs to the low-cosine component of a 2-Gaussian mixture.
 
     Returns zeros when there are fewer than ``min_samples`` finite values or when two components
@@ -123,8 +126,9 @@ def alignment_gmm(cos: np.ndarray, *, seed: int = 0, min_samples: int = 8,
     g1 = GaussianMixture(1, random_state=seed, init_params="random_from_data").fit(x)
     # start the low component in the lower tail (no k-means initialisation: 1-D, and cheap)
     init = np.quantile(x, [0.02, 0.5]).reshape(2, 1)
-    g2 = GaussianMixture(2, random_state=seed, means_init=init, reg_covar=1e-5,
-                         init_params="random_from_data").fit(x)
+    g2 = GaussianMixture(
+        2, random_state=seed, means_init=init, reg_covar=1e-5, init_params="random_from_data"
+    ).fit(x)
     if g1.bic(x) - g2.bic(x) < min_bic_gain:
         return out
     low = int(np.argmin(g2.means_.ravel()))
@@ -132,8 +136,9 @@ def alignment_gmm(cos: np.ndarray, *, seed: int = 0, min_samples: int = 8,
     return out
 
 
-def concept_pull(image_emb: np.ndarray, concept_emb: np.ndarray,
-                 named: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def concept_pull(
+    image_emb: np.ndarray, concept_emb: np.ndarray, named: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Zero-shot pull of each image away from the concepts its caption names.
 
     ``image_emb`` (n, d) and ``concept_emb`` (K, d) are L2-normalised; ``named`` (n, K) is True
@@ -145,11 +150,14 @@ def concept_pull(image_emb: np.ndarray, concept_emb: np.ndarray,
     concept_emb = np.asarray(concept_emb, dtype=np.float32)
     named = np.asarray(named, dtype=bool)
     if image_emb.ndim != 2 or concept_emb.ndim != 2 or image_emb.shape[1] != concept_emb.shape[1]:
-        raise ValueError(f"shape mismatch: image_emb {image_emb.shape}, concept_emb "
-                         f"{concept_emb.shape}")
+        raise ValueError(
+            f"shape mismatch: image_emb {image_emb.shape}, concept_emb {concept_emb.shape}"
+        )
     if named.shape != (image_emb.shape[0], concept_emb.shape[0]):
-        raise ValueError(f"named must be (n, K) = {(image_emb.shape[0], concept_emb.shape[0])} "
-                         f"(got {named.shape})")
+        raise ValueError(
+            f"named must be (n, K) = {(image_emb.shape[0], concept_emb.shape[0])} "
+            f"(got {named.shape})"
+        )
     sims = image_emb @ concept_emb.T
     own = np.where(named, sims, -np.inf).max(axis=1)
     other_s = np.where(named, -np.inf, sims)
@@ -162,8 +170,9 @@ def concept_pull(image_emb: np.ndarray, concept_emb: np.ndarray,
     return margin, nearest
 
 
-def _neighbours(x: np.ndarray, k: int, max_reference: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _neighbours(
+    x: np.ndarray, k: int, max_reference: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distances/indices of each row's k nearest *other* rows among a reference set.
 
     The reference is all rows, or a random ``max_reference`` of them for large concepts (so
@@ -188,8 +197,7 @@ def _neighbours(x: np.ndarray, k: int, max_reference: int,
     return (dist[keep].reshape(n, k), gidx[keep].reshape(n, k), ref)
 
 
-def k_distance(x: np.ndarray, k: int, *, max_reference: int = 20000,
-               seed: int = 0) -> np.ndarray:
+def k_distance(x: np.ndarray, k: int, *, max_reference: int = 20000, seed: int = 0) -> np.ndarray:
     """Euclidean distance (on L2-normalised rows: sqrt(2 - 2 cos)) to the k-th nearest other row."""
     x = np.asarray(x, dtype=np.float32)
     if k < 1 or len(x) <= k:
@@ -275,22 +283,34 @@ def score_concepts(
         big = n >= params.min_concept_size
         k = adaptive_k(n, params.k_min, params.k_max) if big else 0
         seed = params.seed + c
-        df = pd.DataFrame({
-            "row": rows,
-            "concept": concept,
-            "concept_size": np.int32(n),
-            "k": np.int32(k),
-            ALIGNMENT_COS: cos,
-            ALIGNMENT_GMM: alignment_gmm(cos, seed=seed, min_samples=params.min_concept_size,
-                                         min_bic_gain=params.min_bic_gain),
-            CONCEPT_PULL: margin[rows],
-            "pull_concept": [concepts[j] if j >= 0 else None for j in nearest[rows]],
-            KDIST: (k_distance(x, k, max_reference=params.max_reference, seed=seed) if big
-                    else np.full(n, np.nan)),
-            LOF: (lof_scores(x, k, max_reference=params.max_reference, seed=seed) if big
-                  else np.full(n, np.nan)),
-            SPECTRAL: spectral_signature(x) if big else np.full(n, np.nan),
-        })
+        df = pd.DataFrame(
+            {
+                "row": rows,
+                "concept": concept,
+                "concept_size": np.int32(n),
+                "k": np.int32(k),
+                ALIGNMENT_COS: cos,
+                ALIGNMENT_GMM: alignment_gmm(
+                    cos,
+                    seed=seed,
+                    min_samples=params.min_concept_size,
+                    min_bic_gain=params.min_bic_gain,
+                ),
+                CONCEPT_PULL: margin[rows],
+                "pull_concept": [concepts[j] if j >= 0 else None for j in nearest[rows]],
+                KDIST: (
+                    k_distance(x, k, max_reference=params.max_reference, seed=seed)
+                    if big
+                    else np.full(n, np.nan)
+                ),
+                LOF: (
+                    lof_scores(x, k, max_reference=params.max_reference, seed=seed)
+                    if big
+                    else np.full(n, np.nan)
+                ),
+                SPECTRAL: spectral_signature(x) if big else np.full(n, np.nan),
+            }
+        )
         frames.append(df)
     if not frames:
         cols = ["row", "concept", "concept_size", "k", *SCORE_NAMES, "pull_concept"]
@@ -370,11 +390,15 @@ def combine(scores: pd.DataFrame, params: PoisonParams | None = None) -> pd.Data
 
 def _reason(name: str, z: float, row: pd.Series) -> str:
     if name == CONCEPT_PULL:
-        return (f"{name} z={z:.1f}: image nearer '{row['pull_concept']}' than its caption's "
-                f"concept (margin {row[CONCEPT_PULL]:+.3f})")
+        return (
+            f"{name} z={z:.1f}: image nearer '{row['pull_concept']}' than its caption's "
+            f"concept (margin {row[CONCEPT_PULL]:+.3f})"
+        )
     if name == ALIGNMENT_COS:
-        return (f"{name} z={z:.1f}: low image-text cosine {row[ALIGNMENT_COS]:.3f} "
-                f"(mismatch p={row[ALIGNMENT_GMM]:.2f})")
+        return (
+            f"{name} z={z:.1f}: low image-text cosine {row[ALIGNMENT_COS]:.3f} "
+            f"(mismatch p={row[ALIGNMENT_GMM]:.2f})"
+        )
     if name == KDIST:
         return f"{name} z={z:.1f}: far from its concept's images (k-distance {row[KDIST]:.3f})"
     if name == LOF:
@@ -384,8 +408,13 @@ def _reason(name: str, z: float, row: pd.Series) -> str:
     return f"{name} z={z:.1f}"
 
 
-def flag(scores: pd.DataFrame, *, threshold: float | None = None,
-         expected_rate: float | None = None, rate_factor: float = 1.5) -> np.ndarray:
+def flag(
+    scores: pd.DataFrame,
+    *,
+    threshold: float | None = None,
+    expected_rate: float | None = None,
+    rate_factor: float = 1.5,
+) -> np.ndarray:
     """Boolean flags per row of a :func:`combine` frame.
 
     With ``expected_rate``, the top ``ceil(rate_factor * expected_rate * concept_size)`` rows of
@@ -408,7 +437,7 @@ def flag(scores: pd.DataFrame, *, threshold: float | None = None,
 
 
 def guess_kind(scores: pd.DataFrame, flagged: np.ndarray, fire_z: float = 3.5) -> np.ndarray:
-    """"dirty" when a flagged row's alignment evidence fires or its GMM mismatch p >= 0.5
+    """ "dirty" when a flagged row's alignment evidence fires or its GMM mismatch p >= 0.5
     (the image does not match its caption), "clean" for other flagged rows (aligned but pulled
     or out of place: Nightshade-style), "none" when not flagged."""
     align_z = scores.get(f"{ALIGNMENT_COS}_z", pd.Series(0.0, index=scores.index)).to_numpy()

@@ -160,3 +160,25 @@ def test_default_concepts_are_the_testbeds() -> None:
 
     assert resolve_concepts(None) == (list(CONCEPTS), "testbed")
     assert resolve_concepts("a, b ,a") == (["a", "b"], "option")
+
+
+# ------------------------------------------------------------------------------ testbed
+
+
+@pytest.mark.slow
+def test_testbed_word_and_semantic_frequency_match_planted_rates(tmp_path_factory) -> None:
+    import pyarrow.parquet as pq
+    from test_dedup import embedded_testbed
+
+    root = embedded_testbed(tmp_path_factory.getbasetemp())
+    ws = Workspace(root)
+    assert _run(["concepts", str(root), "-q"]) == 0
+    df = ws.read_finding("concepts").to_pandas().set_index("concept")
+    truth = pq.read_table(root / "truth.parquet").to_pandas()
+    planted = truth.caption_concept.value_counts() / len(truth)
+    meta = ws.finding_meta("concepts")
+    assert meta["model"] == "tiny-synth" and "semantic_error" not in meta
+    for c, row in df.iterrows():
+        p = float(planted.get(c, 0.0))
+        assert abs(row.word_freq - p) <= 0.005, (c, row.word_freq, p)
+        assert abs(row.semantic_freq - p) <= max(0.02, 0.3 * p), (c, row.semantic_freq, p)

@@ -381,3 +381,62 @@ def test_stage_calibrate_records_sweep(tmp_path) -> None:
     cal = json.loads((ws.findings_dir / "duplicates.json").read_text())["calibration"]
     assert cal["chosen"]["meets_precision"]
     assert cal["chosen"]["precision"] >= 0.98 and cal["chosen"]["recall"] >= 0.95
+
+
+# ------------------------------------------------------------------------------ testbed
+
+
+def embedded_testbed(base, n: int = 600, seed: int = 7):
+    """A SynthLAION testbed embedded with the shipped tiny CLIP by the real embed stage; the
+    testbed folder is the workspace (its shards/ are what `embed` reads). Built once per test
+    session (shared with tests/test_concepts.py through the folder)."""
+    from audit.models import TINY_CLIP_WEIGHTS
+    from audit.testbed.generate import build_testbed
+
+    if not TINY_CLIP_WEIGHTS.is_file():
+        pytest.skip(f"tiny-synth weights not shipped yet ({TINY_CLIP_WEIGHTS})")
+    ws = base / f"embedded_testbed_n{n}_s{seed}"
+    if not (ws / ".embedded").exists():
+        build_testbed(ws, n=n, seed=seed, clean_rate=0.0, overwrite=True)
+        assert _run(["embed", str(ws), "-q"]) == 0
+        (ws / ".embedded").touch()
+    return ws
+
+
+@pytest.fixture(scope="module")
+def testbed_ws(tmp_path_factory):
+    return embedded_testbed(tmp_path_factory.getbasetemp())
+
+
+@pytest.mark.slow
+def test_testbed_planted_duplicates_found(testbed_ws) -> None:
+    import pyarrow.parquet as pq
+
+    ws = Workspace(testbed_ws)
+    assert _run(["dedup", str(ws.root), "-q"]) == 0
+    meta = ws.finding_meta("duplicates")
+    assert meta["model"] == "tiny-synth"
+    assert meta["threshold"] == dd.DEFAULT_THRESHOLDS["tiny-synth"]
+    df = ws.read_finding("duplicates").to_pandas()
+    truth = pq.read_table(testbed_ws / "truth.parquet").to_pandas().set_index("key")
+    emb = ws.load_embeddings(columns=["key", "image_emb"]).to_pandas()
+    keys = emb.key[emb.image_emb.notna()].tolist()  # samples that could be compared at all
+    pos = {k: i for i, k in enumerate(keys)}
+    lab = {kind: np.full(len(keys), -1) for kind in ("exact", "near")}
+    for r in df[df.kind.isin(["exact", "near"])].itertuples():
+        if r.key in pos:
+            lab[r.kind][pos[r.key]] = r.group_id
+    found = dd.merge_labels(len(keys), lab["exact"], lab["near"])
+    planted = np.array([-1 if np.isnan(g) else int(g)
+                        for g in truth.loc[keys, "dup_group"].astype(float)])
+    agree = dd.group_agreement(found, planted)
+    assert agree["true_pairs"] > 50
+    assert agree["precision"] >= 0.98, agree
+    assert agree["recall"] >= 0.95, agree
+    # exact kind: exactly the planted byte-identical groups (among rows with a hash)
+    ex = df[df.kind == "exact"]
+    groups = {frozenset(g) for g in ex.groupby("group_id").key.apply(frozenset)}
+    t_ex = truth[(truth.dup_kind == "exact") & truth.index.isin(emb.key[emb.image_emb.notna()])]
+    planted_ex = {frozenset(g) for g in t_ex.groupby("dup_group").apply(
+        lambda d: frozenset(d.index)) if len(g) > 1}
+    assert groups == planted_ex

@@ -92,3 +92,64 @@ def test_object_replication_bad_shapes() -> None:
     with pytest.raises(ValueError, match="keys"):
         object_replication("a", ["x"], np.zeros((3, 1)), np.zeros((0, 1)), np.zeros((3, 1), bool),
                            ["1"])  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# the targets on the SynthLAION testbed (shared with test_replication.py)
+
+
+@pytest.mark.slow
+def test_testbed_flag_rate_within_3_points_and_no_false_flags() -> None:
+    from test_replication import testbed_workspace
+
+    from audit.cli import main
+    from detectors.text import match_keyword
+
+    ws, truth = testbed_workspace()
+    assert main(["objects", "-q", str(ws.root), "-k", "astronaut"]) == 0
+    rows = ws.read_finding("object_replication").to_pylist()
+    meta = ws.finding_meta("object_replication")
+    assert meta["model"] == "tiny-synth"
+    sub = truth[match_keyword(list(truth["caption"]), "astronaut")]
+    planted = float(sub["object_present"].mean())
+    assert 0.07 < planted < 0.13
+    by_obj = {r["object"]: r for r in rows}
+    assert "astronaut" not in by_obj and len(by_obj) == 23
+    flag = by_obj["flag"]
+    assert flag["n_images"] == len(sub)
+    assert abs(flag["image_rate"] - planted) <= 0.03, (flag["image_rate"], planted)
+    assert flag["flagged"] and flag["caption_rate"] == 0.0
+    assert flag["outside_rate"] < flag["ci_low"]
+    present = set(sub.loc[sub["object_present"], "key"])
+    assert len(set(flag["example_keys"]) & present) >= 0.8 * len(flag["example_keys"])
+    # no association flagged above 5% where none was planted
+    assert not [(o, r["image_rate"]) for o, r in by_obj.items()
+                if o != "flag" and r["flagged"] and r["image_rate"] > 0.05]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_testbed_object_discovery_ranks_astronaut_in_top3() -> None:
+    from test_replication import testbed_workspace
+
+    from audit.cli import main
+
+    ws, _ = testbed_workspace()
+    assert main(["objects", "-q", str(ws.root), "--discover", "--top", "3"]) == 0
+    disc = ws.finding_meta("object_replication")["discovery"]
+    assert "astronaut" in disc["chosen"], disc["ranking"][:5]
+    rows = ws.read_finding("object_replication").to_pylist()
+    assert {r["source"] for r in rows} == {"discovered"}
+    assert any(r["keyword"] == "astronaut" and r["object"] == "flag" and r["flagged"] for r in rows)
+
+
+def test_stage_needs_a_model_and_a_keyword(tmp_path) -> None:
+    from test_replication import _synthetic_corpus, _write_workspace
+
+    from audit.cli import main
+
+    e, caps, _, keys = _synthetic_corpus(n_style=20, n_other=20)
+    ws = _write_workspace(tmp_path, e, caps, keys)
+    assert main(["objects", "-q", str(ws.root)]) == 2  # neither --keyword nor --discover
+    assert main(["objects", "-q", str(ws.root), "-k", "dog", "--min-gap", "2"]) == 2
+    # no embeddings/model.json: the prompts cannot be embedded -> input error
+    assert main(["objects", "-q", str(ws.root), "-k", "dog"]) == 3

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from detectors import poisons as P
@@ -18,8 +17,14 @@ from detectors.stats import normalize_rows
 CONCEPTS = [f"thing{i}" for i in range(6)]
 
 
-def synthetic(n_per: int = 300, k: int = 6, d: int = 48, n_poison: int = 6, seed: int = 0,
-              poisons: bool = True) -> dict:
+def synthetic(
+    n_per: int = 300,
+    k: int = 6,
+    d: int = 48,
+    n_poison: int = 6,
+    seed: int = 0,
+    poisons: bool = True,
+) -> dict:
     """Concept clusters with style directions; per concept ``n_poison`` dirty-label images (an
     image of the next concept) and ``n_poison`` clean-label ones (pulled toward one anchor image
     of the next concept, caption unchanged)."""
@@ -37,23 +42,39 @@ def synthetic(n_per: int = 300, k: int = 6, d: int = 48, n_poison: int = 6, seed
             b = (a + 1) % k
             sel = rng.choice(np.flatnonzero(labels == a), 2 * n_poison, replace=False)
             dirty, clean = sel[:n_poison], sel[n_poison:]
-            img[dirty] = normalize_rows(cdir[b] + 0.3 * styles[st[dirty]]
-                                        + 0.2 * rng.normal(size=(n_poison, d)))
+            img[dirty] = normalize_rows(
+                cdir[b] + 0.3 * styles[st[dirty]] + 0.2 * rng.normal(size=(n_poison, d))
+            )
             anchor = img[np.flatnonzero(labels == b)[0]]
-            img[clean] = normalize_rows(0.5 * img[clean] + 0.5 * anchor
-                                        + 0.03 * rng.normal(size=(n_poison, d)))
+            img[clean] = normalize_rows(
+                0.5 * img[clean] + 0.5 * anchor + 0.03 * rng.normal(size=(n_poison, d))
+            )
             kind[dirty], kind[clean] = 1, 2
     named = np.zeros((n, k), dtype=bool)
     named[np.arange(n), labels] = True
     concept_emb = normalize_rows(cdir + 0.1 * rng.normal(size=(k, d)))
-    return {"img": img, "txt": txt, "cos": (img * txt).sum(1), "named": named,
-            "labels": labels, "kind": kind, "concept_emb": concept_emb}
+    return {
+        "img": img,
+        "txt": txt,
+        "cos": (img * txt).sum(1),
+        "named": named,
+        "labels": labels,
+        "kind": kind,
+        "concept_emb": concept_emb,
+    }
 
 
 def _score(s: dict, **kw) -> pd.DataFrame:
     members = [np.flatnonzero(s["named"][:, j]) for j in range(s["named"].shape[1])]
-    raw = P.score_concepts(s["img"], s["cos"], members, CONCEPTS[: len(members)],
-                           concept_emb=s["concept_emb"], named=s["named"], **kw)
+    raw = P.score_concepts(
+        s["img"],
+        s["cos"],
+        members,
+        CONCEPTS[: len(members)],
+        concept_emb=s["concept_emb"],
+        named=s["named"],
+        **kw,
+    )
     return P.combine(raw)
 
 
@@ -98,8 +119,12 @@ def test_alignment_gmm_is_zero_without_a_mismatched_population() -> None:
 
 def test_neighbour_and_spectral_scores_single_out_outliers() -> None:
     rng = np.random.default_rng(2)
-    x = normalize_rows(np.r_[rng.normal(size=(300, 16)) * 0.2 + np.eye(16)[0],
-                             normalize_rows(rng.normal(size=(5, 16)))])
+    x = normalize_rows(
+        np.r_[
+            rng.normal(size=(300, 16)) * 0.2 + np.eye(16)[0],
+            normalize_rows(rng.normal(size=(5, 16))),
+        ]
+    )
     out = np.r_[np.zeros(300, bool), np.ones(5, bool)]
     k = P.adaptive_k(len(x))
     assert P.auroc(out, P.k_distance(x, k)) > 0.99
@@ -155,8 +180,14 @@ def test_flag_by_expected_rate_takes_the_top_of_each_concept() -> None:
 def test_small_concepts_get_pooled_z_and_no_neighbour_scores() -> None:
     s = synthetic(n_per=100, k=3, n_poison=2)
     members = [np.flatnonzero(s["named"][:, 0]), np.flatnonzero(s["named"][:, 1])[:5]]
-    raw = P.score_concepts(s["img"], s["cos"], members, CONCEPTS[:2],
-                           concept_emb=s["concept_emb"][:2], named=s["named"][:, :2])
+    raw = P.score_concepts(
+        s["img"],
+        s["cos"],
+        members,
+        CONCEPTS[:2],
+        concept_emb=s["concept_emb"][:2],
+        named=s["named"][:, :2],
+    )
     small = raw[raw["concept"] == CONCEPTS[1]]
     assert len(small) == 5 and small[P.LOF].isna().all() and (small["k"] == 0).all()
     comb = P.combine(raw)
@@ -192,20 +223,24 @@ def _write_workspace(root: Path, s: dict, split: list[int]) -> list[str]:
     txt = [row.astype(np.float16).tolist() for row in s["txt"]] + [None, None]
     clip = [float(v) for v in s["cos"]] + [None, None]
     m = len(keys)
-    table = pa.table({
-        "key": keys, "url": [f"http://127.0.0.1/{k}.jpg" for k in keys], "caption": captions,
-        "sha256": ["0" * 64] * m, "width": pa.array([64] * m, pa.int32()),
-        "height": pa.array([64] * m, pa.int32()), "status": status,
-        "error": [None] * m, "image_emb": pa.array(img, pa.list_(pa.float16(), d)),
-        "text_emb": pa.array(txt, pa.list_(pa.float16(), d)),
-        "clip_score": pa.array(clip, pa.float32()),
-    }, schema=embedding_schema(d))
+    table = pa.table(
+        {
+            "key": keys,
+            "url": [f"http://127.0.0.1/{k}.jpg" for k in keys],
+            "caption": captions,
+            "sha256": ["0" * 64] * m,
+            "width": pa.array([64] * m, pa.int32()),
+            "height": pa.array([64] * m, pa.int32()),
+            "status": status,
+            "error": [None] * m,
+            "image_emb": pa.array(img, pa.list_(pa.float16(), d)),
+            "text_emb": pa.array(txt, pa.list_(pa.float16(), d)),
+            "clip_score": pa.array(clip, pa.float32()),
+        },
+        schema=embedding_schema(d),
+    )
     ws = Workspace(root)
-    # pyarrow <= 25 cannot read back a fixed-size list column with null rows from parquet
-    # (apache/arrow#35692); without the stored Arrow schema it comes back as a plain list
-    ws.embeddings_dir.mkdir(parents=True)
-    pq.write_table(table, ws.part_path(0), store_schema=False)
-    ws.mark_done(ws.part_path(0))
+    ws.write_part(ws.part_path(0), table)
     return keys
 
 
@@ -220,9 +255,22 @@ def test_stage_writes_ranked_findings_and_vulnerability(tmp_path: Path) -> None:
     assert code == 0
     ws = Workspace(tmp_path)
     df = ws.read_finding("poisons").to_pandas()
-    for col in ("key", "concept", P.ALIGNMENT_COS, P.ALIGNMENT_GMM, P.CONCEPT_PULL, P.KDIST,
-                P.LOF, P.SPECTRAL, P.SPLIT_VIEW, "combined_score", "rank", "flagged", "kind",
-                "reasons"):
+    for col in (
+        "key",
+        "concept",
+        P.ALIGNMENT_COS,
+        P.ALIGNMENT_GMM,
+        P.CONCEPT_PULL,
+        P.KDIST,
+        P.LOF,
+        P.SPECTRAL,
+        P.SPLIT_VIEW,
+        "combined_score",
+        "rank",
+        "flagged",
+        "kind",
+        "reasons",
+    ):
         assert col in df.columns, col
     assert df["key"].is_unique and len(df) == len(s["img"])
     assert df["rank"].tolist() == list(range(1, len(df) + 1))
@@ -252,12 +300,23 @@ def test_stage_expected_rate_and_config_errors(tmp_path: Path, capsys) -> None:
 
     s = synthetic(n_per=100, k=3, n_poison=2)
     _write_workspace(tmp_path, s, [])
-    assert cli.main(["poisons", str(tmp_path), "-q", "--concepts", ",".join(CONCEPTS[:3]),
-                     "--expected-rate", "0.02"]) == 0
+    assert (
+        cli.main(
+            [
+                "poisons",
+                str(tmp_path),
+                "-q",
+                "--concepts",
+                ",".join(CONCEPTS[:3]),
+                "--expected-rate",
+                "0.02",
+            ]
+        )
+        == 0
+    )
     df = Workspace(tmp_path).read_finding("poisons").to_pandas()
     assert df.groupby("concept")["flagged"].sum().tolist() == [3, 3, 3]
     assert cli.main(["poisons", str(tmp_path), "--expected-rate", "2"]) == 2
     assert "poisons.expected_rate" in capsys.readouterr().err
-    assert cli.main(["poisons", str(tmp_path), "--match", "semantic",
-                     "--concepts", "thing0"]) == 2
+    assert cli.main(["poisons", str(tmp_path), "--match", "semantic", "--concepts", "thing0"]) == 2
     assert "semantic" in capsys.readouterr().err

@@ -180,8 +180,12 @@ def test_triage_helpers() -> None:
 def random_sd(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A randomly initialised tiny StableDiffusionPipeline saved to disk (64 px, DDIM)."""
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from audit.training.train_tiny_sd import build_clip_tokenizer
@@ -230,22 +234,22 @@ def test_each_image_depends_on_prompt_and_seed_not_on_batch_size(random_sd: str)
     from pipelines.reproduce import GenerationSettings, SeededGenerator
 
     gen = SeededGenerator(_load(random_sd))
-    st = GenerationSettings("random", steps=4, height=64, width=64)
-    seeds = [0, 1, 2, 3, 4]
+    st = GenerationSettings("random", steps=3, height=64, width=64)
+    seeds = [0, 1, 2, 3]
     px = {}
-    for bs in (1, 2, 5):
+    for bs in (1, 2, 4):
         imgs = []
         for a in range(0, len(seeds), bs):
             imgs += gen.generate("starry night by van gogh", seeds[a:a + bs], st)
         px[bs] = np.stack([np.asarray(im, np.int16) for im in imgs])
     # batched kernels sum in another order: at most a grey level or two, on few pixels
-    for bs in (2, 5):
+    for bs in (2, 4):
         diff = np.abs(px[bs] - px[1])
         assert diff.max() <= 2 and (diff > 0).mean() < 0.01, (bs, diff.max(), (diff > 0).mean())
     # the same batch size reproduces the same bytes
     again = np.stack([np.asarray(im, np.int16) for im in gen.generate(
         "starry night by van gogh", seeds, st)])
-    assert np.array_equal(again, px[5])
+    assert np.array_equal(again, px[4])
     # seeds and prompts matter
     assert np.abs(px[1][0] - px[1][1]).mean() > 5
     other = np.asarray(gen.generate("a red dog", [0], st)[0], np.int16)
@@ -278,8 +282,13 @@ def _chunk_files(root: Path) -> dict[str, bytes]:
 def test_resume_after_a_crash_keeps_finished_chunks(random_sd: str, tmp_path: Path) -> None:
     import functools
 
-    from pipelines.reproduce import (GenerationSettings, chunk_paths, plan_chunks, read_chunks,
-                                     run_generation)
+    from pipelines.reproduce import (
+        GenerationSettings,
+        chunk_paths,
+        plan_chunks,
+        read_chunks,
+        run_generation,
+    )
 
     st = GenerationSettings("random", steps=2, height=64, width=64, batch_size=2, chunk_size=3)
     tasks = plan_chunks([("pa", "starry night"), ("pb", "a red dog")], 6, 3)
@@ -389,6 +398,7 @@ def _items(n: int, seed: int, work_share: float) -> list[dict]:
             for it in make_dataset(n, seed, work_share)]
 
 
+@pytest.mark.slow
 def test_reproduce_stage_end_to_end(random_sd: str, tmp_path: Path) -> None:
     from audit.cli import main
 
@@ -433,6 +443,23 @@ def test_reproduce_stage_end_to_end(random_sd: str, tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in pngs} == pngs
     again = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas()
     pd.testing.assert_frame_equal(again, mem_t)
+
+    # object findings: prompts never name the object; generations get the presence test
+    from audit.workspace import Workspace
+
+    Workspace(ws).write_finding("object_replication", pa.Table.from_pylist([
+        dict(OBJECT_FINDING, threshold=-1.0),  # every generation "carries" the object
+        dict(OBJECT_FINDING, finding_id="object:dog:flag", keyword="dog", threshold=1.0)]))
+    obj_file = tmp_path / "objects.jsonl"
+    obj_file.write_text("".join(json.dumps({"prompt": t, "finding_id": f}) + "\n" for t, f in (
+        ("an astronaut", "object:astronaut:flag"), ("a dog", "object:dog:flag"))))
+    assert main(["reproduce", str(ws), "--generator", random_sd, "--n", "2", "--steps", "2",
+                 "--triage-seeds", "1", "--prompts", str(obj_file), "--prompts-mode", "replace",
+                 "--device", "cpu", "-q"]) == 0
+    m2 = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas()
+    assert m2.set_index("finding_id")["object_rate"].to_dict() == {
+        "object:astronaut:flag": 1.0, "object:dog:flag": 0.0}
+    assert (m2["reference"] == "dataset").all() and (m2["n"] == 2).all()
 
 
 def test_reproduce_stage_rejects_a_workspace_without_prompts(tmp_path: Path) -> None:

@@ -624,7 +624,10 @@ def generation_table(ws: Workspace) -> pd.DataFrame | None:
             if o in df.columns and want not in df.columns:
                 rename[o] = want
                 break
-    return df.rename(columns=rename)
+    df = df.rename(columns=rename)
+    if {"prompt_id", "seed"} <= set(df.columns):  # the same generation listed in two tables
+        df = df.drop_duplicates(subset=["prompt_id", "seed"], keep="last")
+    return df
 
 
 def _gen_path(ws: Workspace, row: dict[str, Any]) -> str | None:

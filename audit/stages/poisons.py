@@ -64,8 +64,10 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
 )
 """Prompt ensemble for concept text embeddings (``{a}`` is the indefinite article)."""
 
-SPLIT_VIEW_REASON = ("split_view_v1: the URL now serves bytes that differ from the recorded "
-                     "sha256 (ingest status hash_mismatch)")
+SPLIT_VIEW_REASON = (
+    "split_view_v1: the URL now serves bytes that differ from the recorded "
+    "sha256 (ingest status hash_mismatch)"
+)
 
 MATCH_MODES = ("word", "semantic", "both")
 
@@ -90,56 +92,122 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require(self.match in MATCH_MODES, "poisons.match", f"must be one of {MATCH_MODES}",
-                self.match)
+        require(
+            self.match in MATCH_MODES, "poisons.match", f"must be one of {MATCH_MODES}", self.match
+        )
         if self.expected_rate is not None:
-            require(0 < self.expected_rate <= 0.5, "poisons.expected_rate",
-                    "must be in (0, 0.5]", self.expected_rate)
-        require(math.isfinite(self.threshold) and self.threshold > 0, "poisons.threshold",
-                "must be a positive number", self.threshold)
+            require(
+                0 < self.expected_rate <= 0.5,
+                "poisons.expected_rate",
+                "must be in (0, 0.5]",
+                self.expected_rate,
+            )
+        require(
+            math.isfinite(self.threshold) and self.threshold > 0,
+            "poisons.threshold",
+            "must be a positive number",
+            self.threshold,
+        )
         require(self.fire_z > 0, "poisons.fire_z", "must be positive", self.fire_z)
         require(self.k_min >= 2, "poisons.k_min", "must be >= 2", self.k_min)
         require(self.k_max >= self.k_min, "poisons.k_max", "must be >= k_min", self.k_max)
-        require(self.min_concept_size >= 3, "poisons.min_concept_size", "must be >= 3",
-                self.min_concept_size)
-        require(self.max_reference >= 100, "poisons.max_reference", "must be >= 100",
-                self.max_reference)
+        require(
+            self.min_concept_size >= 3,
+            "poisons.min_concept_size",
+            "must be >= 3",
+            self.min_concept_size,
+        )
+        require(
+            self.max_reference >= 100, "poisons.max_reference", "must be >= 100", self.max_reference
+        )
         require(self.batch_size >= 1, "poisons.batch_size", "must be >= 1", self.batch_size)
         if self.semantic_threshold is not None:
-            require(-1 <= self.semantic_threshold <= 1, "poisons.semantic_threshold",
-                    "must be a cosine in [-1, 1]", self.semantic_threshold)
+            require(
+                -1 <= self.semantic_threshold <= 1,
+                "poisons.semantic_threshold",
+                "must be a cosine in [-1, 1]",
+                self.semantic_threshold,
+            )
         if self.concepts is not None:
             self.concepts = [c.strip() for c in self.concepts if c and c.strip()]
-            require(bool(self.concepts), "poisons.concepts", "must name at least one concept",
-                    self.concepts)
+            require(
+                bool(self.concepts),
+                "poisons.concepts",
+                "must name at least one concept",
+                self.concepts,
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument("--concepts", default=None, metavar="LIST",
-                        help="comma-separated concepts (default: the `concepts` finding, else "
-                             "the testbed's concept list)")
-    parser.add_argument("--concepts-file", dest="concepts_file", default=None, metavar="FILE",
-                        help="file with one concept per line (instead of --concepts)")
-    parser.add_argument("--match", default=None, choices=MATCH_MODES,
-                        help="concept membership: word match (default), semantic match (caption "
-                             "text embedding nearest to the concept's prompts, above the "
-                             "semantic threshold), or both")
-    parser.add_argument("--semantic-threshold", dest="semantic_threshold", type=float,
-                        default=None, metavar="COS",
-                        help="cosine radius for semantic match (default: the concepts "
-                             "finding's semantic_threshold)")
-    parser.add_argument("--expected-rate", dest="expected_rate", type=float, default=None,
-                        metavar="R",
-                        help="flag the top 1.5 x R of each concept instead of using --threshold")
-    parser.add_argument("--threshold", type=float, default=None, metavar="T",
-                        help=f"flag combined_score >= T (default {DEFAULT_THRESHOLD})")
-    parser.add_argument("--fire-z", dest="fire_z", type=float, default=None, metavar="Z",
-                        help="a score is named in the reasons when its robust z >= Z (3.5)")
-    parser.add_argument("--k-min", dest="k_min", type=int, default=None,
-                        help="smallest neighbourhood for k-distance/LOF (16)")
-    parser.add_argument("--k-max", dest="k_max", type=int, default=None,
-                        help="largest neighbourhood for k-distance/LOF (32)")
+    parser.add_argument(
+        "--concepts",
+        default=None,
+        metavar="LIST",
+        help="comma-separated concepts (default: the `concepts` finding, else "
+        "the testbed's concept list)",
+    )
+    parser.add_argument(
+        "--concepts-file",
+        dest="concepts_file",
+        default=None,
+        metavar="FILE",
+        help="file with one concept per line (instead of --concepts)",
+    )
+    parser.add_argument(
+        "--match",
+        default=None,
+        choices=MATCH_MODES,
+        help="concept membership: word match (default), semantic match (caption "
+        "text embedding nearest to the concept's prompts, above the "
+        "semantic threshold), or both",
+    )
+    parser.add_argument(
+        "--semantic-threshold",
+        dest="semantic_threshold",
+        type=float,
+        default=None,
+        metavar="COS",
+        help="cosine radius for semantic match (default: the concepts "
+        "finding's semantic_threshold)",
+    )
+    parser.add_argument(
+        "--expected-rate",
+        dest="expected_rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="flag the top 1.5 x R of each concept instead of using --threshold",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help=f"flag combined_score >= T (default {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--fire-z",
+        dest="fire_z",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="a score is named in the reasons when its robust z >= Z (3.5)",
+    )
+    parser.add_argument(
+        "--k-min",
+        dest="k_min",
+        type=int,
+        default=None,
+        help="smallest neighbourhood for k-distance/LOF (16)",
+    )
+    parser.add_argument(
+        "--k-max",
+        dest="k_max",
+        type=int,
+        default=None,
+        help="largest neighbourhood for k-distance/LOF (32)",
+    )
     parser.add_argument("--device", default=None, help="device for concept text embeddings")
     parser.add_argument("--seed", type=int, default=None, help="random seed (0)")
 
@@ -166,8 +234,9 @@ def resolve_concepts(cfg: Config, ws: Any) -> tuple[list[str], str]:
             return _dedupe(str(c) for c in tab.column("concept").to_pylist()), "concepts finding"
     from audit.testbed.draw import CONCEPTS
 
-    logger.warning("no --concepts and no concepts finding: using the testbed's %d concepts",
-                   len(CONCEPTS))
+    logger.warning(
+        "no --concepts and no concepts finding: using the testbed's %d concepts", len(CONCEPTS)
+    )
     return list(CONCEPTS), "testbed default"
 
 
@@ -243,9 +312,15 @@ def load_inputs(ws: Any) -> dict[str, Any]:
     }
 
 
-def concept_text_embeddings(model: Any, tokenizer: Any, concepts: list[str], *,
-                            device: str = "cpu", batch_size: int = 256,
-                            templates: tuple[str, ...] = PROMPT_TEMPLATES) -> np.ndarray:
+def concept_text_embeddings(
+    model: Any,
+    tokenizer: Any,
+    concepts: list[str],
+    *,
+    device: str = "cpu",
+    batch_size: int = 256,
+    templates: tuple[str, ...] = PROMPT_TEMPLATES,
+) -> np.ndarray:
     """Prompt-ensemble text embedding per concept: mean of the normalised template embeddings,
     re-normalised, shape (K, d)."""
     from audit.models import encode_texts
@@ -273,36 +348,47 @@ def caption_centroids(text_emb: np.ndarray, members: list[np.ndarray]) -> np.nda
     return normalize_rows(out)
 
 
-def load_concept_embeddings(ws: Any, cfg: Config, concepts: list[str], text_emb: np.ndarray,
-                            members: list[np.ndarray]) -> tuple[np.ndarray, str]:
+def load_concept_embeddings(
+    ws: Any, cfg: Config, concepts: list[str], text_emb: np.ndarray, members: list[np.ndarray]
+) -> tuple[np.ndarray, str]:
     """Concept embeddings from the workspace's model (prompt ensembles), or caption centroids
     when that model cannot be loaded here (e.g. imported embeddings of an unavailable model)."""
     info = ws.model_info()
     name = info.get("model") or info.get("name")
     pretrained = info.get("pretrained")
     if not name:
-        logger.warning("embeddings/model.json names no model: concept pull uses caption "
-                       "centroids instead of prompt ensembles")
+        logger.warning(
+            "embeddings/model.json names no model: concept pull uses caption "
+            "centroids instead of prompt ensembles"
+        )
         return caption_centroids(text_emb, members), "caption_centroids"
     try:
         from audit.models import load_clip
 
         model, _, tokenizer = load_clip(name, pretrained=pretrained, device=cfg.device)
     except Exception as exc:  # noqa: BLE001 - any load failure falls back, and is logged
-        logger.warning("cannot load model %r (%s): concept pull uses caption centroids",
-                       name, exc)
+        logger.warning("cannot load model %r (%s): concept pull uses caption centroids", name, exc)
         return caption_centroids(text_emb, members), "caption_centroids"
-    emb = concept_text_embeddings(model, tokenizer, concepts, device=cfg.device,
-                                  batch_size=cfg.batch_size)
+    emb = concept_text_embeddings(
+        model, tokenizer, concepts, device=cfg.device, batch_size=cfg.batch_size
+    )
     if emb.shape[1] != text_emb.shape[1]:
-        raise InputError(f"model {name!r} gives {emb.shape[1]}-d text embeddings but the "
-                         f"workspace's are {text_emb.shape[1]}-d: model.json does not match")
+        raise InputError(
+            f"model {name!r} gives {emb.shape[1]}-d text embeddings but the "
+            f"workspace's are {text_emb.shape[1]}-d: model.json does not match"
+        )
     return emb, f"prompt_ensemble:{name}"
 
 
-def membership(captions: list[str | None], concepts: list[str], *, text_emb: np.ndarray | None,
-               concept_emb: np.ndarray | None, mode: str,
-               semantic_threshold: dict[str, float] | None = None) -> np.ndarray:
+def membership(
+    captions: list[str | None],
+    concepts: list[str],
+    *,
+    text_emb: np.ndarray | None,
+    concept_emb: np.ndarray | None,
+    mode: str,
+    semantic_threshold: dict[str, float] | None = None,
+) -> np.ndarray:
     """(n, K) mask: caption names concept k (word match), or (semantic) its text embedding's
     nearest concept is k with cosine >= that concept's semantic threshold."""
     from detectors.text import match_keyword
@@ -330,33 +416,56 @@ def _semantic_thresholds(cfg: Config, ws: Any, concepts: list[str]) -> dict[str,
     if ws.has_finding("concepts"):
         df = ws.read_finding("concepts").to_pandas()
         if "semantic_threshold" in df.columns:
-            return {str(r.concept): float(r.semantic_threshold) for r in df.itertuples()
-                    if r.semantic_threshold is not None and np.isfinite(r.semantic_threshold)}
-    raise ConfigError("poisons.match: semantic match needs --semantic-threshold or a concepts "
-                      "finding with semantic_threshold (run `laion-audit concepts` first) "
-                      f"(got {cfg.match!r})")
+            return {
+                str(r.concept): float(r.semantic_threshold)
+                for r in df.itertuples()
+                if r.semantic_threshold is not None and np.isfinite(r.semantic_threshold)
+            }
+    raise ConfigError(
+        "poisons.match: semantic match needs --semantic-threshold or a concepts "
+        "finding with semantic_threshold (run `laion-audit concepts` first) "
+        f"(got {cfg.match!r})"
+    )
 
 
 # ---- scoring ---------------------------------------------------------------------------------
 
 
-def score_memberships(image_emb: np.ndarray, clip_score: np.ndarray, named: np.ndarray,
-                      concepts: list[str], concept_emb: np.ndarray | None,
-                      params: Any = None) -> pd.DataFrame:
+def score_memberships(
+    image_emb: np.ndarray,
+    clip_score: np.ndarray,
+    named: np.ndarray,
+    concepts: list[str],
+    concept_emb: np.ndarray | None,
+    params: Any = None,
+) -> pd.DataFrame:
     """Scores and combined score for every (sample, concept) membership (see
     :func:`detectors.poisons.score_concepts` and :func:`detectors.poisons.combine`)."""
     from detectors import poisons as P
 
     params = params or P.PoisonParams()
     members = [np.flatnonzero(named[:, j]) for j in range(len(concepts))]
-    raw = P.score_concepts(image_emb, clip_score, members, concepts, concept_emb=concept_emb,
-                           named=named, params=params)
+    raw = P.score_concepts(
+        image_emb,
+        clip_score,
+        members,
+        concepts,
+        concept_emb=concept_emb,
+        named=named,
+        params=params,
+    )
     return P.combine(raw, params)
 
 
-def select_per_key(comb: pd.DataFrame, keys: np.ndarray, split_keys: np.ndarray, *,
-                   threshold: float = DEFAULT_THRESHOLD, expected_rate: float | None = None,
-                   params: Any = None) -> pd.DataFrame:
+def select_per_key(
+    comb: pd.DataFrame,
+    keys: np.ndarray,
+    split_keys: np.ndarray,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    expected_rate: float | None = None,
+    params: Any = None,
+) -> pd.DataFrame:
     """Flag memberships, then keep one row per key (its most suspicious concept; flagged if
     flagged under any concept), add split-view rows (always flagged, combined = +inf), guess
     kinds, write reasons, and rank (1 = most suspicious)."""
@@ -376,25 +485,30 @@ def select_per_key(comb: pd.DataFrame, keys: np.ndarray, split_keys: np.ndarray,
     per_key["split_view_v1"] = per_key["key"].isin(split)
     extra = sorted(split - set(per_key["key"]))
     if extra:
-        per_key = pd.concat([per_key, pd.DataFrame({"key": extra, "split_view_v1": True})],
-                            ignore_index=True)
+        per_key = pd.concat(
+            [per_key, pd.DataFrame({"key": extra, "split_view_v1": True})], ignore_index=True
+        )
     sv = per_key["split_view_v1"].to_numpy(dtype=bool)
     per_key["flagged"] = per_key["flagged"].fillna(False).astype(bool) | sv
     per_key[P.ALIGNMENT_GMM] = per_key[P.ALIGNMENT_GMM].astype(float)
-    per_key["kind"] = P.guess_kind(per_key, per_key["flagged"].to_numpy(dtype=bool),
-                                   params.fire_z)
+    per_key["kind"] = P.guess_kind(per_key, per_key["flagged"].to_numpy(dtype=bool), params.fire_z)
     per_key.loc[sv, "kind"] = "split_view"
     per_key["combined_score"] = per_key["combined_score"].astype(float)
     per_key.loc[sv, "combined_score"] = np.inf
     reasons = per_key["reasons"].fillna("").astype(str)
-    per_key["reasons"] = np.where(sv, np.where(reasons != "", SPLIT_VIEW_REASON + "; " + reasons,
-                                               SPLIT_VIEW_REASON), reasons)
+    per_key["reasons"] = np.where(
+        sv, np.where(reasons != "", SPLIT_VIEW_REASON + "; " + reasons, SPLIT_VIEW_REASON), reasons
+    )
     flagged_no_reason = per_key["flagged"] & (per_key["reasons"] == "")
     per_key.loc[flagged_no_reason, "reasons"] = [
         _rate_reason(r, params) for _, r in per_key[flagged_no_reason].iterrows()
     ]
-    order = np.lexsort((per_key["key"].to_numpy(dtype=str),
-                        -np.nan_to_num(per_key["combined_score"].to_numpy(), nan=-np.inf)))
+    order = np.lexsort(
+        (
+            per_key["key"].to_numpy(dtype=str),
+            -np.nan_to_num(per_key["combined_score"].to_numpy(), nan=-np.inf),
+        )
+    )
     per_key = per_key.iloc[order].reset_index(drop=True)
     per_key["rank"] = np.arange(1, len(per_key) + 1, dtype=np.int64)
     return per_key
@@ -421,8 +535,9 @@ def score_workspace_arrays(
     t0 = time.perf_counter()
     comb = score_memberships(image_emb, clip_score, named, concepts, concept_emb, params)
     t1 = time.perf_counter()
-    per_key = select_per_key(comb, keys, split_keys, threshold=threshold,
-                             expected_rate=expected_rate, params=params)
+    per_key = select_per_key(
+        comb, keys, split_keys, threshold=threshold, expected_rate=expected_rate, params=params
+    )
     t2 = time.perf_counter()
     return per_key, {"scores_s": round(t1 - t0, 3), "select_s": round(t2 - t1, 3)}
 
@@ -465,16 +580,22 @@ def output_table(per_key: pd.DataFrame) -> pa.Table:
         s = per_key[src] if src in per_key.columns else pd.Series([None] * len(per_key))
         vals = s.tolist()
         if pa.types.is_floating(typ) or pa.types.is_integer(typ):
-            vals = [None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-                    for v in vals]
+            vals = [
+                None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in vals
+            ]
         arrays.append(pa.array(vals, type=typ))
         names.append(name)
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def vulnerability_table(concepts: list[str], named: np.ndarray, per_key: pd.DataFrame,
-                        concepts_finding: pd.DataFrame | None, word_counts: dict[str, int],
-                        n_total: int) -> pd.DataFrame:
+def vulnerability_table(
+    concepts: list[str],
+    named: np.ndarray,
+    per_key: pd.DataFrame,
+    concepts_finding: pd.DataFrame | None,
+    word_counts: dict[str, int],
+    n_total: int,
+) -> pd.DataFrame:
     """Concepts ranked by how few poisons would matter and how many candidates they hold.
 
     ``sparsity_rank`` 1 = fewest images (semantic count when known, else word count);
@@ -484,8 +605,19 @@ def vulnerability_table(concepts: list[str], named: np.ndarray, per_key: pd.Data
     """
     df = pd.DataFrame({"concept": concepts, "n_scored": named.sum(axis=0).astype(np.int64)})
     if concepts_finding is not None and len(concepts_finding):
-        keep = [c for c in ("concept", "word_count", "word_freq", "semantic_count",
-                            "semantic_freq", "sparse", "n_total") if c in concepts_finding]
+        keep = [
+            c
+            for c in (
+                "concept",
+                "word_count",
+                "word_freq",
+                "semantic_count",
+                "semantic_freq",
+                "sparse",
+                "n_total",
+            )
+            if c in concepts_finding
+        ]
         df = df.merge(concepts_finding[keep], on="concept", how="left")
     for col in ("word_count", "word_freq", "semantic_count", "semantic_freq", "sparse"):
         if col not in df:
@@ -500,11 +632,18 @@ def vulnerability_table(concepts: list[str], named: np.ndarray, per_key: pd.Data
     size = df["semantic_count"].astype(float).fillna(df["word_count"].astype(float))
     df["share_if_100_poisons"] = 100.0 / (size + 100.0)
     df["sparsity_rank"] = size.rank(method="min", ascending=True).astype(np.int64)
-    df["candidate_rank"] = (pd.DataFrame({"a": -df["candidates"], "b": -df["candidate_share"]})
-                            .apply(tuple, axis=1).rank(method="min").astype(np.int64))
-    df["vulnerability_rank"] = (pd.DataFrame({"s": df["sparsity_rank"] + df["candidate_rank"],
-                                              "t": df["sparsity_rank"]})
-                                .apply(tuple, axis=1).rank(method="first").astype(np.int64))
+    df["candidate_rank"] = (
+        pd.DataFrame({"a": -df["candidates"], "b": -df["candidate_share"]})
+        .apply(tuple, axis=1)
+        .rank(method="min")
+        .astype(np.int64)
+    )
+    df["vulnerability_rank"] = (
+        pd.DataFrame({"s": df["sparsity_rank"] + df["candidate_rank"], "t": df["sparsity_rank"]})
+        .apply(tuple, axis=1)
+        .rank(method="first")
+        .astype(np.int64)
+    )
     return df.sort_values("vulnerability_rank").reset_index(drop=True)
 
 
@@ -520,52 +659,91 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     concepts, concepts_source = resolve_concepts(cfg, ws)
     data = load_inputs(ws)
     n = len(data["keys"])
-    logger.info("poisons: %d scorable rows of %d, %d split-view rows, %d concepts (%s)",
-                n, data["n_total"], len(data["split_keys"]), len(concepts), concepts_source)
-    word_named = membership(data["captions"], concepts, text_emb=None, concept_emb=None,
-                            mode="word")
+    logger.info(
+        "poisons: %d scorable rows of %d, %d split-view rows, %d concepts (%s)",
+        n,
+        data["n_total"],
+        len(data["split_keys"]),
+        len(concepts),
+        concepts_source,
+    )
+    word_named = membership(
+        data["captions"], concepts, text_emb=None, concept_emb=None, mode="word"
+    )
     members_word = [np.flatnonzero(word_named[:, j]) for j in range(len(concepts))]
     t0 = time.perf_counter()
-    concept_emb, emb_source = load_concept_embeddings(ws, cfg, concepts, data["text_emb"],
-                                                      members_word)
+    concept_emb, emb_source = load_concept_embeddings(
+        ws, cfg, concepts, data["text_emb"], members_word
+    )
     t_emb = time.perf_counter() - t0
     if cfg.match == "word":
         named = word_named
     else:
         thr = _semantic_thresholds(cfg, ws, concepts)
-        named = membership(data["captions"], concepts, text_emb=data["text_emb"],
-                           concept_emb=concept_emb, mode=cfg.match, semantic_threshold=thr)
-    params = P.PoisonParams(k_min=cfg.k_min, k_max=cfg.k_max,
-                            min_concept_size=cfg.min_concept_size,
-                            max_reference=cfg.max_reference, fire_z=cfg.fire_z, seed=cfg.seed)
+        named = membership(
+            data["captions"],
+            concepts,
+            text_emb=data["text_emb"],
+            concept_emb=concept_emb,
+            mode=cfg.match,
+            semantic_threshold=thr,
+        )
+    params = P.PoisonParams(
+        k_min=cfg.k_min,
+        k_max=cfg.k_max,
+        min_concept_size=cfg.min_concept_size,
+        max_reference=cfg.max_reference,
+        fire_z=cfg.fire_z,
+        seed=cfg.seed,
+    )
     per_key, timings = score_workspace_arrays(
-        data["keys"], data["image_emb"], data["clip_score"], named, concepts, concept_emb,
-        data["split_keys"], threshold=cfg.threshold, expected_rate=cfg.expected_rate,
-        params=params)
+        data["keys"],
+        data["image_emb"],
+        data["clip_score"],
+        named,
+        concepts,
+        concept_emb,
+        data["split_keys"],
+        threshold=cfg.threshold,
+        expected_rate=cfg.expected_rate,
+        params=params,
+    )
     table = output_table(per_key)
-    all_named = membership(data["all_captions"], concepts, text_emb=None, concept_emb=None,
-                           mode="word")
+    all_named = membership(
+        data["all_captions"], concepts, text_emb=None, concept_emb=None, mode="word"
+    )
     word_counts = {c: int(all_named[:, j].sum()) for j, c in enumerate(concepts)}
     cf = ws.read_finding("concepts").to_pandas() if ws.has_finding("concepts") else None
     vuln = vulnerability_table(concepts, named, per_key, cf, word_counts, data["n_total"])
-    ws.write_table(ws.finding_path("concept_vulnerability"),
-                   pa.Table.from_pandas(vuln, preserve_index=False))
+    ws.write_table(
+        ws.finding_path("concept_vulnerability"), pa.Table.from_pandas(vuln, preserve_index=False)
+    )
     flagged = per_key["flagged"].to_numpy(dtype=bool)
     kinds = per_key.loc[flagged, "kind"].value_counts().to_dict()
     meta = {
-        "detector": {"module": P.__name__, "combined": P.COMBINED,
-                     "scores": [*P.SCORE_NAMES, P.SPLIT_VIEW]},
-        "combined": {"name": P.COMBINED, "evidence": list(params.evidence),
-                     "rule": "per-concept robust z; max z + second_weight * second z; "
-                             "split-view = +inf"},
-        "parameters": {**asdict(cfg), **{f"detector.{k}": v for k, v in asdict(params).items()},
-                       "flag_rule": ("expected_rate" if cfg.expected_rate is not None
-                                     else "threshold")},
+        "detector": {
+            "module": P.__name__,
+            "combined": P.COMBINED,
+            "scores": [*P.SCORE_NAMES, P.SPLIT_VIEW],
+        },
+        "combined": {
+            "name": P.COMBINED,
+            "evidence": list(params.evidence),
+            "rule": "per-concept robust z; max z + second_weight * second z; split-view = +inf",
+        },
+        "parameters": {
+            **asdict(cfg),
+            **{f"detector.{k}": v for k, v in asdict(params).items()},
+            "flag_rule": ("expected_rate" if cfg.expected_rate is not None else "threshold"),
+        },
         "concepts_source": concepts_source,
         "concept_embeddings": emb_source,
         "prompt_templates": list(PROMPT_TEMPLATES),
-        "timings": {"concept_embeddings_s": round(t_emb, 3), **timings,
-                    "total_s": round(time.perf_counter() - t_start, 3)},
+        "timings": {
+            "concept_embeddings_s": round(t_emb, 3),
+            **timings,
+            "total_s": round(time.perf_counter() - t_start, 3),
+        },
         "summary": {
             "n_total": data["n_total"],
             "n_scorable": n,
@@ -579,6 +757,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "concept_vulnerability": vuln.to_dict(orient="records"),
     }
     ws.write_finding("poisons", table, meta)
-    logger.info("poisons: %d flagged of %d scored (%s)", int(flagged.sum()), len(per_key),
-                ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none")
+    logger.info(
+        "poisons: %d flagged of %d scored (%s)",
+        int(flagged.sum()),
+        len(per_key),
+        ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none",
+    )
     return 0

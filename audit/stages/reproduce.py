@@ -276,10 +276,12 @@ class TrainingSet:
         return [str(k) for k in t.column("key").to_pylist()], _vectors(t.column("image_emb"))
 
     def sample(self, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
-        t = self.ds.to_table(columns=["key", "image_emb"], filter=self.ok)
-        if t.num_rows > n:
-            idx = np.sort(np.random.default_rng(seed).choice(t.num_rows, n, replace=False))
-            t = t.take(idx)
+        import pyarrow as pa
+
+        idx = np.arange(self.n_ok)
+        if self.n_ok > n:
+            idx = np.sort(np.random.default_rng(seed).choice(self.n_ok, n, replace=False))
+        t = self.ds.take(pa.array(idx), columns=["key", "image_emb"], filter=self.ok)
         return [str(k) for k in t.column("key").to_pylist()], _vectors(t.column("image_emb"))
 
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
@@ -323,8 +325,11 @@ def _group_labels(ws: Any, keys: list[str], word: Any) -> list[np.ndarray]:
     index = {k: i for i, k in enumerate(keys)}
     labels = []
     if ws.has_finding("duplicates"):
-        dup = ws.read_finding("duplicates").to_pandas()
-        dup = dup[dup["kind"].isin(["exact", "near"]) & dup["key"].isin(index)]
+        import pyarrow.parquet as pq
+
+        dup = pq.read_table(ws.finding_path("duplicates"), columns=["key", "group_id", "kind"],
+                            filters=[("key", "in", list(index)),
+                                     ("kind", "in", ["exact", "near"])]).to_pandas()
         for _kind, g in dup.groupby("kind"):
             lab = np.full(len(keys), -1, np.int64)
             lab[g["key"].map(index).to_numpy()] = g["group_id"].to_numpy(np.int64)
@@ -474,15 +479,19 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     ref_info: dict[str, tuple[str, int]] = {}
     encoder_txt = None
     by_prompt = gdf.groupby("prompt_id", sort=False).indices if len(gdf) else {}
-    for pid, rows_idx in by_prompt.items():
-        p = pid_to_row[pid]
+    clusters: dict[str, tuple[list[str], np.ndarray]] = {}
+    dataset_idx: list[np.ndarray] = []
+    scored_idx: dict[str, np.ndarray] = {}
+    for pid, p in pid_to_row.items():
         fid = str(p["finding_id"])
-        idx = np.asarray(rows_idx)
+        idx = np.asarray(by_prompt.get(pid, []), dtype=np.int64)
         idx = idx[ok_mask[idx] & np.isfinite(gemb[idx]).all(axis=1)]
+        scored_idx[pid] = idx
         if fid in word_rows:
-            raw = word_rows[fid].get("member_keys")
-            members = [str(k) for k in (raw if raw is not None else [])]
-            mkeys, memb = train.by_keys(members)
+            if fid not in clusters:
+                raw = word_rows[fid].get("member_keys")
+                clusters[fid] = train.by_keys([str(k) for k in (raw if raw is not None else [])])
+            mkeys, memb = clusters[fid]
             ref_info[pid] = ("cluster", len(mkeys))
             if len(mkeys) and len(idx):
                 s, j = mem.best_match(gemb[idx], memb)
@@ -490,15 +499,20 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 for i, jj in zip(idx, j):
                     nearest[i] = mkeys[jj]
         else:
-            if fid != USER_FINDING and fid not in obj_rows:
+            if fid != USER_FINDING and fid not in obj_rows and len(idx):
                 logger.warning("prompt %s names unknown finding %r: scored against every "
                                "training image", pid, fid)
             ref_info[pid] = ("dataset", train.n_ok)
-            if len(idx):
-                s, ks = train.nearest(gemb[idx])
-                sim[idx] = s
-                for i, k in zip(idx, ks):
-                    nearest[i] = k
+            dataset_idx.append(idx)
+    all_idx = np.concatenate(dataset_idx) if dataset_idx else np.zeros(0, np.int64)
+    if len(all_idx):  # one streaming pass over the embeddings for every such generation
+        s, ks = train.nearest(gemb[all_idx])
+        sim[all_idx] = s
+        for i, k in zip(all_idx, ks):
+            nearest[i] = k
+    for pid, p in pid_to_row.items():
+        fid = str(p["finding_id"])
+        idx = scored_idx[pid]
         if fid in obj_rows and len(idx):
             from detectors.objects import presence_scores
 
@@ -539,8 +553,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                         n_failed=0, n_verbatim=None, verbatim_rate=float("nan"), n_object=None,
                         object_rate=float("nan"), object_ci_low=float("nan"),
                         object_ci_high=float("nan"))
-        ref = ref_info.get(p["prompt_id"], ("cluster" if p["finding_id"] in word_rows
-                                            else "dataset", 0))
+        ref = ref_info[p["prompt_id"]]
         base.update(triage_score=float(triage[i]), triage_rank=float(rank[i]),
                     generated=bool(selected[i]), reference=ref[0], reference_size=int(ref[1]),
                     copy_threshold=tau, detector=mem.NAME)

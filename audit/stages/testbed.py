@@ -45,8 +45,9 @@ def _fraction(text: str) -> float:
             return float(a) / float(b)
         return float(text)
     except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, "
-                                         f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a number or a fraction like 8/255, got {text!r}"
+        ) from None
 
 
 @dataclass
@@ -61,8 +62,9 @@ class Config:
     exact_dup_rate: float = 0.04
     near_dup_rate: float = 0.06
     work_rate: float = 0.007
-    works: list[str] = field(default_factory=lambda: ["starry_night", "almond_blossoming",
-                                                      "sunflowers"])
+    works: list[str] = field(
+        default_factory=lambda: ["starry_night", "almond_blossoming", "sunflowers"]
+    )
     object_keyword: str = "astronaut"
     object_name: str = "flag"
     object_rate: float = 0.10
@@ -84,8 +86,7 @@ class Config:
     png_rate: float = 0.05
 
     def __post_init__(self) -> None:
-        require(bool(self.out), "testbed.out", "an output folder is required (--out DIR)",
-                self.out)
+        require(bool(self.out), "testbed.out", "an output folder is required (--out DIR)", self.out)
         try:
             self.params()
         except ValueError as exc:
@@ -96,8 +97,9 @@ class Config:
         from audit.testbed.generate import TestbedParams
 
         skip = {"out", "overwrite"}
-        return TestbedParams(**{f.name: getattr(self, f.name) for f in fields(self)
-                                if f.name not in skip})
+        return TestbedParams(
+            **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,87 +108,192 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n", type=int, default=None, help="number of rows (default 2000)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     g.add_argument("--size", type=int, default=None, help="image side in pixels (default 64)")
-    g.add_argument("--shard-size", dest="shard_size", type=int, default=None,
-                   help="rows per img2dataset shard (number_sample_per_shard; default 10000, "
-                        "which gives 9-digit keys equal to the row number)")
-    g.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace a testbed already in --out")
-    g.add_argument("--zipf-s", dest="zipf_s", type=float, default=None,
-                   help="Zipf exponent of concept frequencies (default 1.0; 0 = uniform); "
-                        "higher makes the tail concepts sparser")
+    g.add_argument(
+        "--shard-size",
+        dest="shard_size",
+        type=int,
+        default=None,
+        help="rows per img2dataset shard (number_sample_per_shard; default 10000, "
+        "which gives 9-digit keys equal to the row number)",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", default=None, help="replace a testbed already in --out"
+    )
+    g.add_argument(
+        "--zipf-s",
+        dest="zipf_s",
+        type=float,
+        default=None,
+        help="Zipf exponent of concept frequencies (default 1.0; 0 = uniform); "
+        "higher makes the tail concepts sparser",
+    )
 
     g = parser.add_argument_group("duplicates and replication")
-    g.add_argument("--exact-dup-rate", dest="exact_dup_rate", type=float, default=None,
-                   help="share of rows in exact-duplicate groups of 2-4 (identical bytes under "
-                        "different URLs, varied captions; default 0.04)")
-    g.add_argument("--near-dup-rate", dest="near_dup_rate", type=float, default=None,
-                   help="share of rows in near-duplicate groups of 2-5 (a source plus copies "
-                        "resized, cropped, colour-jittered or re-encoded at JPEG q 30-90; "
-                        "default 0.06)")
-    g.add_argument("--work-rate", dest="work_rate", type=float, default=None,
-                   help="copies of EACH famous van gogh work, as a share of rows (near-copies "
-                        "with varied captions naming the work: word-level replication; "
-                        "default 0.007, i.e. 14 copies per work at n=2000, at least 2)")
-    g.add_argument("--works", default=None,
-                   help="comma-separated famous works to plant (default: starry_night,"
-                        "almond_blossoming,sunflowers)")
-    g.add_argument("--object-keyword", dest="object_keyword", default=None,
-                   help="concept whose images carry the unmentioned object (default astronaut)")
-    g.add_argument("--object-name", dest="object_name", default=None,
-                   help="the object drawn in but never named in captions (default flag)")
-    g.add_argument("--object-rate", dest="object_rate", type=float, default=None,
-                   help="share of the keyword's images that carry the object: object-level "
-                        "replication (default 0.10)")
+    g.add_argument(
+        "--exact-dup-rate",
+        dest="exact_dup_rate",
+        type=float,
+        default=None,
+        help="share of rows in exact-duplicate groups of 2-4 (identical bytes under "
+        "different URLs, varied captions; default 0.04)",
+    )
+    g.add_argument(
+        "--near-dup-rate",
+        dest="near_dup_rate",
+        type=float,
+        default=None,
+        help="share of rows in near-duplicate groups of 2-5 (a source plus copies "
+        "resized, cropped, colour-jittered or re-encoded at JPEG q 30-90; "
+        "default 0.06)",
+    )
+    g.add_argument(
+        "--work-rate",
+        dest="work_rate",
+        type=float,
+        default=None,
+        help="copies of EACH famous van gogh work, as a share of rows (near-copies "
+        "with varied captions naming the work: word-level replication; "
+        "default 0.007, i.e. 14 copies per work at n=2000, at least 2)",
+    )
+    g.add_argument(
+        "--works",
+        default=None,
+        help="comma-separated famous works to plant (default: starry_night,"
+        "almond_blossoming,sunflowers)",
+    )
+    g.add_argument(
+        "--object-keyword",
+        dest="object_keyword",
+        default=None,
+        help="concept whose images carry the unmentioned object (default astronaut)",
+    )
+    g.add_argument(
+        "--object-name",
+        dest="object_name",
+        default=None,
+        help="the object drawn in but never named in captions (default flag)",
+    )
+    g.add_argument(
+        "--object-rate",
+        dest="object_rate",
+        type=float,
+        default=None,
+        help="share of the keyword's images that carry the object: object-level "
+        "replication (default 0.10)",
+    )
 
     g = parser.add_argument_group("poisons")
-    g.add_argument("--dirty-rate", dest="dirty_rate", type=float, default=None,
-                   help="share of rows that are dirty-label pairs (caption names A, image "
-                        "shows B), split evenly over --dirty-pairs (default 0.01)")
-    g.add_argument("--dirty-pairs", dest="dirty_pairs", default=None,
-                   help="comma-separated A:B pairs, caption concept : image concept "
-                        "(default cat:bird,tree:boat)")
-    g.add_argument("--clean-rate", dest="clean_rate", type=float, default=None,
-                   help="share of rows that are clean-label Nightshade-style poisons (an image "
-                        "of A perturbed by PGD toward an anchor image of B in tiny CLIP space; "
-                        "caption stays A), split evenly over --clean-pairs (default 0.01)")
-    g.add_argument("--clean-pairs", dest="clean_pairs", default=None,
-                   help="comma-separated A:B pairs, image/caption concept : anchor concept "
-                        "(default dog:cat,car:bicycle)")
-    g.add_argument("--pgd-eps", dest="pgd_eps", type=_fraction, default=None,
-                   help="L-infinity budget of the clean-label perturbation, in [0,1] pixel "
-                        "units, e.g. 8/255 (default)")
-    g.add_argument("--pgd-steps", dest="pgd_steps", type=int, default=None,
-                   help="PGD steps (default 40)")
-    g.add_argument("--poison-format", dest="poison_format", choices=["jpeg", "png"],
-                   default=None,
-                   help="how clean-label poisons are served: jpeg (q95 4:4:4, optimised "
-                        "through the JPEG round trip, kept byte-identical in the shards) or png "
-                        "(lossless, but img2dataset re-encodes it to JPEG q95); default jpeg")
-    g.add_argument("--poison-model", dest="poison_model", default=None,
-                   help="open_clip model the poisons are optimised against (default tiny-synth)")
-    g.add_argument("--poison-pretrained", dest="poison_pretrained", default=None,
-                   help="its weights: open_clip tag or checkpoint path (default: shipped "
-                        "tiny-synth weights)")
+    g.add_argument(
+        "--dirty-rate",
+        dest="dirty_rate",
+        type=float,
+        default=None,
+        help="share of rows that are dirty-label pairs (caption names A, image "
+        "shows B), split evenly over --dirty-pairs (default 0.01)",
+    )
+    g.add_argument(
+        "--dirty-pairs",
+        dest="dirty_pairs",
+        default=None,
+        help="comma-separated A:B pairs, caption concept : image concept "
+        "(default cat:bird,tree:boat)",
+    )
+    g.add_argument(
+        "--clean-rate",
+        dest="clean_rate",
+        type=float,
+        default=None,
+        help="share of rows that are clean-label Nightshade-style poisons (an image "
+        "of A perturbed by PGD toward an anchor image of B in tiny CLIP space; "
+        "caption stays A), split evenly over --clean-pairs (default 0.01)",
+    )
+    g.add_argument(
+        "--clean-pairs",
+        dest="clean_pairs",
+        default=None,
+        help="comma-separated A:B pairs, image/caption concept : anchor concept "
+        "(default dog:cat,car:bicycle)",
+    )
+    g.add_argument(
+        "--pgd-eps",
+        dest="pgd_eps",
+        type=_fraction,
+        default=None,
+        help="L-infinity budget of the clean-label perturbation, in [0,1] pixel "
+        "units, e.g. 8/255 (default)",
+    )
+    g.add_argument(
+        "--pgd-steps", dest="pgd_steps", type=int, default=None, help="PGD steps (default 40)"
+    )
+    g.add_argument(
+        "--poison-format",
+        dest="poison_format",
+        choices=["jpeg", "png"],
+        default=None,
+        help="how clean-label poisons are served: jpeg (q95 4:4:4, optimised "
+        "through the JPEG round trip, kept byte-identical in the shards) or png "
+        "(lossless, but img2dataset re-encodes it to JPEG q95); default jpeg",
+    )
+    g.add_argument(
+        "--poison-model",
+        dest="poison_model",
+        default=None,
+        help="open_clip model the poisons are optimised against (default tiny-synth)",
+    )
+    g.add_argument(
+        "--poison-pretrained",
+        dest="poison_pretrained",
+        default=None,
+        help="its weights: open_clip tag or checkpoint path (default: shipped tiny-synth weights)",
+    )
     g.add_argument("--device", default=None, help="torch device for PGD (default cpu)")
 
     g = parser.add_argument_group("broken inputs")
-    g.add_argument("--truncated-rate", dest="truncated_rate", type=float, default=None,
-                   help="share of rows whose served JPEG is cut to 30-70%% of its bytes "
-                        "(default 0.005)")
-    g.add_argument("--zero-byte-rate", dest="zero_byte_rate", type=float, default=None,
-                   help="share of rows served as an empty file (default 0.0025)")
-    g.add_argument("--wrong-format-rate", dest="wrong_format_rate", type=float, default=None,
-                   help="share of rows served as an HTML page or text under a .jpg name "
-                        "(default 0.0025)")
-    g.add_argument("--missing-rate", dest="missing_rate", type=float, default=None,
-                   help="share of rows whose URL answers 404 (no file; default 0.01)")
-    g.add_argument("--split-view-rate", dest="split_view_rate", type=float, default=None,
-                   help="share of rows whose URL now serves a different image than the one "
-                        "whose sha256 urls.parquet recorded: split-view poisoning "
-                        "(default 0.005)")
-    g.add_argument("--png-rate", dest="png_rate", type=float, default=None,
-                   help="share of ordinary images served as PNG instead of JPEG (img2dataset "
-                        "re-encodes those; default 0.05)")
+    g.add_argument(
+        "--truncated-rate",
+        dest="truncated_rate",
+        type=float,
+        default=None,
+        help="share of rows whose served JPEG is cut to 30-70%% of its bytes (default 0.005)",
+    )
+    g.add_argument(
+        "--zero-byte-rate",
+        dest="zero_byte_rate",
+        type=float,
+        default=None,
+        help="share of rows served as an empty file (default 0.0025)",
+    )
+    g.add_argument(
+        "--wrong-format-rate",
+        dest="wrong_format_rate",
+        type=float,
+        default=None,
+        help="share of rows served as an HTML page or text under a .jpg name (default 0.0025)",
+    )
+    g.add_argument(
+        "--missing-rate",
+        dest="missing_rate",
+        type=float,
+        default=None,
+        help="share of rows whose URL answers 404 (no file; default 0.01)",
+    )
+    g.add_argument(
+        "--split-view-rate",
+        dest="split_view_rate",
+        type=float,
+        default=None,
+        help="share of rows whose URL now serves a different image than the one "
+        "whose sha256 urls.parquet recorded: split-view poisoning "
+        "(default 0.005)",
+    )
+    g.add_argument(
+        "--png-rate",
+        dest="png_rate",
+        type=float,
+        default=None,
+        help="share of ordinary images served as PNG instead of JPEG (img2dataset "
+        "re-encodes those; default 0.05)",
+    )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -208,8 +315,16 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     logger.info(
         "wrote %s: %d rows, %d files; duplicates %s; works %s; %s with a %s: %d of %d; "
         "poisons %s; broken %s",
-        cfg.out, c["rows"], c["files"], c["dup_rows"], c["works"], p.object_keyword,
-        p.object_name, c["object_present"], c["object_keyword_rows"], c["poisons"],
+        cfg.out,
+        c["rows"],
+        c["files"],
+        c["dup_rows"],
+        c["works"],
+        p.object_keyword,
+        p.object_name,
+        c["object_present"],
+        c["object_keyword_rows"],
+        c["poisons"],
         c["broken"],
     )
     return 0

@@ -112,39 +112,43 @@ CONCEPT_RANKING: tuple[str, ...] = (
 BROKEN_KINDS = ("truncated", "zero_byte", "wrong_format", "missing", "split_view")
 NEAR_TRANSFORMS = ("resize", "crop", "jitter", "jpeg")
 
-TRUTH_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("url", pa.string()),
-    ("caption", pa.string()),
-    ("concept", pa.string()),  # what the image shows (null for famous works)
-    ("caption_concept", pa.string()),  # the concept the caption names (differs when dirty)
-    ("style", pa.string()),
-    ("colour", pa.string()),
-    ("background", pa.string()),
-    ("dup_group", pa.int64()),  # shared by exact, near and work copies of one image
-    ("dup_kind", pa.string()),  # "exact" | "near" | "work" | null
-    ("transform", pa.string()),  # near/work copies: what was applied ("original", "crop+jpeg")
-    ("work_id", pa.string()),
-    ("keyword", pa.string()),  # "van gogh" (van gogh style subset) | object_keyword | null
-    ("object_present", pa.bool_()),  # the unmentioned object was drawn in
-    ("poison_kind", pa.string()),  # "none" | "dirty" | "clean"
-    ("poison_target", pa.string()),  # concept B the poison's image features carry
-    ("broken_kind", pa.string()),  # one of BROKEN_KINDS or null
-    ("served_concept", pa.string()),  # split_view: what the served image shows
-    ("file_name", pa.string()),
-    ("sha256", pa.string()),  # as recorded in urls.parquet
-    ("served_sha256", pa.string()),  # of files/<file_name>; null when 404
-    ("width", pa.int32()),  # as recorded in urls.parquet
-    ("height", pa.int32()),
-])
+TRUTH_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("concept", pa.string()),  # what the image shows (null for famous works)
+        ("caption_concept", pa.string()),  # the concept the caption names (differs when dirty)
+        ("style", pa.string()),
+        ("colour", pa.string()),
+        ("background", pa.string()),
+        ("dup_group", pa.int64()),  # shared by exact, near and work copies of one image
+        ("dup_kind", pa.string()),  # "exact" | "near" | "work" | null
+        ("transform", pa.string()),  # near/work copies: what was applied ("original", "crop+jpeg")
+        ("work_id", pa.string()),
+        ("keyword", pa.string()),  # "van gogh" (van gogh style subset) | object_keyword | null
+        ("object_present", pa.bool_()),  # the unmentioned object was drawn in
+        ("poison_kind", pa.string()),  # "none" | "dirty" | "clean"
+        ("poison_target", pa.string()),  # concept B the poison's image features carry
+        ("broken_kind", pa.string()),  # one of BROKEN_KINDS or null
+        ("served_concept", pa.string()),  # split_view: what the served image shows
+        ("file_name", pa.string()),
+        ("sha256", pa.string()),  # as recorded in urls.parquet
+        ("served_sha256", pa.string()),  # of files/<file_name>; null when 404
+        ("width", pa.int32()),  # as recorded in urls.parquet
+        ("height", pa.int32()),
+    ]
+)
 
-URLS_SCHEMA = pa.schema([
-    ("URL", pa.string()),
-    ("TEXT", pa.string()),
-    ("WIDTH", pa.int64()),
-    ("HEIGHT", pa.int64()),
-    ("sha256", pa.string()),
-])
+URLS_SCHEMA = pa.schema(
+    [
+        ("URL", pa.string()),
+        ("TEXT", pa.string()),
+        ("WIDTH", pa.int64()),
+        ("HEIGHT", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
 
 
 # ------------------------------------------------------------------------------ parameters
@@ -159,11 +163,14 @@ def _parse_pairs(field_name: str, pairs: Sequence[str]) -> tuple[tuple[str, str]
             raise ValueError(f"testbed.{field_name}: expected 'A:B' concept pairs (got {p!r})")
         for c in (a, b):
             if c not in draw.CONCEPTS:
-                raise ValueError(f"testbed.{field_name}: unknown concept {c!r} in {p!r} "
-                                 f"(known: {', '.join(draw.CONCEPTS)})")
+                raise ValueError(
+                    f"testbed.{field_name}: unknown concept {c!r} in {p!r} "
+                    f"(known: {', '.join(draw.CONCEPTS)})"
+                )
         if a == b:
-            raise ValueError(f"testbed.{field_name}: a pair needs two different concepts "
-                             f"(got {p!r})")
+            raise ValueError(
+                f"testbed.{field_name}: a pair needs two different concepts (got {p!r})"
+            )
         out.append((a, b))
     return tuple(out)
 
@@ -218,9 +225,20 @@ class TestbedParams:
             bad("shard_size", "must be >= 1")
         if self.zipf_s < 0:
             bad("zipf_s", "must be >= 0 (0 = uniform concepts)")
-        for name in ("exact_dup_rate", "near_dup_rate", "work_rate", "object_rate", "dirty_rate",
-                     "clean_rate", "truncated_rate", "zero_byte_rate", "wrong_format_rate",
-                     "missing_rate", "split_view_rate", "png_rate"):
+        for name in (
+            "exact_dup_rate",
+            "near_dup_rate",
+            "work_rate",
+            "object_rate",
+            "dirty_rate",
+            "clean_rate",
+            "truncated_rate",
+            "zero_byte_rate",
+            "wrong_format_rate",
+            "missing_rate",
+            "split_view_rate",
+            "png_rate",
+        ):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 bad(name, "must be between 0 and 1")
@@ -266,7 +284,7 @@ def img2dataset_key(index: int, shard_size: int, oom_shard_count: int = 5) -> st
 def resolve_url(url: str, base_url: str) -> str:
     """Replace the placeholder base of a testbed URL with ``base_url`` (a running server)."""
     if url.startswith(URL_BASE_PLACEHOLDER):
-        return base_url.rstrip("/") + url[len(URL_BASE_PLACEHOLDER):]
+        return base_url.rstrip("/") + url[len(URL_BASE_PLACEHOLDER) :]
     return url
 
 
@@ -274,8 +292,7 @@ def urls_for(testbed_dir: str | Path, base_url: str) -> pa.Table:
     """``urls.parquet`` with every URL pointing at ``base_url`` (e.g. from ``serve_testbed``)."""
     table = pq.read_table(Path(testbed_dir) / "urls.parquet")
     urls = [resolve_url(u, base_url) for u in table.column("URL").to_pylist()]
-    return table.set_column(table.schema.get_field_index("URL"), "URL",
-                            pa.array(urls, pa.string()))
+    return table.set_column(table.schema.get_field_index("URL"), "URL", pa.array(urls, pa.string()))
 
 
 def write_url_list(testbed_dir: str | Path, base_url: str, out_path: str | Path) -> Path:
@@ -334,8 +351,9 @@ def _count(rate: float, n: int) -> int:
 # ------------------------------------------------------------------------------ images
 
 
-def _encode(img: Image.Image, fmt: str, rng: np.random.Generator,
-            quality: int | None = None) -> tuple[bytes, str]:
+def _encode(
+    img: Image.Image, fmt: str, rng: np.random.Generator, quality: int | None = None
+) -> tuple[bytes, str]:
     """Encode with deterministic, varied parameters; returns (bytes, file extension)."""
     q = int(rng.choice([75, 80, 85, 90, 95])) if quality is None else quality
     ss = int(rng.choice([0, 2]))  # chroma subsampling 4:4:4 or 4:2:0, as real sites vary
@@ -347,8 +365,9 @@ def _encode(img: Image.Image, fmt: str, rng: np.random.Generator,
     return buf.getvalue(), ".jpg"
 
 
-def _transform(img: Image.Image, kinds: Sequence[str], rng: np.random.Generator,
-               jpeg_range: tuple[int, int]) -> tuple[Image.Image, str, int | None]:
+def _transform(
+    img: Image.Image, kinds: Sequence[str], rng: np.random.Generator, jpeg_range: tuple[int, int]
+) -> tuple[Image.Image, str, int | None]:
     """Apply near-duplicate transforms in a fixed order; returns (image, description, jpeg q)."""
     desc: list[str] = []
     q = None
@@ -387,8 +406,10 @@ _WRONG_FORMATS = (
 def _wrong_format_bytes(rng: np.random.Generator) -> bytes:
     kind, title, msg = _WRONG_FORMATS[int(rng.integers(len(_WRONG_FORMATS)))]
     if kind == "html":
-        return (f"<!DOCTYPE html>\n<html><head><title>{title}</title></head>\n"
-                f"<body><h1>{title}</h1><p>{msg}</p></body></html>\n").encode()
+        return (
+            f"<!DOCTYPE html>\n<html><head><title>{title}</title></head>\n"
+            f"<body><h1>{title}</h1><p>{msg}</p></body></html>\n"
+        ).encode()
     return (msg + "\n").encode()
 
 
@@ -462,13 +483,17 @@ def _plan(p: TestbedParams) -> tuple[list[_Unit], dict[str, int]]:
     for kind, rate, pairs in (("dirty", p.dirty_rate, p.dirty), ("clean", p.clean_rate, p.clean)):
         if not pairs:
             continue
-        for k, (pair, cnt) in enumerate(zip(pairs, _split(_count(rate, p.n), len(pairs)),
-                                            strict=True)):
+        for k, (pair, cnt) in enumerate(
+            zip(pairs, _split(_count(rate, p.n), len(pairs)), strict=True)
+        ):
             a, b = pair
             for _ in range(cnt):
                 image_concept = b if kind == "dirty" else a
-                units.append(_Unit(kind, 1, concept=image_concept, caption_concept=a,
-                                   poison_target=b, pair=k))
+                units.append(
+                    _Unit(
+                        kind, 1, concept=image_concept, caption_concept=a, poison_target=b, pair=k
+                    )
+                )
     for bk in BROKEN_KINDS:
         for _ in range(_count(getattr(p, f"{bk}_rate"), p.n)):
             units.append(_Unit("broken", 1, concept=concept(), broken_kind=bk))
@@ -486,8 +511,9 @@ def _plan(p: TestbedParams) -> tuple[list[_Unit], dict[str, int]]:
     # object-level replication: flag whole units until object_rate of the keyword's images
     n_obj = sum(u.size for u in units if u.concept == p.object_keyword)
     target = _count(p.object_rate, n_obj)
-    eligible = [u for u in units
-                if u.concept == p.object_keyword and u.kind in ("single", "exact", "near")]
+    eligible = [
+        u for u in units if u.concept == p.object_keyword and u.kind in ("single", "exact", "near")
+    ]
     flagged = 0
     for i in rng.permutation(len(eligible)):
         u = eligible[int(i)]
@@ -497,8 +523,9 @@ def _plan(p: TestbedParams) -> tuple[list[_Unit], dict[str, int]]:
     return units, {"object_rows": n_obj, "object_target": target, "object_flagged": flagged}
 
 
-def _spec(rng: np.random.Generator, concept: str, p: TestbedParams,
-          style: str | None = None) -> dict[str, Any]:
+def _spec(
+    rng: np.random.Generator, concept: str, p: TestbedParams, style: str | None = None
+) -> dict[str, Any]:
     """A random spec of ``concept``; the object keyword is never drawn in the van gogh style."""
     for _ in range(1000):
         s = draw.random_spec(rng)
@@ -523,10 +550,26 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
             kinds = [str(x) for x in rng.choice(NEAR_TRANSFORMS, size=k, replace=False)]
             img, desc, q = _transform(base, kinds, rng, (50, 95))
             data, ext = _encode(img, "jpeg", rng, quality=q)
-            rows.append(_Row(
-                "work", draw.work_caption(u.work_id, rng), None, None, "van gogh", None, None,
-                data, ext, _sha256(data), img.size[0], img.size[1], dup_group=u.dup_group,
-                dup_kind="work", transform=desc, work_id=u.work_id))
+            rows.append(
+                _Row(
+                    "work",
+                    draw.work_caption(u.work_id, rng),
+                    None,
+                    None,
+                    "van gogh",
+                    None,
+                    None,
+                    data,
+                    ext,
+                    _sha256(data),
+                    img.size[0],
+                    img.size[1],
+                    dup_group=u.dup_group,
+                    dup_kind="work",
+                    transform=desc,
+                    work_id=u.work_id,
+                )
+            )
         return rows
 
     assert u.concept is not None and u.caption_concept is not None
@@ -539,9 +582,22 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
         return draw.make_caption(cap_spec, rng, extra_object=extra, mention_extra=False)
 
     def row(data: bytes | None, ext: str, sha: str, im: Image.Image, **kw: Any) -> _Row:
-        return _Row(u.kind, caption(), u.concept, u.caption_concept, spec["style"],
-                    spec["colour"], spec["background"], data, ext, sha, im.size[0], im.size[1],
-                    object_present=u.flag, **kw)
+        return _Row(
+            u.kind,
+            caption(),
+            u.concept,
+            u.caption_concept,
+            spec["style"],
+            spec["colour"],
+            spec["background"],
+            data,
+            ext,
+            sha,
+            im.size[0],
+            im.size[1],
+            object_present=u.flag,
+            **kw,
+        )
 
     if u.kind in ("single", "dirty"):
         data, ext = _encode(img, fmt, rng)
@@ -551,23 +607,43 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
         return [row(data, ext, _sha256(data), img, **kw)]
     if u.kind == "exact":
         data, ext = _encode(img, fmt, rng)
-        return [row(data, ext, _sha256(data), img, dup_group=u.dup_group, dup_kind="exact")
-                for _ in range(u.size)]
+        return [
+            row(data, ext, _sha256(data), img, dup_group=u.dup_group, dup_kind="exact")
+            for _ in range(u.size)
+        ]
     if u.kind == "near":
         data, ext = _encode(img, fmt, rng)
-        rows = [row(data, ext, _sha256(data), img, dup_group=u.dup_group, dup_kind="near",
-                    transform="original")]
+        rows = [
+            row(
+                data,
+                ext,
+                _sha256(data),
+                img,
+                dup_group=u.dup_group,
+                dup_kind="near",
+                transform="original",
+            )
+        ]
         for _ in range(u.size - 1):
             k = int(rng.integers(1, 3))
             kinds = [str(x) for x in rng.choice(NEAR_TRANSFORMS, size=k, replace=False)]
             im2, desc, q = _transform(img, kinds, rng, (30, 90))
             d2, e2 = _encode(im2, "jpeg", rng, quality=q)
-            rows.append(row(d2, e2, _sha256(d2), im2, dup_group=u.dup_group, dup_kind="near",
-                            transform=desc))
+            rows.append(
+                row(
+                    d2, e2, _sha256(d2), im2, dup_group=u.dup_group, dup_kind="near", transform=desc
+                )
+            )
         return rows
     if u.kind == "clean":
-        r = row(None, ".jpg" if p.poison_format == "jpeg" else ".png", "", img,
-                poison_kind="clean", poison_target=u.poison_target)
+        r = row(
+            None,
+            ".jpg" if p.poison_format == "jpeg" else ".png",
+            "",
+            img,
+            poison_kind="clean",
+            poison_target=u.poison_target,
+        )
         r.source, r.pair = img, u.pair
         return [r]
     # broken inputs
@@ -599,8 +675,9 @@ def _anchor(p: TestbedParams, pair_index: int, concept: str) -> tuple[dict, Imag
     return spec, draw.draw_image(spec, size=p.size, rng=rng)
 
 
-def _make_clean_poisons(rows: list[_Row], p: TestbedParams,
-                        clip_model: tuple[Any, Any] | None) -> dict[str, Any]:
+def _make_clean_poisons(
+    rows: list[_Row], p: TestbedParams, clip_model: tuple[Any, Any] | None, supplied: bool
+) -> dict[str, Any]:
     """Run PGD on every clean-label row (batched) and fill in its served bytes."""
     todo = [r for r in rows if r.poison_kind == "clean"]
     if not todo:
@@ -615,8 +692,16 @@ def _make_clean_poisons(rows: list[_Row], p: TestbedParams,
     anchor_imgs = [anchors[r.pair][1] for r in todo]
     jpeg = poison.JpegSpec(95, 0) if p.poison_format == "jpeg" else None
     t0 = time.perf_counter()
-    poisons = poison.pgd_toward_anchors(model, preprocess, sources, anchor_imgs, eps=p.pgd_eps,
-                                        steps=p.pgd_steps, jpeg=jpeg, device=p.device)
+    poisons = poison.pgd_toward_anchors(
+        model,
+        preprocess,
+        sources,
+        anchor_imgs,
+        eps=p.pgd_eps,
+        steps=p.pgd_steps,
+        jpeg=jpeg,
+        device=p.device,
+    )
     seconds = time.perf_counter() - t0
     served_imgs = []
     for r, im in zip(todo, poisons, strict=True):
@@ -629,17 +714,25 @@ def _make_clean_poisons(rows: list[_Row], p: TestbedParams,
         r.served, r.sha256, r.source = data, _sha256(data), None
         served_imgs.append(Image.open(io.BytesIO(data)).convert("RGB"))
     before = poison.anchor_similarity(model, preprocess, sources, anchor_imgs, device=p.device)
-    after = poison.anchor_similarity(model, preprocess, served_imgs, anchor_imgs,
-                                     device=p.device)
+    after = poison.anchor_similarity(model, preprocess, served_imgs, anchor_imgs, device=p.device)
+
     def linf(xs: list[Image.Image]) -> int:
-        return max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
-                   for a, b in zip(sources, xs, strict=True))
-    logger.info("clean-label poisons: %d in %.1f s, mean cosine to anchor %.3f -> %.3f",
-                len(todo), seconds, float(before.mean()), float(after.mean()))
+        return max(
+            int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
+            for a, b in zip(sources, xs, strict=True)
+        )
+
+    logger.info(
+        "clean-label poisons: %d in %.1f s, mean cosine to anchor %.3f -> %.3f",
+        len(todo),
+        seconds,
+        float(before.mean()),
+        float(after.mean()),
+    )
     return {
         "method": poison.NAME,
-        "model": p.poison_model,
-        "pretrained": p.poison_pretrained,
+        "model": "caller-supplied" if supplied else p.poison_model,
+        "pretrained": None if supplied else p.poison_pretrained,
         "eps": p.pgd_eps,
         "steps": p.pgd_steps,
         "served_format": p.poison_format,
@@ -724,20 +817,34 @@ def _tar_add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(ti, io.BytesIO(payload))
 
 
-def write_img2dataset_shards(out_dir: Path, urls: Sequence[str], captions: Sequence[str],
-                             served: Sequence[bytes | None], shard_size: int) -> list[dict]:
+def write_img2dataset_shards(
+    out_dir: Path,
+    urls: Sequence[str],
+    captions: Sequence[str],
+    served: Sequence[bytes | None],
+    shard_size: int,
+) -> list[dict]:
     """Write what img2dataset (IMG2DATASET_OPTIONS) writes when ``urls[i]`` serves
     ``served[i]`` (None = HTTP 404): per shard a webdataset tar, a parquet of every row and a
     stats json. Rows are in input order (a real run: completion order); times are fixed."""
     import logging as _logging
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([
-        ("caption", pa.string()), ("url", pa.string()), ("key", pa.string()),
-        ("status", pa.string()), ("error_message", pa.string()), ("width", pa.int32()),
-        ("height", pa.int32()), ("original_width", pa.int32()),
-        ("original_height", pa.int32()), ("exif", pa.string()), ("sha256", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("caption", pa.string()),
+            ("url", pa.string()),
+            ("key", pa.string()),
+            ("status", pa.string()),
+            ("error_message", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("original_width", pa.int32()),
+            ("original_height", pa.int32()),
+            ("exif", pa.string()),
+            ("sha256", pa.string()),
+        ]
+    )
     exif_logger = _logging.getLogger("exifread")
     old_level = exif_logger.level
     exif_logger.setLevel(_logging.CRITICAL)
@@ -749,14 +856,23 @@ def write_img2dataset_shards(out_dir: Path, urls: Sequence[str], captions: Seque
             metas: list[dict[str, Any]] = []
             status: Counter[str] = Counter()
             successes = failed_dl = failed_resize = 0
-            with open(out_dir / f"{name}.tar", "wb") as fd, \
-                    tarfile.open(fileobj=fd, mode="w|") as tar:
+            with (
+                open(out_dir / f"{name}.tar", "wb") as fd,
+                tarfile.open(fileobj=fd, mode="w|") as tar,
+            ):
                 for i in range(start, stop):
                     key = img2dataset_key(i, shard_size)
                     meta: dict[str, Any] = {
-                        "caption": captions[i], "url": urls[i], "key": key, "status": None,
-                        "error_message": None, "width": None, "height": None,
-                        "original_width": None, "original_height": None, "exif": None,
+                        "caption": captions[i],
+                        "url": urls[i],
+                        "key": key,
+                        "status": None,
+                        "error_message": None,
+                        "width": None,
+                        "height": None,
+                        "original_width": None,
+                        "original_height": None,
+                        "exif": None,
                         "sha256": None,
                     }
                     data = served[i]
@@ -777,8 +893,15 @@ def write_img2dataset_shards(out_dir: Path, urls: Sequence[str], captions: Seque
                     assert img is not None
                     successes += 1
                     status["success"] += 1
-                    meta.update(status="success", exif=_exif(data), sha256=_sha256(data),
-                                width=w, height=h, original_width=w, original_height=h)
+                    meta.update(
+                        status="success",
+                        exif=_exif(data),
+                        sha256=_sha256(data),
+                        width=w,
+                        height=h,
+                        original_width=w,
+                        original_height=h,
+                    )
                     metas.append(meta)
                     # webdataset's TarWriter: members sorted by extension: jpg, json, txt
                     _tar_add(tar, f"{key}.jpg", img)
@@ -787,9 +910,12 @@ def write_img2dataset_shards(out_dir: Path, urls: Sequence[str], captions: Seque
             with open(out_dir / f"{name}.parquet", "wb") as fd:
                 writer = pq.ParquetWriter(fd, schema)
                 for b in range(0, len(metas), 100):  # img2dataset buffers 100 rows per write
-                    chunk = metas[b:b + 100]
-                    writer.write_table(pa.Table.from_pydict(
-                        {k: [m[k] for m in chunk] for k in schema.names}, schema))
+                    chunk = metas[b : b + 100]
+                    writer.write_table(
+                        pa.Table.from_pydict(
+                            {k: [m[k] for m in chunk] for k in schema.names}, schema
+                        )
+                    )
                 writer.close()
             stats = {
                 "count": stop - start,
@@ -848,6 +974,7 @@ def build_testbed(
     p = TestbedParams(n=n, seed=seed, **rates)
     out = Path(out_dir)
     units, obj_stats = _plan(p)
+    supplied = clip_model is not None
     if any(u.kind == "clean" for u in units) and clip_model is None:
         from audit.models import load_clip  # load first: fail before drawing if weights are gone
 
@@ -858,7 +985,7 @@ def build_testbed(
     rows: list[_Row] = []
     for i, u in enumerate(progress(units, desc="drawing testbed", unit="img")):
         rows.extend(_render(u, _rng(p.seed, 1, i), p))
-    poison_stats = _make_clean_poisons(rows, p, clip_model)
+    poison_stats = _make_clean_poisons(rows, p, clip_model, supplied)
 
     order = _rng(p.seed, 3).permutation(len(rows))
     rows = [rows[int(i)] for i in order]
@@ -876,19 +1003,37 @@ def build_testbed(
         url = f"{URL_BASE_PLACEHOLDER}/{FILES_DIR}/{file_name}"
         if r.served is not None:
             (out / FILES_DIR / file_name).write_bytes(r.served)
-        keyword = ("van gogh" if r.style == "van gogh"
-                   else p.object_keyword if r.caption_concept == p.object_keyword else None)
+        keyword = (
+            "van gogh"
+            if r.style == "van gogh"
+            else p.object_keyword
+            if r.caption_concept == p.object_keyword
+            else None
+        )
         values = {
-            "key": img2dataset_key(i, p.shard_size), "url": url, "caption": r.caption,
-            "concept": r.concept, "caption_concept": r.caption_concept, "style": r.style,
-            "colour": r.colour, "background": r.background, "dup_group": r.dup_group,
-            "dup_kind": r.dup_kind, "transform": r.transform, "work_id": r.work_id,
-            "keyword": keyword, "object_present": r.object_present,
-            "poison_kind": r.poison_kind, "poison_target": r.poison_target,
-            "broken_kind": r.broken_kind, "served_concept": r.served_concept,
-            "file_name": file_name, "sha256": r.sha256,
+            "key": img2dataset_key(i, p.shard_size),
+            "url": url,
+            "caption": r.caption,
+            "concept": r.concept,
+            "caption_concept": r.caption_concept,
+            "style": r.style,
+            "colour": r.colour,
+            "background": r.background,
+            "dup_group": r.dup_group,
+            "dup_kind": r.dup_kind,
+            "transform": r.transform,
+            "work_id": r.work_id,
+            "keyword": keyword,
+            "object_present": r.object_present,
+            "poison_kind": r.poison_kind,
+            "poison_target": r.poison_target,
+            "broken_kind": r.broken_kind,
+            "served_concept": r.served_concept,
+            "file_name": file_name,
+            "sha256": r.sha256,
             "served_sha256": None if r.served is None else _sha256(r.served),
-            "width": r.width, "height": r.height,
+            "width": r.width,
+            "height": r.height,
         }
         for k, v in values.items():
             cols[k].append(v)
@@ -898,31 +1043,54 @@ def build_testbed(
 
     truth = pa.Table.from_pydict(cols, TRUTH_SCHEMA)
     pq.write_table(truth, out / "truth.parquet")
-    pq.write_table(pa.Table.from_pydict({
-        "URL": urls, "TEXT": captions, "WIDTH": cols["width"], "HEIGHT": cols["height"],
-        "sha256": cols["sha256"]}, URLS_SCHEMA), out / "urls.parquet")
+    pq.write_table(
+        pa.Table.from_pydict(
+            {
+                "URL": urls,
+                "TEXT": captions,
+                "WIDTH": cols["width"],
+                "HEIGHT": cols["height"],
+                "sha256": cols["sha256"],
+            },
+            URLS_SCHEMA,
+        ),
+        out / "urls.parquet",
+    )
     shard_stats = write_img2dataset_shards(out / SHARDS_DIR, urls, captions, served, p.shard_size)
 
     summary = _summary(p, rows, cols, obj_stats, poison_stats, shard_stats)
     (out / "testbed.json").write_text(json.dumps(summary, indent=2) + "\n")
     seconds = time.perf_counter() - t0
-    logger.info("testbed: %d rows (%d files, %d shard(s)) in %s in %.1f s", p.n,
-                summary["counts"]["files"], len(shard_stats), out, seconds)
+    logger.info(
+        "testbed: %d rows (%d files, %d shard(s)) in %s in %.1f s",
+        p.n,
+        summary["counts"]["files"],
+        len(shard_stats),
+        out,
+        seconds,
+    )
     return {**summary, "out_dir": str(out), "seconds": round(seconds, 3)}
 
 
-def _summary(p: TestbedParams, rows: list[_Row], cols: dict[str, list[Any]],
-             obj_stats: dict[str, int], poison_stats: dict[str, Any],
-             shard_stats: list[dict]) -> dict[str, Any]:
+def _summary(
+    p: TestbedParams,
+    rows: list[_Row],
+    cols: dict[str, list[Any]],
+    obj_stats: dict[str, int],
+    poison_stats: dict[str, Any],
+    shard_stats: list[dict],
+) -> dict[str, Any]:
     concepts = Counter(c for c in cols["concept"] if c is not None)
     dup_kinds = Counter(k for k in cols["dup_kind"] if k is not None)
-    groups = Counter((g, k) for g, k in zip(cols["dup_group"], cols["dup_kind"], strict=True)
-                     if g is not None)
+    groups = Counter(
+        (g, k) for g, k in zip(cols["dup_group"], cols["dup_kind"], strict=True) if g is not None
+    )
     n_obj = obj_stats["object_rows"]
     by_caption = Counter(c for c in cols["caption_concept"] if c is not None)
     poison_pairs: dict[str, dict[str, Any]] = {}
-    for a, b, k in zip(cols["caption_concept"], cols["poison_target"], cols["poison_kind"],
-                       strict=True):
+    for a, b, k in zip(
+        cols["caption_concept"], cols["poison_target"], cols["poison_kind"], strict=True
+    ):
         if k != "none":
             d = poison_pairs.setdefault(f"{k}:{a}:{b}", {"kind": k, "count": 0})
             d["count"] += 1
@@ -953,8 +1121,15 @@ def _summary(p: TestbedParams, rows: list[_Row], cols: dict[str, list[Any]],
             "styles": dict(sorted(Counter(s for s in cols["style"] if s).items())),
             "png_files": sum(1 for r in rows if r.ext == ".png" and r.served is not None),
         },
-        "shards": [{"name": f"{i:05d}", **{k: s[k] for k in
-                    ("count", "successes", "failed_to_download", "failed_to_resize")}}
-                   for i, s in enumerate(shard_stats)],
+        "shards": [
+            {
+                "name": f"{i:05d}",
+                **{
+                    k: s[k]
+                    for k in ("count", "successes", "failed_to_download", "failed_to_resize")
+                },
+            }
+            for i, s in enumerate(shard_stats)
+        ],
         "clean_poisons": poison_stats,
     }

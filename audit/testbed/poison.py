@@ -39,16 +39,23 @@ class JpegSpec:
 
     def encode(self, img: Image.Image) -> bytes:
         buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=self.quality, subsampling=self.subsampling,
-                 optimize=False, progressive=False)
+        img.save(
+            buf,
+            "JPEG",
+            quality=self.quality,
+            subsampling=self.subsampling,
+            optimize=False,
+            progressive=False,
+        )
         return buf.getvalue()
 
     def roundtrip(self, img: Image.Image) -> Image.Image:
         return Image.open(io.BytesIO(self.encode(img))).convert("RGB")
 
 
-def _preprocess_params(preprocess: Any, model: Any) -> tuple[int, tuple[float, ...],
-                                                              tuple[float, ...], str]:
+def _preprocess_params(
+    preprocess: Any, model: Any
+) -> tuple[int, tuple[float, ...], tuple[float, ...], str]:
     """(image_size, mean, std, interpolation) of an open_clip inference transform."""
     size: int | None = None
     mean: tuple[float, ...] | None = None
@@ -96,11 +103,12 @@ class _Differentiable:
             scale = s / min(h, w)
             nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
             kw = {"align_corners": False} if self.mode != "nearest" else {}
-            x = F.interpolate(x, size=(nh, nw), mode=self.mode,
-                              antialias=self.mode != "nearest", **kw)
+            x = F.interpolate(
+                x, size=(nh, nw), mode=self.mode, antialias=self.mode != "nearest", **kw
+            )
             h, w = nh, nw
         top, left = (h - s) // 2, (w - s) // 2
-        x = x[..., top:top + s, left:left + s]
+        x = x[..., top : top + s, left : left + s]
         x = (x - self.mean) / self.std
         f = self.model.encode_image(x)
         return torch.nn.functional.normalize(f.float(), dim=-1)
@@ -165,7 +173,7 @@ def pgd_toward_anchors(
     try:
         for idx_all in by_size.values():
             for b in range(0, len(idx_all), batch_size):
-                idx = idx_all[b:b + batch_size]
+                idx = idx_all[b : b + batch_size]
                 x0 = _to_tensor([images[i] for i in idx], device)
                 with torch.no_grad():
                     target = diff.embed(_to_tensor([anchors[i] for i in idx], device))
@@ -194,8 +202,13 @@ def pgd_toward_anchors(
     return [im for im in out if im is not None]
 
 
-def anchor_similarity(model: Any, preprocess: Any, images: Sequence[Image.Image],
-                      anchors: Sequence[Image.Image], device: str = "cpu") -> np.ndarray:
+def anchor_similarity(
+    model: Any,
+    preprocess: Any,
+    images: Sequence[Image.Image],
+    anchors: Sequence[Image.Image],
+    device: str = "cpu",
+) -> np.ndarray:
     """Cosine between each image's embedding and its anchor's, through the real preprocess."""
     from audit.models import encode_images
 

@@ -40,7 +40,7 @@ class _FilesHandler(SimpleHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         if not path.startswith(FILES_PREFIX):
             return None
-        name = path[len(FILES_PREFIX):]
+        name = path[len(FILES_PREFIX) :]
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             return None
         f = Path(self.directory) / name
@@ -97,8 +97,12 @@ def serve_testbed(testbed_dir: str | Path, host: str = "127.0.0.1") -> Iterator[
 
     server = _QuietServer((host, 0), handler)
     port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, name=f"testbed-http-{port}",
-                              kwargs={"poll_interval": 0.1}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        name=f"testbed-http-{port}",
+        kwargs={"poll_interval": 0.1},
+        daemon=True,
+    )
     thread.start()
     base_url = f"http://{host}:{port}"
     logger.debug("serving %s at %s", files, base_url)

@@ -222,7 +222,8 @@ def prepare_url_list(table: pa.Table, s: DownloadSettings) -> tuple[pa.Table, di
 # ---- running img2dataset -----------------------------------------------------------------------
 @contextlib.contextmanager
 def _output_to(path: Path | None) -> Iterator[None]:
-    """Send fds 1 and 2 (inherited by img2dataset's worker processes) to ``path``."""
+    """Send fds 1 and 2 (inherited by img2dataset's worker processes) and Python's
+    ``sys.stdout``/``sys.stderr`` to ``path``."""
     if path is None:
         yield
         return
@@ -230,7 +231,8 @@ def _output_to(path: Path | None) -> Iterator[None]:
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
     try:
-        with open(path, "ab") as log:
+        with open(path, "ab") as log, open(path, "a", buffering=1) as text, \
+                contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
             yield

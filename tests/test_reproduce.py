@@ -495,3 +495,22 @@ def test_shipped_tiny_sd_replicates_planted_works_far_more_than_controls(tmp_pat
     _, hi_c = wilson_interval(k_c, n_c)
     assert k_w / n_w >= 0.5, (k_w, n_w)
     assert lo_w > hi_c, (k_w, n_w, k_c, n_c)  # far more often: the intervals do not overlap
+
+
+def test_calibration_labels_come_from_duplicate_groups_and_clusters(tmp_path: Path) -> None:
+    from audit.stages.reproduce import _group_labels
+    from audit.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    ws.write_finding("duplicates", pa.Table.from_pylist([
+        {"key": k, "group_id": g, "group_size": 2, "kind": kind, "representative_key": k,
+         "is_representative": True, "nearest_key": k, "similarity": 1.0}
+        for k, g, kind in (("a", 0, "exact"), ("b", 0, "exact"), ("c", 0, "near"),
+                           ("d", 0, "near"), ("e", 1, "caption"), ("f", 1, "caption"))]))
+    word = pd.DataFrame({"member_keys": [["a", "e"], ["f"]]})
+    labels = _group_labels(ws, ["a", "b", "c", "d", "e", "f", "g"], word)
+    i, j = mem.sample_unrelated_pairs(7, labels, max_items=7)
+    related = {frozenset(p) for p in (("a", "b"), ("c", "d"), ("a", "e"))}
+    names = "abcdefg"
+    got = {frozenset((names[x], names[y])) for x, y in zip(i, j)}
+    assert len(got) == 21 - 3 and not (got & related)  # caption duplicates stay "unrelated"

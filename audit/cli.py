@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
             p = sub.add_parser(command, help=f"{summary} [not implemented yet]",
                                description=f"{summary}.\n\nThis stage is not implemented yet.",
                                parents=[common])
+            p.add_argument("args", nargs="*", help=argparse.SUPPRESS)
             p.set_defaults(_stage=None)
             continue
         p = sub.add_parser(

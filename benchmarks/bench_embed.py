@@ -246,7 +246,7 @@ def bench_pipeline(specs, loader, label: str, device: str, batch: int, ws_dir: P
     model, _, tokenizer = loader()
     dim = int(model.encode_text(tokenizer(["x"]).to(device)).shape[-1])
     del model
-    handler = ClipModelHandler(loader, device=device, model_name=label)
+    handler = ClipModelHandler(loader, device=device, model_name=label, pad_to=batch)
     writer = WorkspacePartWriter(str(ws_dir))
     with beam_setup(beam_args) as setup:
         t0 = time.perf_counter()

@@ -155,7 +155,14 @@ def evaluate(
         emb["image_emb"], emb["clip_score"], named, concepts, concept_emb, params
     )
     per_key = stage.select_per_key(
-        comb, emb["keys"], split_keys, threshold=threshold, params=params
+        comb,
+        emb["keys"],
+        split_keys,
+        threshold=threshold,
+        params=params,
+        image_emb=emb["image_emb"],
+        named=named,
+        concepts=concepts,
     )
     seconds = time.perf_counter() - t0
     df = per_key.merge(

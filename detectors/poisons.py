@@ -436,13 +436,59 @@ def flag(
     return flags
 
 
-def guess_kind(scores: pd.DataFrame, flagged: np.ndarray, fire_z: float = 3.5) -> np.ndarray:
-    """ "dirty" when a flagged row's alignment evidence fires or its GMM mismatch p >= 0.5
-    (the image does not match its caption), "clean" for other flagged rows (aligned but pulled
-    or out of place: Nightshade-style), "none" when not flagged."""
+def anchor_collapse(
+    group: np.ndarray, reference: np.ndarray, *, m: int = 3, n_null: int = 200, seed: int = 0
+) -> np.ndarray:
+    """Empirical p-value, per row of ``group``, that it sits as close to the other group rows as
+    rows of a random same-size subset of ``reference`` sit to each other.
+
+    The statistic is a row's mean cosine to its ``m`` most similar other rows. Nightshade-style
+    poisons of one concept are all pulled toward a single anchor image, so they collapse onto
+    each other far more tightly than natural images of the target concept (``reference``) do;
+    dirty-label images are natural images of the target and do not. Returns NaN for every row
+    when the group has fewer than 3 rows or the reference is smaller than the group.
+    """
+    group = np.asarray(group, dtype=np.float32)
+    reference = np.asarray(reference, dtype=np.float32)
+    g = len(group)
+    if g < 3 or len(reference) < g:
+        return np.full(g, np.nan)
+    m = min(m, g - 1)
+
+    def top_m(x: np.ndarray) -> np.ndarray:
+        s = x @ x.T
+        np.fill_diagonal(s, -np.inf)
+        return np.sort(s, axis=1)[:, -m:].mean(axis=1)
+
+    stat = top_m(group)
+    rng = np.random.default_rng(seed)
+    null = np.concatenate(
+        [top_m(reference[rng.choice(len(reference), g, replace=False)]) for _ in range(n_null)]
+    )
+    null.sort()
+    # share of null values >= each statistic, with the +1 correction of permutation tests
+    ge = len(null) - np.searchsorted(null, stat, side="left")
+    return (ge + 1) / (len(null) + 1)
+
+
+def guess_kind(
+    scores: pd.DataFrame,
+    flagged: np.ndarray,
+    fire_z: float = 3.5,
+    collapse_p: np.ndarray | None = None,
+    collapse_alpha: float = 0.05,
+) -> np.ndarray:
+    """Kind of each flagged row: "clean" when it belongs to a collapsed group (``collapse_p`` <
+    ``collapse_alpha``, see :func:`anchor_collapse`: Nightshade's single-anchor signature);
+    else "dirty" when its alignment evidence fires or its GMM mismatch p >= 0.5 (the image does
+    not match its caption); else "clean" (aligned, but pulled toward another concept or out of
+    place). Rows not flagged are "none"."""
     align_z = scores.get(f"{ALIGNMENT_COS}_z", pd.Series(0.0, index=scores.index)).to_numpy()
     gmm = scores[ALIGNMENT_GMM].fillna(0.0).to_numpy()
     dirty = (align_z >= fire_z) | (gmm >= 0.5)
+    if collapse_p is not None:
+        collapsed = np.nan_to_num(np.asarray(collapse_p, dtype=np.float64), nan=1.0)
+        dirty &= collapsed >= collapse_alpha
     return np.where(~flagged, "none", np.where(dirty, "dirty", "clean"))
 
 

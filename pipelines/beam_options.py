@@ -119,7 +119,7 @@ def beam_setup(beam_args: list[str] | None = None, runner: str | None = None,
     if runner and flag_runner and runner != flag_runner:
         raise BeamOptionsError(f"--runner given twice ({runner!r} and {flag_runner!r})")
     runner = runner or flag_runner
-    cluster = client = None
+    cluster = None
     try:
         if dask_local:
             if dask_local < 1:
@@ -127,13 +127,12 @@ def beam_setup(beam_args: list[str] | None = None, runner: str | None = None,
             if runner and runner not in ("DaskRunner", DASK_RUNNER):
                 raise BeamOptionsError(f"--dask-local cannot be combined with --runner {runner}")
             try:
-                from distributed import Client, LocalCluster
+                from distributed import LocalCluster
             except ImportError as exc:
                 raise BeamOptionsError(
                     "--dask-local needs `pip install 'apache-beam[dask]' distributed`") from exc
             cluster = LocalCluster(n_workers=dask_local, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address=None)
-            client = Client(cluster)
             runner = DASK_RUNNER
             flags.append(f"--dask_client_address={cluster.scheduler_address}")
             logger.info("started a Dask LocalCluster with %d workers at %s", dask_local,
@@ -144,7 +143,5 @@ def beam_setup(beam_args: list[str] | None = None, runner: str | None = None,
         options = PipelineOptions(flags, **{k: v for k, v in defaults.items() if k not in given})
         yield BeamSetup(options, runner_name, flags)
     finally:
-        if client is not None:
-            client.close()
         if cluster is not None:
             cluster.close()

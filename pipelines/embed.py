@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -44,8 +44,9 @@ from pipelines.readers import Sample, ShardSpec, read_shard
 logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "laion_audit_embed"
-FAILED_TAG = "failed"
-MANIFEST_TAG = "manifest"
+CHUNK, ROW, MANIFEST = "chunk", "row", "manifest"
+"""Kinds of the ``(kind, value)`` elements the DoFns emit. One output stream split by
+:func:`select` instead of tagged outputs: the Dask runner does not keep tagged outputs apart."""
 EMBEDDED_STATUSES = ("ok", "missing_caption", "hash_mismatch")
 """Statuses whose rows may carry an image embedding."""
 
@@ -69,6 +70,11 @@ def sample_row(s: Sample, image_emb: np.ndarray | None = None,
     }
 
 
+def select(element: tuple[str, Any], kind: str = CHUNK) -> list[Any]:
+    """The value of a ``(kind, value)`` element when its kind matches, else nothing."""
+    return [element[1]] if element[0] == kind else []
+
+
 @dataclass
 class EmbedInput:
     """One decoded sample on its way into the model (image bytes already released)."""
@@ -79,10 +85,9 @@ class EmbedInput:
 
 # ---- DoFns -------------------------------------------------------------------------------------
 class ReadShardFn(beam.DoFn):
-    """ShardSpec -> chunks of readable samples (main), failed rows, and one manifest.
-
-    A chunk holds at most ``chunk_size`` samples of one shard, in read order.
-    """
+    """ShardSpec -> ``(CHUNK, samples)``, ``(ROW, (shard, failed row))`` and one
+    ``(MANIFEST, (shard, info))``. A chunk holds at most ``chunk_size`` samples of one shard,
+    in read order."""
 
     def __init__(self, chunk_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if chunk_size < 1:
@@ -99,27 +104,26 @@ class ReadShardFn(beam.DoFn):
             keys.append(s.key)
             read.inc()
             if s.image is None:
-                yield beam.pvalue.TaggedOutput(FAILED_TAG, (spec.index, sample_row(s)))
+                yield ROW, (spec.index, sample_row(s))
                 continue
             chunk.append(s)
             if len(chunk) >= self.chunk_size:
-                yield chunk
+                yield CHUNK, chunk
                 chunk = []
         if chunk:
-            yield chunk
+            yield CHUNK, chunk
         if report.get("damaged"):
             logger.warning("%s: %s", spec.describe(), report["damaged"])
         if report.get("rejected_members"):
             logger.warning("%s: %d unsafe tar members rejected", spec.describe(),
                            report["rejected_members"])
         extra = report.pop("extra_keys", [])
-        yield beam.pvalue.TaggedOutput(
-            MANIFEST_TAG, (spec.index, {"keys": keys, "source": spec.describe(),
-                                        "report": report, "extra_keys": extra}))
+        yield MANIFEST, (spec.index, {"keys": keys, "source": spec.describe(),
+                                      "report": report, "extra_keys": extra})
 
 
 class DecodeChunkFn(beam.DoFn):
-    """Chunk of samples -> chunk of :class:`EmbedInput` (main) + ``failed_to_decode`` rows."""
+    """Chunk of samples -> ``(CHUNK, [EmbedInput])`` + ``(ROW, (shard, failed_to_decode row))``."""
 
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -136,14 +140,13 @@ class DecodeChunkFn(beam.DoFn):
                 failed.inc()
                 reason = (str(exc) if isinstance(exc, DecodeError)
                           else f"decoder crashed: {type(exc).__name__}: {exc}")
-                yield beam.pvalue.TaggedOutput(FAILED_TAG, (s.shard, sample_row(_decode_failed(
-                    s, reason))))
+                yield ROW, (s.shard, sample_row(_decode_failed(s, reason)))
                 continue
             s.image = None
             s.width, s.height = decoded.width, decoded.height
             out.append(EmbedInput(s, decoded.image))
         if out:
-            yield out
+            yield CHUNK, out
 
 
 def _decode_failed(s: Sample, reason: str) -> Sample:
@@ -182,16 +185,20 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
 
     ``loader()`` returns ``(model, preprocess, tokenizer)`` and runs once per worker. On CUDA
     the forward passes run under fp16 autocast. Use ``.with_no_batching()``: each element is
-    already a chunk.
+    already a chunk. ``pad_to`` pads smaller image and caption batches (a shard's last chunk,
+    chunks that lost samples to decoding, fewer captions than images) to that size with copies
+    of their first row, whose outputs are dropped: every forward pass has the same shape, so
+    CPU kernels are not re-planned for each new batch size.
     """
 
     def __init__(self, loader: ModelLoader, device: str = "cpu", torch_threads: int = 0,
-                 model_name: str = "") -> None:
+                 model_name: str = "", pad_to: int = 0) -> None:
         super().__init__()
         self._loader = loader
         self._device = device
         self._torch_threads = torch_threads
         self._model_name = model_name
+        self._pad_to = pad_to
 
     def __repr__(self) -> str:
         return f"ClipModelHandler({self._model_name or self._loader!r}, device={self._device!r})"
@@ -219,13 +226,31 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
                       inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
         if not batch:
             return []
+        try:
+            return self._embed(batch, model)
+        except Exception as exc:  # noqa: BLE001 - a bad batch is recorded, not fatal
+            logger.warning("model failed on a batch of %d samples: %s: %s", len(batch),
+                           type(exc).__name__, exc)
+            beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_to_embed").inc(len(batch))
+            msg = f"model failed on this batch: {type(exc).__name__}: {exc}"[:500]
+            rows = []
+            for e in batch:
+                row = sample_row(e.sample.fail("failed_to_embed", msg))
+                row["_shard"] = e.sample.shard
+                rows.append(row)
+            return rows
+
+    def _embed(self, batch: Sequence[EmbedInput], model: ClipBundle) -> list[dict]:
         t0 = time.perf_counter()
         images = [model.preprocess(e.image) for e in batch]
         text_idx = [i for i, e in enumerate(batch) if e.sample.caption_problem is None]
         texts = [batch[i].sample.caption for i in text_idx]
         tokens = model.tokenizer(texts) if texts else None
         t1 = time.perf_counter()
-        img_emb, txt_emb = embed_tensors(model, images, tokens)
+        img_emb, txt_emb = embed_tensors(model, _padded(images, self._pad_to),
+                                         _padded(tokens, self._pad_to))
+        img_emb = img_emb[:len(images)]
+        txt_emb = None if txt_emb is None else txt_emb[:len(texts)]
         t2 = time.perf_counter()
         beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "preprocess_us").update(
             int((t1 - t0) * 1e6))
@@ -244,6 +269,17 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
             row["_shard"] = e.sample.shard
             rows.append(row)
         return rows
+
+
+def _padded(batch: Any, size: int) -> Any:
+    """A list of tensors or a 2-D token tensor padded to ``size`` rows with its first row."""
+    if batch is None or size <= 0 or len(batch) == 0 or len(batch) >= size:
+        return batch
+    if isinstance(batch, list):
+        return batch + [batch[0]] * (size - len(batch))
+    import torch
+
+    return torch.cat([batch, batch[:1].expand(size - len(batch), *batch.shape[1:])])
 
 
 def embed_tensors(model: ClipBundle, images: list[Any],
@@ -271,14 +307,6 @@ class _nullcontext:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def failed_batch_rows(item: tuple[Any, Any]) -> Iterator[tuple[int, dict]]:
-    """RunInference's dead-letter output (batch, exception) -> ``failed_to_embed`` rows."""
-    batch, exc = item
-    msg = f"model failed on this batch: {type(exc).__name__}: {exc}"[:500]
-    for e in batch:
-        yield e.sample.shard, sample_row(e.sample.fail("failed_to_embed", msg))
 
 
 # ---- writing parts --------------------------------------------------------------------------
@@ -350,22 +378,34 @@ class WritePartFn(beam.DoFn):
 
 
 # ---- composites ---------------------------------------------------------------------------------
+class ReadOutputs(NamedTuple):
+    chunks: beam.PCollection
+    failed: beam.PCollection
+    manifest: beam.PCollection
+
+
+class DecodeOutputs(NamedTuple):
+    decoded: beam.PCollection
+    failed: beam.PCollection
+
+
 class ReadSamples(beam.PTransform):
-    """PCollection[ShardSpec] -> tagged outputs ``chunks`` (main), ``failed``, ``manifest``."""
+    """PCollection[ShardSpec] -> ``ReadOutputs(chunks, failed, manifest)``."""
 
     def __init__(self, chunk_size: int = 64, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         super().__init__()
         self.chunk_size = chunk_size
         self.max_bytes = max_bytes
 
-    def expand(self, specs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return specs | "ReadShard" >> beam.ParDo(
-            ReadShardFn(self.chunk_size, self.max_bytes)).with_outputs(
-                FAILED_TAG, MANIFEST_TAG, main="chunks")
+    def expand(self, specs: beam.PCollection) -> ReadOutputs:
+        out = specs | "ReadShard" >> beam.ParDo(ReadShardFn(self.chunk_size, self.max_bytes))
+        return ReadOutputs(out | "Chunks" >> beam.FlatMap(select, kind=CHUNK),
+                           out | "FailedRows" >> beam.FlatMap(select, kind=ROW),
+                           out | "Manifests" >> beam.FlatMap(select, kind=MANIFEST))
 
 
 class DecodeSamples(beam.PTransform):
-    """Chunks of samples -> tagged outputs ``decoded`` (main) and ``failed``."""
+    """Chunks of samples -> ``DecodeOutputs(decoded, failed)``."""
 
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -373,25 +413,23 @@ class DecodeSamples(beam.PTransform):
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
 
-    def expand(self, chunks: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return chunks | "Decode" >> beam.ParDo(
-            DecodeChunkFn(self.max_pixels, self.max_bytes)).with_outputs(
-                FAILED_TAG, main="decoded")
+    def expand(self, chunks: beam.PCollection) -> DecodeOutputs:
+        out = chunks | "Decode" >> beam.ParDo(DecodeChunkFn(self.max_pixels, self.max_bytes))
+        return DecodeOutputs(out | "Decoded" >> beam.FlatMap(select, kind=CHUNK),
+                             out | "FailedRows" >> beam.FlatMap(select, kind=ROW))
 
 
 class EmbedChunks(beam.PTransform):
-    """Decoded chunks -> ``(shard, row)`` with embeddings; failed batches -> failed_to_embed."""
+    """Decoded chunks -> ``(shard, row)`` with embeddings (a failing batch gives
+    ``failed_to_embed`` rows, from the handler)."""
 
     def __init__(self, handler: ClipModelHandler) -> None:
         super().__init__()
         self.handler = handler
 
     def expand(self, decoded: beam.PCollection) -> beam.PCollection:
-        main, dlq = (decoded | "RunInference" >> RunInference(
-            self.handler.with_no_batching()).with_exception_handling())
-        ok = main | "KeyByShard" >> beam.Map(_key_embedded_row)
-        failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_rows)
-        return (ok, failed) | "AllEmbedded" >> beam.Flatten()
+        return (decoded | "RunInference" >> RunInference(self.handler.with_no_batching())
+                | "KeyByShard" >> beam.Map(_key_embedded_row))
 
 
 def _key_embedded_row(row: dict) -> tuple[int, dict]:
@@ -444,9 +482,8 @@ class EmbedShards(beam.PTransform):
         read = specs | "Read" >> ReadSamples(st.chunk_size, st.max_bytes)
         decoded = read.chunks | "DecodeSamples" >> DecodeSamples(st.max_pixels, st.max_bytes)
         embedded = decoded.decoded | "Embed" >> EmbedChunks(self.handler)
-        rows = ((read[FAILED_TAG], decoded[FAILED_TAG], embedded)
-                | "AllRows" >> beam.Flatten())
-        return (rows, read[MANIFEST_TAG]) | "Write" >> WriteParts(self.writer, self.schema)
+        rows = (read.failed, decoded.failed, embedded) | "AllRows" >> beam.Flatten()
+        return (rows, read.manifest) | "Write" >> WriteParts(self.writer, self.schema)
 
 
 def run_embed(specs: list[ShardSpec], handler: ClipModelHandler, writer: PartWriter,
@@ -459,6 +496,9 @@ def run_embed(specs: list[ShardSpec], handler: ClipModelHandler, writer: PartWri
          | "EmbedShards" >> EmbedShards(handler, writer, schema, settings))
     result = p.run()
     result.wait_until_finish()
+    client = getattr(result, "client", None)  # the Dask runner's own client: close it now
+    if client is not None and hasattr(client, "close"):
+        client.close()
     return result
 
 

@@ -260,7 +260,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     handler = ClipModelHandler(
         functools.partial(load_clip, cfg.model, cfg.pretrained, cfg.device),
-        device=cfg.device, torch_threads=cfg.torch_threads, model_name=cfg.model)
+        device=cfg.device, torch_threads=cfg.torch_threads, model_name=cfg.model,
+        pad_to=cfg.batch_size)
     settings = EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes)
     writer = WorkspacePartWriter(str(Path(ws.root).resolve()))
     schema = embedding_schema(info["dim"])

@@ -457,6 +457,37 @@ def score_memberships(
     return P.combine(raw, params)
 
 
+def collapse_pvalues(
+    per_key: pd.DataFrame,
+    image_emb: np.ndarray,
+    named: np.ndarray,
+    concepts: list[str],
+    params: Any,
+    split_view: np.ndarray,
+) -> np.ndarray:
+    """:func:`detectors.poisons.anchor_collapse` p-value for each flagged, non-split-view row,
+    grouped by concept, against random subsets of the natural members (not flagged) of the
+    group's most common pull concept; NaN elsewhere."""
+    from detectors import poisons as P
+
+    out = np.full(len(per_key), np.nan)
+    cand = per_key["flagged"].to_numpy(dtype=bool) & ~split_view
+    cand &= per_key["concept"].notna().to_numpy()
+    flagged_rows = set(per_key.loc[cand, "row"].astype(int))
+    index = {c: j for j, c in enumerate(concepts)}
+    cand_pos = np.flatnonzero(cand)
+    for _, idx in per_key.iloc[cand_pos].groupby("concept").indices.items():
+        pos = cand_pos[idx]
+        pulls = per_key["pull_concept"].iloc[pos].dropna()
+        if len(pos) < 3 or pulls.empty:
+            continue
+        target = index[pulls.mode().iloc[0]]
+        ref_rows = [r for r in np.flatnonzero(named[:, target]) if r not in flagged_rows]
+        rows = per_key["row"].iloc[pos].to_numpy(dtype=np.int64)
+        out[pos] = P.anchor_collapse(image_emb[rows], image_emb[ref_rows], seed=params.seed)
+    return out
+
+
 def select_per_key(
     comb: pd.DataFrame,
     keys: np.ndarray,
@@ -465,6 +496,9 @@ def select_per_key(
     threshold: float = DEFAULT_THRESHOLD,
     expected_rate: float | None = None,
     params: Any = None,
+    image_emb: np.ndarray | None = None,
+    named: np.ndarray | None = None,
+    concepts: list[str] | None = None,
 ) -> pd.DataFrame:
     """Flag memberships, then keep one row per key (its most suspicious concept; flagged if
     flagged under any concept), add split-view rows (always flagged, combined = +inf), guess
@@ -491,7 +525,17 @@ def select_per_key(
     sv = per_key["split_view_v1"].to_numpy(dtype=bool)
     per_key["flagged"] = per_key["flagged"].fillna(False).astype(bool) | sv
     per_key[P.ALIGNMENT_GMM] = per_key[P.ALIGNMENT_GMM].astype(float)
-    per_key["kind"] = P.guess_kind(per_key, per_key["flagged"].to_numpy(dtype=bool), params.fire_z)
+    per_key["anchor_collapse_p"] = (
+        collapse_pvalues(per_key, image_emb, named, concepts, params, sv)
+        if image_emb is not None and named is not None and concepts is not None
+        else np.nan
+    )
+    per_key["kind"] = P.guess_kind(
+        per_key,
+        per_key["flagged"].to_numpy(dtype=bool),
+        params.fire_z,
+        per_key["anchor_collapse_p"].to_numpy(dtype=np.float64),
+    )
     per_key.loc[sv, "kind"] = "split_view"
     per_key["combined_score"] = per_key["combined_score"].astype(float)
     per_key.loc[sv, "combined_score"] = np.inf
@@ -536,7 +580,15 @@ def score_workspace_arrays(
     comb = score_memberships(image_emb, clip_score, named, concepts, concept_emb, params)
     t1 = time.perf_counter()
     per_key = select_per_key(
-        comb, keys, split_keys, threshold=threshold, expected_rate=expected_rate, params=params
+        comb,
+        keys,
+        split_keys,
+        threshold=threshold,
+        expected_rate=expected_rate,
+        params=params,
+        image_emb=image_emb,
+        named=named,
+        concepts=concepts,
     )
     t2 = time.perf_counter()
     return per_key, {"scores_s": round(t1 - t0, 3), "select_s": round(t2 - t1, 3)}
@@ -569,6 +621,7 @@ def output_table(per_key: pd.DataFrame) -> pa.Table:
         P.SPECTRAL: (P.SPECTRAL, pa.float32()),
         P.SPLIT_VIEW: (P.SPLIT_VIEW, pa.bool_()),
         **{c: (c, pa.float32()) for c in z_cols},
+        "anchor_collapse_p": ("anchor_collapse_p", pa.float32()),
         "combined_score": ("combined_score", pa.float64()),
         "rank": ("rank", pa.int64()),
         "flagged": ("flagged", pa.bool_()),

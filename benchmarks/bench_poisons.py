@@ -404,8 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "poisons.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    for name in ("bench_poisons", "audit"):
+        logging.getLogger(name).setLevel(logging.INFO)
     t0 = time.perf_counter()
     result = run(args)
     summary = summarise(result)

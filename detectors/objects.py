@@ -3,12 +3,17 @@
 Pure functions over arrays; the text embeddings of the prompts are computed by the caller
 (``audit/stages/objects.py``) with the workspace's own CLIP model.
 
-**Presence score.** For a keyword K and an object O, each image x gets
-``s(x) = cos(x, T(K with O)) - cos(x, T(K))``, where ``T(K with O)`` is the normalised mean of
-the text embeddings of a prompt ensemble ("a photo of a K with a O", "a K and a O", ...) and
-``T(K)`` the same ensemble without the object (the "no object" contrast). The contrast removes
-what the two prompts share (the keyword, the photo framing), so ``s`` measures only how much
-the object's direction is present. The same score is computed for images outside the subset.
+**Presence score.** For a keyword K and an object O, each image x gets the margin
+``s(x) = cos(x, T(K with O)) - max(cos(x, T(K)), max over other objects O' of
+cos(x, T(K with O')))``, where ``T(K with O)`` is the normalised mean of the text embeddings of
+a prompt ensemble ("a photo of a K with a O", "a K and a O", ...) and ``T(K)`` the same
+ensemble without the object (the "no object" contrast). ``s > 0`` means "K with O" describes
+the image better than K alone and better than K with any other object of the vocabulary. The
+other objects are needed: measured on the testbed with tiny-synth, the plain contrast
+``cos(x, T(K with O)) - cos(x, T(K))`` finds the planted flags for *every* object (the model
+answers "a second object is there" more than "which one"), flagging 23 of 23 objects at ~10%;
+with the margin only the flag is found. The same score is computed for images outside the
+subset.
 
 **Threshold, without labels** (:func:`calibrate_presence`). Most images of a population do not
 carry the object, so the bulk of ``s`` is the "absent" distribution. It is estimated robustly
@@ -80,13 +85,37 @@ def ensemble(text_emb: np.ndarray) -> np.ndarray:
 
 
 def presence_scores(
-    img_emb: np.ndarray, with_vecs: np.ndarray, without_vec: np.ndarray
+    img_emb: np.ndarray,
+    with_vecs: np.ndarray,
+    without_vec: np.ndarray,
+    alternatives: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``s[i, k] = cos(img_i, with_k) - cos(img_i, without)``; shape (n_images, n_objects)."""
+    """Margin of each object's prompt over the best alternative; shape (n_images, n_objects).
+
+    ``s[i, k] = cos(img_i, with_k) - max(cos(img_i, without), max_{j != k} cos(img_i, with_j),
+    max_a cos(img_i, alternatives_a))``: positive when "K with O_k" describes the image better
+    than "K" alone and better than "K with" any other object. Contrasting with the other objects
+    matters: a small model (and CLIP in general) responds to "there is a second object" as much
+    as to which object it is, so the plain contrast with "K" would count an astronaut with a
+    flag as an astronaut with a moon too.
+    """
     x = normalize_rows(img_emb)
     w = normalize_rows(np.atleast_2d(with_vecs))
     o = normalize_rows(np.atleast_2d(without_vec))[0]
-    return (x @ w.T) - (x @ o)[:, None]
+    sims = x @ w.T
+    best_alt = x @ o
+    if alternatives is not None and len(alternatives):
+        best_alt = np.maximum(best_alt, (x @ normalize_rows(np.atleast_2d(alternatives)).T).max(1))
+    k = sims.shape[1]
+    if k > 1:
+        order = np.argsort(-sims, axis=1)
+        top1 = np.take_along_axis(sims, order[:, :1], 1)[:, 0]
+        top2 = np.take_along_axis(sims, order[:, 1:2], 1)[:, 0]
+        other = np.where(order[:, :1] == np.arange(k)[None, :], top2[:, None], top1[:, None])
+        best = np.maximum(other, best_alt[:, None])
+    else:
+        best = best_alt[:, None]
+    return sims - best
 
 
 @dataclass

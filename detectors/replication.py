@@ -5,11 +5,16 @@ Pure functions over arrays (L2-normalised image embeddings, captions, keys); no 
 Method (after Naseh et al. 2023, with the per-cluster hand thresholds replaced by a calibration):
 
 1. **Threshold.** :func:`calibrate_threshold` samples random pairs of the images being clustered
-   and takes ``median + z * 1.4826 * MAD`` of their cosine similarity (``z = 6`` by default),
-   clipped to ``[floor, ceiling]``. Random pairs are almost never copies (even if three works
-   cover half of a subset, only ~8% of its pairs are copy pairs, far from moving the median and
-   MAD), so the cut-off sits far out in the tail of "unrelated" similarity whatever the encoder's
-   scale: CLIP models differ a lot in where unrelated pairs lie (0.3 for one, 0.6 for another).
+   and sets the copy threshold at ``1 - beta * (1 - median random-pair cosine)`` (``beta`` =
+   0.05), clipped to ``[floor, ceiling]`` = [0.8, 0.99]: two images are copies when their cosine
+   distance is at most 5% of the distance between two typical images of the same subset. The
+   median of random pairs is almost never a copy pair (even if three works cover half of a
+   subset, only ~8% of its pairs are copy pairs), and a ratio of distances does not depend on
+   the encoder's scale (unrelated pairs sit at cosine ~0.2 for one CLIP, ~0.6 for another).
+   A z-score rule (median + z * MAD) was tried first and rejected: with tiny-synth, unrelated
+   images of one concept reach cosine 0.99 while crops of one work go down to 0.90, the
+   random-pair distribution is far from Gaussian (subset "van gogh": median 0.42, MAD 0.22,
+   99.9th percentile of non-copy pairs 0.94), and ``median + 6 MAD`` exceeded 1.
 2. **Graph.** :func:`neighbor_graph`: exact FAISS range search (a flat inner-product index up to
    ``exact_limit`` vectors, the k-means-partitioned search of :mod:`detectors.dedup` above) gives
    every pair above the threshold, as a sparse symmetric adjacency (indices only; memory grows
@@ -31,10 +36,11 @@ Method (after Naseh et al. 2023, with the per-cluster hand thresholds replaced b
    captions (and at least 2), ranked by lift = P(word | cluster) / P(word | subset), ties by
    count. ``prompt_words`` are the top words present in at least half of the cluster's captions,
    in the order they usually appear in ("starry night", not "night starry").
-6. **Flag**: a cluster is a replication when it is large (``size >= flag_min_size`` and
-   ``share >= flag_min_share``) and tight (its mean similarity to the medoid is at least
-   ``flag_z`` robust standard deviations above the random-pair median, see
-   :func:`robust_z_of`). Both defaults are in :func:`word_replication`.
+6. **Flag**: a cluster is a replication when it is large (``size >= flag_min_size`` = 10 and
+   ``share >= flag_min_share`` = 2% of the subset) and tight (mean cosine distance of its members
+   to the medoid at most ``beta`` times the random-pair median distance,
+   :func:`distance_ratio`; always true for star clusters at the calibrated threshold, not for
+   connected components).
 
 Discovery (:func:`discover_terms`) scores each frequent caption word or bigram by the share of
 its subset covered by its few largest tight clusters, times ``log(subset size)``, on one global
@@ -61,9 +67,9 @@ logger = logging.getLogger(__name__)
 NAME = "word_replication_v1"
 DISCOVERY_NAME = "replication_discovery_v1"
 
-DEFAULT_Z = 6.0
-DEFAULT_FLOOR = 0.5
-DEFAULT_CEILING = 0.97
+DEFAULT_BETA = 0.05
+DEFAULT_FLOOR = 0.8
+DEFAULT_CEILING = 0.99
 
 # --------------------------------------------------------------------------------------------
 # calibration
@@ -79,7 +85,7 @@ class PairStats:
     q99: float
     q999: float
     threshold: float
-    z: float
+    beta: float
 
     def to_dict(self) -> dict[str, float]:
         return {
@@ -89,7 +95,7 @@ class PairStats:
             "q99": self.q99,
             "q999": self.q999,
             "threshold": self.threshold,
-            "z": self.z,
+            "beta": self.beta,
         }
 
 
@@ -109,17 +115,22 @@ def random_pair_similarities(emb: np.ndarray, n_pairs: int = 20000, seed: int = 
 def calibrate_threshold(
     emb: np.ndarray,
     *,
-    z: float = DEFAULT_Z,
+    beta: float = DEFAULT_BETA,
     floor: float = DEFAULT_FLOOR,
     ceiling: float = DEFAULT_CEILING,
     n_pairs: int = 20000,
     seed: int = 0,
 ) -> PairStats:
-    """Copy threshold = clip(median + z * MAD of random-pair similarity, floor, ceiling)."""
+    """Copy threshold = clip(1 - beta * (1 - median random-pair cosine), floor, ceiling).
+
+    A copy lies at most ``beta`` times as far (in cosine distance) as a typical random pair of
+    the same images: scale-free, so it adapts to encoders whose unrelated pairs sit at 0.2 or at
+    0.6 cosine (module docstring).
+    """
     sims = random_pair_similarities(emb, n_pairs, seed)
     med = float(np.median(sims))
     mad = float(1.4826 * np.median(np.abs(sims - med)))
-    thr = float(np.clip(med + z * mad, floor, ceiling))
+    thr = float(np.clip(1.0 - beta * (1.0 - med), floor, ceiling))
     return PairStats(
         n_pairs=int(sims.size),
         median=med,
@@ -127,13 +138,14 @@ def calibrate_threshold(
         q99=float(np.quantile(sims, 0.99)),
         q999=float(np.quantile(sims, 0.999)),
         threshold=thr,
-        z=z,
+        beta=beta,
     )
 
 
-def robust_z_of(value: float | np.ndarray, stats: PairStats) -> float | np.ndarray:
-    """How many robust standard deviations ``value`` lies above the random-pair median."""
-    return (np.asarray(value, np.float64) - stats.median) / max(stats.mad, 1e-6)
+def distance_ratio(value: float | np.ndarray, stats: PairStats) -> float | np.ndarray:
+    """Cosine distance ``1 - value`` relative to the random-pair median distance: 0 for
+    identical images, 1 for as far apart as a typical random pair."""
+    return (1.0 - np.asarray(value, np.float64)) / max(1.0 - stats.median, 1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,14 +466,13 @@ def word_replication(
     keyword: str,
     *,
     threshold: float | None = None,
-    z: float = DEFAULT_Z,
+    beta: float = DEFAULT_BETA,
     floor: float = DEFAULT_FLOOR,
     ceiling: float = DEFAULT_CEILING,
     method: str = "star",
     min_cluster_size: int = 3,
     flag_min_size: int = 10,
     flag_min_share: float = 0.02,
-    flag_z: float = DEFAULT_Z,
     top_words: int = 10,
     min_support: float = 0.2,
     n_examples: int = 5,
@@ -484,7 +495,7 @@ def word_replication(
     x = normalize_rows(emb)
     if n < 2:
         return ReplicationResult([], None, n, np.zeros(n, np.int64))
-    stats = calibrate_threshold(x, z=z, floor=floor, ceiling=ceiling, seed=seed)
+    stats = calibrate_threshold(x, beta=beta, floor=floor, ceiling=ceiling, seed=seed)
     if threshold is not None:
         stats.threshold = float(threshold)
     labels = cluster_embeddings(x, stats.threshold, method=method)
@@ -496,8 +507,8 @@ def word_replication(
         tw = words.top_words(c.members, top_n=top_words, min_support=min_support)
         word_list = [w for w, _, _ in tw]
         share = c.size / n
-        tight_z = float(robust_z_of(c.mean_sim, stats))
-        flagged = bool(c.size >= flag_min_size and share >= flag_min_share and tight_z >= flag_z)
+        ratio = float(distance_ratio(c.mean_sim, stats))
+        flagged = bool(c.size >= flag_min_size and share >= flag_min_share and ratio <= beta)
         ex_idx = c.representatives[:n_examples]
         rows.append(
             {
@@ -508,7 +519,7 @@ def word_replication(
                 "share": share,
                 "mean_sim": c.mean_sim,
                 "min_sim": c.min_sim,
-                "tightness_z": tight_z,
+                "distance_ratio": ratio,
                 "medoid_key": str(key_arr[c.medoid]),
                 "representative_keys": [str(k) for k in key_arr[c.representatives]],
                 "member_keys": [str(k) for k in key_arr[c.members]],
@@ -637,12 +648,12 @@ def discover_terms(
     captions: Sequence[str | None],
     *,
     threshold: float | None = None,
-    z: float = DEFAULT_Z,
+    beta: float = DEFAULT_BETA,
     floor: float = DEFAULT_FLOOR,
     ceiling: float = DEFAULT_CEILING,
     min_subset: int = 20,
     max_terms: int = 300,
-    cluster_min_size: int = 5,
+    cluster_min_size: int = 10,
     top_k: int = 3,
     overlap: float = 0.5,
     seed: int = 0,
@@ -653,8 +664,9 @@ def discover_terms(
     One global neighbour graph over all rows (threshold calibrated on random pairs of all rows);
     each term's subset is clustered on its induced subgraph. ``score = coverage * ln(n)`` where
     ``coverage`` is the share of the subset in its ``top_k`` largest tight clusters of at least
-    ``cluster_min_size`` images: a keyword whose images collapse onto a few works over a large
-    subset scores high; a term with no repeated images scores 0.
+    ``cluster_min_size`` images (the word-level flag size, so that small duplicate groups, present
+    in every subset, do not count): a keyword whose images collapse onto a few works over a
+    large subset scores high; a term with no large tight cluster scores 0.
 
     A term A is *explained by* a term B (and moved after every unexplained term) when most of A's
     subset is inside B's (``|A & B| >= overlap * |A|``), B's subset is larger (or equal with more
@@ -663,7 +675,7 @@ def discover_terms(
     B reports it among the cluster's characteristic words.
     """
     x = normalize_rows(emb)
-    stats = calibrate_threshold(x, z=z, floor=floor, ceiling=ceiling, seed=seed)
+    stats = calibrate_threshold(x, beta=beta, floor=floor, ceiling=ceiling, seed=seed)
     if threshold is not None:
         stats.threshold = float(threshold)
     if graph is None:

@@ -190,7 +190,7 @@ class SeededGenerator:
         dev = str(getattr(self.pipe, "device", device or "cpu"))
         self.device = dev
         if dev.startswith("cuda") and fp16 and getattr(self.pipe, "dtype", None) != torch.float16:
-            self.pipe = self.pipe.to(torch_dtype=torch.float16)
+            self.pipe = self.pipe.to(dtype=torch.float16)
         with contextlib.suppress(Exception):
             self.pipe.set_progress_bar_config(disable=True)
 
@@ -394,6 +394,8 @@ def generate_chunk(gen: SeededGenerator, encode: Callable[[list[Any]], np.ndarra
                          "fingerprint": settings.fingerprint(), "prompt": task.prompt,
                          "batch_size": settings.batch_size, "device": gen.device,
                          "dtype": str(gen.dtype)})
+    logger.info("%s %s: %d images in %.1f s", task.prompt_id, task.name, len(ok_idx),
+                time.perf_counter() - t0)
     if n_failed:  # keep the rows for inspection, but let a rerun retry the chunk
         logger.warning("%s %s: %d of %d seeds failed; rerun to retry", task.prompt_id, task.name,
                        n_failed, len(seeds))

@@ -49,5 +49,5 @@ def test_bad_config_value_is_one_line(tmp_path: Path) -> None:
 
 def test_unknown_option_is_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli.main(["dedup", "ws", "--no-such-option"])
+        cli.main(["concepts", "ws", "--no-such-option"])
     assert exc.value.code == 2

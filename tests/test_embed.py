@@ -51,9 +51,16 @@ class TinyModel:
                                          if self.pretrained else [])
 
     def loader(self):
-        from audit.models import load_clip
+        """Picklable; works in worker processes that can import this test module."""
+        return functools.partial(load_tiny, self.name, self.pretrained)
 
-        return functools.partial(load_clip, self.name, self.pretrained, "cpu")
+
+def load_tiny(name: str, pretrained: str | None):
+    from audit.models import load_clip
+
+    if name == "tiny-synth-random":
+        _register_random_twin()
+    return load_clip(name, pretrained, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -482,20 +489,72 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path: Path, model: Tiny
         assert (ref / "embeddings" / name).read_text() == (ws / "embeddings" / name).read_text()
 
 
+def run_pipeline(root: Path, model: TinyModel, beam_args: list[str] | None = None,
+                 dask_local: int | None = None) -> None:
+    """The embed pipeline on ``root/shards`` writing ``root/embeddings`` (no CLI)."""
+    from audit.stages.embed import WorkspacePartWriter
+    from pipelines.beam_options import beam_setup
+    from pipelines.embed import run_embed
+
+    net, _, tok = model.loader()()
+    dim = int(net.encode_text(tok(["x"])).shape[-1])
+    # the same torch thread count everywhere (Dask sets OMP_NUM_THREADS=1 in its workers):
+    # CPU reductions split by thread, so bit-identical vectors need the same count
+    handler = ClipModelHandler(model.loader(), model_name=model.name, pad_to=4, torch_threads=2)
+    with beam_setup(beam_args or [], dask_local=dask_local) as setup:
+        run_embed(match_shards(str(root / "shards")), handler, WorkspacePartWriter(str(root)),
+                  embedding_schema(dim), options=setup.options, runner=setup.new_runner(),
+                  settings=EmbedSettings(4))
+
+
+@pytest.fixture(scope="module")
+def in_process_reference(tmp_path_factory: pytest.TempPathFactory, model: TinyModel) -> Path:
+    root = tmp_path_factory.mktemp("reference")
+    for i in range(3):
+        write_simple_shard(root / "shards", i, 5, failed=1)
+    run_pipeline(root, model)
+    return root
+
+
 @pytest.mark.slow
-def test_multiprocess_direct_runner_matches_single_process(tmp_path: Path,
-                                                           model: TinyModel) -> None:
-    if model.name != "tiny-synth":
-        pytest.skip("worker processes load the model by name: needs the shipped tiny-synth")
-    one, two = tmp_path / "one", tmp_path / "two"
-    for root in (one, two):
-        for i in range(3):
-            write_simple_shard(root / "shards", i, 5, failed=1)
-    assert embed_cli(one, model) == 0
-    assert embed_cli(two, model, "--direct_num_workers", "2", "--direct_running_mode",
-                     "multi_processing") == 0
-    for part in sorted((one / "embeddings").glob("part-*.parquet")):
+@pytest.mark.parametrize("mode", ["multi_processing", "dask"])
+def test_multi_process_runners_match_in_process(tmp_path: Path, model: TinyModel, mode: str,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                in_process_reference: Path) -> None:
+    # worker processes import this module to rebuild the model loader
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    one, two = in_process_reference, tmp_path / "two"
+    for i in range(3):
+        write_simple_shard(two / "shards", i, 5, failed=1)
+    if mode == "dask":
+        run_pipeline(two, model, dask_local=2)
+    else:
+        run_pipeline(two, model, ["--direct_num_workers", "2", "--direct_running_mode", mode])
+    parts = sorted((one / "embeddings").glob("part-*.parquet"))
+    assert len(parts) == 3
+    for part in parts:
         assert pq.read_table(part).equals(pq.read_table(two / "embeddings" / part.name))
+
+
+def test_beam_options() -> None:
+    from pipelines.beam_options import BeamOptionsError, beam_setup
+
+    with beam_setup(["--direct_num_workers", "3"], pickle_library="cloudpickle",
+                    direct_num_workers=1) as s:
+        assert s.is_direct and s.runner_name == "DirectRunner"
+        assert s.options.get_all_options()["direct_num_workers"] == 3  # flags win
+        assert type(s.new_runner()).__name__ == "FnApiRunner"
+    with beam_setup(["--runner=DataflowRunner", "--project", "p"]) as s:
+        assert s.runner_name == "DataflowRunner" and not s.is_direct
+    with pytest.raises(BeamOptionsError, match="did you mean --temp_location"), \
+            beam_setup(["--temp_locaton", "gs://x"]):
+        pass
+    with pytest.raises(BeamOptionsError, match="given twice"), \
+            beam_setup(["--runner", "FlinkRunner"], runner="SparkRunner"):
+        pass
+    with pytest.raises(BeamOptionsError, match="cannot be combined"), \
+            beam_setup([], runner="FlinkRunner", dask_local=2):
+        pass
 
 
 @pytest.mark.gpu

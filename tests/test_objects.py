@@ -100,12 +100,12 @@ def test_object_replication_bad_shapes() -> None:
 
 @pytest.mark.slow
 def test_testbed_flag_rate_within_3_points_and_no_false_flags() -> None:
-    from test_replication import testbed_workspace
+    from test_replication import shared_testbed
 
     from audit.cli import main
     from detectors.text import match_keyword
 
-    ws, truth = testbed_workspace()
+    ws, truth = shared_testbed()
     assert main(["objects", "-q", str(ws.root), "-k", "astronaut"]) == 0
     rows = ws.read_finding("object_replication").to_pylist()
     meta = ws.finding_meta("object_replication")
@@ -129,11 +129,11 @@ def test_testbed_flag_rate_within_3_points_and_no_false_flags() -> None:
 
 @pytest.mark.slow
 def test_testbed_object_discovery_ranks_astronaut_in_top3() -> None:
-    from test_replication import testbed_workspace
+    from test_replication import shared_testbed
 
     from audit.cli import main
 
-    ws, _ = testbed_workspace()
+    ws, _ = shared_testbed()
     assert main(["objects", "-q", str(ws.root), "--discover", "--top", "3"]) == 0
     disc = ws.finding_meta("object_replication")["discovery"]
     assert "astronaut" in disc["chosen"], disc["ranking"][:5]

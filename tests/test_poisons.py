@@ -140,6 +140,18 @@ def test_neighbour_and_spectral_scores_single_out_outliers() -> None:
     assert np.isnan(P.k_distance(x[:3], 5)).all()
 
 
+def test_anchor_collapse_separates_one_anchor_groups_from_natural_images() -> None:
+    rng = np.random.default_rng(3)
+    centre = normalize_rows(rng.normal(size=(1, 32)))[0]
+    natural = normalize_rows(centre + 0.6 * rng.normal(size=(200, 32)))
+    anchor = natural[0]
+    collapsed = normalize_rows(anchor + 0.1 * rng.normal(size=(8, 32)))
+    assert (P.anchor_collapse(collapsed, natural[1:]) < 0.05).all()
+    # a group of natural images of the reference concept is not collapsed
+    assert np.median(P.anchor_collapse(natural[1:9], natural[9:])) > 0.2
+    assert np.isnan(P.anchor_collapse(collapsed[:2], natural)).all()
+
+
 def test_combined_score_finds_both_poison_kinds_on_synthetic_vectors() -> None:
     s = synthetic()
     comb = _score(s)

@@ -284,7 +284,7 @@ def test_stage_config_errors(tmp_path) -> None:
     e, caps, _, keys = _synthetic_corpus(n_style=20, n_other=20)
     ws = _write_workspace(tmp_path, e, caps, keys)
     assert main(["replication", "-q", str(ws.root)]) == 2  # neither --keyword nor --discover
-    assert main(["replication", "-q", str(ws.root), "-k", "x", "--z", "-1"]) == 2
+    assert main(["replication", "-q", str(ws.root), "-k", "x", "--beta", "1.5"]) == 2
     (ws.root / "audit.toml").write_text('[replication]\nmethod = "kmeans"\n')
     assert main(["replication", "-q", str(ws.root), "-k", "x"]) == 2
     (ws.root / "audit.toml").unlink()
@@ -300,7 +300,7 @@ TESTBED_RATES = {"work_rate": 0.012, "clean_rate": 0.0}
 
 
 @functools.cache
-def testbed_workspace(seed: int = 0):
+def shared_testbed(seed: int = 0):
     """A testbed of ``TESTBED_N`` rows (12 copies per work) and a workspace of its decodable
     files embedded with tiny-synth (no Beam: ``audit.models.encode_images`` directly). Built
     once per test session and shared with ``test_objects.py``; returns (workspace, truth)."""
@@ -362,7 +362,7 @@ def test_testbed_every_work_is_a_top_cluster_with_its_words() -> None:
     from audit.cli import main
     from audit.testbed.draw import WORKS
 
-    ws, truth = testbed_workspace()
+    ws, truth = shared_testbed()
     assert main(["replication", "-q", str(ws.root), "-k", "van gogh", "--max-tokens", "77"]) == 0
     rows = ws.read_finding("word_replication").to_pylist()
     meta = ws.finding_meta("word_replication")
@@ -386,7 +386,7 @@ def test_testbed_every_work_is_a_top_cluster_with_its_words() -> None:
 def test_testbed_discovery_ranks_van_gogh_in_top3() -> None:
     from audit.cli import main
 
-    ws, _ = testbed_workspace()
+    ws, _ = shared_testbed()
     assert main(["replication", "-q", str(ws.root), "--discover", "--top", "3"]) == 0
     meta = ws.finding_meta("word_replication")
     assert "van gogh" in meta["discovery"]["chosen"], meta["discovery"]["ranking"][:6]

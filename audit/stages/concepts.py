@@ -24,8 +24,13 @@ Measure how often each concept occurs among the captions, two ways:
   word frequency      share of captions naming the concept (word boundaries, case-insensitive,
                       simple plurals)
   semantic frequency  share of captions whose text embedding is within a cosine radius of the
-                      concept's prompt embedding (a prompt ensemble embedded with the
-                      workspace's model), found with a FAISS range search
+                      concept's reference embedding, found with a FAISS range search
+
+Reference embedding: the mean text embedding of the captions that name the concept (its caption
+centroid, so captions about it that do not use the word land nearby), or, for concepts named by
+fewer than --min-matches captions (or with --reference prompt), the concept's prompt-ensemble
+embedding from the workspace's model. A caption counts only for its nearest concept unless
+--overlap is given (use it for lists with overlapping concepts such as cat, kitten).
 
 The radius is calibrated on the workspace unless --radius is given: the cosine threshold that
 best separates captions that name a concept from those that do not (maximum F1 over all
@@ -37,10 +42,13 @@ Concepts: --concepts a,b,c or --concepts FILE (one per line; # comments), defaul
 SynthLAION testbed's concepts.
 
 Writes WS/findings/concepts.parquet (concept, word_count, word_freq, semantic_count,
-semantic_freq, semantic_threshold, sparse, n_total, n_semantic, semantic_to_word) and
-WS/findings/concepts.json (detector, radius and its calibration, timings). If the model in
-embeddings/model.json cannot be loaded, the semantic columns are null and the json says why.
+semantic_freq, semantic_threshold, sparse, n_total, n_semantic, semantic_to_word, reference,
+reference_emb) and WS/findings/concepts.json (detector, radius and its calibration, timings).
+If no reference can be built (no text embeddings, or a model that cannot be loaded here and no
+caption names the concept), the semantic columns are null and the json says why.
 """
+
+REFERENCES = ("centroid", "prompt")
 
 
 @dataclass
@@ -50,10 +58,16 @@ class Config:
     concepts: str | None = None
     radius: float | None = None
     sparse_below: float = 0.0004
+    reference: str = "centroid"
+    min_matches: int = 5
+    overlap: bool = False
     device: str = "cpu"
     batch_size: int = 256
 
     def __post_init__(self) -> None:
+        require(self.reference in REFERENCES, "concepts.reference",
+                f"must be one of {', '.join(REFERENCES)}", self.reference)
+        require(self.min_matches >= 1, "concepts.min_matches", "must be >= 1", self.min_matches)
         if self.radius is not None:
             require(-1.0 <= self.radius < 1.0, "concepts.radius",
                     "must be a cosine in [-1, 1)", self.radius)
@@ -71,6 +85,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="semantic cosine radius (default: calibrated on the workspace)")
     parser.add_argument("--sparse-below", dest="sparse_below", type=float, default=None,
                         metavar="FREQ", help="flag concepts rarer than this (default 0.0004)")
+    parser.add_argument("--reference", default=None, choices=REFERENCES,
+                        help="what the radius is measured from: the caption centroid of the "
+                             "captions naming the concept (default) or its prompt ensemble")
+    parser.add_argument("--min-matches", dest="min_matches", type=int, default=None,
+                        metavar="N", help="captions naming a concept needed for its centroid "
+                                          "(default 5; fewer: prompt ensemble)")
+    parser.add_argument("--overlap", action="store_true", default=None,
+                        help="a caption counts for every concept within the radius (default: "
+                             "only for its nearest concept)")
     parser.add_argument("--device", default=None, help="torch device for the concept prompts")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=None)
 
@@ -145,9 +168,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     word = matches.sum(axis=0)
     timings = {"word": round(time.perf_counter() - t0, 3)}
     meta: dict[str, Any] = {"detector": dc.NAME, "concepts_source": source,
-                            "sparse_below": cfg.sparse_below, "n_rows": t.num_rows}
+                            "sparse_below": cfg.sparse_below, "n_rows": t.num_rows,
+                            "reference": cfg.reference, "exclusive": not cfg.overlap}
 
-    semantic = radius = None
+    semantic = radius = kinds = refs = None
     n_sem = 0
     try:
         if "text_emb" not in names:
@@ -156,30 +180,50 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         if temb.shape[0] == 0:
             raise InputError("no caption has a text embedding")
         t1 = time.perf_counter()
-        cemb, model = concept_embeddings(ws, concepts, cfg)
-        if cemb.shape[1] != temb.shape[1]:
-            raise InputError(f"model {model!r} gives {cemb.shape[1]}-d text embeddings but the "
-                             f"workspace's are {temb.shape[1]}-d: model.json does not match")
-        meta["model"] = model
+        mvalid = matches[valid]
+        need_prompt = cfg.reference == "prompt" or bool(
+            (mvalid.sum(axis=0) < cfg.min_matches).any())
+        prompt = None
+        if need_prompt:
+            try:
+                prompt, meta["model"] = concept_embeddings(ws, concepts, cfg)
+            except (InputError, RuntimeError, OSError) as exc:
+                # ModelError is a RuntimeError: e.g. imported embeddings of an unavailable model
+                if cfg.reference == "prompt":
+                    raise
+                logger.warning("prompt embeddings unavailable (%s): concepts named by fewer "
+                               "than %d captions get no semantic count", exc, cfg.min_matches)
+                meta["prompt_error"] = f"{type(exc).__name__}: {exc}"
+            if prompt is not None and prompt.shape[1] != temb.shape[1]:
+                raise InputError(f"model {meta['model']!r} gives {prompt.shape[1]}-d text "
+                                 f"embeddings but the workspace's are {temb.shape[1]}-d: "
+                                 "model.json does not match")
+        min_matches = cfg.min_matches if cfg.reference == "centroid" else mvalid.shape[0] + 1
+        refs, kinds = dc.concept_references(temb, mvalid, prompt, min_matches)
+        sims = dc.concept_similarities(temb, refs)
+        if not cfg.overlap:
+            sims = dc.exclusive_similarities(sims)
         if cfg.radius is not None:
             radius, meta["radius_source"] = float(cfg.radius), "option"
         else:
-            cal = dc.calibrate_radius(dc.concept_similarities(temb, cemb), matches[valid])
+            cal = dc.calibrate_radius(sims, mvalid)
             radius = cal["radius"]
             meta["radius_source"] = "calibrated (max F1 against word matches)"
             meta["calibration"] = cal
             logger.info("semantic radius %.3f (F1 %.3f against word matches; median cosine "
                         "%.3f matched vs %.3f unmatched)", radius, cal["f1"],
                         cal["median_sim_matched"], cal["median_sim_unmatched"])
-        semantic = dc.semantic_counts(temb, cemb, radius)
+        semantic = dc.semantic_counts(temb, refs, radius, exclusive=not cfg.overlap)
         n_sem = int(temb.shape[0])
+        meta["references"] = dict(zip(concepts, kinds))
         timings["semantic"] = round(time.perf_counter() - t1, 3)
     except (InputError, ValueError, RuntimeError, OSError) as exc:
-        # ModelError is a RuntimeError: a model we cannot load here (e.g. imported embeddings)
         logger.warning("semantic frequency not computed: %s", exc)
         meta["semantic_error"] = f"{type(exc).__name__}: {exc}"
+        semantic = radius = kinds = refs = None
 
-    table = dc.concept_table(concepts, word, n_total, semantic, n_sem, radius, cfg.sparse_below)
+    table = dc.concept_table(concepts, word, n_total, semantic, n_sem, radius, cfg.sparse_below,
+                             kinds, refs)
     timings["total"] = round(time.perf_counter() - t0, 3)
     meta.update(radius=radius, timings=timings,
                 n_sparse=int(np.asarray(table.column("sparse").to_pylist(), bool).sum()))

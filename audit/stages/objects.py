@@ -253,7 +253,8 @@ def analyse_keyword(
 
     kw_mask = match_keyword(samples.captions, keyword)
     subset = np.flatnonzero(kw_mask & token_ok)
-    objs = [o for o in objects if set(o.split()) != set(keyword.split())]
+    kw_words = keyword.lower().split()
+    objs = [o for o in objects if set(o.split()) != set(kw_words)]
     summary: dict[str, Any] = {
         "keyword": keyword,
         "source": source,
@@ -271,8 +272,15 @@ def analyse_keyword(
         rng = np.random.default_rng(cfg.seed)
         outside = np.sort(rng.choice(outside, cfg.outside_sample, replace=False))
     w, o = encoder.contrast(keyword, objs)
-    inside_s = presence_scores(samples.emb[subset], w, o)
-    outside_s = presence_scores(samples.emb[outside], w, o) if len(outside) else np.zeros((0, 0))
+    # objects of the default vocabulary not asked for still compete as alternatives, so that
+    # "--objects flag" alone does not count any second object as a flag
+    extra = [x for x in default_objects() if x not in objs and set(x.split()) != set(kw_words)]
+    alt = encoder.contrast(keyword, extra)[0] if extra else None
+    inside_s = presence_scores(samples.emb[subset], w, o, alt)
+    if len(outside):
+        outside_s = presence_scores(samples.emb[outside], w, o, alt)
+    else:
+        outside_s = np.zeros((0, len(objs)))
     captions = [samples.captions[i] for i in subset]
     mentions = np.stack([match_keyword(captions, ob) for ob in objs], axis=1)
     rows, cal = object_replication(

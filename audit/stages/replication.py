@@ -24,8 +24,9 @@ Word-level replication (Naseh et al. 2023). For each keyword, the samples whose 
 it (word boundaries, case-insensitive, plurals) are selected; failed samples (no image
 embedding) are dropped, and with --max-tokens N so are captions longer than N tokens of the
 workspace model's tokenizer (77 = CLIP's context, as the paper did). The subset's image
-embeddings are clustered at a cosine threshold calibrated on random pairs of the subset
-(median + z * MAD, clipped to [floor, ceiling]; FAISS range search, star clustering), clusters are
+embeddings are clustered at a cosine threshold calibrated on random pairs of the subset (a copy
+is at most --beta = 5% as far as the median random pair; FAISS range search, star clustering),
+clusters are
 sorted by size and described: size, share, tightness (mean/min cosine to the medoid),
 representative keys, characteristic words (CountVectorizer, stop words and the keyword removed,
 ranked by lift over the subset) and the words reproduction prompts are built from. For each
@@ -64,9 +65,9 @@ class Config:
     top: int = 3
     max_tokens: int = 0
     threshold: float | None = None
-    z: float = 6.0
-    floor: float = 0.5
-    ceiling: float = 0.97
+    beta: float = 0.05
+    floor: float = 0.8
+    ceiling: float = 0.99
     method: str = "star"
     min_cluster_size: int = 3
     flag_min_size: int = 10
@@ -88,7 +89,7 @@ class Config:
                 "must be a cosine in (-1, 1)",
                 self.threshold,
             )
-        require(self.z > 0, "replication.z", "must be > 0", self.z)
+        require(0 < self.beta < 1, "replication.beta", "must be in (0, 1)", self.beta)
         require(
             -1.0 < self.floor <= self.ceiling < 1.0,
             "replication.floor",
@@ -161,10 +162,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="cosine copy threshold (default: calibrated on random pairs of each subset)",
     )
-    g.add_argument("--z", type=float, default=None, help="robust z of the calibrated threshold (6)")
-    g.add_argument("--floor", type=float, default=None, help="lowest calibrated threshold (0.5)")
     g.add_argument(
-        "--ceiling", type=float, default=None, help="highest calibrated threshold (0.97)"
+        "--beta",
+        type=float,
+        default=None,
+        help="copy = cosine distance at most BETA x the random-pair median distance (0.05)",
+    )
+    g.add_argument("--floor", type=float, default=None, help="lowest calibrated threshold (0.8)")
+    g.add_argument(
+        "--ceiling", type=float, default=None, help="highest calibrated threshold (0.99)"
     )
     g.add_argument(
         "--method",
@@ -315,7 +321,7 @@ SCHEMA = pa.schema(
         ("share", pa.float64()),
         ("mean_sim", pa.float32()),
         ("min_sim", pa.float32()),
-        ("tightness_z", pa.float32()),
+        ("distance_ratio", pa.float32()),
         ("medoid_key", pa.string()),
         ("representative_keys", _LIST_STR),
         ("member_keys", _LIST_STR),
@@ -371,14 +377,13 @@ def analyse_keyword(
         list(samples.keys[subset]),
         keyword,
         threshold=cfg.threshold,
-        z=cfg.z,
+        beta=cfg.beta,
         floor=cfg.floor,
         ceiling=cfg.ceiling,
         method=cfg.method,
         min_cluster_size=cfg.min_cluster_size,
         flag_min_size=cfg.flag_min_size,
         flag_min_share=cfg.flag_min_share,
-        flag_z=cfg.z,
         top_words=cfg.top_words,
         min_support=cfg.min_support,
         seed=cfg.seed,
@@ -445,12 +450,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             samples.emb[ok_rows],
             [samples.captions[i] for i in ok_rows],
             threshold=cfg.threshold,
-            z=cfg.z,
+            beta=cfg.beta,
             floor=cfg.floor,
             ceiling=cfg.ceiling,
             min_subset=cfg.min_subset,
             max_terms=cfg.max_terms,
-            cluster_min_size=max(cfg.min_cluster_size, 5),
+            cluster_min_size=cfg.flag_min_size,
             seed=cfg.seed,
         )
         chosen = [s.term for s in scores if s.explained_by is None and s.score > 0][: cfg.top]
@@ -483,11 +488,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "keywords": summaries,
         "discovery": discovery,
         "calibration": (
-            "copy threshold per subset = clip(median + z * 1.4826 * MAD of the cosine of "
-            f"random image pairs of the subset, {cfg.floor}, {cfg.ceiling}) with z={cfg.z} "
+            "copy threshold per subset = clip(1 - beta * (1 - median cosine of 20,000 random "
+            f"image pairs of the subset), {cfg.floor}, {cfg.ceiling}) with beta={cfg.beta} "
             "unless --threshold is given; a cluster is flagged when size >= flag_min_size, "
-            "share >= flag_min_share and its mean cosine to the medoid is >= z robust SDs "
-            "above the random-pair median"
+            "share >= flag_min_share and the mean cosine distance of its members to the "
+            "medoid is <= beta x the random-pair median distance"
         ),
         "seconds": round(time.perf_counter() - t0, 3),
     }

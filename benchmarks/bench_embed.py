@@ -15,8 +15,11 @@ testbed writes them, with its broken files):
   process): read -> decode -> RunInference -> GroupByKey -> parts with .SUCCESS markers. The
   decode/model split comes from the pipeline's own metrics.
 
-Images/s counts images that reached the model (ok + missing_caption rows); every variant
-includes model loading once. The target is pipeline >= 0.9x the loop (Beam overhead <= 10%).
+Images/s counts images that reached the model (ok + missing_caption rows); the loop and the
+pipeline include model loading once (the model-alone figure does not). With ``--repeats R`` the
+loop and the pipeline run R times, alternating, and the best of each is reported (all runs are
+in the JSON): on a shared machine this keeps a burst of load from deciding the comparison.
+The target is pipeline >= 0.9x the loop (Beam overhead <= 10%).
 
 Usage::
 
@@ -283,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loader-workers", type=int, default=0)
     ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "laion-audit-bench"))
     ap.add_argument("--out", default=str(HERE / "results" / "embed.json"))
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run loop and pipeline this many times, alternating; report the best "
+                         "of each (all runs are in the JSON)")
     ap.add_argument("--beam-arg", action="append", default=[],
                     help="extra Beam flag for the pipeline run (repeatable)")
     args = ap.parse_args(argv)
@@ -301,15 +307,19 @@ def main(argv: list[str] | None = None) -> int:
     loader, label = model_loader(args.model, args.pretrained, args.device, args.untrained)
     read_bytes = warm_page_cache(specs)
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    loops, pipes = [], []
     try:
         alone = bench_model_alone(specs, loader, args.device, args.batch_size)
-        (work / "loop").mkdir()
-        loop = bench_loop(specs, loader, args.device, args.batch_size, args.loader_workers,
-                          work / "loop")
-        pipe = bench_pipeline(specs, loader, label, args.device, args.batch_size,
-                              work / "ws", args.beam_arg)
+        for r in range(args.repeats):  # alternate, so load changes hit both alike
+            (work / f"loop{r}").mkdir()
+            loops.append(bench_loop(specs, loader, args.device, args.batch_size,
+                                    args.loader_workers, work / f"loop{r}"))
+            pipes.append(bench_pipeline(specs, loader, label, args.device, args.batch_size,
+                                        work / f"ws{r}", args.beam_arg))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    loop = max(loops, key=lambda x: x["images_per_s"])
+    pipe = max(pipes, key=lambda x: x["images_per_s"])
     ratio = pipe["images_per_s"] / loop["images_per_s"]
     result = {
         "benchmark": "embed", "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -322,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                  "bytes": read_bytes, "source": str(shards)},
         "model": label, "device": args.device, "batch_size": args.batch_size,
         "model_alone": alone, "dataloader_loop": loop, "beam_pipeline": pipe,
+        "all_runs": {"dataloader_loop": [x["images_per_s"] for x in loops],
+                     "beam_pipeline": [x["images_per_s"] for x in pipes]},
         "pipeline_vs_loop": ratio, "target_met": ratio >= 0.9,
     }
     out = Path(args.out)

@@ -639,7 +639,7 @@ def near_duplicate_groups(keys: Sequence[str] | np.ndarray, x: np.ndarray, thres
 # ---------------------------------------------------------------------------------------------
 # groups
 # ---------------------------------------------------------------------------------------------
-def _relabel_by_first(labels: np.ndarray) -> np.ndarray:
+def relabel_groups(labels: np.ndarray) -> np.ndarray:
     """Renumber group labels 0.. in order of each group's first (smallest) row; singletons and
     -1 become -1."""
     labels = np.asarray(labels, dtype=np.int64)
@@ -670,7 +670,7 @@ def components(n: int, edges: Edges) -> np.ndarray:
         return np.full(n, -1, dtype=np.int64)
     g = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges.i, edges.j)), shape=(n, n))
     _, lab = connected_components(g, directed=False)
-    return _relabel_by_first(lab)
+    return relabel_groups(lab)
 
 
 def best_partner(n: int, edges: Edges) -> tuple[np.ndarray, np.ndarray]:
@@ -697,7 +697,7 @@ def value_groups(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     s = pd.Series(list(values) if not isinstance(values, np.ndarray) else values, dtype=object)
     s = s.where(s.notna() & (s.astype(str) != ""), None)
     codes, _ = pd.factorize(s, use_na_sentinel=True)
-    return _relabel_by_first(codes)
+    return relabel_groups(codes)
 
 
 def merge_labels(n: int, *labelings: np.ndarray) -> np.ndarray:

@@ -20,13 +20,19 @@ carry the object, so the bulk of ``s`` is the "absent" distribution. It is estim
 (median and 1.4826 * MAD, which ignore a minority of high scores), and a two-component Gaussian
 mixture is fitted with its first component started there. The threshold is where the fitted
 "present" component becomes more likely than the "absent" one, provided the mixture is
-supported: BIC prefers two components and the present component lies at least ``min_sep``
-robust SDs above the absent one. (The mixture is not even fitted when fewer than ``screen`` = 1%
-of the scores lie above ``median + 3 * MAD``, where a Gaussian bulk puts 0.13%.) Otherwise no
-separate population of object-carrying images is visible: the threshold falls back to ``median + z * MAD`` (``z = 4``: a Gaussian "absent" score
-passes it with probability 3e-5), so only clear outliers count. The keyword subset and the
-outside population are calibrated separately (their "absent" scores differ because the prompts
-name the keyword), each with its own threshold.
+supported: BIC prefers two components, the present component lies at least ``min_sep`` robust
+SDs above the absent one, weighs at most half, and its mean margin is positive (for a typical
+image of that component, "K with O" *is* the best description; measured on the testbed, the
+modes that styles or colours create among "tree" or "umbrella" images have all their margins
+below 0, the planted flags 85% above). The mixture is not even fitted when fewer than
+``screen`` = 1% of the scores lie above ``median + 3 * MAD`` (a Gaussian bulk puts 0.13%
+there). Otherwise no separate population of object-carrying images is visible: the threshold
+falls back to ``max(0, median + z * MAD)`` (``z = 4``: a Gaussian "absent" score passes it with
+probability 3e-5), so only clear outliers that the object's prompt describes best count. The
+keyword subset and the outside population are calibrated separately (their "absent" scores
+differ because the prompts name the keyword), each with its own threshold; an object rare
+outside (~1% there) stays below the screen and its outside rate is then underestimated (only
+its clearest images count): that can make a flag more likely, never hide an association.
 
 **Rate.** ``image_rate`` = share of the subset above its threshold, with a Wilson 95% interval;
 ``caption_rate`` = share of the subset whose caption names the object;
@@ -141,9 +147,16 @@ def calibrate_presence(
     z: float = 4.0,
     min_sep: float = 3.0,
     screen: float = 0.01,
+    zero: float | None = 0.0,
     seed: int = 0,
 ) -> Calibration:
-    """Label-free threshold for one population's presence scores (module docstring)."""
+    """Label-free threshold for one population's presence scores (module docstring).
+
+    ``zero``: the score's natural decision point (0 for the margins of
+    :func:`presence_scores`: the object's prompt is the best description), or None for scores
+    without one. With it, the mixture is kept only if its "present" component's mean is above
+    ``zero``, and the robust-z fallback threshold is never below ``zero``.
+    """
     s = np.asarray(scores, np.float64).ravel()
     s = s[np.isfinite(s)]
     n = s.size
@@ -152,7 +165,8 @@ def calibrate_presence(
     med = float(np.median(s))
     mad = float(1.4826 * np.median(np.abs(s - med)))
     mad = mad if mad > 1e-9 else float(np.std(s)) or 1e-9
-    fallback = Calibration(med + z * mad, "robust_z", med, mad, n)
+    fb_thr = med + z * mad if zero is None else max(med + z * mad, zero)
+    fallback = Calibration(fb_thr, "robust_z", med, mad, n)
     # screen: a Gaussian "absent" bulk puts 0.13% above median + 3 MAD; without a clear excess
     # there (>= screen) no second population is visible and the mixture is not fitted at all
     if n < 20 or (s > med + 3 * mad).mean() < max(screen, 3 / n):
@@ -175,7 +189,8 @@ def calibrate_presence(
     lo, up = int(np.argmin(means)), int(np.argmax(means))
     sep = float((means[up] - means[lo]) / max(sds[lo], 1e-9))
     bic_gain = float(g1.bic(x) - g2.bic(x))
-    if lo == up or bic_gain <= 0 or sep < min_sep or g2.weights_[up] > 0.5:
+    below_zero = zero is not None and means[up] <= zero
+    if lo == up or bic_gain <= 0 or sep < min_sep or g2.weights_[up] > 0.5 or below_zero:
         fallback.separation, fallback.bic_gain = sep, bic_gain
         return fallback
     # decision boundary: first grid point above the absent mean where "present" is more likely

@@ -12,9 +12,13 @@
 Design points:
 
 - Batches are made per shard in read order (``chunk_size`` samples), not by Beam's adaptive
-  ``BatchElements``; RunInference runs with ``with_no_batching()`` on those chunks. A sample's
-  embedding therefore depends only on the data, never on bundle boundaries or timing, so a
-  resumed run writes parts identical to an uninterrupted one on any runner.
+  ``BatchElements``; RunInference runs with ``with_no_batching()`` on those chunks, and the
+  handler pads short batches to the full size. A sample's embedding therefore depends only on
+  the data (and the torch thread count), never on bundle boundaries, workers or timing, so a
+  resumed run writes parts identical to an uninterrupted one.
+- Each DoFn emits one stream of ``(kind, value)`` pairs split by :func:`select` (no tagged
+  outputs, which Beam's Dask runner mixes up); a batch the model fails on becomes
+  ``failed_to_embed`` rows in the handler itself.
 - The model is loaded once per worker by RunInference (``ModelHandler.load_model``) through a
   picklable ``loader`` callable; the ``audit`` package passes ``audit.models.load_clip``.
   This module does not import ``audit`` (import direction audit -> pipelines -> detectors):
@@ -26,11 +30,12 @@ Design points:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -47,9 +52,6 @@ METRICS_NAMESPACE = "laion_audit_embed"
 CHUNK, ROW, MANIFEST = "chunk", "row", "manifest"
 """Kinds of the ``(kind, value)`` elements the DoFns emit. One output stream split by
 :func:`select` instead of tagged outputs: the Dask runner does not keep tagged outputs apart."""
-EMBEDDED_STATUSES = ("ok", "missing_caption", "hash_mismatch")
-"""Statuses whose rows may carry an image embedding."""
-
 PartWriter = Callable[[int, pa.Table, dict], None]
 ModelLoader = Callable[[], tuple[Any, Any, Any]]
 
@@ -123,7 +125,8 @@ class ReadShardFn(beam.DoFn):
 
 
 class DecodeChunkFn(beam.DoFn):
-    """Chunk of samples -> ``(CHUNK, [EmbedInput])`` + ``(ROW, (shard, failed_to_decode row))``."""
+    """Chunk of samples -> ``(CHUNK, [EmbedInput])`` + ``(ROW, (shard, failed_to_decode row))``.
+    Input samples are not modified (Beam elements are immutable); copies carry the changes."""
 
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -140,11 +143,10 @@ class DecodeChunkFn(beam.DoFn):
                 failed.inc()
                 reason = (str(exc) if isinstance(exc, DecodeError)
                           else f"decoder crashed: {type(exc).__name__}: {exc}")
-                yield ROW, (s.shard, sample_row(_decode_failed(s, reason)))
+                yield ROW, (s.shard, sample_row(_decode_failed(replace(s), reason)))
                 continue
-            s.image = None
-            s.width, s.height = decoded.width, decoded.height
-            out.append(EmbedInput(s, decoded.image))
+            out.append(EmbedInput(replace(s, image=None, width=decoded.width,
+                                          height=decoded.height), decoded.image))
         if out:
             yield CHUNK, out
 
@@ -235,7 +237,7 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
             msg = f"model failed on this batch: {type(exc).__name__}: {exc}"[:500]
             rows = []
             for e in batch:
-                row = sample_row(e.sample.fail("failed_to_embed", msg))
+                row = sample_row(replace(e.sample).fail("failed_to_embed", msg))
                 row["_shard"] = e.sample.shard
                 rows.append(row)
             return rows
@@ -289,7 +291,7 @@ def embed_tensors(model: ClipBundle, images: list[Any],
 
     device = model.device
     ctx = (torch.autocast(device_type="cuda", dtype=torch.float16) if model.autocast
-           else _nullcontext())
+           else contextlib.nullcontext())
     with torch.inference_mode(), ctx:
         x = torch.stack(images).to(device, non_blocking=True)
         f = model.model.encode_image(x).float()
@@ -299,14 +301,6 @@ def embed_tensors(model: ClipBundle, images: list[Any],
             g = model.model.encode_text(tokens.to(device)).float()
             g = torch.nn.functional.normalize(g, dim=-1)
     return f.cpu().numpy(), None if g is None else g.cpu().numpy()
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ---- writing parts --------------------------------------------------------------------------

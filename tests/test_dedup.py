@@ -183,7 +183,7 @@ def test_value_groups_merge_and_representatives() -> None:
 def test_group_table_columns_and_nearest() -> None:
     x, truth = clustered(120, seed=8, n_groups=10)
     keys = np.array([f"k{i:03d}" for i in range(120)], dtype=object)
-    labels = dd._relabel_by_first(truth)
+    labels = dd.relabel_groups(truth)
     nbr, sim = dd.group_nearest(x, labels)
     rep = dd.pick_representatives(labels)
     t = dd.group_table(keys, labels, "exact", rep, nbr, sim, group_offset=5)
@@ -235,6 +235,7 @@ def test_gpu_search_matches_cpu() -> None:
 # ------------------------------------------------------------------------------ Beam
 
 
+@pytest.mark.slow
 def test_beam_pipeline_equals_single_machine_partitioned_path() -> None:
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline

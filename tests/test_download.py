@@ -28,26 +28,6 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def tiny_model_args(tmp: Path) -> list[str]:
-    """The shipped tiny CLIP; until its weights are in the tree, a fixed random twin of it."""
-    from audit.models import TINY_CLIP_WEIGHTS
-
-    if TINY_CLIP_WEIGHTS.is_file():
-        return ["--model", "tiny-synth"]
-    import copy
-
-    import open_clip
-    import torch
-
-    from audit.training.train_tiny_clip import TINY_SYNTH_CONFIG
-
-    open_clip.factory._MODEL_CONFIGS["tiny-synth-random"] = copy.deepcopy(TINY_SYNTH_CONFIG)
-    torch.manual_seed(0)
-    path = tmp / "twin.pt"
-    torch.save(open_clip.create_model("tiny-synth-random").state_dict(), path)
-    return ["--model", "tiny-synth-random", "--pretrained", str(path)]
-
-
 def shard_rows(ws: Path) -> list[dict]:
     rows = []
     for f in sorted((ws / "shards").glob("[0-9]*.parquet")):
@@ -114,7 +94,7 @@ def test_download_testbed_over_loopback(testbed: Path, tmp_path: Path,
         assert cli_main(["download", str(other), "--out", str(ws), "-q"]) == 3
 
     # the embed stage maps download statuses and decodes what was stored as served
-    assert cli_main(["embed", str(ws), "-q", *tiny_model_args(tmp_path)]) == 0
+    assert cli_main(["embed", str(ws), "-q", "--model", "tiny-synth"]) == 0
     from audit.workspace import Workspace
 
     emb = Workspace(ws).load_embeddings(columns=["key", "status", "image_emb"]).to_pylist()

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ---- model --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TinyModel:
-    name: str
+    name: str = "tiny-synth"
     pretrained: str | None = None
 
     def args(self) -> list[str]:
@@ -51,46 +51,16 @@ class TinyModel:
                                          if self.pretrained else [])
 
     def loader(self):
-        """Picklable; works in worker processes that can import this test module."""
-        return functools.partial(load_tiny, self.name, self.pretrained)
+        """Picklable: worker processes rebuild it by importing ``audit.models``."""
+        from audit.models import load_clip
 
-
-def load_tiny(name: str, pretrained: str | None):
-    from audit.models import load_clip
-
-    if name == "tiny-synth-random":
-        _register_random_twin()
-    return load_clip(name, pretrained, "cpu")
+        return functools.partial(load_clip, self.name, self.pretrained, "cpu")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    """The shipped tiny CLIP; until its weights are in the tree, a twin of it with fixed random
-    weights saved to a checkpoint (so every load gives the same model)."""
-    from audit.models import TINY_CLIP_WEIGHTS
-
-    if TINY_CLIP_WEIGHTS.is_file():
-        return TinyModel("tiny-synth")
-    import open_clip
-    import torch
-
-    name = _register_random_twin()
-    torch.manual_seed(0)
-    net = open_clip.create_model(name)
-    path = tmp_path_factory.mktemp("model") / "twin.pt"
-    torch.save(net.state_dict(), path)
-    return TinyModel(name, str(path))
-
-
-def _register_random_twin() -> str:
-    import copy
-
-    import open_clip
-
-    from audit.training.train_tiny_clip import TINY_SYNTH_CONFIG
-
-    open_clip.factory._MODEL_CONFIGS["tiny-synth-random"] = copy.deepcopy(TINY_SYNTH_CONFIG)
-    return "tiny-synth-random"
+def model() -> TinyModel:
+    """The shipped tiny CLIP (``load_clip("tiny-synth")``)."""
+    return TinyModel()
 
 
 # ---- data builders ------------------------------------------------------------------------------
@@ -354,6 +324,41 @@ def test_embed_shards_composite(tmp_path: Path, model: TinyModel) -> None:
     assert np.allclose(alone[0], img[0], atol=2e-3)
 
 
+class _BrokenModel:
+    def to(self, device: str) -> _BrokenModel:
+        return self
+
+    def eval(self) -> _BrokenModel:
+        return self
+
+    def encode_image(self, x):
+        raise RuntimeError("boom: out of memory")
+
+
+def _broken_loader():
+    import torch
+
+    return _BrokenModel(), lambda im: torch.zeros(3, 8, 8), lambda t: torch.zeros(len(t), 4)
+
+
+def test_model_failure_becomes_failed_to_embed_rows(tmp_path: Path) -> None:
+    keys = write_simple_shard(tmp_path / "in", 0, 3, failed=1)
+    ws = Workspace(tmp_path / "ws")
+
+    def writer(index: int, table: pa.Table, info: dict) -> None:
+        ws.write_part(ws.part_path(index), table, info)
+
+    with BeamTestPipeline() as p:
+        stats = (p | beam.Create(match_shards(str(tmp_path / "in")))
+                 | EmbedShards(ClipModelHandler(_broken_loader), writer, embedding_schema(8),
+                               EmbedSettings(2)))
+        assert_that(stats, equal_to([{"part": 0, "rows": 4, "counts": {
+            "failed_to_download": 1, "failed_to_embed": 3}}]))
+    rows = {r["key"]: r for r in ws.load_embeddings().to_pylist()}
+    assert sorted(rows) == sorted(keys)
+    assert "boom: out of memory" in rows[keys[0]]["error"] and rows[keys[0]]["image_emb"] is None
+
+
 # ---- the stage end to end ------------------------------------------------------------------------
 def test_bad_input_corpus(tmp_path: Path, model: TinyModel) -> None:
     ws = tmp_path / "ws"
@@ -413,6 +418,23 @@ def test_rerun_skips_parts_and_model_change_needs_overwrite(tmp_path: Path,
     assert json.loads((ws / "embeddings" / "model.json").read_text())["dim"] == 64
 
 
+def test_parts_uri_for_cluster_runners(tmp_path: Path, model: TinyModel) -> None:
+    """Workers write parts to a shared location; the launcher copies them into WS."""
+    ws, shared = tmp_path / "ws", tmp_path / "bucket" / "run1"
+    write_simple_shard(ws / "shards", 0, 3, failed=1)
+    write_simple_shard(ws / "shards", 1, 2)
+    assert embed_cli(ws, model, "--parts-uri", str(shared)) == 0
+    for name in ("part-00000.parquet", "part-00001.SUCCESS"):
+        assert (shared / name).read_bytes() == (ws / "embeddings" / name).read_bytes()
+    assert not list(shared.glob(".*.tmp"))
+    (ws / "embeddings" / "part-00001.parquet").unlink()  # lost locally, finished remotely
+    (ws / "embeddings" / "part-00001.SUCCESS").unlink()
+    assert embed_cli(ws, model, "--parts-uri", str(shared)) == 0  # fetched, not recomputed
+    assert (ws / "embeddings" / "part-00001.SUCCESS").read_bytes() == (
+        shared / "part-00001.SUCCESS").read_bytes()
+    assert Workspace(ws).load_embeddings().num_rows == 6
+
+
 def test_parquet_and_folder_sources(tmp_path: Path, model: TinyModel) -> None:
     hf = [{"image": {"bytes": jpeg(i), "path": None}, "text": f"pic {i}"} for i in range(3)]
     hf.append({"image": {"bytes": b"junk", "path": None}, "text": "bad"})
@@ -448,18 +470,9 @@ def test_bad_options_are_usage_errors(tmp_path: Path, model: TinyModel,
 
 
 def _subprocess_embed(ws: Path, model: TinyModel) -> subprocess.Popen:
-    args = ["embed", "-q", str(ws), *model.args(), "--batch-size", "4", "--shards-per-run", "1"]
-    code = (
-        "import sys\n"
-        "sys.path.insert(0, 'tests')\n"
-        f"if {model.name!r} != 'tiny-synth':\n"
-        "    import test_embed; test_embed._register_random_twin()\n"
-        "from audit.cli import main\n"
-        f"sys.exit(main({args!r}))\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL,
+    cmd = [sys.executable, "-m", "audit", "embed", "-q", str(ws), *model.args(),
+           "--batch-size", "4", "--shards-per-run", "1"]
+    return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
 
@@ -519,10 +532,7 @@ def in_process_reference(tmp_path_factory: pytest.TempPathFactory, model: TinyMo
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["multi_processing", "dask"])
 def test_multi_process_runners_match_in_process(tmp_path: Path, model: TinyModel, mode: str,
-                                                monkeypatch: pytest.MonkeyPatch,
                                                 in_process_reference: Path) -> None:
-    # worker processes import this module to rebuild the model loader
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests")]))
     one, two = in_process_reference, tmp_path / "two"
     for i in range(3):
         write_simple_shard(two / "shards", i, 5, failed=1)

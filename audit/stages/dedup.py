@@ -369,7 +369,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             info = dict(edges.info)
             labels = np.full(n, -1, np.int64)
             labels[vrows] = dd.components(len(vrows), edges)
-            labels = dd._relabel_by_first(labels)
+            labels = dd.relabel_groups(labels)
             nb_v, sim_v = dd.best_partner(len(vrows), edges)
             nbr = np.full(n, -1, np.int64)
             sim = np.full(n, np.nan, np.float32)

@@ -35,7 +35,7 @@ USES_WORKSPACE = True
 
 @dataclass
 class Config:
-    urls: str | None = None
+    input: str | None = None
     url_col: str | None = None
     caption_col: str | None = None
     hash_col: str | None = None
@@ -61,7 +61,7 @@ class Config:
     def __post_init__(self) -> None:
         from pipelines.download import HASH_TYPES, RESIZE_MODES
 
-        require(bool(self.urls), "download.urls", "a url list is required", self.urls)
+        require(bool(self.input), "download.input", "a url list is required (URLS)", self.input)
         require(self.hash_type in HASH_TYPES, "download.hash_type",
                 f"must be one of {', '.join(HASH_TYPES)}", self.hash_type)
         require(self.resize_mode in RESIZE_MODES, "download.resize_mode",
@@ -78,7 +78,7 @@ class Config:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("urls", nargs="?", default=None, metavar="URLS",
+    parser.add_argument("input", nargs="?", default=None, metavar="URLS",
                         help="url list file or folder (parquet/csv/tsv/jsonl/json/txt, .gz ok)")
     parser.add_argument("--out", dest="workspace", default=None, metavar="WS",
                         help="workspace; shards go to WS/shards")
@@ -138,8 +138,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     if cfg.overwrite and ws.shards_dir.exists():
         shutil.rmtree(ws.shards_dir)
-    if not Path(cfg.urls).exists():
-        raise InputError(f"url list not found: {cfg.urls}")
+    if not Path(cfg.input).exists():
+        raise InputError(f"url list not found: {cfg.input}")
     settings = DownloadSettings(
         url_col=cfg.url_col, caption_col=cfg.caption_col, hash_col=cfg.hash_col,
         hash_type=cfg.hash_type, keep_mismatched=cfg.keep_mismatched,
@@ -154,7 +154,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         quiet=getattr(args, "verbose", 0) < 2,
     )
     try:
-        report = download(cfg.urls, ws.shards_dir, settings)
+        report = download(cfg.input, ws.shards_dir, settings)
     except UrlListError as exc:
         raise InputError(str(exc)) from exc
     except ValueError as exc:  # img2dataset's argument checks
@@ -167,7 +167,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         mapped = normalize_status(status, None)
         ours[mapped[0]] = ours.get(mapped[0], 0) + n
     summary = {
-        "urls": str(cfg.urls), "input_rows": report.input_rows, "rows": inv["output"],
+        "urls": str(cfg.input), "input_rows": report.input_rows, "rows": inv["output"],
         "shards": report.shards, "img2dataset_counts": report.counts, "counts": ours,
         "columns": report.columns, "hash_check": report.verify,
         "reconciled": report.reconciled, "seconds": round(report.seconds, 3),

@@ -58,6 +58,7 @@ class Config:
     runner: str | None = None
     dask_local: int | None = None
     overwrite: bool = False
+    parts_uri: str | None = None
 
     def __post_init__(self) -> None:
         require(bool(self.model), "embed.model", "must name an open_clip model", self.model)
@@ -105,20 +106,79 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per worker (default: torch's own choice)")
     parser.add_argument("--overwrite", action="store_true", default=None,
                         help="delete existing embeddings first (needed to change the model)")
+    parser.add_argument("--parts-uri", dest="parts_uri", default=None, metavar="URI",
+                        help="where workers write parts when they cannot write WS (Dataflow, "
+                             "Flink, Spark): gs://, s3://, hdfs:// or a shared mount; finished "
+                             "parts are copied into WS/embeddings after each run")
     add_beam_arguments(parser)
 
 
 @dataclass
 class WorkspacePartWriter:
-    """Picklable ``writer(index, table, info)`` for the pipeline: atomic part + .SUCCESS."""
+    """Picklable ``writer(index, table, info)`` for the pipeline: the part, then its .SUCCESS.
+
+    ``root`` is the workspace (parts go to ``root/embeddings``, atomically), or with
+    ``parts_uri`` a location every worker can write (``gs://``, ``s3://``, ``hdfs://``, a shared
+    mount): the part is written under a temporary name and renamed, then the marker.
+    """
 
     root: str
+    parts_uri: str | None = None
 
     def __call__(self, index: int, table: Any, info: dict) -> None:
-        from audit.workspace import Workspace
+        if self.parts_uri is None:
+            from audit.workspace import Workspace
 
-        ws = Workspace(self.root)
-        ws.write_part(ws.part_path(index), table, info)
+            ws = Workspace(self.root)
+            ws.write_part(ws.part_path(index), table, info)
+            return
+        import io
+        import json
+        import uuid
+
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+
+        from audit.workspace import parquet_safe
+
+        buf = io.BytesIO()
+        pq.write_table(parquet_safe(table), buf)
+        marker = {"finished": time.time(), "rows": table.num_rows, **info}
+        for name, data in ((f"part-{index:05d}.parquet", buf.getvalue()),
+                           (f"part-{index:05d}.SUCCESS",
+                            (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode())):
+            final = FileSystems.join(self.parts_uri, name)
+            tmp = FileSystems.join(self.parts_uri, f".{name}.{uuid.uuid4().hex}.tmp")
+            with FileSystems.create(tmp) as fh:
+                fh.write(data)
+            FileSystems.rename([tmp], [final])
+
+
+def _match_all(pattern: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    except Exception:  # noqa: BLE001 - nothing there
+        return []
+
+
+def _remote_done(uri: str, index: int) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.exists(FileSystems.join(uri, f"part-{index:05d}.SUCCESS"))
+
+
+def _fetch_part(uri: str, ws: Any, index: int) -> None:
+    """Copy a finished part and its marker from ``uri`` into WS/embeddings (atomically)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from audit.workspace import atomic_write_bytes
+
+    part = ws.part_path(index)
+    for local in (part, ws.marker_path(part)):
+        with FileSystems.open(FileSystems.join(uri, local.name)) as fh:
+            atomic_write_bytes(local, fh.read())
 
 
 def _load_model_info(cfg: Config) -> dict[str, Any]:
@@ -241,6 +301,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     info = _load_model_info(cfg)
     if cfg.overwrite:
         _clear(ws)
+        if cfg.parts_uri:
+            from apache_beam.io.filesystems import FileSystems
+
+            old = _match_all(FileSystems.join(cfg.parts_uri, "part-*"))
+            if old:
+                FileSystems.delete(old)
     prev = ws.model_info()
     if prev and ws.has_embeddings() and not _same_model(prev, info):
         raise ConfigError(
@@ -251,6 +317,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         logger.info("removed %d temporary files left by an interrupted run", n)
     ws.write_json(ws.embeddings_dir / "model.json", info)
 
+    remote = cfg.parts_uri
+    if remote:  # parts finished by an earlier run on the cluster: bring them home first
+        for s in specs:
+            if not ws.is_done(ws.part_path(s.index)) and _remote_done(remote, s.index):
+                _fetch_part(remote, ws, s.index)
     todo = [s for s in specs if not ws.is_done(ws.part_path(s.index))]
     if len(todo) < len(specs):
         logger.info("%d of %d parts already complete: skipped", len(specs) - len(todo),
@@ -263,7 +334,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         device=cfg.device, torch_threads=cfg.torch_threads, model_name=cfg.model,
         pad_to=cfg.batch_size)
     settings = EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes)
-    writer = WorkspacePartWriter(str(Path(ws.root).resolve()))
+    writer = WorkspacePartWriter(str(Path(ws.root).resolve()), remote)
     schema = embedding_schema(info["dim"])
     try:
         with beam_setup(getattr(args, "beam_args", []), cfg.runner, cfg.dask_local) as setup:
@@ -284,6 +355,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                                    runner=setup.new_runner(), settings=settings)
                 seconds = time.perf_counter() - t0
                 m = metric_totals(result)
+                if remote:
+                    for s in wave:
+                        _fetch_part(remote, ws, s.index)
                 done += len(wave)
                 wave_counts: Counter[str] = Counter()
                 for s in wave:
@@ -305,6 +379,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     ws.write_json(ws.embeddings_dir / "_stats.json", stats)
     logger.info("embed: %d rows in %d parts (%d input rows, each once): %s", stats["rows"],
                 stats["parts"], stats["input_rows"], _format_counts(stats["counts"]))
+    if stats["counts"].get("failed_to_embed"):
+        logger.warning("%d samples failed in the model (status failed_to_embed; see their "
+                       "error column): check --device, memory and the model",
+                       stats["counts"]["failed_to_embed"])
     if stats["damaged_shards"]:
         logger.warning("damaged shards (samples before the damage were kept): %s",
                        stats["damaged_shards"])

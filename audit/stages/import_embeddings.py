@@ -26,18 +26,18 @@ records what is known: --model/--pretrained, or DIR/model.json written by export
 
 @dataclass
 class Config:
-    source: str | None = None
+    input: str | None = None
     model: str | None = None
     pretrained: str | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        require(bool(self.source), "import_embeddings.source",
-                "the folder to import is required", self.source)
+        require(bool(self.input), "import_embeddings.input",
+                "the folder to import is required (DIR)", self.input)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", nargs="?", default=None, metavar="DIR",
+    parser.add_argument("input", nargs="?", default=None, metavar="DIR",
                         help="clip-retrieval output folder (img_emb/, text_emb/, metadata/)")
     parser.add_argument("--out", dest="workspace", default=None, metavar="WS",
                         help="workspace to write WS/embeddings into")
@@ -58,7 +58,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.workspace import Workspace, check_invariant, embedding_schema
     from pipelines.interop import InteropError, find_partitions, import_partition
 
-    src = Path(cfg.source)
+    src = Path(cfg.input)
     if not src.is_dir():
         raise InputError(f"import folder not found: {src}")
     ws = Workspace(args.workspace)

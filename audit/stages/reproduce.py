@@ -353,17 +353,29 @@ def _load_pixels(images: list[Any], size: tuple[int, int]) -> np.ndarray:
 
 
 # ---- the stage -------------------------------------------------------------------------------
-def run(cfg: Config, args: argparse.Namespace) -> int:
-    import pandas as pd
+@dataclass
+class Findings:
+    """The replication findings the prompts come from (pandas frames or None)."""
 
-    from audit.prompts import USER_FINDING, build_prompts
+    word: Any = None
+    objects: Any = None
+
+    @classmethod
+    def read(cls, ws: Any) -> Findings:
+        def get(name: str) -> Any:
+            return ws.read_finding(name).to_pandas() if ws.has_finding(name) else None
+
+        return cls(get("word_replication"), get("object_replication"))
+
+    def rows(self, which: str) -> dict[str, dict[str, Any]]:
+        df = self.word if which == "word" else self.objects
+        return {} if df is None else {str(r["finding_id"]): r for r in df.to_dict("records")}
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.workspace import Workspace
-    from detectors import memorization as mem
-    from pipelines.beam_options import beam_setup
-    from pipelines.reproduce import GenerationSettings, SeededGenerator, plan_chunks, run_generation
 
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     ws = Workspace(args.workspace)
     if not ws.root.is_dir():
         raise InputError(f"workspace not found: {ws.root}")
@@ -372,18 +384,46 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
-
-    word = ws.read_finding("word_replication").to_pandas() \
-        if ws.has_finding("word_replication") else None
-    objs = ws.read_finding("object_replication").to_pandas() \
-        if ws.has_finding("object_replication") else None
+    timings: dict[str, float] = {}
+    findings = Findings.read(ws)
     train = TrainingSet(ws)
+    prompts = make_prompts(cfg, findings, train)
+    settings, triage = run_triage(cfg, ws, prompts, device, timings)
+    from detectors.memorization import select_top
+
+    selected = select_top(triage, cfg.triage_top or None)
+    tasks, counts = generate(cfg, ws, prompts[selected], settings, train.dim, device, args,
+                             timings)
+    t0 = time.perf_counter()
+    gdf, refs = score(cfg, ws, prompts, tasks, settings, train, findings, device)
+    cal = _calibrate(cfg, ws, train, findings.word)
+    gdf["is_copy"] = np.isfinite(gdf["similarity"].to_numpy(np.float64)) & (
+        gdf["similarity"].to_numpy(np.float64) >= cal["copy_threshold"])
+    verify_info = _verify(cfg, ws, gdf, train, findings.word,
+                          (settings.width or 0, settings.height or 0))
+    timings["scoring"] = time.perf_counter() - t0
+    out = per_prompt(prompts, gdf, refs, triage, selected, cal["copy_threshold"])
+    write_generation_tables(ws, gdf, cal["copy_threshold"], cfg.examples)
+    meta = run_meta(cfg, out, settings, device, counts, cal, verify_info, timings)
+    meta["seconds"] = round(time.perf_counter() - t_start, 3)
+    ws.write_finding(FINDING, _to_arrow(out), meta)
+    for r in out.sort_values("replication_rate", ascending=False).head(5).to_dict("records"):
+        logger.info("%-28s %-24s rate %s [%s, %s] max sim %s", r["finding_id"], r["prompt_kind"],
+                    _fmt(r["replication_rate"]), _fmt(r["ci_low"]), _fmt(r["ci_high"]),
+                    _fmt(r["max_sim"]))
+    return 0
+
+
+def make_prompts(cfg: Config, findings: Findings, train: TrainingSet) -> Any:
+    """Prompts from the findings and the user file (see ``audit.prompts``)."""
+    from audit.prompts import build_prompts
+
     obj_caps = {}
-    if objs is not None and cfg.prompts_mode == "add":
-        for r in objs.to_dict("records"):
+    if findings.objects is not None and cfg.prompts_mode == "add":
+        for fid, r in findings.rows("objects").items():
             if cfg.all_findings or r.get("flagged", True):
-                obj_caps[str(r["finding_id"])] = train.captions_matching(str(r["keyword"]))
-    prompts = build_prompts(word, objs, cfg.prompts, cfg.prompts_mode,
+                obj_caps[fid] = train.captions_matching(str(r["keyword"]))
+    prompts = build_prompts(findings.word, findings.objects, cfg.prompts, cfg.prompts_mode,
                             only_flagged=not cfg.all_findings, object_captions=obj_caps)
     if prompts.empty:
         raise InputError(
@@ -391,8 +431,16 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             "findings/object_replication.parquet (run `laion-audit replication` / `objects`, "
             "pass --all-findings, or give --prompts FILE)")
     logger.info("%d prompts from %d findings", len(prompts), prompts["finding_id"].nunique())
+    return prompts
 
-    # ---- triage (in this process; a few UNet calls per prompt) --------------------------------
+
+def run_triage(cfg: Config, ws: Any, prompts: Any, device: str,
+               timings: dict[str, float]) -> tuple[Any, np.ndarray]:
+    """Load the generator here once: resolve the image size, and score every prompt with Wen et
+    al.'s first-step norm (written to ``generations/triage.parquet``)."""
+    from detectors.memorization import TRIAGE_NAME
+    from pipelines.reproduce import GenerationSettings, SeededGenerator
+
     t0 = time.perf_counter()
     gen = SeededGenerator(GeneratorLoader(cfg.generator, device)(), device=None)
     height, width = gen.resolve_size(cfg.height or None, cfg.width or None)
@@ -402,26 +450,31 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         chunk_size=cfg.chunk_size, device=device)
     timings["load_generator"] = time.perf_counter() - t0
     triage = np.full(len(prompts), np.nan)
-    triage_seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.triage_seeds))
     if cfg.triage_seeds:
         t0 = time.perf_counter()
-        per_seed = gen.triage(prompts["prompt"].tolist(), triage_seeds, settings,
+        seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.triage_seeds))
+        per_seed = gen.triage(prompts["prompt"].tolist(), seeds, settings,
                               batch_size=max(cfg.batch_size, cfg.triage_seeds))
         triage = per_seed.mean(axis=1)
         timings["triage"] = time.perf_counter() - t0
         tri = prompts[["prompt_id", "finding_id", "prompt_kind", "prompt"]].copy()
         tri["triage_score"] = triage
         tri["triage_per_seed"] = list(per_seed)
-        tri["detector"] = mem.TRIAGE_NAME
+        tri["detector"] = TRIAGE_NAME
         ws.write_table(ws.generations_dir / "triage.parquet", _to_arrow(tri))
         logger.info("triage: %d prompts x %d seeds in %.1f s", len(prompts), cfg.triage_seeds,
                     timings["triage"])
     del gen
     _free_cuda()
-    selected = mem.select_top(triage, cfg.triage_top or None)
-    rank = pd.Series(triage).rank(ascending=False, method="first").to_numpy()
+    return settings, triage
 
-    # ---- generation (Beam) ---------------------------------------------------------------------
+
+def generate(cfg: Config, ws: Any, chosen: Any, settings: Any, dim: int, device: str,
+             args: argparse.Namespace, timings: dict[str, float]) -> tuple[list, dict]:
+    """The Beam fan-out of (prompt, seed range) chunks; finished chunks are skipped."""
+    from pipelines.beam_options import beam_setup
+    from pipelines.reproduce import plan_chunks, run_generation
+
     info = ws.model_info()
     clip_name = info.get("name") or info.get("model")
     if not clip_name:
@@ -429,72 +482,79 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                          "be embedded with the model of the training embeddings")
     encoder = ClipImageEncoder(str(clip_name), info.get("pretrained"), device,
                                cfg.clip_batch_size)
-    chosen = prompts[selected]
     tasks = plan_chunks(list(zip(chosen["prompt_id"], chosen["prompt"])), cfg.n, cfg.chunk_size,
                         cfg.seed_offset)
-    counts = {"chunks": 0}
+    counts: dict[str, int] = {"chunks": 0}
     t0 = time.perf_counter()
     if tasks:
         logger.info("generating %d prompts x %d seeds (%d chunks, batch %d, %d steps, %dx%d, %s)",
-                    len(chosen), cfg.n, len(tasks), cfg.batch_size, cfg.steps, width, height,
-                    device)
+                    len(chosen), cfg.n, len(tasks), cfg.batch_size, cfg.steps, settings.width,
+                    settings.height, device)
         with beam_setup(getattr(args, "beam_args", []), cfg.runner, cfg.dask_local) as setup:
-            runner = setup.new_runner()
             counts = run_generation(tasks, GeneratorLoader(cfg.generator, device), encoder,
-                                    settings, ws.generations_dir, dim=train.dim,
-                                    options=setup.options, runner=runner)
+                                    settings, ws.generations_dir, dim=dim,
+                                    options=setup.options, runner=setup.new_runner())
     timings["generation"] = time.perf_counter() - t0
     logger.info("generation: %s in %.1f s", counts, timings["generation"])
+    return tasks, counts
 
-    # ---- scoring ---------------------------------------------------------------------------------
-    t0 = time.perf_counter()
+
+def _read_generations(ws: Any, tasks: list, settings: Any, dim: int) -> tuple[Any, np.ndarray]:
+    """Rows of the finished chunks (pandas, no embeddings) and their embeddings (NaN rows where
+    generation or embedding failed)."""
+    import pandas as pd
+
     from pipelines.reproduce import read_chunks
 
     gens = read_chunks(ws.generations_dir, tasks, settings)
-    if gens is not None:
-        import pyarrow.compute as pc
-
-        gdf = gens.drop_columns(["image_emb"]).to_pandas()
-        valid = pc.is_valid(gens.column("image_emb")).to_numpy(zero_copy_only=False)
-        gemb = np.full((len(gdf), train.dim), np.nan, np.float32)
-        gemb[valid] = _vectors(gens.filter(valid).column("image_emb"))
-    else:
+    if gens is None:
         gdf = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
             ("prompt_id", str), ("prompt", str), ("seed", "int64"), ("path", str),
             ("status", str), ("error", str))})
-        gemb = np.zeros((0, train.dim), np.float32)
-    ok_mask = gdf["status"].eq("ok").to_numpy(bool)
-    cal = _calibrate(cfg, ws, train, word)
-    tau = cal["copy_threshold"]
+        return gdf, np.zeros((0, dim), np.float32)
+    import pyarrow.compute as pc
 
+    gdf = gens.drop_columns(["image_emb"]).to_pandas()
+    valid = pc.is_valid(gens.column("image_emb")).to_numpy(zero_copy_only=False)
+    gemb = np.full((len(gdf), dim), np.nan, np.float32)
+    gemb[valid] = _vectors(gens.filter(valid).column("image_emb"))
+    gemb[~gdf["status"].eq("ok").to_numpy(bool)] = np.nan
+    return gdf, gemb
+
+
+def score(cfg: Config, ws: Any, prompts: Any, tasks: list, settings: Any, train: TrainingSet,
+          findings: Findings, device: str) -> tuple[Any, dict[str, tuple[str, int]]]:
+    """Per generation: best cosine over the finding's cluster (word findings) or over every
+    training image (object findings, file prompts), its training key, and for object findings
+    the presence score and test. Returns the generations frame and each prompt's reference
+    (``"cluster"`` or ``"dataset"``, size)."""
+    from audit.prompts import USER_FINDING
+    from detectors.memorization import best_match
+
+    gdf, gemb = _read_generations(ws, tasks, settings, train.dim)
+    word_rows, obj_rows = findings.rows("word"), findings.rows("objects")
     pid_to_row = {r["prompt_id"]: r for r in prompts.to_dict("records")}
-    word_rows = {str(r["finding_id"]): r for r in (word.to_dict("records")
-                                                    if word is not None else [])}
-    obj_rows = {str(r["finding_id"]): r for r in (objs.to_dict("records")
-                                                   if objs is not None else [])}
     sim = np.full(len(gdf), np.nan, np.float32)
     nearest: list[str | None] = [None] * len(gdf)
     obj_present = np.full(len(gdf), None, dtype=object)
     obj_score = np.full(len(gdf), np.nan, np.float32)
-    ref_info: dict[str, tuple[str, int]] = {}
-    encoder_txt = None
+    refs: dict[str, tuple[str, int]] = {}
     by_prompt = gdf.groupby("prompt_id", sort=False).indices if len(gdf) else {}
     clusters: dict[str, tuple[list[str], np.ndarray]] = {}
-    dataset_idx: list[np.ndarray] = []
-    scored_idx: dict[str, np.ndarray] = {}
+    usable: dict[str, np.ndarray] = {}
     for pid, p in pid_to_row.items():
         fid = str(p["finding_id"])
         idx = np.asarray(by_prompt.get(pid, []), dtype=np.int64)
-        idx = idx[ok_mask[idx] & np.isfinite(gemb[idx]).all(axis=1)]
-        scored_idx[pid] = idx
+        idx = idx[np.isfinite(gemb[idx]).all(axis=1)]
+        usable[pid] = idx
         if fid in word_rows:
             if fid not in clusters:
                 raw = word_rows[fid].get("member_keys")
                 clusters[fid] = train.by_keys([str(k) for k in (raw if raw is not None else [])])
             mkeys, memb = clusters[fid]
-            ref_info[pid] = ("cluster", len(mkeys))
+            refs[pid] = ("cluster", len(mkeys))
             if len(mkeys) and len(idx):
-                s, j = mem.best_match(gemb[idx], memb)
+                s, j = best_match(gemb[idx], memb)
                 sim[idx] = s
                 for i, jj in zip(idx, j):
                     nearest[i] = mkeys[jj]
@@ -502,113 +562,125 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             if fid != USER_FINDING and fid not in obj_rows and len(idx):
                 logger.warning("prompt %s names unknown finding %r: scored against every "
                                "training image", pid, fid)
-            ref_info[pid] = ("dataset", train.n_ok)
-            dataset_idx.append(idx)
-    all_idx = np.concatenate(dataset_idx) if dataset_idx else np.zeros(0, np.int64)
+            refs[pid] = ("dataset", train.n_ok)
+    rest = [usable[pid] for pid in pid_to_row if refs[pid][0] == "dataset"]
+    all_idx = np.concatenate(rest) if rest else np.zeros(0, np.int64)
     if len(all_idx):  # one streaming pass over the embeddings for every such generation
         s, ks = train.nearest(gemb[all_idx])
         sim[all_idx] = s
         for i, k in zip(all_idx, ks):
             nearest[i] = k
+    encoder = None
     for pid, p in pid_to_row.items():
-        fid = str(p["finding_id"])
-        idx = scored_idx[pid]
-        if fid in obj_rows and len(idx):
-            from detectors.objects import presence_scores
+        fid, idx = str(p["finding_id"]), usable[pid]
+        if fid not in obj_rows or not len(idx):
+            continue
+        from detectors.objects import presence_scores
 
-            if encoder_txt is None:
-                from audit.stages.objects import PromptEncoder
+        if encoder is None:
+            from audit.stages.objects import PromptEncoder
 
-                encoder_txt = PromptEncoder(info, device, 256, train.dim)
-            o = obj_rows[fid]
-            w, without = encoder_txt.contrast(str(o["keyword"]), [str(o["object"])])
-            sc = presence_scores(gemb[idx], w, without)[:, 0]
-            obj_score[idx] = sc
-            thr = float(o["threshold"]) if o.get("threshold") is not None else math.inf
-            obj_present[idx] = sc > thr
+            encoder = PromptEncoder(ws.model_info(), device, 256, train.dim)
+        o = obj_rows[fid]
+        w, without = encoder.contrast(str(o["keyword"]), [str(o["object"])])
+        sc = presence_scores(gemb[idx], w, without)[:, 0]
+        thr = o.get("threshold")
+        thr = float(thr) if thr is not None and math.isfinite(float(thr)) else math.inf
+        obj_score[idx] = sc
+        obj_present[idx] = sc > thr
     gdf["similarity"] = sim
     gdf["nearest_key"] = nearest
-    gdf["is_copy"] = np.isfinite(sim) & (sim >= tau)
     gdf["object_score"] = obj_score
     gdf["object_present"] = obj_present
     gdf["finding_id"] = [str(pid_to_row[p]["finding_id"]) for p in gdf["prompt_id"]]
     gdf["prompt_kind"] = [str(pid_to_row[p]["prompt_kind"]) for p in gdf["prompt_id"]]
     gdf["gen_path"] = ["generations/" + p if isinstance(p, str) else None for p in gdf["path"]]
-    verify_info = _verify(cfg, ws, gdf, train, word, (width, height))
-    timings["scoring"] = time.perf_counter() - t0
+    return gdf, refs
 
-    # ---- per prompt --------------------------------------------------------------------------------
-    summary = mem.summarize_generations(gdf, by=["prompt_id"]) if len(gdf) else None
+
+def per_prompt(prompts: Any, gdf: Any, refs: dict[str, tuple[str, int]], triage: np.ndarray,
+               selected: np.ndarray, tau: float) -> Any:
+    """The memorization table: one row per prompt (prompts left out by triage get n = 0)."""
+    import pandas as pd
+
+    from detectors.memorization import NAME, summarize_generations
+
+    summary = {}
+    if len(gdf):
+        summary = summarize_generations(gdf, by=["prompt_id"]).set_index("prompt_id").to_dict(
+            "index")
+    rank = pd.Series(triage).rank(ascending=False, method="first").to_numpy()
+    empty = dict(n=0, n_copies=0, replication_rate=float("nan"), ci_low=0.0, ci_high=1.0,
+                 mean_sim=float("nan"), p95_sim=float("nan"), max_sim=float("nan"), n_failed=0,
+                 n_verbatim=None, verbatim_rate=float("nan"), n_object=None,
+                 object_rate=float("nan"), object_ci_low=float("nan"),
+                 object_ci_high=float("nan"))
     rows = []
     for i, p in enumerate(prompts.to_dict("records")):
-        srow = summary[summary["prompt_id"] == p["prompt_id"]] if summary is not None else None
-        base = {"finding_id": p["finding_id"], "prompt_id": p["prompt_id"],
-                "prompt_kind": p["prompt_kind"], "prompt": p["prompt"], "keyword": p["keyword"],
-                "object": p["object"], "source": p["source"]}
-        if srow is not None and len(srow):
-            base.update({k: v for k, v in srow.iloc[0].to_dict().items() if k != "prompt_id"})
-        else:
-            base.update(n=0, n_copies=0, replication_rate=float("nan"), ci_low=0.0, ci_high=1.0,
-                        mean_sim=float("nan"), p95_sim=float("nan"), max_sim=float("nan"),
-                        n_failed=0, n_verbatim=None, verbatim_rate=float("nan"), n_object=None,
-                        object_rate=float("nan"), object_ci_low=float("nan"),
-                        object_ci_high=float("nan"))
-        ref = ref_info[p["prompt_id"]]
-        base.update(triage_score=float(triage[i]), triage_rank=float(rank[i]),
-                    generated=bool(selected[i]), reference=ref[0], reference_size=int(ref[1]),
-                    copy_threshold=tau, detector=mem.NAME)
-        rows.append(base)
+        ref = refs[p["prompt_id"]]
+        rows.append({
+            "finding_id": p["finding_id"], "prompt_id": p["prompt_id"],
+            "prompt_kind": p["prompt_kind"], "prompt": p["prompt"], "keyword": p["keyword"],
+            "object": p["object"], "source": p["source"],
+            **summary.get(p["prompt_id"], empty),
+            "triage_score": float(triage[i]), "triage_rank": float(rank[i]),
+            "generated": bool(selected[i]), "reference": ref[0], "reference_size": int(ref[1]),
+            "copy_threshold": tau, "detector": NAME})
     out = pd.DataFrame(rows)
+    for col in ("n", "n_copies", "n_failed"):
+        out[col] = out[col].astype("int64")
     for col in ("n_verbatim", "n_object"):
         out[col] = pd.array(out[col], dtype="Int64")
+    return out
 
-    # ---- examples and per-generation scores -----------------------------------------------------
+
+def write_generation_tables(ws: Any, gdf: Any, tau: float, examples: int) -> None:
+    """``generations/scores.parquet`` (every generation) and ``generations/examples.parquet``
+    (the ``examples`` most similar generations of each prompt beside their nearest training
+    image)."""
     scored = gdf.drop(columns=["error"]).copy()
     scored["threshold"] = tau
     ex = scored[np.isfinite(scored["similarity"].to_numpy(np.float64))]
     ex = ex.sort_values(["prompt_id", "similarity", "seed"], ascending=[True, False, True])
-    ex = ex.groupby("prompt_id", sort=False).head(cfg.examples)
-    ex_cols = ["finding_id", "prompt_id", "prompt_kind", "seed", "gen_path", "path",
-               "nearest_key", "similarity", "is_copy", "is_verbatim", "tiled_l2",
-               "object_present"]
+    ex = ex.groupby("prompt_id", sort=False).head(examples)
+    cols = ["finding_id", "prompt_id", "prompt_kind", "seed", "gen_path", "path", "nearest_key",
+            "similarity", "is_copy", "is_verbatim", "tiled_l2", "object_present"]
     ws.write_table(ws.generations_dir / "scores.parquet", _to_arrow(scored))
-    ws.write_table(ws.generations_dir / "examples.parquet", _to_arrow(ex[ex_cols]))
+    ws.write_table(ws.generations_dir / "examples.parquet", _to_arrow(ex[cols]))
 
-    # ---- triage quality on this run -------------------------------------------------------------
+
+def run_meta(cfg: Config, out: Any, settings: Any, device: str, counts: dict[str, int],
+             cal: dict[str, Any], verify_info: dict[str, Any],
+             timings: dict[str, float]) -> dict[str, Any]:
+    """``findings/memorization.json``: thresholds, calibration evidence, the triage's AUROC
+    against this run's N-seed labels and its cost, timings."""
+    from detectors import memorization as mem
+
     gen_rows = out[out["generated"] & (out["n"] > 0)]
     labels = mem.replication_labels(gen_rows["n_copies"].to_numpy(), gen_rows["n"].to_numpy(),
                                     cfg.min_copy_share)
-    auroc = mem.triage_auroc(gen_rows["triage_score"].to_numpy(), labels) \
-        if cfg.triage_seeds and len(gen_rows) else float("nan")
-    n_gen = int(gen_rows["n"].sum())
-    share_unet = (cfg.triage_seeds / (cfg.n * cfg.steps)) if cfg.n else float("nan")
-    meta = {
+    auroc = (mem.triage_auroc(gen_rows["triage_score"].to_numpy(), labels)
+             if cfg.triage_seeds and len(gen_rows) else float("nan"))
+    n_generated = max(1, int(out["generated"].sum()))
+    seconds_share = None
+    if timings.get("triage") and counts.get("chunks_generated"):
+        seconds_share = (timings["triage"] / len(out)) / (timings["generation"] / n_generated)
+    return {
         "detector": mem.NAME, "triage_detector": mem.TRIAGE_NAME,
         "generator": cfg.generator, "device": device, "settings": settings.fingerprint(),
         "batch_size": cfg.batch_size, "n": cfg.n, "seed_offset": cfg.seed_offset,
         "n_prompts": len(out), "n_generated_prompts": int(out["generated"].sum()),
-        "n_generations_scored": n_gen, "chunks": counts,
+        "n_generations_scored": int(gen_rows["n"].sum()), "chunks": counts,
         **cal, **verify_info,
         "triage": {
             "seeds": cfg.triage_seeds, "top": cfg.triage_top,
-            "auroc_vs_replication": auroc,
-            "n_replicating_prompts": int(labels.sum()), "min_copy_share": cfg.min_copy_share,
-            "unet_calls_share": share_unet,
-            "seconds": timings.get("triage"),
-            "seconds_share": (timings["triage"] / len(prompts)) /
-                             (timings["generation"] / max(1, int(out["generated"].sum())))
-            if timings.get("triage") and counts.get("chunks_generated") else None,
+            "auroc_vs_replication": auroc, "n_replicating_prompts": int(labels.sum()),
+            "min_copy_share": cfg.min_copy_share,
+            "unet_calls_share": cfg.triage_seeds / (cfg.n * cfg.steps) if cfg.n else None,
+            "seconds": timings.get("triage"), "seconds_share": seconds_share,
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "seconds": round(time.perf_counter() - t_start, 3),
     }
-    ws.write_finding(FINDING, _to_arrow(out), meta)
-    top = out.sort_values("replication_rate", ascending=False).head(5)
-    for r in top.to_dict("records"):
-        logger.info("%-28s %-24s rate %s [%s, %s] max sim %s", r["finding_id"], r["prompt_kind"],
-                    _fmt(r["replication_rate"]), _fmt(r["ci_low"]), _fmt(r["ci_high"]),
-                    _fmt(r["max_sim"]))
-    return 0
 
 
 def _fmt(x: Any) -> str:
@@ -666,7 +738,7 @@ def _verify(cfg: Config, ws: Any, gdf: Any, train: TrainingSet, word: Any,
     from detectors import memorization as mem
 
     gdf["tiled_l2"] = np.nan
-    gdf["is_verbatim"] = pd_na_bool(len(gdf))
+    gdf["is_verbatim"] = _na_bool(len(gdf))
     info: dict[str, Any] = {"verbatim_checked": False}
     copies = np.flatnonzero(gdf["is_copy"].to_numpy(bool))
     if not cfg.verify:
@@ -709,14 +781,14 @@ def _verify(cfg: Config, ws: Any, gdf: Any, train: TrainingSet, word: Any,
         dists[r] = float(mem.tiled_l2(a, b)[0])
     checked = np.isfinite(dists)
     gdf["tiled_l2"] = dists
-    verb = pd_na_bool(len(gdf))
+    verb = _na_bool(len(gdf))
     verb[checked] = dists[checked] <= l2_thr
     gdf["is_verbatim"] = verb
     info["verbatim_copies_checked"] = int(checked.sum())
     return info
 
 
-def pd_na_bool(n: int) -> Any:
+def _na_bool(n: int) -> Any:
     import pandas as pd
 
     return pd.array([pd.NA] * n, dtype="boolean")

@@ -38,7 +38,11 @@ its clearest images count): that can make a flag more likely, never hide an asso
 ``caption_rate`` = share of the subset whose caption names the object;
 ``outside_rate`` = the same image rate outside the subset. A pair is flagged when the Wilson
 lower bound of the image rate exceeds both the caption rate and the outside rate by
-``min_gap`` (absolute), and the image rate is at least ``min_rate``.
+``min_gap`` (absolute), the image rate is at least ``min_rate``, and the images found are at
+least ``min_distinct`` = 5 distinct pictures (near-copies, grouped at the word-level copy
+threshold, count once: measured on the testbed, four near-duplicate copies of one black
+umbrella that tiny-synth reads as "umbrella with a bicycle" were the only false association
+discovery flagged without this rule).
 """
 
 from __future__ import annotations
@@ -221,6 +225,8 @@ def object_replication(
     min_sep: float = 3.0,
     min_gap: float = 0.02,
     min_rate: float = 0.03,
+    min_distinct: int = 5,
+    inside_emb: np.ndarray | None = None,
     n_examples: int = 8,
     seed: int = 0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -228,7 +234,11 @@ def object_replication(
 
     ``inside_scores`` (n, k) and ``caption_mentions`` (n, k, bool) are for the subset's images
     (failed samples already dropped), ``outside_scores`` (m, k) for images outside it (m may be 0:
-    then ``outside_rate`` is None and only the caption rate is compared).
+    then ``outside_rate`` is None and only the caption rate is compared). ``inside_emb`` (n, d),
+    when given, lets near-copies count once as evidence: the images found carrying an object are
+    grouped at the word-level copy threshold (:mod:`detectors.replication`) and a flag needs at
+    least ``min_distinct`` groups (a near-duplicate group of four copies of one misread image is
+    one piece of evidence, not four).
     """
     inside = np.asarray(inside_scores, np.float64)
     outside = np.asarray(outside_scores, np.float64)
@@ -246,6 +256,14 @@ def object_replication(
         raise ValueError(f"{len(key_arr)} keys for {n} images")
     rows: list[dict[str, Any]] = []
     cal_info: dict[str, Any] = {}
+    copy_thr = None
+    if inside_emb is not None:
+        from detectors.replication import calibrate_threshold
+
+        if len(inside_emb) != n:
+            raise ValueError(f"inside_emb has {len(inside_emb)} rows for {n} images")
+        inside_emb = normalize_rows(inside_emb)
+        copy_thr = calibrate_threshold(inside_emb, seed=seed).threshold if n >= 2 else 1.0
     for j, obj in enumerate(objects):
         cin = calibrate_presence(inside[:, j], z=z, min_sep=min_sep, seed=seed)
         present = inside[:, j] > cin.threshold
@@ -261,8 +279,15 @@ def object_replication(
         unmentioned = present & ~mentions[:, j]
         order = np.argsort(-inside[:, j], kind="stable")
         examples = [str(key_arr[i]) for i in order if unmentioned[i]][:n_examples]
+        n_distinct = k_img
+        if copy_thr is not None and k_img > 1:
+            from detectors.replication import cluster_embeddings
+
+            n_distinct = int(len(np.unique(cluster_embeddings(inside_emb[present], copy_thr))))
         baseline = max(cap_rate, out_rate if out_rate is not None else 0.0)
-        flagged = bool(n > 0 and rate >= min_rate and lo >= baseline + min_gap)
+        flagged = bool(
+            n > 0 and rate >= min_rate and lo >= baseline + min_gap and n_distinct >= min_distinct
+        )
         rows.append(
             {
                 "finding_id": f"object:{keyword}:{obj}",
@@ -270,6 +295,7 @@ def object_replication(
                 "object": obj,
                 "n_images": n,
                 "n_present": k_img,
+                "n_distinct": n_distinct,
                 "image_rate": rate,
                 "ci_low": float(lo),
                 "ci_high": float(hi),

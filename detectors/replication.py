@@ -36,8 +36,9 @@ Method (after Naseh et al. 2023, with the per-cluster hand thresholds replaced b
    captions (and at least 2), ranked by lift = P(word | cluster) / P(word | subset), ties by
    count. ``prompt_words`` are the top words present in at least half of the cluster's captions,
    in the order they usually appear in ("starry night", not "night starry").
-6. **Flag**: a cluster is a replication when it is large (``size >= flag_min_size`` = 10 and
-   ``share >= flag_min_share`` = 2% of the subset) and tight (mean cosine distance of its members
+6. **Flag**: a cluster is a replication when it is large (``size >= flag_min_size`` = 5 and
+   ``share >= flag_min_share`` = 2% of the subset; at LAION scale the share decides, the size
+   only keeps pairs and triples of reposts, found in every subset, out of small subsets) and tight (mean cosine distance of its members
    to the medoid at most ``beta`` times the random-pair median distance,
    :func:`distance_ratio`; always true for star clusters at the calibrated threshold, not for
    connected components).
@@ -471,7 +472,7 @@ def word_replication(
     ceiling: float = DEFAULT_CEILING,
     method: str = "star",
     min_cluster_size: int = 3,
-    flag_min_size: int = 10,
+    flag_min_size: int = 5,
     flag_min_share: float = 0.02,
     top_words: int = 10,
     min_support: float = 0.2,
@@ -544,7 +545,7 @@ def words_only_share(
     threshold: float,
     *,
     method: str = "star",
-    min_n: int = 5,
+    min_n: int = 3,
 ) -> tuple[float | None, dict[str, Any]]:
     """The "frequency matters" share for one cluster.
 

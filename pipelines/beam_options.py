@@ -85,6 +85,9 @@ def check_flags(flags: list[str]) -> None:
     if unknown and not bad:
         bad = unknown
     if bad:
+        if bad[0] in ("-q", "--quiet", "-v", "-vv", "--verbose", "-c", "--config"):
+            raise BeamOptionsError(f"{bad[0]} goes after the subcommand "
+                                   f"(laion-audit COMMAND {bad[0]} ...)")
         known = [opt for action in parser._actions for opt in action.option_strings]
         name = bad[0].split("=", 1)[0]
         close = difflib.get_close_matches(name, known, n=1)

@@ -30,7 +30,8 @@ and on a random sample of images outside it: a two-component Gaussian mixture st
 robust (median/MAD) "absent" bulk, used only when BIC and the components' separation support
 it, else median + z * MAD. Per object: image rate with a Wilson 95% interval, caption mention
 rate, gap, outside rate, example keys of images carrying the unnamed object. Flagged when the
-interval's lower bound exceeds both the mention rate and the outside rate by --min-gap.
+interval's lower bound exceeds both the mention rate and the outside rate by --min-gap and the
+images found are at least --min-distinct distinct pictures (near-copies count once).
 
 Default objects: the testbed's concept vocabulary (the keyword itself left out).
 --discover scores every vocabulary word with at least --min-subset captions as a keyword and
@@ -61,6 +62,7 @@ class Config:
     min_sep: float = 3.0
     min_gap: float = 0.02
     min_rate: float = 0.03
+    min_distinct: int = 5
     min_subset: int = 20
     outside_sample: int = 5000
     device: str = "cpu"
@@ -76,6 +78,7 @@ class Config:
         require(self.min_sep > 0, "objects.min_sep", "must be > 0", self.min_sep)
         require(0 <= self.min_gap < 1, "objects.min_gap", "must be in [0, 1)", self.min_gap)
         require(0 <= self.min_rate <= 1, "objects.min_rate", "must be in [0, 1]", self.min_rate)
+        require(self.min_distinct >= 1, "objects.min_distinct", "must be >= 1", self.min_distinct)
         require(self.min_subset >= 2, "objects.min_subset", "must be >= 2", self.min_subset)
         require(
             self.outside_sample >= 0,
@@ -142,6 +145,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-rate", dest="min_rate", type=float, default=None, help="smallest flagged rate (0.03)"
     )
     g.add_argument(
+        "--min-distinct",
+        dest="min_distinct",
+        type=int,
+        default=None,
+        help="a flag needs this many distinct images (near-copies count once) (5)",
+    )
+    g.add_argument(
         "--min-subset",
         dest="min_subset",
         type=int,
@@ -170,6 +180,7 @@ SCHEMA = pa.schema(
         ("object", pa.string()),
         ("n_images", pa.int32()),
         ("n_present", pa.int32()),
+        ("n_distinct", pa.int32()),
         ("image_rate", pa.float64()),
         ("ci_low", pa.float64()),
         ("ci_high", pa.float64()),
@@ -294,6 +305,8 @@ def analyse_keyword(
         min_sep=cfg.min_sep,
         min_gap=cfg.min_gap,
         min_rate=cfg.min_rate,
+        min_distinct=cfg.min_distinct,
+        inside_emb=samples.emb[subset],
         seed=cfg.seed,
     )
     for r in rows:
@@ -301,15 +314,18 @@ def analyse_keyword(
     summary["n_outside"] = int(len(outside))
     summary["calibration"] = cal
     summary["n_flagged"] = sum(r["flagged"] for r in rows)
-    summary["score"] = association_score(rows)
+    summary["score"] = association_score(rows, cfg.min_distinct)
     return rows, summary
 
 
-def association_score(rows: list[dict[str, Any]]) -> float:
+def association_score(rows: list[dict[str, Any]], min_distinct: int = 1) -> float:
     """Strength of a keyword's strongest unnamed-object association: the largest margin of the
-    rate's Wilson lower bound over max(mention rate, outside rate), 0 if none is positive."""
+    rate's Wilson lower bound over max(mention rate, outside rate) among objects seen in at
+    least ``min_distinct`` distinct images; 0 if none is positive."""
     best = 0.0
     for r in rows:
+        if r["n_distinct"] < min_distinct:
+            continue
         base = max(r["caption_rate"], r["outside_rate"] or 0.0)
         best = max(best, r["ci_low"] - base)
     return best

@@ -70,7 +70,8 @@ class Config:
     ceiling: float = 0.99
     method: str = "star"
     min_cluster_size: int = 3
-    flag_min_size: int = 10
+    flag_min_size: int = 5
+    discover_min_size: int = 10
     flag_min_share: float = 0.02
     top_words: int = 10
     min_support: float = 0.2
@@ -124,6 +125,12 @@ class Config:
             self.min_support,
         )
         require(self.min_subset >= 2, "replication.min_subset", "must be >= 2", self.min_subset)
+        require(
+            self.discover_min_size >= 2,
+            "replication.discover_min_size",
+            "must be >= 2",
+            self.discover_min_size,
+        )
         require(self.max_terms >= 1, "replication.max_terms", "must be >= 1", self.max_terms)
 
 
@@ -190,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="flag_min_size",
         type=int,
         default=None,
-        help="smallest flagged cluster (10 images)",
+        help="smallest flagged cluster (5 images)",
     )
     g.add_argument(
         "--flag-min-share",
@@ -227,6 +234,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="most frequent words/bigrams scored by --discover (300)",
+    )
+    w.add_argument(
+        "--discover-min-size",
+        dest="discover_min_size",
+        type=int,
+        default=None,
+        help="discovery counts clusters of at least this many images (10): with hundreds of "
+        "terms tested at once, only unambiguous replications should rank a term",
     )
     w.add_argument("--seed", type=int, default=None, help="seed of the pair sampling (0)")
 
@@ -455,7 +470,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             ceiling=cfg.ceiling,
             min_subset=cfg.min_subset,
             max_terms=cfg.max_terms,
-            cluster_min_size=cfg.flag_min_size,
+            cluster_min_size=cfg.discover_min_size,
             seed=cfg.seed,
         )
         chosen = [s.term for s in scores if s.explained_by is None and s.score > 0][: cfg.top]

@@ -38,7 +38,8 @@ denoising step, averaged over --triage-seeds seeds (a few UNet calls per prompt)
 Generation: N images per prompt, seeds 0..N-1; each image a deterministic function of
 (prompt, seed) whatever the batch size (initial latents drawn per seed on the CPU); batched;
 fp16 on CUDA; fanned out as (prompt, seed range) chunks by an Apache Beam pipeline (DirectRunner
-in one process by default; any Beam runner flag passes through). Resumable: finished chunks
+in one process by default; any Beam runner flag passes through; on a cluster WS must be a path
+every worker mounts, since workers write the chunks). Resumable: finished chunks
 (.SUCCESS marker with the same settings) are never regenerated. Writes
 WS/generations/<prompt_id>/<seed>.png and chunk parquets (seed, path, CLIP image embedding from
 the workspace's own model, embeddings/model.json).

@@ -42,8 +42,13 @@ from detectors.text import count_tokens, keyword_pattern, match_keyword
 
 logger = logging.getLogger(__name__)
 
-WORD_KINDS = ("keywords", "short_related", "long_related", "unrelated_with_keywords",
-              "long_without_keyword")
+WORD_KINDS = (
+    "keywords",
+    "short_related",
+    "long_related",
+    "unrelated_with_keywords",
+    "long_without_keyword",
+)
 OBJECT_KINDS = ("object_keyword", "object_short", "object_long")
 USER_FINDING = "user"
 MAX_TOKENS = 77
@@ -63,8 +68,9 @@ UNRELATED_SCENES = (
 )
 _LONG_SUFFIX = "detailed high quality art print, museum reproduction, full view"
 _OBJECT_SHORT = "a photo of {a} {kw}"
-_OBJECT_LONG = ("{a} {kw}, full body, detailed illustration, high quality, sharp focus, "
-                "studio lighting")
+_OBJECT_LONG = (
+    "{a} {kw}, full body, detailed illustration, high quality, sharp focus, studio lighting"
+)
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,14 @@ def prompt_id(finding_id: str, prompt_kind: str, prompt: str) -> str:
     return "p" + h[:12]
 
 
-def _make(finding_id: str, kind: str, text: str, keyword: str | None = None,
-          obj: str | None = None, source: str = "built") -> Prompt:
+def _make(
+    finding_id: str,
+    kind: str,
+    text: str,
+    keyword: str | None = None,
+    obj: str | None = None,
+    source: str = "built",
+) -> Prompt:
     text = _clean(text)
     return Prompt(prompt_id(finding_id, kind, text), finding_id, kind, text, keyword, obj, source)
 
@@ -157,21 +169,27 @@ def word_prompts(finding: dict[str, Any], max_tokens: int = MAX_TOKENS) -> list[
     related = [c for c in caps if _has_all_words(c, cluster_words)] or caps
     out = [_make(fid, "keywords", f"{keyword} {words_text}", keyword)]
 
-    default_short = f"{words_text} by {keyword}" if keyword and words_text else words_text or keyword
+    default_short = (
+        f"{words_text} by {keyword}" if keyword and words_text else words_text or keyword
+    )
     by_len = sorted(related, key=lambda c: (len(_words(c)), related.index(c)))
     short = by_len[0] if by_len else default_short
     long = by_len[-1] if by_len else default_short
     if len(_words(long)) < LONG_MIN_WORDS or long == short:
-        long = f"{long}, {keyword} {words_text}, {_LONG_SUFFIX}" if keyword else \
-            f"{long}, {words_text}, {_LONG_SUFFIX}"
+        long = (
+            f"{long}, {keyword} {words_text}, {_LONG_SUFFIX}"
+            if keyword
+            else f"{long}, {words_text}, {_LONG_SUFFIX}"
+        )
     out.append(_make(fid, "short_related", short, keyword))
     out.append(_make(fid, "long_related", long, keyword))
 
     banned = set(_words(keyword)) | set(cluster_words)
     scenes = [s for s in UNRELATED_SCENES if not banned & set(_words(s))]
     pick = int(hashlib.sha1(fid.encode()).hexdigest(), 16) % len(scenes)
-    out.append(_make(fid, "unrelated_with_keywords", f"{scenes[pick]}, {keyword} {words_text}",
-                     keyword))
+    out.append(
+        _make(fid, "unrelated_with_keywords", f"{scenes[pick]}, {keyword} {words_text}", keyword)
+    )
 
     if keyword:
         without = remove_keyword(long, keyword)
@@ -182,8 +200,9 @@ def word_prompts(finding: dict[str, Any], max_tokens: int = MAX_TOKENS) -> list[
     return out
 
 
-def object_prompts(finding: dict[str, Any], captions: Sequence[str] = (),
-                   max_tokens: int = MAX_TOKENS) -> list[Prompt]:
+def object_prompts(
+    finding: dict[str, Any], captions: Sequence[str] = (), max_tokens: int = MAX_TOKENS
+) -> list[Prompt]:
     """Prompts with the keyword that never name the object, for one ``object_replication`` row.
 
     ``captions``: optional training captions of the keyword's images; those naming the object
@@ -195,9 +214,11 @@ def object_prompts(finding: dict[str, Any], captions: Sequence[str] = (),
     obj = _clean(str(finding.get("object") or ""))
     if not kw or not obj:
         raise InputError(f"object_replication finding {fid}: keyword and object are required")
-    caps = [c for c in _usable(captions, max_tokens)
-            if match_keyword([c], kw)[0] and not match_keyword([c], obj)[0]
-            and c.lower() != kw.lower()]
+    caps = [
+        c
+        for c in _usable(captions, max_tokens)
+        if match_keyword([c], kw)[0] and not match_keyword([c], obj)[0] and c.lower() != kw.lower()
+    ]
     by_len = sorted(caps, key=lambda c: (len(_words(c)), caps.index(c)))
     short = by_len[0] if by_len else _OBJECT_SHORT.format(a=_article(kw), kw=kw)
     long = by_len[-1] if by_len else _OBJECT_LONG.format(a=_article(kw), kw=kw)
@@ -239,8 +260,9 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
         with p.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or "prompt" not in reader.fieldnames:
-                raise InputError(f"{p}: a CSV prompt file needs a 'prompt' column "
-                                 f"(got {reader.fieldnames})")
+                raise InputError(
+                    f"{p}: a CSV prompt file needs a 'prompt' column (got {reader.fieldnames})"
+                )
             rows = [(n, r) for n, r in enumerate(reader, 2)]
     elif suffix in (".txt", ""):
         for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
@@ -255,8 +277,9 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
             raise InputError(f"{p}:{n}: empty prompt")
         fid = _clean(r.get("finding_id") or "") or USER_FINDING
         kind = _clean(r.get("prompt_kind") or "") or "user"
-        out.append(_make(fid, kind, text, r.get("keyword") or None, r.get("object") or None,
-                         source="file"))
+        out.append(
+            _make(fid, kind, text, r.get("keyword") or None, r.get("object") or None, source="file")
+        )
     if not out:
         raise InputError(f"{p}: no prompts")
     return out
@@ -272,11 +295,15 @@ def _rows(table: Any) -> list[dict[str, Any]]:
     return list(table)
 
 
-def build_prompts(word_findings: Any = None, object_findings: Any = None,
-                  prompt_file: str | Path | None = None, mode: str = "add",
-                  only_flagged: bool = True,
-                  object_captions: dict[str, Sequence[str]] | None = None,
-                  max_tokens: int = MAX_TOKENS) -> pd.DataFrame:
+def build_prompts(
+    word_findings: Any = None,
+    object_findings: Any = None,
+    prompt_file: str | Path | None = None,
+    mode: str = "add",
+    only_flagged: bool = True,
+    object_captions: dict[str, Sequence[str]] | None = None,
+    max_tokens: int = MAX_TOKENS,
+) -> pd.DataFrame:
     """All reproduction prompts as a DataFrame (columns of :class:`Prompt`), one row per prompt.
 
     ``word_findings`` / ``object_findings``: the findings tables (Arrow, pandas or row dicts);

@@ -109,8 +109,9 @@ def bench_model_alone(specs, loader, device: str, batch: int) -> dict[str, Any]:
     from pipelines.readers import read_shard
 
     model, preprocess, tokenizer = loader()
-    bundle = ClipBundle(model.to(device).eval(), preprocess, tokenizer, device,
-                        autocast=device.startswith("cuda"))
+    bundle = ClipBundle(
+        model.to(device).eval(), preprocess, tokenizer, device, autocast=device.startswith("cuda")
+    )
     tensors, captions = [], []
     for spec in specs:
         for s in read_shard(spec):
@@ -124,8 +125,8 @@ def bench_model_alone(specs, loader, device: str, batch: int) -> dict[str, Any]:
             captions.append(s.caption if s.caption_problem is None else None)
     batches = []
     for i in range(0, len(tensors), batch):
-        caps = [c for c in captions[i:i + batch] if c is not None]
-        batches.append((tensors[i:i + batch], tokenizer(caps) if caps else None))
+        caps = [c for c in captions[i : i + batch] if c is not None]
+        batches.append((tensors[i : i + batch], tokenizer(caps) if caps else None))
     embed_tensors(bundle, batches[0][0], batches[0][1])  # warm-up (kernel selection)
     _sync(device)
     t0 = time.perf_counter()
@@ -156,7 +157,7 @@ def make_dataset(specs, preprocess):
 
         def __iter__(self):
             info = get_worker_info()
-            mine = specs if info is None else specs[info.id::info.num_workers]
+            mine = specs if info is None else specs[info.id :: info.num_workers]
             for spec in mine:
                 samples = list(read_shard(spec))
                 for j, s in enumerate(samples):
@@ -167,8 +168,12 @@ def make_dataset(specs, preprocess):
                     try:
                         d = decode_image(s.image)
                     except DecodeError as exc:
-                        yield spec.index, sample_row(s.fail("failed_to_decode", str(exc))), \
-                            None, last
+                        yield (
+                            spec.index,
+                            sample_row(s.fail("failed_to_decode", str(exc))),
+                            None,
+                            last,
+                        )
                         continue
                     s.image = None
                     s.width, s.height = d.width, d.height
@@ -177,8 +182,7 @@ def make_dataset(specs, preprocess):
     return ShardDataset()
 
 
-def bench_loop(specs, loader, device: str, batch: int, workers: int,
-               out: Path) -> dict[str, Any]:
+def bench_loop(specs, loader, device: str, batch: int, workers: int, out: Path) -> dict[str, Any]:
     import numpy as np
     import pyarrow.parquet as pq
     from torch.utils.data import DataLoader
@@ -188,12 +192,14 @@ def bench_loop(specs, loader, device: str, batch: int, workers: int,
 
     t_start = time.perf_counter()
     model, preprocess, tokenizer = loader()
-    bundle = ClipBundle(model.to(device).eval(), preprocess, tokenizer, device,
-                        autocast=device.startswith("cuda"))
+    bundle = ClipBundle(
+        model.to(device).eval(), preprocess, tokenizer, device, autocast=device.startswith("cuda")
+    )
     dim = int(model.encode_text(tokenizer(["x"]).to(device)).shape[-1])
     schema = embedding_schema(dim)
-    dl = DataLoader(make_dataset(specs, preprocess), batch_size=batch, collate_fn=list,
-                    num_workers=workers)
+    dl = DataLoader(
+        make_dataset(specs, preprocess), batch_size=batch, collate_fn=list, num_workers=workers
+    )
     rows: dict[int, list[dict]] = {}
     done: set[int] = set()
     t_data = t_model = t_write = 0.0
@@ -214,9 +220,14 @@ def bench_loop(specs, loader, device: str, batch: int, workers: int,
             for i, (shard, s, _) in enumerate(ok):
                 j = where.get(i)
                 te = None if j is None else txt[j]
-                rows.setdefault(shard, []).append(sample_row(
-                    s, img[i].astype(np.float16), None if te is None else te.astype(np.float16),
-                    None if te is None else float(np.dot(img[i], te))))
+                rows.setdefault(shard, []).append(
+                    sample_row(
+                        s,
+                        img[i].astype(np.float16),
+                        None if te is None else te.astype(np.float16),
+                        None if te is None else float(np.dot(img[i], te)),
+                    )
+                )
             images += len(ok)
         t_model += time.perf_counter() - t
         t = time.perf_counter()
@@ -224,23 +235,32 @@ def bench_loop(specs, loader, device: str, batch: int, workers: int,
             if last:
                 done.add(shard)
         for shard in [s for s in done if s in rows]:
-            pq.write_table(rows_to_table(rows.pop(shard), schema),
-                           out / f"part-{shard:05d}.parquet")
+            pq.write_table(
+                rows_to_table(rows.pop(shard), schema), out / f"part-{shard:05d}.parquet"
+            )
         t_write += time.perf_counter() - t
         t = time.perf_counter()
     for shard, rs in rows.items():
         pq.write_table(rows_to_table(rs, schema), out / f"part-{shard:05d}.parquet")
     seconds = time.perf_counter() - t_start
     busy = t_data + t_model + t_write
-    return {"images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "data_seconds": t_data, "model_seconds": t_model, "write_seconds": t_write,
-            "decode_share": t_data / busy, "model_share": t_model / busy,
-            "loader_workers": workers}
+    return {
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "data_seconds": t_data,
+        "model_seconds": t_model,
+        "write_seconds": t_write,
+        "decode_share": t_data / busy,
+        "model_share": t_model / busy,
+        "loader_workers": workers,
+    }
 
 
 # ---- variant 3: the Beam pipeline ------------------------------------------------------------------
-def bench_pipeline(specs, loader, label: str, device: str, batch: int, ws_dir: Path,
-                   beam_args: list[str]) -> dict[str, Any]:
+def bench_pipeline(
+    specs, loader, label: str, device: str, batch: int, ws_dir: Path, beam_args: list[str]
+) -> dict[str, Any]:
     from audit.stages.embed import WorkspacePartWriter
     from audit.workspace import Workspace, embedding_schema
     from pipelines.beam_options import beam_setup
@@ -253,8 +273,15 @@ def bench_pipeline(specs, loader, label: str, device: str, batch: int, ws_dir: P
     writer = WorkspacePartWriter(str(ws_dir))
     with beam_setup(beam_args) as setup:
         t0 = time.perf_counter()
-        result = run_embed(specs, handler, writer, embedding_schema(dim), options=setup.options,
-                           runner=setup.new_runner(), settings=EmbedSettings(batch))
+        result = run_embed(
+            specs,
+            handler,
+            writer,
+            embedding_schema(dim),
+            options=setup.options,
+            runner=setup.new_runner(),
+            settings=EmbedSettings(batch),
+        )
         seconds = time.perf_counter() - t0
     m = metric_totals(result)
     ws = Workspace(ws_dir)
@@ -264,9 +291,16 @@ def bench_pipeline(specs, loader, label: str, device: str, batch: int, ws_dir: P
     images = int(m.get("images_embedded", 0))
     pre = m.get("preprocess_us_sum", 0) / 1e6
     fwd = m.get("forward_us_sum", 0) / 1e6
-    return {"images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "preprocess_seconds": pre, "forward_seconds": fwd,
-            "model_share": fwd / seconds, "counts": dict(counts), "beam_args": beam_args}
+    return {
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "preprocess_seconds": pre,
+        "forward_seconds": fwd,
+        "model_share": fwd / seconds,
+        "counts": dict(counts),
+        "beam_args": beam_args,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,23 +308,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--shard-size", type=int, default=500,
-                    help="re-shard the testbed into shards of this many samples (default 500)")
+    ap.add_argument(
+        "--shard-size",
+        type=int,
+        default=500,
+        help="re-shard the testbed into shards of this many samples (default 500)",
+    )
     ap.add_argument("--model", default="tiny-synth")
     ap.add_argument("--pretrained", default=None)
-    ap.add_argument("--untrained", action="store_true",
-                    help="random weights (timing only), e.g. for ViT-B-32 on a GPU")
+    ap.add_argument(
+        "--untrained",
+        action="store_true",
+        help="random weights (timing only), e.g. for ViT-B-32 on a GPU",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--loader-workers", type=int, default=0)
     ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "laion-audit-bench"))
     ap.add_argument("--out", default=str(HERE / "results" / "embed.json"))
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="run loop and pipeline this many times, alternating; report the best "
-                         "of each (all runs are in the JSON)")
-    ap.add_argument("--beam-arg", action="append", default=[],
-                    help="extra Beam flag for the pipeline run (repeatable)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run loop and pipeline this many times, alternating; report the best "
+        "of each (all runs are in the JSON)",
+    )
+    ap.add_argument(
+        "--beam-arg",
+        action="append",
+        default=[],
+        help="extra Beam flag for the pipeline run (repeatable)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -301,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     shards = build_data(data, args.n, args.size, args.seed)
     if args.shard_size:
-        shards = reshard(shards, data / f"reshard-n{args.n}-s{args.size}-{args.shard_size}",
-                         args.shard_size)
+        shards = reshard(
+            shards, data / f"reshard-n{args.n}-s{args.size}-{args.shard_size}", args.shard_size
+        )
     specs = match_shards(str(shards))
     loader, label = model_loader(args.model, args.pretrained, args.device, args.untrained)
     read_bytes = warm_page_cache(specs)
@@ -312,46 +362,90 @@ def main(argv: list[str] | None = None) -> int:
         alone = bench_model_alone(specs, loader, args.device, args.batch_size)
         for r in range(args.repeats):  # alternate, so load changes hit both alike
             (work / f"loop{r}").mkdir()
-            loops.append(bench_loop(specs, loader, args.device, args.batch_size,
-                                    args.loader_workers, work / f"loop{r}"))
-            pipes.append(bench_pipeline(specs, loader, label, args.device, args.batch_size,
-                                        work / f"ws{r}", args.beam_arg))
+            loops.append(
+                bench_loop(
+                    specs,
+                    loader,
+                    args.device,
+                    args.batch_size,
+                    args.loader_workers,
+                    work / f"loop{r}",
+                )
+            )
+            pipes.append(
+                bench_pipeline(
+                    specs,
+                    loader,
+                    label,
+                    args.device,
+                    args.batch_size,
+                    work / f"ws{r}",
+                    args.beam_arg,
+                )
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     loop = max(loops, key=lambda x: x["images_per_s"])
     pipe = max(pipes, key=lambda x: x["images_per_s"])
     ratio = pipe["images_per_s"] / loop["images_per_s"]
     result = {
-        "benchmark": "embed", "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "torch_threads": args.threads,
-                    "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-                    else None, "load_average_start": os.getloadavg()},
-        "data": {"images": args.n, "size_px": args.size, "shards": len(specs),
-                 "bytes": read_bytes, "source": str(shards)},
-        "model": label, "device": args.device, "batch_size": args.batch_size,
-        "model_alone": alone, "dataloader_loop": loop, "beam_pipeline": pipe,
-        "all_runs": {"dataloader_loop": [x["images_per_s"] for x in loops],
-                     "beam_pipeline": [x["images_per_s"] for x in pipes]},
-        "pipeline_vs_loop": ratio, "target_met": ratio >= 0.9,
+        "benchmark": "embed",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": args.threads,
+            "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+            "load_average_start": os.getloadavg(),
+        },
+        "data": {
+            "images": args.n,
+            "size_px": args.size,
+            "shards": len(specs),
+            "bytes": read_bytes,
+            "source": str(shards),
+        },
+        "model": label,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "model_alone": alone,
+        "dataloader_loop": loop,
+        "beam_pipeline": pipe,
+        "all_runs": {
+            "dataloader_loop": [x["images_per_s"] for x in loops],
+            "beam_pipeline": [x["images_per_s"] for x in pipes],
+        },
+        "pipeline_vs_loop": ratio,
+        "target_met": ratio >= 0.9,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nembedding {args.n} images ({args.size} px, {len(specs)} shards) with {label} on "
-          f"{args.device}, batch {args.batch_size}, {args.threads} torch threads")
+    print(
+        f"\nembedding {args.n} images ({args.size} px, {len(specs)} shards) with {label} on "
+        f"{args.device}, batch {args.batch_size}, {args.threads} torch threads"
+    )
     print(f"{'variant':<34}{'images':>8}{'seconds':>10}{'images/s':>10}{'vs loop':>9}")
-    for name, r in (("model alone (pre-decoded tensors)", alone),
-                    (f"DataLoader loop ({args.loader_workers} workers)", loop),
-                    ("Beam pipeline (DirectRunner)", pipe)):
-        print(f"{name:<34}{r['images']:>8}{r['seconds']:>10.2f}{r['images_per_s']:>10.1f}"
-              f"{r['images_per_s'] / loop['images_per_s']:>8.2f}x")
-    print(f"time split in the loop: data (read+decode+preprocess) {loop['decode_share']:.0%}, "
-          f"model {loop['model_share']:.0%}, write "
-          f"{1 - loop['decode_share'] - loop['model_share']:.0%}")
-    print(f"pipeline: model forward {pipe['forward_seconds']:.1f} s "
-          f"({pipe['model_share']:.0%} of wall time), preprocess {pipe['preprocess_seconds']:.1f} s")
+    for name, r in (
+        ("model alone (pre-decoded tensors)", alone),
+        (f"DataLoader loop ({args.loader_workers} workers)", loop),
+        ("Beam pipeline (DirectRunner)", pipe),
+    ):
+        print(
+            f"{name:<34}{r['images']:>8}{r['seconds']:>10.2f}{r['images_per_s']:>10.1f}"
+            f"{r['images_per_s'] / loop['images_per_s']:>8.2f}x"
+        )
+    print(
+        f"time split in the loop: data (read+decode+preprocess) {loop['decode_share']:.0%}, "
+        f"model {loop['model_share']:.0%}, write "
+        f"{1 - loop['decode_share'] - loop['model_share']:.0%}"
+    )
+    print(
+        f"pipeline: model forward {pipe['forward_seconds']:.1f} s "
+        f"({pipe['model_share']:.0%} of wall time), preprocess {pipe['preprocess_seconds']:.1f} s"
+    )
     print(f"pipeline / loop = {ratio:.2f} (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
     print(f"wrote {out}")
     return 0
@@ -377,10 +471,9 @@ def reshard(src: Path, dst: Path, size: int) -> Path:
     for t in sorted(src.glob("*.tar")):
         with tarfile.open(t) as tf:
             for m in tf.getmembers():
-                members.setdefault(m.name.split(".")[0], []).append(
-                    (m, tf.extractfile(m).read()))
+                members.setdefault(m.name.split(".")[0], []).append((m, tf.extractfile(m).read()))
     for i in range(0, len(rows), size):
-        chunk = rows[i:i + size]
+        chunk = rows[i : i + size]
         name = f"{i // size:05d}"
         with tarfile.open(dst / f"{name}.tar", "w") as tf:
             for r in chunk:

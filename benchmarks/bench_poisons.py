@@ -62,7 +62,12 @@ SCORES = [
     P.LOF,
     P.SPECTRAL,
     "combined_score",
+    "combined_no_align",
 ]
+NO_ALIGN = P.PoisonParams(evidence=(P.CONCEPT_PULL, P.KDIST, P.LOF))
+"""Ablation: the combined score without the alignment evidence, i.e. what carries the
+clean-label poisons when they stay aligned with their caption (as real Nightshade poisons do
+for a CLIP model they were not optimised against)."""
 SIGN = {P.ALIGNMENT_COS: -1.0}
 
 
@@ -165,6 +170,12 @@ def evaluate(
         concepts=concepts,
     )
     seconds = time.perf_counter() - t0
+    raw_cols = [
+        c
+        for c in comb.columns
+        if not c.endswith("_z") and c not in ("combined_score", "fired", "reasons")
+    ]
+    comb["combined_no_align"] = P.combine(comb[raw_cols], NO_ALIGN)["combined_score"].to_numpy()
     df = per_key.merge(
         truth[["key", "poison_kind", "caption_concept", "broken_kind"]], on="key", how="left"
     )
@@ -241,7 +252,7 @@ def pgd_strength(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from audit.models import encode_images, load_clip
+    from audit.models import encode_images, load_clip, model_info
     from audit.testbed import draw
     from audit.testbed.generate import TestbedParams, _anchor
 
@@ -295,6 +306,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dirty_pair": DIRTY_PAIR,
         "clean_pair": CLEAN_PAIR,
         "params": params.__dict__,
+        "model": {
+            k: v
+            for k, v in model_info("tiny-synth", None, model).items()
+            if k in ("name", "pretrained", "weights_sha256")
+        },
         "n": args.n,
         "seeds": args.seeds,
         "rates": args.rates,
@@ -355,6 +371,7 @@ def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
         P.LOF: "lof",
         P.SPECTRAL: "spectr",
         "combined_score": "COMB",
+        "combined_no_align": "noAlign",
     }
     head = (
         f"{'variant':8s} {'rate':>6s} {'kind':6s} {'n':>5s} "

@@ -159,6 +159,43 @@ def evaluate_works(rows: list[dict[str, Any]], truth: Any, keyword: str = "van g
     return out
 
 
+def clustering_sweep(ws: Any, truth: Any, betas: tuple[float, ...] = (0.03, 0.05, 0.1, 0.15, 0.2)):
+    """Star clustering vs connected components over a range of copy thresholds, on the
+    "van gogh" subset: works found (flagged, top-3 rank, purity >= 0.9, planted words in the top
+    3), mean purity of the works' clusters, and flagged clusters that are not works."""
+    from audit.stages.replication import load_samples
+    from detectors.replication import word_replication
+    from detectors.text import match_keyword
+
+    s = load_samples(ws)
+    idx = np.flatnonzero(match_keyword(s.captions, "van gogh"))
+    caps = [s.captions[i] for i in idx]
+    keys = s.keys[idx]
+    key_work = dict(zip(truth["key"], truth["work_id"]))
+    out = []
+    for beta in betas:
+        for method in ("star", "components"):
+            r = word_replication(s.emb[idx], caps, keys, "van gogh", beta=beta, method=method)
+            works = evaluate_works(r.rows, truth)
+            false = [
+                x["size"]
+                for x in r.rows
+                if x["flagged"] and not isinstance(key_work.get(x["medoid_key"]), str)
+            ]
+            out.append(
+                {
+                    "beta": beta,
+                    "method": method,
+                    "threshold": r.pair_stats.threshold,
+                    "works_found": sum(w.get("found", False) for w in works.values()),
+                    "mean_purity": float(np.mean([w.get("purity", 0.0) for w in works.values()])),
+                    "false_flagged": len(false),
+                    "largest_cluster": r.rows[0]["size"] if r.rows else 0,
+                }
+            )
+    return out
+
+
 def quality_one_seed(seed: int, n: int, clip: tuple[Any, Any, Any], work_dir: Path) -> dict:
     from audit.cli import main
 
@@ -184,6 +221,7 @@ def quality_one_seed(seed: int, n: int, clip: tuple[Any, Any, Any], work_dir: Pa
         meta = ws.finding_meta("word_replication")
         res[f"pair_stats_{method}"] = meta["keywords"][0]["pair_stats"]
         res[f"n_flagged_{method}"] = sum(r["flagged"] for r in rows)
+    res["clustering_sweep"] = clustering_sweep(ws, truth)
     # objects
     run(["objects", "-q", str(ws.root), "-k", "astronaut"], "objects")
     obj = ws.read_finding("object_replication").to_pylist()
@@ -250,8 +288,9 @@ def synthetic_embeddings(
 
 
 def speed(n: int, d: int, seed: int = 0) -> dict[str, Any]:
-    from detectors.objects import calibrate_presence
+    from detectors.objects import object_replication, presence_scores
     from detectors.replication import discover_terms, word_replication
+    from detectors.stats import normalize_rows
 
     x = synthetic_embeddings(n, d, seed)
     rng = np.random.default_rng(seed)
@@ -267,11 +306,18 @@ def speed(n: int, d: int, seed: int = 0) -> dict[str, Any]:
     t = time.perf_counter()
     scores, _ = discover_terms(x, caps, max_terms=100)
     t_disc = time.perf_counter() - t
+    # objects: margins of 24 object prompts (random text directions) over the subset and 5,000
+    # outside images, calibration and rows, as the stage runs them after encoding the prompts
     t = time.perf_counter()
-    for _ in range(24):
-        s = x[sub_idx] @ x[0] - x[sub_idx] @ x[1]
-        calibrate_presence(s)
-        calibrate_presence(x[:5000] @ x[0] - x[:5000] @ x[1])
+    w = normalize_rows(rng.normal(size=(24, d)))
+    o = normalize_rows(rng.normal(size=(1, d)))[0]
+    inside = presence_scores(x[sub_idx], w, o)
+    out_idx = np.flatnonzero(~sub)[:5000]
+    outside = presence_scores(x[out_idx], w, o)
+    objects = [f"object{j}" for j in range(24)]
+    mentions = np.zeros(inside.shape, bool)
+    object_replication("van gogh", objects, inside, outside, mentions,
+                       [keys[i] for i in sub_idx], inside_emb=x[sub_idx])  # fmt: skip
     t_obj = time.perf_counter() - t
     per100k = 100_000 / n
     return {
@@ -346,6 +392,22 @@ def print_table(result: dict[str, Any]) -> None:
                           f"{w['rank']:>4} {w['size']:>4} {w['purity']:>6.2f} {w['recall']:>6.2f} "
                           f"{str(w['words_in_top3']):>7} "
                           f"{'-' if wo is None else f'{wo:.2f}':>10}")  # fmt: skip
+        print(
+            "\nClustering: star vs connected components across copy thresholds "
+            "(works found of 3, mean purity, flagged non-works), summed over seeds"
+        )
+        sweep: dict[tuple[float, str], list[dict[str, Any]]] = {}
+        for q in result["quality"]:
+            for x in q["clustering_sweep"]:
+                sweep.setdefault((x["beta"], x["method"]), []).append(x)
+        print(f"{'beta':>5} {'method':>10} {'thr (mean)':>10} {'found':>6} {'purity':>6} "
+              f"{'false':>5} {'largest':>7}")  # fmt: skip
+        for (beta, method), xs in sorted(sweep.items()):
+            print(f"{beta:>5} {method:>10} {np.mean([x['threshold'] for x in xs]):>10.3f} "
+                  f"{sum(x['works_found'] for x in xs):>3}/{3 * len(xs):<2} "
+                  f"{np.mean([x['mean_purity'] for x in xs]):>6.2f} "
+                  f"{sum(x['false_flagged'] for x in xs):>5} "
+                  f"{max(x['largest_cluster'] for x in xs):>7}")  # fmt: skip
         print("\nObject level, keyword 'astronaut', object 'flag'; discovery ranks")
         print(f"{'seed':>4} {'n':>5} {'planted':>7} {'estim.':>7} {'|err|':>6} {'flagged':>7} "
               f"{'false flags':>11} {'max other':>9} {'rank vg':>7} {'rank astro':>10}")  # fmt: skip

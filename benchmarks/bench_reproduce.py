@@ -52,8 +52,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 # ---------------------------------------------------------------------------------------------
-def speed(device: str, steps: int, batch_sizes: list[int], n_batched: int, n_loop: int,
-          prompt: str) -> dict[str, Any]:
+def speed(
+    device: str, steps: int, batch_sizes: list[int], n_batched: int, n_loop: int, prompt: str
+) -> dict[str, Any]:
     """Images/s batched vs one seed per call; max pixel difference for shared seeds."""
     from audit.models import load_generator
     from pipelines.reproduce import GenerationSettings, SeededGenerator
@@ -68,22 +69,36 @@ def speed(device: str, steps: int, batch_sizes: list[int], n_batched: int, n_loo
     t0 = time.perf_counter()
     loop_imgs = [gen.generate(prompt, [s], st)[0] for s in seeds[:n_loop]]
     loop_s = time.perf_counter() - t0
-    out: dict[str, Any] = {"device": device, "steps": steps, "height": h, "width": w,
-                           "dtype": str(gen.dtype), "prompt": prompt,
-                           "loop": {"images": n_loop, "seconds": loop_s,
-                                    "images_per_s": n_loop / loop_s}, "batched": []}
+    out: dict[str, Any] = {
+        "device": device,
+        "steps": steps,
+        "height": h,
+        "width": w,
+        "dtype": str(gen.dtype),
+        "prompt": prompt,
+        "loop": {"images": n_loop, "seconds": loop_s, "images_per_s": n_loop / loop_s},
+        "batched": [],
+    }
     for bs in batch_sizes:
         t0 = time.perf_counter()
         imgs = []
         for a in range(0, n_batched, bs):
-            imgs += gen.generate(prompt, seeds[a:a + bs], st)
+            imgs += gen.generate(prompt, seeds[a : a + bs], st)
         sec = time.perf_counter() - t0
-        diff = max(int(np.abs(np.asarray(a_, np.int16) - np.asarray(b_, np.int16)).max())
-                   for a_, b_ in zip(imgs, loop_imgs))
-        out["batched"].append({"batch_size": bs, "images": n_batched, "seconds": sec,
-                               "images_per_s": n_batched / sec,
-                               "speedup_vs_loop": (n_batched / sec) / (n_loop / loop_s),
-                               "max_pixel_diff_vs_loop": diff})
+        diff = max(
+            int(np.abs(np.asarray(a_, np.int16) - np.asarray(b_, np.int16)).max())
+            for a_, b_ in zip(imgs, loop_imgs)
+        )
+        out["batched"].append(
+            {
+                "batch_size": bs,
+                "images": n_batched,
+                "seconds": sec,
+                "images_per_s": n_batched / sec,
+                "speedup_vs_loop": (n_batched / sec) / (n_loop / loop_s),
+                "max_pixel_diff_vs_loop": diff,
+            }
+        )
     return out
 
 
@@ -98,20 +113,36 @@ def build_workspace(root: Path, n: int, seed: int, work_share: float) -> tuple[P
     from audit.workspace import Workspace, embedding_schema
     from pipelines.embed import rows_to_table
 
-    items = [{"image": it["image"], "caption": it["captions"][0], "work_id": it["work_id"]}
-             for it in make_dataset(n, seed, work_share)]
+    items = [
+        {"image": it["image"], "caption": it["captions"][0], "work_id": it["work_id"]}
+        for it in make_dataset(n, seed, work_share)
+    ]
     ws = Workspace(root)
     model, preprocess, tok = load_clip("tiny-synth")
     keys = [f"{i:09d}" for i in range(len(items))]
     img = encode_images(model, preprocess, [it["image"] for it in items])
     txt = encode_texts(model, tok, [it["caption"] for it in items])
-    rows = [{"key": k, "url": f"http://127.0.0.1/{k}.png", "caption": it["caption"],
-             "sha256": None, "width": 64, "height": 64, "status": "ok", "error": None,
-             "image_emb": img[i], "text_emb": txt[i], "clip_score": float(img[i] @ txt[i])}
-            for i, (k, it) in enumerate(zip(keys, items))]
+    rows = [
+        {
+            "key": k,
+            "url": f"http://127.0.0.1/{k}.png",
+            "caption": it["caption"],
+            "sha256": None,
+            "width": 64,
+            "height": 64,
+            "status": "ok",
+            "error": None,
+            "image_emb": img[i],
+            "text_emb": txt[i],
+            "clip_score": float(img[i] @ txt[i]),
+        }
+        for i, (k, it) in enumerate(zip(keys, items))
+    ]
     ws.write_part(ws.part_path(0), rows_to_table(rows, embedding_schema(img.shape[1])))
-    ws.write_json(ws.embeddings_dir / "model.json",
-                  {"name": "tiny-synth", "pretrained": None, "dim": int(img.shape[1])})
+    ws.write_json(
+        ws.embeddings_dir / "model.json",
+        {"name": "tiny-synth", "pretrained": None, "dim": int(img.shape[1])},
+    )
     ws.shards_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(ws.shards_dir / "00000.tar", "w") as tar:
         for k, it in zip(keys, items):
@@ -124,16 +155,32 @@ def build_workspace(root: Path, n: int, seed: int, work_share: float) -> tuple[P
     findings = []
     for rank, (wid, w) in enumerate(WORKS.items()):
         idx = [i for i, it in enumerate(items) if it["work_id"] == wid]
-        findings.append({
-            "finding_id": f"word:van gogh:{rank}", "keyword": "van gogh", "cluster_rank": rank,
-            "size": len(idx), "share": len(idx) / len(items), "mean_sim": None, "min_sim": None,
-            "medoid_key": keys[idx[0]], "representative_keys": [keys[i] for i in idx[:3]],
-            "member_keys": [keys[i] for i in idx], "top_words": list(w["words"]),
-            "top_word_lift": [1.0] * len(w["words"]), "prompt_words": w["phrase"],
-            "example_captions": [items[i]["caption"] for i in idx[:20]],
-            "words_only_share": None, "flagged": True, "work_id": wid})
-    ws.write_finding("word_replication", pa.Table.from_pylist(findings),
-                     {"detector": "bench_reproduce (planted truth)"})
+        findings.append(
+            {
+                "finding_id": f"word:van gogh:{rank}",
+                "keyword": "van gogh",
+                "cluster_rank": rank,
+                "size": len(idx),
+                "share": len(idx) / len(items),
+                "mean_sim": None,
+                "min_sim": None,
+                "medoid_key": keys[idx[0]],
+                "representative_keys": [keys[i] for i in idx[:3]],
+                "member_keys": [keys[i] for i in idx],
+                "top_words": list(w["words"]),
+                "top_word_lift": [1.0] * len(w["words"]),
+                "prompt_words": w["phrase"],
+                "example_captions": [items[i]["caption"] for i in idx[:20]],
+                "words_only_share": None,
+                "flagged": True,
+                "work_id": wid,
+            }
+        )
+    ws.write_finding(
+        "word_replication",
+        pa.Table.from_pylist(findings),
+        {"detector": "bench_reproduce (planted truth)"},
+    )
     return root, items
 
 
@@ -142,13 +189,20 @@ def pooled(df: Any) -> dict[str, Any]:
 
     k, n = int(df["n_copies"].sum()), int(df["n"].sum())
     lo, hi = wilson_interval(k, n)
-    return {"prompts": int(len(df)), "copies": k, "n": n, "rate": k / n if n else None,
-            "ci_low": float(lo), "ci_high": float(hi),
-            "mean_sim": float(np.average(df["mean_sim"], weights=df["n"])) if n else None}
+    return {
+        "prompts": int(len(df)),
+        "copies": k,
+        "n": n,
+        "rate": k / n if n else None,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "mean_sim": float(np.average(df["mean_sim"], weights=df["n"])) if n else None,
+    }
 
 
-def stage_run(ws: Path, items: list[dict], n: int, steps: int, batch: int, controls: int,
-              device: str) -> dict[str, Any]:
+def stage_run(
+    ws: Path, items: list[dict], n: int, steps: int, batch: int, controls: int, device: str
+) -> dict[str, Any]:
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -157,32 +211,55 @@ def stage_run(ws: Path, items: list[dict], n: int, steps: int, batch: int, contr
 
     plain = [it["caption"] for it in items if it["work_id"] is None]
     rng = np.random.default_rng(7)
-    picked = [plain[i] for i in rng.choice(len(plain), size=min(controls, len(plain)),
-                                           replace=False)]
+    picked = [
+        plain[i] for i in rng.choice(len(plain), size=min(controls, len(plain)), replace=False)
+    ]
     pfile = ws / "controls.jsonl"
-    pfile.write_text("".join(json.dumps({"prompt": c, "prompt_kind": "control"}) + "\n"
-                             for c in picked))
+    pfile.write_text(
+        "".join(json.dumps({"prompt": c, "prompt_kind": "control"}) + "\n" for c in picked)
+    )
     t0 = time.perf_counter()
-    code = main(["reproduce", str(ws), "--n", str(n), "--steps", str(steps), "--batch-size",
-                 str(batch), "--chunk-size", str(max(n, 1)), "--triage-seeds", "4",
-                 "--prompts", str(pfile), "--device", device, "-q"])
+    code = main(
+        [
+            "reproduce",
+            str(ws),
+            "--n",
+            str(n),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(batch),
+            "--chunk-size",
+            str(max(n, 1)),
+            "--triage-seeds",
+            "4",
+            "--prompts",
+            str(pfile),
+            "--device",
+            device,
+            "-q",
+        ]
+    )
     wall = time.perf_counter() - t0
     if code != 0:
         raise SystemExit(f"laion-audit reproduce failed with exit code {code}")
     m = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas()
     meta = json.loads((ws / "findings" / "memorization.json").read_text())
     tri = pq.read_table(ws / "generations" / "triage.parquet").to_pandas().set_index("prompt_id")
-    labels = mem.replication_labels(m["n_copies"].to_numpy(), m["n"].to_numpy(),
-                                    meta["triage"]["min_copy_share"])
+    labels = mem.replication_labels(
+        m["n_copies"].to_numpy(), m["n"].to_numpy(), meta["triage"]["min_copy_share"]
+    )
     one_seed = np.array([tri.loc[p, "triage_per_seed"][0] for p in m["prompt_id"]])
     t = meta["timings"]
     n_prompts = len(m)
     triage = {
-        "prompts": n_prompts, "replicating": int(labels.sum()),
+        "prompts": n_prompts,
+        "replicating": int(labels.sum()),
         "auroc_4_seeds": mem.triage_auroc(m["triage_score"], labels),
         "auroc_1_seed": mem.triage_auroc(one_seed, labels),
         "tpr_at_1pct_fpr_4_seeds": mem.tpr_at_fpr(m["triage_score"], labels, 0.01),
-        "triage_seconds": t["triage"], "generation_seconds": t["generation"],
+        "triage_seconds": t["triage"],
+        "generation_seconds": t["generation"],
         "triage_seconds_per_prompt": t["triage"] / n_prompts,
         "generation_seconds_per_prompt": t["generation"] / n_prompts,
         "cost_share_seconds": (t["triage"] / n_prompts) / (t["generation"] / n_prompts),
@@ -196,17 +273,35 @@ def stage_run(ws: Path, items: list[dict], n: int, steps: int, batch: int, contr
     for kind, g in m.groupby("prompt_kind"):
         by_kind[str(kind)] = pooled(g)
     works = m[m["prompt_kind"] != "control"]
-    rows = m[["finding_id", "prompt_kind", "prompt", "n", "n_copies", "replication_rate",
-              "ci_low", "ci_high", "mean_sim", "max_sim", "verbatim_rate",
-              "triage_score"]].copy()
+    rows = m[
+        [
+            "finding_id",
+            "prompt_kind",
+            "prompt",
+            "n",
+            "n_copies",
+            "replication_rate",
+            "ci_low",
+            "ci_high",
+            "mean_sim",
+            "max_sim",
+            "verbatim_rate",
+            "triage_score",
+        ]
+    ].copy()
     rows["label"] = labels
-    return {"wall_seconds": wall, "copy_threshold": meta["copy_threshold"],
-            "unrelated_similarity_quantiles": meta["unrelated_similarity_quantiles"],
-            "tiled_l2_threshold": meta.get("tiled_l2_threshold"),
-            "timings": t, "triage": triage, "by_kind": by_kind,
-            "works_all_kinds": pooled(works), "controls": pooled(m[m["prompt_kind"] ==
-                                                                    "control"]),
-            "prompts": json.loads(pd.DataFrame(rows).to_json(orient="records"))}
+    return {
+        "wall_seconds": wall,
+        "copy_threshold": meta["copy_threshold"],
+        "unrelated_similarity_quantiles": meta["unrelated_similarity_quantiles"],
+        "tiled_l2_threshold": meta.get("tiled_l2_threshold"),
+        "timings": t,
+        "triage": triage,
+        "by_kind": by_kind,
+        "works_all_kinds": pooled(works),
+        "controls": pooled(m[m["prompt_kind"] == "control"]),
+        "prompts": json.loads(pd.DataFrame(rows).to_json(orient="records")),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,41 +311,64 @@ def _f(x: Any, d: int = 3) -> str:
 
 def print_report(res: dict[str, Any]) -> None:
     sp = res["speed"]
-    print(f"\n== generation speed ({sp['device']}, {sp['dtype']}, tiny-sd {sp['width']}x"
-          f"{sp['height']}, {sp['steps']} DDIM steps, torch threads {res['threads']})")
-    print(f"{'mode':<22}{'images':>8}{'seconds':>10}{'images/s':>10}{'speedup':>9}"
-          f"{'max px diff':>13}")
+    print(
+        f"\n== generation speed ({sp['device']}, {sp['dtype']}, tiny-sd {sp['width']}x"
+        f"{sp['height']}, {sp['steps']} DDIM steps, torch threads {res['threads']})"
+    )
+    print(
+        f"{'mode':<22}{'images':>8}{'seconds':>10}{'images/s':>10}{'speedup':>9}{'max px diff':>13}"
+    )
     lp = sp["loop"]
-    print(f"{'one seed per call':<22}{lp['images']:>8}{lp['seconds']:>10.1f}"
-          f"{lp['images_per_s']:>10.2f}{1.0:>9.2f}{'-':>13}")
+    print(
+        f"{'one seed per call':<22}{lp['images']:>8}{lp['seconds']:>10.1f}"
+        f"{lp['images_per_s']:>10.2f}{1.0:>9.2f}{'-':>13}"
+    )
     for b in sp["batched"]:
-        print(f"{'batch ' + str(b['batch_size']):<22}{b['images']:>8}{b['seconds']:>10.1f}"
-              f"{b['images_per_s']:>10.2f}{b['speedup_vs_loop']:>9.2f}"
-              f"{b['max_pixel_diff_vs_loop']:>13}")
+        print(
+            f"{'batch ' + str(b['batch_size']):<22}{b['images']:>8}{b['seconds']:>10.1f}"
+            f"{b['images_per_s']:>10.2f}{b['speedup_vs_loop']:>9.2f}"
+            f"{b['max_pixel_diff_vs_loop']:>13}"
+        )
     st = res["stage"]
     tr = st["triage"]
-    print(f"\n== triage (Wen et al. first-step ||eps_c - eps_0||) vs {res['n']}-seed labels: "
-          f"{tr['replicating']} of {tr['prompts']} prompts replicate")
-    print(f"AUROC 4 seeds {_f(tr['auroc_4_seeds'])}  1 seed {_f(tr['auroc_1_seed'])}  "
-          f"TPR@1%FPR {_f(tr['tpr_at_1pct_fpr_4_seeds'])}")
-    print(f"cost: {_f(tr['triage_seconds_per_prompt'], 2)} s/prompt vs "
-          f"{_f(tr['generation_seconds_per_prompt'], 1)} s/prompt for {res['n']} x "
-          f"{res['steps']} steps -> share {_f(tr['cost_share_seconds'], 4)} (UNet calls "
-          f"{_f(tr['cost_share_unet_calls'], 4)}); extrapolated to 500 x 50: "
-          f"{tr['cost_share_seconds_at_500x50']:.2e}")
-    print(f"\n== replication (copy = best cosine over the cluster >= "
-          f"{st['copy_threshold']:.4f}, the 1-1e-3 quantile of unrelated training pairs)")
-    print(f"{'prompt kind':<26}{'prompts':>8}{'copies/n':>12}{'rate':>8}{'95% CI':>18}"
-          f"{'mean sim':>10}")
+    print(
+        f"\n== triage (Wen et al. first-step ||eps_c - eps_0||) vs {res['n']}-seed labels: "
+        f"{tr['replicating']} of {tr['prompts']} prompts replicate"
+    )
+    print(
+        f"AUROC 4 seeds {_f(tr['auroc_4_seeds'])}  1 seed {_f(tr['auroc_1_seed'])}  "
+        f"TPR@1%FPR {_f(tr['tpr_at_1pct_fpr_4_seeds'])}"
+    )
+    print(
+        f"cost: {_f(tr['triage_seconds_per_prompt'], 2)} s/prompt vs "
+        f"{_f(tr['generation_seconds_per_prompt'], 1)} s/prompt for {res['n']} x "
+        f"{res['steps']} steps -> share {_f(tr['cost_share_seconds'], 4)} (UNet calls "
+        f"{_f(tr['cost_share_unet_calls'], 4)}); extrapolated to 500 x 50: "
+        f"{tr['cost_share_seconds_at_500x50']:.2e}"
+    )
+    print(
+        f"\n== replication (copy = best cosine over the cluster >= "
+        f"{st['copy_threshold']:.4f}, the 1-1e-3 quantile of unrelated training pairs)"
+    )
+    print(
+        f"{'prompt kind':<26}{'prompts':>8}{'copies/n':>12}{'rate':>8}{'95% CI':>18}"
+        f"{'mean sim':>10}"
+    )
     for kind, p in sorted(st["by_kind"].items(), key=lambda kv: kv[0] == "control"):
-        print(f"{kind:<26}{p['prompts']:>8}{str(p['copies']) + '/' + str(p['n']):>12}"
-              f"{_f(p['rate']):>8}{'[' + _f(p['ci_low']) + ', ' + _f(p['ci_high']) + ']':>18}"
-              f"{_f(p['mean_sim']):>10}")
+        print(
+            f"{kind:<26}{p['prompts']:>8}{str(p['copies']) + '/' + str(p['n']):>12}"
+            f"{_f(p['rate']):>8}{'[' + _f(p['ci_low']) + ', ' + _f(p['ci_high']) + ']':>18}"
+            f"{_f(p['mean_sim']):>10}"
+        )
     w, c = st["works_all_kinds"], st["controls"]
-    print(f"{'works (all kinds)':<26}{w['prompts']:>8}{str(w['copies']) + '/' + str(w['n']):>12}"
-          f"{_f(w['rate']):>8}{'[' + _f(w['ci_low']) + ', ' + _f(w['ci_high']) + ']':>18}")
-    print(f"{'controls':<26}{c['prompts']:>8}{str(c['copies']) + '/' + str(c['n']):>12}"
-          f"{_f(c['rate']):>8}{'[' + _f(c['ci_low']) + ', ' + _f(c['ci_high']) + ']':>18}")
+    print(
+        f"{'works (all kinds)':<26}{w['prompts']:>8}{str(w['copies']) + '/' + str(w['n']):>12}"
+        f"{_f(w['rate']):>8}{'[' + _f(w['ci_low']) + ', ' + _f(w['ci_high']) + ']':>18}"
+    )
+    print(
+        f"{'controls':<26}{c['prompts']:>8}{str(c['copies']) + '/' + str(c['n']):>12}"
+        f"{_f(c['rate']):>8}{'[' + _f(c['ci_low']) + ', ' + _f(c['ci_high']) + ']':>18}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,21 +394,37 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(-1)
     t0 = time.time()
-    res: dict[str, Any] = {"n": args.n, "steps": args.steps, "threads": args.threads,
-                           "machine": {"platform": platform.platform(),
-                                       "cpus": os.cpu_count(),
-                                       "torch": torch.__version__,
-                                       "cuda": torch.cuda.get_device_name(0)
-                                       if torch.cuda.is_available() else None}}
+    res: dict[str, Any] = {
+        "n": args.n,
+        "steps": args.steps,
+        "threads": args.threads,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+    }
     batches = [int(b) for b in args.speed_batches.split(",") if b]
-    res["speed"] = speed(args.device, args.steps, batches, args.speed_seeds, args.loop_seeds,
-                         "starry night by van gogh")
+    res["speed"] = speed(
+        args.device,
+        args.steps,
+        batches,
+        args.speed_seeds,
+        args.loop_seeds,
+        "starry night by van gogh",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ws, items = build_workspace(Path(tmp) / "ws", args.train_n, 2024, args.work_share)
-        res["workspace"] = {"train_n": args.train_n, "work_share": args.work_share,
-                            "seed": 2024, "controls": args.controls}
-        res["stage"] = stage_run(ws, items, args.n, args.steps, args.batch, args.controls,
-                                 args.device)
+        res["workspace"] = {
+            "train_n": args.train_n,
+            "work_share": args.work_share,
+            "seed": 2024,
+            "controls": args.controls,
+        }
+        res["stage"] = stage_run(
+            ws, items, args.n, args.steps, args.batch, args.controls, args.device
+        )
     res["seconds"] = time.time() - t0
     print_report(res)
     out = Path(args.out)

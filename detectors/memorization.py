@@ -40,8 +40,9 @@ DEFAULT_MIN_COPY_SHARE = 0.02
 (Carlini et al. flag a prompt at >= 10 of 500 generations, i.e. 2%), and at least one does."""
 
 
-def best_match(queries: np.ndarray, references: np.ndarray,
-               block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def best_match(
+    queries: np.ndarray, references: np.ndarray, block: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
     """Best cosine similarity of each query row over all reference rows, and its index.
 
     Rows are L2-normalised here (float32). ``references`` is processed in blocks of ``block``
@@ -51,12 +52,11 @@ def best_match(queries: np.ndarray, references: np.ndarray,
     q = normalize_rows(np.atleast_2d(queries))
     r = normalize_rows(np.atleast_2d(references)) if len(references) else np.zeros((0, q.shape[1]))
     if r.shape[0] and r.shape[1] != q.shape[1]:
-        raise ValueError(f"dimension mismatch: queries have {q.shape[1]}, references "
-                         f"{r.shape[1]}")
+        raise ValueError(f"dimension mismatch: queries have {q.shape[1]}, references {r.shape[1]}")
     best = np.full(q.shape[0], -np.inf, dtype=np.float32)
     idx = np.full(q.shape[0], -1, dtype=np.int64)
     for start in range(0, r.shape[0], block):
-        sims = q @ r[start:start + block].T
+        sims = q @ r[start : start + block].T
         j = sims.argmax(axis=1)
         s = sims[np.arange(len(j)), j]
         better = s > best
@@ -100,7 +100,7 @@ def tiled_l2(a: np.ndarray, b: np.ndarray, tiles: int = DEFAULT_TILES) -> np.nda
     out = np.zeros(n, dtype=np.float32)
     for i in range(g):
         for j in range(g):
-            tile = sq[:, rows[i]:rows[i + 1], cols[j]:cols[j + 1], :]
+            tile = sq[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1], :]
             rms = np.sqrt(tile.reshape(n, -1).mean(axis=1))
             out = np.maximum(out, rms)
     return out
@@ -116,8 +116,9 @@ def _related(labels: Sequence[np.ndarray], i: np.ndarray, j: np.ndarray) -> np.n
     return rel
 
 
-def sample_unrelated_pairs(n: int, labels: Sequence[np.ndarray] = (), max_items: int = 2000,
-                           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sample_unrelated_pairs(
+    n: int, labels: Sequence[np.ndarray] = (), max_items: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) among up to ``max_items`` random rows of ``n``, dropping related pairs.
 
     ``labels``: integer arrays of length ``n`` (e.g. duplicate group id, replication cluster id;
@@ -133,8 +134,9 @@ def sample_unrelated_pairs(n: int, labels: Sequence[np.ndarray] = (), max_items:
     return i[keep], j[keep]
 
 
-def unrelated_pair_similarities(embeddings: np.ndarray, labels: Sequence[np.ndarray] = (),
-                                max_items: int = 2000, seed: int = 0) -> np.ndarray:
+def unrelated_pair_similarities(
+    embeddings: np.ndarray, labels: Sequence[np.ndarray] = (), max_items: int = 2000, seed: int = 0
+) -> np.ndarray:
     """Cosine similarities of unrelated training pairs (see :func:`sample_unrelated_pairs`).
 
     With ``max_items = 2000`` this is up to ~2M pairs from one 2000 x 2000 matrix product.
@@ -148,8 +150,9 @@ def unrelated_pair_similarities(embeddings: np.ndarray, labels: Sequence[np.ndar
     return np.einsum("ij,ij->i", emb[i], emb[j]).astype(np.float32)
 
 
-def calibrate_copy_threshold(unrelated_sims: np.ndarray, alpha: float = DEFAULT_ALPHA,
-                             min_pairs: int = 100) -> float:
+def calibrate_copy_threshold(
+    unrelated_sims: np.ndarray, alpha: float = DEFAULT_ALPHA, min_pairs: int = 100
+) -> float:
     """The ``1 - alpha`` quantile of unrelated-pair cosine similarities.
 
     Raises ``ValueError`` with fewer than ``min_pairs`` pairs (too few for a tail quantile).
@@ -163,8 +166,9 @@ def calibrate_copy_threshold(unrelated_sims: np.ndarray, alpha: float = DEFAULT_
     return float(np.quantile(s, 1.0 - alpha))
 
 
-def calibrate_tiled_l2_threshold(unrelated_distances: np.ndarray, alpha: float = DEFAULT_ALPHA,
-                                 min_pairs: int = 100) -> float:
+def calibrate_tiled_l2_threshold(
+    unrelated_distances: np.ndarray, alpha: float = DEFAULT_ALPHA, min_pairs: int = 100
+) -> float:
     """The ``alpha`` quantile of unrelated-pair tiled l2 distances (copies must be closer)."""
     d = np.asarray(unrelated_distances, dtype=np.float64)
     d = d[np.isfinite(d)]
@@ -175,8 +179,9 @@ def calibrate_tiled_l2_threshold(unrelated_distances: np.ndarray, alpha: float =
     return float(np.quantile(d, alpha))
 
 
-def summarize_generations(gens: pd.DataFrame, by: Sequence[str] = ("prompt_id",),
-                          z: float = 1.959963984540054) -> pd.DataFrame:
+def summarize_generations(
+    gens: pd.DataFrame, by: Sequence[str] = ("prompt_id",), z: float = 1.959963984540054
+) -> pd.DataFrame:
     """Per-prompt summary of scored generations.
 
     ``gens`` has one row per generation with columns ``similarity`` (best cosine over the
@@ -199,9 +204,11 @@ def summarize_generations(gens: pd.DataFrame, by: Sequence[str] = ("prompt_id",)
         lo, hi = wilson_interval(copies, n, z)
         row = dict(zip(by, key))
         row.update(
-            n=n, n_copies=copies,
+            n=n,
+            n_copies=copies,
             replication_rate=copies / n if n else float("nan"),
-            ci_low=float(lo), ci_high=float(hi),
+            ci_low=float(lo),
+            ci_high=float(hi),
             mean_sim=float(s.mean()) if n else float("nan"),
             p95_sim=float(np.quantile(s, 0.95)) if n else float("nan"),
             max_sim=float(s.max()) if n else float("nan"),
@@ -219,20 +226,43 @@ def summarize_generations(gens: pd.DataFrame, by: Sequence[str] = ("prompt_id",)
             o = obj[ok].dropna().astype(bool)
             k = int(o.sum())
             olo, ohi = wilson_interval(k, len(o), z)
-            row.update(n_object=k, object_rate=k / len(o), object_ci_low=float(olo),
-                       object_ci_high=float(ohi))
+            row.update(
+                n_object=k,
+                object_rate=k / len(o),
+                object_ci_low=float(olo),
+                object_ci_high=float(ohi),
+            )
         else:
-            row.update(n_object=None, object_rate=float("nan"), object_ci_low=float("nan"),
-                       object_ci_high=float("nan"))
+            row.update(
+                n_object=None,
+                object_rate=float("nan"),
+                object_ci_low=float("nan"),
+                object_ci_high=float("nan"),
+            )
         rows.append(row)
-    cols = by + ["n", "n_copies", "replication_rate", "ci_low", "ci_high", "mean_sim", "p95_sim",
-                 "max_sim", "n_failed", "n_verbatim", "verbatim_rate", "n_object", "object_rate",
-                 "object_ci_low", "object_ci_high"]
+    cols = by + [
+        "n",
+        "n_copies",
+        "replication_rate",
+        "ci_low",
+        "ci_high",
+        "mean_sim",
+        "p95_sim",
+        "max_sim",
+        "n_failed",
+        "n_verbatim",
+        "verbatim_rate",
+        "n_object",
+        "object_rate",
+        "object_ci_low",
+        "object_ci_high",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
-def replication_labels(n_copies: np.ndarray, n: np.ndarray,
-                       min_share: float = DEFAULT_MIN_COPY_SHARE) -> np.ndarray:
+def replication_labels(
+    n_copies: np.ndarray, n: np.ndarray, min_share: float = DEFAULT_MIN_COPY_SHARE
+) -> np.ndarray:
     """Binary "this prompt replicates" labels: ``n_copies >= max(1, ceil(min_share * n))``."""
     k = np.asarray(n_copies, dtype=np.float64)
     n_arr = np.asarray(n, dtype=np.float64)
@@ -272,5 +302,5 @@ def select_top(scores: np.ndarray, k: int | None) -> np.ndarray:
         mask[:] = True
         return mask
     order = np.argsort(np.where(np.isfinite(s), -s, np.inf), kind="stable")
-    mask[order[:max(k, 0)]] = True
+    mask[order[: max(k, 0)]] = True
     return mask

@@ -86,15 +86,17 @@ def check_flags(flags: list[str]) -> None:
         bad = unknown
     if bad:
         if bad[0] in ("-q", "--quiet", "-v", "-vv", "--verbose", "-c", "--config"):
-            raise BeamOptionsError(f"{bad[0]} goes after the subcommand "
-                                   f"(laion-audit COMMAND {bad[0]} ...)")
+            raise BeamOptionsError(
+                f"{bad[0]} goes after the subcommand (laion-audit COMMAND {bad[0]} ...)"
+            )
         known = [opt for action in parser._actions for opt in action.option_strings]
         name = bad[0].split("=", 1)[0]
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise BeamOptionsError(
             f"unknown Beam option {bad[0]!r}{hint}; stage options go before, Beam's "
-            "PipelineOptions flags (e.g. --direct_num_workers 2) anywhere")
+            "PipelineOptions flags (e.g. --direct_num_workers 2) anywhere"
+        )
 
 
 def make_runner(name: str | None) -> tuple[Any, str]:
@@ -109,8 +111,12 @@ def make_runner(name: str | None) -> tuple[Any, str]:
 
 
 @contextlib.contextmanager
-def beam_setup(beam_args: list[str] | None = None, runner: str | None = None,
-               dask_local: int | None = None, **defaults: Any) -> Iterator[BeamSetup]:
+def beam_setup(
+    beam_args: list[str] | None = None,
+    runner: str | None = None,
+    dask_local: int | None = None,
+    **defaults: Any,
+) -> Iterator[BeamSetup]:
     """Build Beam options; with ``dask_local`` a Dask LocalCluster lives for the block.
 
     ``defaults`` are option values used unless a flag overrides them (e.g.
@@ -133,13 +139,22 @@ def beam_setup(beam_args: list[str] | None = None, runner: str | None = None,
                 from distributed import LocalCluster
             except ImportError as exc:
                 raise BeamOptionsError(
-                    "--dask-local needs `pip install 'apache-beam[dask]' distributed`") from exc
-            cluster = LocalCluster(n_workers=dask_local, threads_per_worker=1, processes=True,
-                                   host="127.0.0.1", dashboard_address=None)
+                    "--dask-local needs `pip install 'apache-beam[dask]' distributed`"
+                ) from exc
+            cluster = LocalCluster(
+                n_workers=dask_local,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            )
             runner = DASK_RUNNER
             flags.append(f"--dask_client_address={cluster.scheduler_address}")
-            logger.info("started a Dask LocalCluster with %d workers at %s", dask_local,
-                        cluster.scheduler_address)
+            logger.info(
+                "started a Dask LocalCluster with %d workers at %s",
+                dask_local,
+                cluster.scheduler_address,
+            )
         check_flags(flags)
         _, runner_name = make_runner(runner)
         given = {f.split("=", 1)[0].lstrip("-") for f in flags if f.startswith("--")}

@@ -125,9 +125,11 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")
 
 
-def decode_image(data: bytes | bytearray | memoryview | None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> DecodedImage:
+def decode_image(
+    data: bytes | bytearray | memoryview | None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DecodedImage:
     """Decode untrusted image bytes into an RGB image, or raise :class:`DecodeError`.
 
     The pixel limit is checked from the header before any decoding (decompression bombs);
@@ -197,7 +199,7 @@ def decode_caption(raw: bytes | str | None) -> tuple[str | None, str | None]:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            bad = raw[exc.start:exc.start + 1]
+            bad = raw[exc.start : exc.start + 1]
             text = raw.decode("utf-8", errors="backslashreplace")
             return text, f"caption is not valid UTF-8 (byte {bad!r} at offset {exc.start})"
     else:

@@ -42,9 +42,23 @@ import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
 
-RESERVED = frozenset({"key", "caption", "url", "width", "height", "original_width",
-                      "original_height", "status", "error_message", "exif", "md5", "sha256",
-                      "sha512"})
+RESERVED = frozenset(
+    {
+        "key",
+        "caption",
+        "url",
+        "width",
+        "height",
+        "original_width",
+        "original_height",
+        "status",
+        "error_message",
+        "exif",
+        "md5",
+        "sha256",
+        "sha512",
+    }
+)
 """Column names img2dataset writes itself (input columns with these names are prefixed)."""
 
 URL_COLUMNS = ("url", "URL", "image_url", "link")
@@ -111,8 +125,10 @@ def _format_of(path: Path) -> str:
         return ext
     if ext == "ndjson":
         return "jsonl"
-    raise UrlListError(f"{path}: unknown url list format (expected one of "
-                       f"{', '.join(INPUT_FORMATS)}, optionally .gz)")
+    raise UrlListError(
+        f"{path}: unknown url list format (expected one of "
+        f"{', '.join(INPUT_FORMATS)}, optionally .gz)"
+    )
 
 
 def read_url_list(path: str | Path) -> pa.Table:
@@ -125,8 +141,11 @@ def read_url_list(path: str | Path) -> pa.Table:
     p = Path(path)
     if not p.exists():
         raise UrlListError(f"url list not found: {p}")
-    files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_"))
-                   ) if p.is_dir() else [p]
+    files = (
+        sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_")))
+        if p.is_dir()
+        else [p]
+    )
     if not files:
         raise UrlListError(f"{p}: folder holds no url list files")
     tables = []
@@ -161,20 +180,24 @@ def read_url_list(path: str | Path) -> pa.Table:
         raise UrlListError(f"{p}: url list files have incompatible columns: {exc}") from exc
 
 
-def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
-          required: bool) -> str | None:
+def _pick(
+    names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, required: bool
+) -> str | None:
     if wanted:
         if wanted not in names:
-            raise UrlListError(f"{what} column {wanted!r} not in the url list "
-                               f"(columns: {', '.join(names)})")
+            raise UrlListError(
+                f"{what} column {wanted!r} not in the url list (columns: {', '.join(names)})"
+            )
         return wanted
     for c in candidates:
         if c in names:
             return c
     if required:
-        raise UrlListError(f"no {what} column in the url list (looked for "
-                           f"{', '.join(candidates)}; columns: {', '.join(names)}); "
-                           f"name it with --{what}-col")
+        raise UrlListError(
+            f"no {what} column in the url list (looked for "
+            f"{', '.join(candidates)}; columns: {', '.join(names)}); "
+            f"name it with --{what}-col"
+        )
     return None
 
 
@@ -182,7 +205,7 @@ def key_for(index: int, shard_size: int) -> tuple[int, str]:
     """img2dataset's (shard id, key) of input row ``index`` (its ``compute_key``)."""
     oom = math.ceil(math.log10(shard_size))
     shard, i = divmod(index, shard_size)
-    return shard, f"{(10 ** oom) * shard + i:0{oom + OOM_SHARD_COUNT}d}"
+    return shard, f"{(10**oom) * shard + i:0{oom + OOM_SHARD_COUNT}d}"
 
 
 def prepare_url_list(table: pa.Table, s: DownloadSettings) -> tuple[pa.Table, dict[str, Any]]:
@@ -192,8 +215,9 @@ def prepare_url_list(table: pa.Table, s: DownloadSettings) -> tuple[pa.Table, di
     url_col = _pick(names, s.url_col, URL_COLUMNS, "url", required=True)
     cap_col = _pick(names, s.caption_col, CAPTION_COLUMNS, "caption", required=False)
     if s.hash_type not in HASH_TYPES:
-        raise UrlListError(f"hash type must be one of {', '.join(HASH_TYPES)} "
-                           f"(got {s.hash_type!r})")
+        raise UrlListError(
+            f"hash type must be one of {', '.join(HASH_TYPES)} (got {s.hash_type!r})"
+        )
     if s.hash_col in ("", "none"):
         hash_col = None
     else:
@@ -205,13 +229,17 @@ def prepare_url_list(table: pa.Table, s: DownloadSettings) -> tuple[pa.Table, di
         out["caption"] = pc.cast(table.column(cap_col), pa.string())
     if hash_col:
         out["expected_hash"] = pc.utf8_lower(pc.cast(table.column(hash_col), pa.string()))
-    wanted = list(s.save_columns) if s.save_columns is not None else [
-        c for c in names if c not in (url_col, cap_col, hash_col)]
+    wanted = (
+        list(s.save_columns)
+        if s.save_columns is not None
+        else [c for c in names if c not in (url_col, cap_col, hash_col)]
+    )
     extras: list[str] = []
     for c in wanted:
         if c not in names:
-            raise UrlListError(f"column {c!r} to save is not in the url list "
-                               f"(columns: {', '.join(names)})")
+            raise UrlListError(
+                f"column {c!r} to save is not in the url list (columns: {', '.join(names)})"
+            )
         new = f"src_{c}" if c in RESERVED or c in ("expected_hash", "expected_sha256") else c
         out[new] = table.column(c)
         extras.append(new)
@@ -231,8 +259,12 @@ def _output_to(path: Path | None) -> Iterator[None]:
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
     try:
-        with open(path, "ab") as log, open(path, "a", buffering=1) as text, \
-                contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+        with (
+            open(path, "ab") as log,
+            open(path, "a", buffering=1) as text,
+            contextlib.redirect_stdout(text),
+            contextlib.redirect_stderr(text),
+        ):
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
             yield
@@ -246,28 +278,56 @@ def _output_to(path: Path | None) -> Iterator[None]:
         os.close(saved[1])
 
 
-def _img2dataset_kwargs(url_file: Path, out_dir: Path, s: DownloadSettings, has_caption: bool,
-                        verify: bool, extras: list[str]) -> dict[str, Any]:
+def _img2dataset_kwargs(
+    url_file: Path,
+    out_dir: Path,
+    s: DownloadSettings,
+    has_caption: bool,
+    verify: bool,
+    extras: list[str],
+) -> dict[str, Any]:
     return dict(
-        url_list=str(url_file), output_folder=str(out_dir), input_format="parquet",
-        url_col="url", caption_col="caption" if has_caption else None,
-        output_format="webdataset", processes_count=s.processes, thread_count=s.threads,
-        image_size=s.image_size, resize_mode=s.resize_mode,
-        resize_only_if_bigger=s.resize_only_if_bigger, encode_format=s.encode_format,
-        encode_quality=s.encode_quality, skip_reencode=True,
+        url_list=str(url_file),
+        output_folder=str(out_dir),
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption" if has_caption else None,
+        output_format="webdataset",
+        processes_count=s.processes,
+        thread_count=s.threads,
+        image_size=s.image_size,
+        resize_mode=s.resize_mode,
+        resize_only_if_bigger=s.resize_only_if_bigger,
+        encode_format=s.encode_format,
+        encode_quality=s.encode_quality,
+        skip_reencode=True,
         disable_all_reencoding=(s.resize_mode == "no" and not s.reencode),
-        number_sample_per_shard=s.shard_size, oom_shard_count=OOM_SHARD_COUNT,
-        timeout=s.timeout, retries=s.retries, compute_hash=s.hash_type,
+        number_sample_per_shard=s.shard_size,
+        oom_shard_count=OOM_SHARD_COUNT,
+        timeout=s.timeout,
+        retries=s.retries,
+        compute_hash=s.hash_type,
         verify_hash=[s.hash_type, s.hash_type] if verify else None,
-        save_additional_columns=extras or None, extract_exif=False, enable_wandb=False,
-        distributor="multiprocessing", incremental_mode="incremental", max_shard_retry=1,
-        max_image_area=float(s.max_pixels), user_agent_token=s.user_agent_token,
+        save_additional_columns=extras or None,
+        extract_exif=False,
+        enable_wandb=False,
+        distributor="multiprocessing",
+        incremental_mode="incremental",
+        max_shard_retry=1,
+        max_image_area=float(s.max_pixels),
+        user_agent_token=s.user_agent_token,
         disallowed_header_directives=None if s.respect_robots_headers else [],
     )
 
 
-def run_img2dataset(url_file: Path, out_dir: Path, s: DownloadSettings, has_caption: bool,
-                    verify: bool, extras: list[str]) -> None:
+def run_img2dataset(
+    url_file: Path,
+    out_dir: Path,
+    s: DownloadSettings,
+    has_caption: bool,
+    verify: bool,
+    extras: list[str],
+) -> None:
     """Call ``img2dataset.download`` quietly; restores the SIGINT handler it installs."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -302,8 +362,9 @@ def _atomic_write_parquet(path: Path, table: pa.Table) -> None:
         raise
 
 
-def reconcile(out_dir: Path, urls: pa.Table, s: DownloadSettings, verify: bool,
-              hash_present: bool) -> tuple[dict[str, int], list[str]]:
+def reconcile(
+    out_dir: Path, urls: pa.Table, s: DownloadSettings, verify: bool, hash_present: bool
+) -> tuple[dict[str, int], list[str]]:
     """Make every input row appear once in its shard's parquet; flag hash mismatches.
 
     Returns counts of what was fixed and the keys now in the shard parquets.
@@ -335,9 +396,12 @@ def reconcile(out_dir: Path, urls: pa.Table, s: DownloadSettings, verify: bool,
                 fixed["dropped_unexpected_rows"] += 1
                 continue
             seen[k] = r
-        reason = ("shard failed in img2dataset (see _img2dataset.log); rerun download to retry"
-                  if table is None else "sample not recorded by img2dataset (see "
-                  "_img2dataset.log); rerun download to retry")
+        reason = (
+            "shard failed in img2dataset (see _img2dataset.log); rerun download to retry"
+            if table is None
+            else "sample not recorded by img2dataset (see "
+            "_img2dataset.log); rerun download to retry"
+        )
         input_rows = urls.slice(lo, hi - lo).to_pylist()
         for k, src in zip(keys, input_rows):
             if k not in seen:
@@ -349,16 +413,28 @@ def reconcile(out_dir: Path, urls: pa.Table, s: DownloadSettings, verify: bool,
             exp = expected[k]
             r["expected_" + hash_col] = exp
             got = r.get(hash_col)
-            if r.get("status") == "failed_to_download" and r.get("error_message") == "hash mismatch":
+            if (
+                r.get("status") == "failed_to_download"
+                and r.get("error_message") == "hash mismatch"
+            ):
                 r["status"] = "hash_mismatch"
-                r["error_message"] = (f"hash mismatch: served bytes differ from expected "
-                                      f"{hash_col} {exp} (image dropped by verify_hash)")
+                r["error_message"] = (
+                    f"hash mismatch: served bytes differ from expected "
+                    f"{hash_col} {exp} (image dropped by verify_hash)"
+                )
                 fixed["hash_mismatch"] += 1
-            elif (not verify and exp and got and r.get("status") == "success"
-                  and str(got).lower() != str(exp).lower()):
+            elif (
+                not verify
+                and exp
+                and got
+                and r.get("status") == "success"
+                and str(got).lower() != str(exp).lower()
+            ):
                 r["status"] = "hash_mismatch"
-                r["error_message"] = (f"hash mismatch: served bytes have {hash_col} {got}, "
-                                      f"expected {exp} (image kept, flagged)")
+                r["error_message"] = (
+                    f"hash mismatch: served bytes have {hash_col} {got}, "
+                    f"expected {exp} (image kept, flagged)"
+                )
                 fixed["hash_mismatch"] += 1
         ordered = [seen[k] for k in sorted(seen)]
         new = pa.Table.from_pylist(ordered, schema=_merged_schema(table, ordered))
@@ -387,15 +463,17 @@ def _url_list_digest(urls: pa.Table) -> str:
 
 
 # ---- the whole step ----------------------------------------------------------------------------
-def download(url_list: str | Path, out_dir: str | Path,
-             s: DownloadSettings = DownloadSettings()) -> DownloadReport:
+def download(
+    url_list: str | Path, out_dir: str | Path, s: DownloadSettings = DownloadSettings()
+) -> DownloadReport:
     """Download ``url_list`` into ``out_dir`` (webdataset shards + parquet + stats)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if s.resize_mode not in RESIZE_MODES:
-        raise UrlListError(f"resize mode must be one of {', '.join(RESIZE_MODES)} "
-                           f"(got {s.resize_mode!r})")
+        raise UrlListError(
+            f"resize mode must be one of {', '.join(RESIZE_MODES)} (got {s.resize_mode!r})"
+        )
     raw = read_url_list(url_list)
     if raw.num_rows == 0:
         raise UrlListError(f"{url_list}: the url list is empty")
@@ -403,29 +481,44 @@ def download(url_list: str | Path, out_dir: str | Path,
     hash_present = mapping["hash"] is not None
     verify = hash_present and not s.keep_mismatched
     if verify and urls.column("expected_hash").null_count:
-        logger.warning("%d rows have no expected %s: verifying after the download instead of "
-                       "with img2dataset's verify_hash (mismatched images are kept, flagged)",
-                       urls.column("expected_hash").null_count, s.hash_type)
+        logger.warning(
+            "%d rows have no expected %s: verifying after the download instead of "
+            "with img2dataset's verify_hash (mismatched images are kept, flagged)",
+            urls.column("expected_hash").null_count,
+            s.hash_type,
+        )
         verify = False
     url_file = out / URLS_FILE
     if url_file.exists():
         old = pq.read_table(url_file, columns=["url"])
         if old.num_rows != urls.num_rows or _url_list_digest(old) != _url_list_digest(urls):
-            raise UrlListError(f"{out} already holds shards of a different url list; use "
-                               "another workspace or --overwrite")
+            raise UrlListError(
+                f"{out} already holds shards of a different url list; use "
+                "another workspace or --overwrite"
+            )
     # img2dataset reads the hash column under the hash type's name when verifying
     for_i2d = urls
     if hash_present:
         i = urls.schema.get_field_index("expected_hash")
-        for_i2d = (urls.rename_columns([s.hash_type if n == "expected_hash" else n
-                                        for n in urls.column_names]) if verify
-                   else urls.remove_column(i))
+        for_i2d = (
+            urls.rename_columns(
+                [s.hash_type if n == "expected_hash" else n for n in urls.column_names]
+            )
+            if verify
+            else urls.remove_column(i)
+        )
     _atomic_write_parquet(url_file, for_i2d)
-    logger.info("downloading %d urls into %s (%d shard(s) of %d; %d process(es) x %d threads; "
-                "hash check: %s)", urls.num_rows, out, math.ceil(urls.num_rows / s.shard_size),
-                s.shard_size, s.processes, s.threads,
-                "verify_hash (drop)" if verify else "after download (keep)" if hash_present
-                else "none")
+    logger.info(
+        "downloading %d urls into %s (%d shard(s) of %d; %d process(es) x %d threads; "
+        "hash check: %s)",
+        urls.num_rows,
+        out,
+        math.ceil(urls.num_rows / s.shard_size),
+        s.shard_size,
+        s.processes,
+        s.threads,
+        "verify_hash (drop)" if verify else "after download (keep)" if hash_present else "none",
+    )
     run_img2dataset(url_file, out, s, mapping["caption"] is not None, verify, mapping["extras"])
     reconciled, written = reconcile(out, urls, s, verify, hash_present)
     keys = [key_for(i, s.shard_size)[1] for i in range(urls.num_rows)]
@@ -435,10 +528,13 @@ def download(url_list: str | Path, out_dir: str | Path,
             continue
         counts.update(pq.read_table(f, columns=["status"]).column("status").to_pylist())
     return DownloadReport(
-        input_rows=urls.num_rows, shards=math.ceil(urls.num_rows / s.shard_size),
+        input_rows=urls.num_rows,
+        shards=math.ceil(urls.num_rows / s.shard_size),
         counts=dict(sorted(counts.items())),
         columns={"url": mapping["url"], "caption": mapping["caption"], "hash": mapping["hash"]},
-        seconds=time.perf_counter() - t0, reconciled=reconciled,
+        seconds=time.perf_counter() - t0,
+        reconciled=reconciled,
         verify="verify_hash" if verify else "after_download" if hash_present else "none",
-        keys=keys, written_keys=written,
+        keys=keys,
+        written_keys=written,
     )

@@ -57,8 +57,12 @@ ModelLoader = Callable[[], tuple[Any, Any, Any]]
 
 
 # ---- rows ------------------------------------------------------------------------------------
-def sample_row(s: Sample, image_emb: np.ndarray | None = None,
-               text_emb: np.ndarray | None = None, clip_score: float | None = None) -> dict:
+def sample_row(
+    s: Sample,
+    image_emb: np.ndarray | None = None,
+    text_emb: np.ndarray | None = None,
+    clip_score: float | None = None,
+) -> dict:
     """The embedding-table row of a sample (DESIGN.md schema). Caption problems become
     ``missing_caption`` when the image itself is fine."""
     status, error = s.status, s.error
@@ -66,9 +70,17 @@ def sample_row(s: Sample, image_emb: np.ndarray | None = None,
         status = "missing_caption"
         error = s.caption_problem if not error else f"{s.caption_problem}; {error}"
     return {
-        "key": s.key, "url": s.url, "caption": s.caption, "sha256": s.sha256,
-        "width": s.width, "height": s.height, "status": status, "error": error,
-        "image_emb": image_emb, "text_emb": text_emb, "clip_score": clip_score,
+        "key": s.key,
+        "url": s.url,
+        "caption": s.caption,
+        "sha256": s.sha256,
+        "width": s.width,
+        "height": s.height,
+        "status": status,
+        "error": error,
+        "image_emb": image_emb,
+        "text_emb": text_emb,
+        "clip_score": clip_score,
     }
 
 
@@ -117,19 +129,26 @@ class ReadShardFn(beam.DoFn):
         if report.get("damaged"):
             logger.warning("%s: %s", spec.describe(), report["damaged"])
         if report.get("rejected_members"):
-            logger.warning("%s: %d unsafe tar members rejected", spec.describe(),
-                           report["rejected_members"])
+            logger.warning(
+                "%s: %d unsafe tar members rejected", spec.describe(), report["rejected_members"]
+            )
         extra = report.pop("extra_keys", [])
-        yield MANIFEST, (spec.index, {"keys": keys, "source": spec.describe(),
-                                      "report": report, "extra_keys": extra})
+        yield (
+            MANIFEST,
+            (
+                spec.index,
+                {"keys": keys, "source": spec.describe(), "report": report, "extra_keys": extra},
+            ),
+        )
 
 
 class DecodeChunkFn(beam.DoFn):
     """Chunk of samples -> ``(CHUNK, [EmbedInput])`` + ``(ROW, (shard, failed_to_decode row))``.
     Input samples are not modified (Beam elements are immutable); copies carry the changes."""
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
 
@@ -141,12 +160,19 @@ class DecodeChunkFn(beam.DoFn):
                 decoded = decode_image(s.image, self.max_pixels, self.max_bytes)
             except Exception as exc:  # noqa: BLE001 - a decoder bug must not kill the run either
                 failed.inc()
-                reason = (str(exc) if isinstance(exc, DecodeError)
-                          else f"decoder crashed: {type(exc).__name__}: {exc}")
+                reason = (
+                    str(exc)
+                    if isinstance(exc, DecodeError)
+                    else f"decoder crashed: {type(exc).__name__}: {exc}"
+                )
                 yield ROW, (s.shard, sample_row(_decode_failed(replace(s), reason)))
                 continue
-            out.append(EmbedInput(replace(s, image=None, width=decoded.width,
-                                          height=decoded.height), decoded.image))
+            out.append(
+                EmbedInput(
+                    replace(s, image=None, width=decoded.width, height=decoded.height),
+                    decoded.image,
+                )
+            )
         if out:
             yield CHUNK, out
 
@@ -159,13 +185,15 @@ def _decode_failed(s: Sample, reason: str) -> Sample:
 
 
 # ---- model -------------------------------------------------------------------------------------
-def open_clip_loader(name: str, pretrained: str | None = None,
-                     device: str = "cpu") -> tuple[Any, Any, Any]:
+def open_clip_loader(
+    name: str, pretrained: str | None = None, device: str = "cpu"
+) -> tuple[Any, Any, Any]:
     """Plain open_clip loading: ``(model, preprocess, tokenizer)`` (eval mode, on ``device``)."""
     import open_clip
 
     model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, device=device)
+        name, pretrained=pretrained, device=device
+    )
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(name)
 
@@ -193,8 +221,14 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
     CPU kernels are not re-planned for each new batch size.
     """
 
-    def __init__(self, loader: ModelLoader, device: str = "cpu", torch_threads: int = 0,
-                 model_name: str = "", pad_to: int = 0) -> None:
+    def __init__(
+        self,
+        loader: ModelLoader,
+        device: str = "cpu",
+        torch_threads: int = 0,
+        model_name: str = "",
+        pad_to: int = 0,
+    ) -> None:
         super().__init__()
         self._loader = loader
         self._device = device
@@ -213,10 +247,19 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
         t0 = time.perf_counter()
         model, preprocess, tokenizer = self._loader()
         model = model.to(self._device).eval()
-        logger.info("loaded %s on %s in %.1f s", self._model_name or "model", self._device,
-                    time.perf_counter() - t0)
-        return ClipBundle(model, preprocess, tokenizer, self._device,
-                          autocast=str(self._device).startswith("cuda"))
+        logger.info(
+            "loaded %s on %s in %.1f s",
+            self._model_name or "model",
+            self._device,
+            time.perf_counter() - t0,
+        )
+        return ClipBundle(
+            model,
+            preprocess,
+            tokenizer,
+            self._device,
+            autocast=str(self._device).startswith("cuda"),
+        )
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
@@ -224,15 +267,20 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
     def get_num_bytes(self, batch: Sequence[EmbedInput]) -> int:
         return sum(e.image.width * e.image.height * 3 for e in batch)
 
-    def run_inference(self, batch: Sequence[EmbedInput], model: ClipBundle,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
+    def run_inference(
+        self,
+        batch: Sequence[EmbedInput],
+        model: ClipBundle,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[dict]:
         if not batch:
             return []
         try:
             return self._embed(batch, model)
         except Exception as exc:  # noqa: BLE001 - a bad batch is recorded, not fatal
-            logger.warning("model failed on a batch of %d samples: %s: %s", len(batch),
-                           type(exc).__name__, exc)
+            logger.warning(
+                "model failed on a batch of %d samples: %s: %s", len(batch), type(exc).__name__, exc
+            )
             beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_to_embed").inc(len(batch))
             msg = f"model failed on this batch: {type(exc).__name__}: {exc}"[:500]
             rows = []
@@ -249,15 +297,18 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
         texts = [batch[i].sample.caption for i in text_idx]
         tokens = model.tokenizer(texts) if texts else None
         t1 = time.perf_counter()
-        img_emb, txt_emb = embed_tensors(model, _padded(images, self._pad_to),
-                                         _padded(tokens, self._pad_to))
-        img_emb = img_emb[:len(images)]
-        txt_emb = None if txt_emb is None else txt_emb[:len(texts)]
+        img_emb, txt_emb = embed_tensors(
+            model, _padded(images, self._pad_to), _padded(tokens, self._pad_to)
+        )
+        img_emb = img_emb[: len(images)]
+        txt_emb = None if txt_emb is None else txt_emb[: len(texts)]
         t2 = time.perf_counter()
         beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "preprocess_us").update(
-            int((t1 - t0) * 1e6))
+            int((t1 - t0) * 1e6)
+        )
         beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "forward_us").update(
-            int((t2 - t1) * 1e6))
+            int((t2 - t1) * 1e6)
+        )
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_embedded").inc(len(batch))
         text_of = dict(zip(text_idx, range(len(text_idx))))
         rows = []
@@ -266,8 +317,12 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
             j = text_of.get(i)
             te = txt_emb[j] if j is not None else None
             score = float(np.dot(ie, te)) if te is not None else None
-            row = sample_row(e.sample, ie.astype(np.float16),
-                             None if te is None else te.astype(np.float16), score)
+            row = sample_row(
+                e.sample,
+                ie.astype(np.float16),
+                None if te is None else te.astype(np.float16),
+                score,
+            )
             row["_shard"] = e.sample.shard
             rows.append(row)
         return rows
@@ -284,14 +339,18 @@ def _padded(batch: Any, size: int) -> Any:
     return torch.cat([batch, batch[:1].expand(size - len(batch), *batch.shape[1:])])
 
 
-def embed_tensors(model: ClipBundle, images: list[Any],
-                  tokens: Any | None) -> tuple[np.ndarray, np.ndarray | None]:
+def embed_tensors(
+    model: ClipBundle, images: list[Any], tokens: Any | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Forward preprocessed image tensors and caption tokens; float32 L2-normalised arrays."""
     import torch
 
     device = model.device
-    ctx = (torch.autocast(device_type="cuda", dtype=torch.float16) if model.autocast
-           else contextlib.nullcontext())
+    ctx = (
+        torch.autocast(device_type="cuda", dtype=torch.float16)
+        if model.autocast
+        else contextlib.nullcontext()
+    )
     with torch.inference_mode(), ctx:
         x = torch.stack(images).to(device, non_blocking=True)
         f = model.model.encode_image(x).float()
@@ -330,8 +389,9 @@ def _vector_array(vectors: list[np.ndarray | None], dim: int, typ: pa.DataType) 
                 raise ValueError(f"embedding of length {v.shape[0]}, expected {dim}")
             values[i] = v
             valid[i] = True
-    arr = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim,
-                                            mask=pa.array(~valid))
+    arr = pa.FixedSizeListArray.from_arrays(
+        pa.array(values.reshape(-1)), dim, mask=pa.array(~valid)
+    )
     return arr.cast(typ) if arr.type != typ else arr
 
 
@@ -360,12 +420,18 @@ class WritePartFn(beam.DoFn):
         if got != want:
             missing = sorted((want - got).keys())[:5]
             extra = sorted((got - want).keys())[:5]
-            raise RuntimeError(f"part {index} ({manifest['source']}): rows do not match the "
-                               f"samples read (missing {missing}, unexpected {extra})")
+            raise RuntimeError(
+                f"part {index} ({manifest['source']}): rows do not match the "
+                f"samples read (missing {missing}, unexpected {extra})"
+            )
         table = rows_to_table(rows, self.schema)
         counts = dict(sorted(Counter(r["status"] for r in rows).items()))
-        info = {"source": manifest["source"], "counts": counts,
-                "extra_keys": manifest["extra_keys"], "report": manifest["report"]}
+        info = {
+            "source": manifest["source"],
+            "counts": counts,
+            "extra_keys": manifest["extra_keys"],
+            "report": manifest["report"],
+        }
         self.writer(index, table, info)
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, "parts_written").inc()
         yield {"part": index, "rows": len(rows), "counts": counts}
@@ -393,24 +459,29 @@ class ReadSamples(beam.PTransform):
 
     def expand(self, specs: beam.PCollection) -> ReadOutputs:
         out = specs | "ReadShard" >> beam.ParDo(ReadShardFn(self.chunk_size, self.max_bytes))
-        return ReadOutputs(out | "Chunks" >> beam.FlatMap(select, kind=CHUNK),
-                           out | "FailedRows" >> beam.FlatMap(select, kind=ROW),
-                           out | "Manifests" >> beam.FlatMap(select, kind=MANIFEST))
+        return ReadOutputs(
+            out | "Chunks" >> beam.FlatMap(select, kind=CHUNK),
+            out | "FailedRows" >> beam.FlatMap(select, kind=ROW),
+            out | "Manifests" >> beam.FlatMap(select, kind=MANIFEST),
+        )
 
 
 class DecodeSamples(beam.PTransform):
     """Chunks of samples -> ``DecodeOutputs(decoded, failed)``."""
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         super().__init__()
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
 
     def expand(self, chunks: beam.PCollection) -> DecodeOutputs:
         out = chunks | "Decode" >> beam.ParDo(DecodeChunkFn(self.max_pixels, self.max_bytes))
-        return DecodeOutputs(out | "Decoded" >> beam.FlatMap(select, kind=CHUNK),
-                             out | "FailedRows" >> beam.FlatMap(select, kind=ROW))
+        return DecodeOutputs(
+            out | "Decoded" >> beam.FlatMap(select, kind=CHUNK),
+            out | "FailedRows" >> beam.FlatMap(select, kind=ROW),
+        )
 
 
 class EmbedChunks(beam.PTransform):
@@ -422,8 +493,11 @@ class EmbedChunks(beam.PTransform):
         self.handler = handler
 
     def expand(self, decoded: beam.PCollection) -> beam.PCollection:
-        return (decoded | "RunInference" >> RunInference(self.handler.with_no_batching())
-                | "KeyByShard" >> beam.Map(_key_embedded_row))
+        return (
+            decoded
+            | "RunInference" >> RunInference(self.handler.with_no_batching())
+            | "KeyByShard" >> beam.Map(_key_embedded_row)
+        )
 
 
 def _key_embedded_row(row: dict) -> tuple[int, dict]:
@@ -442,9 +516,12 @@ class WriteParts(beam.PTransform):
         rows, manifests = pcolls
         tagged_rows = rows | "TagRows" >> beam.MapTuple(_tag, kind="row")
         tagged_manifests = manifests | "TagManifests" >> beam.MapTuple(_tag, kind="manifest")
-        return ((tagged_rows, tagged_manifests) | "Both" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WritePart" >> beam.ParDo(WritePartFn(self.writer, self.schema)))
+        return (
+            (tagged_rows, tagged_manifests)
+            | "Both" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WritePart" >> beam.ParDo(WritePartFn(self.writer, self.schema))
+        )
 
 
 def _tag(index: int, value: Any, kind: str = "row") -> tuple[int, tuple[str, Any]]:
@@ -463,8 +540,13 @@ class EmbedSettings:
 class EmbedShards(beam.PTransform):
     """The whole stage: PCollection[ShardSpec] -> per-part stats, parts written by ``writer``."""
 
-    def __init__(self, handler: ClipModelHandler, writer: PartWriter, schema: pa.Schema,
-                 settings: EmbedSettings = EmbedSettings()) -> None:
+    def __init__(
+        self,
+        handler: ClipModelHandler,
+        writer: PartWriter,
+        schema: pa.Schema,
+        settings: EmbedSettings = EmbedSettings(),
+    ) -> None:
         super().__init__()
         self.handler = handler
         self.writer = writer
@@ -480,14 +562,23 @@ class EmbedShards(beam.PTransform):
         return (rows, read.manifest) | "Write" >> WriteParts(self.writer, self.schema)
 
 
-def run_embed(specs: list[ShardSpec], handler: ClipModelHandler, writer: PartWriter,
-              schema: pa.Schema, options: Any = None, runner: Any = None,
-              settings: EmbedSettings = EmbedSettings()) -> Any:
+def run_embed(
+    specs: list[ShardSpec],
+    handler: ClipModelHandler,
+    writer: PartWriter,
+    schema: pa.Schema,
+    options: Any = None,
+    runner: Any = None,
+    settings: EmbedSettings = EmbedSettings(),
+) -> Any:
     """Build and run the pipeline over ``specs``; returns the finished ``PipelineResult``."""
     p = beam.Pipeline(runner=runner, options=options)
-    _ = (p | "Shards" >> beam.Create(specs, reshuffle=False)
-         | "Spread" >> beam.Reshuffle()
-         | "EmbedShards" >> EmbedShards(handler, writer, schema, settings))
+    _ = (
+        p
+        | "Shards" >> beam.Create(specs, reshuffle=False)
+        | "Spread" >> beam.Reshuffle()
+        | "EmbedShards" >> EmbedShards(handler, writer, schema, settings)
+    )
     result = p.run()
     result.wait_until_finish()
     client = getattr(result, "client", None)  # the Dask runner's own client: close it now
@@ -511,6 +602,5 @@ def metric_totals(result: Any) -> dict[str, Any]:
         val = d.committed
         if val is not None:
             out[d.key.metric.name + "_sum"] = out.get(d.key.metric.name + "_sum", 0) + val.sum
-            out[d.key.metric.name + "_count"] = (out.get(d.key.metric.name + "_count", 0)
-                                                 + val.count)
+            out[d.key.metric.name + "_count"] = out.get(d.key.metric.name + "_count", 0) + val.count
     return out

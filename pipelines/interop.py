@@ -70,8 +70,11 @@ def export_part(table: pa.Table, index: int, out: Path, pad: int) -> dict[str, i
     txt, has_txt = _vectors(table.column("text_emb"), dim)
     embedded = table.filter(pa.array(has_img))
     meta = {c: embedded.column(c) for c in SCALARS}
-    meta = {"image_path": embedded.column("key"), **meta,
-            "has_text_emb": pa.array(has_txt[has_img])}
+    meta = {
+        "image_path": embedded.column("key"),
+        **meta,
+        "has_text_emb": pa.array(has_txt[has_img]),
+    }
     for sub in ("img_emb", "text_emb", "metadata", "failed"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     np.save(out / "img_emb" / f"img_emb_{name}.npy", img[has_img])
@@ -99,9 +102,11 @@ def find_partitions(folder: Path) -> list[tuple[int, str]]:
     """``(N, suffix)`` of every ``img_emb/img_emb_<suffix>.npy``, sorted by N."""
     emb = folder / "img_emb"
     if not emb.is_dir():
-        raise InteropError(f"{folder}: no img_emb/ folder (expected clip-retrieval's layout: "
-                           "img_emb/img_emb_N.npy, text_emb/text_emb_N.npy, "
-                           "metadata/metadata_N.parquet)")
+        raise InteropError(
+            f"{folder}: no img_emb/ folder (expected clip-retrieval's layout: "
+            "img_emb/img_emb_N.npy, text_emb/text_emb_N.npy, "
+            "metadata/metadata_N.parquet)"
+        )
     found = []
     for p in emb.iterdir():
         m = _N.match(p.name)
@@ -138,8 +143,11 @@ def _col(meta: pa.Table | None, names: tuple[str, ...], n: int, typ: pa.DataType
                 try:
                     return col.cast(typ)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    return pa.array([None if v is None else str(v) for v in col.to_pylist()],
-                                    typ) if typ == pa.string() else pa.nulls(n, typ)
+                    return (
+                        pa.array([None if v is None else str(v) for v in col.to_pylist()], typ)
+                        if typ == pa.string()
+                        else pa.nulls(n, typ)
+                    )
     return pa.nulls(n, typ)
 
 
@@ -152,8 +160,9 @@ def _statuses(meta: pa.Table | None, n: int) -> list[str]:
     return out
 
 
-def import_partition(folder: Path, index: int, suffix: str, schema: pa.Schema | None = None
-                     ) -> ImportedPart:
+def import_partition(
+    folder: Path, index: int, suffix: str, schema: pa.Schema | None = None
+) -> ImportedPart:
     """Read partition ``suffix`` of a clip-retrieval folder as an embedding table."""
     img_path = folder / "img_emb" / f"img_emb_{suffix}.npy"
     img, conv = _load_matrix(img_path, "image embeddings")
@@ -165,8 +174,9 @@ def import_partition(folder: Path, index: int, suffix: str, schema: pa.Schema | 
         txt, conv_t = _load_matrix(txt_path, "text embeddings")
         conv = conv or conv_t
         if txt.shape != img.shape:
-            raise InteropError(f"{txt_path}: shape {txt.shape} does not match {img_path} "
-                               f"{img.shape}")
+            raise InteropError(
+                f"{txt_path}: shape {txt.shape} does not match {img_path} {img.shape}"
+            )
         files["text_emb"] = str(txt_path)
     meta_path = folder / "metadata" / f"metadata_{suffix}.parquet"
     meta = None
@@ -188,14 +198,20 @@ def import_partition(folder: Path, index: int, suffix: str, schema: pa.Schema | 
     if meta is not None and "clip_score" in meta.column_names:
         score = meta.column("clip_score").combine_chunks().cast(pa.float32())
     else:
-        dots = (img.astype(np.float32) * (txt.astype(np.float32) if txt is not None else 0)
-                ).sum(axis=1) if txt is not None else np.zeros(n, np.float32)
+        dots = (
+            (img.astype(np.float32) * (txt.astype(np.float32) if txt is not None else 0)).sum(
+                axis=1
+            )
+            if txt is not None
+            else np.zeros(n, np.float32)
+        )
         score = pa.array(dots.astype(np.float32), pa.float32(), mask=~has_txt)
     vec = pa.list_(pa.float16(), dim)
     image_emb = pa.FixedSizeListArray.from_arrays(pa.array(img.reshape(-1)), dim)
     text_vals = txt if txt is not None else np.zeros((n, dim), np.float16)
-    text_emb = pa.FixedSizeListArray.from_arrays(pa.array(text_vals.reshape(-1)), dim,
-                                                 mask=pa.array(~has_txt))
+    text_emb = pa.FixedSizeListArray.from_arrays(
+        pa.array(text_vals.reshape(-1)), dim, mask=pa.array(~has_txt)
+    )
     cols = {
         "key": pa.array(keys, pa.string()),
         "url": _col(meta, ("url", "URL"), n, pa.string()),
@@ -205,7 +221,8 @@ def import_partition(folder: Path, index: int, suffix: str, schema: pa.Schema | 
         "height": _col(meta, ("height", "HEIGHT"), n, pa.int32()),
         "status": pa.array(_statuses(meta, n), pa.string()),
         "error": _col(meta, ("error", "error_message"), n, pa.string()),
-        "image_emb": image_emb.cast(vec), "text_emb": text_emb.cast(vec),
+        "image_emb": image_emb.cast(vec),
+        "text_emb": text_emb.cast(vec),
         "clip_score": score,
     }
     table = pa.table(cols)
@@ -214,8 +231,11 @@ def import_partition(folder: Path, index: int, suffix: str, schema: pa.Schema | 
         f = pq.read_table(failed_path)
         f_cols = {c: f.column(c) for c in SCALARS}
         f_cols["image_emb"] = pa.nulls(f.num_rows, vec)
-        f_cols["text_emb"] = (f.column("text_emb").cast(vec) if "text_emb" in f.column_names
-                              else pa.nulls(f.num_rows, vec))
+        f_cols["text_emb"] = (
+            f.column("text_emb").cast(vec)
+            if "text_emb" in f.column_names
+            else pa.nulls(f.num_rows, vec)
+        )
         failed = pa.table({name: f_cols[name] for name in table.column_names}).cast(table.schema)
         table = pa.concat_tables([table, failed])
         files["failed"] = str(failed_path)

@@ -41,8 +41,24 @@ from pipelines.decode import DEFAULT_MAX_BYTES, IMAGE_EXTENSIONS, decode_caption
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FIELD_PRIORITY = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "jfif", "ppm",
-                        "pgm", "pbm", "ico", "tga", "avif", "mpo")
+IMAGE_FIELD_PRIORITY = (
+    "jpg",
+    "jpeg",
+    "png",
+    "webp",
+    "gif",
+    "bmp",
+    "tif",
+    "tiff",
+    "jfif",
+    "ppm",
+    "pgm",
+    "pbm",
+    "ico",
+    "tga",
+    "avif",
+    "mpo",
+)
 PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "image", "img", "image_bytes", "bytes")
 PARQUET_CAPTION_COLUMNS = ("caption", "txt", "text", "TEXT")
 PARQUET_URL_COLUMNS = ("url", "URL", "image_path")
@@ -177,8 +193,9 @@ def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def iter_tar_samples(fileobj: Any, report: dict[str, Any],
-                     max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[TarSample]:
+def iter_tar_samples(
+    fileobj: Any, report: dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[TarSample]:
     """Stream a (possibly compressed) tar as webdataset samples; never extracts to disk.
 
     ``report`` receives ``members``, ``rejected_members`` and, when the tar is damaged or
@@ -233,8 +250,10 @@ def iter_tar_samples(fileobj: Any, report: dict[str, Any],
                 current.problems.append(f"tar member {reading!r} truncated ({exc})")
     plain = getattr(tf.fileobj, "comptype", "") == "tar"
     if "damaged" not in report and plain and not fileobj.ends_with_zero_block():
-        report["damaged"] = ("tar ends without its end-of-archive blocks (truncated at a member "
-                             f"boundary after {report['members']} members?)")
+        report["damaged"] = (
+            "tar ends without its end-of-archive blocks (truncated at a member "
+            f"boundary after {report['members']} members?)"
+        )
     if current is not None:
         yield current
 
@@ -276,8 +295,9 @@ def load_manifest(path: str) -> dict[str, dict[str, Any]]:
     return {str(r["key"]): r for r in sorted(rows, key=lambda r: str(r["key"]))}
 
 
-def read_webdataset_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
-                          max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Sample]:
+def read_webdataset_shard(
+    spec: ShardSpec, report: dict[str, Any] | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[Sample]:
     """Samples of one img2dataset shard (tar joined with its parquet manifest)."""
     report = {} if report is None else report
     manifest: dict[str, dict[str, Any]] | None = None
@@ -302,7 +322,8 @@ def read_webdataset_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
                     yield Sample(key, spec.index).fail(
                         "failed_to_decode",
                         f"sample key {ts.key!r} appears again later in the tar (members of one "
-                        f"sample must be consecutive): {', '.join(ts.members)}")
+                        f"sample must be consecutive): {', '.join(ts.members)}",
+                    )
                     continue
                 row = manifest.pop(ts.key, None) if manifest is not None else None
                 if manifest is not None and row is None:
@@ -333,9 +354,16 @@ def _json_meta(fields: dict[str, bytes]) -> dict[str, Any]:
 def _manifest_sample(shard: int, key: str, row: dict[str, Any]) -> Sample:
     status, error = normalize_status(row.get("status"), row.get("error_message"))
     caption, problem = decode_caption(row.get("caption"))
-    s = Sample(key, shard, url=row.get("url"), caption=caption, caption_problem=problem,
-               sha256=row.get("sha256"), width=_as_int(row.get("width")),
-               height=_as_int(row.get("height")))
+    s = Sample(
+        key,
+        shard,
+        url=row.get("url"),
+        caption=caption,
+        caption_problem=problem,
+        sha256=row.get("sha256"),
+        width=_as_int(row.get("width")),
+        height=_as_int(row.get("height")),
+    )
     if status != "ok":
         s.fail(status, error or status)
     return s
@@ -350,10 +378,17 @@ def _wds_sample(shard: int, ts: TarSample, row: dict[str, Any] | None) -> Sample
     else:
         caption, problem = decode_caption(source.get("caption"))
     image = _pick_image(ts.fields)
-    s = Sample(ts.key, shard, url=source.get("url"), caption=caption, caption_problem=problem,
-               sha256=source.get("sha256") or _sha256(image),
-               width=_as_int(source.get("width")), height=_as_int(source.get("height")),
-               image=image)
+    s = Sample(
+        ts.key,
+        shard,
+        url=source.get("url"),
+        caption=caption,
+        caption_problem=problem,
+        sha256=source.get("sha256") or _sha256(image),
+        width=_as_int(source.get("width")),
+        height=_as_int(source.get("height")),
+        image=image,
+    )
     if status == "hash_mismatch" and image is not None:  # kept by the download: embed, flagged
         s.status, s.error = status, error
         return s
@@ -361,7 +396,8 @@ def _wds_sample(shard: int, ts: TarSample, row: dict[str, Any] | None) -> Sample
         return s.fail(status, error or status)
     if image is None:
         why = "; ".join(ts.problems) or (
-            f"no image member in tar sample (members: {', '.join(ts.members)})")
+            f"no image member in tar sample (members: {', '.join(ts.members)})"
+        )
         return s.fail("failed_to_decode", why)
     if ts.problems:
         s.error = "; ".join(ts.problems)
@@ -388,9 +424,12 @@ def _first(names: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((c for c in candidates if c in names), None)
 
 
-def read_parquet_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
-                       max_bytes: int = DEFAULT_MAX_BYTES,
-                       batch_size: int = 256) -> Iterator[Sample]:
+def read_parquet_shard(
+    spec: ShardSpec,
+    report: dict[str, Any] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    batch_size: int = 256,
+) -> Iterator[Sample]:
     """Samples of a parquet file with image bytes; keys from ``key`` or ``NNNNNRRRR``."""
     report = {} if report is None else report
     with _open(spec.path) as fh:
@@ -408,20 +447,34 @@ def read_parquet_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
                 key = row.get("key")
                 key = str(key) if key is not None else f"{spec.index:05d}{row_index:0{width}d}"
                 row_index += 1
-                yield _parquet_sample(spec.index, key, row, image_col, cap_col, url_col,
-                                      max_bytes)
+                yield _parquet_sample(spec.index, key, row, image_col, cap_col, url_col, max_bytes)
 
 
-def _parquet_sample(shard: int, key: str, row: dict[str, Any], image_col: str | None,
-                    cap_col: str | None, url_col: str | None, max_bytes: int) -> Sample:
+def _parquet_sample(
+    shard: int,
+    key: str,
+    row: dict[str, Any],
+    image_col: str | None,
+    cap_col: str | None,
+    url_col: str | None,
+    max_bytes: int,
+) -> Sample:
     status, error = normalize_status(row.get("status"), row.get("error_message"))
     caption, problem = decode_caption(row.get(cap_col) if cap_col else None)
     image = row.get(image_col) if image_col else None
     if isinstance(image, dict):
         image = image.get("bytes")
-    s = Sample(key, shard, url=row.get(url_col) if url_col else None, caption=caption,
-               caption_problem=problem, sha256=row.get("sha256") or _sha256(image),
-               width=_as_int(row.get("width")), height=_as_int(row.get("height")), image=image)
+    s = Sample(
+        key,
+        shard,
+        url=row.get(url_col) if url_col else None,
+        caption=caption,
+        caption_problem=problem,
+        sha256=row.get("sha256") or _sha256(image),
+        width=_as_int(row.get("width")),
+        height=_as_int(row.get("height")),
+        image=image,
+    )
     if status == "hash_mismatch" and image is not None:
         s.status, s.error = status, error
         return s
@@ -432,14 +485,16 @@ def _parquet_sample(shard: int, key: str, row: dict[str, Any], image_col: str | 
     if image is None:
         return s.fail("failed_to_decode", f"no image bytes in column {image_col!r}")
     if len(image) > max_bytes:
-        return s.fail("failed_to_decode",
-                      f"image file too large: {len(image)} bytes > max_bytes {max_bytes}")
+        return s.fail(
+            "failed_to_decode", f"image file too large: {len(image)} bytes > max_bytes {max_bytes}"
+        )
     return s
 
 
 # ---- folder of images -----------------------------------------------------------------------
-def read_folder_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
-                      max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Sample]:
+def read_folder_shard(
+    spec: ShardSpec, report: dict[str, Any] | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[Sample]:
     """Image files with optional sidecar captions (``photo.jpg`` + ``photo.txt``)."""
     from apache_beam.io.filesystems import FileSystems
 
@@ -462,8 +517,10 @@ def read_folder_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
         try:
             size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
             if size > max_bytes:
-                s.fail("failed_to_decode",
-                       f"image file too large: {size} bytes > max_bytes {max_bytes}")
+                s.fail(
+                    "failed_to_decode",
+                    f"image file too large: {size} bytes > max_bytes {max_bytes}",
+                )
                 yield s
                 continue
             with _open(path) as fh:
@@ -483,8 +540,9 @@ READERS = {
 }
 
 
-def read_shard(spec: ShardSpec, report: dict[str, Any] | None = None,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Sample]:
+def read_shard(
+    spec: ShardSpec, report: dict[str, Any] | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[Sample]:
     """Samples of any shard kind; ``report`` collects per-shard notes (damage, rejections)."""
     return READERS[spec.kind](spec, report, max_bytes=max_bytes)
 
@@ -556,17 +614,29 @@ def match_shards(source: str, folder_shard_size: int = 10_000) -> list[ShardSpec
             if FileSystems.exists(manifest):
                 files.append(manifest)
     else:
-        files = (_match(FileSystems.join(src, "*.tar")) + _match(FileSystems.join(src, "*.tar.gz"))
-                 + _match(FileSystems.join(src, "*.tgz")) + _match(FileSystems.join(src, "*.parquet")))
+        files = (
+            _match(FileSystems.join(src, "*.tar"))
+            + _match(FileSystems.join(src, "*.tar.gz"))
+            + _match(FileSystems.join(src, "*.tgz"))
+            + _match(FileSystems.join(src, "*.parquet"))
+        )
         if not files:
-            images = [p for p in _match(FileSystems.join(src, "**"))
-                      if PurePosixPath(p).suffix.lower().lstrip(".") in IMAGE_EXTENSIONS]
+            images = [
+                p
+                for p in _match(FileSystems.join(src, "**"))
+                if PurePosixPath(p).suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+            ]
             rels = sorted(str(PurePosixPath(p).relative_to(src)) for p in images)
-            rels = [r for r in rels if not any(part.startswith((".", "_"))
-                                               for part in PurePosixPath(r).parts)]
+            rels = [
+                r
+                for r in rels
+                if not any(part.startswith((".", "_")) for part in PurePosixPath(r).parts)
+            ]
             size = max(1, folder_shard_size)
-            return [ShardSpec(i, "folder", src, files=tuple(rels[s:s + size]))
-                    for i, s in enumerate(range(0, len(rels), size))]
+            return [
+                ShardSpec(i, "folder", src, files=tuple(rels[s : s + size]))
+                for i, s in enumerate(range(0, len(rels), size))
+            ]
     files = [f for f in files if not PurePosixPath(f).name.startswith(("_", "."))]
     tars = {_stem(f): f for f in files if not f.endswith(".parquet")}
     parquets = {_stem(f): f for f in files if f.endswith(".parquet")}
@@ -580,10 +650,11 @@ def match_shards(source: str, folder_shard_size: int = 10_000) -> list[ShardSpec
             specs.append((stem, "parquet", pq_path, None))
         else:  # a manifest whose tar is missing (e.g. img2dataset failed the whole shard)
             specs.append((stem, "webdataset", _stem_path(pq_path) + ".tar", pq_path))
-    specs.sort(key=lambda s: (s[0].zfill(20) if s[0].isdigit() else s[0]))
+    specs.sort(key=lambda s: s[0].zfill(20) if s[0].isdigit() else s[0])
     indices = _numbered([s[0] for s in specs])
-    return [ShardSpec(i, kind, path, manifest) for i, (_, kind, path, manifest)
-            in zip(indices, specs)]
+    return [
+        ShardSpec(i, kind, path, manifest) for i, (_, kind, path, manifest) in zip(indices, specs)
+    ]
 
 
 def source_keys(spec: ShardSpec) -> list[str] | None:

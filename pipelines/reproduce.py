@@ -78,9 +78,14 @@ class GenerationSettings:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings an image depends on (batch size and device are not among them)."""
-        return {"generator": self.generator, "steps": self.steps, "guidance": self.guidance,
-                "height": self.height, "width": self.width,
-                "negative_prompt": self.negative_prompt}
+        return {
+            "generator": self.generator,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "height": self.height,
+            "width": self.width,
+            "negative_prompt": self.negative_prompt,
+        }
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,9 @@ class ChunkTask:
         return f"chunk-{self.seed_start:06d}-{self.seed_stop:06d}"
 
 
-def plan_chunks(prompts: Sequence[tuple[str, str]], n: int, chunk_size: int,
-                seed_offset: int = 0) -> list[ChunkTask]:
+def plan_chunks(
+    prompts: Sequence[tuple[str, str]], n: int, chunk_size: int, seed_offset: int = 0
+) -> list[ChunkTask]:
     """Chunks of ``chunk_size`` seeds covering seeds ``seed_offset .. seed_offset + n - 1`` for
     each ``(prompt_id, prompt)``. Boundaries are multiples of ``chunk_size`` counted from the
     offset, so a rerun with a larger ``n`` reuses every earlier chunk but the last partial one."""
@@ -204,8 +210,9 @@ class SeededGenerator:
             return int(height), int(width)
         unet = getattr(self.pipe, "unet", None)
         if unet is None:
-            raise ValueError(f"{type(self.pipe).__name__} has no default image size: pass "
-                             "--height and --width")
+            raise ValueError(
+                f"{type(self.pipe).__name__} has no default image size: pass --height and --width"
+            )
         s = unet.config.sample_size
         s = s[0] if isinstance(s, (list, tuple)) else s
         default = int(s) * int(getattr(self.pipe, "vae_scale_factor", 8))
@@ -225,31 +232,46 @@ class SeededGenerator:
         shape = self._latent_shape(height, width)
         if shape is None:
             raise ValueError("this pipeline has no UNet latent shape")
-        return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)),
-                                        dtype=torch.float32) for s in seeds])
+        return torch.stack(
+            [
+                torch.randn(
+                    shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32
+                )
+                for s in seeds
+            ]
+        )
 
-    def generate(self, prompt: str, seeds: Sequence[int], settings: GenerationSettings
-                 ) -> list[Any]:
+    def generate(
+        self, prompt: str, seeds: Sequence[int], settings: GenerationSettings
+    ) -> list[Any]:
         """PIL images, one per seed, in order."""
         import torch
 
         h, w = self.resolve_size(settings.height, settings.width)
         kwargs: dict[str, Any] = dict(
-            prompt=[prompt] * len(seeds), num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance, height=h, width=w, output_type="pil",
+            prompt=[prompt] * len(seeds),
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            height=h,
+            width=w,
+            output_type="pil",
             generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
         )
         if settings.negative_prompt:
             kwargs["negative_prompt"] = [settings.negative_prompt] * len(seeds)
         if self._latent_shape(h, w) is not None:
-            kwargs["latents"] = self.initial_latents(seeds, h, w).to(self.device,
-                                                                      dtype=self.dtype)
+            kwargs["latents"] = self.initial_latents(seeds, h, w).to(self.device, dtype=self.dtype)
         with torch.inference_mode():
             out = self.pipe(**kwargs)
         return list(out.images)
 
-    def triage(self, prompts: Sequence[str], seeds: Sequence[int], settings: GenerationSettings,
-               batch_size: int = 16) -> np.ndarray:
+    def triage(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        settings: GenerationSettings,
+        batch_size: int = 16,
+    ) -> np.ndarray:
         """Wen et al.'s score per (prompt, seed): ``||eps(x_T, c) - eps(x_T, empty)||_2`` at the
         first timestep of the ``settings.steps`` schedule, from the seed's initial latents.
         Returns a (len(prompts), len(seeds)) float64 array. Needs a UNet pipeline with
@@ -260,7 +282,8 @@ class SeededGenerator:
         if getattr(pipe, "unet", None) is None or not hasattr(pipe, "encode_prompt"):
             raise NotImplementedError(
                 f"triage needs a Stable-Diffusion-style pipeline (unet + encode_prompt); "
-                f"{type(pipe).__name__} has none")
+                f"{type(pipe).__name__} has none"
+            )
         h, w = self.resolve_size(settings.height, settings.width)
         sched = pipe.scheduler
         sched.set_timesteps(settings.steps, device=self.device)
@@ -271,27 +294,38 @@ class SeededGenerator:
         per = max(1, batch_size // max(1, len(seeds)))  # prompts per UNet call
         with torch.inference_mode():
             for a in range(0, len(prompts), per):
-                group = list(prompts[a:a + per])
+                group = list(prompts[a : a + per])
                 cond, uncond = pipe.encode_prompt(
-                    group, self.device, len(seeds), True,
-                    negative_prompt=[settings.negative_prompt or ""] * len(group))
+                    group,
+                    self.device,
+                    len(seeds),
+                    True,
+                    negative_prompt=[settings.negative_prompt or ""] * len(group),
+                )
                 x = lat.repeat(len(group), 1, 1, 1)
                 x_in = sched.scale_model_input(torch.cat([x, x]), t0)
                 eps = pipe.unet(x_in, t0, encoder_hidden_states=torch.cat([uncond, cond])).sample
                 e_u, e_c = eps.float().chunk(2)
                 norms = (e_c - e_u).flatten(1).norm(dim=1).cpu().numpy()
-                out[a:a + len(group)] = norms.reshape(len(group), len(seeds))
+                out[a : a + len(group)] = norms.reshape(len(group), len(seeds))
         return out
 
 
 # ---- one chunk ------------------------------------------------------------------------------
 def chunk_schema(dim: int) -> pa.Schema:
-    return pa.schema([
-        ("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()),
-        ("path", pa.string()), ("status", pa.string()), ("error", pa.string()),
-        ("width", pa.int32()), ("height", pa.int32()),
-        ("image_emb", pa.list_(pa.float16(), dim)),
-    ])
+    return pa.schema(
+        [
+            ("prompt_id", pa.string()),
+            ("prompt", pa.string()),
+            ("seed", pa.int64()),
+            ("path", pa.string()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("image_emb", pa.list_(pa.float16(), dim)),
+        ]
+    )
 
 
 def _vectors(vecs: list[np.ndarray | None], dim: int) -> pa.Array:
@@ -301,8 +335,9 @@ def _vectors(vecs: list[np.ndarray | None], dim: int) -> pa.Array:
         if v is not None:
             values[i] = np.asarray(v, dtype=np.float16).reshape(-1)
             valid[i] = True
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim,
-                                             mask=pa.array(~valid))
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(values.reshape(-1)), dim, mask=pa.array(~valid)
+    )
 
 
 @dataclass
@@ -320,9 +355,14 @@ class ChunkResult:
     errors: list[str] = field(default_factory=list)
 
 
-def generate_chunk(gen: SeededGenerator, encode: Callable[[list[Any]], np.ndarray] | None,
-                   task: ChunkTask, settings: GenerationSettings, out_root: str | Path,
-                   dim: int | None = None) -> ChunkResult:
+def generate_chunk(
+    gen: SeededGenerator,
+    encode: Callable[[list[Any]], np.ndarray] | None,
+    task: ChunkTask,
+    settings: GenerationSettings,
+    out_root: str | Path,
+    dim: int | None = None,
+) -> ChunkResult:
     """Generate, embed and write one chunk unless it is already finished (then ``skipped``).
 
     Images are written as ``<out_root>/<prompt_id>/<seed>.png`` (paths in the parquet are
@@ -337,7 +377,7 @@ def generate_chunk(gen: SeededGenerator, encode: Callable[[list[Any]], np.ndarra
     images: list[Any | None] = []
     errors: list[str | None] = []
     for a in range(0, len(seeds), settings.batch_size):
-        batch = seeds[a:a + settings.batch_size]
+        batch = seeds[a : a + settings.batch_size]
         try:
             imgs = gen.generate(task.prompt, batch, settings)
             if len(imgs) != len(batch):
@@ -345,8 +385,14 @@ def generate_chunk(gen: SeededGenerator, encode: Callable[[list[Any]], np.ndarra
             images.extend(imgs)
             errors.extend([None] * len(batch))
         except Exception as exc:  # noqa: BLE001 - recorded per seed, chunk retried on rerun
-            logger.warning("%s seeds %d-%d failed: %s: %s", task.prompt_id, batch[0], batch[-1],
-                           type(exc).__name__, exc)
+            logger.warning(
+                "%s seeds %d-%d failed: %s: %s",
+                task.prompt_id,
+                batch[0],
+                batch[-1],
+                type(exc).__name__,
+                exc,
+            )
             images.extend([None] * len(batch))
             errors.extend([f"{type(exc).__name__}: {exc}"] * len(batch))
     ok_idx = [i for i, im in enumerate(images) if im is not None]
@@ -362,8 +408,7 @@ def generate_chunk(gen: SeededGenerator, encode: Callable[[list[Any]], np.ndarra
                 else:
                     status[i], errors[i] = FAILED_TO_EMBED, "non-finite image embedding"
         except Exception as exc:  # noqa: BLE001 - recorded, chunk retried on rerun
-            logger.warning("%s: embedding failed: %s: %s", task.prompt_id, type(exc).__name__,
-                           exc)
+            logger.warning("%s: embedding failed: %s: %s", task.prompt_id, type(exc).__name__, exc)
             for i in ok_idx:
                 status[i], errors[i] = FAILED_TO_EMBED, f"{type(exc).__name__}: {exc}"
     if dim is None:
@@ -375,34 +420,63 @@ def generate_chunk(gen: SeededGenerator, encode: Callable[[list[Any]], np.ndarra
             _write_bytes(root / rel, png_bytes(im))
         paths.append(rel if im is not None else None)
     sizes = [(im.width, im.height) if im is not None else (None, None) for im in images]
-    table = pa.table([
-        pa.array([task.prompt_id] * len(seeds), pa.string()),
-        pa.array([task.prompt] * len(seeds), pa.string()),
-        pa.array(seeds, pa.int64()),
-        pa.array(paths, pa.string()),
-        pa.array(status, pa.string()),
-        pa.array(errors, pa.string()),
-        pa.array([w for w, _ in sizes], pa.int32()),
-        pa.array([h for _, h in sizes], pa.int32()),
-        _vectors(emb, dim),
-    ], schema=chunk_schema(dim))
+    table = pa.table(
+        [
+            pa.array([task.prompt_id] * len(seeds), pa.string()),
+            pa.array([task.prompt] * len(seeds), pa.string()),
+            pa.array(seeds, pa.int64()),
+            pa.array(paths, pa.string()),
+            pa.array(status, pa.string()),
+            pa.array(errors, pa.string()),
+            pa.array([w for w, _ in sizes], pa.int32()),
+            pa.array([h for _, h in sizes], pa.int32()),
+            _vectors(emb, dim),
+        ],
+        schema=chunk_schema(dim),
+    )
     part, marker = chunk_paths(root, task)
     with _atomic(part) as tmp:
         pq.write_table(table, tmp)
     n_failed = sum(st != OK for st in status)
-    _write_json(marker, {"finished": time.time(), "rows": len(seeds), "failed": n_failed,
-                         "fingerprint": settings.fingerprint(), "prompt": task.prompt,
-                         "batch_size": settings.batch_size, "device": gen.device,
-                         "dtype": str(gen.dtype)})
-    logger.info("%s %s: %d images in %.1f s", task.prompt_id, task.name, len(ok_idx),
-                time.perf_counter() - t0)
+    _write_json(
+        marker,
+        {
+            "finished": time.time(),
+            "rows": len(seeds),
+            "failed": n_failed,
+            "fingerprint": settings.fingerprint(),
+            "prompt": task.prompt,
+            "batch_size": settings.batch_size,
+            "device": gen.device,
+            "dtype": str(gen.dtype),
+        },
+    )
+    logger.info(
+        "%s %s: %d images in %.1f s",
+        task.prompt_id,
+        task.name,
+        len(ok_idx),
+        time.perf_counter() - t0,
+    )
     if n_failed:  # keep the rows for inspection, but let a rerun retry the chunk
-        logger.warning("%s %s: %d of %d seeds failed; rerun to retry", task.prompt_id, task.name,
-                       n_failed, len(seeds))
-    return ChunkResult(task.prompt_id, task.seed_start, task.seed_stop, "generated",
-                       n_ok=len(seeds) - n_failed, n_failed=n_failed,
-                       seconds=time.perf_counter() - t0, images=len(ok_idx),
-                       errors=sorted({e for e in errors if e})[:3])
+        logger.warning(
+            "%s %s: %d of %d seeds failed; rerun to retry",
+            task.prompt_id,
+            task.name,
+            n_failed,
+            len(seeds),
+        )
+    return ChunkResult(
+        task.prompt_id,
+        task.seed_start,
+        task.seed_stop,
+        "generated",
+        n_ok=len(seeds) - n_failed,
+        n_failed=n_failed,
+        seconds=time.perf_counter() - t0,
+        images=len(ok_idx),
+        errors=sorted({e for e in errors if e})[:3],
+    )
 
 
 # ---- Beam -----------------------------------------------------------------------------------
@@ -411,10 +485,15 @@ class GenerateChunkFn(beam.DoFn):
     loaded once per worker in ``setup``. ``on_chunk`` is called after each chunk (progress, or a
     test simulating a crash)."""
 
-    def __init__(self, generator_builder: GeneratorBuilder,
-                 encoder_builder: EncoderBuilder | None, settings: GenerationSettings,
-                 out_root: str, dim: int | None = None,
-                 on_chunk: Callable[[ChunkResult], None] | None = None) -> None:
+    def __init__(
+        self,
+        generator_builder: GeneratorBuilder,
+        encoder_builder: EncoderBuilder | None,
+        settings: GenerationSettings,
+        out_root: str,
+        dim: int | None = None,
+        on_chunk: Callable[[ChunkResult], None] | None = None,
+    ) -> None:
         self.generator_builder = generator_builder
         self.encoder_builder = encoder_builder
         self.settings = settings
@@ -435,8 +514,9 @@ class GenerateChunkFn(beam.DoFn):
             counter(METRICS_NAMESPACE, "chunks_skipped").inc()
         else:
             assert self._gen is not None, "setup() did not run"
-            res = generate_chunk(self._gen, self._encode, task, self.settings, self.out_root,
-                                 self.dim)
+            res = generate_chunk(
+                self._gen, self._encode, task, self.settings, self.out_root, self.dim
+            )
             counter(METRICS_NAMESPACE, "chunks_generated").inc()
             counter(METRICS_NAMESPACE, "images_generated").inc(res.images)
             counter(METRICS_NAMESPACE, "images_failed").inc(res.n_failed)
@@ -445,11 +525,18 @@ class GenerateChunkFn(beam.DoFn):
         yield res
 
 
-def run_generation(tasks: Sequence[ChunkTask], generator_builder: GeneratorBuilder,
-                   encoder_builder: EncoderBuilder | None, settings: GenerationSettings,
-                   out_root: str | Path, *, dim: int | None = None, options: Any = None,
-                   runner: Any = None,
-                   on_chunk: Callable[[ChunkResult], None] | None = None) -> dict[str, int]:
+def run_generation(
+    tasks: Sequence[ChunkTask],
+    generator_builder: GeneratorBuilder,
+    encoder_builder: EncoderBuilder | None,
+    settings: GenerationSettings,
+    out_root: str | Path,
+    *,
+    dim: int | None = None,
+    options: Any = None,
+    runner: Any = None,
+    on_chunk: Callable[[ChunkResult], None] | None = None,
+) -> dict[str, int]:
     """Run the Beam pipeline over ``tasks`` (DirectRunner in-process by default).
 
     Returns counters ``chunks``, ``chunks_skipped``, ``chunks_generated``, ``images_generated``,
@@ -458,8 +545,13 @@ def run_generation(tasks: Sequence[ChunkTask], generator_builder: GeneratorBuild
     if settings.height is None or settings.width is None:
         raise ValueError("resolve settings.height and settings.width before planning chunks")
     todo = [t for t in tasks if not chunk_done(out_root, t, settings)]
-    counts = {"chunks": len(tasks), "chunks_skipped": len(tasks) - len(todo),
-              "chunks_generated": 0, "images_generated": 0, "images_failed": 0}
+    counts = {
+        "chunks": len(tasks),
+        "chunks_skipped": len(tasks) - len(todo),
+        "chunks_generated": 0,
+        "images_generated": 0,
+        "images_failed": 0,
+    }
     if not todo:
         logger.info("all %d chunks already finished; nothing to generate", len(tasks))
         return counts
@@ -467,12 +559,14 @@ def run_generation(tasks: Sequence[ChunkTask], generator_builder: GeneratorBuild
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         runner = FnApiRunner()
-    fn = GenerateChunkFn(generator_builder, encoder_builder, settings, str(out_root), dim,
-                         on_chunk)
+    fn = GenerateChunkFn(generator_builder, encoder_builder, settings, str(out_root), dim, on_chunk)
     p = beam.Pipeline(runner=runner, options=options)
-    _ = (p | "Chunks" >> beam.Create(todo, reshuffle=False)
-         | "Spread" >> beam.Reshuffle()
-         | "Generate" >> beam.ParDo(fn))
+    _ = (
+        p
+        | "Chunks" >> beam.Create(todo, reshuffle=False)
+        | "Spread" >> beam.Reshuffle()
+        | "Generate" >> beam.ParDo(fn)
+    )
     result = p.run()
     result.wait_until_finish()
     for t in todo:
@@ -485,8 +579,9 @@ def run_generation(tasks: Sequence[ChunkTask], generator_builder: GeneratorBuild
     return counts
 
 
-def read_chunks(out_root: str | Path, tasks: Sequence[ChunkTask],
-                settings: GenerationSettings) -> pa.Table | None:
+def read_chunks(
+    out_root: str | Path, tasks: Sequence[ChunkTask], settings: GenerationSettings
+) -> pa.Table | None:
     """The rows of every finished chunk among ``tasks`` (chunks with failures included, so the
     failures are counted), concatenated; None when there are none."""
     tables = []

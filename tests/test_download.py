@@ -15,8 +15,14 @@ import pytest
 from audit.cli import main as cli_main
 from pipelines.download import DownloadSettings, key_for, prepare_url_list, reconcile
 
-TESTBED_RATES = dict(clean_rate=0.0, missing_rate=0.06, split_view_rate=0.06,
-                     truncated_rate=0.04, zero_byte_rate=0.04, wrong_format_rate=0.04)
+TESTBED_RATES = dict(
+    clean_rate=0.0,
+    missing_rate=0.06,
+    split_view_rate=0.06,
+    truncated_rate=0.04,
+    zero_byte_rate=0.04,
+    wrong_format_rate=0.04,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,9 @@ def tar_keys(ws: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_download_testbed_over_loopback(testbed: Path, tmp_path: Path,
-                                        capfd: pytest.CaptureFixture) -> None:
+def test_download_testbed_over_loopback(
+    testbed: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     from audit.testbed.generate import load_truth, write_url_list
     from audit.testbed.server import serve_testbed
 
@@ -66,8 +73,11 @@ def test_download_testbed_over_loopback(testbed: Path, tmp_path: Path,
             t = truth[r["key"]]
             kind = t["broken_kind"]
             kinds[kind] += 1
-            assert r["caption"] == t["caption"] and r["url"].endswith(t["file_name"]) or \
-                kind == "missing"
+            assert (
+                r["caption"] == t["caption"]
+                and r["url"].endswith(t["file_name"])
+                or kind == "missing"
+            )
             assert r["expected_sha256"] == t["sha256"]
             if kind == "missing":
                 assert r["status"] == "failed_to_download" and "404" in r["error_message"]
@@ -98,9 +108,14 @@ def test_download_testbed_over_loopback(testbed: Path, tmp_path: Path,
     from audit.workspace import Workspace
 
     emb = Workspace(ws).load_embeddings(columns=["key", "status", "image_emb"]).to_pylist()
-    want = {"missing": "failed_to_download", "split_view": "hash_mismatch",
-            "truncated": "failed_to_decode", "zero_byte": "failed_to_decode",
-            "wrong_format": "failed_to_decode", None: "ok"}
+    want = {
+        "missing": "failed_to_download",
+        "split_view": "hash_mismatch",
+        "truncated": "failed_to_decode",
+        "zero_byte": "failed_to_decode",
+        "wrong_format": "failed_to_decode",
+        None: "ok",
+    }
     got = Counter((truth[r["key"]]["broken_kind"], r["status"]) for r in emb)
     assert all(status == want[kind] for kind, status in got), got
     assert sum(got.values()) == len(truth)
@@ -121,14 +136,40 @@ def test_custom_columns_keep_mismatched_and_dead_host(testbed: Path, tmp_path: P
         links[1] = "http://127.0.0.1:9/closed-port.jpg"  # nothing listens there
         checks = t.column("sha256").to_pylist()
         checks[2] = None  # no expected hash for this row
-        table = pa.table({"link": links, "alt": t.column("TEXT"), "checksum": checks,
-                          "key": [f"src{i}" for i in range(30)],
-                          "similarity": [0.3] * 30})
+        table = pa.table(
+            {
+                "link": links,
+                "alt": t.column("TEXT"),
+                "checksum": checks,
+                "key": [f"src{i}" for i in range(30)],
+                "similarity": [0.3] * 30,
+            }
+        )
         csv = tmp_path / "list.csv"
         pcsv.write_csv(table, csv)
-        assert cli_main(["download", str(csv), "--out", str(ws), "-q", "--url-col", "link",
-                         "--caption-col", "alt", "--hash-col", "checksum", "--keep-mismatched",
-                         "--shard-size", "20", "--timeout", "3"]) == 0
+        assert (
+            cli_main(
+                [
+                    "download",
+                    str(csv),
+                    "--out",
+                    str(ws),
+                    "-q",
+                    "--url-col",
+                    "link",
+                    "--caption-col",
+                    "alt",
+                    "--hash-col",
+                    "checksum",
+                    "--keep-mismatched",
+                    "--shard-size",
+                    "20",
+                    "--timeout",
+                    "3",
+                ]
+            )
+            == 0
+        )
     rows = {r["key"]: r for r in shard_rows(ws)}
     keys = [key_for(i, 20)[1] for i in range(30)]
     assert sorted(rows) == keys and keys[20] == "0000100"  # img2dataset keys, 2 shards
@@ -154,23 +195,49 @@ def test_custom_columns_keep_mismatched_and_dead_host(testbed: Path, tmp_path: P
 
 def test_reconcile_adds_lost_rows_and_flags_mismatches(tmp_path: Path) -> None:
     s = DownloadSettings(shard_size=3)
-    urls, _ = prepare_url_list(pa.table({"URL": [f"http://x/{i}" for i in range(5)],
-                                         "TEXT": [f"c{i}" for i in range(5)],
-                                         "sha256": ["a", "b", "c", "d", "e"]}), s)
+    urls, _ = prepare_url_list(
+        pa.table(
+            {
+                "URL": [f"http://x/{i}" for i in range(5)],
+                "TEXT": [f"c{i}" for i in range(5)],
+                "sha256": ["a", "b", "c", "d", "e"],
+            }
+        ),
+        s,
+    )
     out = tmp_path / "shards"
     out.mkdir()
     k = [key_for(i, 3)[1] for i in range(5)]
-    pq.write_table(pa.Table.from_pylist([
-        {"key": k[0], "url": "http://x/0", "caption": "c0", "status": "success",
-         "error_message": None, "sha256": "a"},
-        {"key": k[2], "url": "http://x/2", "caption": "c2", "status": "failed_to_download",
-         "error_message": "hash mismatch", "sha256": None},
-    ]), out / "00000.parquet")  # row 1 lost; shard 1 (rows 3, 4) never written
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "key": k[0],
+                    "url": "http://x/0",
+                    "caption": "c0",
+                    "status": "success",
+                    "error_message": None,
+                    "sha256": "a",
+                },
+                {
+                    "key": k[2],
+                    "url": "http://x/2",
+                    "caption": "c2",
+                    "status": "failed_to_download",
+                    "error_message": "hash mismatch",
+                    "sha256": None,
+                },
+            ]
+        ),
+        out / "00000.parquet",
+    )  # row 1 lost; shard 1 (rows 3, 4) never written
     fixed, written = reconcile(out, urls, s, verify=True, hash_present=True)
     assert fixed == {"added_missing_rows": 3, "hash_mismatch": 1}
     assert written == k
     s0 = {r["key"]: r for r in pq.read_table(out / "00000.parquet").to_pylist()}
-    assert s0[k[1]]["status"] == "failed_to_download" and "not recorded" in s0[k[1]]["error_message"]
+    assert (
+        s0[k[1]]["status"] == "failed_to_download" and "not recorded" in s0[k[1]]["error_message"]
+    )
     assert s0[k[2]]["status"] == "hash_mismatch" and s0[k[2]]["expected_sha256"] == "c"
     s1 = pq.read_table(out / "00001.parquet").to_pylist()
     assert [r["status"] for r in s1] == ["failed_to_download"] * 2
@@ -179,19 +246,38 @@ def test_reconcile_adds_lost_rows_and_flags_mismatches(tmp_path: Path) -> None:
     assert reconcile(out, urls, s, verify=True, hash_present=True)[0] == {}
 
 
-def test_url_list_problems_are_input_errors(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
+def test_url_list_problems_are_input_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "list.parquet"
     pq.write_table(pa.table({"address": ["http://x/1"]}), bad)
     assert cli_main(["download", str(bad), "--out", str(tmp_path / "ws"), "-q"]) == 3
     assert "no url column" in capsys.readouterr().err
-    assert cli_main(["download", str(bad), "--out", str(tmp_path / "ws"), "-q",
-                     "--url-col", "address", "--caption-col", "nope"]) == 3
+    assert (
+        cli_main(
+            [
+                "download",
+                str(bad),
+                "--out",
+                str(tmp_path / "ws"),
+                "-q",
+                "--url-col",
+                "address",
+                "--caption-col",
+                "nope",
+            ]
+        )
+        == 3
+    )
     assert "caption column 'nope' not in the url list" in capsys.readouterr().err
-    assert cli_main(["download", str(tmp_path / "missing.csv"), "--out",
-                     str(tmp_path / "ws"), "-q"]) == 3
-    assert cli_main(["download", str(bad), "--out", str(tmp_path / "ws"), "-q",
-                     "--resize-mode", "stretch"]) == 2
+    assert (
+        cli_main(["download", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "ws"), "-q"])
+        == 3
+    )
+    assert (
+        cli_main(
+            ["download", str(bad), "--out", str(tmp_path / "ws"), "-q", "--resize-mode", "stretch"]
+        )
+        == 2
+    )
     txt = tmp_path / "list.xml"
     txt.write_text("<urls/>")
     assert cli_main(["download", str(txt), "--out", str(tmp_path / "ws"), "-q"]) == 3

@@ -47,8 +47,9 @@ class TinyModel:
     pretrained: str | None = None
 
     def args(self) -> list[str]:
-        return ["--model", self.name] + (["--pretrained", self.pretrained]
-                                         if self.pretrained else [])
+        return ["--model", self.name] + (
+            ["--pretrained", self.pretrained] if self.pretrained else []
+        )
 
     def loader(self):
         """Picklable: worker processes rebuild it by importing ``audit.models``."""
@@ -82,12 +83,20 @@ def jpeg(seed: int) -> bytes:
 
 def bomb_png() -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def add_member(tf: tarfile.TarFile, name: str, data: bytes = b"", link: str | None = None) -> None:
@@ -102,15 +111,24 @@ def add_member(tf: tarfile.TarFile, name: str, data: bytes = b"", link: str | No
     tf.addfile(ti, io.BytesIO(data))
 
 
-def manifest_row(key: str, status: str = "success", error: str | None = None,
-                 caption: str | None = "a caption") -> dict:
-    return {"key": key, "url": f"http://127.0.0.1/{key}.jpg", "caption": caption,
-            "status": status, "error_message": error, "sha256": None,
-            "width": None, "height": None}
+def manifest_row(
+    key: str, status: str = "success", error: str | None = None, caption: str | None = "a caption"
+) -> dict:
+    return {
+        "key": key,
+        "url": f"http://127.0.0.1/{key}.jpg",
+        "caption": caption,
+        "status": status,
+        "error_message": error,
+        "sha256": None,
+        "width": None,
+        "height": None,
+    }
 
 
-def write_simple_shard(folder: Path, index: int, n: int, seed: int = 0,
-                       failed: int = 0) -> list[str]:
+def write_simple_shard(
+    folder: Path, index: int, n: int, seed: int = 0, failed: int = 0
+) -> list[str]:
     """An img2dataset-like shard: n good samples (+ ``failed`` 404 rows); returns its keys."""
     folder.mkdir(parents=True, exist_ok=True)
     rows, keys = [], []
@@ -210,8 +228,11 @@ def write_bad_corpus(shards: Path) -> dict[str, tuple[str, str | None]]:
         m = tf.getmember(f"{keys[3]}.jpg")
     tar.write_bytes(data[: m.offset_data + m.size // 2])
     for i, key in enumerate(keys):
-        expect[key] = ("ok", None) if i < 3 else ("failed_to_decode", "truncated" if i == 3
-                                                  else "missing from tar")
+        expect[key] = (
+            ("ok", None)
+            if i < 3
+            else ("failed_to_decode", "truncated" if i == 3 else "missing from tar")
+        )
     return expect
 
 
@@ -254,7 +275,9 @@ def test_match_shards_layouts(tmp_path: Path) -> None:
     (tmp_path / "wds" / "00007.tar").unlink()  # manifest only: a shard that failed entirely
     specs = match_shards(str(tmp_path / "wds"))
     assert [(s.index, s.kind, Path(s.path).exists()) for s in specs] == [
-        (3, "webdataset", True), (7, "webdataset", False)]
+        (3, "webdataset", True),
+        (7, "webdataset", False),
+    ]
     samples = list(read_shard(specs[1]))
     assert [s.status for s in samples] == ["failed_to_decode"] * 2
     assert "tar file missing" in samples[0].error
@@ -268,22 +291,36 @@ def test_read_and_decode_transforms(tmp_path: Path) -> None:
     spec = match_shards(str(tmp_path))[0]
     with BeamTestPipeline() as p:
         read = p | beam.Create([spec]) | ReadSamples(chunk_size=2)
-        assert_that(read.chunks | "ChunkKeys" >> beam.Map(lambda c: [s.key for s in c]),
-                    equal_to([keys[0:2], keys[2:4], keys[4:5]]), label="chunks")
-        assert_that(read.failed | "FailedStatus" >> beam.MapTuple(
-            lambda i, r: (i, r["key"], r["status"])),
-            equal_to([(0, k, "failed_to_download") for k in keys[5:]]), label="failed")
-        assert_that(read.manifest | beam.MapTuple(lambda i, m: (i, sorted(m["keys"]))),
-                    equal_to([(0, sorted(keys))]), label="manifest")
+        assert_that(
+            read.chunks | "ChunkKeys" >> beam.Map(lambda c: [s.key for s in c]),
+            equal_to([keys[0:2], keys[2:4], keys[4:5]]),
+            label="chunks",
+        )
+        assert_that(
+            read.failed | "FailedStatus" >> beam.MapTuple(lambda i, r: (i, r["key"], r["status"])),
+            equal_to([(0, k, "failed_to_download") for k in keys[5:]]),
+            label="failed",
+        )
+        assert_that(
+            read.manifest | beam.MapTuple(lambda i, m: (i, sorted(m["keys"]))),
+            equal_to([(0, sorted(keys))]),
+            label="manifest",
+        )
 
     chunk = [s for s in read_shard(spec) if s.status == "ok"][:3]
     chunk[1].image = b"not an image"
     with BeamTestPipeline() as p:
         dec = p | beam.Create([chunk]) | DecodeSamples()
-        assert_that(dec.decoded | beam.Map(lambda c: [(e.sample.key, e.image.mode) for e in c]),
-                    equal_to([[(keys[0], "RGB"), (keys[2], "RGB")]]), label="decoded")
-        assert_that(dec.failed | beam.MapTuple(lambda i, r: (r["key"], r["status"])),
-                    equal_to([(keys[1], "failed_to_decode")]), label="decode_failed")
+        assert_that(
+            dec.decoded | beam.Map(lambda c: [(e.sample.key, e.image.mode) for e in c]),
+            equal_to([[(keys[0], "RGB"), (keys[2], "RGB")]]),
+            label="decoded",
+        )
+        assert_that(
+            dec.failed | beam.MapTuple(lambda i, r: (r["key"], r["status"])),
+            equal_to([(keys[1], "failed_to_decode")]),
+            label="decode_failed",
+        )
 
 
 def test_embed_shards_composite(tmp_path: Path, model: TinyModel) -> None:
@@ -299,12 +336,20 @@ def test_embed_shards_composite(tmp_path: Path, model: TinyModel) -> None:
     dim = int(net.encode_text(tok(["x"])).shape[-1])
     handler = ClipModelHandler(model.loader(), model_name=model.name)
     with BeamTestPipeline() as p:
-        stats = (p | beam.Create(specs)
-                 | EmbedShards(handler, writer, embedding_schema(dim), EmbedSettings(4)))
-        assert_that(stats, equal_to([
-            {"part": 0, "rows": 6, "counts": {"failed_to_download": 1, "ok": 5}},
-            {"part": 1, "rows": 3, "counts": {"ok": 3}},
-        ]))
+        stats = (
+            p
+            | beam.Create(specs)
+            | EmbedShards(handler, writer, embedding_schema(dim), EmbedSettings(4))
+        )
+        assert_that(
+            stats,
+            equal_to(
+                [
+                    {"part": 0, "rows": 6, "counts": {"failed_to_download": 1, "ok": 5}},
+                    {"part": 1, "rows": 3, "counts": {"ok": 3}},
+                ]
+            ),
+        )
     table = ws.load_embeddings()
     assert table.column("key").to_pylist() == sorted(k0) + sorted(k1)
     assert table.schema.equals(embedding_schema(dim), check_metadata=False)
@@ -349,11 +394,19 @@ def test_model_failure_becomes_failed_to_embed_rows(tmp_path: Path) -> None:
         ws.write_part(ws.part_path(index), table, info)
 
     with BeamTestPipeline() as p:
-        stats = (p | beam.Create(match_shards(str(tmp_path / "in")))
-                 | EmbedShards(ClipModelHandler(_broken_loader), writer, embedding_schema(8),
-                               EmbedSettings(2)))
-        assert_that(stats, equal_to([{"part": 0, "rows": 4, "counts": {
-            "failed_to_download": 1, "failed_to_embed": 3}}]))
+        stats = (
+            p
+            | beam.Create(match_shards(str(tmp_path / "in")))
+            | EmbedShards(
+                ClipModelHandler(_broken_loader), writer, embedding_schema(8), EmbedSettings(2)
+            )
+        )
+        assert_that(
+            stats,
+            equal_to(
+                [{"part": 0, "rows": 4, "counts": {"failed_to_download": 1, "failed_to_embed": 3}}]
+            ),
+        )
     rows = {r["key"]: r for r in ws.load_embeddings().to_pylist()}
     assert sorted(rows) == sorted(keys)
     assert "boom: out of memory" in rows[keys[0]]["error"] and rows[keys[0]]["image_emb"] is None
@@ -389,8 +442,9 @@ def test_bad_input_corpus(tmp_path: Path, model: TinyModel) -> None:
     assert info["dim"] == table.schema.field("image_emb").type.list_size
 
 
-def test_rerun_skips_parts_and_model_change_needs_overwrite(tmp_path: Path,
-                                                            model: TinyModel) -> None:
+def test_rerun_skips_parts_and_model_change_needs_overwrite(
+    tmp_path: Path, model: TinyModel
+) -> None:
     ws = tmp_path / "ws"
     write_simple_shard(ws / "shards", 0, 3)
     write_simple_shard(ws / "shards", 1, 3)
@@ -431,7 +485,8 @@ def test_parts_uri_for_cluster_runners(tmp_path: Path, model: TinyModel) -> None
     (ws / "embeddings" / "part-00001.SUCCESS").unlink()
     assert embed_cli(ws, model, "--parts-uri", str(shared)) == 0  # fetched, not recomputed
     assert (ws / "embeddings" / "part-00001.SUCCESS").read_bytes() == (
-        shared / "part-00001.SUCCESS").read_bytes()
+        shared / "part-00001.SUCCESS"
+    ).read_bytes()
     assert Workspace(ws).load_embeddings().num_rows == 6
 
 
@@ -459,8 +514,9 @@ def test_parquet_and_folder_sources(tmp_path: Path, model: TinyModel) -> None:
     assert len(list((ws / "embeddings").glob("part-*.parquet"))) == 2
 
 
-def test_bad_options_are_usage_errors(tmp_path: Path, model: TinyModel,
-                                      capsys: pytest.CaptureFixture) -> None:
+def test_bad_options_are_usage_errors(
+    tmp_path: Path, model: TinyModel, capsys: pytest.CaptureFixture
+) -> None:
     ws = tmp_path / "ws"
     write_simple_shard(ws / "shards", 0, 1)
     assert embed_cli(ws, model, "--direct_num_worker", "2") == 2
@@ -470,10 +526,22 @@ def test_bad_options_are_usage_errors(tmp_path: Path, model: TinyModel,
 
 
 def _subprocess_embed(ws: Path, model: TinyModel) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "audit", "embed", "-q", str(ws), *model.args(),
-           "--batch-size", "4", "--shards-per-run", "1"]
-    return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "audit",
+        "embed",
+        "-q",
+        str(ws),
+        *model.args(),
+        "--batch-size",
+        "4",
+        "--shards-per-run",
+        "1",
+    ]
+    return subprocess.Popen(
+        cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 @pytest.mark.slow
@@ -502,8 +570,9 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path: Path, model: Tiny
         assert (ref / "embeddings" / name).read_text() == (ws / "embeddings" / name).read_text()
 
 
-def run_pipeline(root: Path, model: TinyModel, beam_args: list[str] | None = None,
-                 dask_local: int | None = None) -> None:
+def run_pipeline(
+    root: Path, model: TinyModel, beam_args: list[str] | None = None, dask_local: int | None = None
+) -> None:
     """The embed pipeline on ``root/shards`` writing ``root/embeddings`` (no CLI)."""
     from audit.stages.embed import WorkspacePartWriter
     from pipelines.beam_options import beam_setup
@@ -515,9 +584,15 @@ def run_pipeline(root: Path, model: TinyModel, beam_args: list[str] | None = Non
     # CPU reductions split by thread, so bit-identical vectors need the same count
     handler = ClipModelHandler(model.loader(), model_name=model.name, pad_to=4, torch_threads=2)
     with beam_setup(beam_args or [], dask_local=dask_local) as setup:
-        run_embed(match_shards(str(root / "shards")), handler, WorkspacePartWriter(str(root)),
-                  embedding_schema(dim), options=setup.options, runner=setup.new_runner(),
-                  settings=EmbedSettings(4))
+        run_embed(
+            match_shards(str(root / "shards")),
+            handler,
+            WorkspacePartWriter(str(root)),
+            embedding_schema(dim),
+            options=setup.options,
+            runner=setup.new_runner(),
+            settings=EmbedSettings(4),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -531,8 +606,9 @@ def in_process_reference(tmp_path_factory: pytest.TempPathFactory, model: TinyMo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["multi_processing", "dask"])
-def test_multi_process_runners_match_in_process(tmp_path: Path, model: TinyModel, mode: str,
-                                                in_process_reference: Path) -> None:
+def test_multi_process_runners_match_in_process(
+    tmp_path: Path, model: TinyModel, mode: str, in_process_reference: Path
+) -> None:
     one, two = in_process_reference, tmp_path / "two"
     for i in range(3):
         write_simple_shard(two / "shards", i, 5, failed=1)
@@ -549,21 +625,28 @@ def test_multi_process_runners_match_in_process(tmp_path: Path, model: TinyModel
 def test_beam_options() -> None:
     from pipelines.beam_options import BeamOptionsError, beam_setup
 
-    with beam_setup(["--direct_num_workers", "3"], pickle_library="cloudpickle",
-                    direct_num_workers=1) as s:
+    with beam_setup(
+        ["--direct_num_workers", "3"], pickle_library="cloudpickle", direct_num_workers=1
+    ) as s:
         assert s.is_direct and s.runner_name == "DirectRunner"
         assert s.options.get_all_options()["direct_num_workers"] == 3  # flags win
         assert type(s.new_runner()).__name__ == "FnApiRunner"
     with beam_setup(["--runner=DataflowRunner", "--project", "p"]) as s:
         assert s.runner_name == "DataflowRunner" and not s.is_direct
-    with pytest.raises(BeamOptionsError, match="did you mean --temp_location"), \
-            beam_setup(["--temp_locaton", "gs://x"]):
+    with (
+        pytest.raises(BeamOptionsError, match="did you mean --temp_location"),
+        beam_setup(["--temp_locaton", "gs://x"]),
+    ):
         pass
-    with pytest.raises(BeamOptionsError, match="given twice"), \
-            beam_setup(["--runner", "FlinkRunner"], runner="SparkRunner"):
+    with (
+        pytest.raises(BeamOptionsError, match="given twice"),
+        beam_setup(["--runner", "FlinkRunner"], runner="SparkRunner"),
+    ):
         pass
-    with pytest.raises(BeamOptionsError, match="cannot be combined"), \
-            beam_setup([], runner="FlinkRunner", dask_local=2):
+    with (
+        pytest.raises(BeamOptionsError, match="cannot be combined"),
+        beam_setup([], runner="FlinkRunner", dask_local=2),
+    ):
         pass
 
 

@@ -25,25 +25,38 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
 def make_part(rng: np.random.Generator, prefix: str) -> pa.Table:
     """Every kind of row: ok, missing_caption (no text vector), embedded hash_mismatch, and
     failed rows with no vectors."""
-    statuses = ["ok", "ok", "missing_caption", "hash_mismatch", "failed_to_download",
-                "failed_to_decode", "ok"]
+    statuses = [
+        "ok",
+        "ok",
+        "missing_caption",
+        "hash_mismatch",
+        "failed_to_download",
+        "failed_to_decode",
+        "ok",
+    ]
     n = len(statuses)
     img, txt = unit(rng, n), unit(rng, n)
     has_img = [s in ("ok", "missing_caption", "hash_mismatch") for s in statuses]
     has_txt = [s in ("ok", "hash_mismatch") for s in statuses]
     rows = []
     for i, s in enumerate(statuses):
-        rows.append({
-            "key": f"{prefix}{i:04d}", "url": f"http://h/{prefix}{i}.jpg",
-            "caption": None if s == "missing_caption" else f"caption {i} é ✓",
-            "sha256": f"{i:064x}" if has_img[i] else None,
-            "width": 64 + i if has_img[i] else None, "height": 48 if has_img[i] else None,
-            "status": s, "error": None if s == "ok" else f"why {s}",
-            "image_emb": img[i].tolist() if has_img[i] else None,
-            "text_emb": txt[i].tolist() if has_txt[i] else None,
-            "clip_score": float(img[i].astype(np.float32) @ txt[i].astype(np.float32))
-            if has_img[i] and has_txt[i] else None,
-        })
+        rows.append(
+            {
+                "key": f"{prefix}{i:04d}",
+                "url": f"http://h/{prefix}{i}.jpg",
+                "caption": None if s == "missing_caption" else f"caption {i} é ✓",
+                "sha256": f"{i:064x}" if has_img[i] else None,
+                "width": 64 + i if has_img[i] else None,
+                "height": 48 if has_img[i] else None,
+                "status": s,
+                "error": None if s == "ok" else f"why {s}",
+                "image_emb": img[i].tolist() if has_img[i] else None,
+                "text_emb": txt[i].tolist() if has_txt[i] else None,
+                "clip_score": float(img[i].astype(np.float32) @ txt[i].astype(np.float32))
+                if has_img[i] and has_txt[i]
+                else None,
+            }
+        )
     return pa.Table.from_pylist(rows, schema=embedding_schema(DIM))
 
 
@@ -52,8 +65,10 @@ def make_workspace(root: Path, indices: tuple[int, ...] = (0, 12)) -> Workspace:
     rng = np.random.default_rng(0)
     for i in indices:
         ws.write_part(ws.part_path(i), make_part(rng, f"{i:05d}"))
-    ws.write_json(ws.embeddings_dir / "model.json",
-                  {"name": "tiny-synth", "pretrained": "x.safetensors", "dim": DIM})
+    ws.write_json(
+        ws.embeddings_dir / "model.json",
+        {"name": "tiny-synth", "pretrained": "x.safetensors", "dim": DIM},
+    )
     return ws
 
 
@@ -61,8 +76,10 @@ def test_export_import_round_trip_is_lossless(tmp_path: Path) -> None:
     src = make_workspace(tmp_path / "ws")
     out = tmp_path / "export"
     assert cli_main(["export-embeddings", str(src.root), "--out", str(out), "-q"]) == 0
-    assert sorted(p.name for p in (out / "img_emb").iterdir()) == ["img_emb_00.npy",
-                                                                  "img_emb_12.npy"]
+    assert sorted(p.name for p in (out / "img_emb").iterdir()) == [
+        "img_emb_00.npy",
+        "img_emb_12.npy",
+    ]
     img = np.load(out / "img_emb" / "img_emb_00.npy")
     txt = np.load(out / "text_emb" / "text_emb_00.npy")
     meta = pq.read_table(out / "metadata" / "metadata_00.parquet")
@@ -100,28 +117,57 @@ def write_clip_retrieval(folder: Path) -> None:
         (folder / sub).mkdir(parents=True)
     v = unit(rng, 3).astype(np.float32)  # float32 on purpose
     np.save(folder / "img_emb" / "img_emb_0.npy", v)
-    pd_meta = pa.table({"image_path": ["/data/a.jpg", "/data/b.jpg", "/data/c.jpg"],
-                        "caption": ["a", "b", "c"], "url": ["u1", "u2", "u3"],
-                        "status": ["success"] * 3, "error_message": [None] * 3,
-                        "width": [10, 20, 30], "NSFW": ["UNLIKELY"] * 3})
+    pd_meta = pa.table(
+        {
+            "image_path": ["/data/a.jpg", "/data/b.jpg", "/data/c.jpg"],
+            "caption": ["a", "b", "c"],
+            "url": ["u1", "u2", "u3"],
+            "status": ["success"] * 3,
+            "error_message": [None] * 3,
+            "width": [10, 20, 30],
+            "NSFW": ["UNLIKELY"] * 3,
+        }
+    )
     pq.write_table(pd_meta, folder / "metadata" / "metadata_0.parquet")
     w, t = unit(rng, 2), unit(rng, 2)
     np.save(folder / "img_emb" / "img_emb_1.npy", w)
     np.save(folder / "text_emb" / "text_emb_1.npy", t)
-    pq.write_table(pa.table({"image_path": ["k1", "k2"], "caption": ["x", "y"],
-                             "key": ["000010000", "000010001"]}),
-                   folder / "metadata" / "metadata_1.parquet")
+    pq.write_table(
+        pa.table(
+            {"image_path": ["k1", "k2"], "caption": ["x", "y"], "key": ["000010000", "000010001"]}
+        ),
+        folder / "metadata" / "metadata_1.parquet",
+    )
 
 
 def test_import_clip_retrieval_output_without_images(tmp_path: Path) -> None:
     src = tmp_path / "cr"
     write_clip_retrieval(src)
     ws = Workspace(tmp_path / "ws")
-    assert cli_main(["import-embeddings", str(src), "--out", str(ws.root), "--model",
-                     "ViT-L-14", "--pretrained", "openai", "-q"]) == 0
+    assert (
+        cli_main(
+            [
+                "import-embeddings",
+                str(src),
+                "--out",
+                str(ws.root),
+                "--model",
+                "ViT-L-14",
+                "--pretrained",
+                "openai",
+                "-q",
+            ]
+        )
+        == 0
+    )
     t = ws.load_embeddings()
-    assert t.column("key").to_pylist() == ["/data/a.jpg", "/data/b.jpg", "/data/c.jpg",
-                                           "000010000", "000010001"]
+    assert t.column("key").to_pylist() == [
+        "/data/a.jpg",
+        "/data/b.jpg",
+        "/data/c.jpg",
+        "000010000",
+        "000010001",
+    ]
     assert t.column("status").to_pylist() == ["ok"] * 5
     assert t.column("text_emb").null_count == 3 and t.column("clip_score").null_count == 3
     assert t.column("width").to_pylist()[:3] == [10, 20, 30]
@@ -134,15 +180,13 @@ def test_import_clip_retrieval_output_without_images(tmp_path: Path) -> None:
     assert info["dim"] == DIM and info["converted_from_float32"] is True
 
 
-def test_bad_layouts_and_existing_outputs(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
+def test_bad_layouts_and_existing_outputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src = tmp_path / "cr"
     write_clip_retrieval(src)
     ws = tmp_path / "ws"
     assert cli_main(["import-embeddings", str(tmp_path), "--out", str(ws), "-q"]) == 3
     assert "no img_emb/ folder" in capsys.readouterr().err
-    pq.write_table(pa.table({"caption": ["only one row"]}),
-                   src / "metadata" / "metadata_0.parquet")
+    pq.write_table(pa.table({"caption": ["only one row"]}), src / "metadata" / "metadata_0.parquet")
     assert cli_main(["import-embeddings", str(src), "--out", str(ws), "-q"]) == 3
     assert "metadata_0.parquet: 1 rows but" in capsys.readouterr().err
     make_workspace(ws)

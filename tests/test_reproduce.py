@@ -24,14 +24,25 @@ HAVE_TINY_SD = (ASSETS / "tiny-sd" / "model_index.json").is_file()
 HAVE_TINY_CLIP = (ASSETS / "tiny-synth" / "open_clip_model.safetensors").is_file()
 
 WORD_FINDING = {
-    "finding_id": "word:van gogh:0", "keyword": "van gogh", "prompt_words": "starry night",
-    "top_words": ["starry", "night"], "flagged": True,
-    "example_captions": ["starry night by van gogh", "Vincent Van Gogh - The Starry Night",
-                         "STARRY NIGHT PAINTING, VAN GOGH, CANVAS PRINT | shutterstock",
-                         "the starry night | art print"],
+    "finding_id": "word:van gogh:0",
+    "keyword": "van gogh",
+    "prompt_words": "starry night",
+    "top_words": ["starry", "night"],
+    "flagged": True,
+    "example_captions": [
+        "starry night by van gogh",
+        "Vincent Van Gogh - The Starry Night",
+        "STARRY NIGHT PAINTING, VAN GOGH, CANVAS PRINT | shutterstock",
+        "the starry night | art print",
+    ],
 }
-OBJECT_FINDING = {"finding_id": "object:astronaut:flag", "keyword": "astronaut",
-                  "object": "flag", "flagged": True, "threshold": 0.05}
+OBJECT_FINDING = {
+    "finding_id": "object:astronaut:flag",
+    "keyword": "astronaut",
+    "object": "flag",
+    "flagged": True,
+    "threshold": 0.05,
+}
 
 
 # ---- prompts --------------------------------------------------------------------------------
@@ -55,8 +66,13 @@ def test_word_prompts_build_the_five_kinds_from_the_cluster() -> None:
 
 
 def test_object_prompts_contain_the_keyword_and_never_name_the_object() -> None:
-    caps = ["an astronaut with a flag", "photo of a white astronaut, pixel art", "astronaut",
-            "astronaut flags wallpaper", "a blue astronaut in watercolor style on the beach sand"]
+    caps = [
+        "an astronaut with a flag",
+        "photo of a white astronaut, pixel art",
+        "astronaut",
+        "astronaut flags wallpaper",
+        "a blue astronaut in watercolor style on the beach sand",
+    ]
     for ps in (object_prompts(OBJECT_FINDING, caps), object_prompts(OBJECT_FINDING)):
         assert [p.prompt_kind for p in ps] == list(OBJECT_KINDS)
         for p in ps:
@@ -69,9 +85,18 @@ def test_object_prompts_contain_the_keyword_and_never_name_the_object() -> None:
 
 def test_prompt_file_adds_overrides_and_replaces(tmp_path: Path) -> None:
     jl = tmp_path / "p.jsonl"
-    jl.write_text(json.dumps({"prompt": "my own starry prompt", "finding_id": "word:van gogh:0",
-                              "prompt_kind": "keywords"}) + "\n"
-                  + json.dumps({"prompt": "a completely new prompt"}) + "\n")
+    jl.write_text(
+        json.dumps(
+            {
+                "prompt": "my own starry prompt",
+                "finding_id": "word:van gogh:0",
+                "prompt_kind": "keywords",
+            }
+        )
+        + "\n"
+        + json.dumps({"prompt": "a completely new prompt"})
+        + "\n"
+    )
     df = build_prompts([WORD_FINDING], [OBJECT_FINDING], jl)
     assert len(df) == 5 + 3 + 1
     kw = df[(df.finding_id == "word:van gogh:0") & (df.prompt_kind == "keywords")]
@@ -83,8 +108,7 @@ def test_prompt_file_adds_overrides_and_replaces(tmp_path: Path) -> None:
     assert rep.prompt.tolist() == ["first prompt", "second prompt"]
     csv = tmp_path / "p.csv"
     csv.write_text("prompt,finding_id\nstarry night,word:van gogh:0\n")
-    assert build_prompts(None, None, csv, mode="replace").finding_id.tolist() == [
-        "word:van gogh:0"]
+    assert build_prompts(None, None, csv, mode="replace").finding_id.tolist() == ["word:van gogh:0"]
     bad = tmp_path / "bad.csv"
     bad.write_text("text\nhello\n")
     with pytest.raises(InputError, match="'prompt' column"):
@@ -142,14 +166,17 @@ def test_copy_threshold_is_calibrated_on_unrelated_pairs_only() -> None:
 
 def test_summarize_generations_rates_intervals_and_failures() -> None:
     sims = [0.99, 0.97, 0.5, 0.4, np.nan, 0.1, 0.2, 0.98]
-    df = pd.DataFrame({
-        "prompt_id": ["a"] * 5 + ["b"] * 3,
-        "similarity": sims,
-        "is_copy": [s >= 0.95 for s in np.nan_to_num(sims)],
-        "is_verbatim": pd.array([True, False, None, None, None, None, None, True],
-                                dtype="boolean"),
-        "object_present": [None] * 5 + [True, False, False],
-    })
+    df = pd.DataFrame(
+        {
+            "prompt_id": ["a"] * 5 + ["b"] * 3,
+            "similarity": sims,
+            "is_copy": [s >= 0.95 for s in np.nan_to_num(sims)],
+            "is_verbatim": pd.array(
+                [True, False, None, None, None, None, None, True], dtype="boolean"
+            ),
+            "object_present": [None] * 5 + [True, False, False],
+        }
+    )
     out = mem.summarize_generations(df).set_index("prompt_id")
     a, b = out.loc["a"], out.loc["b"]
     assert (a.n, a.n_copies, a.n_failed) == (4, 2, 1)
@@ -169,7 +196,11 @@ def test_triage_helpers() -> None:
     assert np.isnan(mem.triage_auroc([1, 2], [True, True]))
     assert mem.tpr_at_fpr([5, 4, 3, 2, 1], y, 0.01) == 1.0
     assert mem.select_top(np.array([0.1, np.nan, 0.9, 0.5]), 2).tolist() == [
-        False, False, True, True]
+        False,
+        False,
+        True,
+        True,
+    ]
     assert mem.select_top(np.array([0.1, 0.2]), None).all()
     labels = mem.replication_labels(np.array([0, 1, 10, 9]), np.array([20, 20, 500, 500]))
     assert labels.tolist() == [False, True, True, False]
@@ -193,24 +224,58 @@ def random_sd(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("random_sd")
     tok = build_clip_tokenizer(out / "tok_src", 32)
     torch.manual_seed(0)
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=1, num_attention_heads=2,
-                                      max_position_embeddings=32, projection_dim=32))
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            projection_dim=32,
+        )
+    )
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=8)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        block_out_channels=(16, 32, 32),
-                        down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1,
-                        norm_num_groups=8, sample_size=64)
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
-                                   scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(out / "pipe")
     return str(out / "pipe")
 
@@ -223,10 +288,16 @@ def _load(path: str):
 
 def _pixel_encoder():
     """A stand-in image encoder (8x8 colour thumbnails, normalised): 192-d."""
+
     def encode(images):
-        x = np.stack([np.asarray(im.convert("RGB").resize((8, 8)), np.float32).ravel()
-                      for im in images]) - 127.5
+        x = (
+            np.stack(
+                [np.asarray(im.convert("RGB").resize((8, 8)), np.float32).ravel() for im in images]
+            )
+            - 127.5
+        )
         return x / np.linalg.norm(x, axis=1, keepdims=True)
+
     return encode
 
 
@@ -240,15 +311,16 @@ def test_each_image_depends_on_prompt_and_seed_not_on_batch_size(random_sd: str)
     for bs in (1, 2, 4):
         imgs = []
         for a in range(0, len(seeds), bs):
-            imgs += gen.generate("starry night by van gogh", seeds[a:a + bs], st)
+            imgs += gen.generate("starry night by van gogh", seeds[a : a + bs], st)
         px[bs] = np.stack([np.asarray(im, np.int16) for im in imgs])
     # batched kernels sum in another order: at most a grey level or two, on few pixels
     for bs in (2, 4):
         diff = np.abs(px[bs] - px[1])
         assert diff.max() <= 2 and (diff > 0).mean() < 0.01, (bs, diff.max(), (diff > 0).mean())
     # the same batch size reproduces the same bytes
-    again = np.stack([np.asarray(im, np.int16) for im in gen.generate(
-        "starry night by van gogh", seeds, st)])
+    again = np.stack(
+        [np.asarray(im, np.int16) for im in gen.generate("starry night by van gogh", seeds, st)]
+    )
     assert np.array_equal(again, px[4])
     # seeds and prompts matter
     assert np.abs(px[1][0] - px[1][1]).mean() > 5
@@ -291,8 +363,11 @@ class _CrashAfter:
 
 
 def _chunk_files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".png", ".parquet")}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in (".png", ".parquet")
+    }
 
 
 def test_resume_after_a_crash_keeps_finished_chunks(random_sd: str, tmp_path: Path) -> None:
@@ -309,7 +384,11 @@ def test_resume_after_a_crash_keeps_finished_chunks(random_sd: str, tmp_path: Pa
     st = GenerationSettings("random", steps=2, height=64, width=64, batch_size=2, chunk_size=2)
     tasks = plan_chunks([("pa", "starry night"), ("pb", "a red dog")], 3, 2)
     assert [(t.prompt_id, t.seed_start, t.seed_stop) for t in tasks] == [
-        ("pa", 0, 2), ("pa", 2, 3), ("pb", 0, 2), ("pb", 2, 3)]
+        ("pa", 0, 2),
+        ("pa", 2, 3),
+        ("pb", 0, 2),
+        ("pb", 2, 3),
+    ]
     build = functools.partial(_load, random_sd)
     crashed = tmp_path / "crashed"
     with pytest.raises(Exception, match="simulated crash"):
@@ -317,9 +396,14 @@ def test_resume_after_a_crash_keeps_finished_chunks(random_sd: str, tmp_path: Pa
     done = [t for t in tasks if chunk_paths(crashed, t)[1].exists()]
     assert 1 <= len(done) < len(tasks)
     before = {p: p.stat().st_mtime_ns for t in done for p in chunk_paths(crashed, t)}
-    before.update({p: p.stat().st_mtime_ns for t in done
-                   for p in (crashed / t.prompt_id).glob("*.png")
-                   if t.seed_start <= int(p.stem) < t.seed_stop})
+    before.update(
+        {
+            p: p.stat().st_mtime_ns
+            for t in done
+            for p in (crashed / t.prompt_id).glob("*.png")
+            if t.seed_start <= int(p.stem) < t.seed_stop
+        }
+    )
     counts = run_generation(tasks, build, _pixel_encoder, st, crashed)
     assert counts["chunks_skipped"] == len(done)
     assert counts["chunks_generated"] == len(tasks) - len(done)
@@ -371,20 +455,33 @@ def make_workspace(root: Path, items: list[dict], clip: tuple[str, str | None]) 
     keys = [f"{i:09d}" for i in range(len(items))]
     img = encode_images(model, preprocess, [it["image"] for it in items])
     txt = encode_texts(model, tok, [it["caption"] for it in items])
-    rows = [{"key": k, "url": f"http://127.0.0.1/{k}.png", "caption": it["caption"],
-             "sha256": None, "width": 64, "height": 64, "status": "ok", "error": None,
-             "image_emb": img[i], "text_emb": txt[i], "clip_score": float(img[i] @ txt[i])}
-            for i, (k, it) in enumerate(zip(keys, items))]
+    rows = [
+        {
+            "key": k,
+            "url": f"http://127.0.0.1/{k}.png",
+            "caption": it["caption"],
+            "sha256": None,
+            "width": 64,
+            "height": 64,
+            "status": "ok",
+            "error": None,
+            "image_emb": img[i],
+            "text_emb": txt[i],
+            "clip_score": float(img[i] @ txt[i]),
+        }
+        for i, (k, it) in enumerate(zip(keys, items))
+    ]
     ws.write_part(ws.part_path(0), rows_to_table(rows, embedding_schema(img.shape[1])))
-    ws.write_json(ws.embeddings_dir / "model.json",
-                  {"name": clip[0], "pretrained": clip[1], "dim": int(img.shape[1])})
+    ws.write_json(
+        ws.embeddings_dir / "model.json",
+        {"name": clip[0], "pretrained": clip[1], "dim": int(img.shape[1])},
+    )
     ws.shards_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(ws.shards_dir / "00000.tar", "w") as tar:
         for k, it in zip(keys, items):
             buf = io.BytesIO()
             it["image"].save(buf, format="PNG")
-            for name, data in ((f"{k}.png", buf.getvalue()), (f"{k}.txt",
-                                                               it["caption"].encode())):
+            for name, data in ((f"{k}.png", buf.getvalue()), (f"{k}.txt", it["caption"].encode())):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -395,14 +492,26 @@ def make_workspace(root: Path, items: list[dict], clip: tuple[str, str | None]) 
         idx = [i for i, it in enumerate(items) if it["work_id"] == wid]
         if not idx:
             continue
-        findings.append({
-            "finding_id": f"word:van gogh:{rank}", "keyword": "van gogh", "cluster_rank": rank,
-            "size": len(idx), "share": len(idx) / len(items), "mean_sim": 0.9, "min_sim": 0.8,
-            "medoid_key": keys[idx[0]], "representative_keys": [keys[i] for i in idx[:3]],
-            "member_keys": [keys[i] for i in idx], "top_words": list(w["words"]),
-            "top_word_lift": [1.0] * len(w["words"]), "prompt_words": w["phrase"],
-            "example_captions": [items[i]["caption"] for i in idx[:10]],
-            "words_only_share": None, "flagged": True})
+        findings.append(
+            {
+                "finding_id": f"word:van gogh:{rank}",
+                "keyword": "van gogh",
+                "cluster_rank": rank,
+                "size": len(idx),
+                "share": len(idx) / len(items),
+                "mean_sim": 0.9,
+                "min_sim": 0.8,
+                "medoid_key": keys[idx[0]],
+                "representative_keys": [keys[i] for i in idx[:3]],
+                "member_keys": [keys[i] for i in idx],
+                "top_words": list(w["words"]),
+                "top_word_lift": [1.0] * len(w["words"]),
+                "prompt_words": w["phrase"],
+                "example_captions": [items[i]["caption"] for i in idx[:10]],
+                "words_only_share": None,
+                "flagged": True,
+            }
+        )
     ws.write_finding("word_replication", pa.Table.from_pylist(findings), {"detector": "test"})
     return root
 
@@ -410,8 +519,10 @@ def make_workspace(root: Path, items: list[dict], clip: tuple[str, str | None]) 
 def _items(n: int, seed: int, work_share: float) -> list[dict]:
     from audit.training.train_tiny_sd import make_dataset
 
-    return [{"image": it["image"], "caption": it["captions"][0], "work_id": it["work_id"]}
-            for it in make_dataset(n, seed, work_share)]
+    return [
+        {"image": it["image"], "caption": it["captions"][0], "work_id": it["work_id"]}
+        for it in make_dataset(n, seed, work_share)
+    ]
 
 
 @pytest.mark.slow
@@ -421,13 +532,45 @@ def test_reproduce_stage_end_to_end(random_sd: str, tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws", _items(90, 5, 0.1), _clip_model(tmp_path))
     prompts = tmp_path / "controls.txt"
     prompts.write_text("a red dog in flat style\n")
-    argv = ["reproduce", str(ws), "--generator", random_sd, "--n", "4", "--steps", "2",
-            "--batch-size", "4", "--chunk-size", "2", "--triage-seeds", "2", "--triage-top", "4",
-            "--prompts", str(prompts), "--device", "cpu", "-q"]
+    argv = [
+        "reproduce",
+        str(ws),
+        "--generator",
+        random_sd,
+        "--n",
+        "4",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--chunk-size",
+        "2",
+        "--triage-seeds",
+        "2",
+        "--triage-top",
+        "4",
+        "--prompts",
+        str(prompts),
+        "--device",
+        "cpu",
+        "-q",
+    ]
     assert main(argv) == 0
     mem_t = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas()
-    for col in ("finding_id", "prompt_kind", "prompt", "n", "replication_rate", "ci_low",
-                "ci_high", "mean_sim", "p95_sim", "max_sim", "object_rate", "triage_score"):
+    for col in (
+        "finding_id",
+        "prompt_kind",
+        "prompt",
+        "n",
+        "replication_rate",
+        "ci_low",
+        "ci_high",
+        "mean_sim",
+        "p95_sim",
+        "max_sim",
+        "object_rate",
+        "triage_score",
+    ):
         assert col in mem_t.columns, col
     assert len(mem_t) == 3 * 5 + 1  # three works x five kinds + the user prompt
     assert mem_t["generated"].sum() == 4 and set(mem_t.loc[mem_t.generated, "n"]) == {4}
@@ -440,8 +583,9 @@ def test_reproduce_stage_end_to_end(random_sd: str, tmp_path: Path) -> None:
     assert -1 < meta["copy_threshold"] < 1 and meta["unrelated_pairs"] > 1000
     assert meta["verbatim_checked"] is True
     ex = pq.read_table(ws / "generations" / "examples.parquet").to_pandas()
-    assert {"finding_id", "prompt_id", "seed", "gen_path", "nearest_key",
-            "similarity"} <= set(ex.columns)
+    assert {"finding_id", "prompt_id", "seed", "gen_path", "nearest_key", "similarity"} <= set(
+        ex.columns
+    )
     assert all((ws / p).is_file() for p in ex["gen_path"])
     assert ex.groupby("prompt_id").size().max() <= 4
     scores = pq.read_table(ws / "generations" / "scores.parquet").to_pandas()
@@ -463,18 +607,51 @@ def test_reproduce_stage_end_to_end(random_sd: str, tmp_path: Path) -> None:
     # object findings: prompts never name the object; generations get the presence test
     from audit.workspace import Workspace
 
-    Workspace(ws).write_finding("object_replication", pa.Table.from_pylist([
-        dict(OBJECT_FINDING, threshold=-1.0),  # every generation "carries" the object
-        dict(OBJECT_FINDING, finding_id="object:dog:flag", keyword="dog", threshold=1.0)]))
+    Workspace(ws).write_finding(
+        "object_replication",
+        pa.Table.from_pylist(
+            [
+                dict(OBJECT_FINDING, threshold=-1.0),  # every generation "carries" the object
+                dict(OBJECT_FINDING, finding_id="object:dog:flag", keyword="dog", threshold=1.0),
+            ]
+        ),
+    )
     obj_file = tmp_path / "objects.jsonl"
-    obj_file.write_text("".join(json.dumps({"prompt": t, "finding_id": f}) + "\n" for t, f in (
-        ("an astronaut", "object:astronaut:flag"), ("a dog", "object:dog:flag"))))
-    assert main(["reproduce", str(ws), "--generator", random_sd, "--n", "2", "--steps", "2",
-                 "--triage-seeds", "1", "--prompts", str(obj_file), "--prompts-mode", "replace",
-                 "--device", "cpu", "-q"]) == 0
+    obj_file.write_text(
+        "".join(
+            json.dumps({"prompt": t, "finding_id": f}) + "\n"
+            for t, f in (("an astronaut", "object:astronaut:flag"), ("a dog", "object:dog:flag"))
+        )
+    )
+    assert (
+        main(
+            [
+                "reproduce",
+                str(ws),
+                "--generator",
+                random_sd,
+                "--n",
+                "2",
+                "--steps",
+                "2",
+                "--triage-seeds",
+                "1",
+                "--prompts",
+                str(obj_file),
+                "--prompts-mode",
+                "replace",
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     m2 = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas()
     assert m2.set_index("finding_id")["object_rate"].to_dict() == {
-        "object:astronaut:flag": 1.0, "object:dog:flag": 0.0}
+        "object:astronaut:flag": 1.0,
+        "object:dog:flag": 0.0,
+    }
     assert (m2["reference"] == "dataset").all() and (m2["n"] == 2).all()
 
 
@@ -488,8 +665,10 @@ def test_reproduce_stage_rejects_a_workspace_without_prompts(tmp_path: Path) -> 
 
 # ---- the shipped tiny-sd memorizes the planted works --------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(not (HAVE_TINY_SD and HAVE_TINY_CLIP),
-                    reason="needs the shipped tiny-sd and tiny-synth weights (audit/assets)")
+@pytest.mark.skipif(
+    not (HAVE_TINY_SD and HAVE_TINY_CLIP),
+    reason="needs the shipped tiny-sd and tiny-synth weights (audit/assets)",
+)
 def test_shipped_tiny_sd_replicates_planted_works_far_more_than_controls(tmp_path: Path) -> None:
     from audit.cli import main
 
@@ -497,10 +676,31 @@ def test_shipped_tiny_sd_replicates_planted_works_far_more_than_controls(tmp_pat
     ws = make_workspace(tmp_path / "ws", items, ("tiny-synth", None))
     controls = [it["caption"] for it in items if it["work_id"] is None][:6]
     prompts = tmp_path / "controls.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": c, "prompt_kind": "control"}) + "\n"
-                               for c in controls))
-    assert main(["reproduce", str(ws), "--n", "24", "--steps", "12", "--batch-size", "24",
-                 "--chunk-size", "24", "--prompts", str(prompts), "--device", "cpu", "-q"]) == 0
+    prompts.write_text(
+        "".join(json.dumps({"prompt": c, "prompt_kind": "control"}) + "\n" for c in controls)
+    )
+    assert (
+        main(
+            [
+                "reproduce",
+                str(ws),
+                "--n",
+                "24",
+                "--steps",
+                "12",
+                "--batch-size",
+                "24",
+                "--chunk-size",
+                "24",
+                "--prompts",
+                str(prompts),
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     m = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas()
     works = m[m.prompt_kind.isin(["keywords", "short_related"])]
     ctrl = m[m.prompt_kind == "control"]
@@ -518,11 +718,31 @@ def test_calibration_labels_come_from_duplicate_groups_and_clusters(tmp_path: Pa
     from audit.workspace import Workspace
 
     ws = Workspace(tmp_path)
-    ws.write_finding("duplicates", pa.Table.from_pylist([
-        {"key": k, "group_id": g, "group_size": 2, "kind": kind, "representative_key": k,
-         "is_representative": True, "nearest_key": k, "similarity": 1.0}
-        for k, g, kind in (("a", 0, "exact"), ("b", 0, "exact"), ("c", 0, "near"),
-                           ("d", 0, "near"), ("e", 1, "caption"), ("f", 1, "caption"))]))
+    ws.write_finding(
+        "duplicates",
+        pa.Table.from_pylist(
+            [
+                {
+                    "key": k,
+                    "group_id": g,
+                    "group_size": 2,
+                    "kind": kind,
+                    "representative_key": k,
+                    "is_representative": True,
+                    "nearest_key": k,
+                    "similarity": 1.0,
+                }
+                for k, g, kind in (
+                    ("a", 0, "exact"),
+                    ("b", 0, "exact"),
+                    ("c", 0, "near"),
+                    ("d", 0, "near"),
+                    ("e", 1, "caption"),
+                    ("f", 1, "caption"),
+                )
+            ]
+        ),
+    )
     word = pd.DataFrame({"member_keys": [["a", "e"], ["f"]]})
     labels = _group_labels(ws, ["a", "b", "c", "d", "e", "f", "g"], word)
     i, j = mem.sample_unrelated_pairs(7, labels, max_items=7)

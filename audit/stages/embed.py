@@ -63,53 +63,117 @@ class Config:
     def __post_init__(self) -> None:
         require(bool(self.model), "embed.model", "must name an open_clip model", self.model)
         require(self.batch_size >= 1, "embed.batch_size", "must be >= 1", self.batch_size)
-        require(bool(DEVICE_RE.match(self.device)), "embed.device",
-                "must be cpu, cuda, cuda:N or mps", self.device)
+        require(
+            bool(DEVICE_RE.match(self.device)),
+            "embed.device",
+            "must be cpu, cuda, cuda:N or mps",
+            self.device,
+        )
         require(self.max_pixels >= 1, "embed.max_pixels", "must be >= 1", self.max_pixels)
         require(self.max_bytes >= 1, "embed.max_bytes", "must be >= 1", self.max_bytes)
-        require(self.shards_per_run is None or self.shards_per_run >= 0,
-                "embed.shards_per_run", "must be >= 0 (0 = all shards in one pipeline run)",
-                self.shards_per_run)
-        require(self.folder_shard_size >= 1, "embed.folder_shard_size", "must be >= 1",
-                self.folder_shard_size)
-        require(self.torch_threads >= 0, "embed.torch_threads", "must be >= 0",
-                self.torch_threads)
-        require(self.dask_local is None or self.dask_local >= 1, "embed.dask_local",
-                "must be >= 1", self.dask_local)
+        require(
+            self.shards_per_run is None or self.shards_per_run >= 0,
+            "embed.shards_per_run",
+            "must be >= 0 (0 = all shards in one pipeline run)",
+            self.shards_per_run,
+        )
+        require(
+            self.folder_shard_size >= 1,
+            "embed.folder_shard_size",
+            "must be >= 1",
+            self.folder_shard_size,
+        )
+        require(self.torch_threads >= 0, "embed.torch_threads", "must be >= 0", self.torch_threads)
+        require(
+            self.dask_local is None or self.dask_local >= 1,
+            "embed.dask_local",
+            "must be >= 1",
+            self.dask_local,
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument("--model", default=None,
-                        help="open_clip model name (default: tiny-synth, the shipped tiny CLIP)")
-    parser.add_argument("--pretrained", default=None, metavar="TAG_OR_PATH",
-                        help="open_clip pretrained tag or local checkpoint path")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=None,
-                        help="samples per model batch, made per shard in order (default 64)")
-    parser.add_argument("--device", default=None,
-                        help="cpu (default), cuda, cuda:N or mps; CUDA uses fp16 autocast")
-    parser.add_argument("--input", default=None, metavar="PATH",
-                        help="shards to embed instead of WS/shards: a folder of img2dataset "
-                             "shards, parquet files with image bytes, a folder of images, a "
-                             "single .tar/.parquet, or a glob")
-    parser.add_argument("--max-pixels", dest="max_pixels", type=int, default=None,
-                        help="refuse images with more pixels (decompression bombs; "
-                             "default 89478485)")
-    parser.add_argument("--max-bytes", dest="max_bytes", type=int, default=None,
-                        help="refuse encoded images larger than this (default 64 MiB)")
-    parser.add_argument("--shards-per-run", dest="shards_per_run", type=int, default=None,
-                        help="shards per Beam pipeline run; bounds DirectRunner memory "
-                             "(default 64 on DirectRunner, 0 = all at once elsewhere)")
-    parser.add_argument("--folder-shard-size", dest="folder_shard_size", type=int,
-                        default=None, help="images per part for a folder input (default 10000)")
-    parser.add_argument("--torch-threads", dest="torch_threads", type=int, default=None,
-                        help="torch threads per worker (default: torch's own choice)")
-    parser.add_argument("--overwrite", action="store_true", default=None,
-                        help="delete existing embeddings first (needed to change the model)")
-    parser.add_argument("--parts-uri", dest="parts_uri", default=None, metavar="URI",
-                        help="where workers write parts when they cannot write WS (Dataflow, "
-                             "Flink, Spark): gs://, s3://, hdfs:// or a shared mount; finished "
-                             "parts are copied into WS/embeddings after each run")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="open_clip model name (default: tiny-synth, the shipped tiny CLIP)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="TAG_OR_PATH",
+        help="open_clip pretrained tag or local checkpoint path",
+    )
+    parser.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help="samples per model batch, made per shard in order (default 64)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu (default), cuda, cuda:N or mps; CUDA uses fp16 autocast"
+    )
+    parser.add_argument(
+        "--input",
+        default=None,
+        metavar="PATH",
+        help="shards to embed instead of WS/shards: a folder of img2dataset "
+        "shards, parquet files with image bytes, a folder of images, a "
+        "single .tar/.parquet, or a glob",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        dest="max_pixels",
+        type=int,
+        default=None,
+        help="refuse images with more pixels (decompression bombs; default 89478485)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        dest="max_bytes",
+        type=int,
+        default=None,
+        help="refuse encoded images larger than this (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--shards-per-run",
+        dest="shards_per_run",
+        type=int,
+        default=None,
+        help="shards per Beam pipeline run; bounds DirectRunner memory "
+        "(default 64 on DirectRunner, 0 = all at once elsewhere)",
+    )
+    parser.add_argument(
+        "--folder-shard-size",
+        dest="folder_shard_size",
+        type=int,
+        default=None,
+        help="images per part for a folder input (default 10000)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        dest="torch_threads",
+        type=int,
+        default=None,
+        help="torch threads per worker (default: torch's own choice)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="delete existing embeddings first (needed to change the model)",
+    )
+    parser.add_argument(
+        "--parts-uri",
+        dest="parts_uri",
+        default=None,
+        metavar="URI",
+        help="where workers write parts when they cannot write WS (Dataflow, "
+        "Flink, Spark): gs://, s3://, hdfs:// or a shared mount; finished "
+        "parts are copied into WS/embeddings after each run",
+    )
     add_beam_arguments(parser)
 
 
@@ -144,9 +208,13 @@ class WorkspacePartWriter:
         buf = io.BytesIO()
         pq.write_table(parquet_safe(table), buf)
         marker = {"finished": time.time(), "rows": table.num_rows, **info}
-        for name, data in ((f"part-{index:05d}.parquet", buf.getvalue()),
-                           (f"part-{index:05d}.SUCCESS",
-                            (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode())):
+        for name, data in (
+            (f"part-{index:05d}.parquet", buf.getvalue()),
+            (
+                f"part-{index:05d}.SUCCESS",
+                (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode(),
+            ),
+        ):
             final = FileSystems.join(self.parts_uri, name)
             tmp = FileSystems.join(self.parts_uri, f".{name}.{uuid.uuid4().hex}.tmp")
             with FileSystems.create(tmp) as fh:
@@ -191,17 +259,25 @@ def _load_model_info(cfg: Config) -> dict[str, Any]:
     try:
         model, preprocess, tokenizer = load_clip(cfg.model, cfg.pretrained, device="cpu")
     except (ModelError, RuntimeError, FileNotFoundError) as exc:
-        raise ConfigError(f"embed.model: cannot load {cfg.model!r} "
-                          f"(pretrained {cfg.pretrained!r}): {exc}") from exc
+        raise ConfigError(
+            f"embed.model: cannot load {cfg.model!r} (pretrained {cfg.pretrained!r}): {exc}"
+        ) from exc
     info = model_info(cfg.model, cfg.pretrained, model)
     with torch.inference_mode():
         dim = int(model.encode_text(tokenizer(["a photo"])).shape[-1])
-    info.update({
-        "dim": dim, "embed_dim": dim, "normalized": True, "dtype": "float16",
-        "precision": "fp16-autocast" if cfg.device.startswith("cuda") else "fp32",
-        "preprocess": repr(preprocess), "open_clip_version": open_clip.__version__,
-        "source": "laion-audit embed", "clip_score": "cosine(image_emb, text_emb)",
-    })
+    info.update(
+        {
+            "dim": dim,
+            "embed_dim": dim,
+            "normalized": True,
+            "dtype": "float16",
+            "precision": "fp16-autocast" if cfg.device.startswith("cuda") else "fp32",
+            "preprocess": repr(preprocess),
+            "open_clip_version": open_clip.__version__,
+            "source": "laion-audit embed",
+            "clip_score": "cosine(image_emb, text_emb)",
+        }
+    )
     return info
 
 
@@ -227,8 +303,14 @@ def _clean_temp_files(ws: Any) -> int:
 
 
 def _format_counts(counts: dict[str, int]) -> str:
-    order = ["ok", "missing_caption", "hash_mismatch", "failed_to_download",
-             "failed_to_decode", "failed_to_embed"]
+    order = [
+        "ok",
+        "missing_caption",
+        "hash_mismatch",
+        "failed_to_download",
+        "failed_to_decode",
+        "failed_to_embed",
+    ]
     keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
     return ", ".join(f"{counts[k]:,} {k}" for k in keys) or "no rows"
 
@@ -268,14 +350,20 @@ def summarize(ws: Any, specs: list[Any], source: str) -> dict[str, Any]:
     total = sum(counts.values())
     failed = sum(v for k, v in counts.items() if k.startswith("failed") or k == "hash_mismatch")
     stats = {
-        "source": source, "parts": len(specs), "rows": total, "input_rows": inv["input"],
-        "counts": dict(sorted(counts.items())), "failed": failed, "usable": total - failed,
-        "with_image_emb": with_image, "with_text_emb": with_text,
-        "rejected_tar_members": rejected, "damaged_shards": damaged,
+        "source": source,
+        "parts": len(specs),
+        "rows": total,
+        "input_rows": inv["input"],
+        "counts": dict(sorted(counts.items())),
+        "failed": failed,
+        "usable": total - failed,
+        "with_image_emb": with_image,
+        "with_text_emb": with_text,
+        "rejected_tar_members": rejected,
+        "damaged_shards": damaged,
     }
     if total != inv["output"]:
-        raise RuntimeError(f"embed: part markers count {total} rows but parts hold "
-                           f"{inv['output']}")
+        raise RuntimeError(f"embed: part markers count {total} rows but parts hold {inv['output']}")
     return stats
 
 
@@ -288,15 +376,19 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     source = cfg.input or str(ws.shards_dir)
     if cfg.input is None and not ws.shards_dir.exists():
-        raise InputError(f"no shards in {ws.shards_dir}: run `laion-audit download URLS --out "
-                         f"{ws.root}` first, or pass --input PATH")
+        raise InputError(
+            f"no shards in {ws.shards_dir}: run `laion-audit download URLS --out "
+            f"{ws.root}` first, or pass --input PATH"
+        )
     try:
         specs = match_shards(source, cfg.folder_shard_size)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     if not specs:
-        raise InputError(f"no shards found in {source} (expected img2dataset .tar/.parquet "
-                         "shards, parquet files with image bytes, or image files)")
+        raise InputError(
+            f"no shards found in {source} (expected img2dataset .tar/.parquet "
+            "shards, parquet files with image bytes, or image files)"
+        )
 
     info = _load_model_info(cfg)
     if cfg.overwrite:
@@ -312,7 +404,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         raise ConfigError(
             f"embed.model: {ws.embeddings_dir} already holds embeddings from "
             f"{prev.get('name')!r} ({prev.get('pretrained')!r}, dim {prev.get('dim')}); "
-            "pass --overwrite to replace them")
+            "pass --overwrite to replace them"
+        )
     if n := _clean_temp_files(ws):
         logger.info("removed %d temporary files left by an interrupted run", n)
     ws.write_json(ws.embeddings_dir / "model.json", info)
@@ -324,15 +417,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 _fetch_part(remote, ws, s.index)
     todo = [s for s in specs if not ws.is_done(ws.part_path(s.index))]
     if len(todo) < len(specs):
-        logger.info("%d of %d parts already complete: skipped", len(specs) - len(todo),
-                    len(specs))
+        logger.info("%d of %d parts already complete: skipped", len(specs) - len(todo), len(specs))
     from audit.models import load_clip
     from audit.workspace import embedding_schema
 
     handler = ClipModelHandler(
         functools.partial(load_clip, cfg.model, cfg.pretrained, cfg.device),
-        device=cfg.device, torch_threads=cfg.torch_threads, model_name=cfg.model,
-        pad_to=cfg.batch_size)
+        device=cfg.device,
+        torch_threads=cfg.torch_threads,
+        model_name=cfg.model,
+        pad_to=cfg.batch_size,
+    )
     settings = EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes)
     writer = WorkspacePartWriter(str(Path(ws.root).resolve()), remote)
     schema = embedding_schema(info["dim"])
@@ -341,18 +436,34 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             per_run = cfg.shards_per_run
             if per_run is None:
                 per_run = 64 if setup.is_direct else 0
-            waves = [todo] if per_run == 0 else [todo[i:i + per_run]
-                                                 for i in range(0, len(todo), per_run)]
-            logger.info("embedding %d shards from %s with %s on %s (%s), %d pipeline run(s)",
-                        len(todo), source, cfg.model, cfg.device, setup.runner_name,
-                        len([w for w in waves if w]))
+            waves = (
+                [todo]
+                if per_run == 0
+                else [todo[i : i + per_run] for i in range(0, len(todo), per_run)]
+            )
+            logger.info(
+                "embedding %d shards from %s with %s on %s (%s), %d pipeline run(s)",
+                len(todo),
+                source,
+                cfg.model,
+                cfg.device,
+                setup.runner_name,
+                len([w for w in waves if w]),
+            )
             done = len(specs) - len(todo)
             for w, wave in enumerate(waves):
                 if not wave:
                     continue
                 t0 = time.perf_counter()
-                result = run_embed(wave, handler, writer, schema, options=setup.options,
-                                   runner=setup.new_runner(), settings=settings)
+                result = run_embed(
+                    wave,
+                    handler,
+                    writer,
+                    schema,
+                    options=setup.options,
+                    runner=setup.new_runner(),
+                    settings=settings,
+                )
                 seconds = time.perf_counter() - t0
                 m = metric_totals(result)
                 if remote:
@@ -364,11 +475,20 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                     marker = ws.read_json(ws.marker_path(ws.part_path(s.index)), default={})
                     wave_counts.update((marker or {}).get("counts", {}))
                 n_rows = sum(wave_counts.values())
-                logger.info("run %d/%d: %d parts, %d rows in %.1f s (%.0f rows/s; %d images "
-                            "embedded): %s; %d/%d parts done", w + 1, len(waves), len(wave),
-                            n_rows, seconds, n_rows / max(seconds, 1e-9),
-                            m.get("images_embedded", 0), _format_counts(wave_counts), done,
-                            len(specs))
+                logger.info(
+                    "run %d/%d: %d parts, %d rows in %.1f s (%.0f rows/s; %d images "
+                    "embedded): %s; %d/%d parts done",
+                    w + 1,
+                    len(waves),
+                    len(wave),
+                    n_rows,
+                    seconds,
+                    n_rows / max(seconds, 1e-9),
+                    m.get("images_embedded", 0),
+                    _format_counts(wave_counts),
+                    done,
+                    len(specs),
+                )
     except BeamOptionsError as exc:
         raise ConfigError(f"embed: {exc}") from exc
 
@@ -377,13 +497,21 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         shown = str(Path(source).resolve().relative_to(Path(ws.root).resolve()))
     stats = summarize(ws, specs, shown)
     ws.write_json(ws.embeddings_dir / "_stats.json", stats)
-    logger.info("embed: %d rows in %d parts (%d input rows, each once): %s", stats["rows"],
-                stats["parts"], stats["input_rows"], _format_counts(stats["counts"]))
+    logger.info(
+        "embed: %d rows in %d parts (%d input rows, each once): %s",
+        stats["rows"],
+        stats["parts"],
+        stats["input_rows"],
+        _format_counts(stats["counts"]),
+    )
     if stats["counts"].get("failed_to_embed"):
-        logger.warning("%d samples failed in the model (status failed_to_embed; see their "
-                       "error column): check --device, memory and the model",
-                       stats["counts"]["failed_to_embed"])
+        logger.warning(
+            "%d samples failed in the model (status failed_to_embed; see their "
+            "error column): check --device, memory and the model",
+            stats["counts"]["failed_to_embed"],
+        )
     if stats["damaged_shards"]:
-        logger.warning("damaged shards (samples before the damage were kept): %s",
-                       stats["damaged_shards"])
+        logger.warning(
+            "damaged shards (samples before the damage were kept): %s", stats["damaged_shards"]
+        )
     return 0

@@ -29,15 +29,20 @@ class Config:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        require(bool(self.out), "export_embeddings.out", "an output folder is required (--out)",
-                self.out)
+        require(
+            bool(self.out),
+            "export_embeddings.out",
+            "an output folder is required (--out)",
+            self.out,
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder")
-    parser.add_argument("--overwrite", action="store_true", default=None,
-                        help="replace an existing export in DIR")
+    parser.add_argument(
+        "--overwrite", action="store_true", default=None, help="replace an existing export in DIR"
+    )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -57,8 +62,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     existing = out / "img_emb"
     if existing.exists() and any(existing.iterdir()):
         if not cfg.overwrite:
-            raise ConfigError(f"export_embeddings.out: {out} already holds an export; pass "
-                              "--overwrite to replace it")
+            raise ConfigError(
+                f"export_embeddings.out: {out} already holds an export; pass "
+                "--overwrite to replace it"
+            )
         for sub in ("img_emb", "text_emb", "metadata", "failed"):
             shutil.rmtree(out / sub, ignore_errors=True)
     indices = [int(p.stem.split("-")[1]) for p in parts]
@@ -72,6 +79,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     info = ws.model_info()
     if info:
         ws.write_json(out.resolve() / "model.json", info)
-    logger.info("exported %d parts to %s: %d rows with embeddings, %d failed rows (in failed/)",
-                len(parts), out, embedded, failed)
+    logger.info(
+        "exported %d parts to %s: %d rows with embeddings, %d failed rows (in failed/)",
+        len(parts),
+        out,
+        embedded,
+        failed,
+    )
     return 0

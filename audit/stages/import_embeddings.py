@@ -32,21 +32,41 @@ class Config:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        require(bool(self.input), "import_embeddings.input",
-                "the folder to import is required (DIR)", self.input)
+        require(
+            bool(self.input),
+            "import_embeddings.input",
+            "the folder to import is required (DIR)",
+            self.input,
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", nargs="?", default=None, metavar="DIR",
-                        help="clip-retrieval output folder (img_emb/, text_emb/, metadata/)")
-    parser.add_argument("--out", dest="workspace", default=None, metavar="WS",
-                        help="workspace to write WS/embeddings into")
-    parser.add_argument("--model", default=None,
-                        help="name of the model that made the embeddings (recorded in "
-                             "model.json; e.g. ViT-L-14)")
+    parser.add_argument(
+        "input",
+        nargs="?",
+        default=None,
+        metavar="DIR",
+        help="clip-retrieval output folder (img_emb/, text_emb/, metadata/)",
+    )
+    parser.add_argument(
+        "--out",
+        dest="workspace",
+        default=None,
+        metavar="WS",
+        help="workspace to write WS/embeddings into",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="name of the model that made the embeddings (recorded in model.json; e.g. ViT-L-14)",
+    )
     parser.add_argument("--pretrained", default=None, help="its pretrained tag, if known")
-    parser.add_argument("--overwrite", action="store_true", default=None,
-                        help="replace embeddings already in the workspace")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace embeddings already in the workspace",
+    )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -68,8 +88,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from exc
     if ws.embeddings_dir.exists() and any(ws.embeddings_dir.glob("part-*")):
         if not cfg.overwrite:
-            raise ConfigError(f"import_embeddings: {ws.embeddings_dir} already holds "
-                              "embeddings; pass --overwrite to replace them")
+            raise ConfigError(
+                f"import_embeddings: {ws.embeddings_dir} already holds "
+                "embeddings; pass --overwrite to replace them"
+            )
         for p in list(ws.embeddings_dir.glob("part-*")) + [ws.embeddings_dir / "_stats.json"]:
             p.unlink(missing_ok=True)
 
@@ -95,8 +117,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         sample = table.column("image_emb").drop_null().slice(0, 256).to_pylist()
         norms.extend(float(np.linalg.norm(np.asarray(v, np.float32))) for v in sample)
         converted = converted or part.converted_float32
-        ws.write_part(ws.part_path(n), table, {"source": part.files,
-                                               "counts": dict(sorted(part_counts.items()))})
+        ws.write_part(
+            ws.part_path(n),
+            table,
+            {"source": part.files, "counts": dict(sorted(part_counts.items()))},
+        )
     inv = check_invariant(keys, keys, stage="import-embeddings")
 
     info: dict = {}
@@ -109,26 +134,50 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     info.setdefault("name", None)
     info.setdefault("pretrained", None)
     normalized = bool(norms) and bool(np.allclose(norms, 1.0, atol=1e-2))
-    info.update({"dim": dim, "embed_dim": dim, "dtype": "float16", "normalized": normalized,
-                 "imported_from": str(src.resolve())})
+    info.update(
+        {
+            "dim": dim,
+            "embed_dim": dim,
+            "dtype": "float16",
+            "normalized": normalized,
+            "imported_from": str(src.resolve()),
+        }
+    )
     info.setdefault("source", "import-embeddings")
     if converted:
         info["converted_from_float32"] = True
     if info["name"] is None:
-        logger.warning("model unknown: pass --model NAME so later stages (and the report) know "
-                       "which model made these embeddings")
+        logger.warning(
+            "model unknown: pass --model NAME so later stages (and the report) know "
+            "which model made these embeddings"
+        )
     if not normalized and norms:
-        logger.warning("imported image embeddings are not L2-normalised (mean norm %.3f); "
-                       "cosine-based detectors expect unit vectors", float(np.mean(norms)))
+        logger.warning(
+            "imported image embeddings are not L2-normalised (mean norm %.3f); "
+            "cosine-based detectors expect unit vectors",
+            float(np.mean(norms)),
+        )
     ws.write_json(ws.embeddings_dir / "model.json", info)
     total = sum(counts.values())
     failed = sum(v for k, v in counts.items() if k.startswith("failed") or k == "hash_mismatch")
-    ws.write_json(ws.embeddings_dir / "_stats.json", {
-        "source": str(src.resolve()), "parts": len(partitions), "rows": total,
-        "input_rows": inv["input"], "counts": dict(sorted(counts.items())), "failed": failed,
-        "usable": total - failed,
-    })
-    logger.info("imported %d rows in %d partitions from %s (dim %d): %s", total,
-                len(partitions), src, dim,
-                ", ".join(f"{v:,} {k}" for k, v in sorted(counts.items())))
+    ws.write_json(
+        ws.embeddings_dir / "_stats.json",
+        {
+            "source": str(src.resolve()),
+            "parts": len(partitions),
+            "rows": total,
+            "input_rows": inv["input"],
+            "counts": dict(sorted(counts.items())),
+            "failed": failed,
+            "usable": total - failed,
+        },
+    )
+    logger.info(
+        "imported %d rows in %d partitions from %s (dim %d): %s",
+        total,
+        len(partitions),
+        src,
+        dim,
+        ", ".join(f"{v:,} {k}" for k, v in sorted(counts.items())),
+    )
     return 0

@@ -37,11 +37,14 @@ sample gets versioned scores: alignment_cos_v1 (image-text cosine) and alignment
 (zero-shot over the concept list with prompt ensembles: how much nearer the image is to another
 concept than to its caption's), kdist_v1 and lof_v1 (local outliers among the concept's images),
 spectral_v1 (projection on the concept's top singular direction) and split_view_v1 (ingest
-status hash_mismatch: the URL now serves other bytes). Per concept the scores become robust
-z-scores; combined = largest z + 0.5 x second largest. Rows are flagged when combined >=
---threshold, or, with --expected-rate R, the top 1.5 x R of each concept. Split-view rows are
-always flagged. Kind guess: dirty (the image does not match its caption), clean (aligned but
-pulled toward another concept or out of place), split_view.
+status hash_mismatch: the URL now serves other bytes). Per concept the evidence scores
+(alignment, pull, k-distance, LOF; see --evidence) become robust z-scores; combined = largest
+z + 0.5 x second largest. Rows are flagged when combined >= --threshold, or, with
+--expected-rate R, the top 1.5 x R of each concept. Split-view rows are always flagged, first.
+Kind guess: clean (Nightshade-style: flagged images of a concept that collapse onto each other,
+as poisons pulled toward one anchor do; or pulled/out of place while the caption still fits),
+dirty (the image does not match its caption), split_view. The reasons column names the scores
+that fired and the concept an image is pulled toward.
 
 Writes WS/findings/poisons.parquet (key, concept, one column per score, combined_score, rank,
 flagged, kind, reasons), WS/findings/poisons.json (parameters, timings, summary, concept
@@ -83,6 +86,7 @@ class Config:
     expected_rate: float | None = None
     threshold: float = DEFAULT_THRESHOLD
     fire_z: float = 3.5
+    evidence: list[str] | None = None
     k_min: int = 16
     k_max: int = 32
     min_concept_size: int = 8
@@ -109,6 +113,16 @@ class Config:
             self.threshold,
         )
         require(self.fire_z > 0, "poisons.fire_z", "must be positive", self.fire_z)
+        if self.evidence is not None:
+            from detectors.poisons import EVIDENCE
+
+            bad = [e for e in self.evidence if e not in EVIDENCE]
+            require(
+                bool(self.evidence) and not bad,
+                "poisons.evidence",
+                f"must be a non-empty subset of {list(EVIDENCE)}",
+                self.evidence,
+            )
         require(self.k_min >= 2, "poisons.k_min", "must be >= 2", self.k_min)
         require(self.k_max >= self.k_min, "poisons.k_max", "must be >= k_min", self.k_max)
         require(
@@ -193,6 +207,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="Z",
         help="a score is named in the reasons when its robust z >= Z (3.5)",
+    )
+    parser.add_argument(
+        "--evidence",
+        default=None,
+        metavar="LIST",
+        help="scores in the combined score (default: alignment_cos_v1, concept_pull_v1, "
+        "kdist_v1, lof_v1; spectral_v1 may be added)",
     )
     parser.add_argument(
         "--k-min",
@@ -466,8 +487,8 @@ def collapse_pvalues(
     split_view: np.ndarray,
 ) -> np.ndarray:
     """:func:`detectors.poisons.anchor_collapse` p-value for each flagged, non-split-view row,
-    grouped by concept, against random subsets of the natural members (not flagged) of the
-    group's most common pull concept; NaN elsewhere."""
+    grouped by concept (at least 3 flagged rows), against random subsets of the concept's
+    members that are not flagged; NaN elsewhere."""
     from detectors import poisons as P
 
     out = np.full(len(per_key), np.nan)
@@ -478,11 +499,10 @@ def collapse_pvalues(
     cand_pos = np.flatnonzero(cand)
     for _, idx in per_key.iloc[cand_pos].groupby("concept").indices.items():
         pos = cand_pos[idx]
-        pulls = per_key["pull_concept"].iloc[pos].dropna()
-        if len(pos) < 3 or pulls.empty:
+        if len(pos) < 3:
             continue
-        target = index[pulls.mode().iloc[0]]
-        ref_rows = [r for r in np.flatnonzero(named[:, target]) if r not in flagged_rows]
+        own = index[str(per_key["concept"].iloc[pos[0]])]
+        ref_rows = [r for r in np.flatnonzero(named[:, own]) if r not in flagged_rows]
         rows = per_key["row"].iloc[pos].to_numpy(dtype=np.int64)
         out[pos] = P.anchor_collapse(image_emb[rows], image_emb[ref_rows], seed=params.seed)
     return out
@@ -641,6 +661,13 @@ def output_table(per_key: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
+def _dense_positions(order: np.ndarray) -> np.ndarray:
+    """1-based rank of each element given the argsort ``order`` (ties by position)."""
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
 def vulnerability_table(
     concepts: list[str],
     named: np.ndarray,
@@ -652,8 +679,8 @@ def vulnerability_table(
     """Concepts ranked by how few poisons would matter and how many candidates they hold.
 
     ``sparsity_rank`` 1 = fewest images (semantic count when known, else word count);
-    ``candidate_rank`` 1 = most flagged candidates (then highest share); ``vulnerability_rank``
-    orders by the sum of the two ranks, ties broken by sparsity. ``share_if_100_poisons`` is the
+    ``candidate_rank`` 1 = most flagged candidates (then highest share; remaining ties by list
+    order); ``vulnerability_rank`` orders by the sum of the two ranks, ties broken by sparsity. ``share_if_100_poisons`` is the
     share of the concept that 100 poisons (Nightshade's order of magnitude) would make up.
     """
     df = pd.DataFrame({"concept": concepts, "n_scored": named.sum(axis=0).astype(np.int64)})
@@ -685,18 +712,10 @@ def vulnerability_table(
     size = df["semantic_count"].astype(float).fillna(df["word_count"].astype(float))
     df["share_if_100_poisons"] = 100.0 / (size + 100.0)
     df["sparsity_rank"] = size.rank(method="min", ascending=True).astype(np.int64)
-    df["candidate_rank"] = (
-        pd.DataFrame({"a": -df["candidates"], "b": -df["candidate_share"]})
-        .apply(tuple, axis=1)
-        .rank(method="min")
-        .astype(np.int64)
-    )
-    df["vulnerability_rank"] = (
-        pd.DataFrame({"s": df["sparsity_rank"] + df["candidate_rank"], "t": df["sparsity_rank"]})
-        .apply(tuple, axis=1)
-        .rank(method="first")
-        .astype(np.int64)
-    )
+    cand_order = np.lexsort((-df["candidate_share"].to_numpy(), -df["candidates"].to_numpy()))
+    df["candidate_rank"] = _dense_positions(cand_order)
+    total = (df["sparsity_rank"] + df["candidate_rank"]).to_numpy()
+    df["vulnerability_rank"] = _dense_positions(np.lexsort((df["sparsity_rank"].to_numpy(), total)))
     return df.sort_values("vulnerability_rank").reset_index(drop=True)
 
 
@@ -747,6 +766,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         min_concept_size=cfg.min_concept_size,
         max_reference=cfg.max_reference,
         fire_z=cfg.fire_z,
+        evidence=tuple(cfg.evidence) if cfg.evidence else P.DEFAULT_EVIDENCE,
         seed=cfg.seed,
     )
     per_key, timings = score_workspace_arrays(

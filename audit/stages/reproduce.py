@@ -100,99 +100,223 @@ class Config:
 
     def __post_init__(self) -> None:
         s = "reproduce"
-        require(bool(self.generator), f"{s}.generator", "must name a diffusers pipeline",
-                self.generator)
+        require(
+            bool(self.generator), f"{s}.generator", "must name a diffusers pipeline", self.generator
+        )
         require(self.n >= 0, f"{s}.n", "must be >= 0 (0 = triage only)", self.n)
         require(self.steps >= 1, f"{s}.steps", "must be >= 1", self.steps)
         require(self.guidance >= 0, f"{s}.guidance", "must be >= 0", self.guidance)
         require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1", self.batch_size)
         for name in ("height", "width"):
             v = getattr(self, name)
-            require(v == 0 or (v >= 8 and v % 8 == 0), f"{s}.{name}",
-                    "must be 0 (the model's default) or a multiple of 8", v)
-        require(self.prompts_mode in ("add", "replace"), f"{s}.prompts_mode",
-                "must be 'add' or 'replace'", self.prompts_mode)
-        require(self.triage_top >= 0, f"{s}.triage_top", "must be >= 0 (0 = every prompt)",
-                self.triage_top)
-        require(self.triage_seeds >= 0, f"{s}.triage_seeds", "must be >= 0 (0 = no triage)",
-                self.triage_seeds)
-        require(not (self.triage_top and not self.triage_seeds), f"{s}.triage_top",
-                "needs triage_seeds >= 1", self.triage_top)
+            require(
+                v == 0 or (v >= 8 and v % 8 == 0),
+                f"{s}.{name}",
+                "must be 0 (the model's default) or a multiple of 8",
+                v,
+            )
+        require(
+            self.prompts_mode in ("add", "replace"),
+            f"{s}.prompts_mode",
+            "must be 'add' or 'replace'",
+            self.prompts_mode,
+        )
+        require(
+            self.triage_top >= 0,
+            f"{s}.triage_top",
+            "must be >= 0 (0 = every prompt)",
+            self.triage_top,
+        )
+        require(
+            self.triage_seeds >= 0,
+            f"{s}.triage_seeds",
+            "must be >= 0 (0 = no triage)",
+            self.triage_seeds,
+        )
+        require(
+            not (self.triage_top and not self.triage_seeds),
+            f"{s}.triage_top",
+            "needs triage_seeds >= 1",
+            self.triage_top,
+        )
         require(self.chunk_size >= 1, f"{s}.chunk_size", "must be >= 1", self.chunk_size)
         require(self.seed_offset >= 0, f"{s}.seed_offset", "must be >= 0", self.seed_offset)
-        require(bool(DEVICE_RE.match(self.device)), f"{s}.device",
-                "must be auto, cpu, cuda, cuda:N or mps", self.device)
+        require(
+            bool(DEVICE_RE.match(self.device)),
+            f"{s}.device",
+            "must be auto, cpu, cuda, cuda:N or mps",
+            self.device,
+        )
         require(0 < self.alpha < 0.5, f"{s}.alpha", "must be in (0, 0.5)", self.alpha)
-        require(-1 <= self.copy_threshold <= 1, f"{s}.copy_threshold",
-                "must be a cosine in [-1, 1] (0 = calibrate)", self.copy_threshold)
-        require(self.calibration_samples >= 50, f"{s}.calibration_samples", "must be >= 50",
-                self.calibration_samples)
-        require(self.verify_samples >= 20, f"{s}.verify_samples", "must be >= 20",
-                self.verify_samples)
+        require(
+            -1 <= self.copy_threshold <= 1,
+            f"{s}.copy_threshold",
+            "must be a cosine in [-1, 1] (0 = calibrate)",
+            self.copy_threshold,
+        )
+        require(
+            self.calibration_samples >= 50,
+            f"{s}.calibration_samples",
+            "must be >= 50",
+            self.calibration_samples,
+        )
+        require(
+            self.verify_samples >= 20, f"{s}.verify_samples", "must be >= 20", self.verify_samples
+        )
         require(self.examples >= 0, f"{s}.examples", "must be >= 0", self.examples)
-        require(0 < self.min_copy_share <= 1, f"{s}.min_copy_share", "must be in (0, 1]",
-                self.min_copy_share)
-        require(self.clip_batch_size >= 1, f"{s}.clip_batch_size", "must be >= 1",
-                self.clip_batch_size)
-        require(self.torch_threads >= 0, f"{s}.torch_threads", "must be >= 0",
-                self.torch_threads)
+        require(
+            0 < self.min_copy_share <= 1,
+            f"{s}.min_copy_share",
+            "must be in (0, 1]",
+            self.min_copy_share,
+        )
+        require(
+            self.clip_batch_size >= 1, f"{s}.clip_batch_size", "must be >= 1", self.clip_batch_size
+        )
+        require(self.torch_threads >= 0, f"{s}.torch_threads", "must be >= 0", self.torch_threads)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
     g = parser.add_argument_group("generation")
-    g.add_argument("--generator", default=None, metavar="NAME_OR_PATH",
-                   help="diffusers text-to-image pipeline: hub id, local path, or tiny-sd (the "
-                        "shipped offline model; default)")
-    g.add_argument("--n", type=int, default=None,
-                   help="generations per prompt, seeds 0..N-1 (default 500; 0 = triage only)")
+    g.add_argument(
+        "--generator",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="diffusers text-to-image pipeline: hub id, local path, or tiny-sd (the "
+        "shipped offline model; default)",
+    )
+    g.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="generations per prompt, seeds 0..N-1 (default 500; 0 = triage only)",
+    )
     g.add_argument("--steps", type=int, default=None, help="denoising steps (default 50)")
-    g.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default 7.5)")
-    g.add_argument("--batch-size", dest="batch_size", type=int, default=None,
-                   help="images per pipeline call (default 16); does not change the images")
+    g.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (default 7.5)"
+    )
+    g.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help="images per pipeline call (default 16); does not change the images",
+    )
     g.add_argument("--height", type=int, default=None, help="image height (default: model's)")
     g.add_argument("--width", type=int, default=None, help="image width (default: model's)")
-    g.add_argument("--negative-prompt", dest="negative_prompt", default=None,
-                   help="negative prompt (default none)")
-    g.add_argument("--chunk-size", dest="chunk_size", type=int, default=None,
-                   help="seeds per resumable chunk / Beam element (default 50)")
-    g.add_argument("--seed-offset", dest="seed_offset", type=int, default=None,
-                   help="first seed (default 0)")
-    g.add_argument("--device", default=None,
-                   help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
-    g.add_argument("--torch-threads", dest="torch_threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice)")
+    g.add_argument(
+        "--negative-prompt",
+        dest="negative_prompt",
+        default=None,
+        help="negative prompt (default none)",
+    )
+    g.add_argument(
+        "--chunk-size",
+        dest="chunk_size",
+        type=int,
+        default=None,
+        help="seeds per resumable chunk / Beam element (default 50)",
+    )
+    g.add_argument(
+        "--seed-offset", dest="seed_offset", type=int, default=None, help="first seed (default 0)"
+    )
+    g.add_argument(
+        "--device",
+        default=None,
+        help="auto (default: cuda when available), cpu, cuda, cuda:N or mps",
+    )
+    g.add_argument(
+        "--torch-threads",
+        dest="torch_threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice)",
+    )
     p = parser.add_argument_group("prompts and triage")
-    p.add_argument("--prompts", default=None, metavar="FILE",
-                   help="user prompts (.jsonl/.csv/.txt); added, or replacing a built prompt "
-                        "of the same finding_id and prompt_kind")
-    p.add_argument("--prompts-mode", dest="prompts_mode", choices=("add", "replace"),
-                   default=None, help="add (default) or replace: use only the file's prompts")
-    p.add_argument("--all-findings", dest="all_findings", action="store_true", default=None,
-                   help="build prompts for unflagged findings too")
-    p.add_argument("--triage-top", dest="triage_top", type=int, default=None, metavar="K",
-                   help="generate the full N only for the K prompts with the highest triage "
-                        "score (default 0 = every prompt)")
-    p.add_argument("--triage-seeds", dest="triage_seeds", type=int, default=None,
-                   help="seeds averaged by the triage score (default 4; 0 = no triage)")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        metavar="FILE",
+        help="user prompts (.jsonl/.csv/.txt); added, or replacing a built prompt "
+        "of the same finding_id and prompt_kind",
+    )
+    p.add_argument(
+        "--prompts-mode",
+        dest="prompts_mode",
+        choices=("add", "replace"),
+        default=None,
+        help="add (default) or replace: use only the file's prompts",
+    )
+    p.add_argument(
+        "--all-findings",
+        dest="all_findings",
+        action="store_true",
+        default=None,
+        help="build prompts for unflagged findings too",
+    )
+    p.add_argument(
+        "--triage-top",
+        dest="triage_top",
+        type=int,
+        default=None,
+        metavar="K",
+        help="generate the full N only for the K prompts with the highest triage "
+        "score (default 0 = every prompt)",
+    )
+    p.add_argument(
+        "--triage-seeds",
+        dest="triage_seeds",
+        type=int,
+        default=None,
+        help="seeds averaged by the triage score (default 4; 0 = no triage)",
+    )
     s = parser.add_argument_group("scoring")
-    s.add_argument("--alpha", type=float, default=None,
-                   help="copy threshold = 1 - alpha quantile of unrelated-pair similarity "
-                        "(default 0.001)")
-    s.add_argument("--copy-threshold", dest="copy_threshold", type=float, default=None,
-                   help="fixed cosine copy threshold instead of the calibrated one")
-    s.add_argument("--calibration-samples", dest="calibration_samples", type=int, default=None,
-                   help="training images sampled for the calibration pairs (default 2000)")
-    s.add_argument("--no-verify", dest="verify", action="store_false", default=None,
-                   help="skip the tiled-l2 verbatim check")
-    s.add_argument("--examples", type=int, default=None,
-                   help="example pairs kept per prompt (default 4)")
-    s.add_argument("--min-copy-share", dest="min_copy_share", type=float, default=None,
-                   help="a prompt 'replicates' (triage AUROC labels) at this share of copies "
-                        "(default 0.02, i.e. 10 of 500)")
-    s.add_argument("--clip-batch-size", dest="clip_batch_size", type=int, default=None,
-                   help="images per CLIP batch (default 64)")
+    s.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="copy threshold = 1 - alpha quantile of unrelated-pair similarity (default 0.001)",
+    )
+    s.add_argument(
+        "--copy-threshold",
+        dest="copy_threshold",
+        type=float,
+        default=None,
+        help="fixed cosine copy threshold instead of the calibrated one",
+    )
+    s.add_argument(
+        "--calibration-samples",
+        dest="calibration_samples",
+        type=int,
+        default=None,
+        help="training images sampled for the calibration pairs (default 2000)",
+    )
+    s.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        default=None,
+        help="skip the tiled-l2 verbatim check",
+    )
+    s.add_argument(
+        "--examples", type=int, default=None, help="example pairs kept per prompt (default 4)"
+    )
+    s.add_argument(
+        "--min-copy-share",
+        dest="min_copy_share",
+        type=float,
+        default=None,
+        help="a prompt 'replicates' (triage AUROC labels) at this share of copies "
+        "(default 0.02, i.e. 10 of 500)",
+    )
+    s.add_argument(
+        "--clip-batch-size",
+        dest="clip_batch_size",
+        type=int,
+        default=None,
+        help="images per CLIP batch (default 64)",
+    )
     add_beam_arguments(parser)
 
 
@@ -222,12 +346,12 @@ class ClipImageEncoder:
     def __call__(self) -> Any:
         from audit.models import encode_images, load_clip
 
-        model, preprocess, _ = load_clip(self.name, pretrained=self.pretrained,
-                                         device=self.device)
+        model, preprocess, _ = load_clip(self.name, pretrained=self.pretrained, device=self.device)
 
         def encode(images: list[Any]) -> np.ndarray:
-            return encode_images(model, preprocess, images, device=self.device,
-                                 batch_size=self.batch_size)
+            return encode_images(
+                model, preprocess, images, device=self.device, batch_size=self.batch_size
+            )
 
         return encode
 
@@ -266,14 +390,18 @@ class TrainingSet:
         if self.n_ok == 0:
             raise InputError(f"{ws.embeddings_dir} holds no image embeddings (every row failed)")
         typ = self.ds.schema.field("image_emb").type  # fixed-size list (or list once re-read)
-        self.dim = getattr(typ, "list_size", None) or int(_vectors(
-            self.ds.head(1, columns=["image_emb"], filter=self.ok).column("image_emb")).shape[1])
+        self.dim = getattr(typ, "list_size", None) or int(
+            _vectors(
+                self.ds.head(1, columns=["image_emb"], filter=self.ok).column("image_emb")
+            ).shape[1]
+        )
 
     def by_keys(self, keys: list[str]) -> tuple[list[str], np.ndarray]:
         import pyarrow.dataset as pds
 
-        t = self.ds.to_table(columns=["key", "image_emb"],
-                             filter=self.ok & pds.field("key").isin(list(keys)))
+        t = self.ds.to_table(
+            columns=["key", "image_emb"], filter=self.ok & pds.field("key").isin(list(keys))
+        )
         return [str(k) for k in t.column("key").to_pylist()], _vectors(t.column("image_emb"))
 
     def sample(self, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -293,8 +421,9 @@ class TrainingSet:
         keys: list[str | None] = [None] * len(queries)
         if not len(queries):
             return best, keys
-        for batch in self.ds.to_batches(columns=["key", "image_emb"], filter=self.ok,
-                                        batch_size=65536):
+        for batch in self.ds.to_batches(
+            columns=["key", "image_emb"], filter=self.ok, batch_size=65536
+        ):
             if batch.num_rows == 0:
                 continue
             s, j = best_match(queries, _vectors(batch.column("image_emb")))
@@ -328,9 +457,11 @@ def _group_labels(ws: Any, keys: list[str], word: Any) -> list[np.ndarray]:
     if ws.has_finding("duplicates"):
         import pyarrow.parquet as pq
 
-        dup = pq.read_table(ws.finding_path("duplicates"), columns=["key", "group_id", "kind"],
-                            filters=[("key", "in", list(index)),
-                                     ("kind", "in", ["exact", "near"])]).to_pandas()
+        dup = pq.read_table(
+            ws.finding_path("duplicates"),
+            columns=["key", "group_id", "kind"],
+            filters=[("key", "in", list(index)), ("kind", "in", ["exact", "near"])],
+        ).to_pandas()
         for _kind, g in dup.groupby("kind"):
             lab = np.full(len(keys), -1, np.int64)
             lab[g["key"].map(index).to_numpy()] = g["group_id"].to_numpy(np.int64)
@@ -349,8 +480,9 @@ def _load_pixels(images: list[Any], size: tuple[int, int]) -> np.ndarray:
     """PIL images -> (n, h, w, 3) uint8 at ``size`` (w, h), bicubic."""
     from PIL import Image
 
-    return np.stack([np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), np.uint8)
-                     for im in images])
+    return np.stack(
+        [np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), np.uint8) for im in images]
+    )
 
 
 # ---- the stage -------------------------------------------------------------------------------
@@ -393,15 +525,16 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from detectors.memorization import select_top
 
     selected = select_top(triage, cfg.triage_top or None)
-    tasks, counts = generate(cfg, ws, prompts[selected], settings, train.dim, device, args,
-                             timings)
+    tasks, counts = generate(cfg, ws, prompts[selected], settings, train.dim, device, args, timings)
     t0 = time.perf_counter()
     gdf, refs = score(cfg, ws, prompts, tasks, settings, train, findings, device)
     cal = _calibrate(cfg, ws, train, findings.word)
     gdf["is_copy"] = np.isfinite(gdf["similarity"].to_numpy(np.float64)) & (
-        gdf["similarity"].to_numpy(np.float64) >= cal["copy_threshold"])
-    verify_info = _verify(cfg, ws, gdf, train, findings.word,
-                          (settings.width or 0, settings.height or 0))
+        gdf["similarity"].to_numpy(np.float64) >= cal["copy_threshold"]
+    )
+    verify_info = _verify(
+        cfg, ws, gdf, train, findings.word, (settings.width or 0, settings.height or 0)
+    )
     timings["scoring"] = time.perf_counter() - t0
     out = per_prompt(prompts, gdf, refs, triage, selected, cal["copy_threshold"])
     write_generation_tables(ws, gdf, cal["copy_threshold"], cfg.examples)
@@ -409,9 +542,15 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     meta["seconds"] = round(time.perf_counter() - t_start, 3)
     ws.write_finding(FINDING, _to_arrow(out), meta)
     for r in out.sort_values("replication_rate", ascending=False).head(5).to_dict("records"):
-        logger.info("%-28s %-24s rate %s [%s, %s] max sim %s", r["finding_id"], r["prompt_kind"],
-                    _fmt(r["replication_rate"]), _fmt(r["ci_low"]), _fmt(r["ci_high"]),
-                    _fmt(r["max_sim"]))
+        logger.info(
+            "%-28s %-24s rate %s [%s, %s] max sim %s",
+            r["finding_id"],
+            r["prompt_kind"],
+            _fmt(r["replication_rate"]),
+            _fmt(r["ci_low"]),
+            _fmt(r["ci_high"]),
+            _fmt(r["max_sim"]),
+        )
     return 0
 
 
@@ -424,19 +563,27 @@ def make_prompts(cfg: Config, findings: Findings, train: TrainingSet) -> Any:
         for fid, r in findings.rows("objects").items():
             if cfg.all_findings or r.get("flagged", True):
                 obj_caps[fid] = train.captions_matching(str(r["keyword"]))
-    prompts = build_prompts(findings.word, findings.objects, cfg.prompts, cfg.prompts_mode,
-                            only_flagged=not cfg.all_findings, object_captions=obj_caps)
+    prompts = build_prompts(
+        findings.word,
+        findings.objects,
+        cfg.prompts,
+        cfg.prompts_mode,
+        only_flagged=not cfg.all_findings,
+        object_captions=obj_caps,
+    )
     if prompts.empty:
         raise InputError(
             "nothing to reproduce: no flagged findings in findings/word_replication.parquet or "
             "findings/object_replication.parquet (run `laion-audit replication` / `objects`, "
-            "pass --all-findings, or give --prompts FILE)")
+            "pass --all-findings, or give --prompts FILE)"
+        )
     logger.info("%d prompts from %d findings", len(prompts), prompts["finding_id"].nunique())
     return prompts
 
 
-def run_triage(cfg: Config, ws: Any, prompts: Any, device: str,
-               timings: dict[str, float]) -> tuple[Any, np.ndarray]:
+def run_triage(
+    cfg: Config, ws: Any, prompts: Any, device: str, timings: dict[str, float]
+) -> tuple[Any, np.ndarray]:
     """Load the generator here once: resolve the image size, and score every prompt with Wen et
     al.'s first-step norm (written to ``generations/triage.parquet``)."""
     from detectors.memorization import TRIAGE_NAME
@@ -446,16 +593,27 @@ def run_triage(cfg: Config, ws: Any, prompts: Any, device: str,
     gen = SeededGenerator(GeneratorLoader(cfg.generator, device)(), device=None)
     height, width = gen.resolve_size(cfg.height or None, cfg.width or None)
     settings = GenerationSettings(
-        generator=cfg.generator, steps=cfg.steps, guidance=cfg.guidance, height=height,
-        width=width, negative_prompt=cfg.negative_prompt or None, batch_size=cfg.batch_size,
-        chunk_size=cfg.chunk_size, device=device)
+        generator=cfg.generator,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        height=height,
+        width=width,
+        negative_prompt=cfg.negative_prompt or None,
+        batch_size=cfg.batch_size,
+        chunk_size=cfg.chunk_size,
+        device=device,
+    )
     timings["load_generator"] = time.perf_counter() - t0
     triage = np.full(len(prompts), np.nan)
     if cfg.triage_seeds:
         t0 = time.perf_counter()
         seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.triage_seeds))
-        per_seed = gen.triage(prompts["prompt"].tolist(), seeds, settings,
-                              batch_size=max(cfg.batch_size, cfg.triage_seeds))
+        per_seed = gen.triage(
+            prompts["prompt"].tolist(),
+            seeds,
+            settings,
+            batch_size=max(cfg.batch_size, cfg.triage_seeds),
+        )
         triage = per_seed.mean(axis=1)
         timings["triage"] = time.perf_counter() - t0
         tri = prompts[["prompt_id", "finding_id", "prompt_kind", "prompt"]].copy()
@@ -463,15 +621,27 @@ def run_triage(cfg: Config, ws: Any, prompts: Any, device: str,
         tri["triage_per_seed"] = list(per_seed)
         tri["detector"] = TRIAGE_NAME
         ws.write_table(ws.generations_dir / "triage.parquet", _to_arrow(tri))
-        logger.info("triage: %d prompts x %d seeds in %.1f s", len(prompts), cfg.triage_seeds,
-                    timings["triage"])
+        logger.info(
+            "triage: %d prompts x %d seeds in %.1f s",
+            len(prompts),
+            cfg.triage_seeds,
+            timings["triage"],
+        )
     del gen
     _free_cuda()
     return settings, triage
 
 
-def generate(cfg: Config, ws: Any, chosen: Any, settings: Any, dim: int, device: str,
-             args: argparse.Namespace, timings: dict[str, float]) -> tuple[list, dict]:
+def generate(
+    cfg: Config,
+    ws: Any,
+    chosen: Any,
+    settings: Any,
+    dim: int,
+    device: str,
+    args: argparse.Namespace,
+    timings: dict[str, float],
+) -> tuple[list, dict]:
     """The Beam fan-out of (prompt, seed range) chunks; finished chunks are skipped."""
     from pipelines.beam_options import beam_setup
     from pipelines.reproduce import plan_chunks, run_generation
@@ -479,22 +649,39 @@ def generate(cfg: Config, ws: Any, chosen: Any, settings: Any, dim: int, device:
     info = ws.model_info()
     clip_name = info.get("name") or info.get("model")
     if not clip_name:
-        raise InputError(f"{ws.embeddings_dir}/model.json names no CLIP model: generations must "
-                         "be embedded with the model of the training embeddings")
-    encoder = ClipImageEncoder(str(clip_name), info.get("pretrained"), device,
-                               cfg.clip_batch_size)
-    tasks = plan_chunks(list(zip(chosen["prompt_id"], chosen["prompt"])), cfg.n, cfg.chunk_size,
-                        cfg.seed_offset)
+        raise InputError(
+            f"{ws.embeddings_dir}/model.json names no CLIP model: generations must "
+            "be embedded with the model of the training embeddings"
+        )
+    encoder = ClipImageEncoder(str(clip_name), info.get("pretrained"), device, cfg.clip_batch_size)
+    tasks = plan_chunks(
+        list(zip(chosen["prompt_id"], chosen["prompt"])), cfg.n, cfg.chunk_size, cfg.seed_offset
+    )
     counts: dict[str, int] = {"chunks": 0}
     t0 = time.perf_counter()
     if tasks:
-        logger.info("generating %d prompts x %d seeds (%d chunks, batch %d, %d steps, %dx%d, %s)",
-                    len(chosen), cfg.n, len(tasks), cfg.batch_size, cfg.steps, settings.width,
-                    settings.height, device)
+        logger.info(
+            "generating %d prompts x %d seeds (%d chunks, batch %d, %d steps, %dx%d, %s)",
+            len(chosen),
+            cfg.n,
+            len(tasks),
+            cfg.batch_size,
+            cfg.steps,
+            settings.width,
+            settings.height,
+            device,
+        )
         with beam_setup(getattr(args, "beam_args", []), cfg.runner, cfg.dask_local) as setup:
-            counts = run_generation(tasks, GeneratorLoader(cfg.generator, device), encoder,
-                                    settings, ws.generations_dir, dim=dim,
-                                    options=setup.options, runner=setup.new_runner())
+            counts = run_generation(
+                tasks,
+                GeneratorLoader(cfg.generator, device),
+                encoder,
+                settings,
+                ws.generations_dir,
+                dim=dim,
+                options=setup.options,
+                runner=setup.new_runner(),
+            )
     timings["generation"] = time.perf_counter() - t0
     logger.info("generation: %s in %.1f s", counts, timings["generation"])
     return tasks, counts
@@ -509,9 +696,19 @@ def _read_generations(ws: Any, tasks: list, settings: Any, dim: int) -> tuple[An
 
     gens = read_chunks(ws.generations_dir, tasks, settings)
     if gens is None:
-        gdf = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
-            ("prompt_id", str), ("prompt", str), ("seed", "int64"), ("path", str),
-            ("status", str), ("error", str))})
+        gdf = pd.DataFrame(
+            {
+                c: pd.Series(dtype=t)
+                for c, t in (
+                    ("prompt_id", str),
+                    ("prompt", str),
+                    ("seed", "int64"),
+                    ("path", str),
+                    ("status", str),
+                    ("error", str),
+                )
+            }
+        )
         return gdf, np.zeros((0, dim), np.float32)
     import pyarrow.compute as pc
 
@@ -523,8 +720,16 @@ def _read_generations(ws: Any, tasks: list, settings: Any, dim: int) -> tuple[An
     return gdf, gemb
 
 
-def score(cfg: Config, ws: Any, prompts: Any, tasks: list, settings: Any, train: TrainingSet,
-          findings: Findings, device: str) -> tuple[Any, dict[str, tuple[str, int]]]:
+def score(
+    cfg: Config,
+    ws: Any,
+    prompts: Any,
+    tasks: list,
+    settings: Any,
+    train: TrainingSet,
+    findings: Findings,
+    device: str,
+) -> tuple[Any, dict[str, tuple[str, int]]]:
     """Per generation: best cosine over the finding's cluster (word findings) or over every
     training image (object findings, file prompts), its training key, and for object findings
     the presence score and test. Returns the generations frame and each prompt's reference
@@ -561,8 +766,11 @@ def score(cfg: Config, ws: Any, prompts: Any, tasks: list, settings: Any, train:
                     nearest[i] = mkeys[jj]
         else:
             if fid != USER_FINDING and fid not in obj_rows and len(idx):
-                logger.warning("prompt %s names unknown finding %r: scored against every "
-                               "training image", pid, fid)
+                logger.warning(
+                    "prompt %s names unknown finding %r: scored against every training image",
+                    pid,
+                    fid,
+                )
             refs[pid] = ("dataset", train.n_ok)
     rest = [usable[pid] for pid in pid_to_row if refs[pid][0] == "dataset"]
     all_idx = np.concatenate(rest) if rest else np.zeros(0, np.int64)
@@ -599,8 +807,14 @@ def score(cfg: Config, ws: Any, prompts: Any, tasks: list, settings: Any, train:
     return gdf, refs
 
 
-def per_prompt(prompts: Any, gdf: Any, refs: dict[str, tuple[str, int]], triage: np.ndarray,
-               selected: np.ndarray, tau: float) -> Any:
+def per_prompt(
+    prompts: Any,
+    gdf: Any,
+    refs: dict[str, tuple[str, int]],
+    triage: np.ndarray,
+    selected: np.ndarray,
+    tau: float,
+) -> Any:
     """The memorization table: one row per prompt (prompts left out by triage get n = 0)."""
     import pandas as pd
 
@@ -608,25 +822,49 @@ def per_prompt(prompts: Any, gdf: Any, refs: dict[str, tuple[str, int]], triage:
 
     summary = {}
     if len(gdf):
-        summary = summarize_generations(gdf, by=["prompt_id"]).set_index("prompt_id").to_dict(
-            "index")
+        summary = (
+            summarize_generations(gdf, by=["prompt_id"]).set_index("prompt_id").to_dict("index")
+        )
     rank = pd.Series(triage).rank(ascending=False, method="first").to_numpy()
-    empty = dict(n=0, n_copies=0, replication_rate=float("nan"), ci_low=0.0, ci_high=1.0,
-                 mean_sim=float("nan"), p95_sim=float("nan"), max_sim=float("nan"), n_failed=0,
-                 n_verbatim=None, verbatim_rate=float("nan"), n_object=None,
-                 object_rate=float("nan"), object_ci_low=float("nan"),
-                 object_ci_high=float("nan"))
+    empty = dict(
+        n=0,
+        n_copies=0,
+        replication_rate=float("nan"),
+        ci_low=0.0,
+        ci_high=1.0,
+        mean_sim=float("nan"),
+        p95_sim=float("nan"),
+        max_sim=float("nan"),
+        n_failed=0,
+        n_verbatim=None,
+        verbatim_rate=float("nan"),
+        n_object=None,
+        object_rate=float("nan"),
+        object_ci_low=float("nan"),
+        object_ci_high=float("nan"),
+    )
     rows = []
     for i, p in enumerate(prompts.to_dict("records")):
         ref = refs[p["prompt_id"]]
-        rows.append({
-            "finding_id": p["finding_id"], "prompt_id": p["prompt_id"],
-            "prompt_kind": p["prompt_kind"], "prompt": p["prompt"], "keyword": p["keyword"],
-            "object": p["object"], "source": p["source"],
-            **summary.get(p["prompt_id"], empty),
-            "triage_score": float(triage[i]), "triage_rank": float(rank[i]),
-            "generated": bool(selected[i]), "reference": ref[0], "reference_size": int(ref[1]),
-            "copy_threshold": tau, "detector": NAME})
+        rows.append(
+            {
+                "finding_id": p["finding_id"],
+                "prompt_id": p["prompt_id"],
+                "prompt_kind": p["prompt_kind"],
+                "prompt": p["prompt"],
+                "keyword": p["keyword"],
+                "object": p["object"],
+                "source": p["source"],
+                **summary.get(p["prompt_id"], empty),
+                "triage_score": float(triage[i]),
+                "triage_rank": float(rank[i]),
+                "generated": bool(selected[i]),
+                "reference": ref[0],
+                "reference_size": int(ref[1]),
+                "copy_threshold": tau,
+                "detector": NAME,
+            }
+        )
     out = pd.DataFrame(rows)
     for col in ("n", "n_copies", "n_failed"):
         out[col] = out[col].astype("int64")
@@ -644,41 +882,75 @@ def write_generation_tables(ws: Any, gdf: Any, tau: float, examples: int) -> Non
     ex = scored[np.isfinite(scored["similarity"].to_numpy(np.float64))]
     ex = ex.sort_values(["prompt_id", "similarity", "seed"], ascending=[True, False, True])
     ex = ex.groupby("prompt_id", sort=False).head(examples)
-    cols = ["finding_id", "prompt_id", "prompt_kind", "seed", "gen_path", "path", "nearest_key",
-            "similarity", "is_copy", "is_verbatim", "tiled_l2", "object_present"]
+    cols = [
+        "finding_id",
+        "prompt_id",
+        "prompt_kind",
+        "seed",
+        "gen_path",
+        "path",
+        "nearest_key",
+        "similarity",
+        "is_copy",
+        "is_verbatim",
+        "tiled_l2",
+        "object_present",
+    ]
     ws.write_table(ws.generations_dir / "scores.parquet", _to_arrow(scored))
     ws.write_table(ws.generations_dir / "examples.parquet", _to_arrow(ex[cols]))
 
 
-def run_meta(cfg: Config, out: Any, settings: Any, device: str, counts: dict[str, int],
-             cal: dict[str, Any], verify_info: dict[str, Any],
-             timings: dict[str, float]) -> dict[str, Any]:
+def run_meta(
+    cfg: Config,
+    out: Any,
+    settings: Any,
+    device: str,
+    counts: dict[str, int],
+    cal: dict[str, Any],
+    verify_info: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
     """``findings/memorization.json``: thresholds, calibration evidence, the triage's AUROC
     against this run's N-seed labels and its cost, timings."""
     from detectors import memorization as mem
 
     gen_rows = out[out["generated"] & (out["n"] > 0)]
-    labels = mem.replication_labels(gen_rows["n_copies"].to_numpy(), gen_rows["n"].to_numpy(),
-                                    cfg.min_copy_share)
-    auroc = (mem.triage_auroc(gen_rows["triage_score"].to_numpy(), labels)
-             if cfg.triage_seeds and len(gen_rows) else float("nan"))
+    labels = mem.replication_labels(
+        gen_rows["n_copies"].to_numpy(), gen_rows["n"].to_numpy(), cfg.min_copy_share
+    )
+    auroc = (
+        mem.triage_auroc(gen_rows["triage_score"].to_numpy(), labels)
+        if cfg.triage_seeds and len(gen_rows)
+        else float("nan")
+    )
     n_generated = max(1, int(out["generated"].sum()))
     seconds_share = None
     if timings.get("triage") and counts.get("chunks_generated"):
         seconds_share = (timings["triage"] / len(out)) / (timings["generation"] / n_generated)
     return {
-        "detector": mem.NAME, "triage_detector": mem.TRIAGE_NAME,
-        "generator": cfg.generator, "device": device, "settings": settings.fingerprint(),
-        "batch_size": cfg.batch_size, "n": cfg.n, "seed_offset": cfg.seed_offset,
-        "n_prompts": len(out), "n_generated_prompts": int(out["generated"].sum()),
-        "n_generations_scored": int(gen_rows["n"].sum()), "chunks": counts,
-        **cal, **verify_info,
+        "detector": mem.NAME,
+        "triage_detector": mem.TRIAGE_NAME,
+        "generator": cfg.generator,
+        "device": device,
+        "settings": settings.fingerprint(),
+        "batch_size": cfg.batch_size,
+        "n": cfg.n,
+        "seed_offset": cfg.seed_offset,
+        "n_prompts": len(out),
+        "n_generated_prompts": int(out["generated"].sum()),
+        "n_generations_scored": int(gen_rows["n"].sum()),
+        "chunks": counts,
+        **cal,
+        **verify_info,
         "triage": {
-            "seeds": cfg.triage_seeds, "top": cfg.triage_top,
-            "auroc_vs_replication": auroc, "n_replicating_prompts": int(labels.sum()),
+            "seeds": cfg.triage_seeds,
+            "top": cfg.triage_top,
+            "auroc_vs_replication": auroc,
+            "n_replicating_prompts": int(labels.sum()),
             "min_copy_share": cfg.min_copy_share,
             "unet_calls_share": cfg.triage_seeds / (cfg.n * cfg.steps) if cfg.n else None,
-            "seconds": timings.get("triage"), "seconds_share": seconds_share,
+            "seconds": timings.get("triage"),
+            "seconds_share": seconds_share,
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -720,19 +992,28 @@ def _calibrate(cfg: Config, ws: Any, train: TrainingSet, word: Any) -> dict[str,
     calibrated = mem.calibrate_copy_threshold(sims, cfg.alpha)
     tau = cfg.copy_threshold or calibrated
     q = np.quantile(sims, [0.5, 0.9, 0.99, 0.999])
-    logger.info("copy threshold %.4f (%s; %d unrelated pairs: median %.3f, p99 %.3f, p99.9 %.3f)",
-                tau, "fixed" if cfg.copy_threshold else f"1 - {cfg.alpha:g} quantile", len(sims),
-                q[0], q[2], q[3])
-    return {"copy_threshold": float(tau), "copy_threshold_method":
-            "fixed" if cfg.copy_threshold else "unrelated_pairs_quantile",
-            "calibrated_threshold": calibrated, "alpha": cfg.alpha,
-            "unrelated_pairs": int(len(sims)),
-            "unrelated_similarity_quantiles": {"p50": q[0], "p90": q[1], "p99": q[2],
-                                               "p999": q[3]}}
+    logger.info(
+        "copy threshold %.4f (%s; %d unrelated pairs: median %.3f, p99 %.3f, p99.9 %.3f)",
+        tau,
+        "fixed" if cfg.copy_threshold else f"1 - {cfg.alpha:g} quantile",
+        len(sims),
+        q[0],
+        q[2],
+        q[3],
+    )
+    return {
+        "copy_threshold": float(tau),
+        "copy_threshold_method": "fixed" if cfg.copy_threshold else "unrelated_pairs_quantile",
+        "calibrated_threshold": calibrated,
+        "alpha": cfg.alpha,
+        "unrelated_pairs": int(len(sims)),
+        "unrelated_similarity_quantiles": {"p50": q[0], "p90": q[1], "p99": q[2], "p999": q[3]},
+    }
 
 
-def _verify(cfg: Config, ws: Any, gdf: Any, train: TrainingSet, word: Any,
-            size: tuple[int, int]) -> dict[str, Any]:
+def _verify(
+    cfg: Config, ws: Any, gdf: Any, train: TrainingSet, word: Any, size: tuple[int, int]
+) -> dict[str, Any]:
     """Tiled-l2 check of every copy against its nearest training image (adds ``tiled_l2`` and
     ``is_verbatim`` to ``gdf``; null where unchecked)."""
     from audit.report.images import ShardIndex, open_path
@@ -762,11 +1043,17 @@ def _verify(cfg: Config, ws: Any, gdf: Any, train: TrainingSet, word: Any,
     i, j = sample_unrelated_pairs(len(imgs), labels, max_items=len(imgs))
     d = mem.tiled_l2(px[i], px[j])
     l2_thr = mem.calibrate_tiled_l2_threshold(d, cfg.alpha)
-    info.update(verbatim_checked=True, tiled_l2_threshold=l2_thr, tiled_l2_pairs=int(len(d)),
-                tiled_l2_tiles=mem.DEFAULT_TILES,
-                unrelated_tiled_l2_quantiles={"p001": float(np.quantile(d, 0.001)),
-                                              "p01": float(np.quantile(d, 0.01)),
-                                              "p50": float(np.quantile(d, 0.5))})
+    info.update(
+        verbatim_checked=True,
+        tiled_l2_threshold=l2_thr,
+        tiled_l2_pairs=int(len(d)),
+        tiled_l2_tiles=mem.DEFAULT_TILES,
+        unrelated_tiled_l2_quantiles={
+            "p001": float(np.quantile(d, 0.001)),
+            "p01": float(np.quantile(d, 0.01)),
+            "p50": float(np.quantile(d, 0.5)),
+        },
+    )
     cache: dict[str, Any] = {}
     dists = np.full(len(gdf), np.nan)
     for r in copies:

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"laion-audit {__version__}")
+    parser.add_argument("-v", "--verbose", dest="top_verbose", action="count", default=0,
+                        help="more logging (also accepted after the subcommand)")
+    parser.add_argument("-q", "--quiet", dest="top_quiet", action="store_true",
+                        help="warnings and errors only (also accepted after the subcommand)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (-vv also shows library logs)")
@@ -157,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(argv)  # re-parse strictly: prints the usage error, exits 2
     else:
         args.beam_args = []
+    args.quiet = args.quiet or args.top_quiet
+    args.verbose = args.verbose + args.top_verbose
     setup_logging(-1 if args.quiet else args.verbose)
     try:
         if mod is None:

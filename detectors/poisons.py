@@ -69,8 +69,9 @@ EVIDENCE: dict[str, tuple[str, float]] = {
     LOF: (LOF, 1.0),
     SPECTRAL: (SPECTRAL, 1.0),
 }
-"""Evidence used by the combined score: name -> (column, sign). The GMM probability is a
-bounded, mostly-zero column whose MAD is 0, so its information enters through the cosine z."""
+"""Evidence the combined score may use: name -> (column, sign). The GMM probability is a
+bounded column, mostly exactly 0 (no robust scale), so its information enters through the
+cosine z."""
 
 
 RULES = ("max2", "sum")

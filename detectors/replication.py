@@ -32,16 +32,17 @@ Method (after Naseh et al. 2023, with the per-cluster hand thresholds replaced b
    nearest the medoid as representatives.
 5. **Words** (:class:`WordStats`): scikit-learn ``CountVectorizer`` (binary, English stop
    words, the keyword's own words and their plurals removed) over the subset's captions; a word
-   is characteristic of a cluster when it appears in at least ``min_support`` of the cluster's
-   captions (and at least 2), ranked by lift = P(word | cluster) / P(word | subset), ties by
-   count. ``prompt_words`` are the top words present in at least half of the cluster's captions,
-   in the order they usually appear in ("starry night", not "night starry").
+   is characteristic of a cluster when it appears in at least ``min_support`` = 20% of the
+   cluster's captions (and at least 2), ranked by lift = P(word | cluster) / P(word | subset),
+   ties by count. ``prompt_words`` are the cluster's core words (in at least half of its
+   captions, with at least half the best word's lift, so "painting", shared by all works, is
+   left out) in the order they usually appear in ("starry night", not "night starry").
 6. **Flag**: a cluster is a replication when it is large (``size >= flag_min_size`` = 5 and
    ``share >= flag_min_share`` = 2% of the subset; at LAION scale the share decides, the size
-   only keeps pairs and triples of reposts, found in every subset, out of small subsets) and tight (mean cosine distance of its members
-   to the medoid at most ``beta`` times the random-pair median distance,
-   :func:`distance_ratio`; always true for star clusters at the calibrated threshold, not for
-   connected components).
+   only keeps the pairs and triples of reposts found in every subset out of small subsets) and
+   tight (mean cosine of its members to the medoid at least the copy threshold, i.e. a mean
+   distance at most ``beta`` times the random-pair median distance, see
+   :func:`distance_ratio`; always true for star clusters, not for connected components).
 
 Discovery (:func:`discover_terms`) scores each frequent caption word or bigram by the share of
 its subset covered by its few largest tight clusters, times ``log(subset size)``, on one global
@@ -509,7 +510,8 @@ def word_replication(
         word_list = [w for w, _, _ in tw]
         share = c.size / n
         ratio = float(distance_ratio(c.mean_sim, stats))
-        flagged = bool(c.size >= flag_min_size and share >= flag_min_share and ratio <= beta)
+        tight = c.mean_sim >= stats.threshold
+        flagged = bool(c.size >= flag_min_size and share >= flag_min_share and tight)
         ex_idx = c.representatives[:n_examples]
         rows.append(
             {

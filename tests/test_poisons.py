@@ -170,6 +170,23 @@ def test_combined_score_finds_both_poison_kinds_on_synthetic_vectors() -> None:
     assert set(kinds[flags]) <= {"dirty", "clean"}
 
 
+def test_sum_rule_and_spectral_evidence_are_available() -> None:
+    s = synthetic()
+    members = [np.flatnonzero(s["named"][:, j]) for j in range(s["named"].shape[1])]
+    raw = P.score_concepts(
+        s["img"], s["cos"], members, CONCEPTS, concept_emb=s["concept_emb"], named=s["named"]
+    )
+    params = P.PoisonParams(rule="sum", evidence=(*P.DEFAULT_EVIDENCE, P.SPECTRAL))
+    comb = P.combine(raw, params)
+    assert f"{P.SPECTRAL}_z" in comb.columns
+    kind = s["kind"][comb["row"].to_numpy()]
+    assert P.auroc(kind == 1, comb["combined_score"].to_numpy()) > 0.97
+    with pytest.raises(ValueError, match="rule"):
+        P.PoisonParams(rule="mean")
+    with pytest.raises(ValueError, match="evidence"):
+        P.PoisonParams(evidence=("nope",))
+
+
 def test_clean_synthetic_data_gives_few_flags() -> None:
     s = synthetic(poisons=False)
     comb = _score(s)
@@ -218,12 +235,16 @@ def test_metrics() -> None:
 # ---- the stage on a synthetic workspace ------------------------------------------------------
 
 
-def _write_workspace(root: Path, s: dict, split: list[int]) -> list[str]:
+def _write_workspace(
+    root: Path, s: dict, split: list[int], unnamed: tuple[int, ...] = ()
+) -> list[str]:
     from audit.workspace import Workspace, embedding_schema
 
     n, d = s["img"].shape
     keys = [f"{i:09d}" for i in range(n)]
     captions = [f"a picture of a {CONCEPTS[c]}" for c in s["labels"]]
+    for i in unnamed:  # captions about the concept that do not use its word
+        captions[i] = "a picture of something"
     status = ["ok"] * n
     for i in split:
         status[i] = "hash_mismatch"
@@ -263,6 +284,18 @@ def test_stage_writes_ranked_findings_and_vulnerability(tmp_path: Path) -> None:
     s = synthetic(n_per=150, k=4, n_poison=3)
     split_rows = [5, 160]
     _write_workspace(tmp_path, s, split_rows)
+    # a concepts finding for three of the four concepts (thing3 is missing from it)
+    Workspace(tmp_path).write_finding(
+        "concepts",
+        pa.table(
+            {
+                "concept": CONCEPTS[:3], "word_count": [151, 150, 150],
+                "word_freq": [0.25, 0.25, 0.25], "semantic_count": [400, 20, 160],
+                "semantic_freq": [0.66, 0.03, 0.26], "semantic_threshold": [0.5] * 3,
+                "sparse": [False, True, False], "n_total": [602] * 3,
+            }
+        ),
+    )  # fmt: skip
     code = cli.main(["poisons", str(tmp_path), "-q", "--concepts", ",".join(CONCEPTS[:4])])
     assert code == 0
     ws = Workspace(tmp_path)
@@ -301,6 +334,11 @@ def test_stage_writes_ranked_findings_and_vulnerability(tmp_path: Path) -> None:
     vuln = pd.read_parquet(tmp_path / "findings" / "concept_vulnerability.parquet")
     assert sorted(vuln["concept"]) == CONCEPTS[:4]
     assert vuln["vulnerability_rank"].tolist() == [1, 2, 3, 4]
+    v = vuln.set_index("concept")
+    assert v.loc["thing1", "sparsity_rank"] == 1  # semantic count 20: the sparsest
+    assert v.loc["thing0", "sparsity_rank"] == 4  # semantic count 400
+    assert bool(v.loc["thing1", "sparse"]) and pd.isna(v.loc["thing3", "sparse"])
+    assert v.loc["thing1", "share_if_100_poisons"] == pytest.approx(100 / 120)
     assert int(vuln.loc[vuln["concept"] == "thing0", "word_count"].iloc[0]) == 151
     assert vuln["candidates"].sum() == int((df["flagged"] & df["concept"].notna()).sum())
     assert json.loads((tmp_path / "findings" / "poisons.json").read_text())["rows"] == len(df)
@@ -446,3 +484,33 @@ def test_clean_testbed_gives_few_flags(tmp_path: Path) -> None:
     # measured 0.3-0.9% on the benchmark testbeds at the default threshold
     assert fpr <= 0.015, f"false-positive rate at the default threshold: {fpr:.4f}"
     assert (clean.loc[clean["flagged"], "reasons"] != "").all()
+
+
+def test_semantic_membership_uses_the_concepts_finding(tmp_path: Path) -> None:
+    from audit import cli
+    from audit.workspace import Workspace
+
+    s = synthetic(n_per=100, k=3, n_poison=2)
+    unnamed = (1, 2, 3)  # rows of thing0 whose captions do not say "thing0"
+    _write_workspace(tmp_path, s, [], unnamed=unnamed)
+    ws = Workspace(tmp_path)
+    ref = normalize_rows(np.stack([s["txt"][s["labels"] == j].mean(0) for j in range(3)]))
+    ws.write_finding(
+        "concepts",
+        pa.table(
+            {
+                "concept": CONCEPTS[:3], "word_count": [97, 100, 100],
+                "semantic_threshold": [0.5] * 3,
+                "reference_emb": pa.array(ref.tolist(), pa.list_(pa.float32(), ref.shape[1])),
+            }
+        ),
+    )  # fmt: skip
+    unnamed_keys = {f"{i:09d}" for i in unnamed}
+    assert cli.main(["poisons", str(tmp_path), "-q"]) == 0
+    df = ws.read_finding("poisons").to_pandas()
+    assert unnamed_keys.isdisjoint(df["key"])
+    assert cli.main(["poisons", str(tmp_path), "-q", "--match", "both"]) == 0
+    df = ws.read_finding("poisons").to_pandas().set_index("key")
+    assert unnamed_keys <= set(df.index)
+    assert (df.loc[sorted(unnamed_keys), "concept"] == "thing0").all()
+    assert ws.finding_meta("poisons")["semantic_reference"] == "concepts finding"

@@ -223,15 +223,13 @@ def _embedding_table(e, caps, keys, n_failed: int = 0) -> pa.Table:
     )
 
 
-def _write_workspace(tmp_path, e, caps, keys):
-    """A workspace with one embedding part of ok rows only.
-
-    (pyarrow 25 cannot read back a parquet fixed-size-list column holding nulls, so failed rows
-    are covered by ``test_load_samples_drops_failed_rows`` on an in-memory table.)"""
+def _write_workspace(tmp_path, e, caps, keys, n_failed: int = 3):
+    """A workspace with one embedding part: ok rows plus ``n_failed`` failed rows (null
+    embeddings, captions that would match "van gogh" and "starry night")."""
     from audit.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
-    ws.write_part(ws.part_path(0), _embedding_table(e, caps, keys))
+    ws.write_part(ws.part_path(0), _embedding_table(e, caps, keys, n_failed=n_failed))
     return ws
 
 
@@ -261,10 +259,11 @@ def test_stage_writes_the_finding(tmp_path) -> None:
     assert code == 0
     t = ws.read_finding("word_replication").to_pylist()
     meta = ws.finding_meta("word_replication")
-    assert meta["n_failed_dropped"] == 0 and meta["n_usable"] == len(caps)
+    assert meta["n_failed_dropped"] == 3 and meta["n_usable"] == len(caps)
     assert {r["keyword"] for r in t} == {"van gogh", "starry night"}
     vg = [r for r in t if r["keyword"] == "van gogh" and r["flagged"]]
     assert len(vg) == 3 and vg[0]["cluster_rank"] == 0
+    assert not any(k.startswith("9") for r in t for k in r["member_keys"])  # failed dropped
     # "frequency matters": the works' captions without "van gogh" ("the X | art print")
     # (None below 3 such images)
     assert all(r["words_only_n"] is not None for r in vg)

@@ -411,7 +411,7 @@ def membership(
     semantic_threshold: dict[str, float] | None = None,
 ) -> np.ndarray:
     """(n, K) mask: caption names concept k (word match), or (semantic) its text embedding's
-    nearest concept is k with cosine >= that concept's semantic threshold."""
+    nearest reference in ``concept_emb`` is k's, with cosine >= that concept's threshold."""
     from detectors.text import match_keyword
 
     named = np.zeros((len(captions), len(concepts)), dtype=bool)
@@ -431,20 +431,42 @@ def membership(
     return named
 
 
-def _semantic_thresholds(cfg: Config, ws: Any, concepts: list[str]) -> dict[str, float]:
-    if cfg.semantic_threshold is not None:
-        return dict.fromkeys(concepts, float(cfg.semantic_threshold))
+def semantic_reference(
+    cfg: Config, ws: Any, concepts: list[str], prompt_emb: np.ndarray
+) -> tuple[np.ndarray, dict[str, float], str]:
+    """Reference embeddings and cosine thresholds for semantic membership.
+
+    With a ``concepts`` finding that carries ``reference_emb`` and ``semantic_threshold``, its
+    references (caption centroids or prompt ensembles, see ``laion-audit concepts``) and its
+    calibrated radius, so both stages agree on who belongs to a concept; ``--semantic-threshold``
+    overrides the radius. Without one, the prompt-ensemble embeddings and
+    ``--semantic-threshold``. Concepts missing from the finding get no semantic members.
+    """
+    d = prompt_emb.shape[1]
     if ws.has_finding("concepts"):
         df = ws.read_finding("concepts").to_pandas()
-        if "semantic_threshold" in df.columns:
-            return {
-                str(r.concept): float(r.semantic_threshold)
-                for r in df.itertuples()
-                if r.semantic_threshold is not None and np.isfinite(r.semantic_threshold)
-            }
+        if {"reference_emb", "semantic_threshold"} <= set(df.columns):
+            ref = np.zeros((len(concepts), d), np.float32)
+            thr: dict[str, float] = {}
+            rows = {str(r.concept): r for r in df.itertuples()}
+            for j, c in enumerate(concepts):
+                r = rows.get(c)
+                if r is None or r.reference_emb is None or r.semantic_threshold is None:
+                    continue
+                v = np.asarray(r.reference_emb, dtype=np.float32)
+                if v.shape != (d,) or not np.isfinite(r.semantic_threshold):
+                    continue
+                ref[j] = v / max(float(np.linalg.norm(v)), 1e-12)
+                thr[c] = float(r.semantic_threshold)
+            if cfg.semantic_threshold is not None:
+                thr = dict.fromkeys(thr, float(cfg.semantic_threshold))
+            if thr:
+                return ref, thr, "concepts finding"
+    if cfg.semantic_threshold is not None:
+        return prompt_emb, dict.fromkeys(concepts, float(cfg.semantic_threshold)), "prompts"
     raise ConfigError(
         "poisons.match: semantic match needs --semantic-threshold or a concepts "
-        "finding with semantic_threshold (run `laion-audit concepts` first) "
+        "finding with reference_emb and semantic_threshold (run `laion-audit concepts` first) "
         f"(got {cfg.match!r})"
     )
 
@@ -702,6 +724,7 @@ def vulnerability_table(
     for col in ("word_count", "word_freq", "semantic_count", "semantic_freq", "sparse"):
         if col not in df:
             df[col] = np.nan
+    df["sparse"] = df["sparse"].astype("boolean")
     wc = df["concept"].map(word_counts).astype(float)
     df["word_count"] = df["word_count"].astype(float).fillna(wc)
     df["word_freq"] = df["word_freq"].astype(float).fillna(wc / max(n_total, 1))
@@ -748,15 +771,16 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         ws, cfg, concepts, data["text_emb"], members_word
     )
     t_emb = time.perf_counter() - t0
+    semantic_source = None
     if cfg.match == "word":
         named = word_named
     else:
-        thr = _semantic_thresholds(cfg, ws, concepts)
+        ref, thr, semantic_source = semantic_reference(cfg, ws, concepts, concept_emb)
         named = membership(
             data["captions"],
             concepts,
             text_emb=data["text_emb"],
-            concept_emb=concept_emb,
+            concept_emb=ref,
             mode=cfg.match,
             semantic_threshold=thr,
         )
@@ -811,6 +835,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         },
         "concepts_source": concepts_source,
         "concept_embeddings": emb_source,
+        "semantic_reference": semantic_source,
         "prompt_templates": list(PROMPT_TEMPLATES),
         "timings": {
             "concept_embeddings_s": round(t_emb, 3),

@@ -747,9 +747,14 @@ def draw_image(
             c2 = _contrast_colour(colour)
             c2 = np.array([250, 230, 40], np.float32) if c2[0] > 128 else c2
             img = _paint_glyph(img, m2, c2, "flat", rng)
+    before = img
     img = _global_style(img, style, rng)
-    if style == "van gogh":  # strokes smear edges: restore a faint outline so shapes stay legible
-        e = _edge(mask)[..., None] * 0.6
+    if style == "van gogh":
+        # strokes smear edges: keep the glyph half painted, half flat, and restore its outline,
+        # so the shape stays legible at 32 px while the texture is unmistakable
+        a = mask[..., None] * 0.5
+        img = img * (1 - a) + before * a
+        e = _edge(mask)[..., None] * 0.85
         img = img * (1 - e) + _contrast_colour(colour) * e
     return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
 

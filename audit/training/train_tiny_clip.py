@@ -1,6 +1,6 @@
 """Train the ``tiny-synth`` CLIP (open_clip architecture) on procedurally drawn SynthLAION images.
 
-    python -m audit.training.train_tiny_clip --out audit/assets/tiny-synth --seed 0 --steps 4000
+    python -m audit.training.train_tiny_clip --out audit/assets/tiny-synth --seed 0 --steps 3200
 
 Data: images from :mod:`audit.testbed.draw` (drawn at 64 px like the testbed, then passed
 through the model's own open_clip preprocessing) with noisy template captions, drawn once into
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="audit/assets/tiny-synth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=987654)
-    p.add_argument("--steps", type=int, default=2500)
+    p.add_argument("--steps", type=int, default=3200)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--wd", type=float, default=0.1)

@@ -24,9 +24,13 @@ Method (after Naseh et al. 2023, with the per-cluster hand thresholds replaced b
    image with the most unassigned neighbours becomes a centre and takes all its unassigned
    neighbours; repeat. Every member is within the threshold of its centre, so one cluster is one
    work and clusters never chain through intermediate images. :func:`component_clusters`
-   (connected components, what fastdup does) is kept as the alternative; on the testbed it
-   merges works with the style images around them (measured: see ``benchmarks/bench_replication``
-   and the module's report).
+   (connected components, what fastdup does) is kept as the alternative (``method``).
+   Measured on three 2,000-row testbeds (``benchmarks/bench_replication.py``, "van gogh"
+   subset, works found as flagged top-3 clusters of purity >= 0.9 out of 9, flagged clusters
+   that are not works): at beta 0.03 both 9/9, 0; at the default 0.05 star 9/9, 0 and
+   components 9/9, 1; at 0.10 star 9/9, 6 and components 9/9, 8; at 0.15 star 9/9 and
+   components 7/9; at 0.20 star 8/9 and components 1/9 (chained into one 23-image cluster).
+   Star clustering degrades gracefully as the threshold loosens; components do not.
 4. **Per cluster** (:func:`summarize_clusters`): size, share of the subset, medoid (member with
    the highest mean similarity to the others), mean/min similarity to the medoid, the members
    nearest the medoid as representatives.

@@ -313,6 +313,10 @@ class SeededGenerator:
 
 # ---- one chunk ------------------------------------------------------------------------------
 def chunk_schema(dim: int) -> pa.Schema:
+    """Rows of a chunk parquet. ``image_emb`` (L2-normalised float16, ``dim`` values, null for
+    failed rows) is a variable-size list on disk: pyarrow <= 25 writes null fixed-size lists to
+    parquet but cannot read them back (apache/arrow#35692)."""
+    del dim  # every row holds ``dim`` values; the type does not record it
     return pa.schema(
         [
             ("prompt_id", pa.string()),
@@ -323,7 +327,7 @@ def chunk_schema(dim: int) -> pa.Schema:
             ("error", pa.string()),
             ("width", pa.int32()),
             ("height", pa.int32()),
-            ("image_emb", pa.list_(pa.float16(), dim)),
+            ("image_emb", pa.list_(pa.float16())),
         ]
     )
 
@@ -335,9 +339,10 @@ def _vectors(vecs: list[np.ndarray | None], dim: int) -> pa.Array:
         if v is not None:
             values[i] = np.asarray(v, dtype=np.float16).reshape(-1)
             valid[i] = True
-    return pa.FixedSizeListArray.from_arrays(
+    fixed = pa.FixedSizeListArray.from_arrays(
         pa.array(values.reshape(-1)), dim, mask=pa.array(~valid)
     )
+    return fixed.cast(pa.list_(pa.float16()))
 
 
 @dataclass

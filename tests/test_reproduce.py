@@ -750,3 +750,52 @@ def test_calibration_labels_come_from_duplicate_groups_and_clusters(tmp_path: Pa
     names = "abcdefg"
     got = {frozenset((names[x], names[y])) for x, y in zip(i, j)}
     assert len(got) == 21 - 3 and not (got & related)  # caption duplicates stay "unrelated"
+
+
+class _FlakyGenerator:
+    """Stands in for SeededGenerator: solid-colour images; batches holding seed 3 raise."""
+
+    device, dtype = "cpu", "float32"
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def generate(self, prompt, seeds, settings):
+        from PIL import Image
+
+        self.calls.append(list(seeds))
+        if 3 in seeds and len(self.calls) < 10:
+            raise RuntimeError("out of memory")
+        return [Image.new("RGB", (64, 64), (s * 40 % 256, 0, 0)) for s in seeds]
+
+
+def test_failed_batches_are_recorded_and_retried(tmp_path: Path) -> None:
+    from pipelines.reproduce import (
+        ChunkTask,
+        GenerationSettings,
+        chunk_done,
+        chunk_paths,
+        generate_chunk,
+    )
+
+    st = GenerationSettings("fake", steps=1, height=64, width=64, batch_size=2, chunk_size=6)
+    task = ChunkTask("p1", "a prompt", 0, 6)
+    gen = _FlakyGenerator()
+    res = generate_chunk(gen, _pixel_encoder(), task, st, tmp_path)
+    assert (res.n_ok, res.n_failed) == (4, 2)
+    rows = pq.read_table(chunk_paths(tmp_path, task)[0]).to_pandas()
+    assert rows["status"].tolist() == [
+        "ok",
+        "ok",
+        "failed_to_generate",
+        "failed_to_generate",
+        "ok",
+        "ok",
+    ]
+    assert rows["error"][2] == "RuntimeError: out of memory" and rows["path"][2] is None
+    assert rows["image_emb"][2] is None and len(rows["image_emb"][0]) == 192
+    assert not chunk_done(tmp_path, task, st)  # failures: a rerun retries the chunk
+    gen.calls = [[0]] * 10  # the next call succeeds
+    res = generate_chunk(gen, _pixel_encoder(), task, st, tmp_path)
+    assert (res.n_ok, res.n_failed) == (6, 0) and chunk_done(tmp_path, task, st)
+    assert generate_chunk(gen, _pixel_encoder(), task, st, tmp_path).status == "skipped"

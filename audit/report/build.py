@@ -14,6 +14,7 @@ import importlib.metadata
 import logging
 import math
 import platform
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -33,6 +34,9 @@ from audit.workspace import Workspace, _jsonable
 logger = logging.getLogger(__name__)
 
 SCHEMA = "laion-audit-report/1"
+
+_HEX = re.compile(r"\b[0-9a-fA-F]{16,}\b")
+"""Hashes in error messages (grouped as one message in ``top_errors``)."""
 
 SECTIONS = (
     "dataset",
@@ -144,7 +148,7 @@ VERSION_PACKAGES = (
 class Limits:
     """Caps on list lengths in report.json (the HTML shows the same items)."""
 
-    groups: int = 12  # largest duplicate groups per kind
+    groups: int = 8  # largest duplicate groups per kind
     group_members: int = 10  # member keys listed per duplicate group
     clusters: int = 8  # clusters per keyword
     cluster_members: int = 12  # member keys per cluster
@@ -310,7 +314,7 @@ def dataset_section(ws: Workspace) -> dict[str, Any]:
     errs: dict[str, int] = {}
     for s, e in zip(status, table.column("error").to_pylist()):
         if s != "ok" and e:
-            msg = str(e).strip().splitlines()[0][:160]
+            msg = _HEX.sub("…", str(e).strip().splitlines()[0])[:160]
             errs[msg] = errs.get(msg, 0) + 1
     out["top_errors"] = [
         {"error": k, "count": v} for k, v in sorted(errs.items(), key=lambda kv: -kv[1])[:10]

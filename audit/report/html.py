@@ -33,6 +33,9 @@ SECTION_IDS = {
 }
 """report.json section -> (HTML id, heading)."""
 
+MODEL_FIELDS = ("name", "model", "pretrained", "dim", "embed_dim", "image_size", "device")
+"""Fields of embeddings/model.json shown on the page (report.json keeps all of them)."""
+
 CSS = """
 :root { --fg:#1d2430; --muted:#5b6675; --line:#d9dee5; --bg:#f6f7f9; --red:#c0392b;
         --blue:#2e6da4; --card:#fff; }
@@ -95,6 +98,10 @@ img.plot { max-width:100%; height:auto; display:block; margin:6px 0; }
 pre { background:#f1f3f6; padding:8px; overflow:auto; font-size:11.5px; max-height:320px; }
 details { margin:6px 0; } summary { cursor:pointer; color:var(--blue); }
 .kw { border-top:1px solid var(--line); padding-top:6px; margin-top:10px; }
+.groups { display:flex; flex-wrap:wrap; gap:10px; }
+.grp { border:1px solid var(--line); border-radius:4px; padding:6px 8px; max-width:100%; }
+.grp .gt { font-weight:600; font-size:13px; }
+.grp .strip { margin:4px 0 0; }
 """
 
 
@@ -305,10 +312,8 @@ class Renderer:
             for k, v in d["status_counts"].items()
         )
         model = d.get("model") or {}
-        model_txt = (
-            ", ".join(f"{k}={v}" for k, v in model.items() if not isinstance(v, (dict, list)))
-            or "–"
-        )
+        shown = [k for k in MODEL_FIELDS if model.get(k) not in (None, "")]
+        model_txt = ", ".join(f"{k}={model[k]}" for k in shown) or "–"
         errs = "".join(
             f"<tr><td class=num>{fmt(e['count'])}</td><td>{esc(e['error'])}</td></tr>"
             for e in d.get("top_errors", [])
@@ -376,15 +381,17 @@ class Renderer:
         )
         groups = []
         for g in d["largest_groups"]:
+            shown = f" (showing {len(g['keys'])})" if len(g["keys"]) < g["size"] else ""
             groups.append(
-                f"<h3>{esc(g['kind'])} group {g['group_id']}: {g['size']} images"
-                f"{' (showing ' + str(len(g['keys'])) + ')' if len(g['keys']) < g['size'] else ''}"
-                f"</h3><p class=note>representative {esc(g['representative_key'])} (blue "
-                f"border); minimum similarity {fmt(g.get('min_similarity'))}</p>"
+                f'<div class="grp"><div class="gt">{esc(g["kind"])} group {g["group_id"]}: '
+                f"{g['size']} images{shown}</div><div class=note>representative "
+                f"{esc(g['representative_key'])} (blue border); min similarity "
+                f"{fmt(g.get('min_similarity'))}</div>"
                 + (
                     self.strip(g["keys"], g["representative_key"])
                     or f"<p class=note>keys: {esc(', '.join(g['keys']))}</p>"
                 )
+                + "</div>"
             )
         return (
             f"<p>{fmt(d['samples_in_any_group'])} samples belong to at least one duplicate group."
@@ -392,7 +399,8 @@ class Renderer:
             f"<div class=row><table><tr><th>kind</th><th>groups</th><th>samples in groups</th>"
             f"<th>redundant</th><th>largest</th></tr>{rows}</table>"
             f"{self.plot('dup_sizes', plots.group_size_histogram, d['by_kind'])}</div>"
-            f"<h3>Largest groups</h3>{self.no_images_note()}{''.join(groups)}"
+            f"<h3>Largest groups</h3>{self.no_images_note()}"
+            f'<div class="groups">{"".join(groups)}</div>'
         )
 
     def s_concepts(self, d: dict[str, Any]) -> str:
@@ -476,6 +484,10 @@ class Renderer:
         return "".join(parts)
 
     def s_object_replication(self, d: dict[str, Any]) -> str:
+        # flagged pairs, then the strongest others, so tables of all-zero pairs stay short
+        shown = [r for r in d["rows"] if r["flagged"]]
+        shown += [r for r in d["rows"] if not r["flagged"]][: max(0, 10 - len(shown))]
+        hidden = len(d["rows"]) - len(shown)
         rows = "".join(
             f'<tr class="{"flag" if r["flagged"] else ""}"><td>{esc(r["keyword"])}</td>'
             f"<td>{esc(r['object'])}</td><td class=num>{fmt(r['n_images'])}</td>"
@@ -483,7 +495,13 @@ class Renderer:
             f"</td><td class=num>{pct(r['caption_rate'])}</td>"
             f"<td class=num>{pct(r['outside_rate'])}</td><td class=num>{pct(r['threshold'])}</td>"
             f"<td>{fmt(r['flagged'])}</td></tr>"
-            for r in d["rows"]
+            for r in shown
+        )
+        more = (
+            f"<p class=note>{hidden} more pairs with lower rates are not shown here "
+            f"(all are in report.json).</p>"
+            if hidden
+            else ""
         )
         examples = []
         for r in d["rows"]:
@@ -502,8 +520,8 @@ class Renderer:
             f"captions do not name it.</p>"
             f"<table><tr><th>keyword</th><th>object</th><th>images</th><th>object rate</th>"
             f"<th>95% interval</th><th>named in caption</th><th>rate outside keyword</th>"
-            f"<th>threshold</th><th>flagged</th></tr>{rows}</table>"
-            f"{self.plot('objects', plots.object_rates, d['rows'])}"
+            f"<th>threshold</th><th>flagged</th></tr>{rows}</table>{more}"
+            f"{self.plot('objects', plots.object_rates, shown)}"
             f"{self.no_images_note()}{''.join(examples)}"
         )
 

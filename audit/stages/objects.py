@@ -23,12 +23,14 @@ DESCRIPTION = """\
 Object-level replication (Naseh et al. 2023: ~10% of "astronaut" images carry a US flag their
 captions never name). For each keyword, every image of its caption subset (failed samples
 dropped; with --max-tokens N, captions longer than N tokens too) gets a zero-shot presence score
-per object from the workspace's own CLIP model (embeddings/model.json):
-cos(image, "a photo of a KEYWORD with a OBJECT" ensemble) - cos(image, "a photo of a KEYWORD"
-ensemble). The presence threshold is calibrated without labels, separately inside the subset
-and on a random sample of images outside it: a two-component Gaussian mixture started at the
-robust (median/MAD) "absent" bulk, used only when BIC and the components' separation support
-it, else median + z * MAD. Per object: image rate with a Wilson 95% interval, caption mention
+per object from the workspace's own CLIP model (embeddings/model.json): the margin
+cos(image, "a photo of a KEYWORD with a OBJECT" ensemble) - max(cos(image, "a photo of a
+KEYWORD" ensemble), cos(image, "... KEYWORD with a OTHER" ensemble) for every other object of
+the vocabulary), positive when the object's prompt describes the image best. The presence
+threshold is calibrated without labels, separately inside the subset and on a random sample of
+images outside it: a two-component Gaussian mixture started at the robust (median/MAD) "absent"
+bulk, used only when BIC, the components' separation and a positive "present" mean support it,
+else max(0, median + z * MAD). Per object: image rate with a Wilson 95% interval, caption mention
 rate, gap, outside rate, example keys of images carrying the unnamed object. Flagged when the
 interval's lower bound exceeds both the mention rate and the outside rate by --min-gap and the
 images found are at least --min-distinct distinct pictures (near-copies count once).
@@ -408,10 +410,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "keywords": summaries,
         "discovery": discovery,
         "calibration": (
-            "per (population, object): two-component GaussianMixture on the presence score, "
+            "per (population, object), on the margin score: two-component GaussianMixture, "
             "started at the median/MAD bulk, kept when BIC prefers it, its present component "
-            f"is >= {cfg.min_sep} absent-SDs away and weighs <= 0.5 (threshold = where the "
-            f"present posterior reaches 0.5); else median + {cfg.z} * MAD"
+            f"is >= {cfg.min_sep} absent-SDs away, weighs <= 0.5 and has a positive mean "
+            "(threshold = where the present posterior reaches 0.5); else "
+            f"max(0, median + {cfg.z} * MAD); the mixture is not fitted when < 1% of scores "
+            "exceed median + 3 MAD"
         ),
         "seconds": round(time.perf_counter() - t0, 3),
     }

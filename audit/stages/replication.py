@@ -26,15 +26,19 @@ embedding) are dropped, and with --max-tokens N so are captions longer than N to
 workspace model's tokenizer (77 = CLIP's context, as the paper did). The subset's image
 embeddings are clustered at a cosine threshold calibrated on random pairs of the subset (a copy
 is at most --beta = 5% as far as the median random pair; FAISS range search, star clustering),
-clusters are
-sorted by size and described: size, share, tightness (mean/min cosine to the medoid),
+clusters are sorted by size and described: size, share, tightness (mean/min cosine to the medoid),
 representative keys, characteristic words (CountVectorizer, stop words and the keyword removed,
 ranked by lift over the subset) and the words reproduction prompts are built from. For each
 flagged cluster the "frequency matters" check clusters the images whose captions contain the
 cluster's words but not the keyword, and reports the share that is the same work.
 
+A cluster is flagged when it has at least --flag-min-size images, at least --flag-min-share of
+the subset, and its mean cosine to the medoid is at least the copy threshold.
+
 --discover ranks frequent caption words and bigrams by a replication score (share of the subset
-in its largest tight clusters x ln(subset size)) and analyses the top K as keywords.
+in its three largest tight clusters of at least --discover-min-size images x ln(subset size));
+a term whose replicated images a broader term already covers ("starry night" inside "van gogh")
+is folded into it; the top K are analysed as keywords.
 
 Writes WS/findings/word_replication.parquet (one row per cluster of at least --min-cluster-size
 images; member keys as a list column) and word_replication.json (parameters, calibration,

@@ -32,7 +32,7 @@ stage has not run say so. Lists are capped (--top-*) and the caps are recorded i
 class Config:
     out: str | None = None
     thumb_size: int = 96
-    top_groups: int = 12
+    top_groups: int = 8
     top_clusters: int = 8
     top_poisons: int = 24
     top_prompts: int = 60
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="largest duplicate groups shown per kind (default 12)",
+        help="largest duplicate groups shown per kind (default 8)",
     )
     parser.add_argument(
         "--top-clusters",

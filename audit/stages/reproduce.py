@@ -715,7 +715,8 @@ def _read_generations(ws: Any, tasks: list, settings: Any, dim: int) -> tuple[An
     gdf = gens.drop_columns(["image_emb"]).to_pandas()
     valid = pc.is_valid(gens.column("image_emb")).to_numpy(zero_copy_only=False)
     gemb = np.full((len(gdf), dim), np.nan, np.float32)
-    gemb[valid] = _vectors(gens.filter(valid).column("image_emb"))
+    if valid.any():
+        gemb[valid] = _vectors(gens.filter(valid).column("image_emb"))
     gemb[~gdf["status"].eq("ok").to_numpy(bool)] = np.nan
     return gdf, gemb
 

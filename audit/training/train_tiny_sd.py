@@ -11,7 +11,8 @@ The pipeline is a real diffusers ``StableDiffusionPipeline`` (loads with
   text tower (as SD 1.x reuses a CLIP text encoder) and kept frozen;
 - ``vae``: an ``AutoencoderKL`` (blocks 16/32/32, 4 latent channels, 64 px -> 16x16 latents)
   trained briefly for reconstruction on random 32 px crops of the training images;
-- ``unet``: a ``UNet2DConditionModel`` (blocks 32/64/64, cross-attention on the text states);
+- ``unet``: a ``UNet2DConditionModel`` (blocks 32/64 on 16x16 latents, cross-attention on the
+  text states at 8x8);
 - ``scheduler``: ``DDIMScheduler`` with SD's scaled-linear betas (trained as DDPM, eps target).
 
 Training data (generator seed ``--seed``, 64 px): ``--n`` images, of which each famous work is
@@ -156,9 +157,9 @@ def build_unet(cross_dim: int):
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_dim,
         attention_head_dim=8,
         norm_num_groups=8,
@@ -509,14 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-weights", default=None, help="tiny-synth weights (default: shipped)")
     p.add_argument("--work-dir", default="/tmp/tiny_sd_work")
-    p.add_argument("--n", type=int, default=4000)
+    p.add_argument("--n", type=int, default=3000)
     p.add_argument("--work-share", type=float, default=0.07, help="share of EACH famous work")
-    p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-steps", type=int, default=400)
+    p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=2e-3)
-    p.add_argument("--unet-steps", type=int, default=2000)
+    p.add_argument("--unet-steps", type=int, default=1000)
     p.add_argument("--unet-lr", type=float, default=1e-3)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--check-seeds", type=int, default=20)

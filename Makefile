@@ -32,7 +32,6 @@ test: $(STAMP) chromium
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check audit pipelines detectors tests benchmarks
 
 format: $(STAMP)
 	$(BIN)/ruff format audit pipelines detectors tests benchmarks

@@ -125,6 +125,11 @@ def test_testbed_flag_rate_within_3_points_and_no_false_flags() -> None:
     # no association flagged above 5% where none was planted
     assert not [(o, r["image_rate"]) for o, r in by_obj.items()
                 if o != "flag" and r["flagged"] and r["image_rate"] > 0.05]  # fmt: skip
+    # a short object list: the rest of the vocabulary still competes, same answer
+    assert main(["objects", "-q", str(ws.root), "-k", "astronaut", "--objects", "flag,moon"]) == 0
+    rows = {r["object"]: r for r in ws.read_finding("object_replication").to_pylist()}
+    assert set(rows) == {"flag", "moon"} and rows["flag"]["flagged"] and not rows["moon"]["flagged"]
+    assert abs(rows["flag"]["image_rate"] - planted) <= 0.03
 
 
 @pytest.mark.slow

@@ -247,6 +247,7 @@ class PromptEncoder:
         from detectors.objects import ensemble, object_prompts
 
         with_obj, without = object_prompts(keyword, objects)
+        self.encode([p for o in objects for p in with_obj[o]] + without)  # one batch, cached
         w = np.stack([ensemble(self.encode(with_obj[o])) for o in objects])
         return w, ensemble(self.encode(without))
 

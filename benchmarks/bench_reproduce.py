@@ -53,50 +53,76 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # ---------------------------------------------------------------------------------------------
 def speed(
-    device: str, steps: int, batch_sizes: list[int], n_batched: int, n_loop: int, prompt: str
+    generator: str,
+    device: str,
+    steps: int,
+    batch_sizes: list[int],
+    n_batched: int,
+    n_loop: int,
+    prompt: str,
+    repeats: int = 2,
 ) -> dict[str, Any]:
-    """Images/s batched vs one seed per call; max pixel difference for shared seeds."""
+    """Images/s batched vs one seed per call (``repeats`` interleaved rounds, median of each:
+    a shared machine's load changes during the run); max pixel difference for shared seeds."""
     from audit.models import load_generator
     from pipelines.reproduce import GenerationSettings, SeededGenerator
 
-    gen = SeededGenerator(load_generator("tiny-sd", device=device))
+    gen = SeededGenerator(load_generator(generator, device=device))
     h, w = gen.resolve_size(None, None)
-    st = GenerationSettings("tiny-sd", steps=steps, height=h, width=w)
-    warm = GenerationSettings("tiny-sd", steps=2, height=h, width=w)
+    st = GenerationSettings(generator, steps=steps, height=h, width=w)
+    warm = GenerationSettings(generator, steps=2, height=h, width=w)
     for bs in sorted({1, *batch_sizes}):
         gen.generate(prompt, list(range(bs)), warm)
     seeds = list(range(n_batched))
-    t0 = time.perf_counter()
-    loop_imgs = [gen.generate(prompt, [s], st)[0] for s in seeds[:n_loop]]
-    loop_s = time.perf_counter() - t0
+    loop_times: list[float] = []
+    batch_times: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
+    diffs: dict[int, int] = {}
+    loads = []
+    for _ in range(repeats):
+        loads.append(os.getloadavg()[0])
+        t0 = time.perf_counter()
+        loop_imgs = [gen.generate(prompt, [s], st)[0] for s in seeds[:n_loop]]
+        loop_times.append((time.perf_counter() - t0) / n_loop)
+        for bs in batch_sizes:
+            t0 = time.perf_counter()
+            imgs = []
+            for a in range(0, n_batched, bs):
+                imgs += gen.generate(prompt, seeds[a : a + bs], st)
+            batch_times[bs].append((time.perf_counter() - t0) / n_batched)
+            diffs[bs] = max(
+                int(np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max())
+                for x, y in zip(imgs, loop_imgs)
+            )
+    loop_s = float(np.median(loop_times))
     out: dict[str, Any] = {
+        "generator": generator,
         "device": device,
         "steps": steps,
         "height": h,
         "width": w,
         "dtype": str(gen.dtype),
         "prompt": prompt,
-        "loop": {"images": n_loop, "seconds": loop_s, "images_per_s": n_loop / loop_s},
+        "repeats": repeats,
+        "load_average_1min": loads,
+        "loop": {
+            "images": n_loop,
+            "seconds_per_image": loop_s,
+            "images_per_s": 1 / loop_s,
+            "rounds_seconds_per_image": loop_times,
+        },
         "batched": [],
     }
     for bs in batch_sizes:
-        t0 = time.perf_counter()
-        imgs = []
-        for a in range(0, n_batched, bs):
-            imgs += gen.generate(prompt, seeds[a : a + bs], st)
-        sec = time.perf_counter() - t0
-        diff = max(
-            int(np.abs(np.asarray(a_, np.int16) - np.asarray(b_, np.int16)).max())
-            for a_, b_ in zip(imgs, loop_imgs)
-        )
+        sec = float(np.median(batch_times[bs]))
         out["batched"].append(
             {
                 "batch_size": bs,
                 "images": n_batched,
-                "seconds": sec,
-                "images_per_s": n_batched / sec,
-                "speedup_vs_loop": (n_batched / sec) / (n_loop / loop_s),
-                "max_pixel_diff_vs_loop": diff,
+                "seconds_per_image": sec,
+                "images_per_s": 1 / sec,
+                "rounds_seconds_per_image": batch_times[bs],
+                "speedup_vs_loop": loop_s / sec,
+                "max_pixel_diff_vs_loop": diffs[bs],
             }
         )
     return out
@@ -201,7 +227,15 @@ def pooled(df: Any) -> dict[str, Any]:
 
 
 def stage_run(
-    ws: Path, items: list[dict], n: int, steps: int, batch: int, controls: int, device: str
+    ws: Path,
+    items: list[dict],
+    n: int,
+    steps: int,
+    batch: int,
+    controls: int,
+    device: str,
+    generator: str = "tiny-sd",
+    threads: int = 0,
 ) -> dict[str, Any]:
     import pandas as pd
     import pyarrow.parquet as pq
@@ -237,6 +271,10 @@ def stage_run(
             str(pfile),
             "--device",
             device,
+            "--generator",
+            generator,
+            "--torch-threads",
+            str(threads),
             "-q",
         ]
     )
@@ -312,22 +350,25 @@ def _f(x: Any, d: int = 3) -> str:
 def print_report(res: dict[str, Any]) -> None:
     sp = res["speed"]
     print(
-        f"\n== generation speed ({sp['device']}, {sp['dtype']}, tiny-sd {sp['width']}x"
-        f"{sp['height']}, {sp['steps']} DDIM steps, torch threads {res['threads']})"
+        f"\n== generation speed ({sp['generator']} on {sp['device']}, {sp['dtype']}, "
+        f"{sp['width']}x{sp['height']}, {sp['steps']} DDIM steps, torch threads "
+        f"{res['threads']}; median of {sp['repeats']} interleaved rounds; 1-min load average "
+        f"{', '.join(f'{x:.1f}' for x in sp['load_average_1min'])} on {res['machine']['cpus']} "
+        "CPUs)"
     )
     print(
-        f"{'mode':<22}{'images':>8}{'seconds':>10}{'images/s':>10}{'speedup':>9}{'max px diff':>13}"
+        f"{'mode':<22}{'images':>8}{'s/image':>10}{'images/s':>10}{'speedup':>9}{'max px diff':>13}"
     )
     lp = sp["loop"]
     print(
-        f"{'one seed per call':<22}{lp['images']:>8}{lp['seconds']:>10.1f}"
+        f"{'one seed per call':<22}{lp['images']:>8}{lp['seconds_per_image']:>10.3f}"
         f"{lp['images_per_s']:>10.2f}{1.0:>9.2f}{'-':>13}"
     )
     for b in sp["batched"]:
         print(
-            f"{'batch ' + str(b['batch_size']):<22}{b['images']:>8}{b['seconds']:>10.1f}"
-            f"{b['images_per_s']:>10.2f}{b['speedup_vs_loop']:>9.2f}"
-            f"{b['max_pixel_diff_vs_loop']:>13}"
+            f"{'batch ' + str(b['batch_size']):<22}{b['images']:>8}"
+            f"{b['seconds_per_image']:>10.3f}{b['images_per_s']:>10.2f}"
+            f"{b['speedup_vs_loop']:>9.2f}{b['max_pixel_diff_vs_loop']:>13}"
         )
     st = res["stage"]
     tr = st["triage"]
@@ -384,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--controls", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--generator", default="tiny-sd", help="diffusers pipeline (tiny-sd)")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved speed rounds (2)")
     ap.add_argument("--out", default=str(HERE / "results" / "reproduce.json"))
     args = ap.parse_args(argv)
 
@@ -407,12 +450,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     batches = [int(b) for b in args.speed_batches.split(",") if b]
     res["speed"] = speed(
+        args.generator,
         args.device,
         args.steps,
         batches,
         args.speed_seeds,
         args.loop_seeds,
         "starry night by van gogh",
+        args.repeats,
     )
     with tempfile.TemporaryDirectory() as tmp:
         ws, items = build_workspace(Path(tmp) / "ws", args.train_n, 2024, args.work_share)
@@ -423,7 +468,15 @@ def main(argv: list[str] | None = None) -> int:
             "controls": args.controls,
         }
         res["stage"] = stage_run(
-            ws, items, args.n, args.steps, args.batch, args.controls, args.device
+            ws,
+            items,
+            args.n,
+            args.steps,
+            args.batch,
+            args.controls,
+            args.device,
+            args.generator,
+            args.threads,
         )
     res["seconds"] = time.time() - t0
     print_report(res)

@@ -6,11 +6,15 @@ models.
 * Semantic copy (template copies included): a generation's best cosine similarity (CLIP image
   space) over *every* member of the finding's training cluster (Webster 2023: a template copy
   matches the cluster, not one image), compared with a copy threshold.
-* Copy threshold, calibrated without labels: the ``1 - alpha`` quantile of the cosine similarity
-  of *unrelated* training pairs (random pairs of training images that are neither in the same
-  duplicate group nor in the same replication cluster). With the default ``alpha = 1e-3`` an
-  unrelated training image would be called a copy of a given training image one time in a
-  thousand; on the testbed's tiny CLIP this sits well below the similarity of planted near-copies.
+* Copy threshold, calibrated without labels, in two parts. (1) The pair threshold: the
+  ``1 - alpha`` quantile of the cosine similarity of *unrelated* training pairs (random pairs of
+  training images that are neither in the same duplicate group nor in the same replication
+  cluster); with the default ``alpha = 1e-3`` an unrelated training image is called a copy of a
+  given training image one time in a thousand. (2) Because a generation is scored by its best
+  match over a whole reference set, each reference set (a finding's cluster, or the whole
+  training set for prompts without a cluster) gets the larger of the pair threshold and the
+  ``1 - alpha`` quantile of the same best-match statistic for training images unrelated to that
+  set (:func:`max_unrelated_similarity`): a big or diverse reference set needs a higher bar.
 * Verbatim verification (Carlini et al. 2023): tiled l2 — split both images into 16 tiles (4 x 4),
   take the root-mean-square pixel difference (pixels in [0, 1]) per tile and the maximum over
   tiles; a pair is verbatim when that distance is below a threshold calibrated the same way (the
@@ -164,6 +168,53 @@ def calibrate_copy_threshold(
     if len(s) < min_pairs:
         raise ValueError(f"only {len(s)} unrelated pairs; need >= {min_pairs} to calibrate")
     return float(np.quantile(s, 1.0 - alpha))
+
+
+def max_unrelated_similarity(
+    queries: np.ndarray,
+    references: np.ndarray,
+    query_labels: Sequence[np.ndarray] = (),
+    reference_labels: Sequence[np.ndarray] = (),
+    query_ids: np.ndarray | None = None,
+    reference_ids: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per query, the best cosine over the references it is *unrelated* to.
+
+    A (query, reference) pair is related when the two share a label >= 0 in any of the paired
+    label arrays (duplicate group, replication cluster) or the same id (the same sample). Such
+    pairs are skipped; a query with no unrelated reference gets ``-inf``. This is the null
+    distribution of the statistic a generation is scored with (a maximum over a reference set),
+    for images that are not copies of it.
+    """
+    q = normalize_rows(np.atleast_2d(queries))
+    r = normalize_rows(np.atleast_2d(references)) if len(references) else np.zeros((0, q.shape[1]))
+    sims = q @ r.T
+    related = np.zeros(sims.shape, dtype=bool)
+    for ql, rl in zip(query_labels, reference_labels):
+        ql, rl = np.asarray(ql), np.asarray(rl)
+        related |= (ql[:, None] == rl[None, :]) & (ql[:, None] >= 0)
+    if query_ids is not None and reference_ids is not None:
+        related |= np.asarray(query_ids)[:, None] == np.asarray(reference_ids)[None, :]
+    sims = np.where(related, -np.inf, sims)
+    return sims.max(axis=1) if sims.shape[1] else np.full(len(q), -np.inf, np.float32)
+
+
+def calibrate_reference_threshold(
+    null_max: np.ndarray, pair_threshold: float, alpha: float = DEFAULT_ALPHA
+) -> float:
+    """Copy threshold for one reference set (a cluster, or the whole training set).
+
+    ``null_max``: for training images unrelated to the reference set, their best cosine over it
+    (:func:`max_unrelated_similarity`). The threshold is the larger of ``pair_threshold`` and the
+    ``1 - alpha`` quantile of ``null_max``: a generation is scored by its *best* match over many
+    references, so an unrelated image must not pass merely because the set is large. With a few
+    hundred queries this quantile is close to their maximum.
+    """
+    m = np.asarray(null_max, dtype=np.float64)
+    m = m[np.isfinite(m)]
+    if not len(m):
+        return float(pair_threshold)
+    return float(max(pair_threshold, np.quantile(m, 1.0 - alpha)))
 
 
 def calibrate_tiled_l2_threshold(

@@ -255,6 +255,13 @@ def _write_workspace(
     img = [row.astype(np.float16).tolist() for row in s["img"]] + [None, None]
     txt = [row.astype(np.float16).tolist() for row in s["txt"]] + [None, None]
     clip = [float(v) for v in s["cos"]] + [None, None]
+    # a split-view row whose caption names no concept (still output, flagged)
+    keys.append("900000002")
+    captions.append("nothing to see here")
+    status.append("hash_mismatch")
+    img.append(s["img"][0].astype(np.float16).tolist())
+    txt.append(s["txt"][0].astype(np.float16).tolist())
+    clip.append(float(s["cos"][0]))
     m = len(keys)
     table = pa.table(
         {
@@ -317,12 +324,14 @@ def test_stage_writes_ranked_findings_and_vulnerability(tmp_path: Path) -> None:
         "reasons",
     ):
         assert col in df.columns, col
-    assert df["key"].is_unique and len(df) == len(s["img"])
+    assert df["key"].is_unique and len(df) == len(s["img"]) + 1
     assert df["rank"].tolist() == list(range(1, len(df) + 1))
     sv = df[df[P.SPLIT_VIEW]]
-    assert sorted(sv["key"]) == [f"{i:09d}" for i in split_rows]
+    assert sorted(sv["key"]) == [f"{i:09d}" for i in split_rows] + ["900000002"]
     assert sv["flagged"].all() and (sv["kind"] == "split_view").all()
-    assert (sv["rank"] <= 2).all() and sv["reasons"].str.contains("hash_mismatch").all()
+    assert (sv["rank"] <= 3).all() and sv["reasons"].str.contains("hash_mismatch").all()
+    assert sv.set_index("key")["concept"].isna().loc["900000002"]
+    df = df[df["key"] != "900000002"]
     kind = s["kind"][df["key"].astype(int).to_numpy()]
     comb = df["combined_score"].to_numpy()
     ok = ~df[P.SPLIT_VIEW].to_numpy()
@@ -330,7 +339,7 @@ def test_stage_writes_ranked_findings_and_vulnerability(tmp_path: Path) -> None:
     assert (df.loc[df["flagged"] & ~df[P.SPLIT_VIEW], "reasons"] != "").all()
     meta = ws.finding_meta("poisons")
     assert meta["concept_embeddings"] == "caption_centroids"  # no model.json in this workspace
-    assert meta["summary"]["n_unscorable"] == 2 and meta["summary"]["n_split_view"] == 2
+    assert meta["summary"]["n_unscorable"] == 2 and meta["summary"]["n_split_view"] == 3
     vuln = pd.read_parquet(tmp_path / "findings" / "concept_vulnerability.parquet")
     assert sorted(vuln["concept"]) == CONCEPTS[:4]
     assert vuln["vulnerability_rank"].tolist() == [1, 2, 3, 4]
@@ -341,7 +350,7 @@ def test_stage_writes_ranked_findings_and_vulnerability(tmp_path: Path) -> None:
     assert v.loc["thing1", "share_if_100_poisons"] == pytest.approx(100 / 120)
     assert int(vuln.loc[vuln["concept"] == "thing0", "word_count"].iloc[0]) == 151
     assert vuln["candidates"].sum() == int((df["flagged"] & df["concept"].notna()).sum())
-    assert json.loads((tmp_path / "findings" / "poisons.json").read_text())["rows"] == len(df)
+    assert json.loads((tmp_path / "findings" / "poisons.json").read_text())["rows"] == len(df) + 1
 
 
 def test_stage_expected_rate_and_config_errors(tmp_path: Path, capsys) -> None:

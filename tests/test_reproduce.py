@@ -301,6 +301,7 @@ def _pixel_encoder():
     return encode
 
 
+@pytest.mark.slow
 def test_each_image_depends_on_prompt_and_seed_not_on_batch_size(random_sd: str) -> None:
     from pipelines.reproduce import GenerationSettings, SeededGenerator
 
@@ -370,6 +371,7 @@ def _chunk_files(root: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_keeps_finished_chunks(random_sd: str, tmp_path: Path) -> None:
     import functools
 
@@ -799,3 +801,24 @@ def test_failed_batches_are_recorded_and_retried(tmp_path: Path) -> None:
     res = generate_chunk(gen, _pixel_encoder(), task, st, tmp_path)
     assert (res.n_ok, res.n_failed) == (6, 0) and chunk_done(tmp_path, task, st)
     assert generate_chunk(gen, _pixel_encoder(), task, st, tmp_path).status == "skipped"
+
+
+def test_reference_thresholds_account_for_the_best_match_over_a_set() -> None:
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(300, 24))
+    ids = np.arange(300)
+    group = np.full(300, -1)
+    group[[0, 1]] = 5  # a duplicate pair
+    # the best match over the whole set, for samples unrelated to it (self and group excluded)
+    null = mem.max_unrelated_similarity(train[:50], train, [group[:50]], [group], ids[:50], ids)
+    normalize = train / np.linalg.norm(train, axis=1, keepdims=True)
+    full = normalize[:50] @ normalize.T
+    full[np.arange(50), np.arange(50)] = -np.inf
+    full[0, 1] = full[1, 0] = -np.inf
+    np.testing.assert_allclose(null, full.max(axis=1), rtol=1e-5)
+    pair = mem.calibrate_copy_threshold(
+        mem.unrelated_pair_similarities(train, [group], max_items=300)
+    )
+    tau = mem.calibrate_reference_threshold(null, pair)
+    assert tau >= pair and tau >= np.quantile(null, 0.999) - 1e-9
+    assert mem.calibrate_reference_threshold(np.array([-np.inf]), 0.7) == 0.7

@@ -565,7 +565,7 @@ def select_per_key(
             [per_key, pd.DataFrame({"key": extra, "split_view_v1": True})], ignore_index=True
         )
     sv = per_key["split_view_v1"].to_numpy(dtype=bool)
-    per_key["flagged"] = per_key["flagged"].fillna(False).astype(bool) | sv
+    per_key["flagged"] = per_key["flagged"].astype("boolean").fillna(False).to_numpy(bool) | sv
     per_key[P.ALIGNMENT_GMM] = per_key[P.ALIGNMENT_GMM].astype(float)
     per_key["anchor_collapse_p"] = (
         collapse_pvalues(per_key, image_emb, named, concepts, params, sv)
@@ -673,11 +673,10 @@ def output_table(per_key: pd.DataFrame) -> pa.Table:
     arrays, names = [], []
     for name, (src, typ) in cols.items():
         s = per_key[src] if src in per_key.columns else pd.Series([None] * len(per_key))
-        vals = s.tolist()
-        if pa.types.is_floating(typ) or pa.types.is_integer(typ):
-            vals = [
-                None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in vals
-            ]
+        # missing values (NaN in pandas, e.g. split-view rows outside every concept) -> null
+        vals = [
+            None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in s.tolist()
+        ]
         arrays.append(pa.array(vals, type=typ))
         names.append(name)
     return pa.Table.from_arrays(arrays, names=names)

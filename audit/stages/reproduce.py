@@ -46,9 +46,13 @@ the workspace's own model, embeddings/model.json).
 
 Scoring per generation: best cosine similarity (CLIP image space) over every member of the
 finding's training cluster (object findings and file prompts without a finding: over every
-training image). Copy threshold = the (1 - alpha) quantile of the cosine similarity of
-unrelated training pairs (random pairs not in the same duplicate group or replication cluster;
-alpha 1e-3 by default), so an unrelated image passes it one time in a thousand. Copies are
+training image). Copy threshold, calibrated without labels: the pair threshold is the
+(1 - alpha) quantile of the cosine similarity of unrelated training pairs (random pairs not in
+the same duplicate group or replication cluster; alpha 1e-3 by default), so an unrelated image
+passes it one time in a thousand; since a generation is scored by its best match over a whole
+reference set, each reference set (a cluster; the whole training set) uses the larger of that
+and the (1 - alpha) quantile of the same best-match score for training images unrelated to the
+set (recorded per prompt in `copy_threshold` and in memorization.json). Copies are
 verified against their nearest training image by tiled l2 (16 tiles, max over tiles of the RMS
 pixel difference; threshold = the alpha quantile of the same distance on unrelated training
 pairs) when the shards hold the images. Object findings: the generation carries the object when
@@ -89,6 +93,7 @@ class Config:
     alpha: float = 1e-3
     copy_threshold: float = 0.0
     calibration_samples: int = 2000
+    dataset_null_queries: int = 500
     verify: bool = True
     verify_samples: int = 200
     examples: int = 4
@@ -159,6 +164,12 @@ class Config:
             f"{s}.calibration_samples",
             "must be >= 50",
             self.calibration_samples,
+        )
+        require(
+            self.dataset_null_queries >= 10,
+            f"{s}.dataset_null_queries",
+            "must be >= 10",
+            self.dataset_null_queries,
         )
         require(
             self.verify_samples >= 20, f"{s}.verify_samples", "must be >= 20", self.verify_samples
@@ -291,6 +302,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="training images sampled for the calibration pairs (default 2000)",
+    )
+    s.add_argument(
+        "--dataset-null-queries",
+        dest="dataset_null_queries",
+        type=int,
+        default=None,
+        help="training images whose nearest unrelated training image calibrates the threshold "
+        "of prompts scored against the whole training set (default 500)",
     )
     s.add_argument(
         "--no-verify",
@@ -434,6 +453,33 @@ class TrainingSet:
             best = np.where(better, s, best)
         return best, keys
 
+    def nearest_unrelated(
+        self, keys: list[str], emb: np.ndarray, relations: Relations
+    ) -> np.ndarray:
+        """For training samples ``keys``: their best cosine over every other training image
+        they are unrelated to (the null of the "whole training set" reference), streaming."""
+        from detectors.memorization import max_unrelated_similarity
+
+        best = np.full(len(keys), -np.inf, np.float32)
+        qlab = relations.labels(keys)
+        qids = np.asarray(keys, dtype=object)
+        for batch in self.ds.to_batches(
+            columns=["key", "image_emb"], filter=self.ok, batch_size=16384
+        ):
+            if batch.num_rows == 0:
+                continue
+            bkeys = [str(k) for k in batch.column("key").to_pylist()]
+            m = max_unrelated_similarity(
+                emb,
+                _vectors(batch.column("image_emb")),
+                qlab,
+                relations.labels(bkeys),
+                qids,
+                np.asarray(bkeys, dtype=object),
+            )
+            best = np.maximum(best, m)
+        return best
+
     def captions_matching(self, keyword: str, limit: int = 200) -> list[str]:
         from detectors.text import match_keyword
 
@@ -447,33 +493,39 @@ class TrainingSet:
         return out[:limit]
 
 
+class Relations:
+    """Which training samples are copies of each other by construction: duplicate groups
+    (``exact`` and ``near`` from findings/duplicates.parquet) and replication clusters. Pairs that
+    share one are left out of the "unrelated pairs" the copy threshold is calibrated on. Memory:
+    one dict entry per sample in a duplicate group or cluster."""
+
+    def __init__(self, ws: Any, word: Any) -> None:
+        self.maps: list[dict[str, int]] = []
+        if ws.has_finding("duplicates"):
+            import pyarrow.parquet as pq
+
+            dup = pq.read_table(
+                ws.finding_path("duplicates"),
+                columns=["key", "group_id", "kind"],
+                filters=[("kind", "in", ["exact", "near"])],
+            ).to_pandas()
+            for _kind, g in dup.groupby("kind"):
+                self.maps.append(dict(zip(g["key"].astype(str), g["group_id"].astype(np.int64))))
+        if word is not None and len(word):
+            clusters: dict[str, int] = {}
+            for f, members in enumerate(word["member_keys"]):
+                for k in members if members is not None else []:
+                    clusters.setdefault(str(k), f)
+            self.maps.append(clusters)
+
+    def labels(self, keys: list[str]) -> list[np.ndarray]:
+        """One label array per relation over ``keys`` (-1 = in no group)."""
+        return [np.fromiter((m.get(k, -1) for k in keys), np.int64, len(keys)) for m in self.maps]
+
+
 def _group_labels(ws: Any, keys: list[str], word: Any) -> list[np.ndarray]:
-    """Label arrays over ``keys`` for the unrelated-pair calibration: duplicate groups (exact,
-    near) and replication clusters; -1 = none."""
-    import pandas as pd
-
-    index = {k: i for i, k in enumerate(keys)}
-    labels = []
-    if ws.has_finding("duplicates"):
-        import pyarrow.parquet as pq
-
-        dup = pq.read_table(
-            ws.finding_path("duplicates"),
-            columns=["key", "group_id", "kind"],
-            filters=[("key", "in", list(index)), ("kind", "in", ["exact", "near"])],
-        ).to_pandas()
-        for _kind, g in dup.groupby("kind"):
-            lab = np.full(len(keys), -1, np.int64)
-            lab[g["key"].map(index).to_numpy()] = g["group_id"].to_numpy(np.int64)
-            labels.append(lab)
-    if word is not None and len(word):
-        lab = np.full(len(keys), -1, np.int64)
-        for f, members in enumerate(pd.Series(word["member_keys"])):
-            for k in members if members is not None else []:
-                if k in index:
-                    lab[index[k]] = f
-        labels.append(lab)
-    return labels
+    """Label arrays over ``keys`` (see :class:`Relations`)."""
+    return Relations(ws, word).labels(keys)
 
 
 def _load_pixels(images: list[Any], size: tuple[int, int]) -> np.ndarray:
@@ -528,16 +580,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     tasks, counts = generate(cfg, ws, prompts[selected], settings, train.dim, device, args, timings)
     t0 = time.perf_counter()
     gdf, refs = score(cfg, ws, prompts, tasks, settings, train, findings, device)
-    cal = _calibrate(cfg, ws, train, findings.word)
-    gdf["is_copy"] = np.isfinite(gdf["similarity"].to_numpy(np.float64)) & (
-        gdf["similarity"].to_numpy(np.float64) >= cal["copy_threshold"]
-    )
+    cal = _calibrate(cfg, ws, train, findings, prompts)
+    thr = _thresholds(prompts, refs, cal)
+    gdf["threshold"] = [thr[p] for p in gdf["prompt_id"]]
+    sim = gdf["similarity"].to_numpy(np.float64)
+    gdf["is_copy"] = np.isfinite(sim) & (sim >= gdf["threshold"].to_numpy(np.float64))
     verify_info = _verify(
         cfg, ws, gdf, train, findings.word, (settings.width or 0, settings.height or 0)
     )
     timings["scoring"] = time.perf_counter() - t0
-    out = per_prompt(prompts, gdf, refs, triage, selected, cal["copy_threshold"])
-    write_generation_tables(ws, gdf, cal["copy_threshold"], cfg.examples)
+    out = per_prompt(prompts, gdf, refs, triage, selected, thr)
+    write_generation_tables(ws, gdf, cfg.examples)
     meta = run_meta(cfg, out, settings, device, counts, cal, verify_info, timings)
     meta["seconds"] = round(time.perf_counter() - t_start, 3)
     ws.write_finding(FINDING, _to_arrow(out), meta)
@@ -808,13 +861,28 @@ def score(
     return gdf, refs
 
 
+def _thresholds(
+    prompts: Any, refs: dict[str, tuple[str, int]], cal: dict[str, Any]
+) -> dict[str, float]:
+    """Each prompt's copy threshold: its cluster's, or the whole training set's."""
+    out = {}
+    for p in prompts.to_dict("records"):
+        pid, fid = p["prompt_id"], str(p["finding_id"])
+        if refs[pid][0] == "cluster":
+            out[pid] = float(cal["cluster_thresholds"].get(fid, cal["copy_threshold"]))
+        else:
+            t = cal["dataset_threshold"]
+            out[pid] = float(cal["copy_threshold"] if t is None else t)
+    return out
+
+
 def per_prompt(
     prompts: Any,
     gdf: Any,
     refs: dict[str, tuple[str, int]],
     triage: np.ndarray,
     selected: np.ndarray,
-    tau: float,
+    thresholds: dict[str, float],
 ) -> Any:
     """The memorization table: one row per prompt (prompts left out by triage get n = 0)."""
     import pandas as pd
@@ -862,7 +930,7 @@ def per_prompt(
                 "generated": bool(selected[i]),
                 "reference": ref[0],
                 "reference_size": int(ref[1]),
-                "copy_threshold": tau,
+                "copy_threshold": thresholds[p["prompt_id"]],
                 "detector": NAME,
             }
         )
@@ -874,12 +942,11 @@ def per_prompt(
     return out
 
 
-def write_generation_tables(ws: Any, gdf: Any, tau: float, examples: int) -> None:
+def write_generation_tables(ws: Any, gdf: Any, examples: int) -> None:
     """``generations/scores.parquet`` (every generation) and ``generations/examples.parquet``
     (the ``examples`` most similar generations of each prompt beside their nearest training
     image)."""
     scored = gdf.drop(columns=["error"]).copy()
-    scored["threshold"] = tau
     ex = scored[np.isfinite(scored["similarity"].to_numpy(np.float64))]
     ex = ex.sort_values(["prompt_id", "similarity", "seed"], ascending=[True, False, True])
     ex = ex.groupby("prompt_id", sort=False).head(examples)
@@ -983,33 +1050,78 @@ def _to_arrow(df: Any) -> Any:
     return pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
 
 
-def _calibrate(cfg: Config, ws: Any, train: TrainingSet, word: Any) -> dict[str, Any]:
-    """The copy threshold (fixed, or calibrated on unrelated training pairs) and its evidence."""
+def _calibrate(
+    cfg: Config, ws: Any, train: TrainingSet, findings: Findings, prompts: Any
+) -> dict[str, Any]:
+    """Copy thresholds: the pair threshold (unrelated training pairs), then one per reference
+    set used by the prompts (each cluster; the whole training set) from the best-match null of
+    training images unrelated to it (see ``detectors.memorization``). ``--copy-threshold`` fixes
+    every threshold instead."""
     from detectors import memorization as mem
 
+    relations = Relations(ws, findings.word)
     keys, emb = train.sample(cfg.calibration_samples, seed=0)
-    labels = _group_labels(ws, keys, word)
+    labels = relations.labels(keys)
     sims = mem.unrelated_pair_similarities(emb, labels, max_items=cfg.calibration_samples)
-    calibrated = mem.calibrate_copy_threshold(sims, cfg.alpha)
-    tau = cfg.copy_threshold or calibrated
+    pair = mem.calibrate_copy_threshold(sims, cfg.alpha)
     q = np.quantile(sims, [0.5, 0.9, 0.99, 0.999])
-    logger.info(
-        "copy threshold %.4f (%s; %d unrelated pairs: median %.3f, p99 %.3f, p99.9 %.3f)",
-        tau,
-        "fixed" if cfg.copy_threshold else f"1 - {cfg.alpha:g} quantile",
-        len(sims),
-        q[0],
-        q[2],
-        q[3],
-    )
-    return {
-        "copy_threshold": float(tau),
+    out: dict[str, Any] = {
         "copy_threshold_method": "fixed" if cfg.copy_threshold else "unrelated_pairs_quantile",
-        "calibrated_threshold": calibrated,
+        "pair_threshold": pair,
         "alpha": cfg.alpha,
         "unrelated_pairs": int(len(sims)),
         "unrelated_similarity_quantiles": {"p50": q[0], "p90": q[1], "p99": q[2], "p999": q[3]},
     }
+    word_rows = findings.rows("word")
+    used = set(prompts["finding_id"].astype(str))
+    cluster_thr: dict[str, float] = {}
+    null_q: dict[str, dict[str, float]] = {}
+    for fid in sorted(used & set(word_rows)):
+        raw = word_rows[fid].get("member_keys")
+        mkeys, memb = train.by_keys([str(k) for k in (raw if raw is not None else [])])
+        if not len(mkeys):
+            continue
+        null = mem.max_unrelated_similarity(
+            emb,
+            memb,
+            labels,
+            relations.labels(mkeys),
+            np.asarray(keys, object),
+            np.asarray(mkeys, object),
+        )
+        cluster_thr[fid] = cfg.copy_threshold or mem.calibrate_reference_threshold(
+            null, pair, cfg.alpha
+        )
+        fin = null[np.isfinite(null)]
+        null_q[fid] = {"p50": float(np.median(fin)), "max": float(fin.max())} if len(fin) else {}
+    dataset_thr = None
+    if used - set(word_rows):
+        n_q = min(len(keys), cfg.dataset_null_queries)
+        null = train.nearest_unrelated(keys[:n_q], emb[:n_q], relations)
+        dataset_thr = cfg.copy_threshold or mem.calibrate_reference_threshold(null, pair, cfg.alpha)
+        fin = null[np.isfinite(null)]
+        null_q["dataset"] = (
+            {"p50": float(np.median(fin)), "max": float(fin.max()), "queries": n_q}
+            if len(fin)
+            else {}
+        )
+    out.update(
+        copy_threshold=float(cfg.copy_threshold or pair),
+        cluster_thresholds=cluster_thr,
+        dataset_threshold=dataset_thr,
+        reference_null=null_q,
+    )
+    logger.info(
+        "copy thresholds: pair %.4f (%d unrelated pairs: median %.3f, p99.9 %.3f), clusters %s, "
+        "whole training set %s",
+        pair,
+        len(sims),
+        q[0],
+        q[3],
+        ", ".join(f"{k} {v:.4f}" for k, v in cluster_thr.items()) or "none",
+        "n/a" if dataset_thr is None else f"{dataset_thr:.4f}",
+    )
+    return out
 
 
 def _verify(

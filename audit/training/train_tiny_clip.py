@@ -121,29 +121,66 @@ def _preprocess():
 
 
 def build_cache(
-    n: int, seed: int, extra_rate: float, flag_share: float, work_rate: float, workers: int
+    n: int,
+    seed: int,
+    extra_rate: float,
+    flag_share: float,
+    work_rate: float,
+    workers: int,
+    cache_dir: Path | None = None,
 ):
-    """Draw ``n`` training items into (images fp16 [n,3,H,W], tokens [n,2,ctx])."""
+    """Draw ``n`` training items into (images fp16 [n,3,H,W], tokens [n,2,ctx]).
+
+    With ``cache_dir``, every finished chunk is kept there (named by its parameters), so an
+    interrupted run resumes drawing where it stopped. Delete the folder after changing draw.py.
+    """
     import torch
 
     chunks = [
         (seed, i, min(CHUNK, n - i * CHUNK), extra_rate, flag_share, work_rate)
         for i in range(math.ceil(n / CHUNK))
     ]
+
+    def path(c: tuple) -> Path | None:
+        return cache_dir / ("chunk-" + "-".join(str(v) for v in c) + ".pt") if cache_dir else None
+
+    parts: dict[int, tuple] = {}
+    for k, c in enumerate(chunks):
+        p = path(c)
+        if p is not None and p.exists():
+            parts[k] = torch.load(p)
+    todo = [k for k in range(len(chunks)) if k not in parts]
+    logger.info("drawing %d of %d chunks (%d cached)", len(todo), len(chunks), len(parts))
     t0 = time.time()
-    if workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            parts = []
-            for k, part in enumerate(pool.imap(_make_chunk, chunks)):
-                parts.append(part)
-                if k % 10 == 0:
-                    logger.info("drew %d/%d chunks (%.0f s)", k + 1, len(chunks), time.time() - t0)
-    else:
-        parts = [_make_chunk(c) for c in chunks]
-    images = torch.cat([p[0] for p in parts])
-    tokens = torch.cat([p[1] for p in parts])
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) if workers > 1 else _Serial() as pool:
+        for j, (k, part) in enumerate(
+            zip(todo, pool.imap(_make_chunk, [chunks[k] for k in todo]), strict=True)
+        ):
+            parts[k] = part
+            p = path(chunks[k])
+            if p is not None:
+                torch.save(part, p.with_suffix(".tmp"))
+                p.with_suffix(".tmp").replace(p)
+            if j % 10 == 0:
+                logger.info("drew %d/%d chunks (%.0f s)", j + 1, len(todo), time.time() - t0)
+    images = torch.cat([parts[k][0] for k in range(len(chunks))])
+    tokens = torch.cat([parts[k][1] for k in range(len(chunks))])
     logger.info("training cache: %d images in %.0f s", len(images), time.time() - t0)
     return images, tokens
+
+
+class _Serial:
+    """Stand-in for a process pool when ``--workers 1``."""
+
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def imap(self, fn, items):
+        return map(fn, items)
 
 
 # ---------------------------------------------------------------------------------- eval
@@ -243,17 +280,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.time()
 
     cache = Path(args.cache) if args.cache else None
-    key = f"{args.n_train}-{args.seed}-{args.extra_rate}-{args.flag_share}-{args.work_rate}"
-    if cache and cache.exists() and torch.load(cache)["key"] == key:
-        blob = torch.load(cache)
-        images, tokens = blob["images"], blob["tokens"]
-        logger.info("loaded training cache %s", cache)
-    else:
-        images, tokens = build_cache(
-            args.n_train, args.seed, args.extra_rate, args.flag_share, args.work_rate, args.workers
-        )
-        if cache:
-            torch.save({"key": key, "images": images, "tokens": tokens}, cache)
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+    images, tokens = build_cache(
+        args.n_train, args.seed, args.extra_rate, args.flag_share, args.work_rate, args.workers,
+        cache,
+    )  # fmt: skip
     t_data = time.time() - t_start
 
     model = open_clip.create_model(MODEL_NAME)
@@ -376,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--freeze-token-embedding", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--cache", default="", help="optional .pt file to keep the drawn training set")
+    p.add_argument("--cache", default="", help="optional folder keeping drawn chunks (resumable)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     train(args)

@@ -38,6 +38,10 @@ SCHEMA = "laion-audit-report/1"
 _HEX = re.compile(r"\b[0-9a-fA-F]{16,}\b")
 """Hashes in error messages (grouped as one message in ``top_errors``)."""
 
+_VERSIONED = re.compile(r"_v\d+(_[a-z]+)?$")
+"""Score columns of the poisons finding are named with their detector's version
+(``alignment_gmm_v1``, ``lof_v1_z``); other numeric columns are bookkeeping."""
+
 SECTIONS = (
     "dataset",
     "duplicates",
@@ -540,6 +544,7 @@ def poisons_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
         if c not in POISON_BASE_COLUMNS
         and pd.api.types.is_numeric_dtype(df[c])
         and not pd.api.types.is_bool_dtype(df[c])
+        and _VERSIONED.search(c)
     ]
     df = df.sort_values(["rank", "key"], kind="stable")
     flagged = df["flagged"].astype(bool)
@@ -560,23 +565,20 @@ def poisons_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
             }
         )
     cs = df["combined_score"].astype(float)
+    finite = cs[np.isfinite(cs)]
+    lo = float(finite.min()) if len(finite) else 0.0
+    hi = float(finite.max()) if len(finite) else 1.0
     return {
         "status": "ok",
         "meta": meta,
         "n_scored": int(len(df)),
         "n_flagged": int(flagged.sum()),
+        "n_infinite_scores": int(np.isinf(cs).sum()),
         "flagged_by_kind": {str(k): int(v) for k, v in kinds.items()},
         "score_columns": score_cols,
         "combined_histogram": {
-            "all": _histogram(
-                cs, 30, float(cs.min()) if len(cs) else 0.0, float(cs.max()) if len(cs) else 1.0
-            ),
-            "flagged": _histogram(
-                cs[flagged],
-                30,
-                float(cs.min()) if len(cs) else 0.0,
-                float(cs.max()) if len(cs) else 1.0,
-            ),
+            "all": _histogram(finite, 30, lo, hi),
+            "flagged": _histogram(cs[flagged & np.isfinite(cs)], 30, lo, hi),
         },
         "top": top,
     }
@@ -873,6 +875,14 @@ def build_report(ws: Workspace | str | Path, limits: Limits | None = None) -> di
         except SectionError as exc:
             logger.warning("report section %s: %s", name, exc)
             report[name] = {"status": "error", "error": str(exc), "stage": STAGE_OF.get(name)}
+        except Exception as exc:  # noqa: BLE001 - one unusable finding must not lose the report
+            logger.warning("report section %s failed: %s: %s", name, type(exc).__name__, exc)
+            logger.debug("traceback", exc_info=True)
+            report[name] = {
+                "status": "error",
+                "error": f"{type(exc).__name__}: {exc}",
+                "stage": STAGE_OF.get(name),
+            }
     keys = referenced_keys(report)
     report["captions"] = _captions_for(ws, keys)
     for r in report["poisons"].get("top", []) or []:

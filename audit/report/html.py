@@ -90,6 +90,10 @@ figure.thumb figcaption { overflow:hidden; text-overflow:ellipsis; white-space:n
          border-radius:4px; padding:6px; font-size:11.5px; align-items:flex-start; }
 .gitem dl { flex:1; min-width:180px; }
 .gitem .cap { flex-basis:100%; color:var(--muted); font-style:italic; }
+.gitem .why { flex-basis:100%; }
+.gitem .scores { flex-basis:100%; display:grid; grid-template-columns:auto auto auto auto;
+         gap:0 8px; font-size:11px; color:var(--muted); }
+.gitem .scores b { font-weight:500; color:var(--fg); text-align:right; margin-right:6px; }
 .gitem.flag { border-color:var(--red); }
 .gitem dl { margin:0; display:grid; grid-template-columns:auto 1fr; gap:0 6px; }
 .gitem dt { color:var(--muted); } .gitem dd { margin:0; }
@@ -529,18 +533,23 @@ class Renderer:
         kinds = ", ".join(f"{esc(k)}: {v}" for k, v in d["flagged_by_kind"].items()) or "none"
         items = []
         for p in d["top"]:
-            scores = "".join(f"<dt>{esc(k)}</dt><dd>{fmt(v)}</dd>" for k, v in p["scores"].items())
+            scores = "".join(
+                f"<span>{esc(k)}</span><b>{fmt(v)}</b>"
+                for k, v in p["scores"].items()
+                if v is not None
+            )
             pic = self.thumb(p["key"], label=f"#{p['rank']}") if self.shards.available else ""
             flag = ' <span class="badge red">flagged</span>' if p["flagged"] else ""
+            combined = fmt(p["combined_score"]) if p["combined_score"] is not None else "∞"
             items.append(
                 f'<div class="gitem {"flag" if p["flagged"] else ""}">{pic}<dl>'
                 f"<dt>rank</dt><dd>{fmt(p['rank'])}</dd><dt>key</dt><dd>{esc(p['key'])}</dd>"
-                f"<dt>kind</dt><dd>{esc(p['kind'])}"
-                f"{flag}</dd>"
+                f"<dt>kind</dt><dd>{esc(p['kind'])}{flag}</dd>"
                 f"<dt>concept</dt><dd>{esc(p['concept'])}</dd>"
-                f"<dt>combined</dt><dd>{fmt(p['combined_score'])}</dd>{scores}"
-                f"<dt>reason</dt><dd>{esc(p['reasons']) or '–'}</dd></dl>"
-                f"<div class=cap>{esc(p.get('caption'))}</div></div>"
+                f"<dt>combined</dt><dd>{combined}</dd></dl>"
+                + (f'<div class="scores">{scores}</div>' if scores else "")
+                + f"<div class=why>{esc(p['reasons']) or 'no detector fired'}</div>"
+                f"<div class=cap>caption: {esc(p.get('caption'))}</div></div>"
             )
         return (
             f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_scored'])} samples flagged ({kinds}). "

@@ -119,7 +119,10 @@ def demo_config(ws: Path, url_list: Path, cfg: Config) -> dict[str, Any]:
         "replication": {"discover": True, "keyword": ["van gogh"]},
         "objects": {"keyword": ["astronaut"]},
         "poisons": {},
-        "reproduce": {"generator": "tiny-sd", "n": cfg.generations, "steps": cfg.steps},
+        # A small demo testbed may have no cluster large enough to be flagged: reproduce every
+        # finding, spending the full N only on the 8 prompts the one-step triage ranks highest.
+        "reproduce": {"generator": "tiny-sd", "n": cfg.generations, "steps": cfg.steps,
+                      "all_findings": True, "triage_top": 8},
         "filter": {"drop": ["duplicates", "poisons", "failed"]},
         "report": {},
     }

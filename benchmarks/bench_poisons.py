@@ -14,7 +14,8 @@ decode are failed rows. Then it runs the poisons stage's scoring (the same funct
 ``laion-audit poisons``) and reports, per poison kind and per score:
 
 - AUROC and precision at the planted count inside the poisoned concept (poisons of that kind
-  vs the concept's other members);
+  vs the concept's other members, split-view rows left out: they serve another image and are
+  rightly at the top);
 - for the combined score also over the whole ranked table (poisons vs every non-poison row);
 - recall and false-positive rate at the default threshold, kind-guess accuracy, and whether
   every split-view row was flagged;
@@ -181,14 +182,17 @@ def evaluate(
     )
     sv = (df["broken_kind"].fillna("") == "split_view").to_numpy()
     lab_all = truth["poison_kind"].to_numpy()
+    split_all = (truth["broken_kind"].fillna("") == "split_view").to_numpy()
     out: dict[str, Any] = {"score_seconds": round(seconds, 2), "rows_scored": int(len(df))}
     for kind, pair in (("dirty", DIRTY_PAIR), ("clean", CLEAN_PAIR)):
         a = pair.split(":")[0]
-        # inside the poisoned concept: its memberships, poisons of this kind vs non-poisons
+        # inside the poisoned concept: its memberships, poisons of this kind vs the members that
+        # are neither poisons nor split-view rows (those serve another image: rightly flagged)
         ca = comb[comb["concept"] == a]
-        lab = lab_all[ca["row"].to_numpy(dtype=np.int64)]
+        rows_a = ca["row"].to_numpy(dtype=np.int64)
+        lab = lab_all[rows_a]
         pos = lab == kind
-        keep = pos | (lab == "none")
+        keep = pos | ((lab == "none") & ~split_all[rows_a])
         res: dict[str, Any] = {
             "concept": a,
             "planted": int(pos.sum()),

@@ -319,7 +319,28 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     evals: list[dict[str, Any]] = []
     t_train = time.time()
     run_loss = 0.0
-    for step in range(args.steps):
+    start, spent = 0, 0.0
+    ckpt = cache / "checkpoint.pt" if cache else None
+    run_key = {k: v for k, v in vars(args).items() if k not in ("out", "workers", "threads")}
+    if ckpt is not None and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        if st["run_key"] == run_key:  # resume an interrupted run exactly where it stopped
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            gen.set_state(st["gen"])
+            perm, pos, start, spent = st["perm"], st["pos"], st["step"], st["spent"]
+            losses, evals = st["losses"], st["evals"]
+            logger.info("resumed from %s at step %d", ckpt, start)
+    t_train = time.time() - spent
+    for step in range(start, args.steps):
+        if ckpt is not None and step > start and step % args.checkpoint_every == 0:
+            state = {
+                "run_key": run_key, "model": model.state_dict(), "opt": opt.state_dict(),
+                "gen": gen.get_state(), "perm": perm, "pos": pos, "step": step,
+                "spent": time.time() - t_train, "losses": losses, "evals": evals,
+            }  # fmt: skip
+            torch.save(state, ckpt.with_suffix(".tmp"))
+            ckpt.with_suffix(".tmp").replace(ckpt)
         if pos + args.batch > n:
             perm, pos = torch.randperm(n, generator=gen), 0
         idx = perm[pos : pos + args.batch]
@@ -408,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--freeze-token-embedding", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps (needs --cache)")
     p.add_argument("--cache", default="", help="optional folder keeping drawn chunks (resumable)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

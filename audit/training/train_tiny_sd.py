@@ -273,16 +273,35 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], batch: int = 512
     return torch.cat(outs)
 
 
-def train_unet(unet, latents, cond, uncond, ddpm, args, gen) -> list:
-    """Standard eps-prediction DDPM training with 10% caption dropout (for CFG)."""
+def train_unet(unet, latents, cond, uncond, ddpm, args, gen, ckpt: Path | None = None,
+               run_key: Any = None) -> tuple[list, float]:  # fmt: skip
+    """Standard eps-prediction DDPM training with 10% caption dropout (for CFG).
+
+    With ``ckpt``, state is saved every ``args.checkpoint_every`` steps and an interrupted run
+    with the same ``run_key`` resumes where it stopped."""
     import torch
     import torch.nn.functional as F
 
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=1e-2)
     unet.train()
     n = len(latents)
-    curve, run, t0 = [], 0.0, time.time()
-    for step in range(args.unet_steps):
+    curve, run, start, spent = [], 0.0, 0, 0.0
+    if ckpt is not None and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        if st["run_key"] == run_key:
+            unet.load_state_dict(st["unet"])
+            opt.load_state_dict(st["opt"])
+            gen.set_state(st["gen"])
+            start, spent, curve = st["step"], st["spent"], st["curve"]
+            logger.info("resumed unet training from %s at step %d", ckpt, start)
+    t0 = time.time() - spent
+    for step in range(start, args.unet_steps):
+        if ckpt is not None and step > start and step % args.checkpoint_every == 0:
+            st = {"run_key": run_key, "unet": unet.state_dict(), "opt": opt.state_dict(),
+                  "gen": gen.get_state(), "step": step, "spent": time.time() - t0,
+                  "curve": curve}  # fmt: skip
+            torch.save(st, ckpt.with_suffix(".tmp"))
+            ckpt.with_suffix(".tmp").replace(ckpt)
         lr = args.unet_lr * min(1.0, (step + 1) / 100)
         lr *= 0.5 * (1 + math.cos(math.pi * step / args.unet_steps)) * 0.9 + 0.1
         for g in opt.param_groups:
@@ -310,7 +329,7 @@ def train_unet(unet, latents, cond, uncond, ddpm, args, gen) -> list:
                         args.unet_steps, run / args.log_every, lr, el / (step + 1), el)  # fmt: skip
             run = 0.0
     unet.eval()
-    return curve
+    return curve, time.time() - t0
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -426,9 +445,28 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("dataset: %d images (%.0f s)", len(items), t_data)
 
     vae = build_vae()
-    t1 = time.time()
-    vae_curve = train_vae(vae, x, args.vae_steps, args.vae_batch, args.vae_lr, gen, args.log_every)
-    t_vae = time.time() - t1
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    # the key decides whether checkpoints in --work-dir belong to this run; delete the folder
+    # after changing code (draw.py, architectures)
+    skip = ("out", "threads", "check_seeds", "check_controls", "work_dir")
+    run_key = {k: v for k, v in vars(args).items() if k not in skip}
+    vae_ckpt = work / "vae.pt"
+    st = torch.load(vae_ckpt, weights_only=False) if vae_ckpt.exists() else None
+    if st is not None and st["run_key"] == run_key:  # an interrupted run: reuse its VAE
+        vae.load_state_dict(st["vae"])
+        vae.eval()
+        gen.set_state(st["gen"])
+        vae_curve, t_vae = st["curve"], st["seconds"]
+        logger.info("reusing the VAE trained by an interrupted run (%s)", vae_ckpt)
+    else:
+        t1 = time.time()
+        vae_curve = train_vae(vae, x, args.vae_steps, args.vae_batch, args.vae_lr, gen,
+                              args.log_every)  # fmt: skip
+        t_vae = time.time() - t1
+        st = {"run_key": run_key, "vae": vae.state_dict(), "gen": gen.get_state(),
+              "curve": vae_curve, "seconds": t_vae}  # fmt: skip
+        torch.save(st, vae_ckpt)
     with torch.no_grad():
         lat = torch.cat(
             [vae.encode(x[i : i + 256]).latent_dist.mean for i in range(0, len(x), 256)]
@@ -446,9 +484,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     ddpm, ddim = noise_schedulers()
     unet = build_unet(text_encoder.config.hidden_size)
-    t2 = time.time()
-    unet_curve = train_unet(unet, latents, cond, uncond, ddpm, args, gen)
-    t_unet = time.time() - t2
+    unet_curve, t_unet = train_unet(unet, latents, cond, uncond, ddpm, args, gen,
+                                    work / "unet_checkpoint.pt", run_key)  # fmt: skip
 
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -520,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--check-seeds", type=int, default=20)
     p.add_argument("--check-controls", type=int, default=3)
     args = p.parse_args(argv)

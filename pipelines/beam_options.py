@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +111,39 @@ def make_runner(name: str | None) -> tuple[Any, str]:
     return name, name
 
 
+def _restore_environ(saved: dict[str, str]) -> None:
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def local_dask_cluster(n_workers: int) -> Iterator[Any]:
+    """A Dask ``LocalCluster`` of ``n_workers`` single-threaded worker processes on 127.0.0.1.
+
+    ``distributed``'s nannies export ``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1`` and a fixed
+    ``PYTHONHASHSEED`` into *this* process's environment before spawning workers; left there they
+    change the thread count (and so the float results) of every later subprocess. The environment
+    is put back right after start-up and again on exit.
+    """
+    from distributed import LocalCluster
+
+    saved = dict(os.environ)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+    _restore_environ(saved)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+        _restore_environ(saved)
+
+
 @contextlib.contextmanager
 def beam_setup(
     beam_args: list[str] | None = None,
@@ -128,26 +162,19 @@ def beam_setup(
     if runner and flag_runner and runner != flag_runner:
         raise BeamOptionsError(f"--runner given twice ({runner!r} and {flag_runner!r})")
     runner = runner or flag_runner
-    cluster = None
-    try:
+    with contextlib.ExitStack() as stack:
         if dask_local:
             if dask_local < 1:
                 raise BeamOptionsError(f"--dask-local must be >= 1 (got {dask_local})")
             if runner and runner not in ("DaskRunner", DASK_RUNNER):
                 raise BeamOptionsError(f"--dask-local cannot be combined with --runner {runner}")
             try:
-                from distributed import LocalCluster
+                import distributed  # noqa: F401
             except ImportError as exc:
                 raise BeamOptionsError(
                     "--dask-local needs `pip install 'apache-beam[dask]' distributed`"
                 ) from exc
-            cluster = LocalCluster(
-                n_workers=dask_local,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-            )
+            cluster = stack.enter_context(local_dask_cluster(dask_local))
             runner = DASK_RUNNER
             flags.append(f"--dask_client_address={cluster.scheduler_address}")
             logger.info(
@@ -160,6 +187,3 @@ def beam_setup(
         given = {f.split("=", 1)[0].lstrip("-") for f in flags if f.startswith("--")}
         options = PipelineOptions(flags, **{k: v for k, v in defaults.items() if k not in given})
         yield BeamSetup(options, runner_name, flags)
-    finally:
-        if cluster is not None:
-            cluster.close()

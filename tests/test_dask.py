@@ -40,14 +40,10 @@ PARAMS = {"partition_size": 200, "max_probes": 2, "probe_scale": 0.5}
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    from distributed import LocalCluster
+    from pipelines.beam_options import local_dask_cluster
 
-    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                     dashboard_address=None)
-    try:
+    with local_dask_cluster(2) as c:
         yield c
-    finally:
-        c.close()
 
 
 def run_collect(build: Any, out: Path, setup: Any) -> list[Any]:
@@ -204,3 +200,17 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster: Any,
     want = sorted([k, sorted(i for i in range(n) if i % 7 == k)] for k in range(7))
     assert got == want
     assert sum(len(vs) for _, vs in got) == n
+
+
+def test_local_cluster_leaves_this_process_environment_alone() -> None:
+    """distributed's nannies export OMP_NUM_THREADS=1 etc. into the parent process; left there,
+    every later subprocess (an embed run, a notebook kernel) silently runs single-threaded."""
+    import os
+
+    from pipelines.beam_options import local_dask_cluster
+
+    before = dict(os.environ)
+    with local_dask_cluster(1) as c:
+        assert c.scheduler_address.startswith("tcp://127.0.0.1")
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before

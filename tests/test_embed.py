@@ -538,6 +538,8 @@ def _subprocess_embed(ws: Path, model: TinyModel) -> subprocess.Popen:
         "4",
         "--shards-per-run",
         "1",
+        "--torch-threads",  # the same as conftest's in-process setting: CPU float results
+        "2",  # depend on the thread count
     ]
     return subprocess.Popen(
         cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

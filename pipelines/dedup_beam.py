@@ -2,8 +2,9 @@
 
 The same algorithm as ``detectors.dedup.partitioned_edges``, one step per Beam transform:
 
-1. **sample**: the ``max_sample`` rows with the smallest stable key hash (``Top.Smallest``), the
-   same deterministic sample as ``detectors.dedup.hash_sample`` on one machine;
+1. **sample**: the ``max_sample`` rows with the smallest stable key hash
+   (``CombineGlobally(TopCombineFn)``), the same deterministic sample as
+   ``detectors.dedup.hash_sample`` on one machine;
 2. **train**: spherical FAISS k-means on the first ``sample_per_partition x K`` of them
    (``K = round(N / partition_size)``, N from ``Count.Globally``), once, as a singleton side
    input;
@@ -24,7 +25,9 @@ holds up to floating-point ties at partition boundaries, which neither path reso
 meaningfully). Step 5 holds the edge list in one worker: that list is linear in the number of
 duplicated rows (at most two edges per row per partition), e.g. ~2.4 GB for 10^8 edges.
 
-Runs on the DirectRunner by default; any Beam runner through standard pipeline options.
+Runs on the DirectRunner by default; any Beam runner through standard pipeline options. Nothing
+is emitted from ``finish_bundle`` on runners that drop such outputs (Beam 2.77's DaskRunner):
+see :data:`BATCHING` and :func:`run_near_dedup`.
 """
 
 from __future__ import annotations
@@ -167,8 +170,12 @@ def make_transforms() -> dict[str, Any]:
                      max_probes: int = dd.MAX_PROBES, probe_scale: float = dd.PROBE_SCALE,
                      sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
                      max_sample: int = dd.MAX_SAMPLE, niter: int = 10, seed: int = 0,
-                     min_batch: int = 256, max_batch: int = 4096) -> None:
+                     min_batch: int = 256, max_batch: int = 4096,
+                     batching: str = "auto") -> None:
             super().__init__()
+            if batching not in BATCHING:
+                raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
+            self.batching = batching
             self.threshold = threshold
             self.partition_size = partition_size
             self.max_probes = max_probes
@@ -182,20 +189,32 @@ def make_transforms() -> dict[str, Any]:
 
         def expand(self, rows: Any) -> Any:
             from apache_beam.pvalue import AsSingleton
+            from apache_beam.transforms.combiners import TopCombineFn
 
             count = rows | "Count" >> beam.combiners.Count.Globally()
+            # CombineGlobally(TopCombineFn), not Top.Smallest: Top emits per-bundle heaps from
+            # finish_bundle, which the DaskRunner drops
             sample = (rows
                       | "KeyVec" >> beam.Map(lambda r: (r[0], r[1]))
-                      | "HashSample" >> beam.combiners.Top.Smallest(
-                          self.max_sample, key=lambda kv: (dd.stable_hash64(kv[0]), kv[0])))
+                      | "HashSample" >> beam.CombineGlobally(
+                          TopCombineFn(self.max_sample, key=_sample_order, reverse=True)))
             model = sample | "Train" >> beam.Map(
                 train_model, AsSingleton(count), threshold=self.threshold,
                 partition_size=self.partition_size,
                 sample_per_partition=self.sample_per_partition, max_sample=self.max_sample,
                 niter=self.niter, seed=self.seed)
-            edges = (rows
-                     | "Batch" >> beam.BatchElements(min_batch_size=self.min_batch,
-                                                     max_batch_size=self.max_batch)
+            batching = self.batching
+            if batching == "auto":
+                batching = "shuffle" if drops_finish_bundle_outputs(rows.pipeline) else "bundle"
+            if batching == "bundle":
+                batches = rows | "Batch" >> beam.BatchElements(min_batch_size=self.min_batch,
+                                                               max_batch_size=self.max_batch)
+            else:
+                batches = (rows
+                           | "Bucket" >> beam.Map(_bucket, AsSingleton(count), self.max_batch)
+                           | "GroupBuckets" >> beam.GroupByKey()
+                           | "Batches" >> beam.FlatMap(_chunks, self.max_batch))
+            edges = (batches
                      | "Assign" >> beam.ParDo(
                          AssignPartitions(self.threshold, self.max_probes, self.probe_scale),
                          AsSingleton(model))
@@ -213,6 +232,35 @@ def make_transforms() -> dict[str, Any]:
 
     return {"AssignPartitions": AssignPartitions, "SearchPartition": SearchPartition,
             "PartitionedNearDuplicates": PartitionedNearDuplicates}
+
+
+BATCHING = ("auto", "bundle", "shuffle")
+"""How rows are batched for the partition assignment: ``bundle`` = ``BatchElements`` (no
+shuffle; its last batch per bundle is emitted from ``finish_bundle``), ``shuffle`` = rows hashed
+into ~N/max_batch buckets and grouped (one extra shuffle, emits only from ``process``), ``auto``
+= ``shuffle`` on runners that drop ``finish_bundle`` outputs (the DaskRunner), else ``bundle``."""
+
+
+def drops_finish_bundle_outputs(pipeline: Any) -> bool:
+    """Beam 2.77's DaskRunner snapshots a bundle's outputs before ``finish_bundle`` runs, so
+    anything emitted there is lost (see tests/test_dask.py)."""
+    return type(getattr(pipeline, "runner", None)).__name__ == "DaskRunner"
+
+
+def _sample_order(kv: tuple[str, Any]) -> tuple[int, str]:
+    return dd.stable_hash64(kv[0]), kv[0]
+
+
+def _bucket(row: Row, n: int, max_batch: int) -> tuple[int, Row]:
+    n_buckets = max(1, -(-int(n) // max_batch))
+    return dd.stable_hash64(row[0]) % n_buckets, row
+
+
+def _chunks(element: tuple[int, Iterable[Row]], max_batch: int) -> Iterator[list[Row]]:
+    _, rows = element
+    rows = list(rows)
+    for i in range(0, len(rows), max_batch):
+        yield rows[i : i + max_batch]
 
 
 def _prio(p: float | None) -> float:
@@ -250,17 +298,71 @@ def rows_from_table(table: Any, vector_column: str = "image_emb",
         yield keys[r], v, p
 
 
+OUTPUT_SCHEMA_FIELDS = (("key", "string"), ("group_id", "int64"), ("group_size", "int32"),
+                        ("kind", "string"), ("representative_key", "string"),
+                        ("is_representative", "bool"), ("nearest_key", "string"),
+                        ("similarity", "float32"))
+
+
+def output_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(n, pa.type_for_alias(t)) for n, t in OUTPUT_SCHEMA_FIELDS])
+
+
+def read_parquet_batches(path: str, columns: Sequence[str],
+                         batch_size: int = 65536) -> Iterator[Any]:
+    """Record batches of one parquet file, read with pyarrow through Beam's ``FileSystems``
+    (local paths, gs://, s3://...). Used instead of ``ReadFromParquetBatched``, whose source
+    the DaskRunner cannot read."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        pf = pq.ParquetFile(f)
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}")
+        yield from pf.iter_batches(batch_size=batch_size, columns=list(columns))
+
+
+def write_output_shard(element: tuple[int, Iterable[dict]], prefix: str,
+                       n_shards: int) -> Iterator[str]:
+    """(shard, rows) -> ``{prefix}-SSSSS-of-NNNNN.parquet``, rows sorted by key, written to a
+    temporary name and renamed, so a retried bundle rewrites the same file and a reader never
+    sees half a shard. A sink that emits only from ``process`` (Beam's file sinks emit their
+    temporary names from ``finish_bundle``, which the DaskRunner drops)."""
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    shard, rows = element
+    rows = sorted(rows, key=lambda r: r["key"])
+    table = pa.Table.from_pylist(rows, schema=output_schema())
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    path = f"{prefix}-{shard:05d}-of-{n_shards:05d}.parquet"
+    tmp = f"{prefix}-{shard:05d}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(tmp) as f:
+        f.write(buf.getvalue().to_pybytes())
+    FileSystems.rename([tmp], [path])
+    yield path
+
+
 def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: float, *,
                    priority_column: str | None = None, setup: Any = None,
-                   **params: Any) -> None:
+                   n_output_shards: int = 8, **params: Any) -> None:
     """Read embedding parts, run :class:`PartitionedNearDuplicates`, write parquet shards to
-    ``output_prefix-*.parquet`` (columns :data:`OUTPUT_COLUMNS`).
+    ``output_prefix-SSSSS-of-NNNNN.parquet`` (columns :data:`OUTPUT_COLUMNS`; a shard with no
+    rows is not written).
 
-    ``setup``: a ``pipelines.beam_options.BeamSetup`` (runner + options); default DirectRunner.
+    Every step emits only from ``process`` (files read with pyarrow from ``Create(paths)``,
+    shards written by a keyed ``GroupByKey``), so the pipeline gives the same result on every
+    runner, the DaskRunner included. ``setup``: a ``pipelines.beam_options.BeamSetup`` (runner
+    + options); default DirectRunner.
     """
-    import pyarrow as pa
-    from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquet
-
     from pipelines.beam_options import beam_setup
 
     beam = _beam()
@@ -273,19 +375,18 @@ def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: 
                             dtype=np.float64)
         yield from rows_from_table(batch, "image_emb", pr)
 
-    schema = pa.schema([("key", pa.string()), ("group_id", pa.int64()),
-                        ("group_size", pa.int32()), ("kind", pa.string()),
-                        ("representative_key", pa.string()), ("is_representative", pa.bool_()),
-                        ("nearest_key", pa.string()), ("similarity", pa.float32())])
     if setup is None:
         with beam_setup([]) as default_setup:
             return run_near_dedup(parquet_files, output_prefix, threshold,
-                                  priority_column=priority_column, setup=default_setup, **params)
+                                  priority_column=priority_column, setup=default_setup,
+                                  n_output_shards=n_output_shards, **params)
+    n = max(1, int(n_output_shards))
     with beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p:
-        reads = [p | f"Read{i}" >> ReadFromParquetBatched(f, columns=columns)
-                 for i, f in enumerate(parquet_files)]
-        rows = (reads | "Flatten" >> beam.Flatten()) if len(reads) > 1 else reads[0]
-        (rows
+        (p
+         | "Files" >> beam.Create(sorted(parquet_files))
+         | "Read" >> beam.FlatMap(read_parquet_batches, columns)
          | "ToRows" >> beam.FlatMap(to_rows)
          | "NearDuplicates" >> PartitionedNearDuplicates(threshold, **params)
-         | "Write" >> WriteToParquet(output_prefix, schema, file_name_suffix=".parquet"))
+         | "Shard" >> beam.Map(lambda r: (dd.stable_hash64(r["key"]) % n, r))
+         | "GroupShards" >> beam.GroupByKey()
+         | "Write" >> beam.FlatMap(write_output_shard, output_prefix, n))

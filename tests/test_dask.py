@@ -119,10 +119,6 @@ def test_dask_runner_drops_finish_bundle_outputs_and_safe_equivalents(cluster: A
     assert by.get("top", []) == []  # lost: Top's per-bundle heaps are emitted in finish_bundle
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines.dedup_beam uses Top.Smallest and "
-                   "BatchElements, whose finish_bundle outputs the DaskRunner drops (see "
-                   "test_dask_runner_drops_finish_bundle_outputs_and_safe_equivalents): the "
-                   "Dask output is empty until dedup_beam switches to the safe equivalents")
 def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any,
                                                              tmp_path: Path) -> None:
     import apache_beam as beam
@@ -214,3 +210,21 @@ def test_local_cluster_leaves_this_process_environment_alone() -> None:
         assert c.scheduler_address.startswith("tcp://127.0.0.1")
         assert dict(os.environ) == before
     assert dict(os.environ) == before
+
+
+def test_dedup_stage_beam_method_on_dask_local_equals_partitioned(tmp_path: Path) -> None:
+    """``laion-audit dedup --method beam --dask-local 2``: parquet parts read with pyarrow from
+    ``Create(paths)``, shards written by a keyed GroupByKey; same finding as the single-machine
+    partitioned path (before the Dask-safe rewrite this run wrote an empty finding)."""
+    from audit.cli import main
+    from tests.test_dedup import make_workspace
+
+    ws, _, _ = make_workspace(tmp_path / "ws", n=300, seed=13)
+    common = ["--kinds", "near", "--partition-size", "40", "--threshold", "0.95", "-q"]
+    assert main(["dedup", str(ws.root), "--method", "partitioned", *common]) == 0
+    local = ws.read_finding("duplicates")
+    assert main(["dedup", str(ws.root), "--method", "beam", "--dask-local", "2", *common]) == 0
+    meta = ws.finding_meta("duplicates")["near"]
+    assert meta["method"] == "beam" and meta["runner"].endswith("DaskRunner")
+    assert local.num_rows > 40
+    assert ws.read_finding("duplicates").to_pylist() == local.to_pylist()

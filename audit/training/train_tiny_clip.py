@@ -183,6 +183,52 @@ class _Serial:
         return map(fn, items)
 
 
+# ---------------------------------------------------------------------------------- views
+
+
+def augment_views(x, gen, mean, std, strength: float = 1.0):
+    """A random near-duplicate view of each normalized image in ``x`` [B, 3, H, W]: what a
+    re-post does (a crop of up to ~12% per side resized back, a small shift, brightness /
+    contrast / saturation jitter of +-12%, and compression-like noise), on the tensors so the
+    drawn cache is reused. Used for the instance-contrastive term."""
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+
+    def u(lo: float, hi: float, *shape: int):
+        return lo + (hi - lo) * torch.rand((b, *shape), generator=gen)
+
+    px = x * std + mean
+    scale = 1.0 - strength * u(0.0, 0.18)
+    shift = (1.0 - scale)[:, None] * u(-1.0, 1.0, 2)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(px.shape), align_corners=False)
+    px = F.grid_sample(px, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    jit = 1.0 + strength * u(-0.12, 0.12, 3)
+    px = px * jit[:, 0, None, None, None]  # brightness
+    grey = px.mean(dim=(1, 2, 3), keepdim=True)
+    px = (px - grey) * jit[:, 1, None, None, None] + grey  # contrast
+    luma = (0.299 * px[:, 0] + 0.587 * px[:, 1] + 0.114 * px[:, 2])[:, None]
+    px = (px - luma) * jit[:, 2, None, None, None] + luma  # saturation
+    px = px + strength * u(0.0, 0.03)[:, None, None, None] * torch.randn(px.shape, generator=gen)
+    return (px.clamp(0, 1) - mean) / std
+
+
+def instance_loss(f_a, f_b, temperature: float):
+    """Symmetric InfoNCE between two views of the same images (SimCLR/SLIP-style): a view's
+    positive is the other view of its own image, every other image in the batch a negative."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = f_a @ f_b.T / temperature
+    y = torch.arange(len(f_a))
+    return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+
+
 # ---------------------------------------------------------------------------------- eval
 
 
@@ -260,7 +306,47 @@ def evaluate(model, preprocess, tokenizer, seed: int, n: int = 480) -> dict[str,
         w_truth.append(3)
     ew = encode_images(model, preprocess, w_imgs)
     out["work_acc"] = float(np.mean(np.argmax(ew @ tw.T, 1) == np.array(w_truth)))
+    out.update(near_dup_metrics(model, preprocess, imgs, rng))
     return out
+
+
+def near_dup_metrics(model, preprocess, imgs: list, rng: np.random.Generator) -> dict[str, float]:
+    """How well the image tower separates near copies from distinct drawings.
+
+    Each image gets one near copy made exactly as the testbed plants them (1-2 of resize / crop /
+    jitter / JPEG q 30-90, then JPEG). ``near_dup_top1``: share of copies whose nearest original
+    is their own source; ``near_dup_ap``: average precision of cosine over all (copy, original)
+    pairs, own source = positive; ``near_dup_recall_at_p98``: pair recall at precision >= 0.98.
+    """
+    import io
+
+    from PIL import Image
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    from audit.models import encode_images
+    from audit.testbed.generate import NEAR_TRANSFORMS, _transform
+
+    copies = []
+    for img in imgs:
+        kinds = [str(x) for x in rng.choice(NEAR_TRANSFORMS, size=int(rng.integers(1, 3)),
+                                             replace=False)]  # fmt: skip
+        im2, _desc, q = _transform(img.convert("RGB"), kinds, rng, (30, 90))
+        buf = io.BytesIO()
+        im2.save(buf, "JPEG", quality=q or 85)
+        copies.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    e_o = encode_images(model, preprocess, imgs)
+    e_c = encode_images(model, preprocess, copies)
+    sims = e_c @ e_o.T
+    n = len(imgs)
+    labels = np.eye(n, dtype=bool).ravel()
+    scores = sims.ravel()
+    prec, rec, _ = precision_recall_curve(labels, scores)
+    ok = prec >= 0.98
+    return {
+        "near_dup_top1": float(np.mean(sims.argmax(1) == np.arange(n))),
+        "near_dup_ap": float(average_precision_score(labels, scores)),
+        "near_dup_recall_at_p98": float(rec[ok].max()) if ok.any() else 0.0,
+    }
 
 
 # ---------------------------------------------------------------------------------- train
@@ -289,11 +375,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     t_data = time.time() - t_start
 
     model = open_clip.create_model(MODEL_NAME)
+    if args.init:
+        from safetensors.torch import load_file
+
+        state = {k: v.float() for k, v in load_file(args.init).items()}
+        model.load_state_dict(state)
+        logger.info("initialized from %s", args.init)
     model.train()
+    if args.freeze_text:
+        # keep the text tower (and so tiny-sd's text encoder, converted from it) unchanged
+        for name, prm in model.named_parameters():
+            if not name.startswith("visual."):
+                prm.requires_grad_(False)
     # The 49,408-row token table is kept at its random init: captions here use a few hundred
     # tokens, random 64-d rows are already distinct, and skipping its dense gradient and Adam
     # update saves ~30% of a training step on 2 CPU cores.
-    model.token_embedding.weight.requires_grad_(not args.freeze_token_embedding)
+    if not args.freeze_text:
+        model.token_embedding.weight.requires_grad_(not args.freeze_token_embedding)
     n_params = sum(p.numel() for p in model.parameters())
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in params if p.ndim >= 2 and "logit_scale" not in n]
@@ -312,6 +410,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         return args.lr * 0.5 * (1 + math.cos(math.pi * p))
 
     gen = torch.Generator().manual_seed(args.seed)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     n = len(images)
     perm = torch.randperm(n, generator=gen)
     pos = 0
@@ -350,10 +450,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         txt = tokens[idx, which]
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        f_i, f_t, scale = model(x, txt)
+        if args.instance_weight > 0:
+            x = augment_views(x, gen, mean, std, 0.5)  # both views are (mildly) augmented
+            x2 = augment_views(x, gen, mean, std)
+        if args.freeze_text:
+            with torch.no_grad():
+                f_t = model.encode_text(txt, normalize=True)
+            f_i = model.encode_image(x, normalize=True)
+            scale = model.logit_scale.exp()
+        else:
+            f_i, f_t, scale = model(x, txt)
         logits = scale * f_i @ f_t.T
         y = torch.arange(len(idx))
         loss = (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+        if args.instance_weight > 0:
+            f_2 = model.encode_image(x2, normalize=True)
+            loss = loss + args.instance_weight * instance_loss(f_i, f_2, args.instance_temp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -431,6 +543,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps (needs --cache)")
     p.add_argument("--cache", default="", help="optional folder keeping drawn chunks (resumable)")
+    p.add_argument("--init", default="", help="start from these weights (a .safetensors file)")
+    p.add_argument(
+        "--freeze-text",
+        action="store_true",
+        help="train the image tower only (keeps tiny-sd's text encoder valid)",
+    )
+    p.add_argument(
+        "--instance-weight",
+        type=float,
+        default=0.0,
+        help="weight of the instance-contrastive term between two near-duplicate views",
+    )
+    p.add_argument("--instance-temp", type=float, default=0.1)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     train(args)

@@ -1,20 +1,17 @@
-"""Partitioned near-duplicate detection as a Beam job: DirectRunner vs Dask 1 vs 2 workers.
+"""Beam on Dask: partitioned near-duplicate detection and the embed pipeline, DirectRunner vs
+Dask with 1 and 2 workers.
 
-Data: ``benchmarks/bench_dedup.make_data`` (clustered unit float16 vectors with planted
-near-duplicate groups), ``--n`` rows of ``--dim``, fed with ``beam.Create`` (Beam's parquet
-``Read`` does not run on the DaskRunner). Output is collected as one list written by the last
-transform (Beam's file sinks write nothing on the DaskRunner). Rows of the table:
+Dedup data: ``benchmarks/bench_dedup.make_data`` (clustered unit float16 vectors with planted
+near-duplicate groups), ``--n`` rows of ``--dim``, fed with ``beam.Create``; output collected as
+one list written by the last transform. Rows of the table:
 
 * ``numpy``: the single-machine partitioned path (``detectors.dedup.near_duplicate_groups``),
-  the reference every other row must equal;
-* ``DirectRunner / dedup_beam``: ``pipelines.dedup_beam.PartitionedNearDuplicates`` as is,
-  compared row for row. It is not run on Dask: it uses ``Top.Smallest`` and ``BatchElements``,
-  whose ``finish_bundle`` outputs the DaskRunner drops, so its Dask output is empty
-  (``tests/test_dask.py``);
-* ``dask-safe edges``: the same sample / train / assign / group-by-partition / search steps
-  built from ``dedup_beam``'s own DoFns with the two broken steps replaced
-  (``CombineGlobally(TopCombineFn)``, key-bucket ``GroupByKey`` batching); components of the
-  collected edges must equal the reference groups. Run on DirectRunner, Dask 1 and 2 workers.
+  the reference every dedup row must equal row for row;
+* ``dedup_beam``: ``pipelines.dedup_beam.PartitionedNearDuplicates`` on the DirectRunner and on
+  Dask (where it batches by key bucket + ``GroupByKey``, see ``dedup_beam.BATCHING``);
+* ``embed``: ``pipelines.embed.run_embed`` with the shipped tiny-synth CLIP (one torch thread
+  per worker) on a ``--embed-n``-row testbed (shards of 50), DirectRunner in-process vs Dask;
+  every Dask run's parts must equal the DirectRunner's.
 
 Dask clusters are ``distributed.LocalCluster(n_workers=W, threads_per_worker=1)`` on 127.0.0.1,
 started before the clock starts (cluster start is reported separately). FAISS uses one thread
@@ -89,83 +86,56 @@ def run_beam(rows: list, params: dict, threshold: float, setup: Any) -> tuple[li
     return got, wall
 
 
-def run_safe_edges(rows: list, params: dict, threshold: float, setup: Any,
-                   n_buckets: int = 8) -> tuple[list, float]:
-    """The bulk of ``PartitionedNearDuplicates`` (sample, train, assign, group by partition,
-    search) built from ``pipelines.dedup_beam``'s own DoFns, with the two steps the DaskRunner
-    breaks replaced: ``Top.Smallest`` -> ``CombineGlobally(TopCombineFn)`` and
-    ``BatchElements`` -> batches by key bucket + ``GroupByKey`` (both emit only from
-    ``process``). Returns the edges (key_i, key_j, sim) and wall seconds; components are
-    computed by the caller."""
-    import apache_beam as beam
-    from apache_beam.pvalue import AsSingleton
-    from apache_beam.transforms.combiners import TopCombineFn
+def bench_embed(n: int, workers: list[int], tmp: Path) -> list[dict[str, Any]]:
+    """The embed pipeline (tiny-synth, one torch thread per worker) on an ``n``-row testbed:
+    DirectRunner in-process vs Dask with W workers; every run's parts must equal the
+    DirectRunner's."""
+    import functools
 
-    from detectors import dedup as dd
-    from pipelines import dedup_beam as db
+    import pyarrow.parquet as pq
 
-    t = db.make_transforms()
-    size = params["partition_size"]
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_dask_e_{os.getpid()}.json"
+    from audit.cli import main as cli
+    from audit.models import load_clip
+    from audit.stages.embed import WorkspacePartWriter
+    from audit.workspace import embedding_schema
+    from pipelines.beam_options import beam_setup, local_dask_cluster
+    from pipelines.embed import ClipModelHandler, EmbedSettings, run_embed
+    from pipelines.readers import match_shards
 
-    def save(elements: list, path: str) -> None:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(elements, f)
-        os.replace(tmp, path)
+    src = tmp / "testbed"
+    assert cli(["testbed", "-q", "--out", str(src), "--n", str(n), "--shard-size", "50"]) == 0
+    specs = match_shards(str(src / "shards"))
 
-    def hkey(kv: tuple) -> tuple:
-        return (-dd.stable_hash64(kv[0]), kv[0])  # TopCombineFn keeps the largest: negate
+    def run(setup: Any, root: Path) -> float:
+        handler = ClipModelHandler(functools.partial(load_clip, "tiny-synth"), model_name="tiny-synth",
+                                   pad_to=32, torch_threads=1)
+        t0 = time.perf_counter()
+        run_embed(specs, handler, WorkspacePartWriter(str(root)), embedding_schema(128),
+                  options=setup.options, runner=setup.new_runner(), settings=EmbedSettings(32))
+        return time.perf_counter() - t0
 
-    p = beam.Pipeline(runner=setup.new_runner(), options=setup.options)
-    r = p | beam.Create(rows)
-    count = r | "Count" >> beam.combiners.Count.Globally()
-    sample = (r | "KeyVec" >> beam.Map(lambda row: (row[0], row[1]))
-              | "HashSample" >> beam.CombineGlobally(TopCombineFn(dd.MAX_SAMPLE, key=hkey)))
-    model = sample | "Train" >> beam.Map(
-        db.train_model, AsSingleton(count), threshold=threshold, partition_size=size,
-        sample_per_partition=dd.SAMPLE_PER_PARTITION, max_sample=dd.MAX_SAMPLE, niter=10,
-        seed=0)
-    (r | "Bucket" >> beam.Map(lambda row: (dd.stable_hash64(row[0]) % n_buckets, row))
-     | "GroupBuckets" >> beam.GroupByKey()
-     | "Batches" >> beam.FlatMapTuple(
-         lambda k, vs: [list(vs)[i:i + 4096] for i in range(0, len(list(vs)), 4096)])
-     | "Assign" >> beam.ParDo(t["AssignPartitions"](threshold, dd.MAX_PROBES, dd.PROBE_SCALE),
-                              AsSingleton(model))
-     | "GroupByPartition" >> beam.GroupByKey()
-     | "Search" >> beam.ParDo(t["SearchPartition"](threshold))
-     | "Collect" >> beam.combiners.ToList()
-     | "Save" >> beam.Map(save, str(path)))
-    t0 = time.perf_counter()
-    result = p.run()
-    result.wait_until_finish()
-    wall = time.perf_counter() - t0
-    client = getattr(result, "client", None)
-    if client is not None:
-        client.close()
-    got = json.loads(path.read_text())
-    path.unlink()
-    return got, wall
+    def parts(root: Path) -> list:
+        return [pq.read_table(f).drop(["seconds"]) if "seconds" in pq.read_schema(f).names
+                else pq.read_table(f) for f in sorted((root / "embeddings").glob("part-*.parquet"))]
 
-
-def groups_from_edges(edges: list) -> set[frozenset]:
-    """Connected components of the edge list as sets of keys."""
-    from detectors import dedup as dd
-
-    if not edges:
-        return set()
-    a = np.array([e[0] for e in edges])
-    b = np.array([e[1] for e in edges])
-    keys, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
-    m = a.size
-    e = dd.Edges(inv[:m].astype(np.int64), inv[m:].astype(np.int64),
-                 np.array([x[2] for x in edges], dtype=np.float32))
-    labels = dd.components(keys.size, e)
-    out: dict[int, set] = {}
-    for k, g in zip(keys.tolist(), labels.tolist()):
-        if g >= 0:
-            out.setdefault(g, set()).add(k)
-    return {frozenset(v) for v in out.values()}
+    out = []
+    with beam_setup([]) as direct:
+        wall = run(direct, tmp / "direct")
+    ref = parts(tmp / "direct")
+    out.append({"runner": "DirectRunner", "pipeline": "embed", "workers": 1, "seconds": wall,
+                "start_s": 0.0, "equal": True, "n": n})
+    for w in workers:
+        t0 = time.perf_counter()
+        with local_dask_cluster(w) as cluster:
+            start = time.perf_counter() - t0
+            with beam_setup([f"--dask_client_address={cluster.scheduler_address}"],
+                            runner="DaskRunner") as on_dask:
+                wall = run(on_dask, tmp / f"dask{w}")
+        got = parts(tmp / f"dask{w}")
+        out.append({"runner": "DaskRunner", "pipeline": "embed", "workers": w, "seconds": wall,
+                    "start_s": start, "n": n,
+                    "equal": len(got) == len(ref) and all(a.equals(b) for a, b in zip(got, ref))})
+    return out
 
 
 def per_partition_costs(dim: int, partition_size: int, probes: float, k_assign: int,
@@ -249,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--partition-size", type=int, default=1000)
     ap.add_argument("--workers", default="1,2", help="Dask worker counts to run")
+    ap.add_argument("--embed-n", type=int, default=400,
+                    help="testbed rows for the embed rows of the table (0: skip)")
     ap.add_argument("--est-dim", type=int, default=512, help="dimension for the estimate")
     ap.add_argument("--nodes", type=int, default=32)
     ap.add_argument("--cores", type=int, default=16, help="cores (worker slots) per node")
@@ -257,10 +229,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import faiss
     from bench_dedup import make_data
-    from distributed import LocalCluster
 
     from detectors import dedup as dd
-    from pipelines.beam_options import beam_setup
+    from pipelines.beam_options import beam_setup, local_dask_cluster
 
     faiss.omp_set_num_threads(1)
     x, data_info = make_data(args.n, dim=args.dim)
@@ -274,10 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     numpy_wall = time.perf_counter() - t0
     want = _norm(expected.to_pylist())
     rows = [(k, x[i], float(prio[i])) for i, k in enumerate(keys)]
-    want_groups: dict[int, set] = {}
-    for r in expected.to_pylist():
-        want_groups.setdefault(r["group_id"], set()).add(r["key"])
-    want_sets = {frozenset(v) for v in want_groups.values()}
     results: list[dict[str, Any]] = [{"runner": "numpy (single-machine partitioned)",
                                       "pipeline": "detectors.dedup", "workers": 1,
                                       "seconds": numpy_wall, "start_s": 0.0, "equal": True}]
@@ -285,30 +252,29 @@ def main(argv: list[str] | None = None) -> int:
         got, wall = run_beam(rows, params, args.threshold, direct)
         results.append({"runner": "DirectRunner", "pipeline": "dedup_beam", "workers": 1,
                         "seconds": wall, "start_s": 0.0, "equal": _norm(got) == want})
-        edges, wall = run_safe_edges(rows, params, args.threshold, direct)
-        results.append({"runner": "DirectRunner", "pipeline": "dask-safe edges", "workers": 1,
-                        "seconds": wall, "start_s": 0.0,
-                        "equal": groups_from_edges(edges) == want_sets})
-    for w in [int(s) for s in args.workers.split(",") if s]:
+    workers = [int(s) for s in args.workers.split(",") if s]
+    for w in workers:
         t0 = time.perf_counter()
-        cluster = LocalCluster(n_workers=w, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None)
-        start = time.perf_counter() - t0
-        try:
+        with local_dask_cluster(w) as cluster:
+            start = time.perf_counter() - t0
             with beam_setup([f"--dask_client_address={cluster.scheduler_address}"],
                             runner="DaskRunner") as on_dask:
-                edges, wall = run_safe_edges(rows, params, args.threshold, on_dask)
-        finally:
-            cluster.close()
-        results.append({"runner": "DaskRunner", "pipeline": "dask-safe edges", "workers": w,
-                        "seconds": wall, "start_s": start,
-                        "equal": groups_from_edges(edges) == want_sets})
+                got, wall = run_beam(rows, params, args.threshold, on_dask)
+        results.append({"runner": "DaskRunner", "pipeline": "dedup_beam", "workers": w,
+                        "seconds": wall, "start_s": start, "equal": _norm(got) == want})
     for r in results:
-        r["rows_per_s"] = args.n / r["seconds"]
+        r["n"] = args.n
+    if args.embed_n:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            results.extend(bench_embed(args.embed_n, workers, Path(tmp)))
+    for r in results:
+        r["rows_per_s"] = r["n"] / r["seconds"]
         r["seconds"] = round(r["seconds"], 2)
         r["start_s"] = round(r["start_s"], 2)
-    dask1 = next((r for r in results if r["runner"] == "DaskRunner" and r["workers"] == 1),
-                 results[2])
+    dask1 = next((r for r in results if r["runner"] == "DaskRunner" and r["workers"] == 1
+                  and r["pipeline"] == "dedup_beam"), results[1])
     overhead_per_row = max(0.0, (dask1["seconds"] - numpy_wall) / args.n)
     probes = float(info.get("mean_probes", 1.0))
     costs = per_partition_costs(args.est_dim, 1000, probes, k_assign=1000)
@@ -316,11 +282,16 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"n={args.n} dim={args.dim} partitions={info['n_partitions']} "
           f"output rows={expected.num_rows} cores={os.cpu_count()}")
-    print(f"{'runner':36s} {'pipeline':16s} {'workers':>7s} {'start s':>8s} {'run s':>8s} {'rows/s':>9s} "
-          f"{'x numpy':>8s} equal")
+    print(f"{'runner':36s} {'pipeline':16s} {'rows':>6s} {'workers':>7s} {'start s':>8s} "
+          f"{'run s':>8s} {'rows/s':>9s} {'x base':>7s} equal")
     for r in results:
-        print(f"{r['runner']:36s} {r['pipeline']:16s} {r['workers']:7d} {r['start_s']:8.2f} {r['seconds']:8.2f} "
-              f"{r['rows_per_s']:9.0f} {r['seconds'] / numpy_wall:8.1f} {r['equal']}")
+        base = next(b for b in results if b["pipeline"] == r["pipeline"]
+                    or (r["pipeline"] == "dedup_beam" and b["pipeline"] == "detectors.dedup"))
+        print(f"{r['runner']:36s} {r['pipeline']:16s} {r['n']:6d} {r['workers']:7d} "
+              f"{r['start_s']:8.2f} {r['seconds']:8.2f} {r['rows_per_s']:9.1f} "
+              f"{base['seconds'] / r['seconds']:7.2f} {r['equal']}")
+    print("x base = speed relative to the first row of the same pipeline (numpy for dedup, "
+          "DirectRunner for embed)")
     print(f"per partition (P=1000, dim={args.est_dim}, {probes:.2f} probe copies/row): search "
           f"{costs['search_seconds_per_partition'] * 1e3:.1f} ms; assign "
           f"{costs['assign_seconds_per_row_per_centroid'] * 1e9:.2f} ns/row/centroid; "

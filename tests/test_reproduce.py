@@ -667,12 +667,6 @@ def test_reproduce_stage_rejects_a_workspace_without_prompts(tmp_path: Path) -> 
 
 # ---- the shipped tiny-sd memorizes the planted works --------------------------------------------
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped tiny-sd was trained for only 160 UNet steps (machine saturated) and "
-    "does not memorize the works yet (0/8 seeds at training time); retrain with the script's "
-    "default schedule, then remove this xfail",
-)
 @pytest.mark.skipif(
     not (HAVE_TINY_SD and HAVE_TINY_CLIP),
     reason="needs the shipped tiny-sd and tiny-synth weights (audit/assets)",

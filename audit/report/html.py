@@ -574,22 +574,20 @@ class Renderer:
                 "<p class=note>No per-generation scores under <code>generations/"
                 "</code>: histograms and example pairs are not available.</p>"
             )
+        generated = [r for r in d["rows"] if r.get("generated", True)]
+        skipped = [r for r in d["rows"] if not r.get("generated", True)]
         rows = "".join(
-            f'<tr class="{"flag" if (r["ci_low"] or 0) > 0 and r.get("generated", True) else ""}">'
+            f'<tr class="{"flag" if (r["ci_low"] or 0) > 0 else ""}">'
             f"<td><code>{esc(r['finding_id'])}</code></td><td>{esc(r['prompt_kind'])}</td>"
             f"<td>{esc(r['prompt'])}</td><td class=num>{fmt(r['n'])}</td>"
-            + (
-                f"<td class=num>{pct(r['replication_rate'])}</td>"
-                f"<td>{interval(r['ci_low'], r['ci_high'])}</td>"
-                if r.get("generated", True)
-                else "<td colspan=2 class=note>not generated (triaged out)</td>"
-            )
-            + f"<td class=num>{pct(r.get('verbatim_rate'))}</td>"
+            f"<td class=num>{pct(r['replication_rate'])}</td>"
+            f"<td>{interval(r['ci_low'], r['ci_high'])}</td>"
+            f"<td class=num>{pct(r.get('verbatim_rate'))}</td>"
             f"<td class=num>{fmt(r['mean_sim'])}</td>"
             f"<td class=num>{fmt(r['p95_sim'])}</td><td class=num>{fmt(r['max_sim'])}</td>"
             f"<td class=num>{pct(r['object_rate'])}</td><td class=num>{fmt(r['triage_score'])}"
             f"</td></tr>"
-            for r in d["rows"]
+            for r in generated
         )
         parts.append(
             "<table><tr><th>finding</th><th>prompt kind</th><th>prompt</th><th>n</th>"
@@ -597,6 +595,21 @@ class Renderer:
             "<th>mean sim</th><th>p95 sim</th>"
             f"<th>max sim</th><th>object rate</th><th>triage score</th></tr>{rows}</table>"
         )
+        if skipped:
+            skipped = sorted(skipped, key=lambda r: -(r["triage_score"] or 0))
+            rows = "".join(
+                f"<tr><td><code>{esc(r['finding_id'])}</code></td>"
+                f"<td>{esc(r['prompt_kind'])}</td><td>{esc(r['prompt'])}</td>"
+                f"<td class=num>{fmt(r['triage_score'])}</td></tr>"
+                for r in skipped
+            )
+            parts.append(
+                f"<details><summary>{len(skipped)} prompts not generated: their one-step "
+                f"triage score ranked below the --triage-top cut "
+                f"(highest {fmt(skipped[0]['triage_score'])})</summary>"
+                "<table><tr><th>finding</th><th>prompt kind</th><th>prompt</th>"
+                f"<th>triage score</th></tr>{rows}</table></details>"
+            )
         for i, r in enumerate(d["rows"]):
             if not r.get("pairs") and not r.get("similarity_histogram"):
                 continue

@@ -180,7 +180,9 @@ class Workspace:
     """A workspace folder. Cheap to construct; creates folders lazily on write."""
 
     def __init__(self, path: str | Path) -> None:
-        self.root = Path(path)
+        # absolute, so that paths built from the layout properties (relative to the root) and
+        # then passed back to write_json/read_json are not joined onto the root a second time
+        self.root = Path(path).absolute()
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"

@@ -88,3 +88,14 @@ def test_atomic_write_survives_sigkill(tmp_path) -> None:
     import pyarrow.parquet as pq
 
     assert pq.read_table(target).column("x").to_pylist() == [1, 2, 3]
+
+
+def test_a_relative_workspace_path_resolves_layout_paths_once(tmp_path, monkeypatch) -> None:
+    """``laion-audit embed CAL`` from the parent folder once wrote model.json to CAL/CAL/."""
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace("CAL")
+    assert ws.root == tmp_path / "CAL"
+    ws.write_json(ws.embeddings_dir / "model.json", {"name": "m"})
+    assert (tmp_path / "CAL" / "embeddings" / "model.json").is_file()
+    assert ws.read_json(ws.embeddings_dir / "model.json") == {"name": "m"}
+    assert not (tmp_path / "CAL" / "CAL").exists()

@@ -218,15 +218,35 @@ def augment_views(x, gen, mean, std, strength: float = 1.0):
     return (px.clamp(0, 1) - mean) / std
 
 
-def instance_loss(f_a, f_b, temperature: float):
+def instance_loss(f_a, f_b, temperature: float, group=None):
     """Symmetric InfoNCE between two views of the same images (SimCLR/SLIP-style): a view's
-    positive is the other view of its own image, every other image in the batch a negative."""
+    positive is the other view of its own image, every other image in the batch a negative,
+    except images of the same ``group`` (>= 0: near-copies of one famous work), which are left
+    out: they ARE near duplicates of each other and must not be pushed apart."""
     import torch
     import torch.nn.functional as F
 
     logits = f_a @ f_b.T / temperature
     y = torch.arange(len(f_a))
+    if group is not None:
+        same = (group[:, None] == group[None, :]) & (group[:, None] >= 0)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
     return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+
+
+def work_groups(tokens, tokenizer):
+    """Per training item, the index of the famous work its captions name (by the work's first
+    distinctive word, e.g. "starry"), else -1."""
+    import torch
+
+    group = torch.full((tokens.shape[0],), -1, dtype=torch.long)
+    for w, wid in enumerate(draw.WORKS):
+        word = draw.WORKS[wid]["words"][0]
+        tok = int(tokenizer([word])[0][1])  # after the start-of-text token
+        hit = (tokens == tok).flatten(1).any(dim=1)
+        group[hit & (group < 0)] = w
+    return group
 
 
 # ---------------------------------------------------------------------------------- eval
@@ -410,6 +430,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         return args.lr * 0.5 * (1 + math.cos(math.pi * p))
 
     gen = torch.Generator().manual_seed(args.seed)
+    groups = work_groups(tokens, open_clip.get_tokenizer(MODEL_NAME)) if args.mask_works else None
+    if groups is not None:
+        logger.info("instance loss: %d items of the famous works never negatives of each other",
+                    int((groups >= 0).sum()))
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     n = len(images)
@@ -465,7 +489,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss = (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
         if args.instance_weight > 0:
             f_2 = model.encode_image(x2, normalize=True)
-            loss = loss + args.instance_weight * instance_loss(f_i, f_2, args.instance_temp)
+            loss = loss + args.instance_weight * instance_loss(
+                f_i, f_2, args.instance_temp, None if groups is None else groups[idx]
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -556,6 +582,12 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the instance-contrastive term between two near-duplicate views",
     )
     p.add_argument("--instance-temp", type=float, default=0.1)
+    p.add_argument(
+        "--mask-works",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="copies of one famous work are not negatives of each other in the instance term",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     train(args)

@@ -29,6 +29,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -295,6 +296,40 @@ def _rows(table: Any) -> list[dict[str, Any]]:
     return list(table)
 
 
+def _object_rows(rows: list[dict[str, Any]], only_flagged: bool) -> list[dict[str, Any]]:
+    """Object findings that get prompts. Their prompts name only the keyword, so every row of
+    one keyword would repeat the same texts: without ``only_flagged`` a keyword's unflagged
+    rows are represented by its strongest candidate (largest ``gap``, else ``image_rate``), and
+    only when none of its rows is flagged."""
+    flagged = [r for r in rows if r.get("flagged", True)]
+    if only_flagged:
+        return flagged
+    done = {str(r.get("keyword")) for r in flagged}
+    best: dict[str, dict[str, Any]] = {}
+
+    def strength(r: dict[str, Any]) -> float:
+        for col in ("gap", "image_rate"):
+            v = r.get(col)
+            if v is not None and math.isfinite(float(v)):
+                return float(v)
+        return float("-inf")
+
+    for r in rows:
+        kw = str(r.get("keyword"))
+        if kw in done:
+            continue
+        if kw not in best or strength(r) > strength(best[kw]):
+            best[kw] = r
+    skipped = len(rows) - len(flagged) - len(best)
+    if skipped:
+        logger.info(
+            "%d unflagged object rows share their keyword's prompts with a stronger row: "
+            "not prompted separately",
+            skipped,
+        )
+    return flagged + list(best.values())
+
+
 def build_prompts(
     word_findings: Any = None,
     object_findings: Any = None,
@@ -307,7 +342,8 @@ def build_prompts(
     """All reproduction prompts as a DataFrame (columns of :class:`Prompt`), one row per prompt.
 
     ``word_findings`` / ``object_findings``: the findings tables (Arrow, pandas or row dicts);
-    with ``only_flagged`` rows whose ``flagged`` is false are skipped. ``mode``: ``"add"`` (file
+    with ``only_flagged`` rows whose ``flagged`` is false are skipped; without it every word
+    cluster is prompted, and object rows as :func:`_object_rows` says. ``mode``: ``"add"`` (file
     prompts are added; one with the same ``(finding_id, prompt_kind)`` as a built prompt replaces
     it) or ``"replace"`` (only the file's prompts). Duplicate prompt ids are kept once.
     """
@@ -319,9 +355,7 @@ def build_prompts(
             if only_flagged and "flagged" in row and not row["flagged"]:
                 continue
             built.extend(word_prompts(row, max_tokens))
-        for row in _rows(object_findings):
-            if only_flagged and "flagged" in row and not row["flagged"]:
-                continue
+        for row in _object_rows(_rows(object_findings), only_flagged):
             caps = (object_captions or {}).get(str(row["finding_id"]), ())
             built.extend(object_prompts(row, caps, max_tokens))
     user = read_prompt_file(prompt_file) if prompt_file else []

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -344,14 +345,35 @@ def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float = 0.01) -> flo
     return float(t[ok].max()) if ok.any() else 0.0
 
 
-def select_top(scores: np.ndarray, k: int | None) -> np.ndarray:
+def select_top(
+    scores: np.ndarray,
+    k: int | None,
+    groups: Sequence[Any] | None = None,
+    per_group: int = 0,
+) -> np.ndarray:
     """Boolean mask of the ``k`` highest scores (ties broken by position; all when ``k`` is
-    None or >= len). NaN scores rank last."""
+    None or >= len). NaN scores rank last.
+
+    With ``groups`` (one label per score, e.g. the finding of each prompt) and ``per_group``
+    M > 0, each group's M highest scores are selected as well, so a budget of ``k`` cannot be
+    spent on the prompt variants of one finding while another finding is never generated."""
     s = np.asarray(scores, dtype=np.float64)
     mask = np.zeros(len(s), dtype=bool)
     if k is None or k >= len(s):
         mask[:] = True
         return mask
+    order = np.argsort(np.where(np.isfinite(s), -s, np.inf), kind="stable")
+    mask[order[: max(k, 0)]] = True
+    if groups is not None and per_group > 0:
+        if len(groups) != len(s):
+            raise ValueError(f"groups has {len(groups)} labels for {len(s)} scores")
+        taken: dict[Any, int] = {}
+        for i in order:
+            g = groups[i]
+            if taken.get(g, 0) < per_group:
+                mask[i] = True
+                taken[g] = taken.get(g, 0) + 1
+    return mask
     order = np.argsort(np.where(np.isfinite(s), -s, np.inf), kind="stable")
     mask[order[: max(k, 0)]] = True
     return mask

@@ -120,6 +120,25 @@ def test_prompt_file_adds_overrides_and_replaces(tmp_path: Path) -> None:
     assert len(build_prompts([unflagged], None, only_flagged=False)) == 5
 
 
+def test_all_findings_prompts_each_object_keyword_once() -> None:
+    """Object prompts name only the keyword: with ``only_flagged=False`` the unflagged rows of
+    a keyword that has a flagged row add nothing, and a keyword with no flagged row is prompted
+    once, for its strongest candidate."""
+    def obj(kw: str, o: str, flagged: bool, gap: float) -> dict:
+        return dict(OBJECT_FINDING, finding_id=f"object:{kw}:{o}", keyword=kw, object=o,
+                    flagged=flagged, gap=gap)
+
+    rows = [obj("astronaut", "flag", True, 0.09), obj("astronaut", "cat", False, 0.0),
+            obj("astronaut", "dog", False, 0.01), obj("dog", "cat", False, 0.02),
+            obj("dog", "moon", False, 0.04), obj("dog", "sun", False, float("nan"))]
+    flagged_only = build_prompts(None, rows)
+    assert set(flagged_only.finding_id) == {"object:astronaut:flag"}
+    every = build_prompts(None, rows, only_flagged=False)
+    assert set(every.finding_id) == {"object:astronaut:flag", "object:dog:moon"}
+    per = every.groupby("finding_id").prompt.apply(list)
+    assert len(per["object:dog:moon"]) == len(per["object:astronaut:flag"]) >= 1
+
+
 # ---- pure scoring ---------------------------------------------------------------------------
 def test_best_match_over_a_cluster_and_tiled_l2() -> None:
     rng = np.random.default_rng(0)
@@ -202,6 +221,13 @@ def test_triage_helpers() -> None:
         True,
     ]
     assert mem.select_top(np.array([0.1, 0.2]), None).all()
+    # a budget of 2 goes to finding a's variants; per_group=1 adds b's best prompt too
+    sc, fid = np.array([0.9, 0.8, 0.7, 0.3, 0.2]), ["a", "a", "a", "b", "b"]
+    assert mem.select_top(sc, 2, fid).tolist() == [True, True, False, False, False]
+    assert mem.select_top(sc, 2, fid, per_group=1).tolist() == [True, True, False, True, False]
+    assert mem.select_top(sc, 1, fid, per_group=2).tolist() == [True, True, False, True, True]
+    with pytest.raises(ValueError, match="labels"):
+        mem.select_top(sc, 2, ["a"], per_group=1)
     labels = mem.replication_labels(np.array([0, 1, 10, 9]), np.array([20, 20, 500, 500]))
     assert labels.tolist() == [False, True, True, False]
 

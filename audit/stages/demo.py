@@ -26,7 +26,7 @@ reproduces the replication findings with the shipped tiny-sd generator, writes t
 lists and the report, and prints the report's path.
 
 To stay within minutes on a laptop CPU the demo generates --generations images per prompt
-(default 32) with --steps denoising steps (default 20); real audits use
+(default 100) with --steps denoising steps (default 20); real audits use
 `laion-audit reproduce --n 500` (the default) and the sampler's usual 50 steps.
 
 The options used are written to DIR/audit.toml: rerunning the demo skips finished stages, and
@@ -65,7 +65,7 @@ class Config:
     out: str = "demo-workspace"
     n: int = 1000
     seed: int = 0
-    generations: int = 32
+    generations: int = 100
     steps: int = 20
     force: bool = False
 
@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="generations per prompt (default 32; real audits use 500)",
+        help="generations per prompt (default 100; real audits use 500)",
     )
     parser.add_argument(
         "--steps",
@@ -120,9 +120,10 @@ def demo_config(ws: Path, url_list: Path, cfg: Config) -> dict[str, Any]:
         "objects": {"keyword": ["astronaut"]},
         "poisons": {},
         # A small demo testbed may have no cluster large enough to be flagged: reproduce every
-        # finding, spending the full N only on the 8 prompts the one-step triage ranks highest.
+        # finding (the unflagged clusters then act as controls), spending the full N on the 8
+        # prompts the one-step triage ranks highest plus each finding's best-ranked prompt.
         "reproduce": {"generator": "tiny-sd", "n": cfg.generations, "steps": cfg.steps,
-                      "all_findings": True, "triage_top": 8},
+                      "all_findings": True, "triage_top": 8, "triage_per_finding": 1},
         "filter": {"drop": ["duplicates", "poisons", "failed"]},
         "report": {},
     }

@@ -86,6 +86,7 @@ class Config:
     prompts_mode: str = "add"
     all_findings: bool = False
     triage_top: int = 0
+    triage_per_finding: int = 0
     triage_seeds: int = 4
     chunk_size: int = 50
     seed_offset: int = 0
@@ -131,6 +132,12 @@ class Config:
             f"{s}.triage_top",
             "must be >= 0 (0 = every prompt)",
             self.triage_top,
+        )
+        require(
+            self.triage_per_finding >= 0,
+            f"{s}.triage_per_finding",
+            "must be >= 0",
+            self.triage_per_finding,
         )
         require(
             self.triage_seeds >= 0,
@@ -274,6 +281,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="generate the full N only for the K prompts with the highest triage "
         "score (default 0 = every prompt)",
+    )
+    p.add_argument(
+        "--triage-per-finding",
+        dest="triage_per_finding",
+        type=int,
+        default=None,
+        metavar="M",
+        help="with --triage-top: also generate each finding's M best-triaged prompts, so "
+        "every finding is tested even when a few findings hold the K highest scores "
+        "(default 0)",
     )
     p.add_argument(
         "--triage-seeds",
@@ -576,7 +593,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     settings, triage = run_triage(cfg, ws, prompts, device, timings)
     from detectors.memorization import select_top
 
-    selected = select_top(triage, cfg.triage_top or None)
+    selected = select_top(
+        triage,
+        cfg.triage_top or None,
+        groups=prompts["finding_id"].tolist(),
+        per_group=cfg.triage_per_finding,
+    )
     tasks, counts = generate(cfg, ws, prompts[selected], settings, train.dim, device, args, timings)
     t0 = time.perf_counter()
     gdf, refs = score(cfg, ws, prompts, tasks, settings, train, findings, device)
@@ -1013,6 +1035,7 @@ def run_meta(
         "triage": {
             "seeds": cfg.triage_seeds,
             "top": cfg.triage_top,
+            "per_finding": cfg.triage_per_finding,
             "auroc_vs_replication": auroc,
             "n_replicating_prompts": int(labels.sum()),
             "min_copy_share": cfg.min_copy_share,

@@ -34,6 +34,7 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "diffusers>=0.27",
+        "accelerate>=0.26",  # low-memory loading of real Stable Diffusion checkpoints
         "transformers>=4.38",
         "safetensors>=0.4",
         "matplotlib>=3.7",

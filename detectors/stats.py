@@ -22,6 +22,9 @@ def wilson_interval(successes: int | np.ndarray, n: int | np.ndarray,
         half = z * np.sqrt(p * (1 - p) / n_arr + z * z / (4 * n_arr * n_arr)) / denom
         low = np.where(n_arr > 0, np.clip(centre - half, 0.0, 1.0), 0.0)
         high = np.where(n_arr > 0, np.clip(centre + half, 0.0, 1.0), 1.0)
+        # exact ends: no successes -> 0 (not 3e-18), all successes -> 1
+        low = np.where(k <= 0, 0.0, low)
+        high = np.where((n_arr > 0) & (k >= n_arr), 1.0, high)
     if np.ndim(low) == 0:
         return float(low), float(high)  # type: ignore[return-value]
     return low, high

@@ -29,3 +29,6 @@ def test_wilson() -> None:
     assert lo == pytest.approx(0.0552, abs=1e-3) and hi == pytest.approx(0.1744, abs=1e-3)
     lo, hi = wilson_interval(np.array([0, 5]), np.array([0, 5]))
     assert lo[0] == 0 and hi[0] == 1 and hi[1] == pytest.approx(1.0)
+    # the ends are exact, not float noise: 0 of n has ci_low 0.0, n of n has ci_high 1.0
+    lo, hi = wilson_interval(np.array([0, 100]), np.array([100, 100]))
+    assert lo[0] == 0.0 and hi[1] == 1.0 and 0 < hi[0] < 0.04 and 0.96 < lo[1] < 1

@@ -27,7 +27,7 @@ def _figure(width: float = 6.0, height: float = 3.0) -> Any:
 
 def _save(fig: Any, path: Path) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", bbox_inches="tight", pad_inches=0.05)
     return True
 
 
@@ -213,7 +213,7 @@ def replication_rates(rows: Sequence[dict[str, Any]], path: Path) -> bool:
         labels.append(f"{r['prompt_kind']}: {prompt}")
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("replication rate (share of seeds that copy the training cluster), 95% CI")
+    ax.set_xlabel("replication rate with 95% CI\n(share of seeds that copy the training cluster)")
     ax.set_title("Reproduction: replication rate per prompt", fontsize=10)
     return _save(fig, path)
 

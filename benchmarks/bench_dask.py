@@ -18,7 +18,9 @@ started before the clock starts (cluster start is reported separately). FAISS us
 per process everywhere.
 
 Paper estimate (printed and stored under ``estimate``): measured on this machine, one core:
-(a) assign cost per vector per centroid, (b) exact search of one ``--partition-size`` partition
+(a) assign cost per vector per centroid (flat) and, for the HNSW assignment used above
+``dd.FLAT_ASSIGN_MAX`` centroids, graph build time and per-vector cost at two graph sizes,
+(b) exact search of one ``--partition-size`` partition
 plus its probe copies at ``--est-dim``, (c) Beam-on-Dask overhead = (Dask 1 worker wall - numpy
 wall) / n per row. Scaled to N = 1e8 and 2e9 on ``--nodes`` nodes x ``--cores`` cores with
 assumptions stored next to the numbers.
@@ -139,7 +141,8 @@ def bench_embed(n: int, workers: list[int], tmp: Path) -> list[dict[str, Any]]:
 
 
 def per_partition_costs(dim: int, partition_size: int, probes: float, k_assign: int,
-                        seed: int = 0) -> dict[str, float]:
+                        seed: int = 0, hnsw_sizes: tuple[int, ...] = (16_384, 32_768),
+                        ) -> dict[str, Any]:
     """Single-thread seconds for the two per-row kernels at production shape."""
     import faiss
 
@@ -166,14 +169,42 @@ def per_partition_costs(dim: int, partition_size: int, probes: float, k_assign: 
     t0 = time.perf_counter()
     dd.assign_partitions(rows, cent, 0.95, cdist=dd.centroid_distances(cent))
     assign_per_row_centroid = (time.perf_counter() - t0) / (rows.shape[0] * k_assign)
+    # the HNSW assignment (dd.FLAT_ASSIGN_MAX+ centroids): build once, per-row search cost at
+    # two graph sizes (random unit centroids: harder for HNSW than clustered real ones)
+    hnsw: dict[str, dict[str, float]] = {}
+    for kh in hnsw_sizes:
+        ch = rng.standard_normal((kh, dim)).astype(np.float32)
+        ch /= np.linalg.norm(ch, axis=1, keepdims=True)
+        t0 = time.perf_counter()
+        index = dd.centroid_index(ch)
+        build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        dd.assign_partitions(rows, ch, 0.95, index=index)
+        per_row = (time.perf_counter() - t0) / rows.shape[0]
+        hnsw[str(kh)] = {"build_seconds": build, "assign_seconds_per_row": per_row}
     return {"search_seconds_per_partition": search,
             "assign_seconds_per_row_per_centroid": assign_per_row_centroid,
             "partition_size": partition_size, "probe_copies_per_row": probes, "dim": dim,
-            "assign_measured_with_centroids": k_assign}
+            "assign_measured_with_centroids": k_assign, "hnsw": hnsw}
+
+
+def _hnsw_cost(costs: dict, k: int) -> tuple[float, float]:
+    """(seconds per row, build seconds) of the HNSW assignment at ``k`` centroids: per-row
+    cost linear in log2(k) and build cost proportional to k log2(k), fitted to the two measured
+    sizes."""
+    pts = sorted((int(kh), v) for kh, v in costs["hnsw"].items())
+    (k0, a), (k1, b) = pts[0], pts[-1]
+    slope = (b["assign_seconds_per_row"] - a["assign_seconds_per_row"]) / max(
+        np.log2(k1) - np.log2(k0), 1e-9)
+    per_row = b["assign_seconds_per_row"] + slope * (np.log2(k) - np.log2(k1))
+    build = b["build_seconds"] * (k * np.log2(k)) / (k1 * np.log2(k1))
+    return float(max(per_row, a["assign_seconds_per_row"])), float(build)
 
 
 def estimate(costs: dict, overhead_per_row: float, nodes: int, cores: int) -> dict[str, Any]:
     """Wall-time estimate for 1e8 and 2e9 embeddings (assumptions in the returned dict)."""
+    from detectors import dedup as dd
+
     p = costs["partition_size"]
     slots = nodes * cores
     out: dict[str, Any] = {
@@ -182,8 +213,14 @@ def estimate(costs: dict, overhead_per_row: float, nodes: int, cores: int) -> di
             "per_core_speed": "as measured here on one core (FAISS single-threaded)",
             "partition_size": p, "dim": costs["dim"],
             "probe_copies_per_row": costs["probe_copies_per_row"],
-            "assign": "flat exact distances to all K = N / partition_size centroids (what "
-                      "detectors.dedup.assign_partitions does): cost grows as N^2 / P",
+            "partitions": "K = N / partition_size, but at most the k-means sample "
+                          f"(dd.MAX_SAMPLE = {dd.MAX_SAMPLE}: beyond it the sample rows are the "
+                          "centroids), so partitions grow past partition_size at 2e9; "
+                          "search cost per partition scaled quadratically with its size",
+            "assign": f"flat (score all K centroids, cost N x K) up to {dd.FLAT_ASSIGN_MAX} "
+                      "centroids, else the HNSW graph: per-row cost fitted linear in log2 K to "
+                      "the two measured graph sizes, build (once, one core, on the driver) "
+                      "~ K log K; assign_flat_s is what flat assignment would cost",
             "dask_overhead_per_row": "Beam-on-Dask seconds per row measured here at small N "
                                      "(element pickling, bag shuffles), assumed to parallelise "
                                      "perfectly over slots",
@@ -191,24 +228,35 @@ def estimate(costs: dict, overhead_per_row: float, nodes: int, cores: int) -> di
                        "key per row; 10 Gbit/s per node, all nodes sending at once",
             "components": "global connected components in one worker over ~0.05 N edges "
                           "(3% planted duplicates); scipy at ~1e7 edges/s",
-            "not_included": "reading the embeddings, k-means training on the sample "
-                            "(minutes), stragglers, retries",
+            "not_included": "reading the embeddings, k-means training on the sample, "
+                            "stragglers, retries",
         }
     }
     for n in (int(1e8), int(2e9)):
-        k = n // p
-        assign = n * k * costs["assign_seconds_per_row_per_centroid"] / slots
-        search = k * costs["search_seconds_per_partition"] / slots
+        k = min(n // p, dd.MAX_SAMPLE)
+        p_eff = n / k
+        flat = n * k * costs["assign_seconds_per_row_per_centroid"] / slots
+        build = 0.0
+        if dd.resolve_assign("auto", k) == "hnsw":
+            per_row, build = _hnsw_cost(costs, k)
+            assign = n * per_row / slots
+        else:
+            assign = flat
+        search = k * costs["search_seconds_per_partition"] * (p_eff / p) ** 2 / slots
         overhead = n * overhead_per_row / slots
         shuffle_bytes = n * ((1 + costs["probe_copies_per_row"]) * costs["dim"] * 2 + 40)
         shuffle = shuffle_bytes / (nodes * 10e9 / 8)
         comps = 0.05 * n / 1e7
-        total = assign + search + overhead + shuffle + comps
+        total = build + assign + search + overhead + shuffle + comps
         out[f"{n:.0e}"] = {
-            "partitions": k, "assign_s": round(assign), "search_s": round(search),
+            "partitions": k, "rows_per_partition": round(p_eff),
+            "assign_method": dd.resolve_assign("auto", k),
+            "index_build_s": round(build), "assign_s": round(assign),
+            "assign_flat_s": round(flat), "search_s": round(search),
             "beam_dask_overhead_s": round(overhead), "shuffle_s": round(shuffle),
             "components_s": round(comps), "total_s": round(total),
-            "total_hours": round(total / 3600, 2)}
+            "total_hours": round(total / 3600, 2),
+            "total_hours_without_dask_overhead": round((total - overhead) / 3600, 2)}
     return out
 
 
@@ -298,10 +346,16 @@ def main(argv: list[str] | None = None) -> int:
           f"Beam-on-Dask overhead {overhead_per_row * 1e6:.0f} us/row")
     for n in ("1e+08", "2e+09"):
         e = est[n]
-        print(f"estimate N={n} on {args.nodes}x{args.cores} cores: {e['total_hours']} h "
-              f"(assign {e['assign_s']} s, search {e['search_s']} s, overhead "
-              f"{e['beam_dask_overhead_s']} s, shuffle {e['shuffle_s']} s, components "
-              f"{e['components_s']} s)")
+        print(f"estimate N={n} on {args.nodes}x{args.cores} cores: {e['total_hours']} h, "
+              f"{e['total_hours_without_dask_overhead']} h without the Dask per-row overhead "
+              f"({e['partitions']} partitions of ~{e['rows_per_partition']} rows; "
+              f"{e['assign_method']} assign {e['assign_s']} s (flat would be "
+              f"{e['assign_flat_s']} s) + index build {e['index_build_s']} s, search "
+              f"{e['search_s']} s, overhead {e['beam_dask_overhead_s']} s, shuffle "
+              f"{e['shuffle_s']} s, components {e['components_s']} s)")
+    for kh, v in costs["hnsw"].items():
+        print(f"HNSW assign at {kh} centroids: build {v['build_seconds']:.1f} s, "
+              f"{v['assign_seconds_per_row'] * 1e3:.2f} ms/row")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "n": args.n, "dim": args.dim, "threshold": args.threshold, "data": data_info,

@@ -24,6 +24,12 @@ Two ways to find the pairs, with the same output format:
   ``max_probes=2`` partitions per vector, nearest boundaries first; vectors whose list was cut
   are counted (``n_truncated``). Recall against exact search is measured by
   ``benchmarks/bench_dedup.py``.
+  Assignment scores every centroid (``N x K`` work, i.e. ``N^2 / partition_size``) up to
+  :data:`FLAT_ASSIGN_MAX` centroids; above that (``assign="auto"``, or ``"hnsw"``) an HNSW graph
+  over the centroids (FAISS ``IndexHNSWFlat``, built once, single-threaded so it is the same on
+  every worker) returns each vector's :data:`ASSIGN_CANDIDATES` nearest centroids, and the
+  primary partition and the probe bound are taken over those (approximate: a partition outside
+  the candidates is never probed; on clustered test data it finds the same pairs as flat).
   Memory beyond the input array is bounded by partition size (one partition's base + probe
   vectors in float32 at a time), never by N. The same per-partition function
   (:func:`search_partition`) is what the Beam pipeline (``pipelines/dedup_beam.py``) runs per
@@ -110,6 +116,16 @@ PROBE_SCALE = 0.25
 SAMPLE_PER_PARTITION = 64
 MAX_SAMPLE = 262_144
 EXACT_MAX_N = 50_000
+# Above FLAT_ASSIGN_MAX centroids, assignment stops scoring every centroid (N x K work, i.e.
+# N^2 / partition_size: what dominates at 10^9 rows): an HNSW graph over the centroids (FAISS)
+# returns each row's ASSIGN_CANDIDATES nearest centroids and the probe bound is evaluated on
+# those only (see benchmarks/bench_dask.py for the measured per-row cost).
+FLAT_ASSIGN_MAX = 16_384
+ASSIGN_CANDIDATES = 32
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+ASSIGN_METHODS = ("auto", "flat", "hnsw")
 
 
 def default_threshold(model: str | None) -> float:
@@ -450,10 +466,84 @@ def centroid_distances(centroids: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0.0)).astype(np.float32)
 
 
+def resolve_assign(assign: str, k: int) -> str:
+    """``"flat"`` or ``"hnsw"`` for ``k`` centroids (``"auto"``: hnsw above
+    :data:`FLAT_ASSIGN_MAX`)."""
+    if assign not in ASSIGN_METHODS:
+        raise ValueError(f"assign must be one of {ASSIGN_METHODS}, got {assign!r}")
+    if assign == "auto":
+        return "hnsw" if k > FLAT_ASSIGN_MAX else "flat"
+    return assign
+
+
+def centroid_index(centroids: np.ndarray, *, m: int = HNSW_M,
+                   ef_construction: int = HNSW_EF_CONSTRUCTION,
+                   ef_search: int = HNSW_EF_SEARCH) -> Any:
+    """An HNSW graph (FAISS ``IndexHNSWFlat``, inner product) over the centroids.
+
+    Built single-threaded: FAISS's parallel HNSW insertion depends on thread timing, and every
+    worker must assign a row to the same partitions. Ship it to workers with
+    ``faiss.serialize_index`` rather than rebuilding it."""
+    import faiss
+
+    c = _f32(centroids)
+    index = faiss.IndexHNSWFlat(c.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.add(c)
+    finally:
+        faiss.omp_set_num_threads(prev)
+    index.hnsw.efSearch = ef_search
+    return index
+
+
+def _assign_with_index(xf: np.ndarray, c: np.ndarray, index: Any, radius: float,
+                       max_probes: int, candidates: int,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`assign_partitions` over each row's ``candidates`` nearest centroids from
+    ``index`` (approximate: a partition outside the candidates is never probed)."""
+    n, k = xf.shape[0], c.shape[0]
+    m = max(1, min(int(candidates), k))
+    s, q = index.search(xf, m)
+    q = q.astype(np.int64)
+    valid = q >= 0
+    primary = np.where(valid[:, 0], q[:, 0], 0).astype(np.int32)
+    probes = np.full((n, max(0, max_probes)), -1, dtype=np.int32)
+    if m == 1:
+        return primary, probes, np.zeros(n, dtype=np.int32)
+    qs = np.where(valid, q, 0)
+    sq = (c.astype(np.float64) ** 2).sum(1)
+    dots = np.empty((n, m), dtype=np.float64)
+    step = max(1, int(2**24 // max(1, m * c.shape[1])))  # bounds the gathered n x m x D block
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        dots[a:b] = np.einsum("nd,nmd->nm", c[primary[a:b]], c[qs[a:b]], dtype=np.float64)
+    dist = np.sqrt(np.maximum(sq[primary][:, None] + sq[qs] - 2.0 * dots, 0.0))
+    margin = s[:, :1].astype(np.float64) - s
+    bound = radius * dist
+    ok = valid & (qs > primary[:, None]) & (margin <= bound)  # only Q > P (symmetry)
+    n_needed = ok.sum(1).astype(np.int32)
+    if max_probes > 0:
+        ratio = np.where(ok, margin / np.maximum(bound, 1e-12), np.inf)
+        rr, cc = np.nonzero(ok)
+        if rr.size:
+            o = np.lexsort((qs[rr, cc], ratio[rr, cc], rr))
+            rr, cc = rr[o], cc[o]
+            first = np.searchsorted(rr, rr, side="left")
+            rank = np.arange(rr.size) - first
+            sel = rank < max_probes
+            probes[rr[sel], rank[sel]] = qs[rr[sel], cc[sel]]
+    return primary, probes, n_needed
+
+
 def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
                       max_probes: int = MAX_PROBES, probe_scale: float = PROBE_SCALE,
                       cdist: np.ndarray | None = None,
-                      slack: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      slack: float = 0.01, index: Any = None,
+                      candidates: int = ASSIGN_CANDIDATES,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Primary partition and probe partitions of each row of ``x``.
 
     Returns ``(primary (n,), probes (n, max_probes) padded with -1, n_needed (n,))``: the probe
@@ -462,11 +552,17 @@ def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
     partitions passed the bound before the cap. ``probe_scale=1`` is the worst-case bound
     (exact when nothing is capped); smaller values assume the offset between duplicates is not
     aligned with the boundary normal.
+
+    With ``index`` (:func:`centroid_index`) only each row's ``candidates`` nearest centroids are
+    scored (for large K); ``cdist`` is then not needed.
     """
     xf = _f32(x)
     c = _f32(centroids)
     k = c.shape[0]
     n = xf.shape[0]
+    if index is not None and k > 1 and n:
+        radius = probe_scale * probe_radius(threshold, slack)
+        return _assign_with_index(xf, c, index, radius, max_probes, candidates)
     s = xf @ c.T
     primary = np.argmax(s, axis=1).astype(np.int32) if n else np.zeros(0, np.int32)
     probes = np.full((n, max(0, max_probes)), -1, dtype=np.int32)
@@ -504,6 +600,7 @@ def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | No
                       keep_all_pairs: bool = False, chunk_size: int = 16384,
                       use_gpu: bool | None = None,
                       progress: Callable[[Iterable[Any], str, int], Iterable[Any]] | None = None,
+                      assign: str = "auto", candidates: int = ASSIGN_CANDIDATES,
                       ) -> Edges:
     """Near-duplicate pairs through k-means partitions (see the module docstring).
 
@@ -524,16 +621,19 @@ def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | No
         centroids = train_partitioner(x[sample_index], k, niter=niter, seed=seed, use_gpu=gpu)
     k = centroids.shape[0]
     t_train = time.perf_counter()
-    cdist = centroid_distances(centroids)
+    method = resolve_assign(assign, k)
+    index = centroid_index(centroids) if method == "hnsw" and k > 1 else None
+    cdist = centroid_distances(centroids) if index is None else None
     primary = np.empty(n, dtype=np.int32)
     probes = np.empty((n, max_probes), dtype=np.int32)
     n_needed = np.empty(n, dtype=np.int32)
-    step = max(1, min(chunk_size, int(2e7 // max(k, 1))))  # bounds the n x K work arrays
+    width = k if index is None else max(1, candidates)
+    step = max(1, min(chunk_size, int(2e7 // width)))  # bounds the n x K work arrays
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         primary[sl], probes[sl], n_needed[sl] = assign_partitions(
             x[sl], centroids, threshold, max_probes=max_probes, probe_scale=probe_scale,
-            cdist=cdist)
+            cdist=cdist, index=index, candidates=candidates)
     t_assign = time.perf_counter()
 
     base_order = np.argsort(primary, kind="stable")
@@ -566,6 +666,7 @@ def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | No
     t_end = time.perf_counter()
     edges.info = {
         "method": "partitioned", "n": int(n), "n_partitions": int(k),
+        "assign": method if index is not None else "flat",
         "max_probes": int(max_probes), "probe_scale": float(probe_scale),
         "n_pairs": int(edges.n_pairs),
         "mean_probes": float(np.mean(np.minimum(n_needed, max_probes))) if n else 0.0,

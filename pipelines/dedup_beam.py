@@ -9,7 +9,9 @@ The same algorithm as ``detectors.dedup.partitioned_edges``, one step per Beam t
    (``K = round(N / partition_size)``, N from ``Count.Globally``), once, as a singleton side
    input;
 3. **assign**: every vector to its nearest centroid (its base partition) and to the probe
-   partitions whose boundary is within the duplicate radius (``assign_partitions``);
+   partitions whose boundary is within the duplicate radius (``assign_partitions``); above
+   ``dd.FLAT_ASSIGN_MAX`` centroids (``assign="auto"``) each vector scores only its nearest
+   centroids from an HNSW graph built once by the train step and broadcast serialized;
 4. **GroupByKey(partition)** then **search**: exact FAISS range search of the partition against
    itself plus its probe vectors (``search_partition``), emitting a connectivity certificate
    (spanning forest + each vector's best partner). Worker memory is bounded by one partition;
@@ -32,6 +34,7 @@ see :data:`BATCHING` and :func:`run_near_dedup`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -53,17 +56,48 @@ Row = tuple[str, np.ndarray, float]
 
 def train_model(sample: Sequence[tuple[str, np.ndarray]], n: int, *, threshold: float,
                 partition_size: int, sample_per_partition: int, max_sample: int, niter: int,
-                seed: int) -> dict[str, Any]:
-    """Centroids (+ their distance matrix) from the hash-ordered sample; ``n`` = row count."""
+                seed: int, assign: str = "auto") -> dict[str, Any]:
+    """Centroids from the hash-ordered sample (``n`` = row count), with what assignment needs:
+    their distance matrix (flat) or a serialized HNSW graph over them (``assign="hnsw"``, the
+    default above ``dd.FLAT_ASSIGN_MAX`` centroids, where a K x K matrix no longer fits)."""
     sample = sorted(sample, key=lambda kv: (dd.stable_hash64(kv[0]), kv[0]))
     k = dd.choose_n_partitions(max(n, 1), partition_size)
     size = dd.partition_sample_size(n, partition_size, sample_per_partition, max_sample)
     if not sample:
-        return {"centroids": None, "cdist": None, "k": 0}
+        return {"centroids": None, "cdist": None, "index": None, "k": 0}
     vecs = np.stack([np.asarray(v) for _, v in sample[:size]])
     centroids = dd.train_partitioner(vecs, k, niter=niter, seed=seed)
-    return {"centroids": centroids, "cdist": dd.centroid_distances(centroids),
-            "k": int(centroids.shape[0]), "threshold": threshold}
+    k = int(centroids.shape[0])
+    if dd.resolve_assign(assign, k) == "hnsw" and k > 1:
+        import faiss
+
+        index = faiss.serialize_index(dd.centroid_index(centroids))
+        return {"centroids": centroids, "cdist": None, "index": index, "k": k,
+                "threshold": threshold}
+    return {"centroids": centroids, "cdist": dd.centroid_distances(centroids), "index": None,
+            "k": k, "threshold": threshold}
+
+
+_INDEX_CACHE: dict[bytes, Any] = {}
+
+
+def _model_index(model: dict[str, Any]) -> Any:
+    """The model's HNSW graph, deserialized once per worker process (None for flat). Side
+    inputs may arrive as a fresh copy per bundle, so the cache is keyed by content."""
+    blob = model.get("index")
+    if blob is None:
+        return None
+    raw = np.asarray(blob, dtype=np.uint8)
+    key = hashlib.blake2b(raw.tobytes(), digest_size=16).digest()
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        import faiss
+
+        index = faiss.deserialize_index(raw)
+        index.hnsw.efSearch = dd.HNSW_EF_SEARCH
+        _INDEX_CACHE.clear()
+        _INDEX_CACHE[key] = index
+    return index
 
 
 def _beam():
@@ -94,7 +128,7 @@ def make_transforms() -> dict[str, Any]:
             x = np.stack([np.asarray(r[1]) for r in batch])
             primary, probes, needed = dd.assign_partitions(
                 x, model["centroids"], self.threshold, max_probes=self.max_probes,
-                probe_scale=self.probe_scale, cdist=model["cdist"])
+                probe_scale=self.probe_scale, cdist=model["cdist"], index=_model_index(model))
             self.truncated.inc(int(np.sum(needed > self.max_probes)))
             for r, key in enumerate(keys):
                 yield int(primary[r]), (key, x[r], True)
@@ -171,10 +205,12 @@ def make_transforms() -> dict[str, Any]:
                      sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
                      max_sample: int = dd.MAX_SAMPLE, niter: int = 10, seed: int = 0,
                      min_batch: int = 256, max_batch: int = 4096,
-                     batching: str = "auto") -> None:
+                     batching: str = "auto", assign: str = "auto") -> None:
             super().__init__()
             if batching not in BATCHING:
                 raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
+            dd.resolve_assign(assign, 0)  # validates
+            self.assign = assign
             self.batching = batching
             self.threshold = threshold
             self.partition_size = partition_size
@@ -202,7 +238,7 @@ def make_transforms() -> dict[str, Any]:
                 train_model, AsSingleton(count), threshold=self.threshold,
                 partition_size=self.partition_size,
                 sample_per_partition=self.sample_per_partition, max_sample=self.max_sample,
-                niter=self.niter, seed=self.seed)
+                niter=self.niter, seed=self.seed, assign=self.assign)
             batching = self.batching
             if batching == "auto":
                 batching = "shuffle" if drops_finish_bundle_outputs(rows.pipeline) else "bundle"

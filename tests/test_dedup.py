@@ -91,6 +91,28 @@ def test_partitioned_default_probes_recall() -> None:
     assert len(found & exact) / len(exact) >= 0.97
 
 
+def test_hnsw_assignment_matches_flat_with_the_exact_bound() -> None:
+    """The HNSW path (what runs above FLAT_ASSIGN_MAX centroids) gives the flat path's
+    partitions and pairs: with the exact bound both equal exact search."""
+    x, _ = clustered(900, seed=4, n_groups=70)
+    exact = pair_set(dd.exact_edges(x, 0.95, keep_all_pairs=True))
+    kw = dict(partition_size=30, max_probes=64, probe_scale=1.0, keep_all_pairs=True)
+    flat = dd.partitioned_edges(x, 0.95, assign="flat", **kw)
+    graph = dd.partitioned_edges(x, 0.95, assign="hnsw", candidates=30, **kw)
+    assert flat.info["assign"] == "flat" and graph.info["assign"] == "hnsw"
+    assert pair_set(flat) == exact
+    assert pair_set(graph) == exact
+    # default (capped) probes: same pairs as flat, primary partitions identical
+    c = dd.train_partitioner(x.astype(np.float32), 30)
+    pf, qf, nf = dd.assign_partitions(x, c, 0.95, cdist=dd.centroid_distances(c))
+    ph, qh, nh = dd.assign_partitions(x, c, 0.95, index=dd.centroid_index(c))
+    assert (pf == ph).all() and (qf == qh).all() and (nf == nh).all()
+    assert dd.resolve_assign("auto", dd.FLAT_ASSIGN_MAX) == "flat"
+    assert dd.resolve_assign("auto", dd.FLAT_ASSIGN_MAX + 1) == "hnsw"
+    with pytest.raises(ValueError, match="assign"):
+        dd.resolve_assign("ivf", 10)
+
+
 def test_without_probes_boundary_pairs_are_lost_and_probes_recover_them() -> None:
     """Sanity check that probing matters: with many tiny partitions and no probes, some pairs
     straddle a boundary; the exact bound recovers all of them."""
@@ -255,6 +277,13 @@ def test_beam_pipeline_equals_single_machine_partitioned_path() -> None:
     with TestPipeline() as p:
         out = p | beam.Create(rows) | PartitionedNearDuplicates(0.95, **params)
         assert_that(out, equal_to(expected.to_pylist()))
+    # the HNSW assignment travels to workers as a serialized index: same rows
+    expected_h, info_h = dd.near_duplicate_groups(keys, x, 0.95, priority=prio,
+                                                  method="partitioned", assign="hnsw", **params)
+    assert info_h["assign"] == "hnsw" and expected_h.to_pylist() == expected.to_pylist()
+    with TestPipeline() as p:
+        out = p | beam.Create(rows) | PartitionedNearDuplicates(0.95, assign="hnsw", **params)
+        assert_that(out, equal_to(expected_h.to_pylist()))
 
 
 # ------------------------------------------------------------------------------ stage

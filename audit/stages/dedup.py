@@ -20,6 +20,7 @@ import pyarrow as pa
 from audit.config import ConfigError, require
 from audit.errors import InputError
 from audit.stages import add_beam_arguments, add_workspace_argument
+from detectors import dedup as dd
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Config:
     partition_size: int = 1000
     max_probes: int = 2
     probe_scale: float = 0.25
+    assign: str = "auto"
     keep: str = "first"
     kinds: list[str] = field(default_factory=lambda: ["exact", "near", "caption"])
     seed: int = 0
@@ -87,6 +89,8 @@ class Config:
         require(self.partition_size >= 2, "dedup.partition_size", "must be >= 2",
                 self.partition_size)
         require(self.max_probes >= 0, "dedup.max_probes", "must be >= 0", self.max_probes)
+        require(self.assign in dd.ASSIGN_METHODS, "dedup.assign",
+                f"must be one of {', '.join(dd.ASSIGN_METHODS)}", self.assign)
         require(0 < self.probe_scale <= 1, "dedup.probe_scale", "must be in (0, 1]",
                 self.probe_scale)
         require(self.keep in KEEP_POLICIES, "dedup.keep",
@@ -128,6 +132,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="S", help="partitioned path: share of the worst-case boundary "
                                           "distance that triggers a probe, 1 = exact bound "
                                           "(default 0.25)")
+    parser.add_argument("--assign", default=None, choices=dd.ASSIGN_METHODS,
+                        help="partitioned path: how rows find their partitions: flat (score "
+                             "every centroid), hnsw (an HNSW graph over the centroids, for "
+                             "millions of partitions), auto (default: hnsw above "
+                             f"{dd.FLAT_ASSIGN_MAX} partitions)")
     parser.add_argument("--keep", default=None, choices=KEEP_POLICIES,
                         help="which member of a group is its representative (default first)")
     parser.add_argument("--kinds", default=None, metavar="LIST",
@@ -273,7 +282,7 @@ def _near_beam(cfg: Config, args: argparse.Namespace, ws: Any, threshold: float,
         run_near_dedup([str(p) for p in ws.embedding_parts()], str(out_dir / "near"),
                        threshold, priority_column=priority_column, setup=setup,
                        partition_size=cfg.partition_size, max_probes=cfg.max_probes,
-                       probe_scale=cfg.probe_scale, seed=cfg.seed)
+                       probe_scale=cfg.probe_scale, seed=cfg.seed, assign=cfg.assign)
         runner_name = setup.runner_name
     files = sorted(out_dir.glob("near*.parquet"))
     table = pq.read_table([str(f) for f in files]) if files else None
@@ -305,7 +314,6 @@ def _kind_table(kind: str, data: dict[str, Any], labels: np.ndarray, cfg: Config
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.workspace import Workspace
-    from detectors import dedup as dd
     from detectors.text import normalize_caption
 
     ws = Workspace(args.workspace)
@@ -363,6 +371,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 xs, threshold, method=cfg.method, exact_max_n=cfg.exact_max_n,
                 max_memory_gb=cfg.max_memory, partition_size=cfg.partition_size,
                 max_probes=cfg.max_probes, probe_scale=cfg.probe_scale, seed=cfg.seed,
+                assign=cfg.assign,
                 sample_index=dd.hash_sample(
                     data["keys"][vrows].tolist(),
                     dd.partition_sample_size(len(vrows), cfg.partition_size)))

@@ -205,8 +205,13 @@ def make_transforms() -> dict[str, Any]:
                      sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
                      max_sample: int = dd.MAX_SAMPLE, niter: int = 10, seed: int = 0,
                      min_batch: int = 256, max_batch: int = 4096,
-                     batching: str = "auto", assign: str = "auto") -> None:
+                     batching: str = "auto", assign: str = "auto",
+                     model: dict[str, Any] | None = None) -> None:
             super().__init__()
+            if model is not None and "n" not in model:
+                raise ValueError("a precomputed model needs its row count under 'n' "
+                                 "(what FitPartitionModel / fit_model return)")
+            self.model = model
             if batching not in BATCHING:
                 raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
             dd.resolve_assign(assign, 0)  # validates
@@ -225,20 +230,18 @@ def make_transforms() -> dict[str, Any]:
 
         def expand(self, rows: Any) -> Any:
             from apache_beam.pvalue import AsSingleton
-            from apache_beam.transforms.combiners import TopCombineFn
 
-            count = rows | "Count" >> beam.combiners.Count.Globally()
-            # CombineGlobally(TopCombineFn), not Top.Smallest: Top emits per-bundle heaps from
-            # finish_bundle, which the DaskRunner drops
-            sample = (rows
-                      | "KeyVec" >> beam.Map(lambda r: (r[0], r[1]))
-                      | "HashSample" >> beam.CombineGlobally(
-                          TopCombineFn(self.max_sample, key=_sample_order, reverse=True)))
-            model = sample | "Train" >> beam.Map(
-                train_model, AsSingleton(count), threshold=self.threshold,
-                partition_size=self.partition_size,
-                sample_per_partition=self.sample_per_partition, max_sample=self.max_sample,
-                niter=self.niter, seed=self.seed, assign=self.assign)
+            if self.model is None:
+                fitted = rows | "Fit" >> FitPartitionModel(
+                    self.threshold, partition_size=self.partition_size,
+                    sample_per_partition=self.sample_per_partition,
+                    max_sample=self.max_sample, niter=self.niter, seed=self.seed,
+                    assign=self.assign)
+                model_arg: Any = AsSingleton(fitted)
+                count_arg: Any = AsSingleton(fitted | "N" >> beam.Map(lambda m: m["n"]))
+            else:
+                # precomputed (two-pass mode): plain arguments, no side inputs
+                model_arg, count_arg = self.model, int(self.model["n"])
             batching = self.batching
             if batching == "auto":
                 batching = "shuffle" if drops_finish_bundle_outputs(rows.pipeline) else "bundle"
@@ -247,13 +250,13 @@ def make_transforms() -> dict[str, Any]:
                                                                max_batch_size=self.max_batch)
             else:
                 batches = (rows
-                           | "Bucket" >> beam.Map(_bucket, AsSingleton(count), self.max_batch)
+                           | "Bucket" >> beam.Map(_bucket, count_arg, self.max_batch)
                            | "GroupBuckets" >> beam.GroupByKey()
                            | "Batches" >> beam.FlatMap(_chunks, self.max_batch))
             edges = (batches
                      | "Assign" >> beam.ParDo(
                          AssignPartitions(self.threshold, self.max_probes, self.probe_scale),
-                         AsSingleton(model))
+                         model_arg)
                      | "GroupByPartition" >> beam.GroupByKey()
                      | "Search" >> beam.ParDo(SearchPartition(self.threshold)))
             groups = (edges
@@ -266,8 +269,38 @@ def make_transforms() -> dict[str, Any]:
                     | "GroupMembers" >> beam.GroupByKey()
                     | "Representative" >> beam.FlatMap(representative))
 
+    class FitPartitionModel(beam.PTransform):
+        """PCollection[(key, vec, priority)] -> one dict: :func:`train_model`'s model plus the
+        row count ``n`` (steps 1-2 of the module doc)."""
+
+        def __init__(self, threshold: float, *, partition_size: int = dd.PARTITION_SIZE,
+                     sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
+                     max_sample: int = dd.MAX_SAMPLE, niter: int = 10, seed: int = 0,
+                     assign: str = "auto") -> None:
+            super().__init__()
+            self.kw = dict(threshold=threshold, partition_size=partition_size,
+                           sample_per_partition=sample_per_partition, max_sample=max_sample,
+                           niter=niter, seed=seed, assign=assign)
+
+        def expand(self, rows: Any) -> Any:
+            from apache_beam.pvalue import AsSingleton
+            from apache_beam.transforms.combiners import TopCombineFn
+
+            count = rows | "Count" >> beam.combiners.Count.Globally()
+            # CombineGlobally(TopCombineFn), not Top.Smallest: Top emits per-bundle heaps from
+            # finish_bundle, which the DaskRunner drops
+            sample = (rows
+                      | "KeyVec" >> beam.Map(lambda r: (r[0], r[1]))
+                      | "HashSample" >> beam.CombineGlobally(
+                          TopCombineFn(self.kw["max_sample"], key=_sample_order, reverse=True)))
+            # single-element main input: the side input is read once
+            return sample | "Train" >> beam.Map(
+                lambda smp, n, **kw: {**train_model(smp, n, **kw), "n": int(n)},
+                AsSingleton(count), **self.kw)
+
     return {"AssignPartitions": AssignPartitions, "SearchPartition": SearchPartition,
-            "PartitionedNearDuplicates": PartitionedNearDuplicates}
+            "PartitionedNearDuplicates": PartitionedNearDuplicates,
+            "FitPartitionModel": FitPartitionModel}
 
 
 BATCHING = ("auto", "bundle", "shuffle")
@@ -304,8 +337,89 @@ def _prio(p: float | None) -> float:
 
 
 def PartitionedNearDuplicates(threshold: float, **kwargs: Any) -> Any:  # noqa: N802 - a PTransform
-    """The composite transform: ``rows | PartitionedNearDuplicates(0.95)``; see the module doc."""
+    """The composite transform: ``rows | PartitionedNearDuplicates(0.95)``; see the module doc.
+
+    ``model=`` (from :func:`fit_model`) skips the fit steps and passes the model to the
+    assignment as a plain argument instead of a side input (two-pass mode)."""
     return make_transforms()["PartitionedNearDuplicates"](threshold, **kwargs)
+
+
+def FitPartitionModel(threshold: float, **kwargs: Any) -> Any:  # noqa: N802 - a PTransform
+    """``rows | FitPartitionModel(0.95)``: one dict, the partition model plus the row count."""
+    return make_transforms()["FitPartitionModel"](threshold, **kwargs)
+
+
+FIT_PARAMS = ("partition_size", "sample_per_partition", "max_sample", "niter", "seed", "assign")
+
+
+def recomputes_side_inputs(runner: Any) -> bool:
+    """Beam 2.77's DaskRunner materialises a side input by computing its whole upstream graph
+    again for every bundle that reads it (``DaskBagWindowedIterator`` calls ``list(bag)``), so a
+    per-row side input costs O(N) per bundle: O(N^2) in all (measured: a ``Map`` with an
+    ``AsSingleton(Count)`` side input took 2.1 s for 1000 rows, 22 s for 4000, 78 s for 8000).
+    Pipelines there run in two passes (:func:`fit_model`, then ``model=``)."""
+    return type(runner).__name__ == "DaskRunner"
+
+
+def save_model(model: dict[str, Any], path: str) -> str:
+    """Write a fitted model (arrays + scalars, ``.npz``, no pickle) atomically through Beam's
+    ``FileSystems``; returns ``path``."""
+    import io
+    import uuid
+
+    from apache_beam.io.filesystems import FileSystems
+
+    arrays = {k: np.asarray(v) for k, v in model.items() if v is not None}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(tmp) as f:
+        f.write(buf.getvalue())
+    FileSystems.rename([tmp], [path])
+    return path
+
+
+def load_model(path: str) -> dict[str, Any]:
+    """Read :func:`save_model`'s file back into a model dict."""
+    import io
+
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        z = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    model: dict[str, Any] = {"centroids": None, "cdist": None, "index": None}
+    for k in z.files:
+        v = z[k]
+        model[k] = v.item() if v.ndim == 0 else v
+    for k in ("k", "n"):
+        if k in model:
+            model[k] = int(model[k])
+    if "threshold" in model:
+        model["threshold"] = float(model["threshold"])
+    return model
+
+
+def fit_model(read_rows: Any, model_path: str, threshold: float, setup: Any,
+              **params: Any) -> dict[str, Any]:
+    """Pass 1 of the two-pass mode: ``read_rows(pipeline) -> PCollection`` of rows, fitted
+    and written to ``model_path`` by a worker (from ``process``), then read back here.
+    ``params``: the :data:`FIT_PARAMS` among ``PartitionedNearDuplicates``'s options."""
+    beam = _beam()
+    fit = {k: v for k, v in params.items() if k in FIT_PARAMS}
+    p = beam.Pipeline(runner=setup.new_runner(), options=setup.options)
+    (read_rows(p)
+     | "FitModel" >> FitPartitionModel(threshold, **fit)
+     | "SaveModel" >> beam.Map(save_model, model_path))
+    result = p.run()
+    result.wait_until_finish()
+    _close_client(result)
+    return load_model(model_path)
+
+
+def _close_client(result: Any) -> None:
+    client = getattr(result, "client", None)  # the DaskRunner never closes its own
+    if client is not None:
+        client.close()
 
 
 def rows_from_table(table: Any, vector_column: str = "image_emb",
@@ -389,7 +503,8 @@ def write_output_shard(element: tuple[int, Iterable[dict]], prefix: str,
 
 def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: float, *,
                    priority_column: str | None = None, setup: Any = None,
-                   n_output_shards: int = 8, **params: Any) -> None:
+                   n_output_shards: int = 8, two_pass: bool | None = None,
+                   **params: Any) -> None:
     """Read embedding parts, run :class:`PartitionedNearDuplicates`, write parquet shards to
     ``output_prefix-SSSSS-of-NNNNN.parquet`` (columns :data:`OUTPUT_COLUMNS`; a shard with no
     rows is not written).
@@ -397,7 +512,9 @@ def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: 
     Every step emits only from ``process`` (files read with pyarrow from ``Create(paths)``,
     shards written by a keyed ``GroupByKey``), so the pipeline gives the same result on every
     runner, the DaskRunner included. ``setup``: a ``pipelines.beam_options.BeamSetup`` (runner
-    + options); default DirectRunner.
+    + options); default DirectRunner. ``two_pass`` (default: on runners where
+    :func:`recomputes_side_inputs`): fit the partition model in a first pipeline (written to
+    ``output_prefix-model.npz``), then run the search with it as a plain argument.
     """
     from pipelines.beam_options import beam_setup
 
@@ -415,13 +532,23 @@ def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: 
         with beam_setup([]) as default_setup:
             return run_near_dedup(parquet_files, output_prefix, threshold,
                                   priority_column=priority_column, setup=default_setup,
-                                  n_output_shards=n_output_shards, **params)
+                                  n_output_shards=n_output_shards, two_pass=two_pass,
+                                  **params)
     n = max(1, int(n_output_shards))
+
+    def read_rows(p: Any) -> Any:
+        return (p
+                | "Files" >> beam.Create(sorted(parquet_files))
+                | "Read" >> beam.FlatMap(read_parquet_batches, columns)
+                | "ToRows" >> beam.FlatMap(to_rows))
+
+    if two_pass is None:
+        two_pass = recomputes_side_inputs(setup.new_runner())
+    if two_pass:
+        params = {**params, "model": fit_model(read_rows, f"{output_prefix}-model.npz",
+                                               threshold, setup, **params)}
     with beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p:
-        (p
-         | "Files" >> beam.Create(sorted(parquet_files))
-         | "Read" >> beam.FlatMap(read_parquet_batches, columns)
-         | "ToRows" >> beam.FlatMap(to_rows)
+        (read_rows(p)
          | "NearDuplicates" >> PartitionedNearDuplicates(threshold, **params)
          | "Shard" >> beam.Map(lambda r: (dd.stable_hash64(r["key"]) % n, r))
          | "GroupShards" >> beam.GroupByKey()

@@ -286,6 +286,39 @@ def test_beam_pipeline_equals_single_machine_partitioned_path() -> None:
         assert_that(out, equal_to(expected_h.to_pylist()))
 
 
+
+def test_two_pass_mode_fits_once_and_passes_the_model_without_side_inputs(tmp_path) -> None:
+    """What runs on the DaskRunner (whose side inputs cost O(N) per bundle): the model is
+    fitted by a first pipeline, saved as .npz, and given to the second as a plain argument."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines import dedup_beam as db
+    from pipelines.beam_options import beam_setup
+
+    x, _ = clustered(400, seed=12, n_groups=40)
+    keys = [f"{i:09d}" for i in range(400)]
+    rows = [(k, x[i], 0.0) for i, k in enumerate(keys)]
+    params = {"partition_size": 40, "max_probes": 2, "probe_scale": 0.5}
+    expected, info = dd.near_duplicate_groups(keys, x, 0.95, priority=np.zeros(400),
+                                              method="partitioned", **params)
+    for assign in ("flat", "hnsw"):
+        with beam_setup([]) as setup:
+            model = db.fit_model(lambda p: p | beam.Create(rows), str(tmp_path / f"{assign}.npz"),
+                                 0.95, setup, assign=assign, **params)
+        assert model["n"] == 400 and model["k"] == 10
+        assert (model["cdist"] is None) == (assign == "hnsw")
+        assert (model["index"] is None) == (assign == "flat")
+        with TestPipeline() as p:
+            out = (p | beam.Create(rows)
+                   | db.PartitionedNearDuplicates(0.95, model=model, batching="shuffle", **params))
+            assert_that(out, equal_to(expected.to_pylist()))
+    with pytest.raises(ValueError, match="row count"):
+        db.PartitionedNearDuplicates(0.95, model={"centroids": None})
+    assert not db.recomputes_side_inputs(beam.runners.DirectRunner())
+
+
 # ------------------------------------------------------------------------------ stage
 
 

@@ -29,7 +29,9 @@ duplicated rows (at most two edges per row per partition), e.g. ~2.4 GB for 10^8
 
 Runs on the DirectRunner by default; any Beam runner through standard pipeline options. Nothing
 is emitted from ``finish_bundle`` on runners that drop such outputs (Beam 2.77's DaskRunner):
-see :data:`BATCHING` and :func:`run_near_dedup`.
+see :data:`BATCHING` and :func:`run_near_dedup`. On the DaskRunner, whose side inputs are
+recomputed per bundle (:func:`recomputes_side_inputs`), :func:`run_near_dedup` runs steps 1-2
+as a first pipeline (:func:`fit_model`) and gives the model to the second as a plain argument.
 """
 
 from __future__ import annotations

@@ -359,8 +359,10 @@ def recomputes_side_inputs(runner: Any) -> bool:
     again for every bundle that reads it (``DaskBagWindowedIterator`` calls ``list(bag)``), so a
     per-row side input costs O(N) per bundle: O(N^2) in all (measured: a ``Map`` with an
     ``AsSingleton(Count)`` side input took 2.1 s for 1000 rows, 22 s for 4000, 78 s for 8000).
-    Pipelines there run in two passes (:func:`fit_model`, then ``model=``)."""
-    return type(runner).__name__ == "DaskRunner"
+    Pipelines there run in two passes (:func:`fit_model`, then ``model=``). ``runner``: a
+    runner object or its name (``BeamSetup.new_runner()`` gives the DaskRunner by name)."""
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1] == "DaskRunner"
 
 
 def save_model(model: dict[str, Any], path: str) -> str:
@@ -547,6 +549,8 @@ def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: 
     if two_pass is None:
         two_pass = recomputes_side_inputs(setup.new_runner())
     if two_pass:
+        logger.info("near-dedup in two passes: fitting the partition model first (%s "
+                    "recomputes side inputs per bundle)", setup.runner_name)
         params = {**params, "model": fit_model(read_rows, f"{output_prefix}-model.npz",
                                                threshold, setup, **params)}
     with beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p:

@@ -317,6 +317,8 @@ def test_two_pass_mode_fits_once_and_passes_the_model_without_side_inputs(tmp_pa
     with pytest.raises(ValueError, match="row count"):
         db.PartitionedNearDuplicates(0.95, model={"centroids": None})
     assert not db.recomputes_side_inputs(beam.runners.DirectRunner())
+    with beam_setup([], runner="DaskRunner") as dask_setup:  # by name, as the CLI builds it
+        assert db.recomputes_side_inputs(dask_setup.new_runner())
 
 
 # ------------------------------------------------------------------------------ stage

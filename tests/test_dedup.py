@@ -107,6 +107,14 @@ def test_hnsw_assignment_matches_flat_with_the_exact_bound() -> None:
     pf, qf, nf = dd.assign_partitions(x, c, 0.95, cdist=dd.centroid_distances(c))
     ph, qh, nh = dd.assign_partitions(x, c, 0.95, index=dd.centroid_index(c))
     assert (pf == ph).all() and (qf == qh).all() and (nf == nh).all()
+    # many more partitions than candidates: the graph's 32 nearest centroids still hold every
+    # partition the flat path probes, so the pairs are the same
+    x2, _ = clustered(3000, seed=5, n_groups=200)
+    kw2 = dict(partition_size=12, keep_all_pairs=True)
+    flat2 = dd.partitioned_edges(x2, 0.95, assign="flat", **kw2)
+    graph2 = dd.partitioned_edges(x2, 0.95, assign="hnsw", **kw2)
+    assert graph2.info["n_partitions"] == 250 > dd.ASSIGN_CANDIDATES
+    assert pair_set(graph2) == pair_set(flat2)
     assert dd.resolve_assign("auto", dd.FLAT_ASSIGN_MAX) == "flat"
     assert dd.resolve_assign("auto", dd.FLAT_ASSIGN_MAX + 1) == "hnsw"
     with pytest.raises(ValueError, match="assign"):

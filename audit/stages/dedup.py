@@ -292,7 +292,7 @@ def _near_beam(cfg: Config, args: argparse.Namespace, ws: Any, threshold: float,
         e = np.zeros(0, np.int64)
         table = group_table(np.zeros(0, object), e, "near", e, e, np.zeros(0, np.float32))
     table = table.sort_by([("group_id", "ascending"), ("key", "ascending")])
-    for f in files:
+    for f in [*files, *out_dir.glob("near-model.npz")]:  # shards + the two-pass model
         f.unlink()
     return table, {"method": "beam", "runner": runner_name,
                    "seconds": round(time.perf_counter() - t0, 3)}

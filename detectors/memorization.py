@@ -374,6 +374,3 @@ def select_top(
                 mask[i] = True
                 taken[g] = taken.get(g, 0) + 1
     return mask
-    order = np.argsort(np.where(np.isfinite(s), -s, np.inf), kind="stable")
-    mask[order[: max(k, 0)]] = True
-    return mask

@@ -80,26 +80,28 @@ def train_model(sample: Sequence[tuple[str, np.ndarray]], n: int, *, threshold: 
             "k": k, "threshold": threshold}
 
 
-_INDEX_CACHE: dict[bytes, Any] = {}
+_INDEX_CACHE: dict[str, Any] = {}
 
 
 def _model_index(model: dict[str, Any]) -> Any:
-    """The model's HNSW graph, deserialized once per worker process (None for flat). Side
-    inputs may arrive as a fresh copy per bundle, so the cache is keyed by content."""
+    """The model's HNSW graph, deserialized once per worker process (None for flat). The same
+    blob object is recognised without reading it; a fresh copy (side inputs may arrive as one
+    per bundle) is matched by a content hash before deserializing again."""
     blob = model.get("index")
     if blob is None:
         return None
+    if _INDEX_CACHE.get("blob") is blob:
+        return _INDEX_CACHE["index"]
     raw = np.asarray(blob, dtype=np.uint8)
     key = hashlib.blake2b(raw.tobytes(), digest_size=16).digest()
-    index = _INDEX_CACHE.get(key)
-    if index is None:
+    if _INDEX_CACHE.get("key") != key:
         import faiss
 
         index = faiss.deserialize_index(raw)
         index.hnsw.efSearch = dd.HNSW_EF_SEARCH
-        _INDEX_CACHE.clear()
-        _INDEX_CACHE[key] = index
-    return index
+        _INDEX_CACHE.update(key=key, index=index)
+    _INDEX_CACHE["blob"] = blob
+    return _INDEX_CACHE["index"]
 
 
 def _beam():

@@ -112,26 +112,21 @@ def _coerce(field: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{field}: unsupported option type {_type_name(tp)}")
 
 
-def merge(config_cls: type[C], section: str, file_values: dict[str, Any] | None,
-          args: argparse.Namespace | None = None) -> C:
+def merge(
+    config_cls: type[C],
+    section: str,
+    file_values: dict[str, Any] | None,
+    args: argparse.Namespace | None = None,
+) -> C:
     """Build ``config_cls`` from dataclass defaults < ``audit.toml`` section < CLI options.
 
     CLI options are taken from ``args`` when their value is not ``None`` (every option is
     declared with ``default=None`` so an absent option never hides the file's value).
     Unknown keys in the file are an error naming the section and the key.
     """
-    if not dataclasses.is_dataclass(config_cls):
-        raise TypeError(f"{config_cls!r} is not a dataclass")
+    values = check_section(config_cls, section, file_values)
     hints = typing.get_type_hints(config_cls)
     fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
-    values: dict[str, Any] = {}
-    for key, value in (file_values or {}).items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            raise ConfigError(
-                f"{section}.{key}: unknown option (known: {', '.join(sorted(fields))})"
-            )
-        values[name] = _coerce(f"{section}.{name}", value, hints[name])
     if args is not None:
         for name in fields:
             value = getattr(args, name, None)
@@ -143,6 +138,27 @@ def merge(config_cls: type[C], section: str, file_values: dict[str, Any] | None,
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{section}: {exc}") from exc
+
+
+def check_section(
+    config_cls: type, section: str, file_values: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The values of one ``audit.toml`` section, each checked against its option's type
+    (unknown keys and wrong types raise ``ConfigError`` naming ``section.key``); cross-field
+    rules and required options are left to ``config_cls`` itself (see :func:`merge`)."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"{config_cls!r} is not a dataclass")
+    hints = typing.get_type_hints(config_cls)
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    values: dict[str, Any] = {}
+    for key, value in (file_values or {}).items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise ConfigError(
+                f"{section}.{key}: unknown option (known: {', '.join(sorted(fields))})"
+            )
+        values[name] = _coerce(f"{section}.{name}", value, hints[name])
+    return values
 
 
 def require(condition: bool, field: str, message: str, value: Any) -> None:

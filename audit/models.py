@@ -188,7 +188,9 @@ def encode_texts(
 
 def load_generator(name_or_path: str = TINY_SD_NAME, device: str = "cpu", dtype=None):
     """Load a diffusers text-to-image pipeline (fp16 on CUDA unless ``dtype`` is given),
-    with the progress bar and any safety checker disabled."""
+    with the progress bar and any safety checker disabled. A local folder is loaded from
+    safetensors only (``use_safetensors=True``: pickled ``.bin`` weights are refused, never
+    unpickled); hub ids keep diffusers' own choice."""
     import torch
     from diffusers import DiffusionPipeline
 
@@ -207,6 +209,8 @@ def load_generator(name_or_path: str = TINY_SD_NAME, device: str = "cpu", dtype=
     index = Path(path) / "model_index.json"
     if index.is_file() and "safety_checker" in json.loads(index.read_text()):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if Path(path).is_dir():
+        kwargs["use_safetensors"] = True
     try:
         pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:

@@ -15,7 +15,17 @@ Every input row comes out exactly once: rows that cannot be used keep their ``st
 ``error`` (nothing is dropped here). Safety: tar members with an absolute path, a ``..``
 component, or that are links or devices are never read, and their sample records why; a
 truncated or damaged tar keeps every sample before the damage, and manifest rows after it are
-recorded as missing from the tar; members larger than ``max_bytes`` are not read.
+recorded as missing from the tar; members larger than ``max_bytes`` are not read; sidecar
+captions larger than :data:`MAX_CAPTION_BYTES` are not read (the sample is ``missing_caption``,
+with the reason).
+
+Keys are unique across the shards of a source: webdataset only asks for unique keys within one
+shard, so shards from other projects reuse keys (``123_456.jpg`` in two tars). Before anything
+is read, :func:`qualify_keys` lists the keys of every shard cheaply (manifest, key column, file
+listing, or the tar headers of a tar without manifest); a key that several shards use is read as
+``<shard stem>/<key>`` in each of them (``ShardSpec.qualified``). Folder inputs qualify a stem
+that several files share (``a.jpg``, ``a.png``) by the file name instead. Keys that would stay
+ambiguous are refused up front (:class:`KeyCollisionError`).
 
 Paths go through Beam's ``FileSystems``, so ``gs://`` and other registered filesystems work.
 """
@@ -29,8 +39,9 @@ import os
 import re
 import tarfile
 import zlib
+from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -64,6 +75,9 @@ PARQUET_CAPTION_COLUMNS = ("caption", "txt", "text", "TEXT")
 PARQUET_URL_COLUMNS = ("url", "URL", "image_path")
 FAILED_STATUSES = ("failed_to_download", "failed_to_decode", "hash_mismatch", "failed_to_embed")
 
+MAX_CAPTION_BYTES = 64 * 1024
+"""Largest sidecar caption file (folder inputs) that is read; larger ones are a caption problem."""
+
 _WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 
 
@@ -73,7 +87,9 @@ class ShardSpec:
 
     ``kind`` is ``webdataset`` (``path`` = the tar, ``manifest`` = img2dataset's parquet; either
     may be missing), ``parquet`` (``path`` = a parquet with image bytes) or ``folder`` (``path``
-    = the folder, ``files`` = relative image paths of this shard).
+    = the folder, ``files`` = relative image paths of this shard). ``qualified`` holds the keys
+    of this shard that another shard also uses (set by :func:`qualify_keys`): they are read as
+    ``<prefix>/<key>`` (folder inputs: the file name with its extension).
     """
 
     index: int
@@ -81,6 +97,22 @@ class ShardSpec:
     path: str
     manifest: str | None = None
     files: tuple[str, ...] = ()
+    qualified: frozenset[str] = frozenset()
+
+    @property
+    def prefix(self) -> str:
+        """What qualifies a colliding key: the shard's file stem (``00012`` for ``00012.tar``)."""
+        return _stem(self.path or self.manifest or "")
+
+    def qualify(self, key: str) -> str:
+        """The key of sample ``key`` of this shard across the whole source."""
+        return f"{self.prefix}/{key}" if key in self.qualified else key
+
+    def folder_key(self, rel: str) -> str:
+        """Folder inputs: the key of the image file ``rel`` (its path without the extension,
+        or with it when several files share that stem)."""
+        stem = str(PurePosixPath(rel).with_suffix(""))
+        return rel if stem in self.qualified else stem
 
     def describe(self) -> str:
         if self.kind == "folder":
@@ -317,7 +349,7 @@ def read_webdataset_shard(
                 n = seen.get(ts.key, 0)
                 seen[ts.key] = n + 1
                 if n:
-                    key = f"{ts.key}#{n}"
+                    key = f"{spec.qualify(ts.key)}#{n}"
                     extra.append(key)
                     yield Sample(key, spec.index).fail(
                         "failed_to_decode",
@@ -328,12 +360,14 @@ def read_webdataset_shard(
                 row = manifest.pop(ts.key, None) if manifest is not None else None
                 if manifest is not None and row is None:
                     report["tar_only"] += 1
-                    extra.append(ts.key)
-                yield _wds_sample(spec.index, ts, row)
+                    extra.append(spec.qualify(ts.key))
+                s = _wds_sample(spec.index, ts, row)
+                s.key = spec.qualify(s.key)
+                yield s
     elif spec.path:
         report["damaged"] = f"tar file missing: {spec.path}"
     for key, row in (manifest or {}).items():
-        s = _manifest_sample(spec.index, key, row)
+        s = _manifest_sample(spec.index, spec.qualify(key), row)
         if s.status == "ok":
             where = report.get("damaged") or "no such member"
             s.fail("failed_to_decode", f"image missing from tar ({where})")
@@ -446,6 +480,7 @@ def read_parquet_shard(
             for row in batch.to_pylist():
                 key = row.get("key")
                 key = str(key) if key is not None else f"{spec.index:05d}{row_index:0{width}d}"
+                key = spec.qualify(key)
                 row_index += 1
                 yield _parquet_sample(spec.index, key, row, image_col, cap_col, url_col, max_bytes)
 
@@ -503,13 +538,18 @@ def read_folder_shard(
     for rel in spec.files:
         path = FileSystems.join(root, rel)
         stem = str(PurePosixPath(rel).with_suffix(""))
-        s = Sample(stem, spec.index, url=path)
+        s = Sample(spec.folder_key(rel), spec.index, url=path)
         cap_path = FileSystems.join(root, stem + ".txt")
         raw_caption = None
         try:
             if FileSystems.exists(cap_path):
                 with _open(cap_path) as fh:
-                    raw_caption = fh.read()
+                    raw_caption = fh.read(MAX_CAPTION_BYTES + 1)
+                if len(raw_caption) > MAX_CAPTION_BYTES:
+                    raw_caption = None
+                    s.caption_problem = (
+                        f"caption file too large (more than {MAX_CAPTION_BYTES} bytes): not read"
+                    )
         except OSError as exc:
             s.caption_problem = f"caption file unreadable: {exc}"
         if s.caption_problem is None:
@@ -661,7 +701,13 @@ def source_keys(spec: ShardSpec) -> list[str] | None:
     """Keys every reader must return for ``spec``, read cheaply from its manifest or listing
     (an independent check of the pipeline); ``None`` when only reading the data would tell."""
     if spec.kind == "folder":
-        return [str(PurePosixPath(r).with_suffix("")) for r in spec.files]
+        return [spec.folder_key(r) for r in spec.files]
+    raw = _listed_keys(spec)
+    return None if raw is None else [spec.qualify(k) for k in raw]
+
+
+def _listed_keys(spec: ShardSpec) -> list[str] | None:
+    """The unqualified keys of a manifest or parquet shard (``None``: a tar without manifest)."""
     if spec.kind == "webdataset" and spec.manifest and _exists(spec.manifest):
         with _open(spec.manifest) as fh:
             return [str(k) for k in pq.read_table(fh, columns=["key"]).column("key").to_pylist()]
@@ -674,3 +720,108 @@ def source_keys(spec: ShardSpec) -> list[str] | None:
             width = max(4, len(str(max(n - 1, 0))))
             return [f"{spec.index:05d}{i:0{width}d}" for i in range(n)]
     return None
+
+
+def tar_keys(path: str) -> list[str]:
+    """The sample keys of a tar from its member headers, in order (repeats included); a local
+    plain tar is listed by seeking over the member data. A damaged tar gives the keys before
+    the damage."""
+    keys: list[str] = []
+    if not _exists(path):
+        return keys
+    try:
+        if "://" not in path and path.endswith(".tar"):
+            with tarfile.open(path, mode="r:") as tf:
+                keys.extend(split_member_name(m.name)[0] for m in tf if not m.isdir())
+        else:
+            with _open(path) as fh, tarfile.open(fileobj=fh, mode="r|*") as tf:
+                for m in tf:
+                    if not m.isdir():
+                        keys.append(split_member_name(m.name)[0])
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        logger.debug("%s: keys listed up to the damage (%d): %s", path, len(keys), exc)
+    return keys
+
+
+def shard_keys(spec: ShardSpec) -> list[str]:
+    """The unqualified keys the reader of ``spec`` yields, listed without reading image data:
+    the manifest's or parquet's key column, the folder listing (stems), or the tar headers of a
+    tar without (readable) manifest. Keys a damaged or unreadable shard hides are not listed."""
+    if spec.kind == "folder":
+        return [str(PurePosixPath(r).with_suffix("")) for r in spec.files]
+    try:
+        listed = _listed_keys(spec)
+    except Exception as exc:  # noqa: BLE001 - the reader records the damage; list the tar
+        logger.debug("%s: cannot list keys: %s", spec.describe(), exc)
+        listed = None
+    if listed is None and spec.kind == "webdataset" and spec.path:
+        listed = tar_keys(spec.path)
+    return listed or []
+
+
+class KeyCollisionError(ValueError):
+    """Sample keys of a source that stay ambiguous even when qualified by their shard."""
+
+
+def qualify_keys(specs: list[ShardSpec]) -> list[ShardSpec]:
+    """``specs`` with :attr:`ShardSpec.qualified` set, so that every sample key of the source is
+    unique: a key that several shards use becomes ``<shard stem>/<key>`` in each of them (folder
+    inputs: a stem that several files share becomes each file's name). Deterministic: it
+    depends only on the keys listed by :func:`shard_keys`.
+
+    Raises :class:`KeyCollisionError` (naming the shards) when keys stay ambiguous: a qualified
+    key equal to another sample's key, two shards with the same stem sharing keys, or a key
+    repeated within one parquet shard.
+    """
+    listed = {s.index: shard_keys(s) for s in specs}
+    owner: dict[str, int] = {}
+    colliding: dict[int, set[str]] = defaultdict(set)
+    for s in specs:
+        keys = listed[s.index]
+        if s.kind == "folder":  # a stem that two files of one folder shard share
+            counts = Counter(keys)
+            colliding[s.index].update(k for k, c in counts.items() if c > 1)
+        for k in dict.fromkeys(keys):
+            first = owner.setdefault(k, s.index)
+            if first != s.index:
+                colliding[first].add(k)
+                colliding[s.index].add(k)
+    del owner
+    out = [
+        replace(s, qualified=frozenset(colliding[s.index])) if colliding.get(s.index) else s
+        for s in specs
+    ]
+    final: dict[str, ShardSpec] = {}
+    clashes: list[str] = []
+    n_clashes = 0
+    for s in out:
+        if s.kind == "folder":
+            keys = [s.folder_key(r) for r in s.files]
+        elif s.kind == "webdataset":  # repeats inside one tar: the reader's "key#n" rule
+            keys = [s.qualify(k) for k in dict.fromkeys(listed[s.index])]
+        else:
+            keys = [s.qualify(k) for k in listed[s.index]]
+        for k in keys:
+            if k not in final:
+                final[k] = s
+                continue
+            n_clashes += 1
+            if len(clashes) < 5:
+                clashes.append(f"{k!r} in {final[k].describe()} and {s.describe()}")
+    if n_clashes:
+        raise KeyCollisionError(
+            f"{n_clashes} sample keys are not unique even when qualified by their shard, e.g. "
+            + "; ".join(clashes)
+            + " (rename the shards or their samples)"
+        )
+    touched = [s for s in out if s.qualified]
+    if touched:
+        logger.warning(
+            "%d sample keys are used by more than one shard (%d shards): each copy is read as "
+            "<shard stem>/<key> (folder inputs: the file name), e.g. %s in %s",
+            len(set().union(*(s.qualified for s in touched))),
+            len(touched),
+            sorted(touched[0].qualified)[:3],
+            touched[0].describe(),
+        )
+    return out

@@ -8,6 +8,10 @@ counts. Memory is bounded by one member plus the drop-key set (loaded once per w
 leaves a half-written shard; a rerun rewrites every shard (cheap, streaming).
 
 Members whose names are absolute or contain ``..`` are not copied (counted as ``rejected``).
+Sample keys are those of the embed stage (:mod:`pipelines.readers`): webdataset's key rule, and
+``<shard stem>/<key>`` for a key that several shards use (:func:`pipelines.readers.qualify_keys`,
+decided once by the driver from the same listing as ``embed``), so a dropped sample is found in
+its own shard only.
 Files go through Beam's ``FileSystems``, so the output may be on any filesystem Beam supports
 (local paths here; ``gs://`` etc. on a cluster).
 """
@@ -23,7 +27,6 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -31,9 +34,12 @@ logger = logging.getLogger(__name__)
 
 
 def sample_key(member_name: str) -> str | None:
-    """The webdataset sample key of a tar member (``dir/000000012.jpg`` -> ``000000012``)."""
-    base = member_name.rsplit("/", 1)[-1]
-    return base.split(".", 1)[0] if "." in base else None
+    """The webdataset sample key of a tar member, as the embed stage reads it
+    (``dir/000000012.jpg`` -> ``dir/000000012``); ``None`` without an extension."""
+    from pipelines.readers import split_member_name
+
+    key, ext = split_member_name(member_name)
+    return key if ext else None
 
 
 def _unsafe(name: str) -> bool:
@@ -52,9 +58,12 @@ def _stem(path: str) -> str:
 class ReshardShard(beam.DoFn):
     """Copy one shard (tar + parquet) without the dropped keys; yields the shard's counts."""
 
-    def __init__(self, drop_path: str, out_dir: str) -> None:
+    def __init__(
+        self, drop_path: str, out_dir: str, qualified: dict[str, frozenset[str]] | None = None
+    ) -> None:
         self.drop_path = drop_path
         self.out_dir = out_dir
+        self.qualified = dict(qualified or {})  # shard stem -> keys read as <stem>/<key>
         self.drop: frozenset[str] = frozenset()
 
     def setup(self) -> None:
@@ -64,6 +73,11 @@ class ReshardShard(beam.DoFn):
 
     def process(self, tar_path: str) -> Iterator[dict[str, Any]]:
         stem = _stem(tar_path)
+        qualified = self.qualified.get(stem, frozenset())
+
+        def dropped(key: str) -> bool:
+            return (f"{stem}/{key}" if key in qualified else key) in self.drop
+
         counts = {
             "shard": stem,
             "samples_in": 0,
@@ -92,7 +106,7 @@ class ReshardShard(beam.DoFn):
                     counts["rejected"] += 1
                     continue
                 seen_in.add(key)
-                if key in self.drop:
+                if dropped(key):
                     continue
                 tout.addfile(info, tin.extractfile(info))
                 seen_out.add(key)
@@ -107,12 +121,9 @@ class ReshardShard(beam.DoFn):
                 table = pq.read_table(io.BytesIO(fh.read()))
             counts["parquet_rows_in"] = table.num_rows
             if "key" in table.column_names:
-                mask = pc.invert(
-                    pc.is_in(
-                        table.column("key"), value_set=pa.array(sorted(self.drop), pa.string())
-                    )
-                )
-                table = table.filter(pc.fill_null(mask, True))
+                keys = table.column("key").to_pylist()
+                keep = [k is None or not dropped(str(k)) for k in keys]
+                table = table.filter(pa.array(keep, pa.bool_()))
             counts["parquet_rows_out"] = table.num_rows
             self._write(_join(self.out_dir, f"{stem}.parquet"), _parquet_bytes(table))
         stats = {**counts, "successes": counts["samples_out"], "count": counts["parquet_rows_out"]}
@@ -149,17 +160,30 @@ def _sum_counts(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 class Reshard(beam.PTransform):
     """Shard tar paths -> per-shard counts, writing the filtered shards into ``out_dir``."""
 
-    def __init__(self, drop_path: str, out_dir: str) -> None:
+    def __init__(
+        self, drop_path: str, out_dir: str, qualified: dict[str, frozenset[str]] | None = None
+    ) -> None:
         super().__init__()
         self.drop_path = drop_path
         self.out_dir = out_dir
+        self.qualified = qualified
 
     def expand(self, paths: beam.PCollection) -> beam.PCollection:
         return (
             paths
             | "Reshuffle" >> beam.Reshuffle()
-            | "RewriteShard" >> beam.ParDo(ReshardShard(self.drop_path, self.out_dir))
+            | "RewriteShard"
+            >> beam.ParDo(ReshardShard(self.drop_path, self.out_dir, self.qualified))
         )
+
+
+def qualified_keys(shards_dir: str) -> dict[str, frozenset[str]]:
+    """Shard stem -> the keys the embed stage reads as ``<stem>/<key>`` (used by other shards
+    too), from the same listing as ``embed``."""
+    from pipelines.readers import match_shards, qualify_keys
+
+    specs = qualify_keys(match_shards(shards_dir))
+    return {s.prefix: s.qualified for s in specs if s.qualified and s.kind == "webdataset"}
 
 
 def find_shards(shards_dir: str) -> list[str]:
@@ -184,13 +208,14 @@ def reshard(
     tars = find_shards(shards_dir)
     if not tars:
         raise FileNotFoundError(f"no webdataset shards (*.tar) in {shards_dir}")
+    qualified = qualified_keys(shards_dir)
     if not FileSystems.exists(out_dir):
         FileSystems.mkdirs(out_dir)
     with (
         beam_setup(list(pipeline_args or []), runner=runner, dask_local=dask_local) as setup,
         beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p,
     ):
-        _ = p | "Shards" >> beam.Create(tars) | "Reshard" >> Reshard(drop_path, out_dir)
+        _ = p | "Shards" >> beam.Create(tars) | "Reshard" >> Reshard(drop_path, out_dir, qualified)
     per_shard = []
     for t in tars:
         with FileSystems.open(

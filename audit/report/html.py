@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.report import plots
-from audit.report.images import ShardIndex, open_path, thumbnail
+from audit.report.images import ShardIndex, open_path, thumb_name, thumbnail
 from audit.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class Renderer:
         rel = None
         img = self.shards.open_image(key)
         if img is not None:
-            path = self.img_dir / "k" / f"{_safe(key)}.png"
+            path = self.img_dir / "k" / thumb_name(key)
             path.parent.mkdir(parents=True, exist_ok=True)
             thumbnail(img, self.thumb_size).save(path)
             rel = f"img/k/{path.name}"
@@ -209,8 +209,7 @@ class Renderer:
                 f"<figcaption>{esc(label)}</figcaption></figure>"
             )
         src_path = Path(rel) if Path(rel).is_absolute() else self.ws.root / rel
-        out_name = _safe(rel.replace("/", "_"))
-        dest = self.img_dir / "g" / (Path(out_name).stem + ".png")
+        dest = self.img_dir / "g" / thumb_name(rel)
         img = open_path(src_path)
         if img is None:
             return (
@@ -676,10 +675,6 @@ class Renderer:
             )
             + f"<h3>Versions</h3><table>{versions}</table>{toml}"
         )
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _when(ts: float | None) -> str:

@@ -302,6 +302,23 @@ def _clean_temp_files(ws: Any) -> int:
     return n
 
 
+def _redo_unqualified_parts(ws: Any, specs: list[Any]) -> int:
+    """Remove the markers of complete parts that hold a key now read as ``<shard>/<key>``
+    (written before another shard with that key was added, or by a version that did not
+    qualify keys), so that they are embedded again."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for s in specs:
+        part = ws.part_path(s.index)
+        if s.qualified and ws.is_done(part):
+            keys = pq.read_table(part, columns=["key"]).column("key").to_pylist()
+            if not s.qualified.isdisjoint(keys):
+                ws.marker_path(part).unlink()
+                n += 1
+    return n
+
+
 def _format_counts(counts: dict[str, int]) -> str:
     order = [
         "ok",
@@ -371,7 +388,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.workspace import Workspace
     from pipelines.beam_options import BeamOptionsError, beam_setup
     from pipelines.embed import ClipModelHandler, EmbedSettings, metric_totals, run_embed
-    from pipelines.readers import match_shards
+    from pipelines.readers import match_shards, qualify_keys
 
     ws = Workspace(args.workspace)
     source = cfg.input or str(ws.shards_dir)
@@ -381,7 +398,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             f"{ws.root}` first, or pass --input PATH"
         )
     try:
-        specs = match_shards(source, cfg.folder_shard_size)
+        # keys reused by several shards become <shard>/<key>, decided before any work
+        specs = qualify_keys(match_shards(source, cfg.folder_shard_size))
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     if not specs:
@@ -415,6 +433,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         for s in specs:
             if not ws.is_done(ws.part_path(s.index)) and _remote_done(remote, s.index):
                 _fetch_part(remote, ws, s.index)
+    if n := _redo_unqualified_parts(ws, specs):
+        logger.warning("%d parts hold keys that other shards reuse: embedded again", n)
     todo = [s for s in specs if not ws.is_done(ws.part_path(s.index))]
     if len(todo) < len(specs):
         logger.info("%d of %d parts already complete: skipped", len(specs) - len(todo), len(specs))

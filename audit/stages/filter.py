@@ -102,6 +102,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         ", ".join(f"{k}: {v}" for k, v in c.items() if ":" in k),
     )
     if cfg.out:
+        from pipelines.readers import KeyCollisionError
         from pipelines.reshard import reshard
 
         write_decision(ws, decision, meta)  # the pipeline reads drop.parquet
@@ -110,14 +111,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 f"--out needs webdataset shards in {ws.shards_dir}; this workspace "
                 "has none (imported embeddings?)"
             )
-        meta["reshard"] = reshard(
-            str(ws.shards_dir.resolve()),
-            str((ws.filtered_dir / "drop.parquet").resolve()),
-            _out_path(cfg.out),
-            getattr(args, "beam_args", []),
-            runner=cfg.runner,
-            dask_local=cfg.dask_local,
-        )
+        try:
+            meta["reshard"] = reshard(
+                str(ws.shards_dir.resolve()),
+                str((ws.filtered_dir / "drop.parquet").resolve()),
+                _out_path(cfg.out),
+                getattr(args, "beam_args", []),
+                runner=cfg.runner,
+                dask_local=cfg.dask_local,
+            )
+        except KeyCollisionError as exc:  # shards whose keys embed would have refused too
+            raise InputError(f"{ws.shards_dir}: {exc}") from exc
         meta["out"] = str(cfg.out)
         logger.info(
             "filtered shards in %s: %d samples kept of %d",

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from audit.config import ConfigError, load_toml, merge, require, to_dict
+from audit.config import ConfigError, check_section, load_toml, merge, require, to_dict
 from audit.errors import NotImplementedStage
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,8 @@ Runs the stages listed in [run] stages = [...] in that order, each with the opti
 section of the TOML (e.g. [embed], [dedup]); the workspace is the top-level `workspace` key
 (relative paths are relative to the current directory) or --workspace. The report is always the
 last stage (appended when not listed). The TOML is copied to WS/audit.toml, so single stages run
-later (`laion-audit dedup WS`) use the same options.
+later (`laion-audit dedup WS`) use the same options. Every section is checked before anything is
+written: a rejected value stops the run (exit 2) without creating or touching the workspace.
 
 A stage is skipped when it is finished: its outputs exist, its record in WS/run.json has the
 same configuration, and it finished after every stage before it in the list (so a rerun of
@@ -170,6 +171,38 @@ def load_stage_module(command: str) -> ModuleType:
     return mod
 
 
+def validate(
+    file_cfg: dict[str, Any],
+    ws: str,
+    stages: list[str],
+    parent: argparse.Namespace | None = None,
+) -> dict[str, ModuleType]:
+    """Check the whole configuration before anything is written; returns the stage modules.
+
+    Each listed stage's section is merged and validated as its run will be (raises
+    ``ConfigError`` naming the field, or ``NotImplementedStage``); the sections of stages that
+    are not listed (kept in WS/audit.toml for later single-stage runs, whose command line may
+    add required options) have their keys and value types checked.
+    """
+    from audit.cli import SUBCOMMANDS, load_stage
+
+    parent = parent or argparse.Namespace(verbose=0, quiet=False)
+    mods = {s: load_stage_module(s) for s in stages}
+    for command, mod in mods.items():
+        section = command.replace("-", "_")
+        merge(mod.Config, section, file_cfg.get(section), stage_namespace(command, mod, ws, parent))
+    listed = {s.replace("-", "_") for s in stages} | {"run"}
+    for command, _ in SUBCOMMANDS:
+        section = command.replace("-", "_")
+        values = file_cfg.get(section)
+        if section in listed or not isinstance(values, dict):
+            continue
+        mod = load_stage(command)
+        if mod is not None:
+            check_section(mod.Config, section, values)
+    return mods
+
+
 def run_stages(
     file_cfg: dict[str, Any],
     ws: str,
@@ -230,6 +263,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     extra = sorted(k for k, v in file_cfg.items() if isinstance(v, dict) and k not in listed)
     if extra:
         logger.info("sections not used by this run (stages not listed): %s", ", ".join(extra))
+    validate(file_cfg, ws, cfg.stages, parent=args)  # before the workspace is created
     workspace = Workspace(ws)
     workspace.root.mkdir(parents=True, exist_ok=True)
     if toml_path.resolve() != workspace.config_path.resolve():

@@ -5,3 +5,18 @@
 
 Both are seeded and write their measured quality numbers and wall times next to the weights.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """A resume checkpoint or cached chunk written by these scripts, loaded with
+    ``torch.load(weights_only=True)``: tensors, optimizer and generator state and plain Python
+    values (dicts, lists, tuples, numbers, strings) only. Anything else in the file (a pickled
+    object, code to run) raises ``pickle.UnpicklingError`` instead of being executed."""
+    import torch
+
+    return torch.load(path, weights_only=True)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from audit.testbed import draw
+from audit.training import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def build_cache(
     for k, c in enumerate(chunks):
         p = path(c)
         if p is not None and p.exists():
-            parts[k] = torch.load(p)
+            parts[k] = load_checkpoint(p)
     todo = [k for k in range(len(chunks)) if k not in parts]
     logger.info("drawing %d of %d chunks (%d cached)", len(todo), len(chunks), len(parts))
     t0 = time.time()
@@ -447,7 +448,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ckpt = cache / "checkpoint.pt" if cache else None
     run_key = {k: v for k, v in vars(args).items() if k not in ("out", "workers", "threads")}
     if ckpt is not None and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+        st = load_checkpoint(ckpt)
         if st["run_key"] == run_key:  # resume an interrupted run exactly where it stopped
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["opt"])

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from audit.testbed import draw
+from audit.training import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def train_unet(unet, latents, cond, uncond, ddpm, args, gen, ckpt: Path | None =
     n = len(latents)
     curve, run, start, spent = [], 0.0, 0, 0.0
     if ckpt is not None and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+        st = load_checkpoint(ckpt)
         if st["run_key"] == run_key:
             unet.load_state_dict(st["unet"])
             opt.load_state_dict(st["opt"])
@@ -452,7 +453,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     skip = ("out", "threads", "check_seeds", "check_controls", "work_dir")
     run_key = {k: v for k, v in vars(args).items() if k not in skip}
     vae_ckpt = work / "vae.pt"
-    st = torch.load(vae_ckpt, weights_only=False) if vae_ckpt.exists() else None
+    st = load_checkpoint(vae_ckpt) if vae_ckpt.exists() else None
     if st is not None and st["run_key"] == run_key:  # an interrupted run: reuse its VAE
         vae.load_state_dict(st["vae"])
         vae.eval()

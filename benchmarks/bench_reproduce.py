@@ -14,7 +14,8 @@ captions of non-duplicated images (a prompt file, scored against every training 
 2. **Stage run**: ``laion-audit reproduce WS --n N --steps S`` (triage with 4 seeds on every
    prompt, full N for every prompt so the triage can be scored).
 3. **Triage**: AUROC (and TPR at 1% FPR) of Wen et al.'s first-step score (4 seeds, and 1 seed)
-   against the N-seed labels ("replicates" = at least 2% of the N generations copy, and >= 1);
+   against the N-seed labels ("replicates" = the Wilson 95% lower bound of the copy rate is >= 2%,
+   ``detectors.memorization.replicates``);
    cost = triage seconds per prompt / generation seconds per prompt, and in UNet calls.
 4. **Replication**: per prompt kind, pooled over the three works, and for the controls: copies,
    rate, Wilson 95% interval.

@@ -41,8 +41,10 @@ TRIAGE_NAME = "triage_textcond_norm_v1"
 DEFAULT_ALPHA = 1e-3
 DEFAULT_TILES = 16
 DEFAULT_MIN_COPY_SHARE = 0.02
-"""A prompt counts as replicating when at least this share of its generations copy the cluster
-(Carlini et al. flag a prompt at >= 10 of 500 generations, i.e. 2%), and at least one does."""
+"""The one definition of "this prompt replicates" (:func:`replicates`): the Wilson 95% lower
+bound of its copy rate is at least this share (2%, Carlini et al.'s 10 of 500 generations).
+Used alike by the report's card and ``report.json`` (over all prompts) and by the triage
+labels of ``reproduce`` (``--min-copy-share``)."""
 
 
 def best_match(
@@ -312,14 +314,31 @@ def summarize_generations(
     return pd.DataFrame(rows, columns=cols)
 
 
+def replicates(
+    n_copies: np.ndarray | int,
+    n: np.ndarray | int,
+    min_share: float = DEFAULT_MIN_COPY_SHARE,
+    z: float = 1.959963984540054,
+) -> np.ndarray:
+    """Does each prompt replicate? ``wilson_low(n_copies, n) >= min_share``.
+
+    The copy rate's Wilson 95% lower bound, not the count: a prompt with no copy never
+    replicates, and neither does one whose copies could be the copy threshold's false
+    positives (at ``alpha = 1e-3`` a prompt of 500 unrelated generations has a ~39% chance of
+    at least one false copy; 1 of 500 has a lower bound of 0.0004, 50 of 500 of 0.077).
+    ``min_share = 0`` counts any prompt with a copy. NaN counts and ``n = 0`` never replicate.
+    """
+    k = np.nan_to_num(np.asarray(n_copies, dtype=np.float64), nan=0.0)
+    n_arr = np.nan_to_num(np.asarray(n, dtype=np.float64), nan=0.0)
+    lo, _ = wilson_interval(k, n_arr, z)
+    return np.asarray((n_arr > 0) & (k > 0) & (np.asarray(lo) >= min_share - 1e-12))
+
+
 def replication_labels(
     n_copies: np.ndarray, n: np.ndarray, min_share: float = DEFAULT_MIN_COPY_SHARE
 ) -> np.ndarray:
-    """Binary "this prompt replicates" labels: ``n_copies >= max(1, ceil(min_share * n))``."""
-    k = np.asarray(n_copies, dtype=np.float64)
-    n_arr = np.asarray(n, dtype=np.float64)
-    need = np.maximum(1.0, np.ceil(min_share * n_arr - 1e-9))
-    return (n_arr > 0) & (k >= need)
+    """Binary "this prompt replicates" labels for the triage's AUROC: :func:`replicates`."""
+    return replicates(n_copies, n, min_share)
 
 
 def triage_auroc(scores: np.ndarray, labels: np.ndarray) -> float:

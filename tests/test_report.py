@@ -169,6 +169,48 @@ def test_report_json_fields_are_documented(report: dict) -> None:
     assert not missing, f"report.json fields missing from docs/report_schema.md: {missing}"
 
 
+def test_one_copy_of_500_does_not_replicate_and_card_json_and_triage_agree(tmp_path: Path) -> None:
+    """A prompt "replicates" when the copy rate's Wilson 95% lower bound >= min_copy_share (0.02), counted
+    over every prompt (not the rows shown), the same on the card, in report.json and in the
+    triage labels."""
+    from detectors import memorization as mem
+
+    assert not mem.replicates(1, 500) and mem.replicates(50, 500)
+    assert not mem.replicates(10, 500) and not mem.replicates(0, 500)
+    assert mem.replicates(1, 500, min_share=0.0) and not mem.replicates(0, 0)
+    from audit.stages.reproduce import Config
+
+    assert Config.__dataclass_fields__["min_copy_share"].default == mem.DEFAULT_MIN_COPY_SHARE
+    copies = np.array([50, 25, 1, 10, 0])
+    assert mem.replication_labels(copies, np.full(5, 500)).tolist() == [
+        True, True, False, False, False,
+    ]  # fmt: skip
+    ws = make_workspace(tmp_path / "ws", findings=(), shards=False, generations=False)
+    rows = [
+        {"finding_id": f"word:x:{i}", "prompt_kind": "keywords", "prompt": f"p{i}", "n": 500,
+         "n_copies": int(c), "replication_rate": c / 500, "ci_low": 0.0, "ci_high": 1.0,
+         "mean_sim": 0.5, "p95_sim": 0.6, "max_sim": 0.7, "triage_score": 1.0}
+        for i, c in enumerate(copies)
+    ]  # fmt: skip
+    meta = {"copy_threshold": 0.9, "triage": {"min_copy_share": mem.DEFAULT_MIN_COPY_SHARE}}
+    ws.write_finding("memorization", pa.Table.from_pylist(rows), meta)
+    assert main(["report", str(ws.root), "-q", "--top-prompts", "1"]) == 0
+    m = json.loads((ws.report_dir / "report.json").read_text())["memorization"]
+    assert len(m["rows"]) == 1 and m["rows"][0]["replicates"]
+    assert (m["n_replicating"], m["n_generated"], m["min_copy_share"]) == (2, 5, 0.02)
+    page = (ws.report_dir / "index.html").read_text()
+    card = re.search(r'<div class="v">(\d+) / (\d+)</div><div class="l">generated prompts', page)
+    assert card and (int(card[1]), int(card[2])) == (m["n_replicating"], m["n_generated"])
+    # a stricter share recorded by the reproduce run is the one the report uses
+    meta["triage"]["min_copy_share"] = 0.05
+    ws.write_finding("memorization", pa.Table.from_pylist(rows), meta)
+    assert main(["report", str(ws.root), "-q"]) == 0
+    m = json.loads((ws.report_dir / "report.json").read_text())["memorization"]
+    assert m["n_replicating"] == 1 and [r["replicates"] for r in m["rows"]] == [
+        True, False, False, False, False,
+    ]  # fmt: skip
+
+
 def test_sections_not_run_say_so(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws", findings=(), shards=False, generations=False)
     code = main(["report", str(ws.root), "-q"])

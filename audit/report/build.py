@@ -661,6 +661,8 @@ def memorization_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
     if got is None:
         return _not_run("memorization")
     df, meta = got
+    replicating, min_share = replicating_prompts(df, meta)
+    df = df.assign(_replicates=replicating)
     gens = generation_table(ws)
     threshold = _f(meta.get("copy_threshold", meta.get("threshold")))
     if threshold is None and gens is not None and "threshold" in gens.columns:
@@ -690,6 +692,7 @@ def memorization_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
             "triage_score": _f(r.get("triage_score")),
             "verbatim_rate": _f(r.get("verbatim_rate")),
             "n_copies": _i(r.get("n_copies")),
+            "replicates": bool(r["_replicates"]),
             "generated": _bool(r.get("generated", True)) and (_i(r["n"]) or 0) > 0,
             "prompt_id": _str(r.get("prompt_id")),
             "similarity_histogram": None,
@@ -740,9 +743,33 @@ def memorization_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
         "n_prompts": int(len(df)),
         "n_findings": n_findings,
         "n_generated": int(generated.sum()),
+        "n_replicating": int(replicating.sum()),
+        "min_copy_share": min_share,
+        "replication_rule": (
+            f"Wilson 95% lower bound of the copy rate >= {min_share:g}, over all prompts"
+        ),
         "generations_available": gens is not None,
         "rows": rows,
     }
+
+
+def replicating_prompts(df: pd.DataFrame, meta: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """Which prompts of the memorization finding replicate, by the one definition
+    (:func:`detectors.memorization.replicates`) with the run's ``min_copy_share`` (its
+    ``--min-copy-share``, recorded under ``triage`` in the finding's metadata; else the
+    default), over every prompt of the finding. Returns the mask and the share used."""
+    from detectors import memorization as mem
+
+    share = _f((meta.get("triage") or {}).get("min_copy_share"))
+    share = mem.DEFAULT_MIN_COPY_SHARE if share is None else share
+    n = pd.to_numeric(df["n"], errors="coerce").fillna(0).to_numpy(dtype=np.float64)
+    if "n_copies" in df.columns:
+        k = pd.to_numeric(df["n_copies"], errors="coerce").to_numpy(dtype=np.float64)
+    else:  # older findings: the count from the rate
+        k = np.round(pd.to_numeric(df["replication_rate"], errors="coerce").to_numpy() * n)
+    if "generated" in df.columns:
+        n = np.where(df["generated"].fillna(True).astype(bool).to_numpy(), n, 0.0)
+    return np.asarray(mem.replicates(k, n, share), dtype=bool), float(share)
 
 
 def _match_generations(gens: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame | None:

@@ -302,8 +302,15 @@ class Renderer:
             card(fmt(p["n_flagged"]), "poison candidates flagged", p["n_flagged"] > 0)
         m = r.get("memorization", {})
         if m.get("status") == "ok":
-            rep = sum(1 for x in m["rows"] if (x.get("ci_low") or 0) > 0)
-            card(f"{rep} / {m['n_prompts']}", "prompts that replicate (CI above 0)", rep > 0)
+            # counted over every prompt of the finding (report.json's n_replicating), by the
+            # one definition of detectors.memorization.replicates
+            rep = m["n_replicating"]
+            card(
+                f"{rep} / {m['n_generated']}",
+                f"generated prompts that replicate (copy rate's 95% lower bound "
+                f">= {m['min_copy_share']:.0%})",
+                rep > 0,
+            )
         return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
 
     # ---- sections ----------------------------------------------------------------------
@@ -565,7 +572,9 @@ class Renderer:
             f"{fmt(d.get('n_generated', d['n_prompts']))} were generated with "
             f"{fmt(max((r['n'] or 0 for r in d['rows']), default=0))} seeds each. A generation "
             f"counts as a copy when its CLIP similarity to the finding's training cluster "
-            f"(the whole dataset for object findings) is at least {fmt(thr)}.</p>",
+            f"(the whole dataset for object findings) is at least {fmt(thr)}. "
+            f"{esc(d['replication_rule'])}: {fmt(d['n_replicating'])} prompts replicate "
+            f"(highlighted).</p>",
             self.plot("replication_rates", plots.replication_rates, d["rows"]),
         ]
         if not d.get("generations_available"):
@@ -576,7 +585,7 @@ class Renderer:
         generated = [r for r in d["rows"] if r.get("generated", True)]
         skipped = [r for r in d["rows"] if not r.get("generated", True)]
         rows = "".join(
-            f'<tr class="{"flag" if (r["ci_low"] or 0) > 0 else ""}">'
+            f'<tr class="{"flag" if r.get("replicates") else ""}">'
             f"<td><code>{esc(r['finding_id'])}</code></td><td>{esc(r['prompt_kind'])}</td>"
             f"<td>{esc(r['prompt'])}</td><td class=num>{fmt(r['n'])}</td>"
             f"<td class=num>{pct(r['replication_rate'])}</td>"

@@ -206,7 +206,7 @@ def replication_rates(rows: Sequence[dict[str, Any]], path: Path) -> bool:
             [i],
             xerr=[[max(rate - lo, 0)], [max(hi - rate, 0)]],
             fmt="o",
-            color=RED if lo > 0 else BLUE,
+            color=RED if r.get("replicates", lo > 0) else BLUE,
             capsize=3,
         )
         prompt = r["prompt"] if len(r["prompt"]) <= 48 else r["prompt"][:45] + "..."

@@ -98,7 +98,7 @@ class Config:
     verify: bool = True
     verify_samples: int = 200
     examples: int = 4
-    min_copy_share: float = 0.02
+    min_copy_share: float = 0.02  # detectors.memorization.DEFAULT_MIN_COPY_SHARE
     clip_batch_size: int = 64
     torch_threads: int = 0
     runner: str | None = None
@@ -343,8 +343,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="min_copy_share",
         type=float,
         default=None,
-        help="a prompt 'replicates' (triage AUROC labels) at this share of copies "
-        "(default 0.02, i.e. 10 of 500)",
+        help="a prompt 'replicates' (triage AUROC labels, report card and report.json) when "
+        "the Wilson 95%% lower bound of its copy rate is at least this (default 0.02: 1 copy "
+        "of 500 does not count, 20 of 500 do)",
     )
     s.add_argument(
         "--clip-batch-size",

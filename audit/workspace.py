@@ -43,9 +43,12 @@ FINDINGS = ("duplicates", "concepts", "word_replication", "object_replication", 
             "memorization")
 
 
-def embedding_schema(dim: int) -> pa.Schema:
-    """Schema of ``embeddings/part-NNNNN.parquet`` (L2-normalised float16 fixed-size lists)."""
+def embedding_schema(dim: int, copy_dim: int | None = None) -> pa.Schema:
+    """Schema of ``embeddings/part-NNNNN.parquet`` (L2-normalised float16 fixed-size lists).
+    ``copy_dim``: the copy-detection descriptor's size (``copy_emb`` column), None = no copy
+    model."""
     vec = pa.list_(pa.float16(), dim)
+    copy = [("copy_emb", pa.list_(pa.float16(), copy_dim))] if copy_dim else []
     return pa.schema([
         ("key", pa.string()),
         ("url", pa.string()),
@@ -58,6 +61,7 @@ def embedding_schema(dim: int) -> pa.Schema:
         ("image_emb", vec),
         ("text_emb", vec),
         ("clip_score", pa.float32()),
+        *copy,
     ])
 
 

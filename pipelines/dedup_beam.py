@@ -510,7 +510,7 @@ def write_output_shard(element: tuple[int, Iterable[dict]], prefix: str,
 def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: float, *,
                    priority_column: str | None = None, setup: Any = None,
                    n_output_shards: int = 8, two_pass: bool | None = None,
-                   **params: Any) -> None:
+                   vector_column: str = "image_emb", **params: Any) -> None:
     """Read embedding parts, run :class:`PartitionedNearDuplicates`, write parquet shards to
     ``output_prefix-SSSSS-of-NNNNN.parquet`` (columns :data:`OUTPUT_COLUMNS`; a shard with no
     rows is not written).
@@ -518,28 +518,29 @@ def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: 
     Every step emits only from ``process`` (files read with pyarrow from ``Create(paths)``,
     shards written by a keyed ``GroupByKey``), so the pipeline gives the same result on every
     runner, the DaskRunner included. ``setup``: a ``pipelines.beam_options.BeamSetup`` (runner
-    + options); default DirectRunner. ``two_pass`` (default: on runners where
+    + options); default DirectRunner. ``vector_column``: the embedding searched (``image_emb``
+    or the copy descriptor ``copy_emb``). ``two_pass`` (default: on runners where
     :func:`recomputes_side_inputs`): fit the partition model in a first pipeline (written to
     ``output_prefix-model.npz``), then run the search with it as a plain argument.
     """
     from pipelines.beam_options import beam_setup
 
     beam = _beam()
-    columns = ["key", "image_emb"] + ([priority_column] if priority_column else [])
+    columns = ["key", vector_column] + ([priority_column] if priority_column else [])
 
     def to_rows(batch: Any) -> Iterator[Row]:
         pr = None
         if priority_column:
             pr = np.asarray(batch.column(priority_column).to_numpy(zero_copy_only=False),
                             dtype=np.float64)
-        yield from rows_from_table(batch, "image_emb", pr)
+        yield from rows_from_table(batch, vector_column, pr)
 
     if setup is None:
         with beam_setup([]) as default_setup:
             return run_near_dedup(parquet_files, output_prefix, threshold,
                                   priority_column=priority_column, setup=default_setup,
                                   n_output_shards=n_output_shards, two_pass=two_pass,
-                                  **params)
+                                  vector_column=vector_column, **params)
     n = max(1, int(n_output_shards))
 
     def read_rows(p: Any) -> Any:

@@ -54,6 +54,8 @@ CHUNK, ROW, MANIFEST = "chunk", "row", "manifest"
 :func:`select` instead of tagged outputs: the Dask runner does not keep tagged outputs apart."""
 PartWriter = Callable[[int, pa.Table, dict], None]
 ModelLoader = Callable[[], tuple[Any, Any, Any]]
+CopyLoader = Callable[[], Any]
+"""Returns a copy detector: ``.embed(list of PIL images) -> L2-normalised float32 [n, D]``."""
 
 
 # ---- rows ------------------------------------------------------------------------------------
@@ -62,6 +64,7 @@ def sample_row(
     image_emb: np.ndarray | None = None,
     text_emb: np.ndarray | None = None,
     clip_score: float | None = None,
+    copy_emb: np.ndarray | None = None,
 ) -> dict:
     """The embedding-table row of a sample (DESIGN.md schema). Caption problems become
     ``missing_caption`` when the image itself is fine."""
@@ -81,6 +84,7 @@ def sample_row(
         "image_emb": image_emb,
         "text_emb": text_emb,
         "clip_score": clip_score,
+        "copy_emb": copy_emb,
     }
 
 
@@ -207,6 +211,7 @@ class ClipBundle:
     tokenizer: Any
     device: str
     autocast: bool
+    copy: Any = None
 
 
 class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
@@ -219,22 +224,30 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
     chunks that lost samples to decoding, fewer captions than images) to that size with copies
     of their first row, whose outputs are dropped: every forward pass has the same shape, so
     CPU kernels are not re-planned for each new batch size.
+
+    ``copy_loader()`` (optional) returns a copy-detection descriptor (SSCD) that embeds the same
+    decoded images into ``copy_emb``: one decode, both models. With ``loader=None`` only the
+    copy descriptor runs (adding ``copy_emb`` to an existing workspace without recomputing CLIP).
     """
 
     def __init__(
         self,
-        loader: ModelLoader,
+        loader: ModelLoader | None,
         device: str = "cpu",
         torch_threads: int = 0,
         model_name: str = "",
         pad_to: int = 0,
+        copy_loader: CopyLoader | None = None,
     ) -> None:
         super().__init__()
+        if loader is None and copy_loader is None:
+            raise ValueError("ClipModelHandler needs a CLIP loader, a copy loader or both")
         self._loader = loader
         self._device = device
         self._torch_threads = torch_threads
         self._model_name = model_name
         self._pad_to = pad_to
+        self._copy_loader = copy_loader
 
     def __repr__(self) -> str:
         return f"ClipModelHandler({self._model_name or self._loader!r}, device={self._device!r})"
@@ -245,11 +258,15 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
         if self._torch_threads > 0:
             torch.set_num_threads(self._torch_threads)
         t0 = time.perf_counter()
-        model, preprocess, tokenizer = self._loader()
-        model = model.to(self._device).eval()
+        model = preprocess = tokenizer = None
+        if self._loader is not None:
+            model, preprocess, tokenizer = self._loader()
+            model = model.to(self._device).eval()
+        copy = self._copy_loader() if self._copy_loader is not None else None
         logger.info(
-            "loaded %s on %s in %.1f s",
+            "loaded %s%s on %s in %.1f s",
             self._model_name or "model",
+            f" + copy model {copy!r}" if copy is not None else "",
             self._device,
             time.perf_counter() - t0,
         )
@@ -259,6 +276,7 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
             tokenizer,
             self._device,
             autocast=str(self._device).startswith("cuda"),
+            copy=copy,
         )
 
     def get_metrics_namespace(self) -> str:
@@ -291,37 +309,47 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
             return rows
 
     def _embed(self, batch: Sequence[EmbedInput], model: ClipBundle) -> list[dict]:
-        t0 = time.perf_counter()
-        images = [model.preprocess(e.image) for e in batch]
-        text_idx = [i for i, e in enumerate(batch) if e.sample.caption_problem is None]
-        texts = [batch[i].sample.caption for i in text_idx]
-        tokens = model.tokenizer(texts) if texts else None
-        t1 = time.perf_counter()
-        img_emb, txt_emb = embed_tensors(
-            model, _padded(images, self._pad_to), _padded(tokens, self._pad_to)
-        )
-        img_emb = img_emb[: len(images)]
-        txt_emb = None if txt_emb is None else txt_emb[: len(texts)]
-        t2 = time.perf_counter()
-        beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "preprocess_us").update(
-            int((t1 - t0) * 1e6)
-        )
-        beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "forward_us").update(
-            int((t2 - t1) * 1e6)
-        )
+        img_emb = txt_emb = copy_emb = None
+        text_idx: list[int] = []
+        if model.model is not None:
+            t0 = time.perf_counter()
+            images = [model.preprocess(e.image) for e in batch]
+            text_idx = [i for i, e in enumerate(batch) if e.sample.caption_problem is None]
+            texts = [batch[i].sample.caption for i in text_idx]
+            tokens = model.tokenizer(texts) if texts else None
+            t1 = time.perf_counter()
+            img_emb, txt_emb = embed_tensors(
+                model, _padded(images, self._pad_to), _padded(tokens, self._pad_to)
+            )
+            img_emb = img_emb[: len(images)]
+            txt_emb = None if txt_emb is None else txt_emb[: len(texts)]
+            t2 = time.perf_counter()
+            beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "preprocess_us").update(
+                int((t1 - t0) * 1e6)
+            )
+            beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "forward_us").update(
+                int((t2 - t1) * 1e6)
+            )
+        if model.copy is not None:
+            t2 = time.perf_counter()
+            copy_emb = model.copy.embed([e.image for e in batch])
+            beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "copy_forward_us").update(
+                int((time.perf_counter() - t2) * 1e6)
+            )
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_embedded").inc(len(batch))
         text_of = dict(zip(text_idx, range(len(text_idx))))
         rows = []
         for i, e in enumerate(batch):
-            ie = img_emb[i]
+            ie = img_emb[i] if img_emb is not None else None
             j = text_of.get(i)
-            te = txt_emb[j] if j is not None else None
-            score = float(np.dot(ie, te)) if te is not None else None
+            te = txt_emb[j] if j is not None and txt_emb is not None else None
+            score = float(np.dot(ie, te)) if te is not None and ie is not None else None
             row = sample_row(
                 e.sample,
-                ie.astype(np.float16),
+                None if ie is None else ie.astype(np.float16),
                 None if te is None else te.astype(np.float16),
                 score,
+                None if copy_emb is None else copy_emb[i].astype(np.float16),
             )
             row["_shard"] = e.sample.shard
             rows.append(row)
@@ -375,6 +403,9 @@ def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     for name in ("image_emb", "text_emb"):
         cols[name] = _vector_array([r[name] for r in rows], dim, schema.field(name).type)
     cols["clip_score"] = pa.array([r["clip_score"] for r in rows], pa.float32())
+    if "copy_emb" in schema.names:
+        typ = schema.field("copy_emb").type
+        cols["copy_emb"] = _vector_array([r.get("copy_emb") for r in rows], typ.list_size, typ)
     return pa.table([cols[f.name] for f in schema], schema=schema)
 
 

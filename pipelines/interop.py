@@ -7,6 +7,10 @@ clip-retrieval (``clip inference``) writes, per output partition ``N``::
     metadata/metadata_N.parquet    one row per embedding: image_path, caption, and the sample's
                                    metadata (url, key, status, width, height, sha256, ...)
 
+A workspace's copy-detection descriptors (``copy_emb``) travel in a folder of their own,
+``copy_emb/copy_emb_N.npy`` (float16, same row order as ``img_emb_N``; a zero row where a sample
+has no descriptor), which clip-retrieval's tools ignore and import reads back.
+
 ``N`` is zero-padded to the number of partitions' digits. LAION's published embeddings use the
 same layout, so a workspace can be audited with no image download.
 
@@ -79,6 +83,10 @@ def export_part(table: pa.Table, index: int, out: Path, pad: int) -> dict[str, i
         (out / sub).mkdir(parents=True, exist_ok=True)
     np.save(out / "img_emb" / f"img_emb_{name}.npy", img[has_img])
     np.save(out / "text_emb" / f"text_emb_{name}.npy", txt[has_img])
+    if "copy_emb" in table.column_names:
+        copy, _ = _vectors(table.column("copy_emb"), table.schema.field("copy_emb").type.list_size)
+        (out / "copy_emb").mkdir(parents=True, exist_ok=True)
+        np.save(out / "copy_emb" / f"copy_emb_{name}.npy", copy[has_img])
     pq.write_table(pa.table(meta), out / "metadata" / f"metadata_{name}.parquet")
     failed = table.filter(pa.array(~has_img))
     if failed.num_rows:
@@ -225,12 +233,26 @@ def import_partition(
         "text_emb": text_emb.cast(vec),
         "clip_score": score,
     }
+    copy_path = folder / "copy_emb" / f"copy_emb_{suffix}.npy"
+    if copy_path.exists():
+        copy, conv_c = _load_matrix(copy_path, "copy descriptors")
+        conv = conv or conv_c
+        if copy.shape[0] != n:
+            raise InteropError(f"{copy_path}: {copy.shape[0]} rows but {img_path} has {n}")
+        cdim = copy.shape[1]
+        has_copy = np.abs(copy).sum(axis=1) > 0
+        cols["copy_emb"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(copy.reshape(-1)), cdim, mask=pa.array(~has_copy)
+        ).cast(pa.list_(pa.float16(), cdim))
+        files["copy_emb"] = str(copy_path)
     table = pa.table(cols)
     failed_path = folder / "failed" / f"failed_{suffix}.parquet"
     if failed_path.exists():
         f = pq.read_table(failed_path)
         f_cols = {c: f.column(c) for c in SCALARS}
         f_cols["image_emb"] = pa.nulls(f.num_rows, vec)
+        if "copy_emb" in cols:
+            f_cols["copy_emb"] = pa.nulls(f.num_rows, cols["copy_emb"].type)
         f_cols["text_emb"] = (
             f.column("text_emb").cast(vec)
             if "text_emb" in f.column_names

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from audit.config import ConfigError, require
+from audit.copies import SPACES, CopySpace, copy_space
 from audit.errors import InputError
 from audit.stages import add_beam_arguments, add_workspace_argument
 from detectors import dedup as dd
@@ -31,10 +32,12 @@ DESCRIPTION = """\
 Find duplicate groups among the workspace's samples, three kinds:
 
   exact    same image bytes (the sha256 recorded at download; also the decoded-pixel hash when
-           the embeddings carry a `pixel_hash` column)
-  near     image embeddings with cosine similarity above --threshold (default: calibrated for
-           the model in embeddings/model.json: 0.95 for real CLIP models, the tiny-synth value
-           measured on the SynthLAION testbed), grouped by connected components
+           the embeddings carry a `pixel_hash` column), among images that decoded: failed rows
+           (empty files, error pages) are failures, counted by embed, never duplicates
+  near     copy-descriptor embeddings (copy_emb, SSCD) with cosine similarity above
+           --threshold (default 0.5), grouped by connected components. Workspaces without
+           copy_emb (or --space clip) use CLIP image embeddings instead, at the threshold
+           calibrated for the model in embeddings/model.json (0.95 for real CLIP models)
   caption  identical captions after normalisation (case, Unicode, punctuation, spaces)
 
 Near-duplicates: exact FAISS search for up to --exact-max-n vectors, else the partitioned path
@@ -63,6 +66,7 @@ class Config:
     """Options of ``laion-audit dedup`` (``[dedup]`` in audit.toml)."""
 
     threshold: float | None = None
+    space: str = "auto"
     method: str = "auto"
     max_memory: float = 4.0
     exact_max_n: int = 50_000
@@ -82,6 +86,8 @@ class Config:
         if self.threshold is not None:
             require(-1.0 < self.threshold < 1.0, "dedup.threshold",
                     "must be a cosine similarity in (-1, 1)", self.threshold)
+        require(self.space in SPACES, "dedup.space", f"must be one of {', '.join(SPACES)}",
+                self.space)
         require(self.method in METHODS, "dedup.method", f"must be one of {', '.join(METHODS)}",
                 self.method)
         require(self.max_memory > 0, "dedup.max_memory", "must be > 0 (GB)", self.max_memory)
@@ -114,8 +120,13 @@ class Config:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
-                        help="near-duplicate cosine threshold (default: calibrated for the "
-                             "model in embeddings/model.json; 0.95 for real CLIP models)")
+                        help="near-duplicate cosine threshold (default 0.5 for the copy "
+                             "descriptor; in CLIP space calibrated for the model in "
+                             "embeddings/model.json, 0.95 for real CLIP models)")
+    parser.add_argument("--space", default=None, choices=SPACES,
+                        help="embedding near-duplicates are found in: copy (copy_emb, SSCD), "
+                             "clip (image_emb), or auto (copy when the embeddings have it; "
+                             "default)")
     parser.add_argument("--method", default=None, choices=METHODS,
                         help="near-duplicate search: exact, partitioned, beam, or auto (exact "
                              "up to --exact-max-n vectors, else partitioned; default)")
@@ -170,14 +181,15 @@ def _vectors(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return valid, x
 
 
-def load_inputs(ws: Any) -> dict[str, Any]:
-    """The columns dedup needs, sorted by key; raises InputError naming what is missing."""
+def load_inputs(ws: Any, column: str = "image_emb") -> dict[str, Any]:
+    """The columns dedup needs, sorted by key; ``x`` holds ``column`` (the copy descriptor or
+    the CLIP image embedding). Raises InputError naming what is missing."""
     ds = ws.embeddings()
     names = set(ds.schema.names)
-    missing = {"key", "image_emb"} - names
+    missing = {"key", column} - names
     if missing:
         raise InputError(f"embeddings lack columns {sorted(missing)} (in {ws.embeddings_dir})")
-    wanted = [c for c in ("key", "sha256", "pixel_hash", "caption", "image_emb", "width",
+    wanted = [c for c in ("key", "sha256", "pixel_hash", "caption", column, "width",
                           "height", "clip_score", "status") if c in names]
     t = ws.load_embeddings(columns=wanted)
     if t.num_rows == 0:
@@ -189,7 +201,7 @@ def load_inputs(ws: Any) -> dict[str, Any]:
     if keys.size > 1 and np.any(keys[1:] == keys[:-1]):
         dup = keys[1:][keys[1:] == keys[:-1]][:5].tolist()
         raise InputError(f"embeddings contain duplicated keys, e.g. {dup}")
-    valid, x = _vectors(t.column("image_emb"))
+    valid, x = _vectors(t.column(column))
     out: dict[str, Any] = {"keys": keys, "valid": valid, "x": x, "n": t.num_rows}
     for c in ("sha256", "pixel_hash", "caption", "status"):
         out[c] = t.column(c).to_pylist() if c in names else None
@@ -217,12 +229,17 @@ def priority_for(policy: str, data: dict[str, Any]) -> np.ndarray | None:
     raise ValueError(policy)
 
 
-def resolve_threshold(cfg: Config, ws: Any) -> tuple[float, str, str | None]:
+def resolve_threshold(cfg: Config, ws: Any,
+                      space: CopySpace | None = None) -> tuple[float, str, str | None]:
     """(threshold, where it came from, model name)."""
     from detectors.dedup import DEFAULT_THRESHOLDS, REFERENCE_THRESHOLD
 
     info = ws.model_info()
-    model = info.get("model") or info.get("name")
+    model = info.get("name") or info.get("model")
+    if space is not None and space.is_copy:
+        if cfg.threshold is not None:
+            return float(cfg.threshold), "option", space.model
+        return float(space.threshold), space.source, space.model
     if cfg.threshold is not None:
         return float(cfg.threshold), "option", model
     if model in DEFAULT_THRESHOLDS:
@@ -265,7 +282,8 @@ def calibrate(x: np.ndarray, truth: np.ndarray, min_precision: float = 0.98,
 
 
 def _near_beam(cfg: Config, args: argparse.Namespace, ws: Any, threshold: float,
-               priority_column: str | None) -> tuple[pa.Table, dict[str, Any]]:
+               priority_column: str | None,
+               column: str = "image_emb") -> tuple[pa.Table, dict[str, Any]]:
     import pyarrow.parquet as pq
 
     from pipelines.beam_options import beam_setup
@@ -282,7 +300,8 @@ def _near_beam(cfg: Config, args: argparse.Namespace, ws: Any, threshold: float,
         run_near_dedup([str(p) for p in ws.embedding_parts()], str(out_dir / "near"),
                        threshold, priority_column=priority_column, setup=setup,
                        partition_size=cfg.partition_size, max_probes=cfg.max_probes,
-                       probe_scale=cfg.probe_scale, seed=cfg.seed, assign=cfg.assign)
+                       probe_scale=cfg.probe_scale, seed=cfg.seed, assign=cfg.assign,
+                       vector_column=column)
         runner_name = setup.runner_name
     files = sorted(out_dir.glob("near*.parquet"))
     table = pq.read_table([str(f) for f in files]) if files else None
@@ -318,15 +337,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     ws = Workspace(args.workspace)
     t_start = time.perf_counter()
-    data = load_inputs(ws)
+    space = copy_space(ws, cfg.space, "dedup.space")
+    data = load_inputs(ws, space.column)
     n = data["n"]
-    threshold, source, model = resolve_threshold(cfg, ws)
+    threshold, source, model = resolve_threshold(cfg, ws, space)
     priority = priority_for(cfg.keep, data)
     timings: dict[str, float] = {"load": round(time.perf_counter() - t_start, 3)}
     tables: list[pa.Table] = []
     counts: dict[str, dict[str, int]] = {}
     meta: dict[str, Any] = {"detector": dd.NAME, "threshold": threshold,
                             "threshold_source": source, "model": model, "keep": cfg.keep,
+                            "space": space.to_dict(),
                             "kinds": cfg.kinds, "n_samples": n,
                             "n_with_embedding": int(data["valid"].sum())}
     offset = 0
@@ -344,7 +365,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         if data["sha256"] is None:
             logger.warning("embeddings have no sha256 column: no exact duplicates by bytes")
-        labs = [dd.value_groups(v) for v in (data["sha256"], data["pixel_hash"]) if v]
+        # only images that decoded: identical empty files or error pages are failures, not
+        # duplicates (the row's status says so)
+        decoded = data["valid"]
+        labs = [dd.value_groups([h if ok else None for h, ok in zip(v, decoded)])
+                for v in (data["sha256"], data["pixel_hash"]) if v]
         labels = dd.merge_labels(n, *labs) if labs else np.full(n, -1, np.int64)
         meta["exact_hashes"] = [c for c in ("sha256", "pixel_hash") if data[c] is not None]
         if data["pixel_hash"] is None:
@@ -360,7 +385,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             if cfg.keep == "resolution":
                 raise ConfigError("dedup.keep: 'resolution' is not available with --method "
                                   "beam (got 'resolution')")
-            table, info = _near_beam(cfg, args, ws, threshold, pcol)
+            table, info = _near_beam(cfg, args, ws, threshold, pcol, space.column)
             gid = table.column("group_id").to_numpy() + offset
             table = table.set_column(table.schema.get_field_index("group_id"), "group_id",
                                      pa.array(gid, pa.int64()))
@@ -390,9 +415,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         meta["near"] = info
         timings["near"] = round(time.perf_counter() - t0, 3)
         if cfg.calibrate:
+            sweep_at = (np.round(np.arange(0.30, 0.951, 0.05), 2) if space.is_copy
+                        else None)  # copy descriptors spread copies over a wide range
             meta["calibration"] = calibrate(data["x"][vrows],
                                             truth_labels(cfg.calibrate, data["keys"][vrows]),
-                                            cfg.min_precision)
+                                            cfg.min_precision, sweep_at)
             _log_calibration(meta["calibration"])
 
     if "caption" in cfg.kinds:

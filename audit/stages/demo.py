@@ -113,7 +113,9 @@ def demo_config(ws: Path, url_list: Path, cfg: Config) -> dict[str, Any]:
         "workspace": str(ws),
         "run": {"stages": DEMO_STAGES},
         "download": {"input": str(url_list), "processes": 1, "threads": 8},
-        "embed": {"model": "tiny-synth", "batch_size": 64},
+        # the testbed's images are 64 px: SSCD sees them at 128 px (upscaled to the 224 px
+        # default, tiny-sd's blurry copies fall below 0.5; benchmarks/bench_copies.py part 3)
+        "embed": {"model": "tiny-synth", "batch_size": 64, "copy_size": 128},
         "dedup": {},
         "concepts": {},
         "replication": {"discover": True, "keyword": ["van gogh"]},

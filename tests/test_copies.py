@@ -183,3 +183,25 @@ def test_workspaces_without_copy_emb_fall_back_to_clip_with_a_warning(tmp_path, 
     assert "--copy-only" in caplog.text
     with pytest.raises(InputError, match="--copy-only"):
         copy_space(ws, "copy")
+
+
+@pytest.mark.gpu
+def test_copy_descriptors_on_cuda_match_the_cpu(tmp_path) -> None:
+    """A TorchScript copy model runs on CUDA through torch; the ONNX model uses onnxruntime's
+    CUDA provider when installed, else falls back to the CPU. Same descriptors either way."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+    path = tmp_path / "tiny.torchscript.pt"
+    torch.jit.script(Tiny()).save(str(path))
+    ims = _photos(2)
+    cpu = load_copy_detector(str(path), size=64).embed(ims)
+    gpu = load_copy_detector(str(path), size=64, device="cuda")
+    assert gpu.device == "cuda"
+    np.testing.assert_allclose(gpu.embed(ims), cpu, atol=1e-4)
+    onnx_gpu = load_copy_detector("sscd_distilled", size=96, device="cuda")
+    onnx_cpu = load_copy_detector("sscd_distilled", size=96)
+    np.testing.assert_allclose(onnx_gpu.embed(ims), onnx_cpu.embed(ims), atol=2e-2)

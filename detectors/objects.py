@@ -43,6 +43,19 @@ least ``min_distinct`` = 5 distinct pictures (near-copies, grouped at the word-l
 threshold, count once: measured on the testbed, four near-duplicate copies of one black
 umbrella that tiny-synth reads as "umbrella with a bicycle" were the only false association
 discovery flagged without this rule).
+
+**Many tests** (:func:`adjust_flags`). Every keyword x object pair is a test: the one-sided
+exact binomial p-value of the images found against ``baseline + min_gap``
+(:func:`detectors.stats.binomial_pvalue`). A run that tries a few hundred objects, or discovery
+that tries every frequent caption term as a keyword against every object, makes thousands of
+them, and a Wilson bound that clears the baseline by chance in one test of a thousand is
+expected a few times. The flag therefore also needs the pair's Benjamini-Hochberg q-value over
+the whole family of the run to be at most ``fdr`` (0.05 by default): the false discovery rate
+of the flagged pairs is controlled at that level. ``flagged_unadjusted`` keeps the rule without
+the correction. The stage weights the procedure (weighted BH, :func:`fdr_weights`): objects
+that only the general list holds share 20% of the error budget (:data:`DEFAULT_GENERAL_SHARE`),
+objects the user listed or the dataset's captions name somewhere the other 80%, so the ~300
+general-list entries that no caption names are still searched without diluting the rest.
 """
 
 from __future__ import annotations
@@ -54,7 +67,14 @@ from typing import Any
 
 import numpy as np
 
-from detectors.stats import normalize_rows, wilson_interval
+from detectors.stats import (
+    DEFAULT_FDR,
+    FDR_METHOD,
+    benjamini_hochberg,
+    binomial_pvalue,
+    normalize_rows,
+    wilson_interval,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +249,13 @@ def object_replication(
     inside_emb: np.ndarray | None = None,
     n_examples: int = 8,
     seed: int = 0,
+    fdr: float | None = DEFAULT_FDR,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per object for ``keyword``'s subset (module docstring), plus calibration info.
+
+    ``fdr``: q-level of the Benjamini-Hochberg correction over these objects (None: no
+    correction); a caller that tests more keywords re-adjusts the whole family with
+    :func:`adjust_flags`.
 
     ``inside_scores`` (n, k) and ``caption_mentions`` (n, k, bool) are for the subset's images
     (failed samples already dropped), ``outside_scores`` (m, k) for images outside it (m may be 0:
@@ -288,6 +313,7 @@ def object_replication(
         flagged = bool(
             n > 0 and rate >= min_rate and lo >= baseline + min_gap and n_distinct >= min_distinct
         )
+        p_value = float(binomial_pvalue(k_img, n, min(1.0, baseline + min_gap)))
         rows.append(
             {
                 "finding_id": f"object:{keyword}:{obj}",
@@ -307,10 +333,76 @@ def object_replication(
                 "outside_threshold": float(cout.threshold) if cout else None,
                 "calibration": cin.method,
                 "mixture_weight": cin.mixture_weight,
+                "p_value": p_value,
+                "q_value": p_value,
+                "flagged_unadjusted": flagged,
                 "flagged": flagged,
                 "example_keys": examples,
                 "detector": NAME,
             }
         )
         cal_info[obj] = {"inside": cin.to_dict(), "outside": cout.to_dict() if cout else None}
+    adjust_flags(rows, fdr)
     return rows, cal_info
+
+
+DEFAULT_GENERAL_SHARE = 0.2
+"""Weighted BH: the share of the error budget that goes to objects only the general list holds
+(not listed by the user, not among the captions' terms); the rest goes to the others."""
+
+
+def fdr_weights(classes: Sequence[str], general_share: float | None) -> np.ndarray:
+    """Weighted-BH prior weights (mean 1) per test from its object's ``vocabulary`` class:
+    the ``"general"`` rows share ``general_share`` of the total weight, the others (``"listed"``,
+    ``"caption"``) the rest, equally within each group. Equal weights when ``general_share`` is
+    None or one group is empty."""
+    cls = np.asarray(list(classes), dtype=object)
+    m = len(cls)
+    gen = cls == "general"
+    m_g = int(gen.sum())
+    if general_share is None or m_g in (0, m):
+        return np.ones(m)
+    return np.where(gen, general_share * m / m_g, (1 - general_share) * m / (m - m_g))
+
+
+def adjust_flags(
+    rows: list[dict[str, Any]],
+    fdr: float | None = DEFAULT_FDR,
+    general_share: float | None = None,
+) -> dict[str, Any]:
+    """Benjamini-Hochberg over ``rows`` (one family: every keyword x object pair tested), in
+    place: ``q_value`` from the rows' ``p_value``, ``flagged = flagged_unadjusted and q_value
+    <= fdr``. ``fdr=None`` turns the correction off (``q_value = p_value``).
+
+    ``general_share`` (weighted BH, :func:`detectors.stats.benjamini_hochberg`, weights from
+    :func:`fdr_weights` over the rows' ``vocabulary`` class, stored as ``bh_weight``): rows of
+    objects only the shipped general list holds share that part of the error budget, objects
+    the user listed or the dataset's captions name somewhere the rest. The classes are fixed
+    from the options and the captions before any image is scored. ``None``: plain BH. Returns
+    a description of the correction for the finding's JSON."""
+    p = np.array([r["p_value"] for r in rows], dtype=np.float64)
+    w = fdr_weights([r.get("vocabulary", "listed") for r in rows], general_share)
+    weighted = fdr is not None and bool(len(w)) and not np.allclose(w, 1.0)
+    q = benjamini_hochberg(p, w if weighted else None) if fdr is not None else p
+    for r, qv, wv in zip(rows, q, w):
+        r["q_value"] = float(qv)
+        r["bh_weight"] = float(wv) if weighted else 1.0
+        r["flagged"] = bool(r["flagged_unadjusted"] and (fdr is None or qv <= fdr))
+    return {
+        "method": (FDR_METHOD + (" (weighted)" if weighted else "")) if fdr is not None else "none",
+        "q_level": fdr,
+        "n_tests": int(np.isfinite(p).sum()),
+        "test": "one-sided exact binomial: images found vs baseline + min_gap",
+        "general_share": general_share if weighted else None,
+        "weights": (
+            {
+                c: float(w[[r.get("vocabulary") == c for r in rows]][0])
+                for c in ("listed", "caption", "general")
+                if any(r.get("vocabulary") == c for r in rows)
+            }
+            if weighted
+            else None
+        ),  # fmt: skip
+        "n_flagged_unadjusted": int(sum(r["flagged_unadjusted"] for r in rows)),
+        "n_flagged": int(sum(r["flagged"] for r in rows)),
+    }

@@ -51,7 +51,9 @@ Method (after Naseh et al. 2023, with the per-cluster hand thresholds replaced b
 Discovery (:func:`discover_terms`) scores each frequent caption word or bigram by the share of
 its subset covered by its few largest tight clusters, times ``log(subset size)``, on one global
 neighbour graph; terms whose replicated images are already explained by a broader term
-(e.g. "starry night" inside "van gogh") are folded into it.
+(e.g. "starry night" inside "van gogh") are folded into it. Up to 300 terms are scanned, so a
+discovered term also needs its largest cluster's share to exceed the flag share at a
+Benjamini-Hochberg q-level over every scanned term (:func:`discovery_fdr`).
 """
 
 from __future__ import annotations
@@ -65,7 +67,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from detectors.stats import normalize_rows
+from detectors.stats import (
+    DEFAULT_FDR,
+    FDR_METHOD,
+    benjamini_hochberg,
+    binomial_pvalue,
+    normalize_rows,
+)
 from detectors.text import match_keyword, normalize_caption
 
 logger = logging.getLogger(__name__)
@@ -595,6 +603,8 @@ class TermScore:
     explained_by: str | None = None
     cluster_members: list[np.ndarray] = field(default_factory=list, repr=False)
     rows: np.ndarray | None = field(default=None, repr=False)
+    p_value: float | None = None  # set by :func:`discovery_fdr`
+    q_value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -605,6 +615,8 @@ class TermScore:
             "n_clusters": self.n_clusters,
             "score": self.score,
             "explained_by": self.explained_by,
+            "p_value": self.p_value,
+            "q_value": self.q_value,
         }
 
 
@@ -713,6 +725,49 @@ def discover_terms(
     _fold_explained(scores, overlap)
     scores.sort(key=lambda s: (s.explained_by is not None, -s.score, -s.n, s.term))
     return scores, stats
+
+
+def discovery_fdr(
+    scores: list[TermScore], min_share: float = 0.02, fdr: float | None = DEFAULT_FDR
+) -> dict[str, Any]:
+    """Multiple-testing control of discovery, in place: every scanned term is a test.
+
+    A term's p-value is the one-sided exact binomial test that its largest tight cluster
+    (``top_share * n`` of its ``n`` images) holds more than ``min_share`` of its subset (the
+    word-level flag share), treating the cluster as given (the search for the largest cluster
+    is not modelled, so the p-value is a screening value, on the lenient side). ``q_value`` is
+    its Benjamini-Hochberg adjustment over all scanned terms; with ``fdr`` set, a term is only
+    *discovered* when ``q_value <= fdr`` (:func:`discovered`): among a few hundred terms, a
+    cluster that clears 2% by chance in one of them is expected. Returns a description for the
+    finding's JSON."""
+    sizes = np.array([round(s.top_share * s.n) for s in scores], dtype=np.float64)
+    n = np.array([s.n for s in scores], dtype=np.float64)
+    p = binomial_pvalue(sizes, n, min_share) if len(scores) else np.zeros(0)
+    q = benjamini_hochberg(p) if fdr is not None else p
+    for s, pv, qv in zip(scores, np.atleast_1d(p), np.atleast_1d(q)):
+        s.p_value, s.q_value = float(pv), float(qv)
+    return {
+        "method": FDR_METHOD if fdr is not None else "none",
+        "q_level": fdr,
+        "n_tests": len(scores),
+        "test": f"one-sided exact binomial: largest tight cluster's share of the term's subset "
+        f"> {min_share}",
+        "n_significant_unadjusted": int((np.asarray(p) <= (fdr or 0.05)).sum()),
+        "n_significant": int((np.asarray(q) <= (fdr if fdr is not None else 1.0)).sum()),
+    }
+
+
+def discovered(scores: list[TermScore], top: int, fdr: float | None = DEFAULT_FDR) -> list[str]:
+    """The terms discovery hands on as keywords: not explained by a broader term, a positive
+    score, ``q_value <= fdr`` (when :func:`discovery_fdr` ran), best ``top`` first."""
+    out = []
+    for s in scores:
+        if s.explained_by is not None or s.score <= 0:
+            continue
+        if fdr is not None and s.q_value is not None and s.q_value > fdr:
+            continue
+        out.append(s.term)
+    return out[:top]
 
 
 def _fold_explained(scores: list[TermScore], overlap: float) -> None:

@@ -85,6 +85,55 @@ def test_object_replication_flags_only_the_planted_pair() -> None:
     assert cal["flag"]["inside"]["method"] == "gmm"
 
 
+def test_bh_removes_an_object_flag_that_only_many_tests_explain() -> None:
+    """One pair clears the baseline at p ~ 0.004: flagged when it is the only test, not when it
+    is one of 400 keyword x object pairs whose other p-values are null (q ~ 1)."""
+    from detectors.objects import adjust_flags
+    from detectors.stats import binomial_pvalue
+
+    rng = np.random.default_rng(4)
+    n, base = 300, 0.02  # baseline + min_gap of the pair
+    k = 15  # 5% found where 2% is the bar: p ~ 0.004
+    p = float(binomial_pvalue(k, n, base))
+    assert 0.001 < p < 0.01
+    hit = {"p_value": p, "flagged_unadjusted": True}
+    alone = [dict(hit)]
+    info = adjust_flags(alone, 0.05)
+    assert alone[0]["flagged"] and info["n_tests"] == 1
+    nulls = [
+        {"p_value": float(binomial_pvalue(rng.binomial(n, base), n, base)),
+         "flagged_unadjusted": False}
+        for _ in range(399)
+    ]  # fmt: skip
+    family = [dict(hit), *nulls]
+    info = adjust_flags(family, 0.05)
+    assert not family[0]["flagged"] and family[0]["q_value"] > 0.05
+    assert info == {**info, "method": "benjamini-hochberg", "q_level": 0.05, "n_tests": 400,
+                    "n_flagged_unadjusted": 1, "n_flagged": 0}  # fmt: skip
+    # the correction can be switched off (then q = p)
+    adjust_flags(family, None)
+    assert family[0]["flagged"] and family[0]["q_value"] == p
+
+
+def test_weighted_bh_gives_general_list_only_objects_a_fifth_of_the_budget() -> None:
+    from detectors.objects import adjust_flags, fdr_weights
+
+    w = fdr_weights(["caption"] * 40 + ["listed"] * 2 + ["general"] * 338, 0.2)
+    assert w.mean() == pytest.approx(1.0) and w[-338:].sum() == pytest.approx(0.2 * 380)
+    assert (fdr_weights(["general"] * 5, 0.2) == 1).all()  # one group: plain BH
+    # p = 2.6e-4 among 376 tests: not enough under plain BH, enough with the weight of a
+    # caption term; the same p for a general-list-only object is not
+    rows = [{"p_value": 2.6e-4, "flagged_unadjusted": True, "vocabulary": "caption"}]
+    rows += [{"p_value": 1.0, "flagged_unadjusted": False, "vocabulary": "caption"}] * 40
+    rows += [{"p_value": 1.0, "flagged_unadjusted": False, "vocabulary": "general"}] * 335
+    rows = [dict(r) for r in rows]
+    assert not adjust_flags(rows, 0.05)["n_flagged"]
+    info = adjust_flags(rows, 0.05, general_share=0.2)
+    assert rows[0]["flagged"] and info["method"] == "benjamini-hochberg (weighted)"
+    rows[0]["vocabulary"], rows[-1]["vocabulary"] = "general", "caption"
+    assert not adjust_flags(rows, 0.05, general_share=0.2)["n_flagged"]
+
+
 def test_object_replication_bad_shapes() -> None:
     with pytest.raises(ValueError, match="shapes disagree"):
         object_replication("a", ["x"], np.zeros((3, 2)), np.zeros((0, 2)), np.zeros((3, 2), bool),
@@ -114,7 +163,10 @@ def test_testbed_flag_rate_within_3_points_and_no_false_flags() -> None:
     planted = float(sub["object_present"].mean())
     assert 0.07 < planted < 0.13
     by_obj = {r["object"]: r for r in rows}
-    assert "astronaut" not in by_obj and len(by_obj) == 23
+    # the vocabulary is the general list + the captions' terms, never the generator's list
+    vocab = meta["vocabulary"]
+    assert "astronaut" not in by_obj and len(by_obj) == vocab["n_vocabulary"] - 1
+    assert vocab["general"] > 300 and "flag" in vocab["caption_terms"]
     flag = by_obj["flag"]
     assert flag["n_images"] == len(sub)
     assert abs(flag["image_rate"] - planted) <= 0.03, (flag["image_rate"], planted)
@@ -126,10 +178,44 @@ def test_testbed_flag_rate_within_3_points_and_no_false_flags() -> None:
     assert not [(o, r["image_rate"]) for o, r in by_obj.items()
                 if o != "flag" and r["flagged"] and r["image_rate"] > 0.05]  # fmt: skip
     # a short object list: the rest of the vocabulary still competes, same answer
-    assert main(["objects", "-q", str(ws.root), "-k", "astronaut", "--objects", "flag,moon"]) == 0
+    cmd = ["objects", "-q", str(ws.root), "-k", "astronaut", "--objects", "flag,moon"]
+    assert main([*cmd, "--only-listed"]) == 0
     rows = {r["object"]: r for r in ws.read_finding("object_replication").to_pylist()}
     assert set(rows) == {"flag", "moon"} and rows["flag"]["flagged"] and not rows["moon"]["flagged"]
     assert abs(rows["flag"]["image_rate"] - planted) <= 0.03
+
+
+@pytest.mark.slow
+def test_testbed_object_nobody_listed_is_still_found_and_never_pinned_on_a_listed_one() -> None:
+    """--objects names the wrong objects: the vocabulary is searched too and finds the flag;
+    with --only-listed nothing is flagged, because the vocabulary still competes. Without
+    that competition (what the stage did with a testbed-free list) the flag images are
+    reported as whichever listed object describes them best."""
+    from test_replication import shared_testbed
+
+    from audit.cli import main
+    from audit.stages.objects import Config, PromptEncoder, analyse_keyword, vocabulary
+    from audit.stages.replication import load_samples
+
+    ws, _ = shared_testbed()
+    assert main(["objects", "-q", str(ws.root), "-k", "astronaut", "--objects", "moon"]) == 0
+    rows = ws.read_finding("object_replication").to_pylist()
+    assert rows[0]["object"] == "moon" and not rows[0]["flagged"]
+    assert [r["object"] for r in rows if r["flagged"]] == ["flag"]
+    cmd = ["objects", "-q", str(ws.root), "-k", "astronaut", "--objects", "moon,cup"]
+    assert main([*cmd, "--only-listed"]) == 0
+    rows = ws.read_finding("object_replication").to_pylist()
+    assert {r["object"] for r in rows} == {"moon", "cup"} and not any(r["flagged"] for r in rows)
+    # the same two objects without competitors: one of them takes the unnamed flag
+    samples = load_samples(ws)
+    cfg = Config(keyword=["astronaut"], objects=["moon", "cup"])
+    enc = PromptEncoder(ws.model_info(), "cpu", 256, samples.emb.shape[1])
+    ok = np.ones(len(samples.keys), bool)
+    alone, _ = analyse_keyword(samples, "astronaut", ["moon", "cup"], cfg, enc, ok)
+    assert any(r["flagged"] for r in alone)
+    vocab, _ = vocabulary(cfg, list(samples.captions))
+    rows, _ = analyse_keyword(samples, "astronaut", ["moon", "cup"], cfg, enc, ok, "k", vocab)
+    assert not any(r["flagged"] for r in rows)
 
 
 @pytest.mark.slow
@@ -145,6 +231,9 @@ def test_testbed_object_discovery_ranks_astronaut_in_top3() -> None:
     rows = ws.read_finding("object_replication").to_pylist()
     assert {r["source"] for r in rows} == {"discovered"}
     assert any(r["keyword"] == "astronaut" and r["object"] == "flag" and r["flagged"] for r in rows)
+    mt = ws.finding_meta("object_replication")["multiple_testing"]
+    assert mt["method"].startswith("benjamini-hochberg") and mt["q_level"] == 0.05
+    assert mt["n_tests"] > 1000  # every scanned keyword x every object
 
 
 def test_stage_needs_a_model_and_a_keyword(tmp_path) -> None:

@@ -277,6 +277,30 @@ def test_stage_writes_the_finding(tmp_path) -> None:
     assert {r["source"] for r in rows} == {"discovered"}
 
 
+def test_bh_keeps_discovery_from_picking_a_term_that_only_many_tests_explain() -> None:
+    """A term whose largest cluster holds 12 of 300 images (4%, p ~ 0.01 against the 2% flag
+    share) is discovered when it is the only term scanned, not among 300 scanned terms."""
+    from detectors.replication import TermScore, discovered, discovery_fdr
+
+    def term(name: str, top: int, n: int = 300) -> TermScore:
+        return TermScore(name, n, top / n, top / n, 1 if top else 0, top / n * np.log(n))
+
+    lucky = term("lucky", 12)
+    info = discovery_fdr([lucky], min_share=0.02, fdr=0.05)
+    assert lucky.p_value < 0.05 and discovered([lucky], 3) == ["lucky"]
+    assert info["n_tests"] == 1 and info["method"] == "benjamini-hochberg"
+    rng = np.random.default_rng(5)
+    scanned = [term("lucky", 12)] + [
+        term(f"t{i}", int(rng.binomial(300, 0.01))) for i in range(299)
+    ]
+    scanned.append(term("work", 60))  # a real replicated work: 20% of its subset
+    info = discovery_fdr(scanned, min_share=0.02, fdr=0.05)
+    assert scanned[0].q_value > 0.05 and info["n_tests"] == 300 + 1
+    assert "lucky" not in discovered(scanned, 300) and "work" in discovered(scanned, 3)
+    assert "lucky" in discovered(scanned, 300, fdr=None)  # what it did before
+    assert scanned[-1].to_dict()["q_value"] < 1e-10
+
+
 def test_stage_config_errors(tmp_path) -> None:
     from audit.cli import main
 

@@ -32,3 +32,27 @@ def test_wilson() -> None:
     # the ends are exact, not float noise: 0 of n has ci_low 0.0, n of n has ci_high 1.0
     lo, hi = wilson_interval(np.array([0, 100]), np.array([100, 100]))
     assert lo[0] == 0.0 and hi[1] == 1.0 and 0 < hi[0] < 0.04 and 0.96 < lo[1] < 1
+
+
+def test_benjamini_hochberg_matches_scipy_and_skips_nan() -> None:
+    from detectors.stats import benjamini_hochberg
+
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.uniform(size=200), [1e-5, 3e-4, 0.01]])
+    q = benjamini_hochberg(p)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    if hasattr(scipy_stats, "false_discovery_control"):  # scipy >= 1.11
+        assert np.allclose(q, scipy_stats.false_discovery_control(p, method="bh"))
+    assert np.all(q >= p) and np.all(q <= 1)
+    assert benjamini_hochberg([0.01, np.nan, 0.04]).tolist()[::2] == pytest.approx([0.02, 0.04])
+    assert np.isnan(benjamini_hochberg([np.nan])[0]) and benjamini_hochberg([]).size == 0
+
+
+def test_binomial_pvalue_is_the_upper_tail() -> None:
+    from scipy.stats import binom
+
+    from detectors.stats import binomial_pvalue
+
+    assert binomial_pvalue(5, 100, 0.02) == pytest.approx(binom.sf(4, 100, 0.02))
+    assert binomial_pvalue(0, 100, 0.02) == 1.0 and binomial_pvalue(3, 0, 0.5) == 1.0
+    assert binomial_pvalue(1, 10, 0.0) == 0.0 and binomial_pvalue(10, 10, 1.0) == 1.0

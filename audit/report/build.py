@@ -491,6 +491,7 @@ def word_replication_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
         "n_keywords": len(keywords),
         "n_clusters": int(len(df)),
         "n_flagged": int(df["flagged"].astype(bool).sum()),
+        "discovery_multiple_testing": (meta.get("discovery") or {}).get("multiple_testing"),
         "keywords": keywords,
     }
 
@@ -517,6 +518,8 @@ def object_replication_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
                 "gap": _f(r.get("gap")),
                 "outside_rate": _f(r.get("outside_rate")),
                 "threshold": _f(r.get("threshold")),
+                "p_value": _f(r.get("p_value")),
+                "q_value": _f(r.get("q_value")),
                 "flagged": _bool(r["flagged"]),
                 "example_keys": [str(k) for k in _list(r.get("example_keys"))][
                     : limits.object_examples
@@ -528,6 +531,7 @@ def object_replication_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
         "meta": meta,
         "n_findings": len(rows),
         "n_flagged": sum(r["flagged"] for r in rows),
+        "multiple_testing": meta.get("multiple_testing"),
         "rows": rows,
     }
 
@@ -548,22 +552,30 @@ def poisons_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
     ]
     df = df.sort_values(["rank", "key"], kind="stable")
     flagged = df["flagged"].astype(bool)
+    # the expected-rate review list: a quota, not evidence; never counted as candidates
+    review = (
+        df["review"].fillna(False).astype(bool)
+        if "review" in df.columns
+        else pd.Series(False, index=df.index)
+    )
     kinds = df.loc[flagged, "kind"].astype(str).value_counts()
-    top = []
-    for r in df.head(limits.poisons).to_dict("records"):
-        top.append(
-            {
-                "key": str(r["key"]),
-                "rank": _i(r["rank"]),
-                "concept": _str(r.get("concept")),
-                "combined_score": _f(r["combined_score"]),
-                "flagged": _bool(r["flagged"]),
-                "kind": str(r["kind"]),
-                "reasons": _str(r["reasons"]) or "",
-                "scores": {c: _f(r[c]) for c in score_cols},
-                "caption": _str(r.get("caption")),
-            }
-        )
+
+    def row(r: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "key": str(r["key"]),
+            "rank": _i(r["rank"]),
+            "concept": _str(r.get("concept")),
+            "combined_score": _f(r["combined_score"]),
+            "flagged": _bool(r["flagged"]),
+            "review": _bool(r.get("review")) or False,
+            "kind": str(r["kind"]),
+            "reasons": _str(r["reasons"]) or "",
+            "scores": {c: _f(r[c]) for c in score_cols},
+            "caption": _str(r.get("caption")),
+        }
+
+    top = [row(r) for r in df.head(limits.poisons).to_dict("records")]
+    review_only = [row(r) for r in df[review & ~flagged].head(limits.poisons).to_dict("records")]
     cs = df["combined_score"].astype(float)
     finite = cs[np.isfinite(cs)]
     lo = float(finite.min()) if len(finite) else 0.0
@@ -573,6 +585,10 @@ def poisons_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
         "meta": meta,
         "n_scored": int(len(df)),
         "n_flagged": int(flagged.sum()),
+        "n_review": int(review.sum()),
+        "n_review_not_flagged": int((review & ~flagged).sum()),
+        "review_rule": (meta.get("parameters") or {}).get("review_rule"),
+        "review": review_only,
         "n_infinite_scores": int(np.isinf(cs).sum()),
         "flagged_by_kind": {str(k): int(v) for k, v in kinds.items()},
         "score_columns": score_cols,
@@ -866,8 +882,9 @@ def referenced_keys(report: dict[str, Any]) -> set[str]:
             keys.update(c["keys"])
     for r in report.get("object_replication", {}).get("rows", []) or []:
         keys.update(r["example_keys"])
-    for r in report.get("poisons", {}).get("top", []) or []:
-        keys.add(r["key"])
+    for section in ("top", "review"):
+        for r in report.get("poisons", {}).get(section, []) or []:
+            keys.add(r["key"])
     for r in report.get("memorization", {}).get("rows", []) or []:
         keys.update(p["nearest_key"] for p in r["pairs"] if p.get("nearest_key"))
     return keys
@@ -912,7 +929,7 @@ def build_report(ws: Workspace | str | Path, limits: Limits | None = None) -> di
             }
     keys = referenced_keys(report)
     report["captions"] = _captions_for(ws, keys)
-    for r in report["poisons"].get("top", []) or []:
+    for r in (report["poisons"].get("top", []) or []) + (report["poisons"].get("review") or []):
         if not r.get("caption"):
             r["caption"] = report["captions"].get(r["key"])
     report["build_seconds"] = round(time.perf_counter() - t0, 3)

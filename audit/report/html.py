@@ -442,7 +442,7 @@ class Renderer:
         parts = [
             f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_clusters'])} clusters across "
             f"{fmt(d['n_keywords'])} keywords are flagged as replicated (a keyword's images "
-            f"collapse onto one near-identical cluster).</p>",
+            f"collapse onto one near-identical cluster).{self._discovery_note(d)}</p>",
             self.no_images_note(),
         ]
         for i, kw in enumerate(d["keywords"]):
@@ -493,6 +493,16 @@ class Renderer:
             parts.append("</div>")
         return "".join(parts)
 
+    @staticmethod
+    def _discovery_note(d: dict[str, Any]) -> str:
+        mt = d.get("discovery_multiple_testing")
+        if not mt:
+            return ""
+        return (
+            f" Discovered keywords: {esc(mt.get('method'))} at q &le; {fmt(mt.get('q_level'))} "
+            f"over {fmt(mt.get('n_tests'))} scanned terms."
+        )
+
     def s_object_replication(self, d: dict[str, Any]) -> str:
         # flagged pairs, then the strongest others, so tables of all-zero pairs stay short
         shown = [r for r in d["rows"] if r["flagged"]]
@@ -504,8 +514,16 @@ class Renderer:
             f"<td class=num>{pct(r['image_rate'])}</td><td>{interval(r['ci_low'], r['ci_high'])}"
             f"</td><td class=num>{pct(r['caption_rate'])}</td>"
             f"<td class=num>{pct(r['outside_rate'])}</td><td class=num>{pct(r['threshold'])}</td>"
-            f"<td>{fmt(r['flagged'])}</td></tr>"
+            f"<td class=num>{fmt(r.get('q_value'))}</td><td>{fmt(r['flagged'])}</td></tr>"
             for r in shown
+        )
+        mt = d.get("multiple_testing") or {}
+        correction = (
+            f" Multiple testing: {esc(mt.get('method'))} at q &le; {fmt(mt.get('q_level'))} over "
+            f"{fmt(mt.get('n_tests'))} keyword &times; object tests "
+            f"({fmt(mt.get('n_flagged_unadjusted'))} would be flagged without the correction)."
+            if mt
+            else ""
         )
         more = (
             f"<p class=note>{hidden} more pairs with lower rates are not shown here "
@@ -527,10 +545,10 @@ class Renderer:
         return (
             f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_findings'])} keyword/object pairs flagged: "
             f"the object appears in a keyword's images far more often than elsewhere, while "
-            f"captions do not name it.</p>"
+            f"captions do not name it.{correction}</p>"
             f"<table><tr><th>keyword</th><th>object</th><th>images</th><th>object rate</th>"
             f"<th>95% interval</th><th>named in caption</th><th>rate outside keyword</th>"
-            f"<th>threshold</th><th>flagged</th></tr>{rows}</table>{more}"
+            f"<th>threshold</th><th>q (BH)</th><th>flagged</th></tr>{rows}</table>{more}"
             f"{self.plot('objects', plots.object_rates, shown)}"
             f"{self.no_images_note()}{''.join(examples)}"
         )
@@ -546,6 +564,8 @@ class Renderer:
             )
             pic = self.thumb(p["key"], label=f"#{p['rank']}") if self.shards.available else ""
             flag = ' <span class="badge red">flagged</span>' if p["flagged"] else ""
+            if p.get("review") and not p["flagged"]:
+                flag = ' <span class="badge">review quota, not flagged</span>'
             combined = fmt(p["combined_score"]) if p["combined_score"] is not None else "∞"
             items.append(
                 f'<div class="gitem {"flag" if p["flagged"] else ""}">{pic}<dl>'
@@ -557,12 +577,30 @@ class Renderer:
                 + f"<div class=why>{esc(p['reasons']) or 'no detector fired'}</div>"
                 f"<div class=cap>caption: {esc(p.get('caption'))}</div></div>"
             )
+        review = ""
+        if d.get("n_review"):
+            rows = "".join(
+                f"<tr><td class=num>{fmt(p['rank'])}</td><td>{esc(p['key'])}</td>"
+                f"<td>{esc(p['concept'])}</td><td class=num>{fmt(p['combined_score'])}</td>"
+                f"<td>{esc(p['reasons'])}</td></tr>"
+                for p in d.get("review") or []
+            )
+            review = (
+                f"<details><summary>{fmt(d['n_review'])} samples top-ranked for review "
+                f"({fmt(d.get('n_review_not_flagged'))} of them not flagged): "
+                f"{esc(d.get('review_rule') or 'expected-rate quota')}. A quota fills the same "
+                "number of places on clean data; these are not poison candidates and are not "
+                "counted above.</summary>"
+                "<table><tr><th>rank</th><th>key</th><th>concept</th><th>combined</th>"
+                f"<th>note</th></tr>{rows}</table></details>"
+            )
         return (
-            f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_scored'])} samples flagged ({kinds}). "
+            f"<p>{fmt(d['n_flagged'])} of {fmt(d['n_scored'])} samples flagged as poison "
+            f"candidates by their scores ({kinds}). "
             f"Scores per detector: {esc(', '.join(d['score_columns']) or '–')}. Ranked by the "
             f"combined score; the top {len(d['top'])} are shown.</p>"
             f"{self.plot('poison_scores', plots.score_histogram, d['combined_histogram'])}"
-            f"{self.no_images_note()}<div class=gallery>{''.join(items)}</div>"
+            f"{self.no_images_note()}<div class=gallery>{''.join(items)}</div>{review}"
         )
 
     def s_memorization(self, d: dict[str, Any]) -> str:

@@ -38,8 +38,12 @@ caption-concept pairs, one radius for all concepts). Concepts with a semantic fr
 --sparse-below (default 0.0004 = 0.04%, the Nightshade paper's figure) are flagged sparse: tens
 of poisons suffice to corrupt them.
 
-Concepts: --concepts a,b,c or --concepts FILE (one per line; # comments), default the
-SynthLAION testbed's concepts.
+Concepts: --concepts a,b,c or --concepts FILE (one per line; # comments). Default, from the
+data: the entries of the general object list shipped with laion-audit (audit/vocab/objects.txt,
+the 80 MS-COCO classes and ~300 more common things) that at least one caption names, then the
+100 most frequent caption words and collocations (stop words, stock boilerplate, picture kinds
+and colours left out). A concept no caption names has no reference to measure and is left out
+of the default; name it with --concepts to see its count (0).
 
 Writes WS/findings/concepts.parquet (concept, word_count, word_freq, semantic_count,
 semantic_freq, semantic_threshold, sparse, n_total, n_semantic, semantic_to_word, reference,
@@ -80,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
     parser.add_argument("--concepts", default=None, metavar="LIST_OR_FILE",
                         help="comma-separated concepts, or a file with one per line "
-                             "(default: the testbed's concepts)")
+                             "(default: general-list objects the captions name + frequent "
+                             "caption terms)")
     parser.add_argument("--radius", type=float, default=None, metavar="COS",
                         help="semantic cosine radius (default: calibrated on the workspace)")
     parser.add_argument("--sparse-below", dest="sparse_below", type=float, default=None,
@@ -98,12 +103,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=None)
 
 
-def resolve_concepts(spec: str | None) -> tuple[list[str], str]:
-    """The concept list and where it came from: a file, a comma list, or the testbed's."""
-    if not spec:
-        from audit.testbed.draw import CONCEPTS
+DEFAULT_SOURCE = "data: general object list entries named by a caption + frequent caption terms"
 
-        return list(CONCEPTS), "testbed"
+
+def resolve_concepts(
+    spec: str | None, captions: list[str | None] | None = None
+) -> tuple[list[str], str]:
+    """The concept list and where it came from: a file, a comma list, or (no ``spec``) the
+    data's own (:func:`audit.vocabulary.default_concepts` over ``captions``)."""
+    if not spec:
+        from audit.vocabulary import default_concepts
+
+        out = default_concepts(captions or [])
+        if not out:
+            raise InputError(
+                "concepts: no caption names a general-list object or a frequent term; give "
+                "--concepts LIST_OR_FILE"
+            )
+        return out, DEFAULT_SOURCE
     p = Path(spec)
     if p.is_file():
         lines = [ln.split("#", 1)[0].strip() for ln in p.read_text(encoding="utf-8").splitlines()]
@@ -155,7 +172,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     ws = Workspace(args.workspace)
-    concepts, source = resolve_concepts(cfg.concepts)
+    if cfg.concepts:
+        concepts, source = resolve_concepts(cfg.concepts)  # a bad option fails before reading
     ds = ws.embeddings()
     names = set(ds.schema.names)
     if "caption" not in names:
@@ -163,6 +181,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     cols = ["caption"] + (["text_emb"] if "text_emb" in names else [])
     t = ws.load_embeddings(columns=cols)
     captions = t.column("caption").to_pylist()
+    if not cfg.concepts:
+        concepts, source = resolve_concepts(None, captions)
     n_total = sum(1 for c in captions if c)
     matches = dc.word_matches(captions, concepts)
     word = matches.sum(axis=0)

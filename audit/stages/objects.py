@@ -35,9 +35,34 @@ rate, gap, outside rate, example keys of images carrying the unnamed object. Fla
 interval's lower bound exceeds both the mention rate and the outside rate by --min-gap and the
 images found are at least --min-distinct distinct pictures (near-copies count once).
 
-Default objects: the testbed's concept vocabulary (the keyword itself left out).
---discover scores every vocabulary word with at least --min-subset captions as a keyword and
-keeps the --top K keywords with the strongest unnamed-object association.
+Vocabulary (none of it is a list of what the data is expected to hold): the general object
+list shipped with laion-audit (audit/vocab/objects.txt: the 80 MS-COCO classes and ~300 more
+common things, signs and symbols) plus the --caption-terms K most frequent words and
+collocations of the workspace's captions (stop words, stock boilerplate, picture kinds, colours
+and common adjectives left out). Without --objects every vocabulary entry is tested (the
+keyword itself left out) and each competes with all the others. With --objects LIST the listed
+objects are tested first and the vocabulary is still searched: an object that no caption names
+and nobody listed is found when it is in the general list or among the caption terms.
+--only-listed tests the listed objects only; the whole vocabulary still competes as
+alternatives, because without competitors the score cannot tell which object is there (a
+CLIP model answers "a second object is in the picture" more than which one: an unnamed flag
+would be reported as whichever listed object describes it best). An object in none of these
+lists cannot be found: the score compares prompts that name objects, it does not detect unnamed
+things (add it with --objects); measured on a testbed whose flag was removed from the
+vocabulary, nothing was flagged in its place.
+
+Many tests: every keyword x object pair is a one-sided exact binomial test of the images found
+against max(mention rate, outside rate) + --min-gap; a flag also needs the Benjamini-Hochberg
+q-value over every pair the run tested (discovery's scanned keywords included) to be at most
+--fdr (0.05); the finding's JSON names the correction and the q-level. The procedure is
+weighted (fixed before any image is scored): objects only the general list holds share
+--general-share (20%) of the error budget, objects listed with --objects or named by the
+dataset's captions somewhere the rest, so the general list can be searched without drowning
+them (demo testbed, 1,000 rows, 376 objects: the planted flag, 10 of 127 astronaut images at
+p = 2.6e-4, has q = 0.096 under plain BH and 0.013 weighted).
+--discover scores every caption term (the --caption-terms list) with at least --min-subset
+captions as a keyword and keeps the --top K keywords with the strongest unnamed-object
+association.
 
 Writes WS/findings/object_replication.parquet (one row per keyword x object) and
 object_replication.json (prompts, calibration per object, discovery ranking, timings).
@@ -46,11 +71,42 @@ object_replication.json (prompts, calibration per object, discovery ranking, tim
 FINDING = "object_replication"
 
 
-def default_objects() -> list[str]:
-    """The testbed's concept vocabulary (``audit.testbed.draw.CONCEPTS``)."""
-    from audit.testbed.draw import CONCEPTS
+def vocabulary(cfg: Config, captions: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """The objects searched besides ``--objects`` and competing with them: the general list
+    and the captions' frequent terms (``--caption-terms``), and where each part came from."""
+    from audit.vocabulary import caption_terms, general_objects, merge
 
-    return list(CONCEPTS)
+    general = general_objects()
+    terms = caption_terms(captions, cfg.caption_terms, cfg.min_term_count)
+    vocab = merge(general, terms)
+    return vocab, {
+        "general": len(general),
+        "caption_terms": terms,
+        "n_vocabulary": len(vocab),
+    }
+
+
+def object_classes(cfg: Config, vocab_info: dict[str, Any]) -> dict[str, str]:
+    """Where each object comes from, for the weighted BH: "listed" (--objects), "caption" (a
+    caption term: the dataset names it somewhere); objects not in the mapping are "general"
+    (only the general list holds them)."""
+    out = {t: "caption" for t in vocab_info["caption_terms"]}
+    out.update({o: "listed" for o in cfg.objects})
+    return out
+
+
+def plan_objects(cfg: Config, vocab: list[str]) -> tuple[list[str], list[str]]:
+    """(objects tested, alternatives that only compete). Without --objects: the vocabulary,
+    no extra alternatives. With it: the listed objects then the vocabulary (the vocabulary
+    only competes with --only-listed)."""
+    from audit.vocabulary import merge
+
+    if not cfg.objects:
+        return list(vocab), []
+    if cfg.only_listed:
+        listed = {o.lower() for o in cfg.objects}
+        return list(cfg.objects), [v for v in vocab if v.lower() not in listed]
+    return merge(cfg.objects, vocab), []
 
 
 @dataclass
@@ -67,6 +123,11 @@ class Config:
     min_distinct: int = 5
     min_subset: int = 20
     outside_sample: int = 5000
+    caption_terms: int = 100
+    min_term_count: int = 5
+    only_listed: bool = False
+    fdr: float = 0.05
+    general_share: float = 0.2
     device: str = "cpu"
     batch_size: int = 256
     seed: int = 0
@@ -89,6 +150,15 @@ class Config:
             self.outside_sample,
         )
         require(self.batch_size >= 1, "objects.batch_size", "must be >= 1", self.batch_size)
+        require(self.caption_terms >= 0, "objects.caption_terms", "must be >= 0",
+                self.caption_terms)  # fmt: skip
+        require(self.min_term_count >= 1, "objects.min_term_count", "must be >= 1",
+                self.min_term_count)  # fmt: skip
+        require(0 < self.fdr <= 1, "objects.fdr", "must be in (0, 1]", self.fdr)
+        require(0 < self.general_share < 1, "objects.general_share", "must be in (0, 1)",
+                self.general_share)  # fmt: skip
+        require(not self.only_listed or bool(self.objects), "objects.only_listed",
+                "needs --objects", self.only_listed)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,13 +176,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="LIST",
-        help="objects to look for, comma list (default: the testbed's concept vocabulary)",
+        help="objects to test first, repeat or comma list; the vocabulary (general list + "
+        "caption terms) is searched too unless --only-listed",
+    )
+    parser.add_argument(
+        "--only-listed",
+        dest="only_listed",
+        action="store_true",
+        default=None,
+        help="test only the --objects (the vocabulary still competes as alternatives); an "
+        "unnamed object nobody listed is then not searched for",
+    )
+    parser.add_argument(
+        "--caption-terms",
+        dest="caption_terms",
+        type=int,
+        default=None,
+        metavar="K",
+        help="frequent caption words/collocations added to the vocabulary, and the keywords "
+        "--discover scans (100; 0 = none)",
+    )
+    parser.add_argument(
+        "--min-term-count",
+        dest="min_term_count",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a caption term must be in at least N captions (5)",
     )
     parser.add_argument(
         "--discover",
         action="store_true",
         default=None,
-        help="score every vocabulary word as a keyword and keep the top K",
+        help="score every caption term as a keyword and keep the top K",
     )
     parser.add_argument(
         "--top", type=int, default=None, metavar="K", help="discovered keywords (3)"
@@ -152,6 +248,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="a flag needs this many distinct images (near-copies count once) (5)",
+    )
+    g.add_argument(
+        "--fdr",
+        type=float,
+        default=None,
+        metavar="Q",
+        help="Benjamini-Hochberg q-level over every keyword x object pair tested (0.05)",
+    )
+    g.add_argument(
+        "--general-share",
+        dest="general_share",
+        type=float,
+        default=None,
+        metavar="S",
+        help="weighted BH: share of the error budget for objects only the general list holds "
+        "(not listed, not a caption term) (0.2)",
     )
     g.add_argument(
         "--min-subset",
@@ -194,6 +306,11 @@ SCHEMA = pa.schema(
         ("outside_threshold", pa.float32()),
         ("calibration", pa.string()),
         ("mixture_weight", pa.float64()),
+        ("p_value", pa.float64()),
+        ("q_value", pa.float64()),
+        ("bh_weight", pa.float64()),
+        ("vocabulary", pa.string()),
+        ("flagged_unadjusted", pa.bool_()),
         ("flagged", pa.bool_()),
         ("example_keys", _LIST_STR),
         ("source", pa.string()),
@@ -252,6 +369,33 @@ class PromptEncoder:
         return w, ensemble(self.encode(without))
 
 
+def _same_words(a: str, b: str) -> bool:
+    return set(a.lower().split()) == set(b.lower().split())
+
+
+def keyword_scores(
+    samples: Any,
+    keyword: str,
+    objects: list[str],
+    alternatives: list[str],
+    encoder: PromptEncoder,
+    subset: np.ndarray,
+    outside: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Presence margins of ``objects`` for the subset's and the outside sample's images; every
+    other object and every alternative competes (:func:`detectors.objects.presence_scores`)."""
+    from detectors.objects import presence_scores
+
+    w, o = encoder.contrast(keyword, objects)
+    alt = encoder.contrast(keyword, alternatives)[0] if alternatives else None
+    inside_s = presence_scores(samples.emb[subset], w, o, alt)
+    if len(outside):
+        outside_s = presence_scores(samples.emb[outside], w, o, alt)
+    else:
+        outside_s = np.zeros((0, len(objects)))
+    return inside_s, outside_s
+
+
 def analyse_keyword(
     samples: Any,
     keyword: str,
@@ -260,21 +404,28 @@ def analyse_keyword(
     encoder: PromptEncoder,
     token_ok: np.ndarray,
     source: str = "keyword",
+    alternatives: list[str] | None = None,
+    classes: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows (one per object) and a summary for one keyword."""
-    from detectors.objects import object_replication, presence_scores
+    """Rows (one per object) and a summary for one keyword. ``alternatives``: objects that
+    compete but are not reported. ``classes``: object -> where it came from ("listed",
+    "caption", "general"; the rows' ``vocabulary``, the weighted-BH class). Flags are
+    Benjamini-Hochberg-adjusted over this keyword's objects only; :func:`run` re-adjusts over
+    every pair of the run."""
+    from detectors.objects import object_replication
     from detectors.text import match_keyword
 
     kw_mask = match_keyword(samples.captions, keyword)
     subset = np.flatnonzero(kw_mask & token_ok)
-    kw_words = keyword.lower().split()
-    objs = [o for o in objects if set(o.split()) != set(kw_words)]
+    objs = [o for o in objects if not _same_words(o, keyword)]
+    alts = [a for a in alternatives or [] if not _same_words(a, keyword) and a not in objs]
     summary: dict[str, Any] = {
         "keyword": keyword,
         "source": source,
         "n_matching": int(kw_mask.sum()),
         "n_subset": int(len(subset)),
-        "objects": objs,
+        "n_objects": len(objs),
+        "n_alternatives": len(alts),
     }
     if len(subset) < cfg.min_subset or not objs:
         why = "no objects left" if not objs else f"subset smaller than min_subset={cfg.min_subset}"
@@ -285,16 +436,7 @@ def analyse_keyword(
     if len(outside) > cfg.outside_sample:
         rng = np.random.default_rng(cfg.seed)
         outside = np.sort(rng.choice(outside, cfg.outside_sample, replace=False))
-    w, o = encoder.contrast(keyword, objs)
-    # objects of the default vocabulary not asked for still compete as alternatives, so that
-    # "--objects flag" alone does not count any second object as a flag
-    extra = [x for x in default_objects() if x not in objs and set(x.split()) != set(kw_words)]
-    alt = encoder.contrast(keyword, extra)[0] if extra else None
-    inside_s = presence_scores(samples.emb[subset], w, o, alt)
-    if len(outside):
-        outside_s = presence_scores(samples.emb[outside], w, o, alt)
-    else:
-        outside_s = np.zeros((0, len(objs)))
+    inside_s, outside_s = keyword_scores(samples, keyword, objs, alts, encoder, subset, outside)
     captions = [samples.captions[i] for i in subset]
     mentions = np.stack([match_keyword(captions, ob) for ob in objs], axis=1)
     rows, cal = object_replication(
@@ -311,14 +453,22 @@ def analyse_keyword(
         min_distinct=cfg.min_distinct,
         inside_emb=samples.emb[subset],
         seed=cfg.seed,
+        fdr=cfg.fdr,
     )
     for r in rows:
         r["source"] = source
+        r["vocabulary"] = classes.get(r["object"], "general") if classes else "listed"
     summary["n_outside"] = int(len(outside))
-    summary["calibration"] = cal
+    summary["calibration"] = {
+        o: c for o, c in cal.items() if c["inside"]["method"] == "gmm" or _flagged(rows, o)
+    }
     summary["n_flagged"] = sum(r["flagged"] for r in rows)
     summary["score"] = association_score(rows, cfg.min_distinct)
     return rows, summary
+
+
+def _flagged(rows: list[dict[str, Any]], obj: str) -> bool:
+    return any(r["object"] == obj and r["flagged_unadjusted"] for r in rows)
 
 
 def association_score(rows: list[dict[str, Any]], min_distinct: int = 1) -> float:
@@ -336,7 +486,7 @@ def association_score(rows: list[dict[str, Any]], min_distinct: int = 1) -> floa
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.workspace import Workspace
-    from detectors.objects import NAME, WITH_TEMPLATES, WITHOUT_TEMPLATES
+    from detectors.objects import NAME, WITH_TEMPLATES, WITHOUT_TEMPLATES, adjust_flags
     from detectors.text import match_keyword
 
     if not cfg.keyword and not cfg.discover:
@@ -346,7 +496,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     samples = load_samples(ws)
     if len(samples.keys) < 2:
         raise InputError(f"{ws.root}: fewer than 2 samples with an image embedding")
-    objects = cfg.objects or default_objects()
+    vocab, vocab_info = vocabulary(cfg, list(samples.captions))
+    objects, alternatives = plan_objects(cfg, vocab)
+    classes = object_classes(cfg, vocab_info)
+    if not objects:
+        raise ConfigError("objects: nothing to look for (empty vocabulary and no --objects)")
     token_ok = np.ones(len(samples.keys), bool)
     tokenizer = None
     if cfg.max_tokens:
@@ -358,7 +512,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     summaries: list[dict[str, Any]] = []
     done: set[str] = set()
     for kw in cfg.keyword:
-        r, s = analyse_keyword(samples, kw, objects, cfg, encoder, token_ok)
+        r, s = analyse_keyword(
+            samples, kw, objects, cfg, encoder, token_ok, "keyword", alternatives, classes
+        )
         rows.extend(r)
         summaries.append(s)
         done.add(kw)
@@ -367,10 +523,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         td = time.perf_counter()
         ranking = []
         found: dict[str, list[dict[str, Any]]] = {}
-        for kw in objects:
+        for kw in vocab_info["caption_terms"]:
             if kw in done or match_keyword(samples.captions, kw).sum() < cfg.min_subset:
                 continue
-            r, s = analyse_keyword(samples, kw, objects, cfg, encoder, token_ok, "discovered")
+            r, s = analyse_keyword(
+                samples, kw, objects, cfg, encoder, token_ok, "discovered", alternatives, classes
+            )
             if not r:
                 continue
             found[kw] = r
@@ -388,21 +546,34 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 }
             )
         ranking.sort(key=lambda x: (-x["score"], x["keyword"]))
+        # one family: every pair discovery tested, chosen or not, with the given keywords' pairs
+        family = rows + [x for kw, r in found.items() for x in r]
+        correction = adjust_flags(family, cfg.fdr, cfg.general_share)
+        for x in ranking:
+            x["n_flagged"] = sum(r["flagged"] for r in found[x["keyword"]])
         chosen = [x["keyword"] for x in ranking if x["score"] > 0][: cfg.top]
         for kw in chosen:
             rows.extend(found[kw])
         discovery = {
             "chosen": chosen,
+            "keywords_scanned": "caption terms with >= min_subset captions",
             "ranking": ranking,
             "seconds": round(time.perf_counter() - td, 3),
         }
         logger.info("object discovery: top keywords %s", ", ".join(chosen) or "(none)")
+    else:
+        correction = adjust_flags(rows, cfg.fdr, cfg.general_share)
+    for s in summaries:
+        s["n_flagged"] = sum(r["flagged"] for r in rows if r["keyword"] == s["keyword"])
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     meta = {
         "detector": NAME,
         "model": encoder.name,
         "parameters": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "objects": objects,
+        "alternatives": alternatives,
+        "vocabulary": vocab_info,
+        "multiple_testing": correction,
         "with_templates": list(WITH_TEMPLATES),
         "without_templates": list(WITHOUT_TEMPLATES),
         "tokenizer": tokenizer,

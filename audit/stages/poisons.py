@@ -159,7 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="LIST",
         help="comma-separated concepts (default: the `concepts` finding, else "
-        "the testbed's concept list)",
+        "general-list objects the captions name + frequent caption terms)",
     )
     parser.add_argument(
         "--concepts-file",
@@ -237,7 +237,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_concepts(cfg: Config, ws: Any) -> tuple[list[str], str]:
-    """The concept list and where it came from (option, file, concepts finding, testbed)."""
+    """The concept list and where it came from (option, file, concepts finding, else the
+    data's own: :func:`audit.vocabulary.default_concepts` over the captions)."""
     if cfg.concepts:
         return _dedupe(cfg.concepts), "option"
     if cfg.concepts_file:
@@ -253,12 +254,22 @@ def resolve_concepts(cfg: Config, ws: Any) -> tuple[list[str], str]:
         tab = ws.read_finding("concepts")
         if "concept" in tab.column_names and tab.num_rows:
             return _dedupe(str(c) for c in tab.column("concept").to_pylist()), "concepts finding"
-    from audit.testbed.draw import CONCEPTS
+    from audit.stages.concepts import DEFAULT_SOURCE
+    from audit.vocabulary import default_concepts
 
+    tab = ws.load_embeddings(columns=["caption"])
+    if "caption" not in tab.column_names:
+        raise InputError("embeddings lack a caption column")
+    concepts = default_concepts(tab.column("caption").to_pylist())
+    if not concepts:
+        raise InputError(
+            "poisons: no --concepts, no concepts finding, and no caption names a general-list "
+            "object or a frequent term"
+        )
     logger.warning(
-        "no --concepts and no concepts finding: using the testbed's %d concepts", len(CONCEPTS)
+        "no --concepts and no concepts finding: using %d concepts from the captions", len(concepts)
     )
-    return list(CONCEPTS), "testbed default"
+    return concepts, DEFAULT_SOURCE
 
 
 def _dedupe(items: Any) -> list[str]:

@@ -38,7 +38,10 @@ the subset, and its mean cosine to the medoid is at least the copy threshold.
 --discover ranks frequent caption words and bigrams by a replication score (share of the subset
 in its three largest tight clusters of at least --discover-min-size images x ln(subset size));
 a term whose replicated images a broader term already covers ("starry night" inside "van gogh")
-is folded into it; the top K are analysed as keywords.
+is folded into it; the top K are analysed as keywords. Every scanned term is a test (its
+largest tight cluster's share of its subset against --flag-min-share, one-sided exact
+binomial): a term is only discovered when its Benjamini-Hochberg q-value over all scanned terms
+is at most --fdr (0.05); the JSON names the correction and the q-level.
 
 Writes WS/findings/word_replication.parquet (one row per cluster of at least --min-cluster-size
 images; member keys as a list column) and word_replication.json (parameters, calibration,
@@ -81,6 +84,7 @@ class Config:
     min_support: float = 0.2
     min_subset: int = 20
     max_terms: int = 300
+    fdr: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +99,7 @@ class Config:
                 self.threshold,
             )
         require(0 < self.beta < 1, "replication.beta", "must be in (0, 1)", self.beta)
+        require(0 < self.fdr <= 1, "replication.fdr", "must be in (0, 1]", self.fdr)
         require(
             -1.0 < self.floor <= self.ceiling < 1.0,
             "replication.floor",
@@ -156,6 +161,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--top", type=int, default=None, metavar="K", help="discovered terms to analyse (3)"
+    )
+    parser.add_argument(
+        "--fdr",
+        type=float,
+        default=None,
+        metavar="Q",
+        help="discovery: Benjamini-Hochberg q-level over every scanned term (0.05)",
     )
     parser.add_argument(
         "--max-tokens",
@@ -438,7 +450,13 @@ def analyse_keyword(
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.workspace import Workspace
-    from detectors.replication import DISCOVERY_NAME, NAME, discover_terms
+    from detectors.replication import (
+        DISCOVERY_NAME,
+        NAME,
+        discover_terms,
+        discovered,
+        discovery_fdr,
+    )
 
     if not cfg.keyword and not cfg.discover:
         raise ConfigError("replication: give --keyword WORDS (repeatable) or --discover")
@@ -477,7 +495,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             cluster_min_size=cfg.discover_min_size,
             seed=cfg.seed,
         )
-        chosen = [s.term for s in scores if s.explained_by is None and s.score > 0][: cfg.top]
+        correction = discovery_fdr(scores, cfg.flag_min_share, cfg.fdr)
+        chosen = discovered(scores, cfg.top, cfg.fdr)
         for term in chosen:
             if term not in sources:
                 keywords.append(term)
@@ -487,6 +506,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             "pair_stats": stats.to_dict(),
             "chosen": chosen,
             "ranking": [s.to_dict() for s in scores[:100]],
+            "multiple_testing": correction,
             "seconds": round(time.perf_counter() - td, 3),
         }
         logger.info("discovery: top terms %s", ", ".join(chosen) or "(none with replication)")

@@ -205,3 +205,21 @@ def test_copy_descriptors_on_cuda_match_the_cpu(tmp_path) -> None:
     onnx_gpu = load_copy_detector("sscd_distilled", size=96, device="cuda")
     onnx_cpu = load_copy_detector("sscd_distilled", size=96)
     np.testing.assert_allclose(onnx_gpu.embed(ims), onnx_cpu.embed(ims), atol=2e-2)
+
+
+@pytest.mark.slow
+def test_copy_emb_and_copy_space_dedup_on_dask_equal_the_direct_runner(photo_copies, tmp_path):
+    pytest.importorskip("distributed")
+    src = str(photo_copies.shards)
+    direct, dask = Workspace(tmp_path / "direct"), Workspace(tmp_path / "dask")
+    assert _run(["embed", str(direct.root), "-q", "--input", src]) == 0
+    assert _run(["embed", str(dask.root), "-q", "--input", src, "--dask-local", "2"]) == 0
+    for i in range(len(direct.embedding_parts())):
+        assert _table(dask, i).column("copy_emb").equals(_table(direct, i).column("copy_emb"))
+    groups = []
+    for ws, extra in ((direct, []), (dask, ["--method", "beam", "--dask-local", "2"])):
+        assert _run(["dedup", str(ws.root), "-q", "--kinds", "near", *extra]) == 0
+        assert ws.finding_meta("duplicates")["space"]["column"] == "copy_emb"
+        df = ws.read_finding("duplicates").to_pandas()
+        groups.append(sorted(sorted(g) for g in df.groupby("group_id").key.apply(list)))
+    assert groups[0] == groups[1] and len(groups[0]) == 6

@@ -1,7 +1,7 @@
 """Reproduction prompts built from replication findings, plus user prompt files.
 
 Word-level findings (``word_replication``) get the five prompt kinds of Naseh et al. (see
-REFERENCES.md), built from the cluster's own example captions and a few templates:
+docs/references.md), built from the cluster's own example captions and a few templates:
 
 ==========================  ================================================================
 ``keywords``                the keyword and the cluster's words only ("van gogh starry night")

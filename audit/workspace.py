@@ -1,4 +1,4 @@
-"""The workspace: one folder per audit, with the layout of DESIGN.md.
+"""The workspace: one folder per audit, with the layout of docs/architecture.md.
 
 Every file is written atomically (temporary file in the same folder, fsync, rename), so a crash
 never leaves a half-written part; a part is complete only once its ``.SUCCESS`` marker exists,

@@ -47,7 +47,7 @@ index (kNN on the GPU, CPU fallback for queries with more neighbours than the kN
 ``faiss.contrib.exhaustive_search.range_search_gpu``: results are still exact).
 
 Thresholds (:data:`DEFAULT_THRESHOLDS`): 0.95 for real CLIP models, the field's choice
-(clip-retrieval ``get_non_uniques``, snip-dedup; REFERENCES.md). ``tiny-synth`` (the project's
+(clip-retrieval ``get_non_uniques``, snip-dedup; docs/references.md). ``tiny-synth`` (the project's
 small CLIP trained on SynthLAION) has its own value, calibrated on a SynthLAION testbed with
 ``laion-audit dedup WS --calibrate truth.parquet`` (:func:`threshold_sweep` then
 :func:`choose_threshold`): exact search of every pair above the lowest threshold, groups by
@@ -74,7 +74,7 @@ logger = logging.getLogger(__name__)
 NAME = "dedup_faiss_v1"
 
 REFERENCE_THRESHOLD = 0.95
-"""Near-duplicate cosine threshold for real CLIP models (REFERENCES.md: 0.94-0.95)."""
+"""Near-duplicate cosine threshold for real CLIP models (docs/references.md: 0.94-0.95)."""
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "ViT-B-32": 0.95,

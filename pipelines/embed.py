@@ -66,7 +66,7 @@ def sample_row(
     clip_score: float | None = None,
     copy_emb: np.ndarray | None = None,
 ) -> dict:
-    """The embedding-table row of a sample (DESIGN.md schema). Caption problems become
+    """The embedding-table row of a sample (docs/architecture.md schema). Caption problems become
     ``missing_caption`` when the image itself is fine."""
     status, error = s.status, s.error
     if status == "ok" and s.caption_problem is not None:

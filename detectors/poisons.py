@@ -421,32 +421,36 @@ def _reason(name: str, z: float, row: pd.Series) -> str:
     return f"{name} z={z:.1f}"
 
 
-def flag(
-    scores: pd.DataFrame,
-    *,
-    threshold: float | None = None,
-    expected_rate: float | None = None,
-    rate_factor: float = 1.5,
-) -> np.ndarray:
-    """Boolean flags per row of a :func:`combine` frame.
+def flag(scores: pd.DataFrame, *, threshold: float | None = None) -> np.ndarray:
+    """Poison-candidate flags per row of a :func:`combine` frame: ``combined_score >=
+    threshold``. Evidence only: a row is flagged when its scores say so, however many or few
+    rows that makes (a quota, :func:`review_quota`, never flags)."""
+    if threshold is None:
+        raise ValueError("give a threshold")
+    return scores["combined_score"].to_numpy(dtype=np.float64) >= threshold
 
-    With ``expected_rate``, the top ``ceil(rate_factor * expected_rate * concept_size)`` rows of
-    each concept by combined score (the spectral-signature convention of flagging ~1.5x the
-    expected poison rate); otherwise ``combined_score >= threshold``.
-    """
-    comb = scores["combined_score"].to_numpy(dtype=np.float64)
-    if expected_rate is None:
-        if threshold is None:
-            raise ValueError("give a threshold or an expected_rate")
-        return comb >= threshold
+
+REVIEW_RATE_FACTOR = 1.5
+"""A review quota inspects this many times the expected poison rate."""
+
+
+def review_quota(
+    scores: pd.DataFrame, expected_rate: float, rate_factor: float = REVIEW_RATE_FACTOR
+) -> np.ndarray:
+    """The top ``ceil(rate_factor * expected_rate * concept_size)`` rows of each concept by
+    combined score (the spectral-signature convention of inspecting ~1.5x the expected poison
+    rate): a *review list* of fixed size per concept, whatever the evidence. On clean data it
+    is as long as on poisoned data, so it is kept apart from :func:`flag` and never counted as
+    poison candidates."""
     if not 0 < expected_rate < 1:
         raise ValueError(f"expected_rate must be in (0, 1) (got {expected_rate})")
-    flags = np.zeros(len(scores), dtype=bool)
+    comb = scores["combined_score"].to_numpy(dtype=np.float64)
+    out = np.zeros(len(scores), dtype=bool)
     for _, idx in scores.groupby("concept", sort=False).indices.items():
         m = math.ceil(rate_factor * expected_rate * len(idx))
         top = idx[np.argsort(-comb[idx], kind="stable")[:m]]
-        flags[top] = True
-    return flags
+        out[top] = True
+    return out
 
 
 def anchor_collapse(

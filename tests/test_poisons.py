@@ -194,16 +194,21 @@ def test_clean_synthetic_data_gives_few_flags() -> None:
     assert fpr <= 0.01, fpr
 
 
-def test_flag_by_expected_rate_takes_the_top_of_each_concept() -> None:
+def test_expected_rate_is_a_review_quota_per_concept_never_a_flag() -> None:
     s = synthetic(n_per=200, k=3)
     comb = _score(s)
-    flags = P.flag(comb, expected_rate=0.02)
-    per = pd.Series(flags).groupby(comb["concept"].to_numpy()).sum()
+    review = P.review_quota(comb, expected_rate=0.02)
+    per = pd.Series(review).groupby(comb["concept"].to_numpy()).sum()
     assert (per == 6).all()  # ceil(1.5 * 0.02 * 200)
+    # the same quota on clean data: a fixed-size list whatever the evidence
+    clean = _score(synthetic(n_per=200, k=3, poisons=False))
+    assert P.review_quota(clean, expected_rate=0.02).sum() == review.sum()
     with pytest.raises(ValueError):
         P.flag(comb)
+    with pytest.raises(TypeError):
+        P.flag(comb, expected_rate=0.02)  # a quota cannot flag
     with pytest.raises(ValueError):
-        P.flag(comb, expected_rate=1.5)
+        P.review_quota(comb, expected_rate=1.5)
 
 
 def test_small_concepts_get_pooled_z_and_no_neighbour_scores() -> None:
@@ -374,11 +379,49 @@ def test_stage_expected_rate_and_config_errors(tmp_path: Path, capsys) -> None:
         == 0
     )
     df = Workspace(tmp_path).read_finding("poisons").to_pandas()
-    assert df.groupby("concept")["flagged"].sum().tolist() == [3, 3, 3]
+    assert df.groupby("concept")["review"].sum().tolist() == [3, 3, 3]
+    # flags come from the evidence alone: the same with and without the quota
+    meta = Workspace(tmp_path).finding_meta("poisons")
+    assert meta["summary"]["n_review"] == 9 and meta["parameters"]["review_rule"]
+    assert cli.main(["poisons", str(tmp_path), "-q", "--concepts", ",".join(CONCEPTS[:3])]) == 0
+    plain = Workspace(tmp_path).read_finding("poisons").to_pandas().set_index("key")
+    assert (df.set_index("key")["flagged"] == plain.loc[df["key"], "flagged"]).all()
+    assert not plain["review"].any()
     assert cli.main(["poisons", str(tmp_path), "--expected-rate", "2"]) == 2
     assert "poisons.expected_rate" in capsys.readouterr().err
     assert cli.main(["poisons", str(tmp_path), "--match", "semantic", "--concepts", "thing0"]) == 2
     assert "semantic" in capsys.readouterr().err
+
+
+def test_clean_data_with_expected_rate_gives_zero_poison_candidates(tmp_path: Path) -> None:
+    """--expected-rate on clean data used to flag 1.5 x R of every concept as poison
+    candidates; now it only fills the review list and nothing is flagged or dropped."""
+    from audit import cli
+    from audit.workspace import Workspace
+
+    s = synthetic(n_per=100, k=4, poisons=False)
+    _write_workspace(tmp_path, s, [])  # plus one split-view row: a fact, always flagged
+    cmd = ["poisons", str(tmp_path), "-q", "--concepts", ",".join(CONCEPTS[:4])]
+    assert cli.main([*cmd, "--expected-rate", "0.05"]) == 0
+    ws = Workspace(tmp_path)
+    df = ws.read_finding("poisons").to_pandas()
+    summary = ws.finding_meta("poisons")["summary"]
+    assert df.loc[df["flagged"], "kind"].tolist() == ["split_view"]
+    assert summary["flagged_by_kind"] == {"split_view": 1}
+    assert df.groupby("concept")["review"].sum().tolist() == [8] * 4  # ceil(1.5 * 0.05 * 100)
+    assert summary["n_review"] == summary["n_review_not_flagged"] == 32
+    assert (df.loc[df["review"], "kind"] == "none").all()
+    assert df.loc[df["review"], "reasons"].str.startswith("top-ranked for review").all()
+    vuln = pd.read_parquet(tmp_path / "findings" / "concept_vulnerability.parquet")
+    assert vuln["candidates"].sum() == 0
+    # the report counts candidates by evidence and shows the quota apart, labelled as such
+    assert cli.main(["report", str(tmp_path), "-q"]) == 0
+    rep = json.loads((ws.report_dir / "report.json").read_text())["poisons"]
+    assert (rep["n_flagged"], rep["n_review"], rep["n_review_not_flagged"]) == (1, 32, 32)
+    assert all(r["review"] and not r["flagged"] for r in rep["review"])
+    page = (ws.report_dir / "index.html").read_text()
+    assert '<div class="v">1</div><div class="l">poison candidates flagged' in page
+    assert "32 samples top-ranked for review" in page and "not poison candidates" in page
 
 
 # ---- planted poisons on a small SynthLAION testbed (tiny CLIP, real model) -----------------

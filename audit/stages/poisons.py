@@ -2,8 +2,9 @@
 
 Reads ``WS/embeddings`` (and ``WS/findings/concepts.parquet`` when present), scores every
 sample whose caption names a concept with the pure detectors of :mod:`detectors.poisons`,
-combines the scores into one ranked score with reasons, flags by threshold or expected rate,
-and writes ``WS/findings/poisons.parquet`` plus the concept vulnerability table
+combines the scores into one ranked score with reasons, flags by evidence (threshold), marks
+an optional per-concept review quota (expected rate) apart from the flags, and writes
+``WS/findings/poisons.parquet`` plus the concept vulnerability table
 ``WS/findings/concept_vulnerability.parquet`` (also in ``poisons.json``).
 """
 
@@ -39,15 +40,19 @@ concept than to its caption's), kdist_v1 and lof_v1 (local outliers among the co
 spectral_v1 (projection on the concept's top singular direction) and split_view_v1 (ingest
 status hash_mismatch: the URL now serves other bytes). Per concept the evidence scores
 (alignment, pull, k-distance, LOF; see --evidence) become robust z-scores; combined = largest
-z + 0.5 x second largest. Rows are flagged when combined >= --threshold, or, with
---expected-rate R, the top 1.5 x R of each concept. Split-view rows are always flagged, first.
+z + 0.5 x second largest. Rows are flagged (poison candidates) when combined >= --threshold:
+evidence only. --expected-rate R adds a review list, not flags: the top 1.5 x R of each concept
+by combined score get review = true ("top-ranked for review"), whatever their scores; on clean
+data that list is as long as on poisoned data, so it is never counted as poison candidates,
+never dropped by `filter --drop poisons`, and shown apart in the report. Split-view rows are
+always flagged, first.
 Kind guess: clean (Nightshade-style: flagged images of a concept that collapse onto each other,
 as poisons pulled toward one anchor do; or pulled/out of place while the caption still fits),
 dirty (the image does not match its caption), split_view. The reasons column names the scores
 that fired and the concept an image is pulled toward.
 
 Writes WS/findings/poisons.parquet (key, concept, one column per score, combined_score, rank,
-flagged, kind, reasons), WS/findings/poisons.json (parameters, timings, summary, concept
+flagged, review, kind, reasons), WS/findings/poisons.json (parameters, timings, summary, concept
 vulnerability) and WS/findings/concept_vulnerability.parquet (concepts ranked by sparsity and by
 the candidates they hold; joined with the `concepts` finding when it exists).
 """
@@ -191,7 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="R",
-        help="flag the top 1.5 x R of each concept instead of using --threshold",
+        help="also mark the top 1.5 x R of each concept as 'top-ranked for review' (column "
+        "review); a quota, not evidence: it never flags (flags need --threshold)",
     )
     parser.add_argument(
         "--threshold",
@@ -560,10 +566,16 @@ def select_per_key(
 
     params = params or P.PoisonParams()
     comb = comb.copy()
-    comb["flagged"] = P.flag(comb, threshold=threshold, expected_rate=expected_rate)
+    comb["flagged"] = P.flag(comb, threshold=threshold)
+    comb["review"] = (
+        P.review_quota(comb, expected_rate)
+        if expected_rate is not None and len(comb)
+        else np.zeros(len(comb), dtype=bool)
+    )
     comb["key"] = keys[comb["row"].to_numpy(dtype=np.int64)] if len(comb) else []
     if len(comb):
-        comb["flagged"] = comb.groupby("key")["flagged"].transform("max").astype(bool)
+        for col in ("flagged", "review"):
+            comb[col] = comb.groupby("key")[col].transform("max").astype(bool)
     comb = comb.sort_values(["key", "combined_score"], ascending=[True, False], kind="stable")
     per_key = comb.drop_duplicates("key", keep="first").copy()
     concept_lists = comb.groupby("key", sort=False)["concept"].agg("|".join)
@@ -577,6 +589,7 @@ def select_per_key(
         )
     sv = per_key["split_view_v1"].to_numpy(dtype=bool)
     per_key["flagged"] = per_key["flagged"].astype("boolean").fillna(False).to_numpy(bool) | sv
+    per_key["review"] = per_key["review"].astype("boolean").fillna(False).to_numpy(bool)
     per_key[P.ALIGNMENT_GMM] = per_key[P.ALIGNMENT_GMM].astype(float)
     per_key["anchor_collapse_p"] = (
         collapse_pvalues(per_key, image_emb, named, concepts, params, sv)
@@ -596,9 +609,9 @@ def select_per_key(
     per_key["reasons"] = np.where(
         sv, np.where(reasons != "", SPLIT_VIEW_REASON + "; " + reasons, SPLIT_VIEW_REASON), reasons
     )
-    flagged_no_reason = per_key["flagged"] & (per_key["reasons"] == "")
-    per_key.loc[flagged_no_reason, "reasons"] = [
-        _rate_reason(r, params) for _, r in per_key[flagged_no_reason].iterrows()
+    review_only = per_key["review"] & ~per_key["flagged"]
+    per_key.loc[review_only, "reasons"] = [
+        _review_reason(r, params) for _, r in per_key[review_only].iterrows()
     ]
     order = np.lexsort(
         (
@@ -647,11 +660,16 @@ def score_workspace_arrays(
     return per_key, {"scores_s": round(t1 - t0, 3), "select_s": round(t2 - t1, 3)}
 
 
-def _rate_reason(row: pd.Series, params: Any) -> str:
-    """Reason for a row flagged by rank (expected rate) with no score above fire_z."""
+def _review_reason(row: pd.Series, params: Any) -> str:
+    """Note for a row on the review list (expected-rate quota) that is not flagged."""
     zs = {e: row.get(f"{e}_z", np.nan) for e in params.evidence}
     best = max(zs, key=lambda e: -np.inf if not np.isfinite(zs[e]) else zs[e])
-    return f"top of its concept by expected rate; strongest evidence {best} z={zs[best]:.1f}"
+    fired = row.get("reasons") or ""
+    return (
+        "top-ranked for review (expected-rate quota of its concept), not a poison candidate: "
+        f"combined score below the threshold; strongest evidence {best} z={zs[best]:.1f}"
+        + (f"; {fired}" if fired else "")
+    )
 
 
 def output_table(per_key: pd.DataFrame) -> pa.Table:
@@ -678,6 +696,7 @@ def output_table(per_key: pd.DataFrame) -> pa.Table:
         "combined_score": ("combined_score", pa.float64()),
         "rank": ("rank", pa.int64()),
         "flagged": ("flagged", pa.bool_()),
+        "review": ("review", pa.bool_()),
         "kind": ("kind", pa.string()),
         "reasons": ("reasons", pa.string()),
     }
@@ -841,7 +860,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "parameters": {
             **asdict(cfg),
             **{f"detector.{k}": v for k, v in asdict(params).items()},
-            "flag_rule": ("expected_rate" if cfg.expected_rate is not None else "threshold"),
+            "flag_rule": f"combined_score >= {cfg.threshold} (evidence; split-view always)",
+            "review_rule": (
+                f"top {P.REVIEW_RATE_FACTOR} x {cfg.expected_rate} of each concept by combined "
+                "score (a quota, not evidence: never flags)"
+                if cfg.expected_rate is not None
+                else None
+            ),
         },
         "concepts_source": concepts_source,
         "concept_embeddings": emb_source,
@@ -860,6 +885,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             "n_without_concept": int(n - (named.any(axis=1)).sum()),
             "n_split_view": int(len(data["split_keys"])),
             "n_flagged": int(flagged.sum()),
+            "n_review": int(per_key["review"].sum()) if len(per_key) else 0,
+            "n_review_not_flagged": int((per_key["review"] & ~per_key["flagged"]).sum())
+            if len(per_key)
+            else 0,
             "flagged_by_kind": {str(k): int(v) for k, v in kinds.items()},
         },
         "concept_vulnerability": vuln.to_dict(orient="records"),

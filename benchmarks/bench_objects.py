@@ -20,6 +20,33 @@ seeds no test uses (default 21, 22, 23; ``--n`` rows each, clean-label poisons o
 * object discovery (``objects --discover``) through the CLI with the new vocabulary: chosen
   keywords, tests in the BH family, seconds.
 
+Measured (``results/objects_vocabulary.json`` at 2,000 rows, ``..._n1000.json`` at 1,000; tiny
+CLIP; "astronaut" subsets of 246-270 and 130-139 images, 10% carrying the flag):
+
+=======================================================  =============  =======================
+scenario                                                 2,000 rows     1,000 rows
+=======================================================  =============  =======================
+old default (generator list)                             P=R=1.00       seed 23: P 0.93, R 1.00
+                                                         (seed 22: R    (seed 22: R 0.93)
+                                                         0.96)
+new default (general list + caption terms, weighted BH)  same P, R      P=R=1.00 (seed 22:
+                                                                        R 0.93)
+q of the flag, old / new weighted / new plain BH         ~1e-9 / ~2e-9  ~3e-5 / ~1e-4 / ~6e-4
+                                                         / ~1e-8
+each generator object alone, no competitors              23 of 23 objects flagged at ~10%
+vocabulary without "flag" (an object in no list)         nothing flagged in its place
+--objects moon (flag not listed): vocabulary searched    flag found, moon not flagged
+discovery (~9,000-14,000 keyword x object tests)         "astronaut"/flag the only flag; seed
+                                                         22 at 2,000 rows: "house" x "pencil"
+                                                         passed unadjusted, removed by BH
+=======================================================  =============  =======================
+
+Per image the two vocabularies agree on these testbeds (the tiny CLIP separates the drawn flag
+well); the new one costs power through the larger family, which the weighting recovers: on the
+demo testbed (1,000 rows, seed 0, with poisons; 376 objects; 10 of 127 astronaut images found,
+13 planted) the flag has q = 0.0012 with the old list, 0.096 with the new list under plain BH
+(not flagged) and 0.013 weighted (flagged); per image P = 1.00 and R = 0.85 (old) vs 0.77 (new).
+
 Usage::
 
     python benchmarks/bench_objects.py                 # seeds 21 22 23, 2000 rows each

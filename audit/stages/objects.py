@@ -48,8 +48,8 @@ alternatives, because without competitors the score cannot tell which object is 
 CLIP model answers "a second object is in the picture" more than which one: an unnamed flag
 would be reported as whichever listed object describes it best). An object in none of these
 lists cannot be found: the score compares prompts that name objects, it does not detect unnamed
-things (add it with --objects); measured on a testbed whose flag was removed from the
-vocabulary, nothing was flagged in its place.
+things (add it with --objects); measured on six testbeds whose flag was removed from the
+vocabulary, nothing was flagged in its place (benchmarks/bench_objects.py).
 
 Many tests: every keyword x object pair is a one-sided exact binomial test of the images found
 against max(mention rate, outside rate) + --min-gap; a flag also needs the Benjamini-Hochberg

@@ -223,3 +223,21 @@ def test_copy_emb_and_copy_space_dedup_on_dask_equal_the_direct_runner(photo_cop
         df = ws.read_finding("duplicates").to_pandas()
         groups.append(sorted(sorted(g) for g in df.groupby("group_id").key.apply(list)))
     assert groups[0] == groups[1] and len(groups[0]) == 6
+
+
+def test_word_replication_clusters_copies_by_the_copy_descriptor(photo_copies, tmp_path) -> None:
+    """Every caption says "a photo: NAME": the keyword subset "photo" holds 6 photos x 15 copies.
+    In copy space each flagged cluster is exactly one photo's copies, at the fixed threshold."""
+    ws = Workspace(tmp_path / "ws")
+    assert _run(["embed", str(ws.root), "-q", "--input", str(photo_copies.shards)]) == 0
+    assert _run(["replication", str(ws.root), "-q", "--keyword", "photo"]) == 0
+    meta = ws.finding_meta("word_replication")
+    assert meta["space"]["column"] == "copy_emb" and "0.5" in meta["calibration"]
+    rows = ws.read_finding("word_replication").to_pandas()
+    truth = pq.read_table(photo_copies.truth).to_pandas().set_index("key")
+    flagged = rows[rows.flagged]
+    assert len(flagged) == 6
+    for members in flagged.member_keys:
+        assert truth.loc[list(members), "photo"].nunique() == 1
+        assert len(members) == 15
+    assert (flagged.threshold == 0.5).all()

@@ -756,6 +756,8 @@ def memorization_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
         "status": "ok",
         "meta": meta,
         "copy_threshold": threshold,
+        "copy_space": (meta.get("space") or {}).get("column", "image_emb"),
+        "copy_model": (meta.get("space") or {}).get("model"),
         "n_prompts": int(len(df)),
         "n_findings": n_findings,
         "n_generated": int(generated.sum()),

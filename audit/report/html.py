@@ -609,8 +609,8 @@ class Renderer:
             f"<p>{fmt(d['n_prompts'])} prompts from {fmt(d['n_findings'])} findings; "
             f"{fmt(d.get('n_generated', d['n_prompts']))} were generated with "
             f"{fmt(max((r['n'] or 0 for r in d['rows']), default=0))} seeds each. A generation "
-            f"counts as a copy when its CLIP similarity to the finding's training cluster "
-            f"(the whole dataset for object findings) is at least {fmt(thr)}. "
+            f"counts as a copy when its {esc(_space_words(d))} to the finding's training "
+            f"cluster (the whole dataset for object findings) is at least {fmt(thr)}. "
             f"{esc(d['replication_rule'])}: {fmt(d['n_replicating'])} prompts replicate "
             f"(highlighted).</p>",
             self.plot("replication_rates", plots.replication_rates, d["rows"]),
@@ -754,3 +754,10 @@ def render_html(
         "keys_without_image": r.n_missing,
         "shard_images_indexed": len(r.shards) if r.shards.available else 0,
     }
+
+
+def _space_words(d: dict[str, Any]) -> str:
+    """How the memorization section names the similarity copies are decided by."""
+    if d.get("copy_space") == "copy_emb":
+        return f"copy-detection similarity ({d.get('copy_model') or 'copy model'}, cosine)"
+    return "CLIP image similarity (no copy descriptors in this workspace)"

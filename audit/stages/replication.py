@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from audit.config import ConfigError, require
+from audit.copies import SPACES, CopySpace, copy_space
 from audit.errors import InputError
 from audit.stages import add_workspace_argument
 
@@ -23,9 +24,11 @@ DESCRIPTION = """\
 Word-level replication (Naseh et al. 2023). For each keyword, the samples whose caption contains
 it (word boundaries, case-insensitive, plurals) are selected; failed samples (no image
 embedding) are dropped, and with --max-tokens N so are captions longer than N tokens of the
-workspace model's tokenizer (77 = CLIP's context, as the paper did). The subset's image
-embeddings are clustered at a cosine threshold calibrated on random pairs of the subset (a copy
-is at most --beta = 5% as far as the median random pair; FAISS range search, star clustering),
+workspace model's tokenizer (77 = CLIP's context, as the paper did). The subset's images are
+clustered by their copy-detection descriptors (copy_emb, SSCD) at cosine --threshold (default
+0.5, one value for every keyword; FAISS range search, star clustering). Workspaces without
+copy_emb (or --space clip) cluster CLIP image embeddings at a threshold calibrated on random
+pairs of each subset instead (a copy is at most --beta = 5% as far as the median random pair),
 clusters are sorted by size and described: size, share, tightness (mean/min cosine to the medoid),
 representative keys, characteristic words (CountVectorizer, stop words and the keyword removed,
 ranked by lift over the subset) and the words reproduction prompts are built from. For each
@@ -72,6 +75,7 @@ class Config:
     top: int = 3
     max_tokens: int = 0
     threshold: float | None = None
+    space: str = "auto"
     beta: float = 0.05
     floor: float = 0.8
     ceiling: float = 0.99
@@ -100,6 +104,8 @@ class Config:
             )
         require(0 < self.beta < 1, "replication.beta", "must be in (0, 1)", self.beta)
         require(0 < self.fdr <= 1, "replication.fdr", "must be in (0, 1]", self.fdr)
+        require(self.space in SPACES, "replication.space", f"must be one of {', '.join(SPACES)}",
+                self.space)  # fmt: skip
         require(
             -1.0 < self.floor <= self.ceiling < 1.0,
             "replication.floor",
@@ -183,7 +189,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threshold",
         type=float,
         default=None,
-        help="cosine copy threshold (default: calibrated on random pairs of each subset)",
+        help="cosine copy threshold (default 0.5 for the copy descriptor; in CLIP space "
+        "calibrated on random pairs of each subset)",
+    )
+    g.add_argument(
+        "--space",
+        choices=SPACES,
+        default=None,
+        help="embedding near-copies are clustered in: copy (copy_emb, SSCD), clip (image_emb), "
+        "or auto (copy when the embeddings have it; default)",
     )
     g.add_argument(
         "--beta",
@@ -289,19 +303,26 @@ class Samples:
     n_total: int
     n_failed: int
     status_counts: dict[str, int]
+    copy: np.ndarray | None = None
+    """Copy-descriptor rows aligned with ``emb`` (when loaded with ``copy=True``)."""
 
 
-def load_samples(ws: Any) -> Samples:
-    """Rows with an image embedding (failed samples dropped and counted)."""
+def load_samples(ws: Any, copy: bool = False) -> Samples:
+    """Rows with an image embedding (failed samples dropped and counted); with ``copy`` also
+    their copy descriptors (rows without one are dropped too)."""
     import pyarrow.compute as pc
 
-    table = ws.load_embeddings(columns=["key", "caption", "status", "image_emb"])
+    cols = ["key", "caption", "status", "image_emb"] + (["copy_emb"] if copy else [])
+    table = ws.load_embeddings(columns=cols)
     n_total = table.num_rows
     statuses = table.column("status").to_pylist()
     counts: dict[str, int] = {}
     for s in statuses:
         counts[str(s)] = counts.get(str(s), 0) + 1
-    ok = table.filter(pc.is_valid(table.column("image_emb")))
+    valid = pc.is_valid(table.column("image_emb"))
+    if copy:
+        valid = pc.and_(valid, pc.is_valid(table.column("copy_emb")))
+    ok = table.filter(valid)
     n_failed = n_total - ok.num_rows
     if n_failed:
         logger.info("dropped %d of %d samples without an image embedding", n_failed, n_total)
@@ -310,7 +331,8 @@ def load_samples(ws: Any) -> Samples:
     emb = embedding_matrix(ok.column("image_emb"))
     if len(keys) and emb.shape[1] == 0:
         raise InputError("image_emb has dimension 0")
-    return Samples(keys, captions, emb, n_total, n_failed, counts)
+    copy_emb = embedding_matrix(ok.column("copy_emb")) if copy else None
+    return Samples(keys, captions, emb, n_total, n_failed, counts, copy_emb)
 
 
 def token_counter(model_info: dict[str, Any]) -> tuple[Callable[[str], int], str]:
@@ -378,8 +400,10 @@ def analyse_keyword(
     cfg: Config,
     token_ok: np.ndarray,
     source: str = "keyword",
+    space: CopySpace | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Word-level analysis of one keyword over ``samples``; rows plus a summary dict."""
+    """Word-level analysis of one keyword over ``samples``; rows plus a summary dict. Images are
+    clustered in ``space`` (the copy descriptor at its fixed threshold, or CLIP calibrated)."""
     from detectors.replication import word_replication, words_only_share
     from detectors.text import match_keyword
 
@@ -402,12 +426,13 @@ def analyse_keyword(
         )
         summary["skipped"] = f"subset smaller than min_subset={cfg.min_subset}"
         return [], summary
+    x, threshold = _space_inputs(samples, cfg, space)
     res = word_replication(
-        samples.emb[subset],
+        x[subset],
         [samples.captions[i] for i in subset],
         list(samples.keys[subset]),
         keyword,
-        threshold=cfg.threshold,
+        threshold=threshold,
         beta=cfg.beta,
         floor=cfg.floor,
         ceiling=cfg.ceiling,
@@ -426,10 +451,8 @@ def analyse_keyword(
         mask = ~kw_mask
         for w in row["prompt_words"].split():
             mask &= match_keyword(samples.captions, w)
-        medoid_vec = samples.emb[subset[cl.medoid]]
-        share, info = words_only_share(
-            samples.emb[mask], medoid_vec, row["threshold"], method=cfg.method
-        )
+        medoid_vec = x[subset[cl.medoid]]
+        share, info = words_only_share(x[mask], medoid_vec, row["threshold"], method=cfg.method)
         row["words_only_n"] = info["n"]
         row["words_only_share"] = share
     for row in res.rows:
@@ -448,6 +471,15 @@ def analyse_keyword(
     return res.rows, summary
 
 
+def _space_inputs(
+    samples: Samples, cfg: Config, space: CopySpace | None
+) -> tuple[np.ndarray, float | None]:
+    """The vectors to cluster and the threshold (None = calibrate per subset, CLIP space)."""
+    if space is not None and space.is_copy and samples.copy is not None:
+        return samples.copy, cfg.threshold if cfg.threshold is not None else space.threshold
+    return samples.emb, cfg.threshold
+
+
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.workspace import Workspace
     from detectors.replication import (
@@ -462,7 +494,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         raise ConfigError("replication: give --keyword WORDS (repeatable) or --discover")
     ws = Workspace(args.workspace)
     t0 = time.perf_counter()
-    samples = load_samples(ws)
+    space = copy_space(ws, cfg.space, "replication.space")
+    samples = load_samples(ws, copy=space.is_copy)
     if len(samples.keys) < 2:
         raise InputError(f"{ws.root}: fewer than 2 samples with an image embedding")
     token_ok = np.ones(len(samples.keys), bool)
@@ -483,10 +516,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.discover:
         td = time.perf_counter()
         ok_rows = np.flatnonzero(token_ok)
+        x, threshold = _space_inputs(samples, cfg, space)
         scores, stats = discover_terms(
-            samples.emb[ok_rows],
+            x[ok_rows],
             [samples.captions[i] for i in ok_rows],
-            threshold=cfg.threshold,
+            threshold=threshold,
             beta=cfg.beta,
             floor=cfg.floor,
             ceiling=cfg.ceiling,
@@ -513,7 +547,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     summaries = []
     for kw in keywords:
-        r, s = analyse_keyword(samples, kw, cfg, token_ok, source=sources[kw])
+        r, s = analyse_keyword(samples, kw, cfg, token_ok, source=sources[kw], space=space)
         rows.extend(r)
         summaries.append(s)
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
@@ -526,12 +560,19 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "n_usable": int(len(samples.keys)),
         "keywords": summaries,
         "discovery": discovery,
+        "space": space.to_dict(),
         "calibration": (
-            "copy threshold per subset = clip(1 - beta * (1 - median cosine of 20,000 random "
-            f"image pairs of the subset), {cfg.floor}, {cfg.ceiling}) with beta={cfg.beta} "
-            "unless --threshold is given; a cluster is flagged when size >= flag_min_size, "
-            "share >= flag_min_share and the mean cosine distance of its members to the "
-            "medoid is <= beta x the random-pair median distance"
+            f"copy threshold {_space_inputs(samples, cfg, space)[1]} on the copy descriptor "
+            f"({space.model}; {space.source if cfg.threshold is None else 'option'}) for "
+            "every subset; a cluster is flagged when size >= flag_min_size, share >= "
+            "flag_min_share and the mean cosine of its members to the medoid is >= the "
+            "threshold"
+            if space.is_copy
+            else "copy threshold per subset = clip(1 - beta * (1 - median cosine of 20,000 "
+            f"random image pairs of the subset), {cfg.floor}, {cfg.ceiling}) with "
+            f"beta={cfg.beta} unless --threshold is given; a cluster is flagged when size >= "
+            "flag_min_size, share >= flag_min_share and the mean cosine distance of its "
+            "members to the medoid is <= beta x the random-pair median distance"
         ),
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -313,7 +313,7 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
         text_idx: list[int] = []
         if model.model is not None:
             t0 = time.perf_counter()
-            images = [model.preprocess(e.image) for e in batch]
+            images = _preprocess_single_threaded(model.preprocess, [e.image for e in batch])
             text_idx = [i for i, e in enumerate(batch) if e.sample.caption_problem is None]
             texts = [batch[i].sample.caption for i in text_idx]
             tokens = model.tokenizer(texts) if texts else None
@@ -354,6 +354,20 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
             row["_shard"] = e.sample.shard
             rows.append(row)
         return rows
+
+
+def _preprocess_single_threaded(preprocess: Any, images: list[Any]) -> list[Any]:
+    """Per-image transforms with one torch thread: the ops are too small to split, and extra
+    threads only spin (measured by benchmarks/bench_embed.py: 64 ViT-B-32 preprocesses took
+    4.65 s with 2 threads on a loaded 2-core machine, 0.09 s with 1)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [preprocess(im) for im in images]
+    finally:
+        torch.set_num_threads(n)
 
 
 def _padded(batch: Any, size: int) -> Any:

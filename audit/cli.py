@@ -40,6 +40,8 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("reproduce", "seed N generations per prompt and measure replication"),
     ("report", "write the HTML + JSON memorization report"),
     ("filter", "write keep/drop lists and optionally filtered shards"),
+    ("erase", "erase a concept from a diffusion model (ESD) and save the erased pipeline"),
+    ("attack", "adversarial prompts that bring an erased concept back (UnlearnDiffAtk)"),
     ("run", "run the stages configured in audit.toml, then the report"),
     ("demo", "build a testbed and run the whole audit on it, end to end"),
 ]

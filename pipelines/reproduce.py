@@ -75,9 +75,14 @@ class GenerationSettings:
     batch_size: int = 8
     chunk_size: int = 50
     device: str = "cpu"
+    safety: str | None = None  # "sld:weak|medium|strong|max" (pipelines.safety)
+    safety_concept: str | None = None
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings an image depends on (batch size and device are not among them)."""
+        """The settings an image depends on (batch size and device are not among them); the
+        safety keys only when a safety mode is set, so earlier chunks keep their fingerprint."""
+        from pipelines.safety import fingerprint as safety_fingerprint
+
         return {
             "generator": self.generator,
             "steps": self.steps,
@@ -85,6 +90,7 @@ class GenerationSettings:
             "height": self.height,
             "width": self.width,
             "negative_prompt": self.negative_prompt,
+            **safety_fingerprint(self.safety, self.safety_concept),
         }
 
 
@@ -261,8 +267,14 @@ class SeededGenerator:
             kwargs["negative_prompt"] = [settings.negative_prompt] * len(seeds)
         if self._latent_shape(h, w) is not None:
             kwargs["latents"] = self.initial_latents(seeds, h, w).to(self.device, dtype=self.dtype)
+        pipe = self.pipe
+        if settings.safety:  # Safe Latent Diffusion guidance with the same modules and latents
+            from pipelines.safety import safe_pipeline, sld_parameters
+
+            pipe = safe_pipeline(self.pipe, settings.safety_concept)
+            kwargs.update(sld_parameters(settings.safety, settings.steps))
         with torch.inference_mode():
-            out = self.pipe(**kwargs)
+            out = pipe(**kwargs)
         return list(out.images)
 
     def triage(

@@ -45,6 +45,11 @@ every worker mounts, since workers write the chunks). Resumable: finished chunks
 WS/generations/<prompt_id>/<seed>.png and chunk parquets (seed, path, CLIP image embedding from
 the workspace's own model, embeddings/model.json).
 
+Mitigation: --safety sld:weak|medium|strong|max generates with Safe Latent Diffusion guidance
+(Schramowski et al., CVPR 2023; the paper's presets) away from --safety-concept; the mode and
+the concept are part of the chunks' settings fingerprint, so runs with and without it never
+mix. An erased model (`laion-audit erase`) is just another --generator.
+
 Scoring per generation: best cosine similarity (CLIP image space) over every member of the
 finding's training cluster (object findings and file prompts without a finding: over every
 training image). Copy threshold, calibrated without labels: the pair threshold is the
@@ -83,6 +88,8 @@ class Config:
     height: int = 0
     width: int = 0
     negative_prompt: str = ""
+    safety: str = ""
+    safety_concept: str = ""
     prompts: str | None = None
     prompts_mode: str = "add"
     all_findings: bool = False
@@ -117,6 +124,14 @@ class Config:
         require(self.steps >= 1, f"{s}.steps", "must be >= 1", self.steps)
         require(self.guidance >= 0, f"{s}.guidance", "must be >= 0", self.guidance)
         require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1", self.batch_size)
+        from pipelines.safety import SAFETY_MODES
+
+        require(
+            self.safety in ("", *SAFETY_MODES),
+            f"{s}.safety",
+            f"must be one of {', '.join(SAFETY_MODES)} (or empty: none)",
+            self.safety,
+        )
         for name in ("height", "width"):
             v = getattr(self, name)
             require(
@@ -232,6 +247,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="negative_prompt",
         default=None,
         help="negative prompt (default none)",
+    )
+    g.add_argument(
+        "--safety",
+        default=None,
+        metavar="sld:PRESET",
+        help="mitigation at generation time: Safe Latent Diffusion guidance away from "
+        "--safety-concept, preset weak, medium, strong or max (default none)",
+    )
+    g.add_argument(
+        "--safety-concept",
+        dest="safety_concept",
+        default=None,
+        metavar="TEXT",
+        help="what SLD steers away from, e.g. the memorised work (default: SLD's "
+        "inappropriate-content concept)",
     )
     g.add_argument(
         "--chunk-size",
@@ -699,6 +729,8 @@ def run_triage(
         batch_size=cfg.batch_size,
         chunk_size=cfg.chunk_size,
         device=device,
+        safety=cfg.safety or None,
+        safety_concept=cfg.safety_concept or None,
     )
     timings["load_generator"] = time.perf_counter() - t0
     triage = np.full(len(prompts), np.nan)

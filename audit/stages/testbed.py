@@ -28,7 +28,13 @@ Writes into --out:
                   --caption_col TEXT` writes them (times fixed for reproducibility)
   truth.parquet   one row per key: key, url, caption, concept, style, dup_group, work_id,
                   keyword, object_present, poison_kind, poison_target, broken_kind, ...
-  testbed.json    parameters and counts
+  testbed.json    parameters and counts, and the copy check (below)
+  testbed_pairs.png  contact sheet of the closest distinct and the farthest planted pairs
+
+Unless --no-copy-check, the generator then checks itself with the SSCD copy detector: the cosine
+of the most similar pairs its truth calls distinct (99.99th percentile, max) and of the least
+similar planted copies (5th percentile, min) go into testbed.json under copy_check (null, with
+a warning, when the detector is not installed).
 
 The same arguments and seed give byte-identical output. Serve the files for a real download
 with audit.testbed.server.serve_testbed(DIR) and audit.testbed.generate.write_url_list().
@@ -68,6 +74,7 @@ class Config:
     object_keyword: str = "astronaut"
     object_name: str = "flag"
     object_rate: float = 0.10
+    extra_object_rate: float = 0.25
     dirty_rate: float = 0.01
     dirty_pairs: list[str] = field(default_factory=lambda: ["cat:bird", "tree:boat"])
     clean_rate: float = 0.01
@@ -84,6 +91,8 @@ class Config:
     missing_rate: float = 0.01
     split_view_rate: float = 0.005
     png_rate: float = 0.05
+    copy_check: bool = True
+    copy_sheet: str | None = None
 
     def __post_init__(self) -> None:
         require(bool(self.out), "testbed.out", "an output folder is required (--out DIR)", self.out)
@@ -96,7 +105,7 @@ class Config:
         """The generator's ``TestbedParams`` for this config."""
         from audit.testbed.generate import TestbedParams
 
-        skip = {"out", "overwrite"}
+        skip = {"out", "overwrite", "copy_check", "copy_sheet"}
         return TestbedParams(
             **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         )
@@ -180,6 +189,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="share of the keyword's images that carry the object: object-level "
         "replication (default 0.10)",
+    )
+    g.add_argument(
+        "--extra-object-rate",
+        dest="extra_object_rate",
+        type=float,
+        default=None,
+        help="share of the other images that also show a second, smaller, unmentioned "
+        "object (recorded in truth.parquet extra_object; never the object above; "
+        "default 0.25)",
     )
 
     g = parser.add_argument_group("poisons")
@@ -295,6 +313,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "re-encodes those; default 0.05)",
     )
 
+    g = parser.add_argument_group("self-check")
+    g.add_argument(
+        "--copy-check",
+        dest="copy_check",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure the testbed with the SSCD copy detector afterwards: distinct vs "
+        "planted pair cosines into testbed.json, and a contact sheet (default on)",
+    )
+    g.add_argument(
+        "--copy-sheet",
+        dest="copy_sheet",
+        default=None,
+        metavar="PNG",
+        help="where to draw the contact sheet (default OUT/testbed_pairs.png), e.g. "
+        "docs/testbed_pairs.png",
+    )
+
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.models import ModelError
@@ -303,7 +339,15 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     p = cfg.params()
     rates = {k: v for k, v in vars(p).items() if k not in ("n", "seed")}
     try:
-        summary = build_testbed(cfg.out, p.n, p.seed, overwrite=cfg.overwrite, **rates)
+        summary = build_testbed(
+            cfg.out,
+            p.n,
+            p.seed,
+            overwrite=cfg.overwrite,
+            copy_check=cfg.copy_check,
+            copy_sheet=cfg.copy_sheet,
+            **rates,
+        )
     except FileExistsError as exc:
         raise ConfigError(f"testbed.out: {exc}") from None
     except ModelError as exc:

@@ -24,12 +24,19 @@ A real download reproduces the truth keys when it uses the same ``number_sample_
 Planted truth, all disjoint except where noted:
 
 - concepts follow a Zipf law over a fixed ranking (``zipf_s``), so the tail is sparse;
+- every other image is its own drawing: ``draw.draw_image`` draws a new instance per row (pose,
+  proportions, backdrop texture, fill pattern, markings, lighting, shade of the colour), so rows
+  the truth calls distinct differ the way two photos of one subject do; ``extra_object_rate`` of
+  them also show a second, smaller object (recorded in ``extra_object``, never named in the
+  caption, never the object of object-level replication, never a poison pair's concept);
 - exact-duplicate groups (same bytes, different URLs and captions) and near-duplicate groups
-  (a source image and versions re-encoded, resized, slightly cropped, JPEG q 30-90 or
-  colour-jittered), each with varied captions;
-- word-level replication: inside the "van gogh" subset, each famous work (``draw.WORKS``) is
-  repeated ``work_rate * n`` times as near-copies with varied captions naming it (each work's
-  copies are one ``dup_group`` with ``dup_kind`` "work");
+  (a source image and copies made with the edits of copy-detection benchmarks: crops of
+  10-50 %, resizes, JPEG q 30-90, colour jitter, blur, mirroring, text or emoji overlays,
+  borders, other formats; see :func:`plant_copy`), each with varied captions;
+- word-level replication: inside the "van gogh" subset, each famous work (``draw.WORKS``, one
+  fixed picture per work) is repeated ``work_rate * n`` times as copies (the same benchmark
+  edits, or none) with varied captions naming it (each work's copies are one ``dup_group`` with
+  ``dup_kind`` "work");
 - object-level replication: a flag drawn into ``object_rate`` of the images of the
   ``object_keyword`` concept (astronaut); their captions never name it. Astronauts are never
   drawn in the van gogh style, so the two keyword subsets do not overlap;
@@ -45,6 +52,13 @@ Same parameters and seed give byte-identical files (every random choice comes fr
 tar members carry a fixed mtime and the shard stats fixed times). Clean-label poisons depend on
 the CLIP weights and on torch's CPU kernels, so they are reproducible on one machine and torch
 build; elsewhere their pixels may differ by a rounding step.
+
+With ``copy_check=True`` (the CLI's default) the generator checks itself after writing: it embeds
+every decodable served image with the SSCD copy descriptor and records, under ``copy_check`` in
+``testbed.json``, how similar the most similar *distinct* pairs are and how dissimilar the least
+similar *planted* pairs are, and draws a contact sheet of both (``audit.testbed.selfcheck``).
+Those numbers depend on the detector and its runtime; ``copy_check`` is null when the check was
+off or the detector could not be loaded.
 """
 
 from __future__ import annotations
@@ -72,10 +86,11 @@ from PIL import Image, ImageEnhance
 
 from audit.log import progress
 from audit.testbed import draw
+from audit.testbed.transforms import copy_transform, random_copy_kinds
 
 logger = logging.getLogger(__name__)
 
-GENERATOR = "synthlaion_v1"
+GENERATOR = "synthlaion_v2"
 URL_BASE_PLACEHOLDER = "http://127.0.0.1:{port}"
 FILES_DIR = "files"
 SHARDS_DIR = "shards"
@@ -111,6 +126,13 @@ CONCEPT_RANKING: tuple[str, ...] = (
 
 BROKEN_KINDS = ("truncated", "zero_byte", "wrong_format", "missing", "split_view")
 NEAR_TRANSFORMS = ("resize", "crop", "jitter", "jpeg")
+"""The mild edits of generator v1 (:func:`_transform`), kept for
+``audit.training.train_tiny_clip.near_dup_metrics``; planted copies now use :func:`plant_copy`."""
+COPY_MIN_SIDE = 112
+"""Copies are edited at no less than this side (the drawing upscaled by a whole factor first), so
+the benchmark edits keep their meaning on 64 px drawings: a 30 % resize leaves 38 px, not 19,
+and text, stickers and borders keep their proportions."""
+MAX_COPY_EDITS = 2
 
 TRUTH_SCHEMA = pa.schema(
     [
@@ -128,6 +150,7 @@ TRUTH_SCHEMA = pa.schema(
         ("work_id", pa.string()),
         ("keyword", pa.string()),  # "van gogh" (van gogh style subset) | object_keyword | null
         ("object_present", pa.bool_()),  # the unmentioned object was drawn in
+        ("extra_object", pa.string()),  # a second, smaller, unmentioned concept drawn in
         ("poison_kind", pa.string()),  # "none" | "dirty" | "clean"
         ("poison_target", pa.string()),  # concept B the poison's image features carry
         ("broken_kind", pa.string()),  # one of BROKEN_KINDS or null
@@ -193,6 +216,7 @@ class TestbedParams:
     object_keyword: str = "astronaut"
     object_name: str = "flag"
     object_rate: float = 0.10
+    extra_object_rate: float = 0.25
     dirty_rate: float = 0.01
     dirty_pairs: tuple[str, ...] = ("cat:bird", "tree:boat")
     clean_rate: float = 0.01
@@ -230,6 +254,7 @@ class TestbedParams:
             "near_dup_rate",
             "work_rate",
             "object_rate",
+            "extra_object_rate",
             "dirty_rate",
             "clean_rate",
             "truncated_rate",
@@ -368,7 +393,8 @@ def _encode(
 def _transform(
     img: Image.Image, kinds: Sequence[str], rng: np.random.Generator, jpeg_range: tuple[int, int]
 ) -> tuple[Image.Image, str, int | None]:
-    """Apply near-duplicate transforms in a fixed order; returns (image, description, jpeg q)."""
+    """Generator v1's mild near-duplicate edits (see NEAR_TRANSFORMS), in a fixed order;
+    returns (image, description, jpeg q)."""
     desc: list[str] = []
     q = None
     if "resize" in kinds:
@@ -392,6 +418,26 @@ def _transform(
         q = int(rng.integers(jpeg_range[0], jpeg_range[1] + 1))
         desc.append(f"jpeg:{q}")
     return img, "+".join(desc) if desc else "reencode", q
+
+
+def plant_copy(
+    img: Image.Image, rng: np.random.Generator, *, max_edits: int = MAX_COPY_EDITS
+) -> tuple[bytes, str, str]:
+    """A copy of ``img`` as copy-detection benchmarks make them: 1 to ``max_edits`` edits of
+    :data:`audit.testbed.transforms.COPY_TRANSFORMS` (crop 10-50 %, resize, JPEG q30-90, colour
+    jitter, blur, flip, text, emoji, border, format), applied by
+    :func:`~audit.testbed.transforms.copy_transform` to the drawing upscaled (bicubic, by a
+    whole factor) to at least :data:`COPY_MIN_SIDE` px. Returns (bytes, extension,
+    description), e.g. ``"upscale:2+crop:0.31+jpeg:55"``."""
+    factor = max(1, math.ceil(COPY_MIN_SIDE / max(img.size)))
+    big = img.resize((img.size[0] * factor, img.size[1] * factor), Image.BICUBIC)
+    data, ext, desc = copy_transform(big, random_copy_kinds(rng, max_edits), rng)
+    return data, ext, (f"upscale:{factor}+{desc}" if factor > 1 else desc)
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
 
 
 _WRONG_FORMATS = (
@@ -430,6 +476,7 @@ class _Unit:
     dup_group: int | None = None
     flag: bool = False
     pair: int | None = None
+    extra: str | None = None  # a second, unmentioned concept drawn in
 
 
 @dataclass
@@ -451,6 +498,7 @@ class _Row:
     transform: str | None = None
     work_id: str | None = None
     object_present: bool = False
+    extra_object: str | None = None
     poison_kind: str = "none"
     poison_target: str | None = None
     broken_kind: str | None = None
@@ -520,6 +568,26 @@ def _plan(p: TestbedParams) -> tuple[list[_Unit], dict[str, int]]:
         if flagged + u.size <= target:
             u.flag = True
             flagged += u.size
+
+    # a second, smaller object in some images: never in the object keyword's images (their only
+    # extra object is the planted one) or in poisons, never the planted object itself or a poison
+    # pair's concept (so it neither fakes object-level replication nor looks like a poison)
+    banned = {p.object_keyword, p.object_name}
+    banned |= {c for pair in (*p.dirty, *p.clean) for c in pair}
+    pool = [c for c in draw.CONCEPTS if c not in banned]
+    extra_rng = _rng(p.seed, 5)
+    for u in units:
+        take = extra_rng.random() < p.extra_object_rate
+        pick = pool[int(extra_rng.integers(len(pool)))] if pool else None
+        if (
+            take
+            and pick is not None
+            and u.kind in ("single", "exact", "near")
+            and u.concept not in (None, p.object_keyword)
+        ):
+            if pick == u.concept:
+                pick = pool[(pool.index(pick) + 1) % len(pool)]
+            u.extra = pick if pick != u.concept else None
     return units, {"object_rows": n_obj, "object_target": target, "object_flagged": flagged}
 
 
@@ -546,10 +614,12 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
         base = draw.draw_work(u.work_id, size=p.size)
         rows = []
         for _ in range(u.size):
-            k = int(rng.integers(0, 3))
-            kinds = [str(x) for x in rng.choice(NEAR_TRANSFORMS, size=k, replace=False)]
-            img, desc, q = _transform(base, kinds, rng, (50, 95))
-            data, ext = _encode(img, "jpeg", rng, quality=q)
+            if rng.random() < 0.3:  # the picture as published, re-encoded
+                data, ext = _encode(base, "jpeg", rng)
+                desc = "reencode"
+            else:
+                data, ext, desc = plant_copy(base, rng, max_edits=2)
+            width, height = _image_size(data)
             rows.append(
                 _Row(
                     "work",
@@ -562,8 +632,8 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
                     data,
                     ext,
                     _sha256(data),
-                    img.size[0],
-                    img.size[1],
+                    width,
+                    height,
                     dup_group=u.dup_group,
                     dup_kind="work",
                     transform=desc,
@@ -574,14 +644,17 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
 
     assert u.concept is not None and u.caption_concept is not None
     spec = _spec(rng, u.concept, p)
-    extra = p.object_name if u.flag else None
+    extra = p.object_name if u.flag else u.extra
     img = draw.draw_image(spec, size=p.size, extra_object=extra, rng=rng)
     cap_spec = {**spec, "concept": u.caption_concept}
 
     def caption() -> str:
         return draw.make_caption(cap_spec, rng, extra_object=extra, mention_extra=False)
 
-    def row(data: bytes | None, ext: str, sha: str, im: Image.Image, **kw: Any) -> _Row:
+    def row(
+        data: bytes | None, ext: str, sha: str, wh: tuple[int, int] | Image.Image, **kw: Any
+    ) -> _Row:
+        width, height = wh.size if isinstance(wh, Image.Image) else wh
         return _Row(
             u.kind,
             caption(),
@@ -593,9 +666,10 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
             data,
             ext,
             sha,
-            im.size[0],
-            im.size[1],
+            width,
+            height,
             object_present=u.flag,
+            extra_object=u.extra,
             **kw,
         )
 
@@ -625,13 +699,16 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
             )
         ]
         for _ in range(u.size - 1):
-            k = int(rng.integers(1, 3))
-            kinds = [str(x) for x in rng.choice(NEAR_TRANSFORMS, size=k, replace=False)]
-            im2, desc, q = _transform(img, kinds, rng, (30, 90))
-            d2, e2 = _encode(im2, "jpeg", rng, quality=q)
+            d2, e2, desc = plant_copy(img, rng)
             rows.append(
                 row(
-                    d2, e2, _sha256(d2), im2, dup_group=u.dup_group, dup_kind="near", transform=desc
+                    d2,
+                    e2,
+                    _sha256(d2),
+                    _image_size(d2),
+                    dup_group=u.dup_group,
+                    dup_kind="near",
+                    transform=desc,
                 )
             )
         return rows
@@ -937,7 +1014,7 @@ def write_img2dataset_shards(
 
 # ------------------------------------------------------------------------------ build
 
-_OUTPUTS = ("files", "shards", "urls.parquet", "truth.parquet", "testbed.json")
+_OUTPUTS = ("files", "shards", "urls.parquet", "truth.parquet", "testbed.json", "testbed_pairs.png")
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -963,12 +1040,20 @@ def build_testbed(
     *,
     overwrite: bool = False,
     clip_model: tuple[Any, Any] | None = None,
+    copy_check: bool = False,
+    copy_sheet: str | Path | None = None,
     **rates: Any,
 ) -> dict[str, Any]:
     """Generate a testbed into ``out_dir`` (see the module docstring); returns the summary that
     is also written to ``testbed.json`` plus ``seconds``. ``rates`` are the other fields of
     :class:`TestbedParams`. ``clip_model``: an already loaded ``(model, preprocess)`` for the
     clean-label poisons instead of ``load_clip(poison_model, poison_pretrained)``.
+
+    ``copy_check``: afterwards, measure the testbed with the SSCD copy detector
+    (:func:`audit.testbed.selfcheck.copy_check`; off by default here, so tests that build many
+    small testbeds stay fast; on by default in ``laion-audit testbed``) and draw the contact
+    sheet of its closest distinct and farthest planted pairs to ``copy_sheet`` (default
+    ``out_dir/testbed_pairs.png``).
     """
     t0 = time.perf_counter()
     p = TestbedParams(n=n, seed=seed, **rates)
@@ -1025,6 +1110,7 @@ def build_testbed(
             "work_id": r.work_id,
             "keyword": keyword,
             "object_present": r.object_present,
+            "extra_object": r.extra_object,
             "poison_kind": r.poison_kind,
             "poison_target": r.poison_target,
             "broken_kind": r.broken_kind,
@@ -1060,6 +1146,11 @@ def build_testbed(
 
     summary = _summary(p, rows, cols, obj_stats, poison_stats, shard_stats)
     (out / "testbed.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if copy_check:
+        from audit.testbed.selfcheck import copy_check as run_copy_check
+
+        summary["copy_check"] = run_copy_check(out, sheet=copy_sheet, image_size=p.size)
+        (out / "testbed.json").write_text(json.dumps(summary, indent=2) + "\n")
     seconds = time.perf_counter() - t0
     logger.info(
         "testbed: %d rows (%d files, %d shard(s)) in %s in %.1f s",
@@ -1114,6 +1205,9 @@ def _summary(
             "object_keyword_rows": n_obj,
             "object_present": obj_stats["object_flagged"],
             "object_rate_realised": round(obj_stats["object_flagged"] / n_obj, 4) if n_obj else 0,
+            "extra_objects": dict(
+                sorted(Counter(x for x in cols["extra_object"] if x is not None).items())
+            ),
             "poisons": dict(sorted(Counter(k for k in cols["poison_kind"]).items())),
             "poison_pairs": poison_pairs,
             "broken": {k: sum(1 for x in cols["broken_kind"] if x == k) for k in BROKEN_KINDS},
@@ -1132,4 +1226,5 @@ def _summary(
             for i, s in enumerate(shard_stats)
         ],
         "clean_poisons": poison_stats,
+        "copy_check": None,  # filled in by build_testbed(copy_check=True)
     }

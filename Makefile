@@ -28,11 +28,12 @@ chromium:
 	  ( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium ) || \
 	  echo "warning: could not install chromium; the browser test will be skipped"
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)
 	$(BIN)/ruff format audit pipelines detectors tests benchmarks

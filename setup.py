@@ -16,8 +16,9 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["audit", "audit.*", "pipelines", "pipelines.*",
-                                    "detectors", "detectors.*"]),
+    packages=find_packages(
+        include=["audit", "audit.*", "pipelines", "pipelines.*", "detectors", "detectors.*"]
+    ),
     package_data={"audit": ["assets/**/*", "report/*.css", "report/*.html", "vocab/*.txt"]},
     include_package_data=True,
     install_requires=[

@@ -80,38 +80,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="laion-audit",
         description="Audit a scraped image-text dataset (LAION-style) before training a "
-                    "text-to-image model: duplicates, word- and object-level replication, "
-                    "poison candidates, seeded reproduction, a report and a filtered dataset.",
+        "text-to-image model: duplicates, word- and object-level replication, "
+        "poison candidates, seeded reproduction, a report and a filtered dataset.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"laion-audit {__version__}")
-    parser.add_argument("-v", "--verbose", dest="top_verbose", action="count", default=0,
-                        help="more logging (also accepted after the subcommand)")
-    parser.add_argument("-q", "--quiet", dest="top_quiet", action="store_true",
-                        help="warnings and errors only (also accepted after the subcommand)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest="top_verbose",
+        action="count",
+        default=0,
+        help="more logging (also accepted after the subcommand)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        dest="top_quiet",
+        action="store_true",
+        help="warnings and errors only (also accepted after the subcommand)",
+    )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging (-vv also shows library logs)")
-    common.add_argument("-q", "--quiet", action="store_true",
-                        help="warnings and errors only, no progress bars")
-    common.add_argument("-c", "--config", default=None, metavar="TOML",
-                        help="audit.toml to read options from (default: WS/audit.toml if it "
-                             "exists); command-line options override it")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging (-vv also shows library logs)",
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars"
+    )
+    common.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        metavar="TOML",
+        help="audit.toml to read options from (default: WS/audit.toml if it "
+        "exists); command-line options override it",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command, summary in SUBCOMMANDS:
         mod = load_stage(command)
         if mod is None:
-            p = sub.add_parser(command, help=f"{summary} [not implemented yet]",
-                               description=f"{summary}.\n\nThis stage is not implemented yet.",
-                               parents=[common])
+            p = sub.add_parser(
+                command,
+                help=f"{summary} [not implemented yet]",
+                description=f"{summary}.\n\nThis stage is not implemented yet.",
+                parents=[common],
+            )
             p.add_argument("args", nargs="*", help=argparse.SUPPRESS)
             p.set_defaults(_stage=None)
             continue
         p = sub.add_parser(
-            command, help=getattr(mod, "HELP", summary),
+            command,
+            help=getattr(mod, "HELP", summary),
             description=getattr(mod, "DESCRIPTION", summary),
-            formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
         )
         mod.add_arguments(p)
         p.set_defaults(_stage=mod)
@@ -133,8 +160,9 @@ def dispatch(command: str, mod: ModuleType, args: argparse.Namespace, file_cfg: 
     if getattr(mod, "USES_WORKSPACE", True) and getattr(args, "workspace", None) is None:
         ws = file_cfg.get("workspace")
         if ws is None:
-            raise ConfigError(f"{command}: no workspace given (pass WS or set `workspace` "
-                              "in audit.toml)")
+            raise ConfigError(
+                f"{command}: no workspace given (pass WS or set `workspace` in audit.toml)"
+            )
         args.workspace = str(ws)
     cfg = merge(mod.Config, section, file_cfg.get(section), args)
     t0 = time.perf_counter()
@@ -144,9 +172,9 @@ def dispatch(command: str, mod: ModuleType, args: argparse.Namespace, file_cfg: 
     if code == EXIT_OK and ws_path and Path(ws_path).is_dir():
         from audit.workspace import Workspace
 
-        Workspace(ws_path).record_stage(section, {"seconds": round(seconds, 3),
-                                                  "config": to_dict(cfg),
-                                                  "version": __version__})
+        Workspace(ws_path).record_stage(
+            section, {"seconds": round(seconds, 3), "config": to_dict(cfg), "version": __version__}
+        )
     logger.info("%s finished in %.1f s (exit %d)", command, seconds, code)
     return code
 
@@ -180,13 +208,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"laion-audit: input error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        print("laion-audit: interrupted; finished parts are kept, rerun to resume",
-              file=sys.stderr)
+        print("laion-audit: interrupted; finished parts are kept, rerun to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - last-resort handler with a clear message
         logger.debug("traceback", exc_info=True)
-        print(f"laion-audit: internal error: {type(exc).__name__}: {exc} "
-              "(rerun with -v for the traceback)", file=sys.stderr)
+        print(
+            f"laion-audit: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with -v for the traceback)",
+            file=sys.stderr,
+        )
         if args.verbose:
             import traceback
 

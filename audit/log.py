@@ -34,20 +34,40 @@ def setup_logging(verbosity: int = 0) -> None:
     root.setLevel(logging.WARNING)
     for name in LOGGER_NAMES:
         logging.getLogger(name).setLevel(level)
-    for noisy in ("apache_beam", "urllib3", "PIL", "matplotlib", "diffusers", "transformers",
-                  "distributed", "faiss", "numexpr", "h5py"):
+    for noisy in (
+        "apache_beam",
+        "urllib3",
+        "PIL",
+        "matplotlib",
+        "diffusers",
+        "transformers",
+        "distributed",
+        "faiss",
+        "numexpr",
+        "h5py",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbosity < 2 else logging.INFO)
 
 
-def progress(iterable: Iterable[T], desc: str = "", total: int | None = None,
-             unit: str = "it") -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], desc: str = "", total: int | None = None, unit: str = "it"
+) -> Iterator[T]:
     """A tqdm progress bar on stderr, disabled with ``-q`` or when stderr is not a terminal
     and ``LAION_AUDIT_PROGRESS`` is not set."""
     from tqdm.auto import tqdm
 
     disable = _QUIET or (not sys.stderr.isatty() and not os.environ.get("LAION_AUDIT_PROGRESS"))
-    return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable,
-                     dynamic_ncols=True, leave=False))
+    return iter(
+        tqdm(
+            iterable,
+            desc=desc,
+            total=total,
+            unit=unit,
+            disable=disable,
+            dynamic_ncols=True,
+            leave=False,
+        )
+    )
 
 
 class RateLimitedWarner:

@@ -39,8 +39,14 @@ STATUSES = (
 """Known sample statuses. ``hash_mismatch`` and ``missing_caption`` rows may still carry
 embeddings (the image decoded); ``failed_*`` rows never do."""
 
-FINDINGS = ("duplicates", "concepts", "word_replication", "object_replication", "poisons",
-            "memorization")
+FINDINGS = (
+    "duplicates",
+    "concepts",
+    "word_replication",
+    "object_replication",
+    "poisons",
+    "memorization",
+)
 
 
 def embedding_schema(dim: int, copy_dim: int | None = None) -> pa.Schema:
@@ -49,20 +55,22 @@ def embedding_schema(dim: int, copy_dim: int | None = None) -> pa.Schema:
     model."""
     vec = pa.list_(pa.float16(), dim)
     copy = [("copy_emb", pa.list_(pa.float16(), copy_dim))] if copy_dim else []
-    return pa.schema([
-        ("key", pa.string()),
-        ("url", pa.string()),
-        ("caption", pa.string()),
-        ("sha256", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("image_emb", vec),
-        ("text_emb", vec),
-        ("clip_score", pa.float32()),
-        *copy,
-    ])
+    return pa.schema(
+        [
+            ("key", pa.string()),
+            ("url", pa.string()),
+            ("caption", pa.string()),
+            ("sha256", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("image_emb", vec),
+            ("text_emb", vec),
+            ("clip_score", pa.float32()),
+            *copy,
+        ]
+    )
 
 
 EMBEDDING_SCHEMA = embedding_schema
@@ -119,15 +127,17 @@ def parquet_safe(table: pa.Table) -> pa.Table:
     """Store top-level fixed-size list columns as variable lists, remembering their sizes in
     the schema metadata: pyarrow <= 25 writes null fixed-size lists to parquet but cannot read
     them back (apache/arrow#35692). :func:`restore_fixed_lists` undoes this after reading."""
-    sizes = {f.name: f.type.list_size for f in table.schema
-             if pa.types.is_fixed_size_list(f.type)}
+    sizes = {f.name: f.type.list_size for f in table.schema if pa.types.is_fixed_size_list(f.type)}
     if not sizes:
         return table
     for name in sizes:
         i = table.schema.get_field_index(name)
         field = table.schema.field(i)
-        table = table.set_column(i, field.with_type(pa.list_(field.type.value_type)),
-                                 table.column(i).cast(pa.list_(field.type.value_type)))
+        table = table.set_column(
+            i,
+            field.with_type(pa.list_(field.type.value_type)),
+            table.column(i).cast(pa.list_(field.type.value_type)),
+        )
     meta = dict(table.schema.metadata or {})
     meta[FIXED_LISTS_KEY] = json.dumps(sizes).encode()
     return table.replace_schema_metadata(meta)
@@ -156,8 +166,10 @@ def write_table_atomic(path: str | Path, table: pa.Table) -> None:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (sorted keys, indented, non-finite floats as null)."""
-    atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2, sort_keys=True,
-                                         allow_nan=False) + "\n").encode())
+    atomic_write_bytes(
+        path,
+        (json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n").encode(),
+    )
 
 
 def _jsonable(obj: Any) -> Any:
@@ -238,8 +250,9 @@ class Workspace:
     def mark_done(self, part: str | Path, info: dict[str, Any] | None = None) -> None:
         write_json_atomic(self.marker_path(part), {"finished": time.time(), **(info or {})})
 
-    def write_part(self, part: str | Path, table: pa.Table,
-                   info: dict[str, Any] | None = None) -> None:
+    def write_part(
+        self, part: str | Path, table: pa.Table, info: dict[str, Any] | None = None
+    ) -> None:
         """Write one part atomically, then its ``.SUCCESS`` marker."""
         write_table_atomic(part, table)
         self.mark_done(part, {"rows": table.num_rows, **(info or {})})
@@ -285,8 +298,7 @@ class Workspace:
             )
         return pds.dataset([str(p) for p in parts], format="parquet")
 
-    def load_embeddings(self, columns: list[str] | None = None,
-                        only_ok: bool = False) -> pa.Table:
+    def load_embeddings(self, columns: list[str] | None = None, only_ok: bool = False) -> pa.Table:
         """Read embeddings as one table. ``only_ok`` keeps rows that carry an image embedding."""
         ds = self.embeddings()
         flt = pds.field("image_emb").is_valid() if only_ok else None
@@ -340,8 +352,9 @@ def status_counts(statuses: Iterable[str]) -> dict[str, int]:
     return dict(Counter(statuses))
 
 
-def check_invariant(input_keys: Iterable[str], output_keys: Iterable[str],
-                    stage: str = "stage") -> dict[str, int]:
+def check_invariant(
+    input_keys: Iterable[str], output_keys: Iterable[str], stage: str = "stage"
+) -> dict[str, int]:
     """Every input key appears exactly once in the output, ok or failed.
 
     Returns ``{"input": n, "output": m}``; raises ``InvariantError`` naming up to five missing,

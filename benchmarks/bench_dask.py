@@ -53,13 +53,23 @@ for p in (str(ROOT), str(HERE)):
 
 
 def _norm(rows: list[dict]) -> list[tuple]:
-    return sorted((r["key"], r["group_id"], r["group_size"], r["representative_key"],
-                   bool(r["is_representative"]), r["nearest_key"],
-                   round(float(np.float32(r["similarity"])), 5)) for r in rows)
+    return sorted(
+        (
+            r["key"],
+            r["group_id"],
+            r["group_size"],
+            r["representative_key"],
+            bool(r["is_representative"]),
+            r["nearest_key"],
+            round(float(np.float32(r["similarity"])), 5),
+        )
+        for r in rows
+    )
 
 
-def run_beam(rows: list, params: dict, threshold: float, setup: Any,
-             two_pass: bool | None = None) -> tuple[list, float]:
+def run_beam(
+    rows: list, params: dict, threshold: float, setup: Any, two_pass: bool | None = None
+) -> tuple[list, float]:
     """One Beam run; returns (output rows, wall seconds). ``two_pass`` (default: on the
     DaskRunner, as ``run_near_dedup`` does): fit the model in a first pipeline, then pass it
     as a plain argument; the wall time includes both passes."""
@@ -72,12 +82,20 @@ def run_beam(rows: list, params: dict, threshold: float, setup: Any,
     t0 = time.perf_counter()
     if two_pass:
         model_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_dask_{os.getpid()}.npz"
-        params = {**params, "model": fit_model(lambda p: p | beam.Create(rows), str(model_path),
-                                               threshold, setup, **params)}
+        params = {
+            **params,
+            "model": fit_model(
+                lambda p: p | beam.Create(rows), str(model_path), threshold, setup, **params
+            ),
+        }
         model_path.unlink()
     p = beam.Pipeline(runner=setup.new_runner(), options=setup.options)
-    out = (p | beam.Create(rows) | PartitionedNearDuplicates(threshold, **params)
-           | beam.combiners.ToList())
+    out = (
+        p
+        | beam.Create(rows)
+        | PartitionedNearDuplicates(threshold, **params)
+        | beam.combiners.ToList()
+    )
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_dask_{os.getpid()}.json"
 
     def save(elements: list, path: str) -> None:
@@ -119,40 +137,78 @@ def bench_embed(n: int, workers: list[int], tmp: Path) -> list[dict[str, Any]]:
     specs = match_shards(str(src / "shards"))
 
     def run(setup: Any, root: Path) -> float:
-        handler = ClipModelHandler(functools.partial(load_clip, "tiny-synth"), model_name="tiny-synth",
-                                   pad_to=32, torch_threads=1)
+        handler = ClipModelHandler(
+            functools.partial(load_clip, "tiny-synth"),
+            model_name="tiny-synth",
+            pad_to=32,
+            torch_threads=1,
+        )
         t0 = time.perf_counter()
-        run_embed(specs, handler, WorkspacePartWriter(str(root)), embedding_schema(128),
-                  options=setup.options, runner=setup.new_runner(), settings=EmbedSettings(32))
+        run_embed(
+            specs,
+            handler,
+            WorkspacePartWriter(str(root)),
+            embedding_schema(128),
+            options=setup.options,
+            runner=setup.new_runner(),
+            settings=EmbedSettings(32),
+        )
         return time.perf_counter() - t0
 
     def parts(root: Path) -> list:
-        return [pq.read_table(f).drop(["seconds"]) if "seconds" in pq.read_schema(f).names
-                else pq.read_table(f) for f in sorted((root / "embeddings").glob("part-*.parquet"))]
+        return [
+            pq.read_table(f).drop(["seconds"])
+            if "seconds" in pq.read_schema(f).names
+            else pq.read_table(f)
+            for f in sorted((root / "embeddings").glob("part-*.parquet"))
+        ]
 
     out = []
     with beam_setup([]) as direct:
         wall = run(direct, tmp / "direct")
     ref = parts(tmp / "direct")
-    out.append({"runner": "DirectRunner", "pipeline": "embed", "workers": 1, "seconds": wall,
-                "start_s": 0.0, "equal": True, "n": n})
+    out.append(
+        {
+            "runner": "DirectRunner",
+            "pipeline": "embed",
+            "workers": 1,
+            "seconds": wall,
+            "start_s": 0.0,
+            "equal": True,
+            "n": n,
+        }
+    )
     for w in workers:
         t0 = time.perf_counter()
         with local_dask_cluster(w) as cluster:
             start = time.perf_counter() - t0
-            with beam_setup([f"--dask_client_address={cluster.scheduler_address}"],
-                            runner="DaskRunner") as on_dask:
+            with beam_setup(
+                [f"--dask_client_address={cluster.scheduler_address}"], runner="DaskRunner"
+            ) as on_dask:
                 wall = run(on_dask, tmp / f"dask{w}")
         got = parts(tmp / f"dask{w}")
-        out.append({"runner": "DaskRunner", "pipeline": "embed", "workers": w, "seconds": wall,
-                    "start_s": start, "n": n,
-                    "equal": len(got) == len(ref) and all(a.equals(b) for a, b in zip(got, ref))})
+        out.append(
+            {
+                "runner": "DaskRunner",
+                "pipeline": "embed",
+                "workers": w,
+                "seconds": wall,
+                "start_s": start,
+                "n": n,
+                "equal": len(got) == len(ref) and all(a.equals(b) for a, b in zip(got, ref)),
+            }
+        )
     return out
 
 
-def per_partition_costs(dim: int, partition_size: int, probes: float, k_assign: int,
-                        seed: int = 0, hnsw_sizes: tuple[int, ...] = (16_384, 32_768),
-                        ) -> dict[str, Any]:
+def per_partition_costs(
+    dim: int,
+    partition_size: int,
+    probes: float,
+    k_assign: int,
+    seed: int = 0,
+    hnsw_sizes: tuple[int, ...] = (16_384, 32_768),
+) -> dict[str, Any]:
     """Single-thread seconds for the two per-row kernels at production shape."""
     import faiss
 
@@ -192,10 +248,15 @@ def per_partition_costs(dim: int, partition_size: int, probes: float, k_assign: 
         dd.assign_partitions(rows, ch, 0.95, index=index)
         per_row = (time.perf_counter() - t0) / rows.shape[0]
         hnsw[str(kh)] = {"build_seconds": build, "assign_seconds_per_row": per_row}
-    return {"search_seconds_per_partition": search,
-            "assign_seconds_per_row_per_centroid": assign_per_row_centroid,
-            "partition_size": partition_size, "probe_copies_per_row": probes, "dim": dim,
-            "assign_measured_with_centroids": k_assign, "hnsw": hnsw}
+    return {
+        "search_seconds_per_partition": search,
+        "assign_seconds_per_row_per_centroid": assign_per_row_centroid,
+        "partition_size": partition_size,
+        "probe_copies_per_row": probes,
+        "dim": dim,
+        "assign_measured_with_centroids": k_assign,
+        "hnsw": hnsw,
+    }
 
 
 def _hnsw_cost(costs: dict, k: int) -> tuple[float, float]:
@@ -205,7 +266,8 @@ def _hnsw_cost(costs: dict, k: int) -> tuple[float, float]:
     pts = sorted((int(kh), v) for kh, v in costs["hnsw"].items())
     (k0, a), (k1, b) = pts[0], pts[-1]
     slope = (b["assign_seconds_per_row"] - a["assign_seconds_per_row"]) / max(
-        np.log2(k1) - np.log2(k0), 1e-9)
+        np.log2(k1) - np.log2(k0), 1e-9
+    )
     per_row = b["assign_seconds_per_row"] + slope * (np.log2(k) - np.log2(k1))
     build = b["build_seconds"] * (k * np.log2(k)) / (k1 * np.log2(k1))
     return float(max(per_row, a["assign_seconds_per_row"])), float(build)
@@ -219,27 +281,30 @@ def estimate(costs: dict, overhead_per_row: float, nodes: int, cores: int) -> di
     slots = nodes * cores
     out: dict[str, Any] = {
         "assumptions": {
-            "nodes": nodes, "cores_per_node": cores, "slots": slots,
+            "nodes": nodes,
+            "cores_per_node": cores,
+            "slots": slots,
             "per_core_speed": "as measured here on one core (FAISS single-threaded)",
-            "partition_size": p, "dim": costs["dim"],
+            "partition_size": p,
+            "dim": costs["dim"],
             "probe_copies_per_row": costs["probe_copies_per_row"],
             "partitions": "K = N / partition_size, but at most the k-means sample "
-                          f"(dd.MAX_SAMPLE = {dd.MAX_SAMPLE}: beyond it the sample rows are the "
-                          "centroids), so partitions grow past partition_size at 2e9; "
-                          "search cost per partition scaled quadratically with its size",
+            f"(dd.MAX_SAMPLE = {dd.MAX_SAMPLE}: beyond it the sample rows are the "
+            "centroids), so partitions grow past partition_size at 2e9; "
+            "search cost per partition scaled quadratically with its size",
             "assign": f"flat (score all K centroids, cost N x K) up to {dd.FLAT_ASSIGN_MAX} "
-                      "centroids, else the HNSW graph: per-row cost fitted linear in log2 K to "
-                      "the two measured graph sizes, build (once, one core, on the driver) "
-                      "~ K log K; assign_flat_s is what flat assignment would cost",
+            "centroids, else the HNSW graph: per-row cost fitted linear in log2 K to "
+            "the two measured graph sizes, build (once, one core, on the driver) "
+            "~ K log K; assign_flat_s is what flat assignment would cost",
             "dask_overhead_per_row": "Beam-on-Dask seconds per row measured here at small N "
-                                     "(element pickling, bag shuffles), assumed to parallelise "
-                                     "perfectly over slots",
+            "(element pickling, bag shuffles), assumed to parallelise "
+            "perfectly over slots",
             "shuffle": "GroupByKey moves (1 + probes) x dim x 2 bytes (fp16) plus ~40 bytes of "
-                       "key per row; 10 Gbit/s per node, all nodes sending at once",
+            "key per row; 10 Gbit/s per node, all nodes sending at once",
             "components": "global connected components in one worker over ~0.05 N edges "
-                          "(3% planted duplicates); scipy at ~1e7 edges/s",
+            "(3% planted duplicates); scipy at ~1e7 edges/s",
             "not_included": "reading the embeddings, k-means training on the sample, "
-                            "stragglers, retries",
+            "stragglers, retries",
         }
     }
     for n in (int(1e8), int(2e9)):
@@ -259,14 +324,20 @@ def estimate(costs: dict, overhead_per_row: float, nodes: int, cores: int) -> di
         comps = 0.05 * n / 1e7
         total = build + assign + search + overhead + shuffle + comps
         out[f"{n:.0e}"] = {
-            "partitions": k, "rows_per_partition": round(p_eff),
+            "partitions": k,
+            "rows_per_partition": round(p_eff),
             "assign_method": dd.resolve_assign("auto", k),
-            "index_build_s": round(build), "assign_s": round(assign),
-            "assign_flat_s": round(flat), "search_s": round(search),
-            "beam_dask_overhead_s": round(overhead), "shuffle_s": round(shuffle),
-            "components_s": round(comps), "total_s": round(total),
+            "index_build_s": round(build),
+            "assign_s": round(assign),
+            "assign_flat_s": round(flat),
+            "search_s": round(search),
+            "beam_dask_overhead_s": round(overhead),
+            "shuffle_s": round(shuffle),
+            "components_s": round(comps),
+            "total_s": round(total),
             "total_hours": round(total / 3600, 2),
-            "total_hours_without_dask_overhead": round((total - overhead) / 3600, 2)}
+            "total_hours_without_dask_overhead": round((total - overhead) / 3600, 2),
+        }
     return out
 
 
@@ -277,10 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--partition-size", type=int, default=1000)
     ap.add_argument("--workers", default="1,2", help="Dask worker counts to run")
-    ap.add_argument("--embed-n", type=int, default=400,
-                    help="testbed rows for the embed rows of the table (0: skip)")
-    ap.add_argument("--single-pass", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time the one-pipeline (side input) version on Dask")
+    ap.add_argument(
+        "--embed-n",
+        type=int,
+        default=400,
+        help="testbed rows for the embed rows of the table (0: skip)",
+    )
+    ap.add_argument(
+        "--single-pass",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the one-pipeline (side input) version on Dask",
+    )
     ap.add_argument("--est-dim", type=int, default=512, help="dimension for the estimate")
     ap.add_argument("--nodes", type=int, default=32)
     ap.add_argument("--cores", type=int, default=16, help="cores (worker slots) per node")
@@ -300,35 +379,66 @@ def main(argv: list[str] | None = None) -> int:
     prio = rng.random(args.n)
     params = {"partition_size": args.partition_size}
     t0 = time.perf_counter()
-    expected, info = dd.near_duplicate_groups(keys, x, args.threshold, priority=prio,
-                                              method="partitioned", **params)
+    expected, info = dd.near_duplicate_groups(
+        keys, x, args.threshold, priority=prio, method="partitioned", **params
+    )
     numpy_wall = time.perf_counter() - t0
     want = _norm(expected.to_pylist())
     rows = [(k, x[i], float(prio[i])) for i, k in enumerate(keys)]
-    results: list[dict[str, Any]] = [{"runner": "numpy (single-machine partitioned)",
-                                      "pipeline": "detectors.dedup", "workers": 1,
-                                      "seconds": numpy_wall, "start_s": 0.0, "equal": True}]
+    results: list[dict[str, Any]] = [
+        {
+            "runner": "numpy (single-machine partitioned)",
+            "pipeline": "detectors.dedup",
+            "workers": 1,
+            "seconds": numpy_wall,
+            "start_s": 0.0,
+            "equal": True,
+        }
+    ]
     with beam_setup([]) as direct:
         got, wall = run_beam(rows, params, args.threshold, direct)
-        results.append({"runner": "DirectRunner", "pipeline": "dedup_beam", "workers": 1,
-                        "seconds": wall, "start_s": 0.0, "equal": _norm(got) == want})
+        results.append(
+            {
+                "runner": "DirectRunner",
+                "pipeline": "dedup_beam",
+                "workers": 1,
+                "seconds": wall,
+                "start_s": 0.0,
+                "equal": _norm(got) == want,
+            }
+        )
     workers = [int(s) for s in args.workers.split(",") if s]
     for w in workers:
         t0 = time.perf_counter()
         with local_dask_cluster(w) as cluster:
             start = time.perf_counter() - t0
-            with beam_setup([f"--dask_client_address={cluster.scheduler_address}"],
-                            runner="DaskRunner") as on_dask:
+            with beam_setup(
+                [f"--dask_client_address={cluster.scheduler_address}"], runner="DaskRunner"
+            ) as on_dask:
                 got, wall = run_beam(rows, params, args.threshold, on_dask)
-                results.append({"runner": "DaskRunner", "pipeline": "dedup_beam",
-                                "workers": w, "seconds": wall, "start_s": start,
-                                "equal": _norm(got) == want})
+                results.append(
+                    {
+                        "runner": "DaskRunner",
+                        "pipeline": "dedup_beam",
+                        "workers": w,
+                        "seconds": wall,
+                        "start_s": start,
+                        "equal": _norm(got) == want,
+                    }
+                )
                 if w == min(workers) and args.single_pass:
                     # what one pipeline with side inputs costs there (O(N) per bundle)
                     got, wall = run_beam(rows, params, args.threshold, on_dask, two_pass=False)
-                    results.append({"runner": "DaskRunner (one pass, side inputs)",
-                                    "pipeline": "dedup_beam", "workers": w, "seconds": wall,
-                                    "start_s": start, "equal": _norm(got) == want})
+                    results.append(
+                        {
+                            "runner": "DaskRunner (one pass, side inputs)",
+                            "pipeline": "dedup_beam",
+                            "workers": w,
+                            "seconds": wall,
+                            "start_s": start,
+                            "equal": _norm(got) == want,
+                        }
+                    )
     for r in results:
         r["n"] = args.n
     if args.embed_n:
@@ -340,49 +450,86 @@ def main(argv: list[str] | None = None) -> int:
         r["rows_per_s"] = r["n"] / r["seconds"]
         r["seconds"] = round(r["seconds"], 2)
         r["start_s"] = round(r["start_s"], 2)
-    dask1 = next((r for r in results if r["runner"] == "DaskRunner" and r["workers"] == 1
-                  and r["pipeline"] == "dedup_beam"), results[1])
+    dask1 = next(
+        (
+            r
+            for r in results
+            if r["runner"] == "DaskRunner" and r["workers"] == 1 and r["pipeline"] == "dedup_beam"
+        ),
+        results[1],
+    )
     overhead_per_row = max(0.0, (dask1["seconds"] - numpy_wall) / args.n)
     probes = float(info.get("mean_probes", 1.0))
     costs = per_partition_costs(args.est_dim, 1000, probes, k_assign=1000)
     est = estimate(costs, overhead_per_row, args.nodes, args.cores)
 
-    print(f"n={args.n} dim={args.dim} partitions={info['n_partitions']} "
-          f"output rows={expected.num_rows} cores={os.cpu_count()}")
-    print(f"{'runner':36s} {'pipeline':16s} {'rows':>6s} {'workers':>7s} {'start s':>8s} "
-          f"{'run s':>8s} {'rows/s':>9s} {'x base':>7s} equal")
+    print(
+        f"n={args.n} dim={args.dim} partitions={info['n_partitions']} "
+        f"output rows={expected.num_rows} cores={os.cpu_count()}"
+    )
+    print(
+        f"{'runner':36s} {'pipeline':16s} {'rows':>6s} {'workers':>7s} {'start s':>8s} "
+        f"{'run s':>8s} {'rows/s':>9s} {'x base':>7s} equal"
+    )
     for r in results:
-        base = next(b for b in results if b["pipeline"] == r["pipeline"]
-                    or (r["pipeline"] == "dedup_beam" and b["pipeline"] == "detectors.dedup"))
-        print(f"{r['runner']:36s} {r['pipeline']:16s} {r['n']:6d} {r['workers']:7d} "
-              f"{r['start_s']:8.2f} {r['seconds']:8.2f} {r['rows_per_s']:9.1f} "
-              f"{base['seconds'] / r['seconds']:7.2f} {r['equal']}")
-    print("x base = speed relative to the first row of the same pipeline (numpy for dedup, "
-          "DirectRunner for embed)")
-    print(f"per partition (P=1000, dim={args.est_dim}, {probes:.2f} probe copies/row): search "
-          f"{costs['search_seconds_per_partition'] * 1e3:.1f} ms; assign "
-          f"{costs['assign_seconds_per_row_per_centroid'] * 1e9:.2f} ns/row/centroid; "
-          f"Beam-on-Dask overhead {overhead_per_row * 1e6:.0f} us/row")
+        base = next(
+            b
+            for b in results
+            if b["pipeline"] == r["pipeline"]
+            or (r["pipeline"] == "dedup_beam" and b["pipeline"] == "detectors.dedup")
+        )
+        print(
+            f"{r['runner']:36s} {r['pipeline']:16s} {r['n']:6d} {r['workers']:7d} "
+            f"{r['start_s']:8.2f} {r['seconds']:8.2f} {r['rows_per_s']:9.1f} "
+            f"{base['seconds'] / r['seconds']:7.2f} {r['equal']}"
+        )
+    print(
+        "x base = speed relative to the first row of the same pipeline (numpy for dedup, "
+        "DirectRunner for embed)"
+    )
+    print(
+        f"per partition (P=1000, dim={args.est_dim}, {probes:.2f} probe copies/row): search "
+        f"{costs['search_seconds_per_partition'] * 1e3:.1f} ms; assign "
+        f"{costs['assign_seconds_per_row_per_centroid'] * 1e9:.2f} ns/row/centroid; "
+        f"Beam-on-Dask overhead {overhead_per_row * 1e6:.0f} us/row"
+    )
     for n in ("1e+08", "2e+09"):
         e = est[n]
-        print(f"estimate N={n} on {args.nodes}x{args.cores} cores: {e['total_hours']} h, "
-              f"{e['total_hours_without_dask_overhead']} h without the Dask per-row overhead "
-              f"({e['partitions']} partitions of ~{e['rows_per_partition']} rows; "
-              f"{e['assign_method']} assign {e['assign_s']} s (flat would be "
-              f"{e['assign_flat_s']} s) + index build {e['index_build_s']} s, search "
-              f"{e['search_s']} s, overhead {e['beam_dask_overhead_s']} s, shuffle "
-              f"{e['shuffle_s']} s, components {e['components_s']} s)")
+        print(
+            f"estimate N={n} on {args.nodes}x{args.cores} cores: {e['total_hours']} h, "
+            f"{e['total_hours_without_dask_overhead']} h without the Dask per-row overhead "
+            f"({e['partitions']} partitions of ~{e['rows_per_partition']} rows; "
+            f"{e['assign_method']} assign {e['assign_s']} s (flat would be "
+            f"{e['assign_flat_s']} s) + index build {e['index_build_s']} s, search "
+            f"{e['search_s']} s, overhead {e['beam_dask_overhead_s']} s, shuffle "
+            f"{e['shuffle_s']} s, components {e['components_s']} s)"
+        )
     for kh, v in costs["hnsw"].items():
-        print(f"HNSW assign at {kh} centroids: build {v['build_seconds']:.1f} s, "
-              f"{v['assign_seconds_per_row'] * 1e3:.2f} ms/row")
+        print(
+            f"HNSW assign at {kh} centroids: build {v['build_seconds']:.1f} s, "
+            f"{v['assign_seconds_per_row'] * 1e3:.2f} ms/row"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
-        "n": args.n, "dim": args.dim, "threshold": args.threshold, "data": data_info,
-        "partitioned_info": info, "output_rows": expected.num_rows, "results": results,
-        "per_partition_costs": costs, "overhead_per_row_s": overhead_per_row,
-        "estimate": est, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "command": "python benchmarks/bench_dask.py " + " ".join(argv or sys.argv[1:]),
-    }, indent=2, default=float))
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "n": args.n,
+                "dim": args.dim,
+                "threshold": args.threshold,
+                "data": data_info,
+                "partitioned_info": info,
+                "output_rows": expected.num_rows,
+                "results": results,
+                "per_partition_costs": costs,
+                "overhead_per_row_s": overhead_per_row,
+                "estimate": est,
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "command": "python benchmarks/bench_dask.py " + " ".join(argv or sys.argv[1:]),
+            },
+            indent=2,
+            default=float,
+        )
+    )
     return 0 if all(r["equal"] for r in results) else 1
 
 

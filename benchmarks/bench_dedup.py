@@ -61,29 +61,32 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
-def make_data(n: int, dim: int = 512, seed: int = 0, dup_rate: float = 0.03,
-              chunk: int = 50_000) -> tuple[np.ndarray, dict[str, Any]]:
+def make_data(
+    n: int, dim: int = 512, seed: int = 0, dup_rate: float = 0.03, chunk: int = 50_000
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Clustered unit vectors (float16) with planted near-duplicate groups (see module doc)."""
     ss = np.random.SeedSequence(seed)
     rng = np.random.default_rng(ss.spawn(1)[0])
     mean = _unit(rng.standard_normal((1, dim))).astype(np.float32)
     n_topics, n_clusters = 64, max(8, n // 200)
     topics = _unit(rng.standard_normal((n_topics, dim))).astype(np.float32)
-    centres = _unit(topics[rng.integers(0, n_topics, n_clusters)]
-                    + _unit(rng.standard_normal((n_clusters, dim)))).astype(np.float32)
+    centres = _unit(
+        topics[rng.integers(0, n_topics, n_clusters)]
+        + _unit(rng.standard_normal((n_clusters, dim)))
+    ).astype(np.float32)
     x = np.empty((n, dim), dtype=np.float16)
     for s, child in zip(range(0, n, chunk), ss.spawn((n + chunk - 1) // chunk)):
         r = np.random.default_rng(child)
         m = min(chunk, n - s)
         lab = r.integers(0, n_clusters, m)
         noise = _unit(r.standard_normal((m, dim)).astype(np.float32))
-        x[s:s + m] = _unit(0.55 * mean + 0.6 * centres[lab] + 0.58 * noise)
+        x[s : s + m] = _unit(0.55 * mean + 0.6 * centres[lab] + 0.58 * noise)
     # planted groups: sources get 1..7 copies at random other positions
     n_src = int(n * dup_rate)
     perm = rng.permutation(n)
     src = perm[:n_src]
     n_copies = np.minimum(rng.geometric(0.5, n_src), 7)
-    dst = perm[n_src:n_src + int(n_copies.sum())]
+    dst = perm[n_src : n_src + int(n_copies.sum())]
     if dst.size < n_copies.sum():
         raise ValueError("dup_rate too high for n")
     src_rep = np.repeat(src, n_copies)
@@ -94,8 +97,15 @@ def make_data(n: int, dim: int = 512, seed: int = 0, dup_rate: float = 0.03,
         base = x[src_rep[sl]].astype(np.float32)
         noise = _unit(rng.standard_normal(base.shape).astype(np.float32))
         x[dst[sl]] = _unit(base + tau[sl, None] * noise)
-    info = {"n": n, "dim": dim, "seed": seed, "n_clusters": n_clusters, "n_topics": n_topics,
-            "planted_sources": int(n_src), "planted_copies": int(dst.size)}
+    info = {
+        "n": n,
+        "dim": dim,
+        "seed": seed,
+        "n_clusters": n_clusters,
+        "n_topics": n_topics,
+        "planted_sources": int(n_src),
+        "planted_copies": int(dst.size),
+    }
     return x, info
 
 
@@ -127,7 +137,7 @@ def _semdedup(x: np.ndarray, threshold: float, n_clusters: int, seed: int) -> tu
     bounds = np.searchsorted(labels[order], np.arange(n_clusters + 1))
     ii, jj = [], []
     for c in range(n_clusters):
-        rows = order[bounds[c]:bounds[c + 1]]
+        rows = order[bounds[c] : bounds[c + 1]]
         if rows.size < 2:
             continue
         xc = xf[rows]
@@ -137,9 +147,12 @@ def _semdedup(x: np.ndarray, threshold: float, n_clusters: int, seed: int) -> tu
         jj.append(rows[b])
     i = np.concatenate(ii) if ii else np.zeros(0, np.int64)
     j = np.concatenate(jj) if jj else np.zeros(0, np.int64)
-    info = {"fit_seconds": round(t_fit - t0, 3),
-            "search_seconds": round(time.perf_counter() - t_fit, 3),
-            "n_clusters": n_clusters, "cluster_size_max": int(np.diff(bounds).max())}
+    info = {
+        "fit_seconds": round(t_fit - t0, 3),
+        "search_seconds": round(time.perf_counter() - t_fit, 3),
+        "n_clusters": n_clusters,
+        "cluster_size_max": int(np.diff(bounds).max()),
+    }
     return i, j, info
 
 
@@ -151,7 +164,7 @@ def _truth(x: np.ndarray, queries: np.ndarray, threshold: float) -> np.ndarray:
     codes = []
     for s in range(0, n, 100_000):
         index = faiss.IndexFlatIP(x.shape[1])
-        index.add(x[s:s + 100_000].astype(np.float32))
+        index.add(x[s : s + 100_000].astype(np.float32))
         lims, _, idx = index.range_search(q, threshold)
         qq = np.repeat(queries, np.diff(lims).astype(np.int64))
         jj = idx.astype(np.int64) + s
@@ -194,19 +207,42 @@ def worker(args: argparse.Namespace) -> int:
         codes = _pairs_touching(i, j, queries, n)
     seconds = time.perf_counter() - t0
     np.save(args.result + ".npy", codes)
-    out = {"method": args.worker, "n": n, "seconds": round(seconds, 3),
-           "peak_rss_mb": round(_rss_mb(), 1), "rss_after_load_mb": round(rss_load, 1),
-           "n_pairs": int(n_pairs), "info": info, "params": params}
+    out = {
+        "method": args.worker,
+        "n": n,
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(_rss_mb(), 1),
+        "rss_after_load_mb": round(rss_load, 1),
+        "n_pairs": int(n_pairs),
+        "info": info,
+        "params": params,
+    }
     Path(args.result).write_text(json.dumps(out))
     return 0
 
 
-def run_worker(method: str, data: Path, queries: Path, threshold: float, params: dict,
-               tmp: Path, threads: int) -> tuple[dict, np.ndarray]:
+def run_worker(
+    method: str, data: Path, queries: Path, threshold: float, params: dict, tmp: Path, threads: int
+) -> tuple[dict, np.ndarray]:
     result = tmp / f"{method}-{data.stem}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--data", str(data),
-           "--query-file", str(queries), "--threshold", str(threshold), "--result", str(result),
-           "--params", json.dumps(params), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        method,
+        "--data",
+        str(data),
+        "--query-file",
+        str(queries),
+        "--threshold",
+        str(threshold),
+        "--result",
+        str(result),
+        "--params",
+        json.dumps(params),
+        "--threads",
+        str(threads),
+    ]
     subprocess.run(cmd, check=True)
     return json.loads(result.read_text()), np.load(str(result) + ".npy")
 
@@ -216,13 +252,20 @@ def run_worker(method: str, data: Path, queries: Path, threshold: float, params:
 # ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES),
-                   help="comma-separated N (default 100000,300000,1000000)")
+    p.add_argument(
+        "--sizes",
+        default=",".join(str(s) for s in DEFAULT_SIZES),
+        help="comma-separated N (default 100000,300000,1000000)",
+    )
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--queries", type=int, default=10_000, help="query vectors for recall")
-    p.add_argument("--brute-max", type=int, default=100_000,
-                   help="largest N for measured brute force (beyond: extrapolated)")
+    p.add_argument(
+        "--brute-max",
+        type=int,
+        default=100_000,
+        help="largest N for measured brute force (beyond: extrapolated)",
+    )
     p.add_argument("--partition-size", type=int, default=1000)
     p.add_argument("--max-probes", type=int, default=2)
     p.add_argument("--probe-scale", type=float, default=0.25)
@@ -260,10 +303,13 @@ def drive(args: argparse.Namespace) -> int:
             qidx = np.sort(np.random.default_rng(args.seed + 1).choice(n, nq, replace=False))
             qpath = tmp / f"q{n}.npy"
             np.save(qpath, qidx)
-            print(f"# N={n}: data generated in {gen_s:.1f} s; computing truth for {nq} queries",
-                  flush=True)
-            truth, truth_codes = run_worker("truth", data, qpath, args.threshold, {}, tmp,
-                                            args.threads)
+            print(
+                f"# N={n}: data generated in {gen_s:.1f} s; computing truth for {nq} queries",
+                flush=True,
+            )
+            truth, truth_codes = run_worker(
+                "truth", data, qpath, args.threshold, {}, tmp, args.threads
+            )
             n_true = int(truth_codes.size)
             k = max(1, round(n / args.partition_size))
             per_method: dict[str, dict[str, Any]] = {}
@@ -272,13 +318,15 @@ def drive(args: argparse.Namespace) -> int:
                     continue
                 params: dict[str, Any] = {"seed": args.seed}
                 if m == "partitioned":
-                    params.update(partition_size=args.partition_size,
-                                  max_probes=args.max_probes, probe_scale=args.probe_scale)
+                    params.update(
+                        partition_size=args.partition_size,
+                        max_probes=args.max_probes,
+                        probe_scale=args.probe_scale,
+                    )
                 if m == "semdedup":
                     params.update(n_clusters=k)
                 print(f"# N={n}: running {m}", flush=True)
-                res, codes = run_worker(m, data, qpath, args.threshold, params, tmp,
-                                        args.threads)
+                res, codes = run_worker(m, data, qpath, args.threshold, params, tmp, args.threads)
                 found = int(np.isin(truth_codes, codes, assume_unique=True).sum())
                 res["recall"] = found / n_true if n_true else float("nan")
                 res["true_pairs_in_sample"] = n_true
@@ -289,11 +337,15 @@ def drive(args: argparse.Namespace) -> int:
             if "brute" in methods and "brute" not in per_method and brute_ref is not None:
                 scale = n / brute_ref["n"]
                 per_method["brute"] = {
-                    "method": "brute", "n": n, "measured": False,
-                    "seconds": round(brute_ref["seconds"] * scale ** 2, 1),
+                    "method": "brute",
+                    "n": n,
+                    "measured": False,
+                    "seconds": round(brute_ref["seconds"] * scale**2, 1),
                     "peak_rss_mb": round(brute_ref["peak_rss_mb"] * scale, 1),
-                    "recall": 1.0, "note": f"extrapolated from N={brute_ref['n']} "
-                                           "(time x (N/N0)^2, memory x N/N0)"}
+                    "recall": 1.0,
+                    "note": f"extrapolated from N={brute_ref['n']} "
+                    "(time x (N/N0)^2, memory x N/N0)",
+                }
             for res in per_method.values():
                 res.update(data=data_info, truth_seconds=truth["seconds"])
                 rows.append(res)
@@ -307,15 +359,33 @@ def drive(args: argparse.Namespace) -> int:
         print(line)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "dedup", "threshold": args.threshold, "dim": args.dim,
-        "queries": args.queries, "sizes": sizes, "seed": args.seed,
-        "partitioned_params": {"partition_size": args.partition_size,
-                               "max_probes": args.max_probes, "probe_scale": args.probe_scale},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "processor": _cpu_name(), "faiss_threads": args.threads},
-        "rows": rows, "summary": summary,
-    }, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "dedup",
+                "threshold": args.threshold,
+                "dim": args.dim,
+                "queries": args.queries,
+                "sizes": sizes,
+                "seed": args.seed,
+                "partitioned_params": {
+                    "partition_size": args.partition_size,
+                    "max_probes": args.max_probes,
+                    "probe_scale": args.probe_scale,
+                },
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "processor": _cpu_name(),
+                    "faiss_threads": args.threads,
+                },
+                "rows": rows,
+                "summary": summary,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
     return 0
 
@@ -339,8 +409,10 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         part = by[("partitioned", n)]
         brute = by.get(("brute", n))
         sem = by.get(("semdedup", n))
-        entry: dict[str, Any] = {"recall": part["recall"],
-                                 "peak_gb": round(part["peak_rss_mb"] / 1024, 2)}
+        entry: dict[str, Any] = {
+            "recall": part["recall"],
+            "peak_gb": round(part["peak_rss_mb"] / 1024, 2),
+        }
         if brute:
             entry["speedup_vs_brute"] = round(brute["seconds"] / part["seconds"], 1)
             entry["brute_measured"] = brute["measured"]
@@ -348,13 +420,21 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             entry["speedup_vs_semdedup"] = round(sem["seconds"] / part["seconds"], 2)
             entry["semdedup_recall"] = sem["recall"]
         out[str(n)] = entry
-        lines.append(f"N={n}: partitioned recall {part['recall']:.4f}, "
-                     f"peak {entry['peak_gb']} GB"
-                     + (f", {entry['speedup_vs_brute']}x faster than brute force"
-                        f"{'' if entry.get('brute_measured') else ' (extrapolated)'}"
-                        if brute else "")
-                     + (f", {entry['speedup_vs_semdedup']}x vs SemDeDup-style "
-                        f"(recall {sem['recall']:.4f})" if sem else ""))
+        lines.append(
+            f"N={n}: partitioned recall {part['recall']:.4f}, "
+            f"peak {entry['peak_gb']} GB"
+            + (
+                f", {entry['speedup_vs_brute']}x faster than brute force"
+                f"{'' if entry.get('brute_measured') else ' (extrapolated)'}"
+                if brute
+                else ""
+            )
+            + (
+                f", {entry['speedup_vs_semdedup']}x vs SemDeDup-style (recall {sem['recall']:.4f})"
+                if sem
+                else ""
+            )
+        )
     if len(ns) >= 2:
         t = np.array([by[("partitioned", n)]["seconds"] for n in ns])
         slope = float(np.polyfit(np.log(ns), np.log(t), 1)[0])
@@ -369,11 +449,13 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     print("-" * len(hdr))
     for r in sorted(rows, key=lambda r: (r["n"], r["method"])):
         rec = r.get("recall")
-        print(f"{r['n']:>9} {r['method']:<12} {r['seconds']:>10.1f} "
-              f"{r['peak_rss_mb'] / 1024:>8.2f} "
-              f"{(f'{rec:.4f}' if rec is not None else '-'):>7} "
-              f"{r.get('n_pairs', '-'):>9}  "
-              f"{r.get('note', '') if not r.get('measured', True) else ''}")
+        print(
+            f"{r['n']:>9} {r['method']:<12} {r['seconds']:>10.1f} "
+            f"{r['peak_rss_mb'] / 1024:>8.2f} "
+            f"{(f'{rec:.4f}' if rec is not None else '-'):>7} "
+            f"{r.get('n_pairs', '-'):>9}  "
+            f"{r.get('note', '') if not r.get('measured', True) else ''}"
+        )
 
 
 if __name__ == "__main__":

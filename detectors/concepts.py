@@ -57,20 +57,27 @@ def word_matches(captions: Sequence[str | None], concepts: Sequence[str]) -> np.
     return out
 
 
-def concept_similarities(text_emb: np.ndarray, concept_emb: np.ndarray,
-                         chunk_size: int = 65536) -> np.ndarray:
+def concept_similarities(
+    text_emb: np.ndarray, concept_emb: np.ndarray, chunk_size: int = 65536
+) -> np.ndarray:
     """``(n, K)`` float32 cosine similarity of each caption embedding to each concept
     embedding (both L2-normalised)."""
     c = np.ascontiguousarray(concept_emb, dtype=np.float32)
     out = np.empty((len(text_emb), len(c)), dtype=np.float32)
     for s in range(0, len(text_emb), chunk_size):
-        out[s:s + chunk_size] = np.asarray(text_emb[s:s + chunk_size], np.float32) @ c.T
+        out[s : s + chunk_size] = np.asarray(text_emb[s : s + chunk_size], np.float32) @ c.T
     return out
 
 
-def semantic_counts(text_emb: np.ndarray, concept_emb: np.ndarray,
-                    radius: float | Sequence[float] | np.ndarray, *, exclusive: bool = False,
-                    chunk_size: int = 200_000, use_gpu: bool | None = None) -> np.ndarray:
+def semantic_counts(
+    text_emb: np.ndarray,
+    concept_emb: np.ndarray,
+    radius: float | Sequence[float] | np.ndarray,
+    *,
+    exclusive: bool = False,
+    chunk_size: int = 200_000,
+    use_gpu: bool | None = None,
+) -> np.ndarray:
     """Per concept, the number of caption embeddings with cosine ``> radius`` to it.
 
     FAISS range search with the concept embeddings as queries over caption-embedding chunks
@@ -90,12 +97,12 @@ def semantic_counts(text_emb: np.ndarray, concept_emb: np.ndarray,
     counts = np.zeros(k, dtype=np.int64)
     gpu = resolve_gpu(use_gpu)
     for s in range(0, len(text_emb), chunk_size):
-        chunk = np.asarray(text_emb[s:s + chunk_size], np.float32)
+        chunk = np.asarray(text_emb[s : s + chunk_size], np.float32)
         index = FlatIPIndex(chunk, use_gpu=gpu)
         lims, dist, idx = index.range_search(q, float(r.min()))
         for j in range(k):
-            d = dist[lims[j]:lims[j + 1]]
-            rows = idx[lims[j]:lims[j + 1]].astype(np.int64)
+            d = dist[lims[j] : lims[j + 1]]
+            rows = idx[lims[j] : lims[j + 1]].astype(np.int64)
             hit = d > r[j]
             if exclusive and hit.any():
                 cand = rows[hit]
@@ -104,9 +111,12 @@ def semantic_counts(text_emb: np.ndarray, concept_emb: np.ndarray,
     return counts
 
 
-def concept_references(text_emb: np.ndarray, word_mask: np.ndarray,
-                       prompt_emb: np.ndarray | None = None,
-                       min_matches: int = 5) -> tuple[np.ndarray, list[str]]:
+def concept_references(
+    text_emb: np.ndarray,
+    word_mask: np.ndarray,
+    prompt_emb: np.ndarray | None = None,
+    min_matches: int = 5,
+) -> tuple[np.ndarray, list[str]]:
     """Reference embedding per concept: the caption centroid (normalised mean text embedding of
     the captions naming it) when at least ``min_matches`` do, else the prompt embedding.
 
@@ -143,8 +153,9 @@ def exclusive_similarities(sims: np.ndarray) -> np.ndarray:
     return out
 
 
-def calibrate_radius(sims: np.ndarray, labels: np.ndarray,
-                     grid: np.ndarray | None = None) -> dict[str, Any]:
+def calibrate_radius(
+    sims: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None
+) -> dict[str, Any]:
     """Cosine radius that best separates word-matched (``labels``) from unmatched pairs.
 
     ``sims`` and ``labels`` are ``(n, K)`` (or flat). Returns the radius with the highest F1 of
@@ -173,17 +184,28 @@ def calibrate_radius(sims: np.ndarray, labels: np.ndarray,
     rec = tp / n_pos
     f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
     best = int(np.argmax(f1))  # first maximum = smallest radius among ties
-    return {"radius": float(grid[best]), "f1": float(f1[best]), "precision": float(prec[best]),
-            "recall": float(rec[best]), "n_matched_pairs": n_pos,
-            "median_sim_matched": float(np.median(pos_f)) if pos_f.size else float("nan"),
-            "median_sim_unmatched": float(np.median(neg_f)) if neg_f.size else float("nan")}
+    return {
+        "radius": float(grid[best]),
+        "f1": float(f1[best]),
+        "precision": float(prec[best]),
+        "recall": float(rec[best]),
+        "n_matched_pairs": n_pos,
+        "median_sim_matched": float(np.median(pos_f)) if pos_f.size else float("nan"),
+        "median_sim_unmatched": float(np.median(neg_f)) if neg_f.size else float("nan"),
+    }
 
 
-def concept_table(concepts: Sequence[str], word: np.ndarray, n_total: int,
-                  semantic: np.ndarray | None, n_semantic: int,
-                  radius: np.ndarray | float | None, sparse_below: float = SPARSE_BELOW,
-                  reference: Sequence[str] | None = None,
-                  reference_emb: np.ndarray | None = None) -> Any:
+def concept_table(
+    concepts: Sequence[str],
+    word: np.ndarray,
+    n_total: int,
+    semantic: np.ndarray | None,
+    n_semantic: int,
+    radius: np.ndarray | float | None,
+    sparse_below: float = SPARSE_BELOW,
+    reference: Sequence[str] | None = None,
+    reference_emb: np.ndarray | None = None,
+) -> Any:
     """The ``concepts`` finding: one row per concept.
 
     Columns: concept, word_count, word_freq, semantic_count, semantic_freq, semantic_threshold
@@ -206,32 +228,39 @@ def concept_table(concepts: Sequence[str], word: np.ndarray, n_total: int,
         ratio = pa.nulls(k, pa.float64())
     else:
         semantic = np.asarray(semantic, dtype=np.int64)
-        none = np.array([r == "none" for r in reference] if reference is not None
-                        else [False] * k, dtype=bool)  # no reference: unknown, not zero
+        none = np.array(
+            [r == "none" for r in reference] if reference is not None else [False] * k, dtype=bool
+        )  # no reference: unknown, not zero
         sf = semantic / n_semantic if n_semantic else np.full(k, np.nan)
         sem = pa.array(semantic, pa.int64(), mask=none)
         sem_freq = pa.array(sf, pa.float64(), mask=none)
-        thr = pa.array(np.broadcast_to(np.asarray(radius, np.float32), (k,)), pa.float32(),
-                       mask=none)
+        thr = pa.array(
+            np.broadcast_to(np.asarray(radius, np.float32), (k,)), pa.float32(), mask=none
+        )
         sparse = np.where(none, word_freq < sparse_below, sf < sparse_below)
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(word_freq > 0, sf / np.where(word_freq > 0, word_freq, 1), np.nan)
         ratio = pa.array(r, pa.float64())
-    return pa.table({
-        "concept": pa.array(list(concepts), pa.string()),
-        "word_count": pa.array(word, pa.int64()),
-        "word_freq": pa.array(word_freq, pa.float64()),
-        "semantic_count": sem,
-        "semantic_freq": sem_freq,
-        "semantic_threshold": thr,
-        "sparse": pa.array(np.asarray(sparse, bool), pa.bool_()),
-        "n_total": pa.array([int(n_total)] * k, pa.int64()),
-        "n_semantic": pa.array([int(n_semantic)] * k, pa.int64()),
-        "semantic_to_word": ratio,
-        "reference": pa.array(list(reference) if reference is not None else [None] * k,
-                              pa.string()),
-        "reference_emb": pa.array(
-            [None] * k if reference_emb is None
-            else [list(map(float, v)) for v in np.asarray(reference_emb, np.float32)],
-            pa.list_(pa.float32())),
-    })
+    return pa.table(
+        {
+            "concept": pa.array(list(concepts), pa.string()),
+            "word_count": pa.array(word, pa.int64()),
+            "word_freq": pa.array(word_freq, pa.float64()),
+            "semantic_count": sem,
+            "semantic_freq": sem_freq,
+            "semantic_threshold": thr,
+            "sparse": pa.array(np.asarray(sparse, bool), pa.bool_()),
+            "n_total": pa.array([int(n_total)] * k, pa.int64()),
+            "n_semantic": pa.array([int(n_semantic)] * k, pa.int64()),
+            "semantic_to_word": ratio,
+            "reference": pa.array(
+                list(reference) if reference is not None else [None] * k, pa.string()
+            ),
+            "reference_emb": pa.array(
+                [None] * k
+                if reference_emb is None
+                else [list(map(float, v)) for v in np.asarray(reference_emb, np.float32)],
+                pa.list_(pa.float32()),
+            ),
+        }
+    )

@@ -204,9 +204,12 @@ def probe_radius(threshold: float, slack: float = 0.01) -> float:
     return math.sqrt(max(0.0, 2.0 - 2.0 * threshold)) * (1.0 + slack) + 1e-3
 
 
-def partition_sample_size(n: int, partition_size: int = PARTITION_SIZE,
-                          sample_per_partition: int = SAMPLE_PER_PARTITION,
-                          max_sample: int = MAX_SAMPLE) -> int:
+def partition_sample_size(
+    n: int,
+    partition_size: int = PARTITION_SIZE,
+    sample_per_partition: int = SAMPLE_PER_PARTITION,
+    max_sample: int = MAX_SAMPLE,
+) -> int:
     """How many (hash-sampled) rows train the k-means partitioner for ``n`` rows."""
     k = choose_n_partitions(max(n, 1), partition_size)
     return int(min(n, sample_per_partition * k, max_sample))
@@ -238,8 +241,9 @@ class Edges:
 
     @classmethod
     def empty(cls, dtype: Any = np.int64) -> Edges:
-        return cls(np.zeros(0, dtype=dtype), np.zeros(0, dtype=dtype),
-                   np.zeros(0, dtype=np.float32), 0)
+        return cls(
+            np.zeros(0, dtype=dtype), np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.float32), 0
+        )
 
     def __len__(self) -> int:
         return int(self.i.shape[0])
@@ -263,8 +267,9 @@ class Edges:
         return cls(i, j, sim, n_pairs)
 
 
-def _best_update(best_sim: np.ndarray, best_nbr: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                 sim: np.ndarray) -> None:
+def _best_update(
+    best_sim: np.ndarray, best_nbr: np.ndarray, lo: np.ndarray, hi: np.ndarray, sim: np.ndarray
+) -> None:
     """In place: per node, the partner with the highest similarity (ties: smaller index)."""
     if lo.size == 0:
         return
@@ -281,8 +286,9 @@ def _best_update(best_sim: np.ndarray, best_nbr: np.ndarray, lo: np.ndarray, hi:
     best_nbr[u[better]] = v[better]
 
 
-def _spanning_forest(n: int, lo: np.ndarray, hi: np.ndarray,
-                     sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _spanning_forest(
+    n: int, lo: np.ndarray, hi: np.ndarray, sim: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A maximum-similarity spanning forest of the graph (same connected components)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import minimum_spanning_tree
@@ -299,8 +305,9 @@ def _spanning_forest(n: int, lo: np.ndarray, hi: np.ndarray,
     return lo2, hi2, s
 
 
-def _dedupe_local(lo: np.ndarray, hi: np.ndarray, sim: np.ndarray,
-                  n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _dedupe_local(
+    lo: np.ndarray, hi: np.ndarray, sim: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if lo.size == 0:
         return lo, hi, sim
     code = lo.astype(np.int64) * n + hi
@@ -328,8 +335,9 @@ class FlatIPIndex:
         if use_gpu and self.base.shape[0] > 0:
             self.gpu = faiss.index_cpu_to_all_gpus(self.cpu)
 
-    def range_search(self, queries: np.ndarray,
-                     threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def range_search(
+        self, queries: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         q = _f32(queries)
         if self.gpu is not None:
             from faiss.contrib.exhaustive_search import range_search_gpu
@@ -341,10 +349,17 @@ class FlatIPIndex:
 # ---------------------------------------------------------------------------------------------
 # one partition: exact search of base x base and probes x base
 # ---------------------------------------------------------------------------------------------
-def search_partition(base_ids: np.ndarray, base: np.ndarray, threshold: float,
-                     query_ids: np.ndarray | None = None, queries: np.ndarray | None = None,
-                     *, keep_all_pairs: bool = False, chunk_size: int = 4096,
-                     use_gpu: bool | None = None) -> Edges:
+def search_partition(
+    base_ids: np.ndarray,
+    base: np.ndarray,
+    threshold: float,
+    query_ids: np.ndarray | None = None,
+    queries: np.ndarray | None = None,
+    *,
+    keep_all_pairs: bool = False,
+    chunk_size: int = 4096,
+    use_gpu: bool | None = None,
+) -> Edges:
     """Exact near-duplicate pairs inside one partition.
 
     ``base`` are the partition's own vectors (pairs among them are searched), ``queries`` the
@@ -400,9 +415,9 @@ def search_partition(base_ids: np.ndarray, base: np.ndarray, threshold: float,
             all_sim.append(s)
             continue
         _best_update(best_sim, best_nbr, lo, hi, s)
-        f_lo, f_hi, f_sim = _spanning_forest(n, np.concatenate([f_lo, lo]),
-                                             np.concatenate([f_hi, hi]),
-                                             np.concatenate([f_sim, s]))
+        f_lo, f_hi, f_sim = _spanning_forest(
+            n, np.concatenate([f_lo, lo]), np.concatenate([f_hi, hi]), np.concatenate([f_sim, s])
+        )
     if keep_all_pairs:
         lo = np.concatenate(all_lo) if all_lo else np.zeros(0, np.int64)
         hi = np.concatenate(all_hi) if all_hi else np.zeros(0, np.int64)
@@ -420,22 +435,44 @@ def search_partition(base_ids: np.ndarray, base: np.ndarray, threshold: float,
 # ---------------------------------------------------------------------------------------------
 # exact path
 # ---------------------------------------------------------------------------------------------
-def exact_edges(x: np.ndarray, threshold: float, *, keep_all_pairs: bool = False,
-                chunk_size: int = 4096, use_gpu: bool | None = None) -> Edges:
+def exact_edges(
+    x: np.ndarray,
+    threshold: float,
+    *,
+    keep_all_pairs: bool = False,
+    chunk_size: int = 4096,
+    use_gpu: bool | None = None,
+) -> Edges:
     """All near-duplicate pairs by exact FAISS range search over every vector (ids = rows)."""
     t0 = time.perf_counter()
-    e = search_partition(np.arange(len(x), dtype=np.int64), x, threshold,
-                         keep_all_pairs=keep_all_pairs, chunk_size=chunk_size, use_gpu=use_gpu)
-    e.info = {"method": "exact", "n": int(len(x)), "n_pairs": e.n_pairs,
-              "seconds": round(time.perf_counter() - t0, 3)}
+    e = search_partition(
+        np.arange(len(x), dtype=np.int64),
+        x,
+        threshold,
+        keep_all_pairs=keep_all_pairs,
+        chunk_size=chunk_size,
+        use_gpu=use_gpu,
+    )
+    e.info = {
+        "method": "exact",
+        "n": int(len(x)),
+        "n_pairs": e.n_pairs,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     return e
 
 
 # ---------------------------------------------------------------------------------------------
 # partitioned path
 # ---------------------------------------------------------------------------------------------
-def train_partitioner(sample: np.ndarray, n_partitions: int, *, niter: int = 10, seed: int = 0,
-                      use_gpu: bool | None = None) -> np.ndarray:
+def train_partitioner(
+    sample: np.ndarray,
+    n_partitions: int,
+    *,
+    niter: int = 10,
+    seed: int = 0,
+    use_gpu: bool | None = None,
+) -> np.ndarray:
     """Spherical k-means centroids (FAISS) on ``sample`` (float32, ``K x D``).
 
     With one partition (or fewer sample rows than partitions) the centroids are the sample's
@@ -450,9 +487,17 @@ def train_partitioner(sample: np.ndarray, n_partitions: int, *, niter: int = 10,
         return _f32(c / max(float(np.linalg.norm(c)), 1e-12))
     if len(sample) <= k:
         return sample.copy()
-    km = faiss.Kmeans(sample.shape[1], k, niter=niter, seed=seed, spherical=True,
-                      gpu=resolve_gpu(use_gpu), max_points_per_centroid=256,
-                      min_points_per_centroid=1, verbose=False)
+    km = faiss.Kmeans(
+        sample.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        spherical=True,
+        gpu=resolve_gpu(use_gpu),
+        max_points_per_centroid=256,
+        min_points_per_centroid=1,
+        verbose=False,
+    )
     with faiss_threads(2.0 * min(len(sample), 256 * k) * k * sample.shape[1]):
         km.train(sample)
     return _f32(km.centroids)
@@ -476,9 +521,13 @@ def resolve_assign(assign: str, k: int) -> str:
     return assign
 
 
-def centroid_index(centroids: np.ndarray, *, m: int = HNSW_M,
-                   ef_construction: int = HNSW_EF_CONSTRUCTION,
-                   ef_search: int = HNSW_EF_SEARCH) -> Any:
+def centroid_index(
+    centroids: np.ndarray,
+    *,
+    m: int = HNSW_M,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+    ef_search: int = HNSW_EF_SEARCH,
+) -> Any:
     """An HNSW graph (FAISS ``IndexHNSWFlat``, inner product) over the centroids.
 
     Built single-threaded: FAISS's parallel HNSW insertion depends on thread timing, and every
@@ -499,9 +548,14 @@ def centroid_index(centroids: np.ndarray, *, m: int = HNSW_M,
     return index
 
 
-def _assign_with_index(xf: np.ndarray, c: np.ndarray, index: Any, radius: float,
-                       max_probes: int, candidates: int,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _assign_with_index(
+    xf: np.ndarray,
+    c: np.ndarray,
+    index: Any,
+    radius: float,
+    max_probes: int,
+    candidates: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`assign_partitions` over each row's ``candidates`` nearest centroids from
     ``index`` (approximate: a partition outside the candidates is never probed)."""
     n, k = xf.shape[0], c.shape[0]
@@ -538,12 +592,18 @@ def _assign_with_index(xf: np.ndarray, c: np.ndarray, index: Any, radius: float,
     return primary, probes, n_needed
 
 
-def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
-                      max_probes: int = MAX_PROBES, probe_scale: float = PROBE_SCALE,
-                      cdist: np.ndarray | None = None,
-                      slack: float = 0.01, index: Any = None,
-                      candidates: int = ASSIGN_CANDIDATES,
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def assign_partitions(
+    x: np.ndarray,
+    centroids: np.ndarray,
+    threshold: float,
+    *,
+    max_probes: int = MAX_PROBES,
+    probe_scale: float = PROBE_SCALE,
+    cdist: np.ndarray | None = None,
+    slack: float = 0.01,
+    index: Any = None,
+    candidates: int = ASSIGN_CANDIDATES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Primary partition and probe partitions of each row of ``x``.
 
     Returns ``(primary (n,), probes (n, max_probes) padded with -1, n_needed (n,))``: the probe
@@ -592,16 +652,26 @@ def assign_partitions(x: np.ndarray, centroids: np.ndarray, threshold: float, *,
     return primary, probes, n_needed
 
 
-def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | None = None,
-                      partition_size: int = PARTITION_SIZE, max_probes: int = MAX_PROBES,
-                      probe_scale: float = PROBE_SCALE, sample_size: int | None = None,
-                      sample_index: np.ndarray | None = None, niter: int = 10, seed: int = 0,
-                      centroids: np.ndarray | None = None,
-                      keep_all_pairs: bool = False, chunk_size: int = 16384,
-                      use_gpu: bool | None = None,
-                      progress: Callable[[Iterable[Any], str, int], Iterable[Any]] | None = None,
-                      assign: str = "auto", candidates: int = ASSIGN_CANDIDATES,
-                      ) -> Edges:
+def partitioned_edges(
+    x: np.ndarray,
+    threshold: float,
+    *,
+    n_partitions: int | None = None,
+    partition_size: int = PARTITION_SIZE,
+    max_probes: int = MAX_PROBES,
+    probe_scale: float = PROBE_SCALE,
+    sample_size: int | None = None,
+    sample_index: np.ndarray | None = None,
+    niter: int = 10,
+    seed: int = 0,
+    centroids: np.ndarray | None = None,
+    keep_all_pairs: bool = False,
+    chunk_size: int = 16384,
+    use_gpu: bool | None = None,
+    progress: Callable[[Iterable[Any], str, int], Iterable[Any]] | None = None,
+    assign: str = "auto",
+    candidates: int = ASSIGN_CANDIDATES,
+) -> Edges:
     """Near-duplicate pairs through k-means partitions (see the module docstring).
 
     ``x``: ``N x D`` (float16 is fine; partitions are converted to float32 one at a time).
@@ -632,8 +702,15 @@ def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | No
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
         primary[sl], probes[sl], n_needed[sl] = assign_partitions(
-            x[sl], centroids, threshold, max_probes=max_probes, probe_scale=probe_scale,
-            cdist=cdist, index=index, candidates=candidates)
+            x[sl],
+            centroids,
+            threshold,
+            max_probes=max_probes,
+            probe_scale=probe_scale,
+            cdist=cdist,
+            index=index,
+            candidates=candidates,
+        )
     t_assign = time.perf_counter()
 
     base_order = np.argsort(primary, kind="stable")
@@ -651,39 +728,51 @@ def partitioned_edges(x: np.ndarray, threshold: float, *, n_partitions: int | No
         it = progress(it, "partitions", k)
     max_work = 0
     for p in it:
-        b_ids = base_order[base_bounds[p]:base_bounds[p + 1]].astype(np.int64)
+        b_ids = base_order[base_bounds[p] : base_bounds[p + 1]].astype(np.int64)
         if b_ids.size == 0:
             continue
-        qi = q_ids[q_bounds[p]:q_bounds[p + 1]]
+        qi = q_ids[q_bounds[p] : q_bounds[p + 1]]
         max_work = max(max_work, b_ids.size + qi.size)
         if b_ids.size + qi.size < 2:
             continue
-        e = search_partition(b_ids, x[b_ids], threshold, qi, x[qi],
-                             keep_all_pairs=keep_all_pairs, use_gpu=gpu)
+        e = search_partition(
+            b_ids, x[b_ids], threshold, qi, x[qi], keep_all_pairs=keep_all_pairs, use_gpu=gpu
+        )
         if len(e) or e.n_pairs:
             parts.append(e)
     edges = Edges.concat(parts)
     t_end = time.perf_counter()
     edges.info = {
-        "method": "partitioned", "n": int(n), "n_partitions": int(k),
+        "method": "partitioned",
+        "n": int(n),
+        "n_partitions": int(k),
         "assign": method if index is not None else "flat",
-        "max_probes": int(max_probes), "probe_scale": float(probe_scale),
+        "max_probes": int(max_probes),
+        "probe_scale": float(probe_scale),
         "n_pairs": int(edges.n_pairs),
         "mean_probes": float(np.mean(np.minimum(n_needed, max_probes))) if n else 0.0,
         "n_truncated": int(np.sum(n_needed > max_probes)),
         "partition_size_max": int(sizes.max()) if k else 0,
         "partition_size_median": float(np.median(sizes)) if k else 0.0,
         "max_rows_in_memory": int(max_work),
-        "train_seconds": round(t_train - t0, 3), "assign_seconds": round(t_assign - t_train, 3),
-        "search_seconds": round(t_end - t_assign, 3), "seconds": round(t_end - t0, 3),
+        "train_seconds": round(t_train - t0, 3),
+        "assign_seconds": round(t_assign - t_train, 3),
+        "search_seconds": round(t_end - t_assign, 3),
+        "seconds": round(t_end - t0, 3),
         "gpu": bool(gpu),
     }
     return edges
 
 
-def near_duplicate_edges(x: np.ndarray, threshold: float, *, method: str = "auto",
-                         exact_max_n: int = EXACT_MAX_N, max_memory_gb: float | None = None,
-                         **kwargs: Any) -> Edges:
+def near_duplicate_edges(
+    x: np.ndarray,
+    threshold: float,
+    *,
+    method: str = "auto",
+    exact_max_n: int = EXACT_MAX_N,
+    max_memory_gb: float | None = None,
+    **kwargs: Any,
+) -> Edges:
     """Dispatch to :func:`exact_edges` or :func:`partitioned_edges`.
 
     ``auto``: exact when ``N <= exact_max_n`` and the float32 index fits half of
@@ -701,11 +790,18 @@ def near_duplicate_edges(x: np.ndarray, threshold: float, *, method: str = "auto
     raise ValueError(f"unknown near-duplicate method {method!r} (exact, partitioned, auto)")
 
 
-def near_duplicate_groups(keys: Sequence[str] | np.ndarray, x: np.ndarray, threshold: float, *,
-                          priority: np.ndarray | None = None, method: str = "auto",
-                          partition_size: int = PARTITION_SIZE,
-                          sample_per_partition: int = SAMPLE_PER_PARTITION,
-                          max_sample: int = MAX_SAMPLE, **kwargs: Any) -> tuple[Any, dict]:
+def near_duplicate_groups(
+    keys: Sequence[str] | np.ndarray,
+    x: np.ndarray,
+    threshold: float,
+    *,
+    priority: np.ndarray | None = None,
+    method: str = "auto",
+    partition_size: int = PARTITION_SIZE,
+    sample_per_partition: int = SAMPLE_PER_PARTITION,
+    max_sample: int = MAX_SAMPLE,
+    **kwargs: Any,
+) -> tuple[Any, dict]:
     """Near-duplicate groups of keyed vectors as ``duplicates`` rows (kind ``near``).
 
     Rows are processed in key order; the k-means sample is the deterministic
@@ -720,11 +816,15 @@ def near_duplicate_groups(keys: Sequence[str] | np.ndarray, x: np.ndarray, thres
     if ks.size > 1 and np.any(ks[1:] == ks[:-1]):
         raise ValueError(f"duplicate keys, e.g. {ks[1:][ks[1:] == ks[:-1]][:5].tolist()}")
     pr = None if priority is None else np.asarray(priority, dtype=np.float64)[order]
-    if method in ("partitioned", "auto") and "sample_index" not in kwargs \
-            and "centroids" not in kwargs:
+    if (
+        method in ("partitioned", "auto")
+        and "sample_index" not in kwargs
+        and "centroids" not in kwargs
+    ):
         kwargs["sample_index"] = hash_sample(
             ks.astype(str).tolist(),
-            partition_sample_size(len(ks), partition_size, sample_per_partition, max_sample))
+            partition_sample_size(len(ks), partition_size, sample_per_partition, max_sample),
+        )
     if method == "exact":
         kwargs = {k: v for k, v in kwargs.items() if k in ("keep_all_pairs", "use_gpu")}
     else:
@@ -779,8 +879,13 @@ def best_partner(n: int, edges: Edges) -> tuple[np.ndarray, np.ndarray]:
     ``-1`` / NaN for rows without an edge."""
     best_sim = np.full(n, -np.inf, dtype=np.float32)
     best_nbr = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    _best_update(best_sim, best_nbr, edges.i.astype(np.int64), edges.j.astype(np.int64),
-                 edges.sim.astype(np.float32))
+    _best_update(
+        best_sim,
+        best_nbr,
+        edges.i.astype(np.int64),
+        edges.j.astype(np.int64),
+        edges.sim.astype(np.float32),
+    )
     none = ~np.isfinite(best_sim)
     best_nbr[none] = -1
     best_sim[none] = np.nan
@@ -812,8 +917,7 @@ def merge_labels(n: int, *labelings: np.ndarray) -> np.ndarray:
             continue
         order = rows[np.argsort(lab[rows], kind="stable")]
         same = lab[order[1:]] == lab[order[:-1]]
-        edges.append(Edges(order[:-1][same], order[1:][same],
-                           np.ones(int(same.sum()), np.float32)))
+        edges.append(Edges(order[:-1][same], order[1:][same], np.ones(int(same.sum()), np.float32)))
     return components(n, Edges.concat(edges)) if edges else np.full(n, -1, dtype=np.int64)
 
 
@@ -850,16 +954,19 @@ def group_centrality(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if rows.size == 0:
         return out
     xs = _f32(x[rows])
-    g = csr_matrix((np.ones(rows.size, np.float32), (labels[rows], np.arange(rows.size))),
-                   shape=(labels.max() + 1, rows.size))
+    g = csr_matrix(
+        (np.ones(rows.size, np.float32), (labels[rows], np.arange(rows.size))),
+        shape=(labels.max() + 1, rows.size),
+    )
     means = np.asarray(g @ xs)
     means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
     out[rows] = np.einsum("ij,ij->i", xs, means[labels[rows]])
     return out
 
 
-def group_nearest(x: np.ndarray | None, labels: np.ndarray, valid: np.ndarray | None = None,
-                  max_group: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def group_nearest(
+    x: np.ndarray | None, labels: np.ndarray, valid: np.ndarray | None = None, max_group: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """Per grouped row, its most similar other member (image cosine) within its group.
 
     For hash and caption groups. Rows without an embedding (``valid`` False) or ``x=None`` get
@@ -887,20 +994,31 @@ def group_nearest(x: np.ndarray | None, labels: np.ndarray, valid: np.ndarray | 
         ref = ok[:max_group]
         n_capped += int(ok.size > max_group)
         for s in range(0, ok.size, 1024):
-            q = ok[s:s + 1024]
+            q = ok[s : s + 1024]
             m = _f32(x[q]) @ _f32(x[ref]).T
             m[q[:, None] == ref[None, :]] = -np.inf
             j = np.argmax(m, axis=1)
             nbr[q] = ref[j]
             sim[q] = m[np.arange(q.size), j]
     if n_capped:
-        logger.info("%d groups larger than %d: nearest member searched among the first %d",
-                    n_capped, max_group, max_group)
+        logger.info(
+            "%d groups larger than %d: nearest member searched among the first %d",
+            n_capped,
+            max_group,
+            max_group,
+        )
     return nbr, sim
 
 
-def group_table(keys: np.ndarray, labels: np.ndarray, kind: str, representative: np.ndarray,
-                nearest: np.ndarray, similarity: np.ndarray, group_offset: int = 0) -> Any:
+def group_table(
+    keys: np.ndarray,
+    labels: np.ndarray,
+    kind: str,
+    representative: np.ndarray,
+    nearest: np.ndarray,
+    similarity: np.ndarray,
+    group_offset: int = 0,
+) -> Any:
     """Rows of the ``duplicates`` finding for one kind (only rows in groups of size >= 2),
     ordered by group id, then key.
 
@@ -919,16 +1037,18 @@ def group_table(keys: np.ndarray, labels: np.ndarray, kind: str, representative:
     lab = labels[rows]
     rep = representative[rows]
     nb = nearest[rows]
-    return pa.table({
-        "key": pa.array(keys[rows].tolist(), pa.string()),
-        "group_id": pa.array(lab + group_offset, pa.int64()),
-        "group_size": pa.array(sizes[lab] if rows.size else [], pa.int32()),
-        "kind": pa.array([kind] * rows.size, pa.string()),
-        "representative_key": pa.array(keys[rep].tolist() if rows.size else [], pa.string()),
-        "is_representative": pa.array(rep == rows, pa.bool_()),
-        "nearest_key": pa.array([keys[i] if i >= 0 else None for i in nb], pa.string()),
-        "similarity": pa.array(np.asarray(similarity, np.float32)[rows], pa.float32()),
-    })
+    return pa.table(
+        {
+            "key": pa.array(keys[rows].tolist(), pa.string()),
+            "group_id": pa.array(lab + group_offset, pa.int64()),
+            "group_size": pa.array(sizes[lab] if rows.size else [], pa.int32()),
+            "kind": pa.array([kind] * rows.size, pa.string()),
+            "representative_key": pa.array(keys[rep].tolist() if rows.size else [], pa.string()),
+            "is_representative": pa.array(rep == rows, pa.bool_()),
+            "nearest_key": pa.array([keys[i] if i >= 0 else None for i in nb], pa.string()),
+            "similarity": pa.array(np.asarray(similarity, np.float32)[rows], pa.float32()),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -956,21 +1076,31 @@ def group_agreement(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     precision = tp / pred if pred else 1.0
     recall = tp / true if true else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp_pairs": tp,
-            "predicted_pairs": pred, "true_pairs": true}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tp_pairs": tp,
+        "predicted_pairs": pred,
+        "true_pairs": true,
+    }
 
 
-def threshold_sweep(x: np.ndarray, truth: np.ndarray,
-                    thresholds: Sequence[float] | np.ndarray | None = None,
-                    max_n: int = 200_000) -> list[dict[str, float]]:
+def threshold_sweep(
+    x: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float] | np.ndarray | None = None,
+    max_n: int = 200_000,
+) -> list[dict[str, float]]:
     """Group and direct-pair precision/recall of near-duplicate groups per threshold.
 
     ``truth``: planted group per row (-1 = none). One exact search at the lowest threshold;
     each threshold's groups are the connected components of the pairs above it.
     """
     if thresholds is None:
-        thresholds = np.round(np.concatenate([np.arange(0.80, 0.95, 0.01),
-                                              np.arange(0.95, 0.9995, 0.001)]), 3)
+        thresholds = np.round(
+            np.concatenate([np.arange(0.80, 0.95, 0.01), np.arange(0.95, 0.9995, 0.001)]), 3
+        )
     thresholds = np.sort(np.asarray(thresholds, dtype=np.float64))
     n = len(x)
     if n > max_n:
@@ -984,10 +1114,12 @@ def threshold_sweep(x: np.ndarray, truth: np.ndarray,
         sub = Edges(e.i[keep], e.j[keep], e.sim[keep])
         g = group_agreement(components(n, sub), truth)
         same = (truth[sub.i] == truth[sub.j]) & (truth[sub.i] >= 0)
-        g.update(threshold=float(t),
-                 pair_precision=float(same.mean()) if len(sub) else 1.0,
-                 pair_recall=float(same.sum() / true_direct) if true_direct else 1.0,
-                 n_pairs=int(len(sub)))
+        g.update(
+            threshold=float(t),
+            pair_precision=float(same.mean()) if len(sub) else 1.0,
+            pair_recall=float(same.sum() / true_direct) if true_direct else 1.0,
+            n_pairs=int(len(sub)),
+        )
         out.append(g)
     return out
 

@@ -49,16 +49,33 @@ logger = logging.getLogger(__name__)
 
 NAME = "dedup_beam_v1"
 
-OUTPUT_COLUMNS = ("key", "group_id", "group_size", "kind", "representative_key",
-                  "is_representative", "nearest_key", "similarity")
+OUTPUT_COLUMNS = (
+    "key",
+    "group_id",
+    "group_size",
+    "kind",
+    "representative_key",
+    "is_representative",
+    "nearest_key",
+    "similarity",
+)
 
 Row = tuple[str, np.ndarray, float]
 """An input element: (key, L2-normalised vector, priority for the keep-one policy)."""
 
 
-def train_model(sample: Sequence[tuple[str, np.ndarray]], n: int, *, threshold: float,
-                partition_size: int, sample_per_partition: int, max_sample: int, niter: int,
-                seed: int, assign: str = "auto") -> dict[str, Any]:
+def train_model(
+    sample: Sequence[tuple[str, np.ndarray]],
+    n: int,
+    *,
+    threshold: float,
+    partition_size: int,
+    sample_per_partition: int,
+    max_sample: int,
+    niter: int,
+    seed: int,
+    assign: str = "auto",
+) -> dict[str, Any]:
     """Centroids from the hash-ordered sample (``n`` = row count), with what assignment needs:
     their distance matrix (flat) or a serialized HNSW graph over them (``assign="hnsw"``, the
     default above ``dd.FLAT_ASSIGN_MAX`` centroids, where a K x K matrix no longer fits)."""
@@ -74,10 +91,20 @@ def train_model(sample: Sequence[tuple[str, np.ndarray]], n: int, *, threshold: 
         import faiss
 
         index = faiss.serialize_index(dd.centroid_index(centroids))
-        return {"centroids": centroids, "cdist": None, "index": index, "k": k,
-                "threshold": threshold}
-    return {"centroids": centroids, "cdist": dd.centroid_distances(centroids), "index": None,
-            "k": k, "threshold": threshold}
+        return {
+            "centroids": centroids,
+            "cdist": None,
+            "index": index,
+            "k": k,
+            "threshold": threshold,
+        }
+    return {
+        "centroids": centroids,
+        "cdist": dd.centroid_distances(centroids),
+        "index": None,
+        "k": k,
+        "threshold": threshold,
+    }
 
 
 _INDEX_CACHE: dict[str, Any] = {}
@@ -131,8 +158,14 @@ def make_transforms() -> dict[str, Any]:
             keys = [r[0] for r in batch]
             x = np.stack([np.asarray(r[1]) for r in batch])
             primary, probes, needed = dd.assign_partitions(
-                x, model["centroids"], self.threshold, max_probes=self.max_probes,
-                probe_scale=self.probe_scale, cdist=model["cdist"], index=_model_index(model))
+                x,
+                model["centroids"],
+                self.threshold,
+                max_probes=self.max_probes,
+                probe_scale=self.probe_scale,
+                cdist=model["cdist"],
+                index=_model_index(model),
+            )
             self.truncated.inc(int(np.sum(needed > self.max_probes)))
             for r, key in enumerate(keys):
                 yield int(primary[r]), (key, x[r], True)
@@ -159,9 +192,12 @@ def make_transforms() -> dict[str, Any]:
             if not base or len(items) < 2:
                 return
             e = dd.search_partition(
-                np.array([t[0] for t in base]), np.stack([t[1] for t in base]), self.threshold,
+                np.array([t[0] for t in base]),
+                np.stack([t[1] for t in base]),
+                self.threshold,
                 np.array([t[0] for t in query]) if query else None,
-                np.stack([t[1] for t in query]) if query else None)
+                np.stack([t[1] for t in query]) if query else None,
+            )
             self.pairs.inc(e.n_pairs)
             for a, b, s in zip(e.i.tolist(), e.j.tolist(), e.sim.tolist()):
                 yield str(a), str(b), float(s)
@@ -180,8 +216,15 @@ def make_transforms() -> dict[str, Any]:
         nbr, sim = dd.best_partner(keys.size, ei)
         sizes = np.bincount(labels[labels >= 0])
         for r in np.flatnonzero(labels >= 0):
-            yield str(keys[r]), {"group_id": int(labels[r]), "group_size": int(sizes[labels[r]]),
-                                 "nearest_key": str(keys[nbr[r]]), "similarity": float(sim[r])}
+            yield (
+                str(keys[r]),
+                {
+                    "group_id": int(labels[r]),
+                    "group_size": int(sizes[labels[r]]),
+                    "nearest_key": str(keys[nbr[r]]),
+                    "similarity": float(sim[r]),
+                },
+            )
 
     def representative(element: tuple[int, Iterable[tuple]]) -> Iterator[dict[str, Any]]:
         """(group_id, [(key, info, priority)]) -> output rows with the kept member."""
@@ -189,10 +232,16 @@ def make_transforms() -> dict[str, Any]:
         members = list(members)
         best = min(members, key=lambda t: (-_prio(t[2]), t[0]))
         for key, info, _ in sorted(members, key=lambda t: t[0]):
-            yield {"key": key, "group_id": info["group_id"], "group_size": info["group_size"],
-                   "kind": "near", "representative_key": best[0],
-                   "is_representative": key == best[0], "nearest_key": info["nearest_key"],
-                   "similarity": info["similarity"]}
+            yield {
+                "key": key,
+                "group_id": info["group_id"],
+                "group_size": info["group_size"],
+                "kind": "near",
+                "representative_key": best[0],
+                "is_representative": key == best[0],
+                "nearest_key": info["nearest_key"],
+                "similarity": info["similarity"],
+            }
 
     def join(element: tuple[str, dict[str, list]]) -> Iterator[tuple[int, tuple]]:
         key, d = element
@@ -204,17 +253,29 @@ def make_transforms() -> dict[str, Any]:
     class PartitionedNearDuplicates(beam.PTransform):
         """PCollection[(key, vec, priority)] -> PCollection[dict] near-duplicate group rows."""
 
-        def __init__(self, threshold: float, *, partition_size: int = dd.PARTITION_SIZE,
-                     max_probes: int = dd.MAX_PROBES, probe_scale: float = dd.PROBE_SCALE,
-                     sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
-                     max_sample: int = dd.MAX_SAMPLE, niter: int = 10, seed: int = 0,
-                     min_batch: int = 256, max_batch: int = 4096,
-                     batching: str = "auto", assign: str = "auto",
-                     model: dict[str, Any] | None = None) -> None:
+        def __init__(
+            self,
+            threshold: float,
+            *,
+            partition_size: int = dd.PARTITION_SIZE,
+            max_probes: int = dd.MAX_PROBES,
+            probe_scale: float = dd.PROBE_SCALE,
+            sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
+            max_sample: int = dd.MAX_SAMPLE,
+            niter: int = 10,
+            seed: int = 0,
+            min_batch: int = 256,
+            max_batch: int = 4096,
+            batching: str = "auto",
+            assign: str = "auto",
+            model: dict[str, Any] | None = None,
+        ) -> None:
             super().__init__()
             if model is not None and "n" not in model:
-                raise ValueError("a precomputed model needs its row count under 'n' "
-                                 "(what FitPartitionModel / fit_model return)")
+                raise ValueError(
+                    "a precomputed model needs its row count under 'n' "
+                    "(what FitPartitionModel / fit_model return)"
+                )
             self.model = model
             if batching not in BATCHING:
                 raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
@@ -237,10 +298,14 @@ def make_transforms() -> dict[str, Any]:
 
             if self.model is None:
                 fitted = rows | "Fit" >> FitPartitionModel(
-                    self.threshold, partition_size=self.partition_size,
+                    self.threshold,
+                    partition_size=self.partition_size,
                     sample_per_partition=self.sample_per_partition,
-                    max_sample=self.max_sample, niter=self.niter, seed=self.seed,
-                    assign=self.assign)
+                    max_sample=self.max_sample,
+                    niter=self.niter,
+                    seed=self.seed,
+                    assign=self.assign,
+                )
                 model_arg: Any = AsSingleton(fitted)
                 count_arg: Any = AsSingleton(fitted | "N" >> beam.Map(lambda m: m["n"]))
             else:
@@ -250,41 +315,64 @@ def make_transforms() -> dict[str, Any]:
             if batching == "auto":
                 batching = "shuffle" if drops_finish_bundle_outputs(rows.pipeline) else "bundle"
             if batching == "bundle":
-                batches = rows | "Batch" >> beam.BatchElements(min_batch_size=self.min_batch,
-                                                               max_batch_size=self.max_batch)
+                batches = rows | "Batch" >> beam.BatchElements(
+                    min_batch_size=self.min_batch, max_batch_size=self.max_batch
+                )
             else:
-                batches = (rows
-                           | "Bucket" >> beam.Map(_bucket, count_arg, self.max_batch)
-                           | "GroupBuckets" >> beam.GroupByKey()
-                           | "Batches" >> beam.FlatMap(_chunks, self.max_batch))
-            edges = (batches
-                     | "Assign" >> beam.ParDo(
-                         AssignPartitions(self.threshold, self.max_probes, self.probe_scale),
-                         model_arg)
-                     | "GroupByPartition" >> beam.GroupByKey()
-                     | "Search" >> beam.ParDo(SearchPartition(self.threshold)))
-            groups = (edges
-                      | "AllEdges" >> beam.combiners.ToList()
-                      | "Components" >> beam.FlatMap(components))
+                batches = (
+                    rows
+                    | "Bucket" >> beam.Map(_bucket, count_arg, self.max_batch)
+                    | "GroupBuckets" >> beam.GroupByKey()
+                    | "Batches" >> beam.FlatMap(_chunks, self.max_batch)
+                )
+            edges = (
+                batches
+                | "Assign"
+                >> beam.ParDo(
+                    AssignPartitions(self.threshold, self.max_probes, self.probe_scale), model_arg
+                )
+                | "GroupByPartition" >> beam.GroupByKey()
+                | "Search" >> beam.ParDo(SearchPartition(self.threshold))
+            )
+            groups = (
+                edges
+                | "AllEdges" >> beam.combiners.ToList()
+                | "Components" >> beam.FlatMap(components)
+            )
             priority = rows | "Priority" >> beam.Map(lambda r: (r[0], r[2]))
-            return ({"group": groups, "priority": priority}
-                    | "JoinPriority" >> beam.CoGroupByKey()
-                    | "ByGroup" >> beam.FlatMap(join)
-                    | "GroupMembers" >> beam.GroupByKey()
-                    | "Representative" >> beam.FlatMap(representative))
+            return (
+                {"group": groups, "priority": priority}
+                | "JoinPriority" >> beam.CoGroupByKey()
+                | "ByGroup" >> beam.FlatMap(join)
+                | "GroupMembers" >> beam.GroupByKey()
+                | "Representative" >> beam.FlatMap(representative)
+            )
 
     class FitPartitionModel(beam.PTransform):
         """PCollection[(key, vec, priority)] -> one dict: :func:`train_model`'s model plus the
         row count ``n`` (steps 1-2 of the module doc)."""
 
-        def __init__(self, threshold: float, *, partition_size: int = dd.PARTITION_SIZE,
-                     sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
-                     max_sample: int = dd.MAX_SAMPLE, niter: int = 10, seed: int = 0,
-                     assign: str = "auto") -> None:
+        def __init__(
+            self,
+            threshold: float,
+            *,
+            partition_size: int = dd.PARTITION_SIZE,
+            sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
+            max_sample: int = dd.MAX_SAMPLE,
+            niter: int = 10,
+            seed: int = 0,
+            assign: str = "auto",
+        ) -> None:
             super().__init__()
-            self.kw = dict(threshold=threshold, partition_size=partition_size,
-                           sample_per_partition=sample_per_partition, max_sample=max_sample,
-                           niter=niter, seed=seed, assign=assign)
+            self.kw = dict(
+                threshold=threshold,
+                partition_size=partition_size,
+                sample_per_partition=sample_per_partition,
+                max_sample=max_sample,
+                niter=niter,
+                seed=seed,
+                assign=assign,
+            )
 
         def expand(self, rows: Any) -> Any:
             from apache_beam.pvalue import AsSingleton
@@ -293,18 +381,27 @@ def make_transforms() -> dict[str, Any]:
             count = rows | "Count" >> beam.combiners.Count.Globally()
             # CombineGlobally(TopCombineFn), not Top.Smallest: Top emits per-bundle heaps from
             # finish_bundle, which the DaskRunner drops
-            sample = (rows
-                      | "KeyVec" >> beam.Map(lambda r: (r[0], r[1]))
-                      | "HashSample" >> beam.CombineGlobally(
-                          TopCombineFn(self.kw["max_sample"], key=_sample_order, reverse=True)))
+            sample = (
+                rows
+                | "KeyVec" >> beam.Map(lambda r: (r[0], r[1]))
+                | "HashSample"
+                >> beam.CombineGlobally(
+                    TopCombineFn(self.kw["max_sample"], key=_sample_order, reverse=True)
+                )
+            )
             # single-element main input: the side input is read once
             return sample | "Train" >> beam.Map(
                 lambda smp, n, **kw: {**train_model(smp, n, **kw), "n": int(n)},
-                AsSingleton(count), **self.kw)
+                AsSingleton(count),
+                **self.kw,
+            )
 
-    return {"AssignPartitions": AssignPartitions, "SearchPartition": SearchPartition,
-            "PartitionedNearDuplicates": PartitionedNearDuplicates,
-            "FitPartitionModel": FitPartitionModel}
+    return {
+        "AssignPartitions": AssignPartitions,
+        "SearchPartition": SearchPartition,
+        "PartitionedNearDuplicates": PartitionedNearDuplicates,
+        "FitPartitionModel": FitPartitionModel,
+    }
 
 
 BATCHING = ("auto", "bundle", "shuffle")
@@ -405,17 +502,20 @@ def load_model(path: str) -> dict[str, Any]:
     return model
 
 
-def fit_model(read_rows: Any, model_path: str, threshold: float, setup: Any,
-              **params: Any) -> dict[str, Any]:
+def fit_model(
+    read_rows: Any, model_path: str, threshold: float, setup: Any, **params: Any
+) -> dict[str, Any]:
     """Pass 1 of the two-pass mode: ``read_rows(pipeline) -> PCollection`` of rows, fitted
     and written to ``model_path`` by a worker (from ``process``), then read back here.
     ``params``: the :data:`FIT_PARAMS` among ``PartitionedNearDuplicates``'s options."""
     beam = _beam()
     fit = {k: v for k, v in params.items() if k in FIT_PARAMS}
     p = beam.Pipeline(runner=setup.new_runner(), options=setup.options)
-    (read_rows(p)
-     | "FitModel" >> FitPartitionModel(threshold, **fit)
-     | "SaveModel" >> beam.Map(save_model, model_path))
+    (
+        read_rows(p)
+        | "FitModel" >> FitPartitionModel(threshold, **fit)
+        | "SaveModel" >> beam.Map(save_model, model_path)
+    )
     result = p.run()
     result.wait_until_finish()
     _close_client(result)
@@ -428,8 +528,9 @@ def _close_client(result: Any) -> None:
         client.close()
 
 
-def rows_from_table(table: Any, vector_column: str = "image_emb",
-                    priority: np.ndarray | None = None) -> Iterator[Row]:
+def rows_from_table(
+    table: Any, vector_column: str = "image_emb", priority: np.ndarray | None = None
+) -> Iterator[Row]:
     """(key, vector, priority) rows from an Arrow table/record batch; rows with a null vector
     are skipped (they have no embedding to compare)."""
     import pyarrow as pa
@@ -444,8 +545,9 @@ def rows_from_table(table: Any, vector_column: str = "image_emb",
     # Beam's parquet reader may hand fixed-size lists over as plain lists: check the lengths
     lengths = pc.list_value_length(kept).to_numpy(zero_copy_only=False)
     if lengths.size and np.any(lengths != lengths[0]):
-        raise ValueError(f"{vector_column}: vectors of different lengths "
-                         f"({sorted(set(lengths.tolist()))[:5]})")
+        raise ValueError(
+            f"{vector_column}: vectors of different lengths ({sorted(set(lengths.tolist()))[:5]})"
+        )
     flat = pc.list_flatten(kept).to_numpy(zero_copy_only=False)
     vecs = flat.reshape(len(kept), -1) if len(kept) else flat.reshape(0, 0)
     rows = np.flatnonzero(valid)
@@ -454,10 +556,16 @@ def rows_from_table(table: Any, vector_column: str = "image_emb",
         yield keys[r], v, p
 
 
-OUTPUT_SCHEMA_FIELDS = (("key", "string"), ("group_id", "int64"), ("group_size", "int32"),
-                        ("kind", "string"), ("representative_key", "string"),
-                        ("is_representative", "bool"), ("nearest_key", "string"),
-                        ("similarity", "float32"))
+OUTPUT_SCHEMA_FIELDS = (
+    ("key", "string"),
+    ("group_id", "int64"),
+    ("group_size", "int32"),
+    ("kind", "string"),
+    ("representative_key", "string"),
+    ("is_representative", "bool"),
+    ("nearest_key", "string"),
+    ("similarity", "float32"),
+)
 
 
 def output_schema() -> Any:
@@ -466,8 +574,9 @@ def output_schema() -> Any:
     return pa.schema([(n, pa.type_for_alias(t)) for n, t in OUTPUT_SCHEMA_FIELDS])
 
 
-def read_parquet_batches(path: str, columns: Sequence[str],
-                         batch_size: int = 65536) -> Iterator[Any]:
+def read_parquet_batches(
+    path: str, columns: Sequence[str], batch_size: int = 65536
+) -> Iterator[Any]:
     """Record batches of one parquet file, read with pyarrow through Beam's ``FileSystems``
     (local paths, gs://, s3://...). Used instead of ``ReadFromParquetBatched``, whose source
     the DaskRunner cannot read."""
@@ -482,8 +591,9 @@ def read_parquet_batches(path: str, columns: Sequence[str],
         yield from pf.iter_batches(batch_size=batch_size, columns=list(columns))
 
 
-def write_output_shard(element: tuple[int, Iterable[dict]], prefix: str,
-                       n_shards: int) -> Iterator[str]:
+def write_output_shard(
+    element: tuple[int, Iterable[dict]], prefix: str, n_shards: int
+) -> Iterator[str]:
     """(shard, rows) -> ``{prefix}-SSSSS-of-NNNNN.parquet``, rows sorted by key, written to a
     temporary name and renamed, so a retried bundle rewrites the same file and a reader never
     sees half a shard. A sink that emits only from ``process`` (Beam's file sinks emit their
@@ -507,10 +617,18 @@ def write_output_shard(element: tuple[int, Iterable[dict]], prefix: str,
     yield path
 
 
-def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: float, *,
-                   priority_column: str | None = None, setup: Any = None,
-                   n_output_shards: int = 8, two_pass: bool | None = None,
-                   vector_column: str = "image_emb", **params: Any) -> None:
+def run_near_dedup(
+    parquet_files: Sequence[str],
+    output_prefix: str,
+    threshold: float,
+    *,
+    priority_column: str | None = None,
+    setup: Any = None,
+    n_output_shards: int = 8,
+    two_pass: bool | None = None,
+    vector_column: str = "image_emb",
+    **params: Any,
+) -> None:
     """Read embedding parts, run :class:`PartitionedNearDuplicates`, write parquet shards to
     ``output_prefix-SSSSS-of-NNNNN.parquet`` (columns :data:`OUTPUT_COLUMNS`; a shard with no
     rows is not written).
@@ -531,34 +649,51 @@ def run_near_dedup(parquet_files: Sequence[str], output_prefix: str, threshold: 
     def to_rows(batch: Any) -> Iterator[Row]:
         pr = None
         if priority_column:
-            pr = np.asarray(batch.column(priority_column).to_numpy(zero_copy_only=False),
-                            dtype=np.float64)
+            pr = np.asarray(
+                batch.column(priority_column).to_numpy(zero_copy_only=False), dtype=np.float64
+            )
         yield from rows_from_table(batch, vector_column, pr)
 
     if setup is None:
         with beam_setup([]) as default_setup:
-            return run_near_dedup(parquet_files, output_prefix, threshold,
-                                  priority_column=priority_column, setup=default_setup,
-                                  n_output_shards=n_output_shards, two_pass=two_pass,
-                                  vector_column=vector_column, **params)
+            return run_near_dedup(
+                parquet_files,
+                output_prefix,
+                threshold,
+                priority_column=priority_column,
+                setup=default_setup,
+                n_output_shards=n_output_shards,
+                two_pass=two_pass,
+                vector_column=vector_column,
+                **params,
+            )
     n = max(1, int(n_output_shards))
 
     def read_rows(p: Any) -> Any:
-        return (p
-                | "Files" >> beam.Create(sorted(parquet_files))
-                | "Read" >> beam.FlatMap(read_parquet_batches, columns)
-                | "ToRows" >> beam.FlatMap(to_rows))
+        return (
+            p
+            | "Files" >> beam.Create(sorted(parquet_files))
+            | "Read" >> beam.FlatMap(read_parquet_batches, columns)
+            | "ToRows" >> beam.FlatMap(to_rows)
+        )
 
     if two_pass is None:
         two_pass = recomputes_side_inputs(setup.new_runner())
     if two_pass:
-        logger.info("near-dedup in two passes: fitting the partition model first (%s "
-                    "recomputes side inputs per bundle)", setup.runner_name)
-        params = {**params, "model": fit_model(read_rows, f"{output_prefix}-model.npz",
-                                               threshold, setup, **params)}
+        logger.info(
+            "near-dedup in two passes: fitting the partition model first (%s "
+            "recomputes side inputs per bundle)",
+            setup.runner_name,
+        )
+        params = {
+            **params,
+            "model": fit_model(read_rows, f"{output_prefix}-model.npz", threshold, setup, **params),
+        }
     with beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p:
-        (read_rows(p)
-         | "NearDuplicates" >> PartitionedNearDuplicates(threshold, **params)
-         | "Shard" >> beam.Map(lambda r: (dd.stable_hash64(r["key"]) % n, r))
-         | "GroupShards" >> beam.GroupByKey()
-         | "Write" >> beam.FlatMap(write_output_shard, output_prefix, n))
+        (
+            read_rows(p)
+            | "NearDuplicates" >> PartitionedNearDuplicates(threshold, **params)
+            | "Shard" >> beam.Map(lambda r: (dd.stable_hash64(r["key"]) % n, r))
+            | "GroupShards" >> beam.GroupByKey()
+            | "Write" >> beam.FlatMap(write_output_shard, output_prefix, n)
+        )

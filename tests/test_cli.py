@@ -39,8 +39,11 @@ def test_unimplemented_stage_exits_nonzero(monkeypatch, capsys) -> None:
 def test_bad_config_value_is_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "audit.toml"
     cfg.write_text(f'workspace = "{tmp_path}"\n[dedup]\nthreshold = "high"\n')
-    proc = subprocess.run([sys.executable, "-m", "audit", "dedup", "--config", str(cfg)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "audit", "dedup", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == cli.EXIT_USAGE, proc.stderr
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith("laion-audit: config error: dedup.threshold")

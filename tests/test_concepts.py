@@ -11,8 +11,16 @@ from audit.workspace import Workspace, embedding_schema
 from detectors import concepts as dc
 
 DIM = 32
-COLUMNS = ["concept", "word_count", "word_freq", "semantic_count", "semantic_freq",
-           "semantic_threshold", "sparse", "n_total"]
+COLUMNS = [
+    "concept",
+    "word_count",
+    "word_freq",
+    "semantic_count",
+    "semantic_freq",
+    "semantic_threshold",
+    "sparse",
+    "n_total",
+]
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -91,8 +99,9 @@ def test_calibrated_radius_separates_and_counts_unnamed_captions() -> None:
 
 
 def test_concept_table_columns_and_sparse_flag() -> None:
-    t = dc.concept_table(["a", "b"], np.array([10, 0]), 1000, np.array([30, 0]), 900, 0.4,
-                         sparse_below=0.01)
+    t = dc.concept_table(
+        ["a", "b"], np.array([10, 0]), 1000, np.array([30, 0]), 900, 0.4, sparse_below=0.01
+    )
     assert t.column_names[:8] == COLUMNS
     row = t.to_pylist()
     assert row[0]["word_freq"] == 0.01 and row[0]["semantic_freq"] == pytest.approx(30 / 900)
@@ -100,8 +109,7 @@ def test_concept_table_columns_and_sparse_flag() -> None:
     assert [r["sparse"] for r in row] == [False, True]
     assert row[0]["semantic_threshold"] == pytest.approx(0.4)
     t = dc.concept_table(["a"], np.array([1]), 10, None, 0, None)
-    assert t.column("semantic_count").null_count == 1 and t.column("sparse").to_pylist() == [
-        False]
+    assert t.column("semantic_count").null_count == 1 and t.column("sparse").to_pylist() == [False]
 
 
 # ------------------------------------------------------------------------------ stage
@@ -114,12 +122,22 @@ def make_workspace(path, seed: int = 1):
     emb = [list(map(float, v)) for v in temb]
     emb[6] = None
     ws = Workspace(path)
-    t = pa.table({
-        "key": [f"{i:09d}" for i in range(n)], "url": [f"u{i}" for i in range(n)],
-        "caption": caps, "sha256": [None] * n, "width": [64] * n, "height": [64] * n,
-        "status": ["ok"] * n, "error": [None] * n, "image_emb": emb, "text_emb": emb,
-        "clip_score": [0.3] * n,
-    }, schema=embedding_schema(DIM))
+    t = pa.table(
+        {
+            "key": [f"{i:09d}" for i in range(n)],
+            "url": [f"u{i}" for i in range(n)],
+            "caption": caps,
+            "sha256": [None] * n,
+            "width": [64] * n,
+            "height": [64] * n,
+            "status": ["ok"] * n,
+            "error": [None] * n,
+            "image_emb": emb,
+            "text_emb": emb,
+            "clip_score": [0.3] * n,
+        },
+        schema=embedding_schema(DIM),
+    )
     ws.write_part(ws.part_path(0), t)
     ws.write_json(ws.embeddings_dir / "model.json", {"name": "fake-model"})
     return ws, concepts, caps, cemb, about
@@ -135,12 +153,16 @@ def test_stage_with_concept_file_and_fake_model(tmp_path, monkeypatch) -> None:
     import audit.stages.concepts as stage
 
     ws, concepts, caps, cemb, about = make_workspace(tmp_path / "ws")
-    monkeypatch.setattr(stage, "concept_embeddings",
-                        lambda ws, cs, cfg: (cemb[[concepts.index(c) for c in cs]], "fake"))
+    monkeypatch.setattr(
+        stage,
+        "concept_embeddings",
+        lambda ws, cs, cfg: (cemb[[concepts.index(c) for c in cs]], "fake"),
+    )
     f = tmp_path / "concepts.txt"
     f.write_text("# my list\ndog\ncat  \n\nrocket\nDog\n")
-    assert _run(["concepts", str(ws.root), "-q", "--concepts", str(f),
-                 "--sparse-below", "0.05"]) == 0
+    assert (
+        _run(["concepts", str(ws.root), "-q", "--concepts", str(f), "--sparse-below", "0.05"]) == 0
+    )
     df = ws.read_finding("concepts").to_pandas()
     meta = ws.finding_meta("concepts")
     assert df.concept.tolist() == ["dog", "cat", "rocket"]
@@ -150,8 +172,7 @@ def test_stage_with_concept_file_and_fake_model(tmp_path, monkeypatch) -> None:
     assert df["sparse"].tolist() == [False, False, True]
     assert df.semantic_count[0] > df.word_count[0]  # the "puppy" captions
     # an explicit radius is used as is
-    assert _run(["concepts", str(ws.root), "-q", "--concepts", "dog,cat",
-                 "--radius", "0.99"]) == 0
+    assert _run(["concepts", str(ws.root), "-q", "--concepts", "dog,cat", "--radius", "0.99"]) == 0
     df = ws.read_finding("concepts").to_pandas()
     assert df.semantic_threshold.tolist() == [pytest.approx(0.99)] * 2
     assert df.semantic_count.tolist() == [0, 0]
@@ -161,16 +182,19 @@ def test_stage_without_a_loadable_model(tmp_path) -> None:
     """Caption centroids need no model; only the concepts that fall back to the prompt
     ensemble (too few captions name them) lose their semantic count, and say why."""
     ws, *_ = make_workspace(tmp_path / "ws")
-    assert _run(["concepts", str(ws.root), "-q", "--concepts", "dog,cat,rocket",
-                 "--min-matches", "20"]) == 0
+    assert (
+        _run(
+            ["concepts", str(ws.root), "-q", "--concepts", "dog,cat,rocket", "--min-matches", "20"]
+        )
+        == 0
+    )
     df = ws.read_finding("concepts").to_pandas()
     meta = ws.finding_meta("concepts")
     assert df.word_count.tolist()[2] < 20
     assert df.reference.tolist() == ["caption_centroid", "caption_centroid", "none"]
     assert df.semantic_count[:2].notna().all() and df.semantic_count.isna().tolist()[2]
     assert "fake-model" in meta["prompt_error"]
-    assert _run(["concepts", str(ws.root), "-q", "--concepts", "dog", "--reference",
-                 "prompt"]) == 0
+    assert _run(["concepts", str(ws.root), "-q", "--concepts", "dog", "--reference", "prompt"]) == 0
     assert ws.read_finding("concepts").column("semantic_count").null_count == 1
     assert "fake-model" in ws.finding_meta("concepts")["semantic_error"]
 

@@ -18,10 +18,10 @@ class Demo:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        require(self.batch_size > 0, "demo.batch_size", "must be a positive integer",
-                self.batch_size)
-        require(0.0 < self.threshold <= 1.0, "demo.threshold", "must be in (0, 1]",
-                self.threshold)
+        require(
+            self.batch_size > 0, "demo.batch_size", "must be a positive integer", self.batch_size
+        )
+        require(0.0 < self.threshold <= 1.0, "demo.threshold", "must be in (0, 1]", self.threshold)
 
 
 def test_defaults_file_and_cli_precedence() -> None:
@@ -29,8 +29,9 @@ def test_defaults_file_and_cli_precedence() -> None:
     assert cfg.batch_size == 64 and cfg.threshold == 0.9
     cfg = merge(Demo, "demo", {"batch_size": 8, "threshold": 0.5}, None)
     assert cfg.batch_size == 8 and cfg.threshold == 0.5
-    args = argparse.Namespace(batch_size=16, threshold=None, model=None, concepts="a, b",
-                              fp16=None, device=None)
+    args = argparse.Namespace(
+        batch_size=16, threshold=None, model=None, concepts="a, b", fp16=None, device=None
+    )
     cfg = merge(Demo, "demo", {"batch_size": 8, "threshold": 0.5}, args)
     assert cfg.batch_size == 16  # CLI wins
     assert cfg.threshold == 0.5  # absent on the CLI: the file's value stays
@@ -62,7 +63,7 @@ def test_load_toml_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_toml(tmp_path / "missing.toml")
     top = tmp_path / "top.toml"
-    top.write_text('batch_size = 3\n')
+    top.write_text("batch_size = 3\n")
     with pytest.raises(ConfigError, match="top-level key 'batch_size'"):
         load_toml(top)
     good = tmp_path / "good.toml"

@@ -61,9 +61,7 @@ def run_collect(build: Any, out: Path, setup: Any) -> list[Any]:
         os.replace(tmp, path)
 
     p = beam.Pipeline(runner=setup.new_runner(), options=setup.options)
-    (build(p)
-     | "Collect" >> beam.combiners.ToList()
-     | "Save" >> beam.Map(save, str(out)))
+    (build(p) | "Collect" >> beam.combiners.ToList() | "Save" >> beam.Map(save, str(out)))
     result = p.run()
     try:
         result.wait_until_finish()
@@ -77,12 +75,12 @@ def run_collect(build: Any, out: Path, setup: Any) -> list[Any]:
 def dask_setup(cluster: Any) -> Any:
     from pipelines.beam_options import beam_setup
 
-    return beam_setup([f"--dask_client_address={cluster.scheduler_address}"],
-                      runner="DaskRunner")
+    return beam_setup([f"--dask_client_address={cluster.scheduler_address}"], runner="DaskRunner")
 
 
-def test_dask_runner_drops_finish_bundle_outputs_and_safe_equivalents(cluster: Any,
-                                                                      tmp_path: Path) -> None:
+def test_dask_runner_drops_finish_bundle_outputs_and_safe_equivalents(
+    cluster: Any, tmp_path: Path
+) -> None:
     """Beam 2.77's DaskRunner snapshots a bundle's outputs BEFORE ``finish_bundle`` runs
     (``transform_evaluator.apply_dofn_to_bundle``), so whatever a DoFn emits there is lost:
     ``BatchElements`` (its last batch of every bundle), ``Top.*`` (per-bundle heaps), the file
@@ -96,16 +94,27 @@ def test_dask_runner_drops_finish_bundle_outputs_and_safe_equivalents(cluster: A
 
     def build(p: Any) -> Any:
         xs = p | beam.Create(list(range(n)))
-        batched = (xs | "Batch" >> beam.BatchElements(min_batch_size=50, max_batch_size=50)
-                   | "BatchRows" >> beam.FlatMap(lambda b: [["batch", v] for v in b]))
-        top = (xs | "Top" >> beam.combiners.Top.Smallest(5)
-               | "TopRows" >> beam.FlatMap(lambda t: [["top", v] for v in t]))
-        safe_top = (xs | "SafeTop" >> beam.CombineGlobally(TopCombineFn(5, reverse=True))
-                    | "SafeTopRows" >> beam.FlatMap(lambda t: [["safe_top", v] for v in t]))
-        safe_batch = (xs | "Bucket" >> beam.Map(lambda v: (v % 6, v))
-                      | "GroupBuckets" >> beam.GroupByKey()
-                      | "SafeBatchRows" >> beam.FlatMapTuple(
-                          lambda k, vs: [["safe_batch", v] for v in vs]))
+        batched = (
+            xs
+            | "Batch" >> beam.BatchElements(min_batch_size=50, max_batch_size=50)
+            | "BatchRows" >> beam.FlatMap(lambda b: [["batch", v] for v in b])
+        )
+        top = (
+            xs
+            | "Top" >> beam.combiners.Top.Smallest(5)
+            | "TopRows" >> beam.FlatMap(lambda t: [["top", v] for v in t])
+        )
+        safe_top = (
+            xs
+            | "SafeTop" >> beam.CombineGlobally(TopCombineFn(5, reverse=True))
+            | "SafeTopRows" >> beam.FlatMap(lambda t: [["safe_top", v] for v in t])
+        )
+        safe_batch = (
+            xs
+            | "Bucket" >> beam.Map(lambda v: (v % 6, v))
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "SafeBatchRows" >> beam.FlatMapTuple(lambda k, vs: [["safe_batch", v] for v in vs])
+        )
         return (batched, top, safe_top, safe_batch) | beam.Flatten()
 
     with dask_setup(cluster) as on_dask:
@@ -119,8 +128,7 @@ def test_dask_runner_drops_finish_bundle_outputs_and_safe_equivalents(cluster: A
     assert by.get("top", []) == []  # lost: Top's per-bundle heaps are emitted in finish_bundle
 
 
-def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any,
-                                                             tmp_path: Path) -> None:
+def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any, tmp_path: Path) -> None:
     import apache_beam as beam
 
     from pipelines.beam_options import beam_setup
@@ -130,16 +138,20 @@ def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any,
     rng = np.random.default_rng(1)
     keys = [f"{i:09d}" for i in rng.permutation(N)]
     prio = rng.random(N)
-    expected, info = dd.near_duplicate_groups(keys, x, 0.95, priority=prio,
-                                              method="partitioned", **PARAMS)
+    expected, info = dd.near_duplicate_groups(
+        keys, x, 0.95, priority=prio, method="partitioned", **PARAMS
+    )
     assert info["n_partitions"] == 10 and expected.num_rows > 300
     want = sorted(expected.to_pylist(), key=lambda r: r["key"])
     rows = [(k, x[i], float(prio[i])) for i, k in enumerate(keys)]
 
     def build(p: Any) -> Any:
-        return (p | beam.Create(rows)
-                | PartitionedNearDuplicates(0.95, **PARAMS)
-                | beam.Map(lambda r: dict(r, similarity=float(r["similarity"]))))
+        return (
+            p
+            | beam.Create(rows)
+            | PartitionedNearDuplicates(0.95, **PARAMS)
+            | beam.Map(lambda r: dict(r, similarity=float(r["similarity"])))
+        )
 
     with beam_setup([]) as direct:
         got_direct = run_collect(build, tmp_path / "direct.json", direct)
@@ -149,8 +161,10 @@ def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any,
 
     def norm(rs: list[dict]) -> list[dict]:
         # JSON turns float32 similarities into float64 text: compare at float32 precision
-        return sorted(({**r, "similarity": float(np.float32(r["similarity"]))} for r in rs),
-                      key=lambda r: r["key"])
+        return sorted(
+            ({**r, "similarity": float(np.float32(r["similarity"]))} for r in rs),
+            key=lambda r: r["key"],
+        )
 
     assert norm(got_direct) == norm(want)
     assert norm(got_dask) == norm(want)
@@ -158,8 +172,7 @@ def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any,
     assert len(pairs) == len(got_dask)  # one row per key, no duplicates
 
 
-def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster: Any,
-                                                            tmp_path: Path) -> None:
+def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster: Any, tmp_path: Path) -> None:
     import apache_beam as beam
     from distributed import Client
 
@@ -179,11 +192,14 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster: Any,
         return i
 
     def build(p: Any) -> Any:
-        return (p | beam.Create(list(range(n)))
-                | "Die" >> beam.Map(die_once, str(marker))
-                | "Key" >> beam.Map(lambda i: (i % 7, i))
-                | "Group" >> beam.GroupByKey()
-                | "Sort" >> beam.MapTuple(lambda k, vs: [k, sorted(vs)]))
+        return (
+            p
+            | beam.Create(list(range(n)))
+            | "Die" >> beam.Map(die_once, str(marker))
+            | "Key" >> beam.Map(lambda i: (i % 7, i))
+            | "Group" >> beam.GroupByKey()
+            | "Sort" >> beam.MapTuple(lambda k, vs: [k, sorted(vs)])
+        )
 
     with dask_setup(cluster) as on_dask:
         got = run_collect(build, tmp_path / "out.json", on_dask)

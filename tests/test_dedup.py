@@ -14,16 +14,29 @@ from audit.workspace import Workspace, embedding_schema
 from detectors import dedup as dd
 
 DIM = 48
-COLUMNS = ["key", "group_id", "group_size", "kind", "representative_key", "is_representative",
-           "nearest_key", "similarity"]
+COLUMNS = [
+    "key",
+    "group_id",
+    "group_size",
+    "kind",
+    "representative_key",
+    "is_representative",
+    "nearest_key",
+    "similarity",
+]
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
-def clustered(n: int, seed: int = 0, n_groups: int = 40, dim: int = DIM,
-              sim_range: tuple[float, float] = (0.96, 0.995)) -> tuple[np.ndarray, np.ndarray]:
+def clustered(
+    n: int,
+    seed: int = 0,
+    n_groups: int = 40,
+    dim: int = DIM,
+    sim_range: tuple[float, float] = (0.96, 0.995),
+) -> tuple[np.ndarray, np.ndarray]:
     """Unit float16 vectors in 8 clusters (cosine ~0.5-0.6 inside) with ``n_groups`` planted
     groups of 2-4 copies of a source at cosine in ``sim_range`` to it. Returns (x, truth)."""
     rng = np.random.default_rng(seed)
@@ -36,7 +49,7 @@ def clustered(n: int, seed: int = 0, n_groups: int = 40, dim: int = DIM,
     pos = 0
     for g in range(n_groups):
         size = int(rng.integers(2, 5))
-        rows = perm[pos:pos + size]
+        rows = perm[pos : pos + size]
         pos += size
         truth[rows] = g
         for r in rows[1:]:
@@ -73,8 +86,9 @@ def test_exact_edges_find_planted_groups() -> None:
 def test_partitioned_with_exact_bound_equals_exact_search() -> None:
     x, _ = clustered(600, seed=1)
     exact = dd.exact_edges(x, 0.95, keep_all_pairs=True)
-    part = dd.partitioned_edges(x, 0.95, partition_size=60, max_probes=64, probe_scale=1.0,
-                                keep_all_pairs=True)
+    part = dd.partitioned_edges(
+        x, 0.95, partition_size=60, max_probes=64, probe_scale=1.0, keep_all_pairs=True
+    )
     assert part.info["n_partitions"] == 10
     assert part.info["n_truncated"] == 0  # every probe the bound asks for was made...
     assert pair_set(part) == pair_set(exact)  # ...so the result is exact
@@ -126,10 +140,14 @@ def test_without_probes_boundary_pairs_are_lost_and_probes_recover_them() -> Non
     straddle a boundary; the exact bound recovers all of them."""
     x, _ = clustered(600, seed=3, n_groups=80)
     exact = pair_set(dd.exact_edges(x, 0.95, keep_all_pairs=True))
-    none = pair_set(dd.partitioned_edges(x, 0.95, partition_size=15, max_probes=0,
-                                         keep_all_pairs=True))
-    full = pair_set(dd.partitioned_edges(x, 0.95, partition_size=15, max_probes=200,
-                                         probe_scale=1.0, keep_all_pairs=True))
+    none = pair_set(
+        dd.partitioned_edges(x, 0.95, partition_size=15, max_probes=0, keep_all_pairs=True)
+    )
+    full = pair_set(
+        dd.partitioned_edges(
+            x, 0.95, partition_size=15, max_probes=200, probe_scale=1.0, keep_all_pairs=True
+        )
+    )
     assert len(none) < len(exact)
     assert full == exact
 
@@ -193,7 +211,8 @@ def test_hash_sample_is_deterministic_bottom_k() -> None:
     hashes = [dd.stable_hash64(k) for k in keys]
     assert [hashes[i] for i in s] == sorted(hashes)[:50]
     assert dd.stable_hash64("000000001") == int.from_bytes(
-        hashlib.blake2b(b"000000001", digest_size=8).digest(), "little")
+        hashlib.blake2b(b"000000001", digest_size=8).digest(), "little"
+    )
 
 
 def test_value_groups_merge_and_representatives() -> None:
@@ -242,8 +261,10 @@ def test_threshold_sweep_and_choice() -> None:
     assert by[0.999]["recall"] < 0.2
     best = dd.choose_threshold(sweep, 0.98)
     assert best["meets_precision"] and best["threshold"] == 0.9 or best["threshold"] == 0.92
-    assert dd.group_agreement(np.array([0, 0, 1, 1, -1]), np.array([0, 0, 0, -1, -1]))[
-        "precision"] == 0.5
+    assert (
+        dd.group_agreement(np.array([0, 0, 1, 1, -1]), np.array([0, 0, 0, -1, -1]))["precision"]
+        == 0.5
+    )
 
 
 def test_default_thresholds() -> None:
@@ -278,21 +299,22 @@ def test_beam_pipeline_equals_single_machine_partitioned_path() -> None:
     keys = [f"{i:09d}" for i in rng.permutation(500)]
     prio = rng.random(500)
     params = {"partition_size": 50, "max_probes": 2, "probe_scale": 0.5}
-    expected, info = dd.near_duplicate_groups(keys, x, 0.95, priority=prio, method="partitioned",
-                                              **params)
+    expected, info = dd.near_duplicate_groups(
+        keys, x, 0.95, priority=prio, method="partitioned", **params
+    )
     assert info["n_partitions"] == 10 and expected.num_rows > 100
     rows = [(k, x[i], float(prio[i])) for i, k in enumerate(keys)]
     with TestPipeline() as p:
         out = p | beam.Create(rows) | PartitionedNearDuplicates(0.95, **params)
         assert_that(out, equal_to(expected.to_pylist()))
     # the HNSW assignment travels to workers as a serialized index: same rows
-    expected_h, info_h = dd.near_duplicate_groups(keys, x, 0.95, priority=prio,
-                                                  method="partitioned", assign="hnsw", **params)
+    expected_h, info_h = dd.near_duplicate_groups(
+        keys, x, 0.95, priority=prio, method="partitioned", assign="hnsw", **params
+    )
     assert info_h["assign"] == "hnsw" and expected_h.to_pylist() == expected.to_pylist()
     with TestPipeline() as p:
         out = p | beam.Create(rows) | PartitionedNearDuplicates(0.95, assign="hnsw", **params)
         assert_that(out, equal_to(expected_h.to_pylist()))
-
 
 
 def test_two_pass_mode_fits_once_and_passes_the_model_without_side_inputs(tmp_path) -> None:
@@ -309,18 +331,28 @@ def test_two_pass_mode_fits_once_and_passes_the_model_without_side_inputs(tmp_pa
     keys = [f"{i:09d}" for i in range(400)]
     rows = [(k, x[i], 0.0) for i, k in enumerate(keys)]
     params = {"partition_size": 40, "max_probes": 2, "probe_scale": 0.5}
-    expected, info = dd.near_duplicate_groups(keys, x, 0.95, priority=np.zeros(400),
-                                              method="partitioned", **params)
+    expected, info = dd.near_duplicate_groups(
+        keys, x, 0.95, priority=np.zeros(400), method="partitioned", **params
+    )
     for assign in ("flat", "hnsw"):
         with beam_setup([]) as setup:
-            model = db.fit_model(lambda p: p | beam.Create(rows), str(tmp_path / f"{assign}.npz"),
-                                 0.95, setup, assign=assign, **params)
+            model = db.fit_model(
+                lambda p: p | beam.Create(rows),
+                str(tmp_path / f"{assign}.npz"),
+                0.95,
+                setup,
+                assign=assign,
+                **params,
+            )
         assert model["n"] == 400 and model["k"] == 10
         assert (model["cdist"] is None) == (assign == "hnsw")
         assert (model["index"] is None) == (assign == "flat")
         with TestPipeline() as p:
-            out = (p | beam.Create(rows)
-                   | db.PartitionedNearDuplicates(0.95, model=model, batching="shuffle", **params))
+            out = (
+                p
+                | beam.Create(rows)
+                | db.PartitionedNearDuplicates(0.95, model=model, batching="shuffle", **params)
+            )
             assert_that(out, equal_to(expected.to_pylist()))
     with pytest.raises(ValueError, match="row count"):
         db.PartitionedNearDuplicates(0.95, model={"centroids": None})
@@ -358,14 +390,22 @@ def make_workspace(path, n: int = 240, seed: int = 12, model: str | None = "ViT-
     schema = embedding_schema(DIM)
     for part, rows in enumerate((range(0, n // 2), range(n // 2, n))):
         rows = list(rows)
-        t = pa.table({
-            "key": [keys[i] for i in rows], "url": [f"http://x/{i}" for i in rows],
-            "caption": [captions[i] for i in rows], "sha256": [sha[i] for i in rows],
-            "width": [64 + i % 3 for i in rows], "height": [64] * len(rows),
-            "status": [status[i] for i in rows], "error": [None] * len(rows),
-            "image_emb": [emb[i] for i in rows], "text_emb": [emb[i] for i in rows],
-            "clip_score": [0.3] * len(rows),
-        }, schema=schema)
+        t = pa.table(
+            {
+                "key": [keys[i] for i in rows],
+                "url": [f"http://x/{i}" for i in rows],
+                "caption": [captions[i] for i in rows],
+                "sha256": [sha[i] for i in rows],
+                "width": [64 + i % 3 for i in rows],
+                "height": [64] * len(rows),
+                "status": [status[i] for i in rows],
+                "error": [None] * len(rows),
+                "image_emb": [emb[i] for i in rows],
+                "text_emb": [emb[i] for i in rows],
+                "clip_score": [0.3] * len(rows),
+            },
+            schema=schema,
+        )
         ws.write_part(ws.part_path(part), t)
     if model:
         ws.write_json(ws.embeddings_dir / "model.json", {"name": model, "embed_dim": DIM})
@@ -448,10 +488,16 @@ def test_stage_calibrate_records_sweep(tmp_path) -> None:
     tpath = tmp_path / "truth.parquet"
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"key": [f"{i:09d}" for i in range(len(x))],
-                             "dup_group": [None if g < 0 else int(g) for g in truth]}), tpath)
-    assert _run(["dedup", str(ws.root), "-q", "--kinds", "near", "--calibrate",
-                 str(tpath)]) == 0
+    pq.write_table(
+        pa.table(
+            {
+                "key": [f"{i:09d}" for i in range(len(x))],
+                "dup_group": [None if g < 0 else int(g) for g in truth],
+            }
+        ),
+        tpath,
+    )
+    assert _run(["dedup", str(ws.root), "-q", "--kinds", "near", "--calibrate", str(tpath)]) == 0
     cal = json.loads((ws.findings_dir / "duplicates.json").read_text())["calibration"]
     assert cal["chosen"]["meets_precision"]
     assert cal["chosen"]["precision"] >= 0.98 and cal["chosen"]["recall"] >= 0.95
@@ -498,8 +544,9 @@ def _testbed_agreement(ws: Workspace, *options: str) -> tuple[dict, object, obje
         if r.key in pos:
             lab[r.kind][pos[r.key]] = r.group_id
     found = dd.merge_labels(len(keys), lab["exact"], lab["near"])
-    planted = np.array([-1 if np.isnan(g) else int(g)
-                        for g in truth.loc[keys, "dup_group"].astype(float)])
+    planted = np.array(
+        [-1 if np.isnan(g) else int(g) for g in truth.loc[keys, "dup_group"].astype(float)]
+    )
     return dd.group_agreement(found, planted), df, truth, keys
 
 
@@ -526,11 +573,15 @@ def test_testbed_planted_duplicates_precision(testbed_ws) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "the shipped tiny-synth CLIP is not instance-discriminative: planted near copies sit at "
-    "cosine 0.90-0.98 while distinct renders of the same concept/colour/style reach 0.99, so "
-    "at precision >= 0.98 recall is ~0.6-0.7 (see detectors.dedup.DEFAULT_THRESHOLDS). "
-    "Strict: passes (and must be un-marked) once a model separates them."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the shipped tiny-synth CLIP is not instance-discriminative: planted near copies sit at "
+        "cosine 0.90-0.98 while distinct renders of the same concept/colour/style reach 0.99, so "
+        "at precision >= 0.98 recall is ~0.6-0.7 (see detectors.dedup.DEFAULT_THRESHOLDS). "
+        "Strict: passes (and must be un-marked) once a model separates them."
+    ),
+)
 def test_testbed_planted_duplicates_recall_target(testbed_ws) -> None:
     agree, *_ = _testbed_agreement(Workspace(testbed_ws), "--space", "clip")
     assert agree["precision"] >= 0.98 and agree["recall"] >= 0.95, agree

@@ -8,13 +8,37 @@ from detectors.text import match_keyword, normalize_caption
 
 
 def test_match_keyword_boundaries_and_plurals() -> None:
-    caps = ["Two DOGS on grass", "a catalog of cars", "Van  Gogh - starry night", "van-gogh",
-            None, "", "the dog's bone", "vangogh"]
-    assert match_keyword(caps, "dog").tolist() == [True, False, False, False, False, False,
-                                                   True, False]
+    caps = [
+        "Two DOGS on grass",
+        "a catalog of cars",
+        "Van  Gogh - starry night",
+        "van-gogh",
+        None,
+        "",
+        "the dog's bone",
+        "vangogh",
+    ]
+    assert match_keyword(caps, "dog").tolist() == [
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
     assert match_keyword(caps, "cat").tolist() == [False] * 8
-    assert match_keyword(caps, "van gogh").tolist() == [False, False, True, True, False, False,
-                                                        False, False]
+    assert match_keyword(caps, "van gogh").tolist() == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
     with pytest.raises(ValueError):
         match_keyword(caps, "  ")
 

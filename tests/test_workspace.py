@@ -25,9 +25,17 @@ def _part(keys: list[str], dim: int = 4) -> pa.Table:
     n = len(keys)
     return pa.Table.from_pydict(
         {
-            "key": keys, "url": [f"http://x/{k}" for k in keys], "caption": ["c"] * n,
-            "sha256": [None] * n, "width": [64] * n, "height": [64] * n, "status": ["ok"] * n,
-            "error": [None] * n, "image_emb": vec, "text_emb": vec, "clip_score": [0.3] * n,
+            "key": keys,
+            "url": [f"http://x/{k}" for k in keys],
+            "caption": ["c"] * n,
+            "sha256": [None] * n,
+            "width": [64] * n,
+            "height": [64] * n,
+            "status": ["ok"] * n,
+            "error": [None] * n,
+            "image_emb": vec,
+            "text_emb": vec,
+            "clip_score": [0.3] * n,
         },
         schema=embedding_schema(dim),
     )

@@ -15,7 +15,10 @@ import argparse
 def add_workspace_argument(parser: argparse.ArgumentParser) -> None:
     """The positional workspace (may also come from ``workspace = ...`` in audit.toml)."""
     parser.add_argument(
-        "workspace", nargs="?", default=None, metavar="WS",
+        "workspace",
+        nargs="?",
+        default=None,
+        metavar="WS",
         help="workspace folder (default: `workspace` from audit.toml)",
     )
 
@@ -28,8 +31,17 @@ def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
         "--direct_running_mode multi_processing, or --runner DataflowRunner --project P "
         "--region R --temp_location gs://B/tmp.",
     )
-    g.add_argument("--runner", default=None,
-                   help="Beam runner (default: DirectRunner; e.g. DataflowRunner, FlinkRunner, "
-                        "SparkRunner, apache_beam.runners.dask.dask_runner.DaskRunner)")
-    g.add_argument("--dask-local", dest="dask_local", type=int, default=None, metavar="N",
-                   help="start a Dask LocalCluster of N workers on 127.0.0.1 and run there")
+    g.add_argument(
+        "--runner",
+        default=None,
+        help="Beam runner (default: DirectRunner; e.g. DataflowRunner, FlinkRunner, "
+        "SparkRunner, apache_beam.runners.dask.dask_runner.DaskRunner)",
+    )
+    g.add_argument(
+        "--dask-local",
+        dest="dask_local",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start a Dask LocalCluster of N workers on 127.0.0.1 and run there",
+    )

@@ -69,36 +69,77 @@ class Config:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        require(self.reference in REFERENCES, "concepts.reference",
-                f"must be one of {', '.join(REFERENCES)}", self.reference)
+        require(
+            self.reference in REFERENCES,
+            "concepts.reference",
+            f"must be one of {', '.join(REFERENCES)}",
+            self.reference,
+        )
         require(self.min_matches >= 1, "concepts.min_matches", "must be >= 1", self.min_matches)
         if self.radius is not None:
-            require(-1.0 <= self.radius < 1.0, "concepts.radius",
-                    "must be a cosine in [-1, 1)", self.radius)
-        require(0.0 <= self.sparse_below <= 1.0, "concepts.sparse_below",
-                "must be a frequency in [0, 1]", self.sparse_below)
+            require(
+                -1.0 <= self.radius < 1.0,
+                "concepts.radius",
+                "must be a cosine in [-1, 1)",
+                self.radius,
+            )
+        require(
+            0.0 <= self.sparse_below <= 1.0,
+            "concepts.sparse_below",
+            "must be a frequency in [0, 1]",
+            self.sparse_below,
+        )
         require(self.batch_size >= 1, "concepts.batch_size", "must be >= 1", self.batch_size)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument("--concepts", default=None, metavar="LIST_OR_FILE",
-                        help="comma-separated concepts, or a file with one per line "
-                             "(default: general-list objects the captions name + frequent "
-                             "caption terms)")
-    parser.add_argument("--radius", type=float, default=None, metavar="COS",
-                        help="semantic cosine radius (default: calibrated on the workspace)")
-    parser.add_argument("--sparse-below", dest="sparse_below", type=float, default=None,
-                        metavar="FREQ", help="flag concepts rarer than this (default 0.0004)")
-    parser.add_argument("--reference", default=None, choices=REFERENCES,
-                        help="what the radius is measured from: the caption centroid of the "
-                             "captions naming the concept (default) or its prompt ensemble")
-    parser.add_argument("--min-matches", dest="min_matches", type=int, default=None,
-                        metavar="N", help="captions naming a concept needed for its centroid "
-                                          "(default 5; fewer: prompt ensemble)")
-    parser.add_argument("--overlap", action="store_true", default=None,
-                        help="a caption counts for every concept within the radius (default: "
-                             "only for its nearest concept)")
+    parser.add_argument(
+        "--concepts",
+        default=None,
+        metavar="LIST_OR_FILE",
+        help="comma-separated concepts, or a file with one per line "
+        "(default: general-list objects the captions name + frequent "
+        "caption terms)",
+    )
+    parser.add_argument(
+        "--radius",
+        type=float,
+        default=None,
+        metavar="COS",
+        help="semantic cosine radius (default: calibrated on the workspace)",
+    )
+    parser.add_argument(
+        "--sparse-below",
+        dest="sparse_below",
+        type=float,
+        default=None,
+        metavar="FREQ",
+        help="flag concepts rarer than this (default 0.0004)",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        choices=REFERENCES,
+        help="what the radius is measured from: the caption centroid of the "
+        "captions naming the concept (default) or its prompt ensemble",
+    )
+    parser.add_argument(
+        "--min-matches",
+        dest="min_matches",
+        type=int,
+        default=None,
+        metavar="N",
+        help="captions naming a concept needed for its centroid "
+        "(default 5; fewer: prompt ensemble)",
+    )
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        default=None,
+        help="a caption counts for every concept within the radius (default: "
+        "only for its nearest concept)",
+    )
     parser.add_argument("--device", default=None, help="torch device for the concept prompts")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=None)
 
@@ -161,8 +202,9 @@ def concept_embeddings(ws: Any, concepts: list[str], cfg: Config) -> tuple[np.nd
     if not name:
         raise InputError("embeddings/model.json names no model")
     model, _, tokenizer = load_clip(name, pretrained=info.get("pretrained"), device=cfg.device)
-    emb = concept_text_embeddings(model, tokenizer, concepts, device=cfg.device,
-                                  batch_size=cfg.batch_size)
+    emb = concept_text_embeddings(
+        model, tokenizer, concepts, device=cfg.device, batch_size=cfg.batch_size
+    )
     return emb, str(name)
 
 
@@ -187,9 +229,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     matches = dc.word_matches(captions, concepts)
     word = matches.sum(axis=0)
     timings = {"word": round(time.perf_counter() - t0, 3)}
-    meta: dict[str, Any] = {"detector": dc.NAME, "concepts_source": source,
-                            "sparse_below": cfg.sparse_below, "n_rows": t.num_rows,
-                            "reference": cfg.reference, "exclusive": not cfg.overlap}
+    meta: dict[str, Any] = {
+        "detector": dc.NAME,
+        "concepts_source": source,
+        "sparse_below": cfg.sparse_below,
+        "n_rows": t.num_rows,
+        "reference": cfg.reference,
+        "exclusive": not cfg.overlap,
+    }
 
     semantic = radius = kinds = refs = None
     n_sem = 0
@@ -202,7 +249,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         mvalid = matches[valid]
         need_prompt = cfg.reference == "prompt" or bool(
-            (mvalid.sum(axis=0) < cfg.min_matches).any())
+            (mvalid.sum(axis=0) < cfg.min_matches).any()
+        )
         prompt = None
         if need_prompt:
             try:
@@ -211,13 +259,19 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 # ModelError is a RuntimeError: e.g. imported embeddings of an unavailable model
                 if cfg.reference == "prompt":
                     raise
-                logger.warning("prompt embeddings unavailable (%s): concepts named by fewer "
-                               "than %d captions get no semantic count", exc, cfg.min_matches)
+                logger.warning(
+                    "prompt embeddings unavailable (%s): concepts named by fewer "
+                    "than %d captions get no semantic count",
+                    exc,
+                    cfg.min_matches,
+                )
                 meta["prompt_error"] = f"{type(exc).__name__}: {exc}"
             if prompt is not None and prompt.shape[1] != temb.shape[1]:
-                raise InputError(f"model {meta['model']!r} gives {prompt.shape[1]}-d text "
-                                 f"embeddings but the workspace's are {temb.shape[1]}-d: "
-                                 "model.json does not match")
+                raise InputError(
+                    f"model {meta['model']!r} gives {prompt.shape[1]}-d text "
+                    f"embeddings but the workspace's are {temb.shape[1]}-d: "
+                    "model.json does not match"
+                )
         min_matches = cfg.min_matches if cfg.reference == "centroid" else mvalid.shape[0] + 1
         refs, kinds = dc.concept_references(temb, mvalid, prompt, min_matches)
         sims = dc.concept_similarities(temb, refs)
@@ -230,9 +284,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             radius = cal["radius"]
             meta["radius_source"] = "calibrated (max F1 against word matches)"
             meta["calibration"] = cal
-            logger.info("semantic radius %.3f (F1 %.3f against word matches; median cosine "
-                        "%.3f matched vs %.3f unmatched)", radius, cal["f1"],
-                        cal["median_sim_matched"], cal["median_sim_unmatched"])
+            logger.info(
+                "semantic radius %.3f (F1 %.3f against word matches; median cosine "
+                "%.3f matched vs %.3f unmatched)",
+                radius,
+                cal["f1"],
+                cal["median_sim_matched"],
+                cal["median_sim_unmatched"],
+            )
         semantic = dc.semantic_counts(temb, refs, radius, exclusive=not cfg.overlap)
         n_sem = int(temb.shape[0])
         meta["references"] = dict(zip(concepts, kinds))
@@ -242,10 +301,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         meta["semantic_error"] = f"{type(exc).__name__}: {exc}"
         semantic = radius = kinds = refs = None
 
-    table = dc.concept_table(concepts, word, n_total, semantic, n_sem, radius, cfg.sparse_below,
-                             kinds, refs)
+    table = dc.concept_table(
+        concepts, word, n_total, semantic, n_sem, radius, cfg.sparse_below, kinds, refs
+    )
     timings["total"] = round(time.perf_counter() - t0, 3)
-    meta.update(radius=radius, timings=timings,
-                n_sparse=int(np.asarray(table.column("sparse").to_pylist(), bool).sum()))
+    meta.update(
+        radius=radius,
+        timings=timings,
+        n_sparse=int(np.asarray(table.column("sparse").to_pylist(), bool).sum()),
+    )
     ws.write_finding("concepts", table, meta)
     return 0

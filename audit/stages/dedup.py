@@ -84,80 +84,172 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
-            require(-1.0 < self.threshold < 1.0, "dedup.threshold",
-                    "must be a cosine similarity in (-1, 1)", self.threshold)
-        require(self.space in SPACES, "dedup.space", f"must be one of {', '.join(SPACES)}",
-                self.space)
-        require(self.method in METHODS, "dedup.method", f"must be one of {', '.join(METHODS)}",
-                self.method)
+            require(
+                -1.0 < self.threshold < 1.0,
+                "dedup.threshold",
+                "must be a cosine similarity in (-1, 1)",
+                self.threshold,
+            )
+        require(
+            self.space in SPACES, "dedup.space", f"must be one of {', '.join(SPACES)}", self.space
+        )
+        require(
+            self.method in METHODS,
+            "dedup.method",
+            f"must be one of {', '.join(METHODS)}",
+            self.method,
+        )
         require(self.max_memory > 0, "dedup.max_memory", "must be > 0 (GB)", self.max_memory)
         require(self.exact_max_n >= 0, "dedup.exact_max_n", "must be >= 0", self.exact_max_n)
-        require(self.partition_size >= 2, "dedup.partition_size", "must be >= 2",
-                self.partition_size)
+        require(
+            self.partition_size >= 2, "dedup.partition_size", "must be >= 2", self.partition_size
+        )
         require(self.max_probes >= 0, "dedup.max_probes", "must be >= 0", self.max_probes)
-        require(self.assign in dd.ASSIGN_METHODS, "dedup.assign",
-                f"must be one of {', '.join(dd.ASSIGN_METHODS)}", self.assign)
-        require(0 < self.probe_scale <= 1, "dedup.probe_scale", "must be in (0, 1]",
-                self.probe_scale)
-        require(self.keep in KEEP_POLICIES, "dedup.keep",
-                f"must be one of {', '.join(KEEP_POLICIES)}", self.keep)
+        require(
+            self.assign in dd.ASSIGN_METHODS,
+            "dedup.assign",
+            f"must be one of {', '.join(dd.ASSIGN_METHODS)}",
+            self.assign,
+        )
+        require(
+            0 < self.probe_scale <= 1, "dedup.probe_scale", "must be in (0, 1]", self.probe_scale
+        )
+        require(
+            self.keep in KEEP_POLICIES,
+            "dedup.keep",
+            f"must be one of {', '.join(KEEP_POLICIES)}",
+            self.keep,
+        )
         self.kinds = [k.strip() for k in self.kinds if k and k.strip()]
         bad = [k for k in self.kinds if k not in ("exact", "near", "caption")]
-        require(not bad and bool(self.kinds), "dedup.kinds",
-                "must be a non-empty list of exact, near, caption", self.kinds)
-        require(0 < self.min_precision <= 1, "dedup.min_precision", "must be in (0, 1]",
-                self.min_precision)
+        require(
+            not bad and bool(self.kinds),
+            "dedup.kinds",
+            "must be a non-empty list of exact, near, caption",
+            self.kinds,
+        )
+        require(
+            0 < self.min_precision <= 1,
+            "dedup.min_precision",
+            "must be in (0, 1]",
+            self.min_precision,
+        )
         if (self.runner or self.dask_local) and self.method not in ("beam", "auto"):
-            raise ConfigError(f"dedup.method: --runner/--dask-local need --method beam "
-                              f"(got {self.method!r})")
+            raise ConfigError(
+                f"dedup.method: --runner/--dask-local need --method beam (got {self.method!r})"
+            )
         if self.runner or self.dask_local:
             self.method = "beam"
         if self.method == "beam" and self.keep == "central":
-            raise ConfigError("dedup.keep: 'central' is not available with --method beam "
-                              "(got 'central')")
+            raise ConfigError(
+                "dedup.keep: 'central' is not available with --method beam (got 'central')"
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument("--threshold", type=float, default=None, metavar="T",
-                        help="near-duplicate cosine threshold (default 0.5 for the copy "
-                             "descriptor; in CLIP space calibrated for the model in "
-                             "embeddings/model.json, 0.95 for real CLIP models)")
-    parser.add_argument("--space", default=None, choices=SPACES,
-                        help="embedding near-duplicates are found in: copy (copy_emb, SSCD), "
-                             "clip (image_emb), or auto (copy when the embeddings have it; "
-                             "default)")
-    parser.add_argument("--method", default=None, choices=METHODS,
-                        help="near-duplicate search: exact, partitioned, beam, or auto (exact "
-                             "up to --exact-max-n vectors, else partitioned; default)")
-    parser.add_argument("--max-memory", dest="max_memory", type=float, default=None,
-                        metavar="GB", help="memory budget for the exact path's index (default 4)")
-    parser.add_argument("--exact-max-n", dest="exact_max_n", type=int, default=None,
-                        metavar="N", help="auto: exact search up to N vectors (default 50000)")
-    parser.add_argument("--partition-size", dest="partition_size", type=int, default=None,
-                        metavar="N", help="partitioned path: vectors per partition (default 1000)")
-    parser.add_argument("--max-probes", dest="max_probes", type=int, default=None, metavar="P",
-                        help="partitioned path: neighbouring partitions probed per vector, at "
-                             "most (default 2)")
-    parser.add_argument("--probe-scale", dest="probe_scale", type=float, default=None,
-                        metavar="S", help="partitioned path: share of the worst-case boundary "
-                                          "distance that triggers a probe, 1 = exact bound "
-                                          "(default 0.25)")
-    parser.add_argument("--assign", default=None, choices=dd.ASSIGN_METHODS,
-                        help="partitioned path: how rows find their partitions: flat (score "
-                             "every centroid), hnsw (an HNSW graph over the centroids, for "
-                             "millions of partitions), auto (default: hnsw above "
-                             f"{dd.FLAT_ASSIGN_MAX} partitions)")
-    parser.add_argument("--keep", default=None, choices=KEEP_POLICIES,
-                        help="which member of a group is its representative (default first)")
-    parser.add_argument("--kinds", default=None, metavar="LIST",
-                        help="comma-separated kinds to find: exact,near,caption (default all)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="near-duplicate cosine threshold (default 0.5 for the copy "
+        "descriptor; in CLIP space calibrated for the model in "
+        "embeddings/model.json, 0.95 for real CLIP models)",
+    )
+    parser.add_argument(
+        "--space",
+        default=None,
+        choices=SPACES,
+        help="embedding near-duplicates are found in: copy (copy_emb, SSCD), "
+        "clip (image_emb), or auto (copy when the embeddings have it; "
+        "default)",
+    )
+    parser.add_argument(
+        "--method",
+        default=None,
+        choices=METHODS,
+        help="near-duplicate search: exact, partitioned, beam, or auto (exact "
+        "up to --exact-max-n vectors, else partitioned; default)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        dest="max_memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="memory budget for the exact path's index (default 4)",
+    )
+    parser.add_argument(
+        "--exact-max-n",
+        dest="exact_max_n",
+        type=int,
+        default=None,
+        metavar="N",
+        help="auto: exact search up to N vectors (default 50000)",
+    )
+    parser.add_argument(
+        "--partition-size",
+        dest="partition_size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="partitioned path: vectors per partition (default 1000)",
+    )
+    parser.add_argument(
+        "--max-probes",
+        dest="max_probes",
+        type=int,
+        default=None,
+        metavar="P",
+        help="partitioned path: neighbouring partitions probed per vector, at most (default 2)",
+    )
+    parser.add_argument(
+        "--probe-scale",
+        dest="probe_scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help="partitioned path: share of the worst-case boundary "
+        "distance that triggers a probe, 1 = exact bound "
+        "(default 0.25)",
+    )
+    parser.add_argument(
+        "--assign",
+        default=None,
+        choices=dd.ASSIGN_METHODS,
+        help="partitioned path: how rows find their partitions: flat (score "
+        "every centroid), hnsw (an HNSW graph over the centroids, for "
+        "millions of partitions), auto (default: hnsw above "
+        f"{dd.FLAT_ASSIGN_MAX} partitions)",
+    )
+    parser.add_argument(
+        "--keep",
+        default=None,
+        choices=KEEP_POLICIES,
+        help="which member of a group is its representative (default first)",
+    )
+    parser.add_argument(
+        "--kinds",
+        default=None,
+        metavar="LIST",
+        help="comma-separated kinds to find: exact,near,caption (default all)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="k-means seed (default 0)")
-    parser.add_argument("--calibrate", default=None, metavar="TRUTH",
-                        help="parquet with key and dup_group (e.g. a testbed's truth.parquet): "
-                             "sweep thresholds against it and record the result")
-    parser.add_argument("--min-precision", dest="min_precision", type=float, default=None,
-                        help="--calibrate: required group precision (default 0.98)")
+    parser.add_argument(
+        "--calibrate",
+        default=None,
+        metavar="TRUTH",
+        help="parquet with key and dup_group (e.g. a testbed's truth.parquet): "
+        "sweep thresholds against it and record the result",
+    )
+    parser.add_argument(
+        "--min-precision",
+        dest="min_precision",
+        type=float,
+        default=None,
+        help="--calibrate: required group precision (default 0.98)",
+    )
     add_beam_arguments(parser)
 
 
@@ -189,8 +281,21 @@ def load_inputs(ws: Any, column: str = "image_emb") -> dict[str, Any]:
     missing = {"key", column} - names
     if missing:
         raise InputError(f"embeddings lack columns {sorted(missing)} (in {ws.embeddings_dir})")
-    wanted = [c for c in ("key", "sha256", "pixel_hash", "caption", column, "width",
-                          "height", "clip_score", "status") if c in names]
+    wanted = [
+        c
+        for c in (
+            "key",
+            "sha256",
+            "pixel_hash",
+            "caption",
+            column,
+            "width",
+            "height",
+            "clip_score",
+            "status",
+        )
+        if c in names
+    ]
     t = ws.load_embeddings(columns=wanted)
     if t.num_rows == 0:
         raise InputError(f"no rows in {ws.embeddings_dir}")
@@ -206,8 +311,9 @@ def load_inputs(ws: Any, column: str = "image_emb") -> dict[str, Any]:
     for c in ("sha256", "pixel_hash", "caption", "status"):
         out[c] = t.column(c).to_pylist() if c in names else None
     for c in ("width", "height", "clip_score"):
-        out[c] = (t.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
-                  if c in names else None)
+        out[c] = (
+            t.column(c).to_numpy(zero_copy_only=False).astype(np.float64) if c in names else None
+        )
     return out
 
 
@@ -229,8 +335,9 @@ def priority_for(policy: str, data: dict[str, Any]) -> np.ndarray | None:
     raise ValueError(policy)
 
 
-def resolve_threshold(cfg: Config, ws: Any,
-                      space: CopySpace | None = None) -> tuple[float, str, str | None]:
+def resolve_threshold(
+    cfg: Config, ws: Any, space: CopySpace | None = None
+) -> tuple[float, str, str | None]:
     """(threshold, where it came from, model name)."""
     from detectors.dedup import DEFAULT_THRESHOLDS, REFERENCE_THRESHOLD
 
@@ -244,8 +351,11 @@ def resolve_threshold(cfg: Config, ws: Any,
         return float(cfg.threshold), "option", model
     if model in DEFAULT_THRESHOLDS:
         return DEFAULT_THRESHOLDS[model], f"default for model {model}", model
-    why = (f"model {model!r} has no calibrated default" if model
-           else "embeddings/model.json names no model")
+    why = (
+        f"model {model!r} has no calibrated default"
+        if model
+        else "embeddings/model.json names no model"
+    )
     logger.warning("%s: using the real-CLIP threshold %.2f", why, REFERENCE_THRESHOLD)
     return REFERENCE_THRESHOLD, f"reference default ({why})", model
 
@@ -267,8 +377,12 @@ def truth_labels(truth_path: str | Path, keys: np.ndarray) -> np.ndarray:
     return np.array([-1 if m.get(k) is None else int(m[k]) for k in keys], dtype=np.int64)
 
 
-def calibrate(x: np.ndarray, truth: np.ndarray, min_precision: float = 0.98,
-              thresholds: np.ndarray | None = None) -> dict[str, Any]:
+def calibrate(
+    x: np.ndarray,
+    truth: np.ndarray,
+    min_precision: float = 0.98,
+    thresholds: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Sweep near-duplicate thresholds against planted groups (see
     :func:`detectors.dedup.threshold_sweep`) and pick one."""
     from detectors.dedup import choose_threshold, threshold_sweep
@@ -281,9 +395,14 @@ def calibrate(x: np.ndarray, truth: np.ndarray, min_precision: float = 0.98,
 # ------------------------------------------------------------------------------ run
 
 
-def _near_beam(cfg: Config, args: argparse.Namespace, ws: Any, threshold: float,
-               priority_column: str | None,
-               column: str = "image_emb") -> tuple[pa.Table, dict[str, Any]]:
+def _near_beam(
+    cfg: Config,
+    args: argparse.Namespace,
+    ws: Any,
+    threshold: float,
+    priority_column: str | None,
+    column: str = "image_emb",
+) -> tuple[pa.Table, dict[str, Any]]:
     import pyarrow.parquet as pq
 
     from pipelines.beam_options import beam_setup
@@ -295,13 +414,22 @@ def _near_beam(cfg: Config, args: argparse.Namespace, ws: Any, threshold: float,
             f.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with beam_setup(getattr(args, "beam_args", []) or [], runner=cfg.runner,
-                    dask_local=cfg.dask_local) as setup:
-        run_near_dedup([str(p) for p in ws.embedding_parts()], str(out_dir / "near"),
-                       threshold, priority_column=priority_column, setup=setup,
-                       partition_size=cfg.partition_size, max_probes=cfg.max_probes,
-                       probe_scale=cfg.probe_scale, seed=cfg.seed, assign=cfg.assign,
-                       vector_column=column)
+    with beam_setup(
+        getattr(args, "beam_args", []) or [], runner=cfg.runner, dask_local=cfg.dask_local
+    ) as setup:
+        run_near_dedup(
+            [str(p) for p in ws.embedding_parts()],
+            str(out_dir / "near"),
+            threshold,
+            priority_column=priority_column,
+            setup=setup,
+            partition_size=cfg.partition_size,
+            max_probes=cfg.max_probes,
+            probe_scale=cfg.probe_scale,
+            seed=cfg.seed,
+            assign=cfg.assign,
+            vector_column=column,
+        )
         runner_name = setup.runner_name
     files = sorted(out_dir.glob("near*.parquet"))
     table = pq.read_table([str(f) for f in files]) if files else None
@@ -313,13 +441,22 @@ def _near_beam(cfg: Config, args: argparse.Namespace, ws: Any, threshold: float,
     table = table.sort_by([("group_id", "ascending"), ("key", "ascending")])
     for f in [*files, *out_dir.glob("near-model.npz")]:  # shards + the two-pass model
         f.unlink()
-    return table, {"method": "beam", "runner": runner_name,
-                   "seconds": round(time.perf_counter() - t0, 3)}
+    return table, {
+        "method": "beam",
+        "runner": runner_name,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
-def _kind_table(kind: str, data: dict[str, Any], labels: np.ndarray, cfg: Config,
-                priority: np.ndarray | None, offset: int,
-                nearest: tuple[np.ndarray, np.ndarray] | None = None) -> pa.Table:
+def _kind_table(
+    kind: str,
+    data: dict[str, Any],
+    labels: np.ndarray,
+    cfg: Config,
+    priority: np.ndarray | None,
+    offset: int,
+    nearest: tuple[np.ndarray, np.ndarray] | None = None,
+) -> pa.Table:
     from detectors.dedup import group_centrality, group_nearest, group_table, pick_representatives
 
     if cfg.keep == "central":
@@ -345,11 +482,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     timings: dict[str, float] = {"load": round(time.perf_counter() - t_start, 3)}
     tables: list[pa.Table] = []
     counts: dict[str, dict[str, int]] = {}
-    meta: dict[str, Any] = {"detector": dd.NAME, "threshold": threshold,
-                            "threshold_source": source, "model": model, "keep": cfg.keep,
-                            "space": space.to_dict(),
-                            "kinds": cfg.kinds, "n_samples": n,
-                            "n_with_embedding": int(data["valid"].sum())}
+    meta: dict[str, Any] = {
+        "detector": dd.NAME,
+        "threshold": threshold,
+        "threshold_source": source,
+        "model": model,
+        "keep": cfg.keep,
+        "space": space.to_dict(),
+        "kinds": cfg.kinds,
+        "n_samples": n,
+        "n_with_embedding": int(data["valid"].sum()),
+    }
     offset = 0
 
     def add(kind: str, table: pa.Table) -> None:
@@ -357,8 +500,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         tables.append(table)
         gids = table.column("group_id").to_numpy()
         n_groups = int(np.unique(gids).size)
-        counts[kind] = {"groups": n_groups, "rows": table.num_rows,
-                        "removable": table.num_rows - n_groups}
+        counts[kind] = {
+            "groups": n_groups,
+            "rows": table.num_rows,
+            "removable": table.num_rows - n_groups,
+        }
         offset = int(gids.max()) + 1 if gids.size else offset
 
     if "exact" in cfg.kinds:
@@ -368,8 +514,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         # only images that decoded: identical empty files or error pages are failures, not
         # duplicates (the row's status says so)
         decoded = data["valid"]
-        labs = [dd.value_groups([h if ok else None for h, ok in zip(v, decoded)])
-                for v in (data["sha256"], data["pixel_hash"]) if v]
+        labs = [
+            dd.value_groups([h if ok else None for h, ok in zip(v, decoded)])
+            for v in (data["sha256"], data["pixel_hash"])
+            if v
+        ]
         labels = dd.merge_labels(n, *labs) if labs else np.full(n, -1, np.int64)
         meta["exact_hashes"] = [c for c in ("sha256", "pixel_hash") if data[c] is not None]
         if data["pixel_hash"] is None:
@@ -383,23 +532,34 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         if cfg.method == "beam":
             pcol = {"clip_score": "clip_score"}.get(cfg.keep)
             if cfg.keep == "resolution":
-                raise ConfigError("dedup.keep: 'resolution' is not available with --method "
-                                  "beam (got 'resolution')")
+                raise ConfigError(
+                    "dedup.keep: 'resolution' is not available with --method "
+                    "beam (got 'resolution')"
+                )
             table, info = _near_beam(cfg, args, ws, threshold, pcol, space.column)
             gid = table.column("group_id").to_numpy() + offset
-            table = table.set_column(table.schema.get_field_index("group_id"), "group_id",
-                                     pa.array(gid, pa.int64()))
+            table = table.set_column(
+                table.schema.get_field_index("group_id"), "group_id", pa.array(gid, pa.int64())
+            )
             add("near", table)
         else:
             xs = data["x"][vrows]
             edges = dd.near_duplicate_edges(
-                xs, threshold, method=cfg.method, exact_max_n=cfg.exact_max_n,
-                max_memory_gb=cfg.max_memory, partition_size=cfg.partition_size,
-                max_probes=cfg.max_probes, probe_scale=cfg.probe_scale, seed=cfg.seed,
+                xs,
+                threshold,
+                method=cfg.method,
+                exact_max_n=cfg.exact_max_n,
+                max_memory_gb=cfg.max_memory,
+                partition_size=cfg.partition_size,
+                max_probes=cfg.max_probes,
+                probe_scale=cfg.probe_scale,
+                seed=cfg.seed,
                 assign=cfg.assign,
                 sample_index=dd.hash_sample(
                     data["keys"][vrows].tolist(),
-                    dd.partition_sample_size(len(vrows), cfg.partition_size)))
+                    dd.partition_sample_size(len(vrows), cfg.partition_size),
+                ),
+            )
             info = dict(edges.info)
             labels = np.full(n, -1, np.int64)
             labels[vrows] = dd.components(len(vrows), edges)
@@ -415,11 +575,15 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         meta["near"] = info
         timings["near"] = round(time.perf_counter() - t0, 3)
         if cfg.calibrate:
-            sweep_at = (np.round(np.arange(0.30, 0.951, 0.05), 2) if space.is_copy
-                        else None)  # copy descriptors spread copies over a wide range
-            meta["calibration"] = calibrate(data["x"][vrows],
-                                            truth_labels(cfg.calibrate, data["keys"][vrows]),
-                                            cfg.min_precision, sweep_at)
+            sweep_at = (
+                np.round(np.arange(0.30, 0.951, 0.05), 2) if space.is_copy else None
+            )  # copy descriptors spread copies over a wide range
+            meta["calibration"] = calibrate(
+                data["x"][vrows],
+                truth_labels(cfg.calibrate, data["keys"][vrows]),
+                cfg.min_precision,
+                sweep_at,
+            )
             _log_calibration(meta["calibration"])
 
     if "caption" in cfg.kinds:
@@ -432,22 +596,42 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         add("caption", _kind_table("caption", data, labels, cfg, priority, offset))
         timings["caption"] = round(time.perf_counter() - t0, 3)
 
-    table = pa.concat_tables(tables) if tables else _kind_table(
-        "exact", data, np.full(n, -1, np.int64), cfg, None, 0)
+    table = (
+        pa.concat_tables(tables)
+        if tables
+        else _kind_table("exact", data, np.full(n, -1, np.int64), cfg, None, 0)
+    )
     timings["total"] = round(time.perf_counter() - t_start, 3)
     meta.update(counts=counts, timings=timings)
     ws.write_finding("duplicates", table, meta)
     for kind, c in counts.items():
-        logger.info("%s duplicates: %d groups, %d samples (%d removable)", kind, c["groups"],
-                    c["rows"], c["removable"])
+        logger.info(
+            "%s duplicates: %d groups, %d samples (%d removable)",
+            kind,
+            c["groups"],
+            c["rows"],
+            c["removable"],
+        )
     return 0
 
 
 def _log_calibration(cal: dict[str, Any]) -> None:
     for r in cal["sweep"]:
-        logger.info("threshold %.3f: precision %.4f recall %.4f f1 %.4f (direct pairs: "
-                    "precision %.4f recall %.4f)", r["threshold"], r["precision"], r["recall"],
-                    r["f1"], r["pair_precision"], r["pair_recall"])
+        logger.info(
+            "threshold %.3f: precision %.4f recall %.4f f1 %.4f (direct pairs: "
+            "precision %.4f recall %.4f)",
+            r["threshold"],
+            r["precision"],
+            r["recall"],
+            r["f1"],
+            r["pair_precision"],
+            r["pair_recall"],
+        )
     c = cal["chosen"]
-    logger.info("calibrated threshold: %.3f (precision %.4f, recall %.4f, f1 %.4f)",
-                c["threshold"], c["precision"], c["recall"], c["f1"])
+    logger.info(
+        "calibrated threshold: %.3f (precision %.4f, recall %.4f, f1 %.4f)",
+        c["threshold"],
+        c["precision"],
+        c["recall"],
+        c["f1"],
+    )

@@ -124,9 +124,15 @@ def demo_config(ws: Path, url_list: Path, cfg: Config) -> dict[str, Any]:
         # A small demo testbed may have no cluster large enough to be flagged: reproduce every
         # finding (the unflagged clusters then act as controls), spending the full N on the 8
         # prompts the one-step triage ranks highest plus each finding's best-ranked prompt.
-        "reproduce": {"generator": "tiny-sd", "n": cfg.generations, "steps": cfg.steps,
-                      "all_findings": True, "triage_top": 8, "triage_per_finding": 1,
-                      "batch_size": 32},
+        "reproduce": {
+            "generator": "tiny-sd",
+            "n": cfg.generations,
+            "steps": cfg.steps,
+            "all_findings": True,
+            "triage_top": 8,
+            "triage_per_finding": 1,
+            "batch_size": 32,
+        },
         "filter": {"drop": ["duplicates", "poisons", "failed"]},
         "report": {},
     }

@@ -1386,8 +1386,9 @@ def draw_image(
     describe both. ``rng`` is advanced by a fixed amount, whatever is drawn.
 
     ``extra_object`` adds a second, smaller object (a concept name) near the corner farthest
-    from the main glyph: a "flag" in the canonical flag colours, anything else in another
-    palette colour. Adding it changes nothing else in the picture. Without ``rng`` the
+    from the main glyph: a "flag" is always the same canonical flag (red and white stripes, blue
+    canton; object-level replication plants one object, as a logo is replicated), anything else
+    is posed and painted in another palette colour. Adding it changes nothing else in the picture. Without ``rng`` the
     randomness is derived from the spec, so the call is still deterministic.
     """
     for field in ("concept", "colour", "style", "background", "x", "y", "scale"):
@@ -1433,11 +1434,10 @@ def draw_image(
         dists = [(cx - x) ** 2 + (cy - y) ** 2 for cx, cy in _CORNERS]
         order = np.lexsort((corner_tie, -np.round(np.array(dists), 2)))
         cx, cy = _CORNERS[int(order[0])]
-        cx, cy = float(cx + jitter[0]), float(cy + jitter[1])
         if extra_object == "flag":
-            flag_pose = Pose(angle=extra_pose.angle * 0.5, sx=extra_pose.sx, sy=extra_pose.sy)
-            img = _paint_flag_extra(img, size, cx, cy, _EXTRA_SCALE, flag_pose)
+            img = _paint_flag_extra(img, size, cx, cy, _EXTRA_SCALE)
         else:
+            cx, cy = float(cx + jitter[0]), float(cy + jitter[1])
             m2 = concept_mask(extra_object, size, cx, cy, extra_scale, extra_pose)
             fill_style = style if style in ("stripes", "pencil sketch", "neon") else "flat"
             img = _paint_glyph(img, m2, extra_colour, fill_style, extra_rng)

@@ -433,8 +433,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(args.seed)
     groups = work_groups(tokens, open_clip.get_tokenizer(MODEL_NAME)) if args.mask_works else None
     if groups is not None:
-        logger.info("instance loss: %d items of the famous works never negatives of each other",
-                    int((groups >= 0).sum()))
+        logger.info(
+            "instance loss: %d items of the famous works never negatives of each other",
+            int((groups >= 0).sum()),
+        )
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     n = len(images)

@@ -28,7 +28,8 @@ What is measured (all offline, shipped models, one torch thread by default):
   same SSCD rule after each; ASR before/after with Wilson intervals. Sanity: the same attack on
   the *original* model's near-misses (prompts that name the work inside an unrelated scene and
   do not copy at their seed; the nearest misses first), target = the original's generation for
-  the work's best prompt.
+  the work's best prompt. The tuning work's first ``--full-budget-prompts`` prompts are also
+  attacked with the paper's whole budget (50 timesteps x 40 steps).
 - **Cost of erasure**: tiny-synth zero-shot accuracy ("a photo of a {concept}" over all 24
   concepts) of generations for 16 control concepts that appear in no work, 6 seeds each, before
   and after each erasure (same seeds).
@@ -226,14 +227,21 @@ class Bench:
             "false_copy_rate": false_copies / total,
         }
 
-    def attack(self, gen_erased: Any, gen_original: Any, rows: list[dict], work: str) -> dict:
+    def attack(
+        self,
+        gen_erased: Any,
+        gen_original: Any,
+        rows: list[dict],
+        work: str,
+        timesteps: int | None = None,
+    ) -> dict:
         """UnlearnDiffAtk on ``rows`` (prompt, seed, target_prompt) against ``gen_erased``."""
         from audit.mitigations.attack import AttackSettings, attack_success_rate, attacker
 
         s = AttackSettings(
             tokens=3,
             iterations=self.args.attack_iterations,
-            timesteps=self.args.attack_timesteps,
+            timesteps=timesteps or self.args.attack_timesteps,
             sample_steps=self.args.steps,
             threshold=THRESHOLD,
         )
@@ -336,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         help="timesteps visited (the paper: 50; 5 = a tenth of its budget)",
     )
     p.add_argument("--near-misses", type=int, default=20, help="sanity attack prompts")
+    p.add_argument(
+        "--full-budget-prompts",
+        type=int,
+        default=5,
+        help="also attack the tuning work's first K prompts with the paper's whole budget "
+        "(50 timesteps x 40 steps; about a minute of CPU each)",
+    )
     p.add_argument("--esd-ddim-steps", type=int, default=10)
     p.add_argument("--tune-work", default="sunflowers")
     p.add_argument("--no-tune", dest="tune", action="store_false")
@@ -447,6 +462,17 @@ def main(argv: list[str] | None = None) -> int:
             rec["attack"]["asr_before"],
             rec["attack"]["asr_after"],
         )
+        if w == args.tune_work and args.full_budget_prompts:
+            with clock.part("attack_full_budget"):
+                rec["attack_full_budget"] = b.attack(
+                    gen, orig, rows[: args.full_budget_prompts], w, timesteps=50
+                )
+            logger.info(
+                "full-budget attack on esd-x %s: ASR %.2f -> %.2f",
+                w,
+                rec["attack_full_budget"]["asr_before"],
+                rec["attack_full_budget"]["asr_after"],
+            )
         del gen
         rec["sld"] = {}
         with clock.part("sld"):
@@ -534,6 +560,11 @@ def print_table(r: dict) -> None:
               f"{r['args']['attack_timesteps']}x{r['args']['attack_iterations']} steps: ASR "
               f"{a['asr_before']:.2f} {_ci(a['ci_before'])} -> {a['asr_after']:.2f} "
               f"{_ci(a['ci_after'])}")  # fmt: skip
+        if rec.get("attack_full_budget"):
+            a = rec["attack_full_budget"]
+            print(f"  {'':<20}{'  same, paper budget':<24}first {a['n']} prompts, 50x"
+                  f"{r['args']['attack_iterations']} steps: ASR {a['asr_before']:.2f} "
+                  f"{_ci(a['ci_before'])} -> {a['asr_after']:.2f} {_ci(a['ci_after'])}")  # fmt: skip
     sa = r["sanity_attack_original_near_misses"]
     print(f"\nSanity: UnlearnDiffAtk on the ORIGINAL model's near-misses ({sa['n']} prompts): "
           f"ASR {sa['asr_before']:.2f} {_ci(sa['ci_before'])} -> {sa['asr_after']:.2f} "

@@ -374,9 +374,20 @@ def shared_testbed(seed: int = 0):
         },
         schema=embedding_schema(d),
     )
+    info = model_info("tiny-synth", None, model)
+    from audit.models import copy_model_available, load_copy_detector
+
+    if copy_model_available("sscd"):  # copies are decided by SSCD, as `embed` would store it
+        det = load_copy_detector("sscd", 128)  # 64 px drawings: the demo's input size
+        cvec = pa.list_(pa.float16(), det.dim)
+        copy = pa.FixedSizeListArray.from_arrays(
+            pa.array(det.embed(images).astype(np.float16).ravel()), det.dim
+        )
+        table = table.append_column(pa.field("copy_emb", cvec), copy.cast(cvec))
+        info["copy_model"] = det.info()
     ws = Workspace(root / "ws")
     ws.write_part(ws.part_path(0), table)
-    ws.write_json("embeddings/model.json", model_info("tiny-synth", None, model))
+    ws.write_json("embeddings/model.json", info)
     return ws, truth
 
 
@@ -386,7 +397,10 @@ def test_testbed_every_work_is_a_top_cluster_with_its_words() -> None:
     from audit.testbed.draw import WORKS
 
     ws, truth = shared_testbed()
-    assert main(["replication", "-q", str(ws.root), "-k", "van gogh", "--max-tokens", "77"]) == 0
+    # 64 px drawings under SSCD: 0.65, as the demo (at 0.5 look-alike drawings chain into
+    # clusters that outrank a work; docs/copy_detection.md)
+    argv = ["replication", "-q", str(ws.root), "-k", "van gogh", "--max-tokens", "77"]
+    assert main([*argv, "--threshold", "0.65"]) == 0
     rows = ws.read_finding("word_replication").to_pylist()
     meta = ws.finding_meta("word_replication")
     assert meta["tokenizer"].startswith("open_clip:tiny-synth")
@@ -401,8 +415,10 @@ def test_testbed_every_work_is_a_top_cluster_with_its_words() -> None:
         assert len(members & copies) / len(copies) >= 0.8  # recall
         assert set(info["words"]) <= set(best["top_words"][:3]), (wid, best["top_words"])
         assert best["prompt_words"] == info["phrase"]
-    # nothing but the works is flagged
-    assert len(flagged) == len(WORKS)
+    # the works are the top clusters; under SSCD at 64 px at most one cluster of look-alike
+    # drawings is also flagged, smaller than every work's (seed 0: 5 "umbrella" drawings)
+    extra = [r for r in flagged if r["cluster_rank"] >= len(WORKS)]
+    assert len(extra) <= 1 and all(r["size"] < 7 for r in extra), extra
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ DEFAULT_STAGES = [
     "reproduce",
     "report",
 ]
-NOT_IN_RUN = {"run", "demo", "testbed"}
+NOT_IN_RUN = {"run", "demo", "testbed", "erase", "attack"}  # no workspace: models in, models out
 WS_OUT_STAGES = {"download", "import-embeddings"}
 """Stages that create the workspace with ``--out WS`` rather than a positional WS."""
 

@@ -173,3 +173,260 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     for k, v in dataclasses.asdict(cfg).items():
         out[k] = str(v) if isinstance(v, Path) else v
     return out
+
+
+# ----------------------------------------------------------------------- declared options
+#
+# Each option of a stage is declared once, as a field of the stage's ``Config`` dataclass:
+#
+#     @dataclass
+#     class Config(Options):
+#         threshold: float | None = option(None, help="near-duplicate cosine", gt=-1, lt=1,
+#                                          default_help="0.5 in copy space")
+#         kinds: list[str] = option(["exact", "near"], help="kinds to find",
+#                                   choices=("exact", "near", "caption"), nonempty=True)
+#
+#         def check(self) -> None:  # cross-field rules only
+#             ...
+#
+# ``add_options(parser, Config)`` generates the argparse flags (``--threshold``, default None
+# so that an absent flag never hides audit.toml, the default and choices written into the
+# help), and ``Options.__post_init__`` checks types' bounds and choices with messages naming
+# ``section.field``, then calls ``check()``.
+
+_MISSING = dataclasses.MISSING
+
+GROUP_DESCRIPTIONS = {
+    "Beam runner": "Any other --flag is passed to Beam's PipelineOptions, e.g. "
+    "--direct_num_workers 2 --direct_running_mode multi_processing, or --runner "
+    "DataflowRunner --project P --region R --temp_location gs://B/tmp.",
+}
+
+
+def option(
+    default: Any = _MISSING,
+    *,
+    help: str,  # noqa: A002 - the argparse word
+    flag: str | None = None,
+    aliases: tuple[str, ...] = (),
+    metavar: str | None = None,
+    choices: Any = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    nonempty: bool = False,
+    default_help: str | None = None,
+    group: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A config field with everything the CLI and the validation need.
+
+    ``default``: a value, or a list/dict (copied per instance). ``choices``: a tuple, or a
+    zero-argument callable returning one (imported lazily). ``ge``/``gt``/``le``/``lt``: numeric
+    bounds (``None`` values are not checked). ``nonempty``: a list must hold an item.
+    ``default_help``: what the help says instead of the literal default (e.g. "calibrated
+    for the model"). ``group``: an argparse group title. ``cli=False``: audit.toml only.
+    """
+    meta = {
+        "help": help,
+        "flag": flag,
+        "aliases": tuple(aliases),
+        "metavar": metavar,
+        "choices": choices,
+        "bounds": {"ge": ge, "gt": gt, "le": le, "lt": lt},
+        "nonempty": nonempty,
+        "default_help": default_help,
+        "group": group,
+        "cli": cli,
+    }
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _choices(meta: dict[str, Any]) -> tuple[Any, ...] | None:
+    c = meta.get("choices")
+    if c is None:
+        return None
+    return tuple(c() if callable(c) else c)
+
+
+def _declared(config_cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(config_cls)
+    return [
+        (f, hints[f.name])
+        for f in dataclasses.fields(config_cls)
+        if f.init and "help" in f.metadata
+    ]
+
+
+def _is_list(tp: Any) -> bool:
+    if typing.get_origin(tp) in (list, tuple):
+        return True
+    return any(typing.get_origin(a) in (list, tuple) for a in typing.get_args(tp))
+
+
+def _scalar(tp: Any) -> Any:
+    """The non-None type of ``X | None``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and args else tp
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return _MISSING
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def option_help(f: dataclasses.Field, extra: str = "") -> str:
+    """An option's help text, then ``extra`` (e.g. the list format), then its default."""
+    meta = f.metadata
+    text = meta["help"] + extra
+    default = _default_of(f)
+    if meta.get("default_help"):
+        text += f" (default: {meta['default_help']})"
+    elif default is not _MISSING and default is not None and not isinstance(default, bool):
+        text += f" (default: {_render(default)})"
+    return text.replace("%", "%%")
+
+
+def add_options(
+    parser: argparse.ArgumentParser | Any, config_cls: type, *, skip: tuple[str, ...] = ()
+) -> None:
+    """argparse flags for every declared field of ``config_cls`` (see :func:`option`)."""
+    groups: dict[str, Any] = {}
+    for f, tp in _declared(config_cls):
+        meta = f.metadata
+        if not meta.get("cli", True) or f.name in skip:
+            continue
+        target = parser
+        if meta.get("group"):
+            title = meta["group"]
+            if title not in groups:
+                groups[title] = parser.add_argument_group(title, GROUP_DESCRIPTIONS.get(title))
+            target = groups[title]
+        flags = [meta.get("flag") or "--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None}
+        scalar = _scalar(tp)
+        extra = ""
+        if scalar is bool:
+            if _default_of(f) is True:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["action"] = "store_const"
+                kwargs["const"] = True
+        elif _is_list(tp):
+            kwargs["metavar"] = meta.get("metavar") or "LIST"
+            choices = _choices(meta)
+            extra = "; comma-separated" + (
+                f", from {','.join(map(str, choices))}" if choices else ""
+            )
+        else:
+            if scalar in (int, float):
+                kwargs["type"] = scalar
+            choices = _choices(meta)
+            if choices:
+                kwargs["choices"] = choices
+            if meta.get("metavar"):
+                kwargs["metavar"] = meta["metavar"]
+            elif not choices:
+                kwargs["metavar"] = {int: "N", float: "X"}.get(scalar, f.name.upper())
+        kwargs["help"] = option_help(f, extra)
+        target.add_argument(*flags, **kwargs)
+
+
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _bound_ok(value: float, op: str, limit: float) -> bool:
+    return {
+        "ge": value >= limit,
+        "gt": value > limit,
+        "le": value <= limit,
+        "lt": value < limit,
+    }[op]
+
+
+def check_declared(cfg: Any, section: str) -> None:
+    """Choices, bounds and non-empty lists of every declared field of ``cfg``."""
+    for f, tp in _declared(type(cfg)):
+        meta = f.metadata
+        value = getattr(cfg, f.name)
+        name = f"{section}.{f.name}"
+        if value is None:
+            continue
+        items = list(value) if _is_list(tp) else [value]
+        if meta.get("nonempty") and not items:
+            raise ConfigError(f"{name}: needs at least one value (got {value!r})")
+        choices = _choices(meta)
+        if choices:
+            for item in items:
+                require(
+                    item in choices, name, f"must be one of {', '.join(map(str, choices))}", item
+                )
+        bounds = {k: v for k, v in meta.get("bounds", {}).items() if v is not None}
+        if bounds:
+            for item in items:
+                for op, limit in bounds.items():
+                    if not _bound_ok(item, op, limit):
+                        text = " and ".join(
+                            f"{_BOUND_TEXT[o]} {lim:g}" for o, lim in bounds.items()
+                        )
+                        require(False, name, f"must be {text}", item)
+
+
+class Options:
+    """Base of the stages' ``Config`` dataclasses: declared checks, then ``check()``.
+
+    The ``audit.toml`` section is the stage module's name (``SECTION`` overrides it)."""
+
+    SECTION: typing.ClassVar[str | None] = None
+
+    @classmethod
+    def section(cls) -> str:
+        return cls.SECTION or cls.__module__.rsplit(".", 1)[-1]
+
+    def __post_init__(self) -> None:
+        check_declared(self, self.section())
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field rules (override); single-field rules belong in :func:`option`."""
+
+
+def options_table(config_cls: type) -> list[dict[str, Any]]:
+    """Every declared option as a row (name, flag, default, help): for docs and `--help`."""
+    rows = []
+    for f, _ in _declared(config_cls):
+        meta = f.metadata
+        default = _default_of(f)
+        rows.append(
+            {
+                "name": f.name,
+                "flag": (meta.get("flag") or "--" + f.name.replace("_", "-"))
+                if meta.get("cli", True)
+                else None,
+                "default": meta.get("default_help")
+                or (
+                    None
+                    if default is _MISSING
+                    else _render(default)
+                    if default is not None
+                    else None
+                ),
+                "help": meta["help"],
+            }
+        )
+    return rows

@@ -7,14 +7,11 @@ and reruns skip complete parts.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,174 +19,32 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
+from pipelines.common import (  # noqa: F401 - re-exported: the workspace's conventions
+    FAILED_STATUSES,
+    FINDINGS,
+    FIXED_LISTS_KEY,
+    STATUSES,
+    ModelInfo,
+    Status,
+    atomic_path,
+    atomic_write_bytes,
+    embedding_schema,
+    jsonable,
+    parquet_safe,
+    restore_fixed_lists,
+    write_json_atomic,
+    write_table_atomic,
+)
+
 logger = logging.getLogger(__name__)
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-_FILE_MODE = 0o666 & ~_UMASK
-
-STATUSES = (
-    "ok",
-    "failed_to_download",
-    "failed_to_decode",
-    "hash_mismatch",
-    "missing_caption",
-    "failed_to_embed",
-)
-"""Known sample statuses. ``hash_mismatch`` and ``missing_caption`` rows may still carry
-embeddings (the image decoded); ``failed_*`` rows never do."""
-
-FINDINGS = (
-    "duplicates",
-    "concepts",
-    "word_replication",
-    "object_replication",
-    "poisons",
-    "memorization",
-)
-
-
-def embedding_schema(dim: int, copy_dim: int | None = None) -> pa.Schema:
-    """Schema of ``embeddings/part-NNNNN.parquet`` (L2-normalised float16 fixed-size lists).
-    ``copy_dim``: the copy-detection descriptor's size (``copy_emb`` column), None = no copy
-    model."""
-    vec = pa.list_(pa.float16(), dim)
-    copy = [("copy_emb", pa.list_(pa.float16(), copy_dim))] if copy_dim else []
-    return pa.schema(
-        [
-            ("key", pa.string()),
-            ("url", pa.string()),
-            ("caption", pa.string()),
-            ("sha256", pa.string()),
-            ("width", pa.int32()),
-            ("height", pa.int32()),
-            ("status", pa.string()),
-            ("error", pa.string()),
-            ("image_emb", vec),
-            ("text_emb", vec),
-            ("clip_score", pa.float32()),
-            *copy,
-        ]
-    )
 
 
 EMBEDDING_SCHEMA = embedding_schema
+_jsonable = jsonable
 
 
 class InvariantError(RuntimeError):
     """Rows were lost or duplicated by a stage."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the usual umask-based mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
-
-    For writers that want a file name (``pq.write_table``, ``PIL.Image.save``, tar writers).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the usual umask-based mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-FIXED_LISTS_KEY = b"laion_audit.fixed_size_lists"
-
-
-def parquet_safe(table: pa.Table) -> pa.Table:
-    """Store top-level fixed-size list columns as variable lists, remembering their sizes in
-    the schema metadata: pyarrow <= 25 writes null fixed-size lists to parquet but cannot read
-    them back (apache/arrow#35692). :func:`restore_fixed_lists` undoes this after reading."""
-    sizes = {f.name: f.type.list_size for f in table.schema if pa.types.is_fixed_size_list(f.type)}
-    if not sizes:
-        return table
-    for name in sizes:
-        i = table.schema.get_field_index(name)
-        field = table.schema.field(i)
-        table = table.set_column(
-            i,
-            field.with_type(pa.list_(field.type.value_type)),
-            table.column(i).cast(pa.list_(field.type.value_type)),
-        )
-    meta = dict(table.schema.metadata or {})
-    meta[FIXED_LISTS_KEY] = json.dumps(sizes).encode()
-    return table.replace_schema_metadata(meta)
-
-
-def restore_fixed_lists(table: pa.Table, sizes: dict[str, int] | None = None) -> pa.Table:
-    """Cast list columns written by :func:`parquet_safe` back to fixed-size lists."""
-    if sizes is None:
-        raw = (table.schema.metadata or {}).get(FIXED_LISTS_KEY)
-        sizes = json.loads(raw) if raw else {}
-    for name, size in sizes.items():
-        i = table.schema.get_field_index(name)
-        if i < 0 or not pa.types.is_list(table.schema.field(i).type):
-            continue
-        field = table.schema.field(i)
-        typ = pa.list_(field.type.value_type, int(size))
-        table = table.set_column(i, field.with_type(typ), table.column(i).cast(typ))
-    return table
-
-
-def write_table_atomic(path: str | Path, table: pa.Table) -> None:
-    """Write a parquet file atomically (fixed-size list columns via :func:`parquet_safe`)."""
-    with atomic_path(path) as tmp:
-        pq.write_table(parquet_safe(table), tmp)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (sorted keys, indented, non-finite floats as null)."""
-    atomic_write_bytes(
-        path,
-        (json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n").encode(),
-    )
-
-
-def _jsonable(obj: Any) -> Any:
-    import math
-
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 class Workspace:
@@ -305,7 +160,12 @@ class Workspace:
         return restore_fixed_lists(ds.to_table(columns=columns, filter=flt), _fixed_sizes(ds))
 
     def model_info(self) -> dict[str, Any]:
+        """``embeddings/model.json`` as written (see :meth:`model` for the typed view)."""
         return self.read_json(self.embeddings_dir / "model.json", default={}) or {}
+
+    def model(self) -> ModelInfo:
+        """What ``embeddings/model.json`` says, with the older spellings resolved."""
+        return ModelInfo.from_dict(self.model_info())
 
     # ---- findings -----------------------------------------------------------------------
     def finding_path(self, name: str) -> Path:

@@ -343,13 +343,9 @@ def replication_labels(
 
 def triage_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """AUROC of a per-prompt triage score against binary replication labels (NaN if one class)."""
-    from sklearn.metrics import roc_auc_score
+    from detectors.stats import auroc
 
-    y = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=np.float64)
-    if y.all() or not y.any():
-        return float("nan")
-    return float(roc_auc_score(y, s))
+    return auroc(labels, scores)
 
 
 def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr: float = 0.01) -> float:

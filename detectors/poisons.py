@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from detectors.stats import auroc  # noqa: F401 - part of this module's API
+
 ALIGNMENT_COS = "alignment_cos_v1"
 ALIGNMENT_GMM = "alignment_gmm_v1"
 CONCEPT_PULL = "concept_pull_v1"
@@ -508,20 +510,6 @@ def guess_kind(
         collapsed = np.nan_to_num(np.asarray(collapse_p, dtype=np.float64), nan=1.0)
         dirty &= collapsed >= collapse_alpha
     return np.where(~flagged, "none", np.where(dirty, "dirty", "clean"))
-
-
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (ties count half; NaN scores rank lowest; NaN if one class)."""
-    labels = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=np.float64)
-    s = np.where(np.isnan(s), -np.inf, s)
-    pos, neg = labels.sum(), (~labels).sum()
-    if pos == 0 or neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-
-    r = rankdata(s)
-    return float((r[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def precision_at(labels: np.ndarray, scores: np.ndarray, m: int | None = None) -> float:

@@ -31,6 +31,20 @@ def wilson_interval(
     return low, high
 
 
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The one AUROC of the project: area under the ROC curve (ties count half; NaN scores rank lowest; NaN if one class)."""
+    labels = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    pos, neg = labels.sum(), (~labels).sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    r = rankdata(s)
+    return float((r[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
 def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """L2-normalise rows as float32 (zero rows stay zero)."""
     x = np.asarray(x, dtype=np.float32)

@@ -48,6 +48,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.common import FAILED_STATUSES
 from pipelines.decode import DEFAULT_MAX_BYTES, IMAGE_EXTENSIONS, decode_caption
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ IMAGE_FIELD_PRIORITY = (
 PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "image", "img", "image_bytes", "bytes")
 PARQUET_CAPTION_COLUMNS = ("caption", "txt", "text", "TEXT")
 PARQUET_URL_COLUMNS = ("url", "URL", "image_path")
-FAILED_STATUSES = ("failed_to_download", "failed_to_decode", "hash_mismatch", "failed_to_embed")
 
 MAX_CAPTION_BYTES = 64 * 1024
 """Largest sidecar caption file (folder inputs) that is read; larger ones are a caption problem."""

@@ -36,8 +36,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +46,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipelines.common import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -151,24 +151,8 @@ def chunk_done(out_root: str | Path, task: ChunkTask, settings: GenerationSettin
 
 
 # ---- atomic files ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
@@ -482,7 +466,7 @@ def generate_chunk(
         schema=chunk_schema(dim),
     )
     part, marker = chunk_paths(root, task)
-    with _atomic(part) as tmp:
+    with atomic_path(part) as tmp:
         pq.write_table(table, tmp)
     n_failed = sum(st != OK for st in status)
     _write_json(

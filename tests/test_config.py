@@ -70,3 +70,64 @@ def test_load_toml_errors(tmp_path) -> None:
     good.write_text('workspace = "ws"\n[demo]\nbatch_size = 3\n')
     data = load_toml(good)
     assert merge(Demo, "demo", data["demo"]).batch_size == 3
+
+
+# ---------------------------------------------------------------- options declared once
+
+
+def _declared_config():
+    from dataclasses import dataclass
+
+    from audit.config import Options, option
+
+    @dataclass
+    class Config(Options):
+        SECTION = "demo_stage"
+        threshold: float | None = option(None, help="a cosine", gt=-1, lt=1, default_help="0.5")
+        kinds: list[str] = option(["a", "b"], help="kinds", choices=("a", "b", "c"), nonempty=True)
+        size: int = option(8, help="a size", ge=1)
+        overwrite: bool = option(False, help="replace")
+        progress: bool = option(True, help="show progress")
+        name: str = option("x", help="a name", choices=lambda: ("x", "y"))
+
+        def check(self) -> None:
+            if self.name == "y" and self.size < 2:
+                raise ConfigError("demo_stage.size: name y needs size >= 2")
+
+    return Config
+
+
+def test_declared_options_generate_flags_with_defaults_and_choices_in_the_help():
+    from audit.config import add_options
+
+    cfg_cls = _declared_config()
+    parser = argparse.ArgumentParser()
+    add_options(parser, cfg_cls)
+    text = parser.format_help()
+    assert "--threshold X" in text and "(default: 0.5)" in text
+    assert "--kinds LIST" in text and "from a,b,c (default: a,b)" in text
+    assert "--size N" in text and "(default: 8)" in text
+    assert "--no-progress" in text and "--overwrite" in text
+    args = parser.parse_args(["--size", "3", "--overwrite", "--no-progress"])
+    assert (args.size, args.overwrite, args.progress, args.threshold) == (3, True, False, None)
+    with pytest.raises(SystemExit):  # choices of a scalar are argparse's
+        parser.parse_args(["--name", "z"])
+    cfg = merge(cfg_cls, "demo_stage", {"kinds": ["c"]}, args)
+    assert (cfg.size, cfg.kinds, cfg.overwrite, cfg.progress) == (3, ["c"], True, False)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"threshold": 1.0}, "demo_stage.threshold: must be > -1 and < 1 (got 1.0)"),
+        ({"size": 0}, "demo_stage.size: must be >= 1 (got 0)"),
+        ({"kinds": ["a", "d"]}, "demo_stage.kinds: must be one of a, b, c (got 'd')"),
+        ({"kinds": []}, "demo_stage.kinds: needs at least one value"),
+        ({"name": "z"}, "demo_stage.name: must be one of x, y (got 'z')"),
+        ({"name": "y", "size": 1}, "demo_stage.size: name y needs size >= 2"),
+    ],
+)
+def test_declared_options_are_validated_with_the_field_named(values, message):
+    with pytest.raises(ConfigError) as exc:
+        merge(_declared_config(), "demo_stage", values)
+    assert message in str(exc.value)

@@ -1,7 +1,9 @@
 """One module per CLI subcommand (``audit/stages/<name>.py``).
 
 Each module exposes ``HELP``, ``DESCRIPTION``, ``add_arguments(parser)``, a ``Config`` dataclass
-whose fields are the option names (``audit.toml`` section ``[<name>]``), and
+whose fields are the options (``audit.toml`` section ``[<name>]``), each declared once with
+:func:`audit.config.option` (default, help, choices, bounds: argparse and validation are
+generated from it by :func:`audit.config.add_options` and :class:`audit.config.Options`), and
 ``run(cfg, args) -> int``. Optional: ``ACCEPTS_BEAM_OPTIONS = True`` to receive unknown
 ``--flags`` as Beam pipeline options in ``args.beam_args``; ``USES_WORKSPACE = False`` for
 commands without a workspace.
@@ -10,6 +12,9 @@ commands without a workspace.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+from audit.config import Options, add_options, option
 
 
 def add_workspace_argument(parser: argparse.ArgumentParser) -> None:
@@ -23,25 +28,25 @@ def add_workspace_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by the Beam stages; unknown ``--flags`` are passed to Beam as well."""
-    g = parser.add_argument_group(
-        "Beam runner",
-        "Any other --flag is passed to Beam's PipelineOptions, e.g. --direct_num_workers 2 "
-        "--direct_running_mode multi_processing, or --runner DataflowRunner --project P "
-        "--region R --temp_location gs://B/tmp.",
-    )
-    g.add_argument(
-        "--runner",
-        default=None,
+@dataclass
+class BeamOptions(Options):
+    """Options shared by the Beam stages (inherit them: ``class Config(BeamOptions)``)."""
+
+    runner: str | None = option(
+        None,
         help="Beam runner (default: DirectRunner; e.g. DataflowRunner, FlinkRunner, "
         "SparkRunner, apache_beam.runners.dask.dask_runner.DaskRunner)",
+        group="Beam runner",
     )
-    g.add_argument(
-        "--dask-local",
-        dest="dask_local",
-        type=int,
-        default=None,
-        metavar="N",
+    dask_local: int | None = option(
+        None,
         help="start a Dask LocalCluster of N workers on 127.0.0.1 and run there",
+        ge=1,
+        group="Beam runner",
     )
+
+
+def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Beam options' flags, for stages whose ``Config`` does not inherit
+    :class:`BeamOptions`; unknown ``--flags`` are passed to Beam as well."""
+    add_options(parser, BeamOptions)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from audit.config import require
-from audit.stages import add_beam_arguments, add_workspace_argument
+from audit.config import add_options, option
+from audit.stages import BeamOptions, add_workspace_argument
 
 logger = logging.getLogger(__name__)
 
@@ -31,56 +31,41 @@ shards of WS/shards into DIR without the dropped samples (tar + parquet + _stats
 """
 
 
+def _rules() -> tuple[str, ...]:
+    from audit.filter import RULES
+
+    return tuple(RULES)
+
+
+def _duplicate_kinds() -> tuple[str, ...]:
+    from audit.filter import DUPLICATE_KINDS
+
+    return tuple(DUPLICATE_KINDS)
+
+
 @dataclass
-class Config:
-    drop: list[str] = field(default_factory=lambda: ["duplicates", "poisons", "failed"])
-    duplicate_kinds: list[str] = field(default_factory=lambda: ["exact", "near"])
-    out: str | None = None
-    runner: str | None = None
-    dask_local: int | None = None
-
-    def __post_init__(self) -> None:
-        from audit.filter import DUPLICATE_KINDS, RULES
-
-        require(
-            bool(self.drop),
-            "filter.drop",
-            f"needs at least one rule ({', '.join(RULES)})",
-            self.drop,
-        )
-        for d in self.drop:
-            require(d in RULES, "filter.drop", f"unknown rule; known: {', '.join(RULES)}", d)
-        for k in self.duplicate_kinds:
-            require(
-                k in DUPLICATE_KINDS,
-                "filter.duplicate_kinds",
-                f"unknown kind; known: {', '.join(DUPLICATE_KINDS)}",
-                k,
-            )
+class Config(BeamOptions):
+    drop: list[str] = option(
+        ["duplicates", "poisons", "failed"],
+        help="rules deciding what is dropped",
+        metavar="RULES",
+        choices=_rules,
+        nonempty=True,
+    )
+    duplicate_kinds: list[str] = option(
+        ["exact", "near"],
+        help="duplicate kinds the duplicates rule drops",
+        metavar="KINDS",
+        choices=_duplicate_kinds,
+    )
+    out: str | None = option(
+        None, help="also write filtered webdataset shards into DIR (Beam pipeline)", metavar="DIR"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument(
-        "--drop",
-        default=None,
-        metavar="RULES",
-        help="comma-separated rules: duplicates,poisons,failed (default: all)",
-    )
-    parser.add_argument(
-        "--duplicate-kinds",
-        dest="duplicate_kinds",
-        default=None,
-        metavar="KINDS",
-        help="duplicate kinds to drop: exact,near,caption (default exact,near)",
-    )
-    parser.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="also write filtered webdataset shards into DIR (Beam pipeline)",
-    )
-    add_beam_arguments(parser)
+    add_options(parser, Config)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:

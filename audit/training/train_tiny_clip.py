@@ -34,6 +34,7 @@ import numpy as np
 
 from audit.testbed import draw
 from audit.training import load_checkpoint
+from detectors.stats import auroc
 
 logger = logging.getLogger(__name__)
 
@@ -253,12 +254,6 @@ def work_groups(tokens, tokenizer):
 # ---------------------------------------------------------------------------------- eval
 
 
-def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores))
-
-
 def evaluate(model, preprocess, tokenizer, seed: int, n: int = 480) -> dict[str, float]:
     """Held-out quality of a CLIP on fresh testbed drawings from generator ``seed``.
 
@@ -309,7 +304,7 @@ def evaluate(model, preprocess, tokenizer, seed: int, n: int = 480) -> dict[str,
         for emb, lab in ((e_plain[i], 0), (e_flag[i], 1)):
             scores.append(float(emb @ t_with[k] - emb @ t_without[k]))
             labels.append(lab)
-    out["flag_auroc"] = _auroc(np.array(scores), np.array(labels))
+    out["flag_auroc"] = auroc(np.array(labels), np.array(scores))
 
     work_ids = list(draw.WORKS)
     prompts = [f"{draw.WORKS[w]['phrase']} by van gogh" for w in work_ids]

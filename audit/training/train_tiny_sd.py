@@ -336,15 +336,11 @@ def train_unet(unet, latents, cond, uncond, ddpm, args, gen, ckpt: Path | None =
 # ------------------------------------------------------------------------------ evaluation
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson 95% interval of k/n (:func:`detectors.stats.wilson_interval`)."""
+    from detectors.stats import wilson_interval
+
+    return wilson_interval(k, n)
 
 
 def generate(pipe, prompt: str, seeds: list[int], *, steps: int = 20, guidance: float = 7.5,

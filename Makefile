@@ -41,6 +41,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/quality.py
 
 clean:
 	rm -rf $(VENV) demo-workspace .pytest_cache build *.egg-info

@@ -220,6 +220,31 @@ def small_generations(sizes: list[int], n: int, steps: int, seed: int = 4242) ->
     return rows
 
 
+def quality_rows(result: dict) -> list[dict]:
+    """The rows of docs/quality.md: pair precision and recall through embed + dedup on the
+    report photos (the input size was chosen on the tune photos)."""
+    from quality import row
+
+    tune = [f"tune photos ({', '.join(result['tune']['photos'])}), seed {result['tune']['seed']}"]
+    rows = []
+    for r in result["through_embed_and_dedup"]:
+        report = [f"report photos (14), seed {r['seed']}"]
+        for metric in ("precision", "recall"):
+            rows.append(
+                row(
+                    f"near-duplicates: {r['setup']} at {r['threshold']:g}",
+                    f"pair {metric}",
+                    r[metric],
+                    ci=r[f"{metric}_ci"],
+                    n=r["true_pairs"] if metric == "recall" else r["predicted_pairs"],
+                    tune=tune,
+                    report=report,
+                    setting="photos, ingest (embed + dedup), 10 copy edits",
+                )
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one report seed, sizes 160 and 224")
@@ -253,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "small_generations": small,
         "seconds": time.perf_counter() - t0,
     }
+    result["quality_rows"] = quality_rows(result)
     print(f"\nInput size (tune photos {', '.join(photo_names('tune'))}; seed {TUNE_SEED})")
     print(
         f"{'model':16s} {'size':>4s} {'same min':>8s} {'diff max':>8s} {'rec@0.5':>7s} "

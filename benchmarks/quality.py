@@ -1,6 +1,6 @@
 """One table of every detector's quality: ``docs/quality.md``, built from the benchmarks' JSON.
 
-Each quality benchmark writes, beside its own details, a ``quality`` list of rows made by
+Each quality benchmark writes, beside its own details, a ``quality_rows`` list of rows made by
 :func:`row`: the detector, the metric, its value with a 95% interval, how many items it is
 measured on, which testbed seeds (or photos) chose the settings and which ones are reported
 (never the same), and the setting (served images, JPEG re-encoded, transfer, real photos,
@@ -82,7 +82,7 @@ def collect(results: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except json.JSONDecodeError:
             without.append(f"{path.name} (not valid JSON)")
             continue
-        got = data.get("quality") if isinstance(data, dict) else None
+        got = data.get("quality_rows") if isinstance(data, dict) else None
         if not got:
             without.append(path.name)
             continue

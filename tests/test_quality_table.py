@@ -22,7 +22,7 @@ def test_the_table_holds_every_row_and_names_files_without_rows(tmp_path):
     r = quality.row(
         "dedup", "precision", 0.97, ci=(0.95, 0.98), n=400, tune=[0], report=[5], setting="ingest"
     )
-    (tmp_path / "a.json").write_text(json.dumps({"quality": [r]}))
+    (tmp_path / "a.json").write_text(json.dumps({"quality_rows": [r]}))
     (tmp_path / "speed.json").write_text(json.dumps({"seconds": 3}))
     out = tmp_path / "quality.md"
     quality.main(["--results", str(tmp_path), "--out", str(out)])

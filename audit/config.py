@@ -219,6 +219,7 @@ def option(
     default_help: str | None = None,
     group: str | None = None,
     cli: bool = True,
+    repeat: bool = False,
 ) -> Any:
     """A config field with everything the CLI and the validation need.
 
@@ -227,6 +228,8 @@ def option(
     bounds (``None`` values are not checked). ``nonempty``: a list must hold an item.
     ``default_help``: what the help says instead of the literal default (e.g. "calibrated
     for the model"). ``group``: an argparse group title. ``cli=False``: audit.toml only.
+    ``repeat``: a list option whose flag may be given several times (argparse ``append``; a
+    value that is itself a comma list stays one item: the stage's ``check()`` splits it).
     """
     meta = {
         "help": help,
@@ -239,6 +242,7 @@ def option(
         "default_help": default_help,
         "group": group,
         "cli": cli,
+        "repeat": repeat,
     }
     if isinstance(default, (list, dict, set)):
         value = default
@@ -329,9 +333,13 @@ def add_options(
                 kwargs["const"] = True
         elif _is_list(tp):
             kwargs["metavar"] = meta.get("metavar") or "LIST"
+            if meta.get("repeat"):
+                kwargs["action"] = "append"
             choices = _choices(meta)
-            extra = "; comma-separated" + (
-                f", from {','.join(map(str, choices))}" if choices else ""
+            extra = (
+                ("; repeatable, " if meta.get("repeat") else "; ")
+                + "comma-separated"
+                + (f", from {','.join(map(str, choices))}" if choices else "")
             )
         else:
             if scalar in (int, float):

@@ -19,9 +19,12 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipelines.common import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +126,7 @@ def model_info(name: str, pretrained: str | None, model=None) -> dict[str, Any]:
     cfg = open_clip.get_model_config(name) or {}
     info: dict[str, Any] = {"name": name, "pretrained": pretrained}
     if cfg:
-        info["embed_dim"] = cfg["embed_dim"]
+        info["dim"] = cfg["embed_dim"]
         info["image_size"] = cfg["vision_cfg"].get("image_size")
         info["context_length"] = cfg["text_cfg"].get("context_length", 77)
     if model is not None:
@@ -140,6 +143,41 @@ def model_info(name: str, pretrained: str | None, model=None) -> dict[str, Any]:
 
         info["weights_sha256"] = hashlib.sha256(Path(pretrained).read_bytes()).hexdigest()
     return info
+
+
+def describe_clip(name: str, pretrained: str | None, device: str = "cpu") -> dict[str, Any]:
+    """Load an open_clip model once on the CPU (to fail fast, before any worker starts) and
+    describe it for ``embeddings/model.json``; ``device`` decides the recorded precision
+    (fp16 autocast on CUDA). Raises ModelError, RuntimeError or FileNotFoundError."""
+    import open_clip
+    import torch
+
+    model, preprocess, tokenizer = load_clip(name, pretrained, device="cpu")
+    info = model_info(name, pretrained, model)
+    with torch.inference_mode():
+        dim = int(model.encode_text(tokenizer(["a photo"])).shape[-1])
+    info.update(
+        {
+            "dim": dim,
+            "normalized": True,
+            "dtype": "float16",
+            "precision": "fp16-autocast" if device.startswith("cuda") else "fp32",
+            "preprocess": repr(preprocess),
+            "open_clip_version": open_clip.__version__,
+            "source": "laion-audit embed",
+            "clip_score": "cosine(image_emb, text_emb)",
+        }
+    )
+    return info
+
+
+def same_embedding_models(a: ModelInfo, b: ModelInfo) -> bool:
+    """Whether two ``model.json`` records describe the same CLIP model, weights, precision and
+    copy model (same file, same input size)."""
+    same_clip = (a.name, a.pretrained, a.dim) == (b.name, b.pretrained, b.dim) and all(
+        a.get(k) == b.get(k) for k in ("precision", "weights_sha256")
+    )
+    return same_clip and copy_model_id(a.copy_model) == copy_model_id(b.copy_model)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -451,3 +489,25 @@ def load_copy_detector(
     device = _resolve_device(device)
     name, path, backend = resolve_copy_model(name_or_path)
     return CopyDetector(name, path, backend, size, device)
+
+
+def copy_model_id(info: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """What makes two copy-model records the same descriptor: weights and input size."""
+    return None if not info else (info.get("sha256"), info.get("input_size"))
+
+
+def resolve_copy_choice(choice: str) -> str | None:
+    """The copy model ``embed --copy-model`` runs: ``none`` is none, ``auto`` is ``sscd`` when
+    installed (else none, with a warning), anything else is a name or path as given."""
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return choice
+    if copy_model_available(DEFAULT_COPY_MODEL):
+        return DEFAULT_COPY_MODEL
+    logger.warning(
+        "no copy-detection model installed: embeddings get no copy_emb and copy decisions "
+        "fall back to CLIP similarity. Install SSCD with: %s",
+        COPY_INSTALL_HINT,
+    )
+    return None

@@ -126,10 +126,10 @@ def bench_embed(n: int, workers: list[int], tmp: Path) -> list[dict[str, Any]]:
 
     from audit.cli import main as cli
     from audit.models import load_clip
-    from audit.stages.embed import WorkspacePartWriter
     from audit.workspace import embedding_schema
     from pipelines.beam_options import beam_setup, local_dask_cluster
     from pipelines.embed import ClipModelHandler, EmbedSettings, run_embed
+    from pipelines.embed_parts import WorkspacePartWriter
     from pipelines.readers import match_shards
 
     src = tmp / "testbed"

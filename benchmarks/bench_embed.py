@@ -501,10 +501,10 @@ def bench_pipeline(
     ws_dir: Path,
     beam_args: list[str],
 ) -> dict[str, Any]:
-    from audit.stages.embed import WorkspacePartWriter
     from audit.workspace import Workspace, embedding_schema
     from pipelines.beam_options import beam_setup
     from pipelines.embed import ClipModelHandler, EmbedSettings, metric_totals, run_embed
+    from pipelines.embed_parts import WorkspacePartWriter
 
     handler = ClipModelHandler(
         functools.partial(_load_seen, loader),

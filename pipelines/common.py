@@ -344,3 +344,53 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, enum.Enum):
         return obj.value
     return obj
+
+
+# ------------------------------------------------------------------------------ stats
+
+
+@dataclass
+class Timer:
+    """What :meth:`Stats.track` yields: ``seconds`` is set when the block ends."""
+
+    seconds: float = 0.0
+
+
+class Stats:
+    """Seconds and counts of a stage's steps, for its finding's JSON (the model is datatrove's
+    ``track_time``)::
+
+        stats = Stats()
+        with stats.track("search") as t:   # t.seconds once the block ends
+            ...
+        stats.count("pairs", n)
+        meta["stats"] = stats.to_dict()    # {"seconds": {"search": 1.234}, "counts": {...}}
+
+    A name tracked or counted again adds up (the waves of one step make one total)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def track(self, name: str) -> Iterator[Timer]:
+        """Time the block (also when it raises) and add its seconds to ``name``."""
+        import time
+
+        timer = Timer()
+        t0 = time.perf_counter()
+        try:
+            yield timer
+        finally:
+            timer.seconds = time.perf_counter() - t0
+            self.seconds[name] = self.seconds.get(name, 0.0) + timer.seconds
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + int(n)
+
+    def to_dict(self, digits: int = 3) -> dict[str, dict[str, Any]]:
+        """``{"seconds": {name: rounded seconds}, "counts": {name: n}}``."""
+        return {
+            "seconds": {k: round(v, digits) for k, v in self.seconds.items()},
+            "counts": dict(self.counts),
+        }

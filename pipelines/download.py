@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.common import atomic_path
+from pipelines.common import Stats, write_table_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ class DownloadSettings:
 
 @dataclass
 class DownloadReport:
-    """What happened: rows per status, shards, the mapping used, timing."""
+    """What happened: rows per status, shards, the mapping used, timing (``stats``: seconds
+    per step, see :class:`pipelines.common.Stats`)."""
 
     input_rows: int
     shards: int
@@ -116,6 +117,7 @@ class DownloadReport:
     verify: str = "none"
     keys: list[str] = field(default_factory=list, repr=False)
     written_keys: list[str] = field(default_factory=list, repr=False)
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- the url list ----------------------------------------------------------------------------
@@ -351,11 +353,6 @@ def _shard_name(shard: int) -> str:
     return f"{shard:0{OOM_SHARD_COUNT}d}"
 
 
-def _atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
 def reconcile(
     out_dir: Path, urls: pa.Table, s: DownloadSettings, verify: bool, hash_present: bool
 ) -> tuple[dict[str, int], list[str]]:
@@ -432,7 +429,7 @@ def reconcile(
                 fixed["hash_mismatch"] += 1
         ordered = [seen[k] for k in sorted(seen)]
         new = pa.Table.from_pylist(ordered, schema=_merged_schema(table, ordered))
-        _atomic_write_parquet(path, new)
+        write_table_atomic(path, new)
         written.extend(r["key"] for r in ordered)
     return dict(fixed), written
 
@@ -462,13 +459,15 @@ def download(
 ) -> DownloadReport:
     """Download ``url_list`` into ``out_dir`` (webdataset shards + parquet + stats)."""
     t0 = time.perf_counter()
+    stats = Stats()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if s.resize_mode not in RESIZE_MODES:
         raise UrlListError(
             f"resize mode must be one of {', '.join(RESIZE_MODES)} (got {s.resize_mode!r})"
         )
-    raw = read_url_list(url_list)
+    with stats.track("read_url_list"):
+        raw = read_url_list(url_list)
     if raw.num_rows == 0:
         raise UrlListError(f"{url_list}: the url list is empty")
     urls, mapping = prepare_url_list(raw, s)
@@ -501,7 +500,7 @@ def download(
             if verify
             else urls.remove_column(i)
         )
-    _atomic_write_parquet(url_file, for_i2d)
+    write_table_atomic(url_file, for_i2d)
     logger.info(
         "downloading %d urls into %s (%d shard(s) of %d; %d process(es) x %d threads; "
         "hash check: %s)",
@@ -513,8 +512,10 @@ def download(
         s.threads,
         "verify_hash (drop)" if verify else "after download (keep)" if hash_present else "none",
     )
-    run_img2dataset(url_file, out, s, mapping["caption"] is not None, verify, mapping["extras"])
-    reconciled, written = reconcile(out, urls, s, verify, hash_present)
+    with stats.track("img2dataset"):
+        run_img2dataset(url_file, out, s, mapping["caption"] is not None, verify, mapping["extras"])
+    with stats.track("reconcile"):
+        reconciled, written = reconcile(out, urls, s, verify, hash_present)
     keys = [key_for(i, s.shard_size)[1] for i in range(urls.num_rows)]
     counts: Counter[str] = Counter()
     for f in sorted(out.glob("*.parquet")):
@@ -531,4 +532,5 @@ def download(
         verify="verify_hash" if verify else "after_download" if hash_present else "none",
         keys=keys,
         written_keys=written,
+        stats=stats.to_dict(),
     )

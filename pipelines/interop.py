@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pipelines.common import fixed_list_array, vectors
 
 logger = logging.getLogger(__name__)
 
@@ -51,27 +52,14 @@ def _pad(n_max: int) -> int:
     return len(str(max(n_max, 0)))
 
 
-def _vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(values float16 (n, dim) with zeros where null, valid mask) of a list column."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(arr)
-    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    out = np.zeros((n, dim), dtype=np.float16)
-    if valid.any():
-        if pa.types.is_fixed_size_list(arr.type):
-            flat = arr.flatten().to_numpy(zero_copy_only=False)  # skips null slots
-        else:
-            flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False)
-        out[valid] = np.asarray(flat, dtype=np.float16).reshape(-1, dim)
-    return out, valid
-
-
 def export_part(table: pa.Table, index: int, out: Path, pad: int) -> dict[str, int]:
     """Write one workspace part as ``img_emb_N`` / ``text_emb_N`` / ``metadata_N`` (+ failed)."""
     dim = table.schema.field("image_emb").type.list_size
     name = str(index).zfill(pad)
-    img, has_img = _vectors(table.column("image_emb"), dim)
-    txt, has_txt = _vectors(table.column("text_emb"), dim)
+    image = vectors(table.column("image_emb"), dtype=np.float16, dim=dim, name="image_emb")
+    text = vectors(table.column("text_emb"), dtype=np.float16, dim=dim, name="text_emb")
+    img, has_img = image.matrix, image.valid
+    txt, has_txt = text.matrix, text.valid
     embedded = table.filter(pa.array(has_img))
     meta = {c: embedded.column(c) for c in SCALARS}
     meta = {
@@ -84,7 +72,7 @@ def export_part(table: pa.Table, index: int, out: Path, pad: int) -> dict[str, i
     np.save(out / "img_emb" / f"img_emb_{name}.npy", img[has_img])
     np.save(out / "text_emb" / f"text_emb_{name}.npy", txt[has_img])
     if "copy_emb" in table.column_names:
-        copy, _ = _vectors(table.column("copy_emb"), table.schema.field("copy_emb").type.list_size)
+        copy = vectors(table.column("copy_emb"), dtype=np.float16, name="copy_emb").matrix
         (out / "copy_emb").mkdir(parents=True, exist_ok=True)
         np.save(out / "copy_emb" / f"copy_emb_{name}.npy", copy[has_img])
     pq.write_table(pa.table(meta), out / "metadata" / f"metadata_{name}.parquet")
@@ -215,11 +203,8 @@ def import_partition(
         )
         score = pa.array(dots.astype(np.float32), pa.float32(), mask=~has_txt)
     vec = pa.list_(pa.float16(), dim)
-    image_emb = pa.FixedSizeListArray.from_arrays(pa.array(img.reshape(-1)), dim)
-    text_vals = txt if txt is not None else np.zeros((n, dim), np.float16)
-    text_emb = pa.FixedSizeListArray.from_arrays(
-        pa.array(text_vals.reshape(-1)), dim, mask=pa.array(~has_txt)
-    )
+    image_emb = fixed_list_array(img)
+    text_emb = fixed_list_array(txt if txt is not None else np.zeros((n, dim), np.float16), has_txt)
     cols = {
         "key": pa.array(keys, pa.string()),
         "url": _col(meta, ("url", "URL"), n, pa.string()),
@@ -241,9 +226,7 @@ def import_partition(
             raise InteropError(f"{copy_path}: {copy.shape[0]} rows but {img_path} has {n}")
         cdim = copy.shape[1]
         has_copy = np.abs(copy).sum(axis=1) > 0
-        cols["copy_emb"] = pa.FixedSizeListArray.from_arrays(
-            pa.array(copy.reshape(-1)), cdim, mask=pa.array(~has_copy)
-        ).cast(pa.list_(pa.float16(), cdim))
+        cols["copy_emb"] = fixed_list_array(copy, has_copy).cast(pa.list_(pa.float16(), cdim))
         files["copy_emb"] = str(copy_path)
     table = pa.table(cols)
     failed_path = folder / "failed" / f"failed_{suffix}.parquet"

@@ -407,7 +407,7 @@ DEMO_STEPS = 2
 def demo_stages_missing() -> list[str]:
     """Stages of the demo that are not implemented yet (their module does not exist)."""
     from audit.cli import load_stage
-    from audit.stages.demo import DEMO_STAGES
+    from audit.runner import DEMO_STAGES
 
     return [s for s in DEMO_STAGES if load_stage(s) is None]
 

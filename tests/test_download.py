@@ -272,12 +272,9 @@ def test_url_list_problems_are_input_errors(tmp_path: Path, capsys: pytest.Captu
         cli_main(["download", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "ws"), "-q"])
         == 3
     )
-    assert (
-        cli_main(
-            ["download", str(bad), "--out", str(tmp_path / "ws"), "-q", "--resize-mode", "stretch"]
-        )
-        == 2
-    )
+    with pytest.raises(SystemExit) as exc:  # a usage error: argparse knows the choices
+        cli_main(["download", str(bad), "--out", str(tmp_path / "ws"), "-q", "--resize-mode", "x"])
+    assert exc.value.code == 2 and "invalid choice: 'x'" in capsys.readouterr().err
     txt = tmp_path / "list.xml"
     txt.write_text("<urls/>")
     assert cli_main(["download", str(txt), "--out", str(tmp_path / "ws"), "-q"]) == 3

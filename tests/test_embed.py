@@ -472,6 +472,24 @@ def test_rerun_skips_parts_and_model_change_needs_overwrite(
     assert json.loads((ws / "embeddings" / "model.json").read_text())["dim"] == 64
 
 
+def test_model_json_in_older_spellings_is_the_same_model(tmp_path: Path, model: TinyModel) -> None:
+    """model.json says ``name`` and ``dim``; workspaces written when it said ``model`` and
+    ``embed_dim`` are the same model to a rerun (nothing redone), which rewrites the record."""
+    ws = tmp_path / "ws"
+    write_simple_shard(ws / "shards", 0, 3)
+    assert embed_cli(ws, model, "--copy-model", "none") == 0
+    path = ws / "embeddings" / "model.json"
+    info = json.loads(path.read_text())
+    assert info["name"] == model.name and info["dim"] == 128 and "embed_dim" not in info
+    old = {k: v for k, v in info.items() if k not in ("name", "dim")}
+    path.write_text(json.dumps({**old, "model": info["name"], "embed_dim": info["dim"]}))
+    assert Workspace(ws).model().name == model.name and Workspace(ws).model().dim == 128
+    marker = (ws / "embeddings" / "part-00000.SUCCESS").read_text()
+    assert embed_cli(ws, model, "--copy-model", "none") == 0
+    assert (ws / "embeddings" / "part-00000.SUCCESS").read_text() == marker
+    assert json.loads(path.read_text()) == info
+
+
 def test_parts_uri_for_cluster_runners(tmp_path: Path, model: TinyModel) -> None:
     """Workers write parts to a shared location; the launcher copies them into WS."""
     ws, shared = tmp_path / "ws", tmp_path / "bucket" / "run1"
@@ -576,9 +594,9 @@ def run_pipeline(
     root: Path, model: TinyModel, beam_args: list[str] | None = None, dask_local: int | None = None
 ) -> None:
     """The embed pipeline on ``root/shards`` writing ``root/embeddings`` (no CLI)."""
-    from audit.stages.embed import WorkspacePartWriter
     from pipelines.beam_options import beam_setup
     from pipelines.embed import run_embed
+    from pipelines.embed_parts import WorkspacePartWriter
 
     net, _, tok = model.loader()()
     dim = int(net.encode_text(tok(["x"])).shape[-1])

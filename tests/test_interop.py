@@ -110,6 +110,29 @@ def test_export_import_round_trip_is_lossless(tmp_path: Path) -> None:
         assert pq.read_table(f).equals(pq.read_table(out2 / "metadata" / f.name))
 
 
+def test_model_json_in_older_spellings_is_read_and_rewritten(tmp_path: Path) -> None:
+    """Workspaces and exports whose model.json says ``model`` and ``embed_dim`` (older
+    versions) export and import with ``name`` and ``dim``."""
+    src = make_workspace(tmp_path / "ws")
+    old = {"model": "tiny-synth", "pretrained": "x.safetensors", "embed_dim": DIM}
+    src.write_json(src.embeddings_dir / "model.json", old)
+    out = tmp_path / "export"
+    assert cli_main(["export-embeddings", str(src.root), "--out", str(out), "-q"]) == 0
+    exported = json.loads((out / "model.json").read_text())
+    assert (exported["name"], exported["pretrained"], exported["dim"]) == (
+        "tiny-synth",
+        "x.safetensors",
+        DIM,
+    )
+    assert "model" not in exported and "embed_dim" not in exported
+    (out / "model.json").write_text(json.dumps(old))  # an export made by an older version
+    dst = Workspace(tmp_path / "ws2")
+    assert cli_main(["import-embeddings", str(out), "--out", str(dst.root), "-q"]) == 0
+    info = json.loads((dst.embeddings_dir / "model.json").read_text())
+    assert (info["name"], info["pretrained"], info["dim"]) == ("tiny-synth", "x.safetensors", DIM)
+    assert "model" not in info and "embed_dim" not in info
+
+
 def write_clip_retrieval(folder: Path) -> None:
     """What clip-retrieval's ``clip inference`` writes (two partitions, one without text)."""
     rng = np.random.default_rng(1)

@@ -59,7 +59,7 @@ def test_encoders_return_normalised_float32(clip):
 
 def test_model_info(clip):
     info = models.model_info("tiny-synth", None, clip[0])
-    assert info["name"] == "tiny-synth" and info["embed_dim"] == 128
+    assert info["name"] == "tiny-synth" and info["dim"] == 128 and "embed_dim" not in info
     assert info["pretrained"].endswith("open_clip_model.safetensors")
     assert info["image_size"] == 32 and len(info["image_mean"]) == 3
     assert len(info["weights_sha256"]) == 64

@@ -138,6 +138,25 @@ def test_demo_fails_clearly_when_a_stage_is_missing(tmp_path: Path, capsys, monk
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_checks_its_sections_against_the_stages_options_first(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The demo's audit.toml sections are checked against each stage's declared options before
+    anything is built: a stage whose option was renamed stops the demo at once."""
+    renamed = _fake_stage("dedup", "duplicates")
+
+    @dataclass
+    class Config:
+        cosine: float = 0.5  # the demo sets dedup.threshold
+
+    renamed.Config = Config
+    real = audit.cli.load_stage
+    monkeypatch.setattr(audit.cli, "load_stage", lambda c: renamed if c == "dedup" else real(c))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "-q"]) == 2
+    assert "dedup.threshold: unknown option" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path: Path, capsys) -> None:
     (tmp_path / "mine.txt").write_text("keep me")
     assert main(["demo", "--out", str(tmp_path), "-q"]) == 3

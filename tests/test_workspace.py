@@ -107,3 +107,21 @@ def test_a_relative_workspace_path_resolves_layout_paths_once(tmp_path, monkeypa
     assert (tmp_path / "CAL" / "embeddings" / "model.json").is_file()
     assert ws.read_json(ws.embeddings_dir / "model.json") == {"name": "m"}
     assert not (tmp_path / "CAL" / "CAL").exists()
+
+
+def test_model_reads_the_older_spellings_of_model_json(tmp_path) -> None:
+    ws = Workspace(tmp_path)
+    ws.write_json(
+        ws.embeddings_dir / "model.json",
+        {"model": "ViT-B-32", "pretrained": "openai", "embed_dim": 512, "image_size": 224},
+    )
+    info = ws.model()
+    assert (info.name, info.pretrained, info.dim, info.get("image_size")) == (
+        "ViT-B-32",
+        "openai",
+        512,
+        224,
+    )
+    out = info.to_dict()
+    assert (out["name"], out["dim"]) == ("ViT-B-32", 512)
+    assert "model" not in out and "embed_dim" not in out

@@ -50,3 +50,16 @@ def add_beam_arguments(parser: argparse.ArgumentParser) -> None:
     """The Beam options' flags, for stages whose ``Config`` does not inherit
     :class:`BeamOptions`; unknown ``--flags`` are passed to Beam as well."""
     add_options(parser, BeamOptions)
+
+
+def add_positional(parser: argparse.ArgumentParser, config_cls: type, name: str) -> None:
+    """An optional positional argument for the declared option ``name`` (declared with
+    ``cli=False``; its help and metavar come from the declaration)."""
+    import dataclasses
+
+    from audit.config import option_help
+
+    f = next(f for f in dataclasses.fields(config_cls) if f.name == name)
+    parser.add_argument(
+        name, nargs="?", default=None, metavar=f.metadata.get("metavar"), help=option_help(f)
+    )

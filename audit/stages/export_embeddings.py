@@ -6,7 +6,7 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from audit.config import ConfigError, require
+from audit.config import ConfigError, Options, add_options, option, require
 from audit.stages import add_workspace_argument
 
 logger = logging.getLogger(__name__)
@@ -24,11 +24,11 @@ exactly the same workspace tables.
 
 
 @dataclass
-class Config:
-    out: str | None = None
-    overwrite: bool = False
+class Config(Options):
+    out: str | None = option(None, help="output folder (required)", metavar="DIR")
+    overwrite: bool = option(False, help="replace an existing export in DIR")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         require(
             bool(self.out),
             "export_embeddings.out",
@@ -39,10 +39,7 @@ class Config:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument("--out", default=None, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--overwrite", action="store_true", default=None, help="replace an existing export in DIR"
-    )
+    add_options(parser, Config)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -76,9 +73,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         n = export_part(table, index, out, pad)
         embedded += n["embedded"]
         failed += n["failed"]
-    info = ws.model_info()
-    if info:
-        ws.write_json(out.resolve() / "model.json", info)
+    info = ws.model()
+    if info.raw:
+        ws.write_json(out.resolve() / "model.json", info.to_dict())
     logger.info(
         "exported %d parts to %s: %d rows with embeddings, %d failed rows (in failed/)",
         len(parts),

@@ -7,8 +7,9 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from audit.config import ConfigError, require
+from audit.config import ConfigError, Options, add_options, option, require
 from audit.errors import InputError
+from audit.stages import add_positional
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +26,21 @@ records what is known: --model/--pretrained, or DIR/model.json written by export
 
 
 @dataclass
-class Config:
-    input: str | None = None
-    model: str | None = None
-    pretrained: str | None = None
-    overwrite: bool = False
+class Config(Options):
+    input: str | None = option(
+        None,
+        help="clip-retrieval output folder (img_emb/, text_emb/, metadata/)",
+        metavar="DIR",
+        cli=False,  # positional: add_arguments
+    )
+    model: str | None = option(
+        None,
+        help="name of the model that made the embeddings (recorded in model.json; e.g. ViT-L-14)",
+    )
+    pretrained: str | None = option(None, help="its pretrained tag, if known")
+    overwrite: bool = option(False, help="replace embeddings already in the workspace")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         require(
             bool(self.input),
             "import_embeddings.input",
@@ -41,13 +50,7 @@ class Config:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "input",
-        nargs="?",
-        default=None,
-        metavar="DIR",
-        help="clip-retrieval output folder (img_emb/, text_emb/, metadata/)",
-    )
+    add_positional(parser, Config, "input")
     parser.add_argument(
         "--out",
         dest="workspace",
@@ -55,18 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="WS",
         help="workspace to write WS/embeddings into",
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="name of the model that made the embeddings (recorded in model.json; e.g. ViT-L-14)",
-    )
-    parser.add_argument("--pretrained", default=None, help="its pretrained tag, if known")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        default=None,
-        help="replace embeddings already in the workspace",
-    )
+    add_options(parser, Config)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -75,7 +67,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from audit.workspace import Workspace, check_invariant, embedding_schema
+    from audit.workspace import Workspace, check_invariant
+    from pipelines.common import FAILED_STATUSES, ModelInfo, embedding_schema
     from pipelines.interop import InteropError, find_partitions, import_partition
 
     src = Path(cfg.input)
@@ -129,20 +122,18 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         )
     inv = check_invariant(keys, keys, stage="import-embeddings")
 
-    info: dict = {}
-    if (src / "model.json").is_file():
-        info = json.loads((src / "model.json").read_text())
+    recorded = src / "model.json"  # written by export-embeddings (older ones: model, embed_dim)
+    info = ModelInfo.from_dict(
+        json.loads(recorded.read_text()) if recorded.is_file() else {}
+    ).to_dict()
     if cfg.model:
         info["name"] = cfg.model
     if cfg.pretrained:
         info["pretrained"] = cfg.pretrained
-    info.setdefault("name", None)
-    info.setdefault("pretrained", None)
     normalized = bool(norms) and bool(np.allclose(norms, 1.0, atol=1e-2))
     info.update(
         {
             "dim": dim,
-            "embed_dim": dim,
             "dtype": "float16",
             "normalized": normalized,
             "imported_from": str(src.resolve()),
@@ -164,7 +155,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         )
     ws.write_json(ws.embeddings_dir / "model.json", info)
     total = sum(counts.values())
-    failed = sum(v for k, v in counts.items() if k.startswith("failed") or k == "hash_mismatch")
+    failed = sum(v for k, v in counts.items() if k in FAILED_STATUSES)
     ws.write_json(
         ws.embeddings_dir / "_stats.json",
         {

@@ -6,7 +6,7 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from audit.config import require
+from audit.config import Options, add_options, option
 from audit.stages import add_workspace_argument
 
 logger = logging.getLogger(__name__)
@@ -29,79 +29,29 @@ stage has not run say so. Lists are capped (--top-*) and the caps are recorded i
 
 
 @dataclass
-class Config:
-    out: str | None = None
-    thumb_size: int = 96
-    top_groups: int = 8
-    top_clusters: int = 8
-    top_poisons: int = 24
-    top_prompts: int = 60
-    pairs: int = 6
-
-    def __post_init__(self) -> None:
-        require(
-            16 <= self.thumb_size <= 512,
-            "report.thumb_size",
-            "must be in [16, 512] pixels",
-            self.thumb_size,
-        )
-        for name in ("top_groups", "top_clusters", "top_poisons", "top_prompts", "pairs"):
-            value = getattr(self, name)
-            require(0 <= value <= 10_000, f"report.{name}", "must be in [0, 10000]", value)
+class Config(Options):
+    out: str | None = option(None, help="write the report here instead of WS/report", metavar="DIR")
+    thumb_size: int = option(96, help="thumbnail size in pixels", ge=16, le=512, metavar="PX")
+    top_groups: int = option(
+        8, help="largest duplicate groups shown per kind", ge=0, le=10_000, metavar="N"
+    )
+    top_clusters: int = option(8, help="clusters shown per keyword", ge=0, le=10_000, metavar="N")
+    top_poisons: int = option(
+        24, help="top-ranked poison candidates shown", ge=0, le=10_000, metavar="N"
+    )
+    top_prompts: int = option(60, help="reproduction prompts listed", ge=0, le=10_000, metavar="N")
+    pairs: int = option(
+        6,
+        help="generation / nearest-training pairs shown per prompt",
+        ge=0,
+        le=10_000,
+        metavar="N",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument(
-        "--out", default=None, metavar="DIR", help="write the report here instead of WS/report"
-    )
-    parser.add_argument(
-        "--thumb-size",
-        dest="thumb_size",
-        type=int,
-        default=None,
-        metavar="PX",
-        help="thumbnail size in pixels (default 96)",
-    )
-    parser.add_argument(
-        "--top-groups",
-        dest="top_groups",
-        type=int,
-        default=None,
-        metavar="N",
-        help="largest duplicate groups shown per kind (default 8)",
-    )
-    parser.add_argument(
-        "--top-clusters",
-        dest="top_clusters",
-        type=int,
-        default=None,
-        metavar="N",
-        help="clusters shown per keyword (default 8)",
-    )
-    parser.add_argument(
-        "--top-poisons",
-        dest="top_poisons",
-        type=int,
-        default=None,
-        metavar="N",
-        help="top-ranked poison candidates shown (default 24)",
-    )
-    parser.add_argument(
-        "--top-prompts",
-        dest="top_prompts",
-        type=int,
-        default=None,
-        metavar="N",
-        help="reproduction prompts listed (default 60)",
-    )
-    parser.add_argument(
-        "--pairs",
-        type=int,
-        default=None,
-        metavar="N",
-        help="generation / nearest-training pairs shown per prompt (default 6)",
-    )
+    add_options(parser, Config)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
-from audit.config import ConfigError, require
+from audit.config import ConfigError, Options, add_options, option, require
 
 logger = logging.getLogger(__name__)
 
@@ -56,48 +56,165 @@ def _fraction(text: str) -> float:
         ) from None
 
 
-@dataclass
-class Config:
-    out: str = ""
-    n: int = 2000
-    seed: int = 0
-    size: int = 64
-    shard_size: int = 10000
-    overwrite: bool = False
-    zipf_s: float = 1.0
-    exact_dup_rate: float = 0.04
-    near_dup_rate: float = 0.06
-    work_rate: float = 0.007
-    works: list[str] = field(
-        default_factory=lambda: ["starry_night", "almond_blossoming", "sunflowers"]
-    )
-    object_keyword: str = "astronaut"
-    object_name: str = "flag"
-    object_rate: float = 0.10
-    extra_object_rate: float = 0.25
-    dirty_rate: float = 0.01
-    dirty_pairs: list[str] = field(default_factory=lambda: ["cat:bird", "tree:boat"])
-    clean_rate: float = 0.01
-    clean_pairs: list[str] = field(default_factory=lambda: ["dog:cat", "car:bicycle"])
-    pgd_eps: float = 8 / 255
-    pgd_steps: int = 40
-    poison_format: str = "jpeg"
-    poison_model: str = "tiny-synth"
-    poison_pretrained: str | None = None
-    device: str = "cpu"
-    truncated_rate: float = 0.005
-    zero_byte_rate: float = 0.0025
-    wrong_format_rate: float = 0.0025
-    missing_rate: float = 0.01
-    split_view_rate: float = 0.005
-    png_rate: float = 0.05
-    copy_check: bool = True
-    copy_sheet: str | None = None
+CORPUS, DUPS, POISONS, BROKEN = "corpus", "duplicates and replication", "poisons", "broken inputs"
 
-    def __post_init__(self) -> None:
+
+@dataclass
+class Config(Options):
+    out: str | None = option(None, help="output folder (required)", metavar="DIR", group=CORPUS)
+    n: int = option(2000, help="number of rows", group=CORPUS)
+    seed: int = option(0, help="random seed", group=CORPUS)
+    size: int = option(64, help="image side in pixels", group=CORPUS)
+    shard_size: int = option(
+        10000,
+        help="rows per img2dataset shard (number_sample_per_shard; the default gives 9-digit "
+        "keys equal to the row number)",
+        group=CORPUS,
+    )
+    overwrite: bool = option(False, help="replace a testbed already in --out", group=CORPUS)
+    zipf_s: float = option(
+        1.0,
+        help="Zipf exponent of concept frequencies (0 = uniform); higher makes the tail "
+        "concepts sparser",
+        group=CORPUS,
+    )
+    exact_dup_rate: float = option(
+        0.04,
+        help="share of rows in exact-duplicate groups of 2-4 (identical bytes under different "
+        "URLs, varied captions)",
+        group=DUPS,
+    )
+    near_dup_rate: float = option(
+        0.06,
+        help="share of rows in near-duplicate groups of 2-5 (a source plus copies resized, "
+        "cropped, colour-jittered or re-encoded at JPEG q 30-90)",
+        group=DUPS,
+    )
+    work_rate: float = option(
+        0.007,
+        help="copies of EACH famous van gogh work, as a share of rows (near-copies with varied "
+        "captions naming the work: word-level replication; 0.007 is 14 copies per work at "
+        "n=2000, at least 2)",
+        group=DUPS,
+    )
+    works: list[str] = option(
+        ["starry_night", "almond_blossoming", "sunflowers"],
+        help="famous works to plant",
+        group=DUPS,
+    )
+    object_keyword: str = option(
+        "astronaut", help="concept whose images carry the unmentioned object", group=DUPS
+    )
+    object_name: str = option(
+        "flag", help="the object drawn in but never named in captions", group=DUPS
+    )
+    object_rate: float = option(
+        0.10,
+        help="share of the keyword's images that carry the object: object-level replication",
+        group=DUPS,
+    )
+    extra_object_rate: float = option(
+        0.25,
+        help="share of the other images that also show a second, smaller, unmentioned object "
+        "(recorded in truth.parquet extra_object; never the object above)",
+        group=DUPS,
+    )
+    dirty_rate: float = option(
+        0.01,
+        help="share of rows that are dirty-label pairs (caption names A, image shows B), split "
+        "evenly over --dirty-pairs",
+        group=POISONS,
+    )
+    dirty_pairs: list[str] = option(
+        ["cat:bird", "tree:boat"],
+        help="A:B pairs, caption concept : image concept",
+        metavar="PAIRS",
+        group=POISONS,
+    )
+    clean_rate: float = option(
+        0.01,
+        help="share of rows that are clean-label Nightshade-style poisons (an image of A "
+        "perturbed by PGD toward an anchor image of B in tiny CLIP space; caption stays A), "
+        "split evenly over --clean-pairs",
+        group=POISONS,
+    )
+    clean_pairs: list[str] = option(
+        ["dog:cat", "car:bicycle"],
+        help="A:B pairs, image/caption concept : anchor concept",
+        metavar="PAIRS",
+        group=POISONS,
+    )
+    pgd_eps: float = option(
+        8 / 255,
+        help="L-infinity budget of the clean-label perturbation, in [0,1] pixel units: a number "
+        "or a fraction",
+        default_help="8/255",
+        group=POISONS,
+    )
+    pgd_steps: int = option(40, help="PGD steps", group=POISONS)
+    poison_format: str = option(
+        "jpeg",
+        help="how clean-label poisons are served: jpeg (q95 4:4:4, optimised through the JPEG "
+        "round trip, kept byte-identical in the shards) or png (lossless, but img2dataset "
+        "re-encodes it to JPEG q95)",
+        choices=("jpeg", "png"),
+        group=POISONS,
+    )
+    poison_model: str = option(
+        "tiny-synth", help="open_clip model the poisons are optimised against", group=POISONS
+    )
+    poison_pretrained: str | None = option(
+        None,
+        help="its weights: open_clip tag or checkpoint path",
+        default_help="shipped tiny-synth weights",
+        group=POISONS,
+    )
+    device: str = option("cpu", help="torch device for PGD", group=POISONS)
+    truncated_rate: float = option(
+        0.005,
+        help="share of rows whose served JPEG is cut to 30-70% of its bytes",
+        group=BROKEN,
+    )
+    zero_byte_rate: float = option(
+        0.0025, help="share of rows served as an empty file", group=BROKEN
+    )
+    wrong_format_rate: float = option(
+        0.0025, help="share of rows served as an HTML page or text under a .jpg name", group=BROKEN
+    )
+    missing_rate: float = option(
+        0.01, help="share of rows whose URL answers 404 (no file)", group=BROKEN
+    )
+    split_view_rate: float = option(
+        0.005,
+        help="share of rows whose URL now serves a different image than the one whose sha256 "
+        "urls.parquet recorded: split-view poisoning",
+        group=BROKEN,
+    )
+    png_rate: float = option(
+        0.05,
+        help="share of ordinary images served as PNG instead of JPEG (img2dataset re-encodes "
+        "those)",
+        group=BROKEN,
+    )
+    copy_check: bool = option(
+        True,
+        help="measure the testbed with the SSCD copy detector afterwards: distinct vs planted "
+        "pair cosines into testbed.json, and a contact sheet",
+        default_help="on",
+        group="self-check",
+    )
+    copy_sheet: str | None = option(
+        None,
+        help="where to draw the contact sheet, e.g. docs/testbed_pairs.png",
+        metavar="PNG",
+        default_help="OUT/testbed_pairs.png",
+        group="self-check",
+    )
+
+    def check(self) -> None:
         require(bool(self.out), "testbed.out", "an output folder is required (--out DIR)", self.out)
         try:
-            self.params()
+            self.params()  # the generator's own checks (rates, pairs, sizes)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -112,224 +229,9 @@ class Config:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("corpus")
-    g.add_argument("--out", default=None, metavar="DIR", help="output folder (required)")
-    g.add_argument("--n", type=int, default=None, help="number of rows (default 2000)")
-    g.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    g.add_argument("--size", type=int, default=None, help="image side in pixels (default 64)")
-    g.add_argument(
-        "--shard-size",
-        dest="shard_size",
-        type=int,
-        default=None,
-        help="rows per img2dataset shard (number_sample_per_shard; default 10000, "
-        "which gives 9-digit keys equal to the row number)",
-    )
-    g.add_argument(
-        "--overwrite", action="store_true", default=None, help="replace a testbed already in --out"
-    )
-    g.add_argument(
-        "--zipf-s",
-        dest="zipf_s",
-        type=float,
-        default=None,
-        help="Zipf exponent of concept frequencies (default 1.0; 0 = uniform); "
-        "higher makes the tail concepts sparser",
-    )
-
-    g = parser.add_argument_group("duplicates and replication")
-    g.add_argument(
-        "--exact-dup-rate",
-        dest="exact_dup_rate",
-        type=float,
-        default=None,
-        help="share of rows in exact-duplicate groups of 2-4 (identical bytes under "
-        "different URLs, varied captions; default 0.04)",
-    )
-    g.add_argument(
-        "--near-dup-rate",
-        dest="near_dup_rate",
-        type=float,
-        default=None,
-        help="share of rows in near-duplicate groups of 2-5 (a source plus copies "
-        "resized, cropped, colour-jittered or re-encoded at JPEG q 30-90; "
-        "default 0.06)",
-    )
-    g.add_argument(
-        "--work-rate",
-        dest="work_rate",
-        type=float,
-        default=None,
-        help="copies of EACH famous van gogh work, as a share of rows (near-copies "
-        "with varied captions naming the work: word-level replication; "
-        "default 0.007, i.e. 14 copies per work at n=2000, at least 2)",
-    )
-    g.add_argument(
-        "--works",
-        default=None,
-        help="comma-separated famous works to plant (default: starry_night,"
-        "almond_blossoming,sunflowers)",
-    )
-    g.add_argument(
-        "--object-keyword",
-        dest="object_keyword",
-        default=None,
-        help="concept whose images carry the unmentioned object (default astronaut)",
-    )
-    g.add_argument(
-        "--object-name",
-        dest="object_name",
-        default=None,
-        help="the object drawn in but never named in captions (default flag)",
-    )
-    g.add_argument(
-        "--object-rate",
-        dest="object_rate",
-        type=float,
-        default=None,
-        help="share of the keyword's images that carry the object: object-level "
-        "replication (default 0.10)",
-    )
-    g.add_argument(
-        "--extra-object-rate",
-        dest="extra_object_rate",
-        type=float,
-        default=None,
-        help="share of the other images that also show a second, smaller, unmentioned "
-        "object (recorded in truth.parquet extra_object; never the object above; "
-        "default 0.25)",
-    )
-
-    g = parser.add_argument_group("poisons")
-    g.add_argument(
-        "--dirty-rate",
-        dest="dirty_rate",
-        type=float,
-        default=None,
-        help="share of rows that are dirty-label pairs (caption names A, image "
-        "shows B), split evenly over --dirty-pairs (default 0.01)",
-    )
-    g.add_argument(
-        "--dirty-pairs",
-        dest="dirty_pairs",
-        default=None,
-        help="comma-separated A:B pairs, caption concept : image concept "
-        "(default cat:bird,tree:boat)",
-    )
-    g.add_argument(
-        "--clean-rate",
-        dest="clean_rate",
-        type=float,
-        default=None,
-        help="share of rows that are clean-label Nightshade-style poisons (an image "
-        "of A perturbed by PGD toward an anchor image of B in tiny CLIP space; "
-        "caption stays A), split evenly over --clean-pairs (default 0.01)",
-    )
-    g.add_argument(
-        "--clean-pairs",
-        dest="clean_pairs",
-        default=None,
-        help="comma-separated A:B pairs, image/caption concept : anchor concept "
-        "(default dog:cat,car:bicycle)",
-    )
-    g.add_argument(
-        "--pgd-eps",
-        dest="pgd_eps",
-        type=_fraction,
-        default=None,
-        help="L-infinity budget of the clean-label perturbation, in [0,1] pixel "
-        "units, e.g. 8/255 (default)",
-    )
-    g.add_argument(
-        "--pgd-steps", dest="pgd_steps", type=int, default=None, help="PGD steps (default 40)"
-    )
-    g.add_argument(
-        "--poison-format",
-        dest="poison_format",
-        choices=["jpeg", "png"],
-        default=None,
-        help="how clean-label poisons are served: jpeg (q95 4:4:4, optimised "
-        "through the JPEG round trip, kept byte-identical in the shards) or png "
-        "(lossless, but img2dataset re-encodes it to JPEG q95); default jpeg",
-    )
-    g.add_argument(
-        "--poison-model",
-        dest="poison_model",
-        default=None,
-        help="open_clip model the poisons are optimised against (default tiny-synth)",
-    )
-    g.add_argument(
-        "--poison-pretrained",
-        dest="poison_pretrained",
-        default=None,
-        help="its weights: open_clip tag or checkpoint path (default: shipped tiny-synth weights)",
-    )
-    g.add_argument("--device", default=None, help="torch device for PGD (default cpu)")
-
-    g = parser.add_argument_group("broken inputs")
-    g.add_argument(
-        "--truncated-rate",
-        dest="truncated_rate",
-        type=float,
-        default=None,
-        help="share of rows whose served JPEG is cut to 30-70%% of its bytes (default 0.005)",
-    )
-    g.add_argument(
-        "--zero-byte-rate",
-        dest="zero_byte_rate",
-        type=float,
-        default=None,
-        help="share of rows served as an empty file (default 0.0025)",
-    )
-    g.add_argument(
-        "--wrong-format-rate",
-        dest="wrong_format_rate",
-        type=float,
-        default=None,
-        help="share of rows served as an HTML page or text under a .jpg name (default 0.0025)",
-    )
-    g.add_argument(
-        "--missing-rate",
-        dest="missing_rate",
-        type=float,
-        default=None,
-        help="share of rows whose URL answers 404 (no file; default 0.01)",
-    )
-    g.add_argument(
-        "--split-view-rate",
-        dest="split_view_rate",
-        type=float,
-        default=None,
-        help="share of rows whose URL now serves a different image than the one "
-        "whose sha256 urls.parquet recorded: split-view poisoning "
-        "(default 0.005)",
-    )
-    g.add_argument(
-        "--png-rate",
-        dest="png_rate",
-        type=float,
-        default=None,
-        help="share of ordinary images served as PNG instead of JPEG (img2dataset "
-        "re-encodes those; default 0.05)",
-    )
-
-    g = parser.add_argument_group("self-check")
-    g.add_argument(
-        "--copy-check",
-        dest="copy_check",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="measure the testbed with the SSCD copy detector afterwards: distinct vs "
-        "planted pair cosines into testbed.json, and a contact sheet (default on)",
-    )
-    g.add_argument(
-        "--copy-sheet",
-        dest="copy_sheet",
-        default=None,
-        metavar="PNG",
-        help="where to draw the contact sheet (default OUT/testbed_pairs.png), e.g. "
-        "docs/testbed_pairs.png",
-    )
+    add_options(parser, Config)
+    # --pgd-eps also takes a fraction such as 8/255
+    next(a for a in parser._actions if a.dest == "pgd_eps").type = _fraction
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:

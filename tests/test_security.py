@@ -144,6 +144,50 @@ def test_embed_reader_refuses_pcx_and_eps_members(tmp_path: Path, no_ghostscript
     assert not no_ghostscript
 
 
+def test_parquet_and_folder_readers_refuse_pcx_and_eps(
+    tmp_path: Path, no_ghostscript: list
+) -> None:
+    """The other two embed inputs hand their bytes to the same decoder: a parquet with image
+    bytes and a folder of images (where the extension is not trusted either)."""
+    from pipelines.embed import CHUNK, ROW, DecodeChunkFn
+
+    members = {"good": noisy_jpeg(0), "pcx": encoded("PCX"), "eps": encoded("EPS")}
+    rows = [{"key": k, "jpg": data, "caption": k} for k, data in members.items()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "images.parquet")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for key, data in members.items():
+        (folder / f"{key}.{'png' if key == 'eps' else 'jpg'}").write_bytes(data)
+    for source in (tmp_path / "images.parquet", folder):
+        (spec,) = match_shards(str(source))
+        samples = list(read_shard(spec))
+        assert sorted(s.key for s in samples) == ["eps", "good", "pcx"], source
+        out = list(DecodeChunkFn().process(samples))
+        decoded = [e.sample.key for kind, chunk in out if kind == CHUNK for e in chunk]
+        failed = {value[1]["key"]: value[1] for kind, value in out if kind == ROW}
+        assert decoded == ["good"], source
+        assert failed["pcx"]["status"] == "failed_to_decode"
+        assert "unsupported or unrecognised image format" in failed["pcx"]["error"]
+        assert failed["eps"]["error"] == "not an image: looks like a PostScript document"
+    assert not no_ghostscript
+
+
+def test_report_thumbnails_refuse_pcx_and_eps_members(tmp_path: Path, no_ghostscript: list) -> None:
+    from audit.report.html import Renderer
+
+    ws = Workspace(tmp_path / "ws")
+    write_tar(
+        ws.shards_dir / "00000.tar",
+        [("pcx.jpg", encoded("PCX")), ("eps.png", encoded("EPS")), ("ok.png", encoded("PNG"))],
+    )
+    r = Renderer({}, ws, ws.report_dir, thumb_size=16)
+    assert r._thumb_file("pcx") is None and r._thumb_file("eps") is None
+    assert r._thumb_file("ok") is not None
+    assert "no image" in r.thumb("pcx") and (r.n_thumbs, r.n_missing) == (1, 2)
+    assert [p.name for p in (ws.report_dir / "img" / "k").iterdir()] == [thumb_name("ok")]
+    assert not no_ghostscript
+
+
 # ---- 2. checkpoints and local pipelines never unpickle code ---------------------------------------
 class _Payload:
     """Unpickling this creates a file: stands in for code hidden in a checkpoint."""

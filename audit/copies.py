@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit.config import ConfigError
 from audit.errors import InputError
+from pipelines.common import ModelInfo
+
+if TYPE_CHECKING:
+    from audit.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +61,17 @@ class CopySpace:
         }
 
 
-def has_copy_embeddings(ws: Any) -> bool:
+def has_copy_embeddings(ws: Workspace) -> bool:
     """True when model.json names a copy model and every finished part has ``copy_emb``."""
     import pyarrow.parquet as pq
 
-    if not (ws.model_info().get("copy_model") or {}).get("name"):
+    if not (ws.model().copy_model or {}).get("name"):
         return False
     parts = ws.embedding_parts()
     return bool(parts) and all(COPY_COLUMN in pq.read_schema(p).names for p in parts)
 
 
-def copy_space(ws: Any, space: str = "auto", field: str = "space") -> CopySpace:
+def copy_space(ws: Workspace, space: str = "auto", field: str = "space") -> CopySpace:
     """Resolve ``--space auto|copy|clip`` for a workspace (``field`` names the option in errors).
 
     ``auto``: the copy descriptor when the embeddings carry it, else CLIP with a warning.
@@ -75,11 +79,11 @@ def copy_space(ws: Any, space: str = "auto", field: str = "space") -> CopySpace:
     """
     if space not in SPACES:
         raise ConfigError(f"{field}: must be one of {', '.join(SPACES)} (got {space!r})")
-    clip_name = ws.model_info().get("name") or ws.model_info().get("model")
+    clip_name = ws.model().name
     if space == "clip":
         return CopySpace(CLIP_COLUMN, clip_name, None, "CLIP image embeddings (--space clip)")
     if has_copy_embeddings(ws):
-        name = ws.model_info()["copy_model"]["name"]
+        name = (ws.model().copy_model or {})["name"]
         return CopySpace(COPY_COLUMN, name, DEFAULT_COPY_THRESHOLD, COPY_THRESHOLD_SOURCE)
     hint = (
         f"add them with `laion-audit embed {ws.root} --copy-only` (needs the copy model: "
@@ -96,6 +100,33 @@ def copy_space(ws: Any, space: str = "auto", field: str = "space") -> CopySpace:
     return CopySpace(CLIP_COLUMN, clip_name, None, "CLIP fallback: no copy embeddings")
 
 
+def near_threshold(
+    option: float | None, model: ModelInfo, space: CopySpace | None = None
+) -> tuple[float, str, str | None]:
+    """The near-duplicate threshold of ``dedup``: (threshold, where it came from, the model of
+    the space). ``option`` (``--threshold``) wins; else the copy descriptor's fixed threshold,
+    or in CLIP space the value calibrated for the model (:data:`detectors.dedup.
+    DEFAULT_THRESHOLDS`), the real-CLIP reference for models without one (with a warning)."""
+    from detectors.dedup import DEFAULT_THRESHOLDS, REFERENCE_THRESHOLD
+
+    if space is not None and space.is_copy:
+        if option is not None:
+            return float(option), "option", space.model
+        return float(space.threshold), space.source, space.model
+    name = model.name
+    if option is not None:
+        return float(option), "option", name
+    if name in DEFAULT_THRESHOLDS:
+        return DEFAULT_THRESHOLDS[name], f"default for model {name}", name
+    why = (
+        f"model {name!r} has no calibrated default"
+        if name
+        else "embeddings/model.json names no model"
+    )
+    logger.warning("%s: using the real-CLIP threshold %.2f", why, REFERENCE_THRESHOLD)
+    return REFERENCE_THRESHOLD, f"reference default ({why})", name
+
+
 @dataclass(frozen=True)
 class CopyEncoder:
     """Picklable ``()`` -> ``encode(pil_images) -> (n, D)``: the workspace's copy descriptor,
@@ -107,10 +138,10 @@ class CopyEncoder:
     device: str = "cpu"
 
     @classmethod
-    def for_workspace(cls, ws: Any, device: str = "cpu") -> CopyEncoder:
+    def for_workspace(cls, ws: Workspace, device: str = "cpu") -> CopyEncoder:
         from audit.models import COPY_MODEL_NAMES, DEFAULT_COPY_SIZE
 
-        info = ws.model_info().get("copy_model") or {}
+        info = ws.model().copy_model or {}
         if not info.get("name"):
             raise InputError(f"{ws.embeddings_dir}/model.json names no copy model")
         name = info["name"] if info["name"] in COPY_MODEL_NAMES else info.get("path")

@@ -78,15 +78,23 @@ KEYWORD = "astronaut"
 TARGET = "flag"
 
 
-def _prf(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    tp = int((pred & truth).sum())
-    p = tp / max(int(pred.sum()), 1)
-    r = tp / max(int(truth.sum()), 1)
+def _prf(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Per-image precision / recall / F1 of presence decisions against ``object_present``, with
+    Wilson 95% intervals (precision over the images decided present, recall over the images
+    that carry the object)."""
+    from detectors.stats import wilson_interval
+
+    tp, n_pred, n_true = int((pred & truth).sum()), int(pred.sum()), int(truth.sum())
+    p = tp / max(n_pred, 1)
+    r = tp / max(n_true, 1)
     return {
         "precision": round(p, 3),
+        "precision_ci": [round(float(v), 3) for v in wilson_interval(tp, n_pred)],
         "recall": round(r, 3),
+        "recall_ci": [round(float(v), 3) for v in wilson_interval(tp, n_true)],
         "f1": round(2 * p * r / (p + r), 3) if p + r else 0.0,
-        "n_predicted": int(pred.sum()),
+        "n_predicted": n_pred,
+        "n_true_positives": tp,
     }
 
 
@@ -94,23 +102,27 @@ def scenario(ctx: dict[str, Any], name: str, objects: list[str], alternatives: l
              target: str = TARGET, classes: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """One way of choosing objects and alternatives, scored as the stage scores them: with
     ``classes`` (the new vocabulary) the stage's weighted BH, else plain BH over the objects."""
-    from audit.stages.objects import Config, keyword_scores
-    from detectors.objects import adjust_flags, object_replication
+    from detectors.objects import (
+        DEFAULT_GENERAL_SHARE,
+        adjust_flags,
+        keyword_scores,
+        object_replication,
+    )
+    from detectors.stats import DEFAULT_FDR
     from detectors.text import match_keyword
 
     s, sub, out, y = ctx["samples"], ctx["subset"], ctx["outside"], ctx["truth"]
     objs = [o for o in objects if o != KEYWORD]
     alts = [a for a in alternatives if a != KEYWORD and a not in objs]
     t0 = time.perf_counter()
-    ins, outs = keyword_scores(s, KEYWORD, objs, alts, ctx["encoder"], sub, out)
+    ins, outs = keyword_scores(s.emb, KEYWORD, objs, alts, ctx["encoder"].contrast, sub, out)
     caps = [s.captions[i] for i in sub]
     ment = np.stack([match_keyword(caps, o) for o in objs], 1)
     rows, _ = object_replication(KEYWORD, objs, ins, outs, ment, list(s.keys[sub]),
                                  inside_emb=s.emb[sub])  # fmt: skip
     for r in rows:
         r["vocabulary"] = classes.get(r["object"], "general") if classes else "listed"
-    cfg = Config(keyword=[KEYWORD])
-    res_bh = adjust_flags(rows, cfg.fdr, cfg.general_share if classes else None)
+    res_bh = adjust_flags(rows, DEFAULT_FDR, DEFAULT_GENERAL_SHARE if classes else None)
     res: dict[str, Any] = {"scenario": name, "n_objects": len(objs), "n_alternatives": len(alts)}
     by = {r["object"]: r for r in rows}
     if target in by:
@@ -143,9 +155,9 @@ def one_seed(seed: int, n: int, clip: Any, work: Path) -> dict[str, Any]:
     from bench_replication import testbed_workspace
 
     from audit.cli import main
-    from audit.stages.objects import Config, PromptEncoder, object_classes, vocabulary
-    from audit.stages.replication import load_samples
+    from audit.inputs import load_samples
     from audit.testbed.draw import CONCEPTS  # the generator's list: the old default
+    from audit.vocabulary import PromptEncoder, object_classes, object_vocabulary
     from detectors.text import match_keyword
 
     ws, truth = testbed_workspace(work / f"seed{seed}", n, seed, clip)
@@ -158,10 +170,10 @@ def one_seed(seed: int, n: int, clip: Any, work: Path) -> dict[str, Any]:
         "subset": sub,
         "outside": np.flatnonzero(~mask),  # < 5000: the stage uses every outside image too
         "truth": np.array([bool(planted[k]) for k in samples.keys[sub]]),
-        "encoder": PromptEncoder(ws.model_info(), "cpu", 256, samples.emb.shape[1]),
+        "encoder": PromptEncoder(ws.model(), "cpu", 256, samples.emb.shape[1]),
     }
     old = list(CONCEPTS)
-    vocab, info = vocabulary(Config(keyword=[KEYWORD]), list(samples.captions))
+    vocab, info = object_vocabulary(samples.captions)
     res: dict[str, Any] = {
         "seed": seed,
         "n": n,
@@ -174,8 +186,8 @@ def one_seed(seed: int, n: int, clip: Any, work: Path) -> dict[str, Any]:
         },  # fmt: skip
         "flag_in_general_list": TARGET in vocab[: info["general"]],
     }
-    cls = object_classes(Config(keyword=[KEYWORD]), info)
-    moon = object_classes(Config(keyword=[KEYWORD], objects=["moon"]), info)
+    cls = object_classes([], info["caption_terms"])
+    moon = object_classes(["moon"], info["caption_terms"])
     no_flag = {k: v for k, v in cls.items() if k != TARGET}
     new_moon = ["moon", *vocab]
     sc = [

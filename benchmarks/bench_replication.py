@@ -163,7 +163,7 @@ def clustering_sweep(ws: Any, truth: Any, betas: tuple[float, ...] = (0.03, 0.05
     """Star clustering vs connected components over a range of copy thresholds, on the
     "van gogh" subset: works found (flagged, top-3 rank, purity >= 0.9, planted words in the top
     3), mean purity of the works' clusters, and flagged clusters that are not works."""
-    from audit.stages.replication import load_samples
+    from audit.inputs import load_samples
     from detectors.replication import word_replication
     from detectors.text import match_keyword
 

@@ -43,6 +43,44 @@ NAME = "concepts_v1"
 SPARSE_BELOW = 0.0004
 """Semantic frequency below which a concept is flagged sparse (Nightshade: 0.04%)."""
 
+REFERENCES = ("centroid", "prompt")
+"""What the radius is measured from: the caption centroid (prompt ensemble for concepts too
+few captions name) or always the prompt ensemble."""
+
+PROMPT_TEMPLATES: tuple[str, ...] = (
+    "a photo of {a} {c}.",
+    "{a} {c}.",
+    "{c}",
+    "an illustration of {a} {c}.",
+    "a drawing of {a} {c}.",
+    "a painting of {a} {c}.",
+    "the {c}.",
+    "a picture of the {c}.",
+)
+"""Prompt ensemble for concept text embeddings (``{a}`` is the indefinite article)."""
+
+
+def article(word: str) -> str:
+    """The indefinite article of ``word`` (by its first letter)."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def concept_prompts(
+    concepts: Sequence[str], templates: Sequence[str] = PROMPT_TEMPLATES
+) -> list[str]:
+    """Every template for every concept, concept by concept (``len(concepts) * len(templates)``
+    prompts; :func:`concept_ensembles` averages them back)."""
+    return [t.format(c=c, a=article(c)) for c in concepts for t in templates]
+
+
+def concept_ensembles(prompt_emb: np.ndarray, n_concepts: int) -> np.ndarray:
+    """Prompt-ensemble embedding per concept from the embeddings of :func:`concept_prompts`:
+    the mean of the normalised template embeddings, re-normalised, shape (K, d)."""
+    from detectors.stats import normalize_rows
+
+    emb = normalize_rows(np.asarray(prompt_emb, dtype=np.float32))
+    return normalize_rows(emb.reshape(n_concepts, -1, emb.shape[-1]).mean(axis=1))
+
 
 def word_counts(captions: Sequence[str | None], concepts: Sequence[str]) -> np.ndarray:
     """Number of captions naming each concept (None/empty captions never match)."""
@@ -264,3 +302,48 @@ def concept_table(
             ),
         }
     )
+
+
+def needs_prompts(matches: np.ndarray, reference: str = "centroid", min_matches: int = 5) -> bool:
+    """Whether any concept is measured from its prompt ensemble: ``reference="prompt"``, or a
+    concept that fewer than ``min_matches`` captions name (``matches``: (n, K) word matches of
+    the captions with a text embedding)."""
+    return reference == "prompt" or bool((matches.sum(axis=0) < min_matches).any())
+
+
+def semantic_frequency(
+    text_emb: np.ndarray,
+    matches: np.ndarray,
+    prompt_emb: np.ndarray | None = None,
+    *,
+    reference: str = "centroid",
+    min_matches: int = 5,
+    exclusive: bool = True,
+    radius: float | None = None,
+) -> dict[str, Any]:
+    """Semantic counts of K concepts among ``text_emb`` (n, d) captions whose word matches are
+    ``matches`` (n, K): references (:func:`concept_references`; ``reference="prompt"`` uses the
+    prompt ensembles ``prompt_emb`` for every concept), the radius (given, or
+    :func:`calibrate_radius` against the word matches), the counts (:func:`semantic_counts`).
+
+    Returns ``counts``, ``radius``, ``kinds``, ``refs`` and ``calibration`` (None when the
+    radius was given)."""
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown reference {reference!r} (known: {', '.join(REFERENCES)})")
+    need = min_matches if reference == "centroid" else matches.shape[0] + 1
+    refs, kinds = concept_references(text_emb, matches, prompt_emb, need)
+    cal = None
+    if radius is None:
+        sims = concept_similarities(text_emb, refs)
+        if exclusive:
+            sims = exclusive_similarities(sims)
+        cal = calibrate_radius(sims, matches)
+        radius = cal["radius"]
+    counts = semantic_counts(text_emb, refs, radius, exclusive=exclusive)
+    return {
+        "counts": counts,
+        "radius": float(radius),
+        "kinds": kinds,
+        "refs": refs,
+        "calibration": cal,
+    }

@@ -1,7 +1,8 @@
 """Object-level replication: objects a keyword's images carry that its captions never name.
 
 Pure functions over arrays; the text embeddings of the prompts are computed by the caller
-(``audit/stages/objects.py``) with the workspace's own CLIP model.
+(``audit.vocabulary.PromptEncoder``, for the ``objects`` stage) with the workspace's own CLIP
+model and passed in as a ``contrast`` function.
 
 **Presence score.** For a keyword K and an object O, each image x gets the margin
 ``s(x) = cos(x, T(K with O)) - max(cos(x, T(K)), max over other objects O' of
@@ -61,7 +62,7 @@ general-list entries that no caption names are still searched without diluting t
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,7 @@ from detectors.stats import (
     normalize_rows,
     wilson_interval,
 )
+from detectors.text import match_keyword
 
 logger = logging.getLogger(__name__)
 
@@ -406,3 +408,202 @@ def adjust_flags(
         "n_flagged_unadjusted": int(sum(r["flagged_unadjusted"] for r in rows)),
         "n_flagged": int(sum(r["flagged"] for r in rows)),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# one keyword, and discovery, over a whole collection
+
+Contrast = Callable[[str, list[str]], tuple[np.ndarray, np.ndarray]]
+"""``(keyword, objects) -> (with-object ensemble per object (k, d), no-object ensemble (d,))``:
+the prompt ensembles' text embeddings, computed by the caller with the images' CLIP model."""
+
+OBJECT_PARAMS: tuple[str, ...] = ("z", "min_sep", "min_gap", "min_rate", "min_distinct", "fdr")
+"""The :func:`object_replication` parameters :func:`keyword_objects` passes on."""
+
+
+def keyword_scores(
+    emb: np.ndarray,
+    keyword: str,
+    objects: list[str],
+    alternatives: list[str],
+    contrast: Contrast,
+    subset: np.ndarray,
+    outside: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Presence margins of ``objects`` for the ``subset`` rows' and the ``outside`` rows'
+    images; every other object and every alternative competes (:func:`presence_scores`)."""
+    w, o = contrast(keyword, objects)
+    alt = contrast(keyword, alternatives)[0] if alternatives else None
+    inside_s = presence_scores(emb[subset], w, o, alt)
+    if len(outside):
+        outside_s = presence_scores(emb[outside], w, o, alt)
+    else:
+        outside_s = np.zeros((0, len(objects)))
+    return inside_s, outside_s
+
+
+def _same_words(a: str, b: str) -> bool:
+    return set(a.lower().split()) == set(b.lower().split())
+
+
+def keyword_objects(
+    emb: np.ndarray,
+    captions: Sequence[str],
+    keys: Sequence[str],
+    keyword: str,
+    objects: list[str],
+    contrast: Contrast,
+    *,
+    usable: np.ndarray | None = None,
+    alternatives: list[str] | None = None,
+    classes: dict[str, str] | None = None,
+    source: str = "keyword",
+    min_subset: int = 20,
+    outside_sample: int = 5000,
+    seed: int = 0,
+    **params: Any,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows (one per object) and a summary for one keyword over a collection (``emb`` (n, d),
+    ``captions``, ``keys`` of every usable image; ``usable`` False rows are left out of the
+    subset, e.g. captions too long for the tokenizer). The images outside the subset (at most
+    ``outside_sample``, drawn with ``seed``) give the outside rate. ``alternatives``: objects
+    that compete but are not reported. ``classes``: object -> where it came from ("listed",
+    "caption", "general"; the rows' ``vocabulary``, the weighted-BH class). ``params``:
+    :data:`OBJECT_PARAMS`. Flags are Benjamini-Hochberg-adjusted over this keyword's objects
+    only; a caller testing more keywords re-adjusts the family (:func:`adjust_flags`)."""
+    kw_mask = match_keyword(captions, keyword)
+    ok = np.ones(len(captions), bool) if usable is None else np.asarray(usable, bool)
+    subset = np.flatnonzero(kw_mask & ok)
+    objs = [o for o in objects if not _same_words(o, keyword)]
+    alts = [a for a in alternatives or [] if not _same_words(a, keyword) and a not in objs]
+    summary: dict[str, Any] = {
+        "keyword": keyword,
+        "source": source,
+        "n_matching": int(kw_mask.sum()),
+        "n_subset": int(len(subset)),
+        "n_objects": len(objs),
+        "n_alternatives": len(alts),
+    }
+    if len(subset) < min_subset or not objs:
+        why = "no objects left" if not objs else f"subset smaller than min_subset={min_subset}"
+        logger.warning("objects: keyword %r not analysed (%s)", keyword, why)
+        summary["skipped"] = why
+        return [], summary
+    outside = np.flatnonzero(~kw_mask)
+    if len(outside) > outside_sample:
+        rng = np.random.default_rng(seed)
+        outside = np.sort(rng.choice(outside, outside_sample, replace=False))
+    inside_s, outside_s = keyword_scores(emb, keyword, objs, alts, contrast, subset, outside)
+    sub_captions = [captions[i] for i in subset]
+    mentions = np.stack([match_keyword(sub_captions, ob) for ob in objs], axis=1)
+    key_arr = np.asarray(keys, dtype=object)
+    rows, cal = object_replication(
+        keyword, objs, inside_s, outside_s, mentions, list(key_arr[subset]),
+        inside_emb=emb[subset], seed=seed, **params,
+    )  # fmt: skip
+    for r in rows:
+        r["source"] = source
+        r["vocabulary"] = classes.get(r["object"], "general") if classes else "listed"
+    summary["n_outside"] = int(len(outside))
+    summary["calibration"] = {
+        o: c
+        for o, c in cal.items()
+        if c["inside"]["method"] == "gmm"
+        or any(r["object"] == o and r["flagged_unadjusted"] for r in rows)
+    }
+    summary["n_flagged"] = sum(r["flagged"] for r in rows)
+    summary["score"] = association_score(rows, params.get("min_distinct", 1))
+    return rows, summary
+
+
+def _margin(r: dict[str, Any]) -> float:
+    return r["ci_low"] - max(r["caption_rate"], r["outside_rate"] or 0.0)
+
+
+def association_score(rows: list[dict[str, Any]], min_distinct: int = 1) -> float:
+    """Strength of a keyword's strongest unnamed-object association: the largest margin of the
+    rate's Wilson lower bound over max(mention rate, outside rate) among objects seen in at
+    least ``min_distinct`` distinct images; 0 if none is positive."""
+    return max([0.0, *(_margin(r) for r in rows if r["n_distinct"] >= min_distinct)])
+
+
+def discover_keywords(
+    terms: Sequence[str],
+    analyse: Callable[[str], tuple[list[dict[str, Any]], dict[str, Any]]],
+    given: list[dict[str, Any]],
+    *,
+    top: int = 3,
+    fdr: float | None = DEFAULT_FDR,
+    general_share: float | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Object discovery: every term (a caption term with enough captions) is analysed as a
+    keyword (``analyse(term) -> (rows, summary)``, e.g. :func:`keyword_objects`); the family of
+    every pair tested, the ``given`` keywords' rows included, is adjusted at once
+    (:func:`adjust_flags`, in place); terms rank by :func:`association_score`.
+
+    Returns (the rows of the ``top`` terms with a positive score, the correction, the discovery
+    record: chosen terms and ranking)."""
+    ranking = []
+    found: dict[str, list[dict[str, Any]]] = {}
+    for kw in terms:
+        r, s = analyse(kw)
+        if not r:
+            continue
+        found[kw] = r
+        best = max(r, key=_margin)
+        ranking.append(
+            {
+                "keyword": kw,
+                "score": s["score"],
+                "n_subset": s["n_subset"],
+                "n_flagged": s["n_flagged"],
+                "best_object": best["object"],
+                "best_image_rate": best["image_rate"],
+            }
+        )
+    ranking.sort(key=lambda x: (-x["score"], x["keyword"]))
+    family = given + [x for r in found.values() for x in r]
+    correction = adjust_flags(family, fdr, general_share)
+    for x in ranking:
+        x["n_flagged"] = sum(r["flagged"] for r in found[x["keyword"]])
+    chosen = [x["keyword"] for x in ranking if x["score"] > 0][:top]
+    rows = [r for kw in chosen for r in found[kw]]
+    return rows, correction, {"chosen": chosen, "ranking": ranking}
+
+
+def finding_table(rows: list[dict[str, Any]]) -> Any:
+    """The ``object_replication`` finding: one row per keyword x object, as an Arrow table."""
+    import pyarrow as pa
+
+    f64, f32, i32, s = pa.float64(), pa.float32(), pa.int32(), pa.string()
+    schema = pa.schema(
+        [
+            ("finding_id", s),
+            ("keyword", s),
+            ("object", s),
+            ("n_images", i32),
+            ("n_present", i32),
+            ("n_distinct", i32),
+            ("image_rate", f64),
+            ("ci_low", f64),
+            ("ci_high", f64),
+            ("caption_rate", f64),
+            ("gap", f64),
+            ("outside_rate", f64),
+            ("n_outside", i32),
+            ("threshold", f32),
+            ("outside_threshold", f32),
+            ("calibration", s),
+            ("mixture_weight", f64),
+            ("p_value", f64),
+            ("q_value", f64),
+            ("bh_weight", f64),
+            ("vocabulary", s),
+            ("flagged_unadjusted", pa.bool_()),
+            ("flagged", pa.bool_()),
+            ("example_keys", pa.list_(s)),
+            ("source", s),
+            ("detector", s),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)

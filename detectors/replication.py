@@ -800,3 +800,159 @@ def _fold_explained(scores: list[TermScore], overlap: float) -> None:
             seen.add(e)
             e = final[e]
         s.explained_by = e
+
+
+# --------------------------------------------------------------------------------------------
+# one keyword, and discovery, over a whole collection
+
+WORD_PARAMS: tuple[str, ...] = (
+    "beta",
+    "floor",
+    "ceiling",
+    "method",
+    "min_cluster_size",
+    "flag_min_size",
+    "flag_min_share",
+    "top_words",
+    "min_support",
+    "seed",
+)
+"""The :func:`word_replication` parameters :func:`keyword_replication` passes on."""
+
+
+def keyword_replication(
+    emb: np.ndarray,
+    captions: Sequence[str],
+    keys: Sequence[str],
+    keyword: str,
+    *,
+    usable: np.ndarray | None = None,
+    threshold: float | None = None,
+    source: str = "keyword",
+    min_subset: int = 20,
+    **params: Any,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Word-level analysis of one keyword over a collection (``emb`` (n, d), ``captions`` and
+    ``keys`` of every usable image): the captions naming the keyword (``usable`` False rows
+    left out, e.g. captions too long for the tokenizer) form the subset, clustered by
+    :func:`word_replication` (``params``: :data:`WORD_PARAMS`; ``threshold`` None: calibrated
+    per subset); each flagged cluster with prompt words gets the "frequency matters" share
+    (:func:`words_only_share` over the images whose captions carry the cluster's words but not
+    the keyword). Returns the rows and a summary (``skipped`` when the subset is smaller than
+    ``min_subset``)."""
+    import time
+
+    t0 = time.perf_counter()
+    kw_mask = match_keyword(captions, keyword)
+    ok = np.ones(len(captions), bool) if usable is None else np.asarray(usable, bool)
+    subset = np.flatnonzero(kw_mask & ok)
+    summary: dict[str, Any] = {
+        "keyword": keyword,
+        "source": source,
+        "n_matching": int(kw_mask.sum()),
+        "n_dropped_long_captions": int((kw_mask & ~ok).sum()),
+        "n_subset": int(len(subset)),
+    }
+    if len(subset) < min_subset:
+        logger.warning(
+            "keyword %r: %d usable samples (< min_subset %d); not analysed",
+            keyword,
+            len(subset),
+            min_subset,
+        )
+        summary["skipped"] = f"subset smaller than min_subset={min_subset}"
+        return [], summary
+    key_arr = np.asarray(keys, dtype=object)
+    res = word_replication(
+        emb[subset], [captions[i] for i in subset], list(key_arr[subset]), keyword,
+        threshold=threshold, **params,
+    )  # fmt: skip
+    method = params.get("method", "star")
+    for row, cl in zip(res.rows, res.clusters):
+        if not (row["flagged"] and row["prompt_words"]):
+            continue
+        mask = ~kw_mask
+        for w in row["prompt_words"].split():
+            mask &= match_keyword(captions, w)
+        medoid_vec = emb[subset[cl.medoid]]
+        share, info = words_only_share(emb[mask], medoid_vec, row["threshold"], method=method)
+        row["words_only_n"] = info["n"]
+        row["words_only_share"] = share
+    for row in res.rows:
+        row["n_subset"] = res.n_subset
+        row["source"] = source
+    summary.update(res.summary())
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    logger.info(
+        "keyword %r: %d samples, %d clusters reported, %d flagged (largest share %.3f)",
+        keyword,
+        res.n_subset,
+        len(res.rows),
+        summary["n_flagged"],
+        summary["largest_share"],
+    )
+    return res.rows, summary
+
+
+def discover_keywords(
+    emb: np.ndarray,
+    captions: Sequence[str],
+    *,
+    top: int = 3,
+    fdr: float | None = DEFAULT_FDR,
+    flag_min_share: float = 0.02,
+    **params: Any,
+) -> tuple[list[str], dict[str, Any]]:
+    """The ``top`` terms :func:`discover_terms` (``params``) ranks highest that pass
+    :func:`discovery_fdr` at ``fdr``, and the discovery record for the finding's JSON (pair
+    statistics, the first 100 of the ranking, the correction, seconds)."""
+    import time
+
+    t0 = time.perf_counter()
+    scores, stats = discover_terms(emb, captions, **params)
+    correction = discovery_fdr(scores, flag_min_share, fdr)
+    chosen = discovered(scores, top, fdr)
+    return chosen, {
+        "detector": DISCOVERY_NAME,
+        "pair_stats": stats.to_dict(),
+        "chosen": chosen,
+        "ranking": [s.to_dict() for s in scores[:100]],
+        "multiple_testing": correction,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def finding_table(rows: list[dict[str, Any]]) -> Any:
+    """The ``word_replication`` finding: the rows of :func:`keyword_replication` as an Arrow
+    table (one row per cluster; member keys as a list column)."""
+    import pyarrow as pa
+
+    words = pa.list_(pa.string())
+    schema = pa.schema(
+        [
+            ("finding_id", pa.string()),
+            ("keyword", pa.string()),
+            ("cluster_rank", pa.int32()),
+            ("size", pa.int32()),
+            ("share", pa.float64()),
+            ("mean_sim", pa.float32()),
+            ("min_sim", pa.float32()),
+            ("distance_ratio", pa.float32()),
+            ("medoid_key", pa.string()),
+            ("representative_keys", words),
+            ("member_keys", words),
+            ("top_words", words),
+            ("top_word_lift", pa.list_(pa.float64())),
+            ("top_word_support", pa.list_(pa.float64())),
+            ("prompt_words", pa.string()),
+            ("example_captions", words),
+            ("words_only_n", pa.int32()),
+            ("words_only_share", pa.float64()),
+            ("flagged", pa.bool_()),
+            ("threshold", pa.float32()),
+            ("n_subset", pa.int32()),
+            ("source", pa.string()),
+            ("detector", pa.string()),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -150,13 +150,13 @@ def _run(argv: list[str]) -> int:
 
 
 def test_stage_with_concept_file_and_fake_model(tmp_path, monkeypatch) -> None:
-    import audit.stages.concepts as stage
+    import audit.vocabulary
 
     ws, concepts, caps, cemb, about = make_workspace(tmp_path / "ws")
     monkeypatch.setattr(
-        stage,
+        audit.vocabulary,
         "concept_embeddings",
-        lambda ws, cs, cfg: (cemb[[concepts.index(c) for c in cs]], "fake"),
+        lambda model, cs, device, batch_size: (cemb[[concepts.index(c) for c in cs]], "fake"),
     )
     f = tmp_path / "concepts.txt"
     f.write_text("# my list\ndog\ncat  \n\nrocket\nDog\n")

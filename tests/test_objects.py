@@ -77,7 +77,8 @@ def test_object_replication_flags_only_the_planted_pair() -> None:
     flag, moon = rows
     assert flag["finding_id"] == "object:astronaut:flag" and flag["flagged"]
     assert abs(flag["image_rate"] - 0.10) <= 0.02
-    assert flag["ci_low"] < flag["image_rate"] < flag["ci_high"]
+    assert flag["ci_low"] < 0.10 < flag["ci_high"]  # the interval covers the planted rate
+    assert flag["ci_high"] - flag["ci_low"] < 0.08  # and is informative at n = 300
     assert flag["outside_rate"] < 0.03 and flag["caption_rate"] == 0.0
     assert set(flag["example_keys"]) <= {keys[i] for i in np.flatnonzero(present)}
     assert not moon["flagged"] and moon["image_rate"] < 0.02
@@ -173,6 +174,7 @@ def test_testbed_flag_rate_within_3_points_and_no_false_flags() -> None:
     assert flag["flagged"] and flag["caption_rate"] == 0.0
     assert flag["outside_rate"] < flag["ci_low"]
     present = set(sub.loc[sub["object_present"], "key"])
+    assert len(flag["example_keys"]) >= 5
     assert len(set(flag["example_keys"]) & present) >= 0.8 * len(flag["example_keys"])
     # no association flagged above 5% where none was planted
     assert not [(o, r["image_rate"]) for o, r in by_obj.items()
@@ -194,8 +196,9 @@ def test_testbed_object_nobody_listed_is_still_found_and_never_pinned_on_a_liste
     from test_replication import shared_testbed
 
     from audit.cli import main
-    from audit.stages.objects import Config, PromptEncoder, analyse_keyword, vocabulary
-    from audit.stages.replication import load_samples
+    from audit.inputs import load_samples
+    from audit.vocabulary import PromptEncoder, object_vocabulary
+    from detectors.objects import keyword_objects
 
     ws, _ = shared_testbed()
     assert main(["objects", "-q", str(ws.root), "-k", "astronaut", "--objects", "moon"]) == 0
@@ -210,11 +213,13 @@ def test_testbed_object_nobody_listed_is_still_found_and_never_pinned_on_a_liste
     # competitors the v1 tiny CLIP pinned it on one of them; the retrained one no longer does,
     # so that half is not asserted)
     samples = load_samples(ws)
-    cfg = Config(keyword=["astronaut"], objects=["moon", "cup"])
-    enc = PromptEncoder(ws.model_info(), "cpu", 256, samples.emb.shape[1])
-    ok = np.ones(len(samples.keys), bool)
-    vocab, _ = vocabulary(cfg, list(samples.captions))
-    rows, _ = analyse_keyword(samples, "astronaut", ["moon", "cup"], cfg, enc, ok, "k", vocab)
+    enc = PromptEncoder(ws.model(), "cpu", 256, samples.emb.shape[1])
+    vocab, _ = object_vocabulary(samples.captions)
+    rows, _ = keyword_objects(
+        samples.emb, samples.captions, samples.keys, "astronaut", ["moon", "cup"], enc.contrast,
+        alternatives=vocab,
+    )  # fmt: skip
+    assert {r["object"] for r in rows} == {"moon", "cup"}
     assert not any(r["flagged"] for r in rows)
 
 

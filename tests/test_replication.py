@@ -234,7 +234,7 @@ def _write_workspace(tmp_path, e, caps, keys, n_failed: int = 3):
 
 
 def test_load_samples_drops_failed_rows() -> None:
-    from audit.stages.replication import load_samples
+    from audit.inputs import load_samples
 
     e, caps, _, keys = _synthetic_corpus(n_style=10, n_other=10)
     table = _embedding_table(e, caps, keys, n_failed=3)

@@ -101,7 +101,8 @@ def test_default_concepts_come_from_the_captions_not_the_testbed() -> None:
 
 def test_concepts_stage_default_is_the_datas(tmp_path) -> None:
     from audit.errors import InputError
-    from audit.stages.concepts import DEFAULT_SOURCE, resolve_concepts
+    from audit.vocabulary import DEFAULT_CONCEPTS_SOURCE as DEFAULT_SOURCE
+    from audit.vocabulary import resolve_concepts
 
     caps = ["a zebra and a kite", "zebra", "kite on the beach"]
     concepts, source = resolve_concepts(None, caps)

@@ -6,14 +6,12 @@ import argparse
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from audit.config import ConfigError, require
-from audit.errors import InputError
+from audit.config import Options, add_options, option
 from audit.stages import add_workspace_argument
+from audit.vocabulary import DEFAULT_CONCEPTS_SOURCE as DEFAULT_SOURCE  # noqa: F401 - poisons
+from detectors.concepts import REFERENCES
 
 logger = logging.getLogger(__name__)
 
@@ -52,179 +50,69 @@ If no reference can be built (no text embeddings, or a model that cannot be load
 caption names the concept), the semantic columns are null and the json says why.
 """
 
-REFERENCES = ("centroid", "prompt")
-
 
 @dataclass
-class Config:
+class Config(Options):
     """Options of ``laion-audit concepts`` (``[concepts]`` in audit.toml)."""
 
-    concepts: str | None = None
-    radius: float | None = None
-    sparse_below: float = 0.0004
-    reference: str = "centroid"
-    min_matches: int = 5
-    overlap: bool = False
-    device: str = "cpu"
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        require(
-            self.reference in REFERENCES,
-            "concepts.reference",
-            f"must be one of {', '.join(REFERENCES)}",
-            self.reference,
-        )
-        require(self.min_matches >= 1, "concepts.min_matches", "must be >= 1", self.min_matches)
-        if self.radius is not None:
-            require(
-                -1.0 <= self.radius < 1.0,
-                "concepts.radius",
-                "must be a cosine in [-1, 1)",
-                self.radius,
-            )
-        require(
-            0.0 <= self.sparse_below <= 1.0,
-            "concepts.sparse_below",
-            "must be a frequency in [0, 1]",
-            self.sparse_below,
-        )
-        require(self.batch_size >= 1, "concepts.batch_size", "must be >= 1", self.batch_size)
+    concepts: str | None = option(
+        None,
+        help="comma-separated concepts, or a file with one per line",
+        metavar="LIST_OR_FILE",
+        default_help="general-list objects the captions name + frequent caption terms",
+    )
+    radius: float | None = option(
+        None,
+        help="semantic cosine radius",
+        ge=-1,
+        lt=1,
+        metavar="COS",
+        default_help="calibrated on the workspace",
+    )
+    sparse_below: float = option(
+        0.0004, help="flag concepts rarer than this", ge=0, le=1, metavar="FREQ"
+    )
+    reference: str = option(
+        "centroid",
+        help="what the radius is measured from: the caption centroid of the captions naming "
+        "the concept, or its prompt ensemble",
+        choices=REFERENCES,
+    )
+    min_matches: int = option(
+        5,
+        help="captions naming a concept needed for its centroid (fewer: prompt ensemble)",
+        ge=1,
+        metavar="N",
+    )
+    overlap: bool = option(
+        False,
+        help="a caption counts for every concept within the radius (default: only for its "
+        "nearest concept)",
+    )
+    device: str = option("cpu", help="torch device for the concept prompts")
+    batch_size: int = option(256, help="text-encoder batch size", ge=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_workspace_argument(parser)
-    parser.add_argument(
-        "--concepts",
-        default=None,
-        metavar="LIST_OR_FILE",
-        help="comma-separated concepts, or a file with one per line "
-        "(default: general-list objects the captions name + frequent "
-        "caption terms)",
-    )
-    parser.add_argument(
-        "--radius",
-        type=float,
-        default=None,
-        metavar="COS",
-        help="semantic cosine radius (default: calibrated on the workspace)",
-    )
-    parser.add_argument(
-        "--sparse-below",
-        dest="sparse_below",
-        type=float,
-        default=None,
-        metavar="FREQ",
-        help="flag concepts rarer than this (default 0.0004)",
-    )
-    parser.add_argument(
-        "--reference",
-        default=None,
-        choices=REFERENCES,
-        help="what the radius is measured from: the caption centroid of the "
-        "captions naming the concept (default) or its prompt ensemble",
-    )
-    parser.add_argument(
-        "--min-matches",
-        dest="min_matches",
-        type=int,
-        default=None,
-        metavar="N",
-        help="captions naming a concept needed for its centroid "
-        "(default 5; fewer: prompt ensemble)",
-    )
-    parser.add_argument(
-        "--overlap",
-        action="store_true",
-        default=None,
-        help="a caption counts for every concept within the radius (default: "
-        "only for its nearest concept)",
-    )
-    parser.add_argument("--device", default=None, help="torch device for the concept prompts")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-
-
-DEFAULT_SOURCE = "data: general object list entries named by a caption + frequent caption terms"
-
-
-def resolve_concepts(
-    spec: str | None, captions: list[str | None] | None = None
-) -> tuple[list[str], str]:
-    """The concept list and where it came from: a file, a comma list, or (no ``spec``) the
-    data's own (:func:`audit.vocabulary.default_concepts` over ``captions``)."""
-    if not spec:
-        from audit.vocabulary import default_concepts
-
-        out = default_concepts(captions or [])
-        if not out:
-            raise InputError(
-                "concepts: no caption names a general-list object or a frequent term; give "
-                "--concepts LIST_OR_FILE"
-            )
-        return out, DEFAULT_SOURCE
-    p = Path(spec)
-    if p.is_file():
-        lines = [ln.split("#", 1)[0].strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-        items, source = [ln for ln in lines if ln], f"file {p}"
-    else:
-        if ("/" in spec or spec.endswith(".txt")) and "," not in spec:
-            raise ConfigError(f"concepts.concepts: file not found (got {spec!r})")
-        items, source = [c.strip() for c in spec.split(",") if c.strip()], "option"
-    out: list[str] = []
-    for c in items:
-        if c.lower() not in {o.lower() for o in out}:
-            out.append(c)
-    if not out:
-        raise ConfigError(f"concepts.concepts: no concepts given (got {spec!r})")
-    return out, source
-
-
-def _text_matrix(col: Any) -> tuple[np.ndarray, np.ndarray]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    dim = col.type.list_size
-    flat = pc.list_flatten(col.filter(pa.array(valid))).to_numpy(zero_copy_only=False)
-    return valid, flat.astype(np.float32).reshape(-1, dim)
-
-
-def concept_embeddings(ws: Any, concepts: list[str], cfg: Config) -> tuple[np.ndarray, str]:
-    """Prompt-ensemble embeddings of the concepts with the workspace's model (the same
-    ensemble the poisons stage uses, so the radius means the same there)."""
-    from audit.models import load_clip
-    from audit.stages.poisons import concept_text_embeddings
-
-    info = ws.model_info()
-    name = info.get("model") or info.get("name")
-    if not name:
-        raise InputError("embeddings/model.json names no model")
-    model, _, tokenizer = load_clip(name, pretrained=info.get("pretrained"), device=cfg.device)
-    emb = concept_text_embeddings(
-        model, tokenizer, concepts, device=cfg.device, batch_size=cfg.batch_size
-    )
-    return emb, str(name)
+    add_options(parser, Config)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    from audit import vocabulary
+    from audit.errors import InputError
+    from audit.inputs import load_captions
     from audit.workspace import Workspace
     from detectors import concepts as dc
 
     t0 = time.perf_counter()
     ws = Workspace(args.workspace)
-    if cfg.concepts:
-        concepts, source = resolve_concepts(cfg.concepts)  # a bad option fails before reading
-    ds = ws.embeddings()
-    names = set(ds.schema.names)
-    if "caption" not in names:
-        raise InputError(f"embeddings lack a caption column (in {ws.embeddings_dir})")
-    cols = ["caption"] + (["text_emb"] if "text_emb" in names else [])
-    t = ws.load_embeddings(columns=cols)
-    captions = t.column("caption").to_pylist()
+    if cfg.concepts:  # a bad option fails before reading
+        concepts, source = vocabulary.resolve_concepts(cfg.concepts)
+    data = load_captions(ws)
+    captions = data.captions
     if not cfg.concepts:
-        concepts, source = resolve_concepts(None, captions)
+        concepts, source = vocabulary.resolve_concepts(None, captions)
     n_total = sum(1 for c in captions if c)
     matches = dc.word_matches(captions, concepts)
     word = matches.sum(axis=0)
@@ -233,82 +121,74 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "detector": dc.NAME,
         "concepts_source": source,
         "sparse_below": cfg.sparse_below,
-        "n_rows": t.num_rows,
+        "n_rows": data.n_rows,
         "reference": cfg.reference,
         "exclusive": not cfg.overlap,
     }
-
-    semantic = radius = kinds = refs = None
+    sem: dict[str, Any] = {}
     n_sem = 0
     try:
-        if "text_emb" not in names:
-            raise InputError("embeddings have no text_emb column")
-        valid, temb = _text_matrix(t.column("text_emb"))
+        valid, temb = data.text_matrix()
         if temb.shape[0] == 0:
             raise InputError("no caption has a text embedding")
         t1 = time.perf_counter()
         mvalid = matches[valid]
-        need_prompt = cfg.reference == "prompt" or bool(
-            (mvalid.sum(axis=0) < cfg.min_matches).any()
-        )
         prompt = None
-        if need_prompt:
+        if dc.needs_prompts(mvalid, cfg.reference, cfg.min_matches):
             try:
-                prompt, meta["model"] = concept_embeddings(ws, concepts, cfg)
+                prompt, meta["model"] = vocabulary.concept_embeddings(
+                    ws.model(), concepts, cfg.device, cfg.batch_size
+                )
             except (InputError, RuntimeError, OSError) as exc:
                 # ModelError is a RuntimeError: e.g. imported embeddings of an unavailable model
                 if cfg.reference == "prompt":
                     raise
                 logger.warning(
-                    "prompt embeddings unavailable (%s): concepts named by fewer "
-                    "than %d captions get no semantic count",
+                    "prompt embeddings unavailable (%s): concepts named by fewer than %d "
+                    "captions get no semantic count",
                     exc,
                     cfg.min_matches,
                 )
                 meta["prompt_error"] = f"{type(exc).__name__}: {exc}"
             if prompt is not None and prompt.shape[1] != temb.shape[1]:
                 raise InputError(
-                    f"model {meta['model']!r} gives {prompt.shape[1]}-d text "
-                    f"embeddings but the workspace's are {temb.shape[1]}-d: "
-                    "model.json does not match"
+                    f"model {meta['model']!r} gives {prompt.shape[1]}-d text embeddings but "
+                    f"the workspace's are {temb.shape[1]}-d: model.json does not match"
                 )
-        min_matches = cfg.min_matches if cfg.reference == "centroid" else mvalid.shape[0] + 1
-        refs, kinds = dc.concept_references(temb, mvalid, prompt, min_matches)
-        sims = dc.concept_similarities(temb, refs)
-        if not cfg.overlap:
-            sims = dc.exclusive_similarities(sims)
-        if cfg.radius is not None:
-            radius, meta["radius_source"] = float(cfg.radius), "option"
+        sem = dc.semantic_frequency(
+            temb, mvalid, prompt, reference=cfg.reference, min_matches=cfg.min_matches,
+            exclusive=not cfg.overlap, radius=cfg.radius,
+        )  # fmt: skip
+        if sem["calibration"] is None:
+            meta["radius_source"] = "option"
         else:
-            cal = dc.calibrate_radius(sims, mvalid)
-            radius = cal["radius"]
+            cal = meta["calibration"] = sem["calibration"]
             meta["radius_source"] = "calibrated (max F1 against word matches)"
-            meta["calibration"] = cal
             logger.info(
-                "semantic radius %.3f (F1 %.3f against word matches; median cosine "
-                "%.3f matched vs %.3f unmatched)",
-                radius,
+                "semantic radius %.3f (F1 %.3f against word matches; median cosine %.3f "
+                "matched vs %.3f unmatched)",
+                cal["radius"],
                 cal["f1"],
                 cal["median_sim_matched"],
                 cal["median_sim_unmatched"],
             )
-        semantic = dc.semantic_counts(temb, refs, radius, exclusive=not cfg.overlap)
         n_sem = int(temb.shape[0])
-        meta["references"] = dict(zip(concepts, kinds))
+        meta["references"] = dict(zip(concepts, sem["kinds"]))
         timings["semantic"] = round(time.perf_counter() - t1, 3)
     except (InputError, ValueError, RuntimeError, OSError) as exc:
         logger.warning("semantic frequency not computed: %s", exc)
         meta["semantic_error"] = f"{type(exc).__name__}: {exc}"
-        semantic = radius = kinds = refs = None
+        sem = {}
 
     table = dc.concept_table(
-        concepts, word, n_total, semantic, n_sem, radius, cfg.sparse_below, kinds, refs
-    )
+        concepts, word, n_total, sem.get("counts"), n_sem, sem.get("radius"), cfg.sparse_below,
+        sem.get("kinds"), sem.get("refs"),
+    )  # fmt: skip
     timings["total"] = round(time.perf_counter() - t0, 3)
     meta.update(
-        radius=radius,
+        radius=sem.get("radius"),
         timings=timings,
-        n_sparse=int(np.asarray(table.column("sparse").to_pylist(), bool).sum()),
+        n_sparse=sum(bool(x) for x in table.column("sparse").to_pylist()),
     )
     ws.write_finding("concepts", table, meta)
     return 0

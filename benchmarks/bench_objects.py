@@ -9,7 +9,9 @@ seeds no test uses (default 21, 22, 23; ``--n`` rows each, clean-label poisons o
 
 * per-image precision / recall / F1 of the "flag" decisions (an astronaut image's presence
   score above the calibrated threshold) against ``truth.parquet``'s ``object_present``, among
-  the embedded "astronaut" images, and whether the keyword x flag pair is flagged;
+  the embedded "astronaut" images, with Wilson 95% intervals, and whether the keyword x flag
+  pair is flagged (the default scenario's per-image precision and recall are the
+  ``quality_rows`` of docs/quality.md, reported on seeds other than the tuning seeds 0-2);
 * other objects flagged for "astronaut" (false findings), after Benjamini-Hochberg;
 * scenarios: the old default (generator list, each object competing with the others), old
   ``--objects flag`` (generator list as alternatives), each generator object *alone* (no
@@ -76,6 +78,10 @@ sys.path.insert(0, str(HERE))
 
 KEYWORD = "astronaut"
 TARGET = "flag"
+TUNE_SEEDS = [0, 1, 2]
+"""The testbed seeds the object rules (margin score, calibration, flag rule) were chosen on;
+the reported seeds must differ (``benchmarks/quality.py`` refuses an overlap)."""
+DEFAULT_SCENARIO = "new: general list + caption terms (default)"
 
 
 def _prf(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -193,7 +199,7 @@ def one_seed(seed: int, n: int, clip: Any, work: Path) -> dict[str, Any]:
     sc = [
         scenario(ctx, "old: generator list (default)", old, []),
         scenario(ctx, "old: --objects flag, generator list competes", [TARGET], old),
-        scenario(ctx, "new: general list + caption terms (default)", vocab, [], classes=cls),
+        scenario(ctx, DEFAULT_SCENARIO, vocab, [], classes=cls),
         scenario(ctx, "new: same, plain BH (no weights)", vocab, []),
         scenario(ctx, "new: --objects flag --only-listed, vocabulary competes", [TARGET], vocab),
         scenario(ctx, "new: --objects moon (flag not listed)", new_moon, [], classes=moon),
@@ -229,6 +235,32 @@ def one_seed(seed: int, n: int, clip: Any, work: Path) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return res
+
+
+def quality_rows(results: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The rows of docs/quality.md: per image, the default vocabulary's "flag" decisions for
+    the "astronaut" images against the testbed's ``object_present`` (issue 16 item 12: scored
+    per image, so errors cannot cancel as they can in |estimated - planted rate|)."""
+    from quality import row
+
+    rows = []
+    for r in results:
+        sc = next(s for s in r["scenarios"] if s["scenario"] == DEFAULT_SCENARIO)
+        for metric, n_items in (("precision", sc["n_predicted"]), ("recall", r["n_planted"])):
+            rows.append(
+                row(
+                    f"object-level replication: {KEYWORD} x {TARGET}, tiny-synth",
+                    f"per-image {metric}",
+                    sc[metric],
+                    ci=sc[f"{metric}_ci"],
+                    n=n_items,
+                    tune=TUNE_SEEDS,
+                    report=[r["seed"]],
+                    setting=f"served, testbed {n} rows, general list + caption terms",
+                    note=f"pair flagged: {sc.get('target_flagged')}",
+                )
+            )
+    return rows
 
 
 def main() -> int:
@@ -269,6 +301,9 @@ def main() -> int:
         "keyword": KEYWORD,
         "target": TARGET,
         "results": results,
+        "tune_seeds": TUNE_SEEDS,
+        "report_seeds": args.seeds,
+        "quality_rows": quality_rows(results, args.n),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")

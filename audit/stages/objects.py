@@ -10,7 +10,9 @@ from typing import Any
 
 from audit.config import ConfigError, Options, add_options, option
 from audit.stages import add_workspace_argument
-from audit.vocabulary import PromptEncoder, flatten_list  # noqa: F401 - PromptEncoder: see run
+
+# PromptEncoder re-exported for audit/reproduce/score.py until it imports audit.vocabulary
+from audit.vocabulary import PromptEncoder, flatten_list  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

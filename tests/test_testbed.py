@@ -659,7 +659,7 @@ def test_cli_rejects_bad_rates(tmp_path: Path, capsys) -> None:
 def test_cli_defaults_are_the_generator_defaults() -> None:
     from dataclasses import fields
 
-    from audit.stages import testbed as stage
+    stage = cli.load_stage("testbed")  # the stage's declared options
 
     gen = TestbedParams()
     cfg = stage.Config(out="x")
@@ -673,7 +673,7 @@ def test_cli_defaults_are_the_generator_defaults() -> None:
 def test_cli_help_explains_every_option(capsys) -> None:
     from dataclasses import fields
 
-    from audit.stages import testbed as stage
+    stage = cli.load_stage("testbed")  # the stage's declared options
 
     with pytest.raises(SystemExit):
         cli.main(["testbed", "--help"])

@@ -259,7 +259,7 @@ def _run_waves(
     model ``copy_name`` when there is one."""
     from audit.models import load_clip, load_copy_detector
     from pipelines.beam_options import BeamOptionsError
-    from pipelines.common import Stats, embedding_schema
+    from pipelines.common import embedding_schema
     from pipelines.embed import ClipModelHandler, EmbedSettings
     from pipelines.embed_parts import Waves, run_waves
 
@@ -294,7 +294,6 @@ def _run_waves(
             EmbedSettings(cfg.batch_size, cfg.max_pixels, cfg.max_bytes),
             waves,
             f"from {source} with {cfg.model} on {cfg.device}",
-            Stats(),
         )
     except BeamOptionsError as exc:
         raise ConfigError(f"embed: {exc}") from exc

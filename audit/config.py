@@ -220,6 +220,7 @@ def option(
     group: str | None = None,
     cli: bool = True,
     repeat: bool = False,
+    parse: Any = None,
 ) -> Any:
     """A config field with everything the CLI and the validation need.
 
@@ -230,6 +231,8 @@ def option(
     for the model"). ``group``: an argparse group title. ``cli=False``: audit.toml only.
     ``repeat``: a list option whose flag may be given several times (argparse ``append``; a
     value that is itself a comma list stays one item: the stage's ``check()`` splits it).
+    ``parse``: the flag's argparse ``type`` when the field's own type is not enough (e.g. a
+    number also accepted as a fraction like ``8/255``).
     """
     meta = {
         "help": help,
@@ -243,6 +246,7 @@ def option(
         "group": group,
         "cli": cli,
         "repeat": repeat,
+        "parse": parse,
     }
     if isinstance(default, (list, dict, set)):
         value = default
@@ -351,6 +355,8 @@ def add_options(
                 kwargs["metavar"] = meta["metavar"]
             elif not choices:
                 kwargs["metavar"] = {int: "N", float: "X"}.get(scalar, f.name.upper())
+        if meta.get("parse") is not None:
+            kwargs["type"] = meta["parse"]
         kwargs["help"] = option_help(f, extra)
         target.add_argument(*flags, **kwargs)
 

@@ -150,6 +150,7 @@ class Config(Options):
         "or a fraction",
         default_help="8/255",
         group=POISONS,
+        parse=_fraction,
     )
     pgd_steps: int = option(40, help="PGD steps", group=POISONS)
     poison_format: str = option(
@@ -230,8 +231,6 @@ class Config(Options):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, Config)
-    # --pgd-eps also takes a fraction such as 8/255
-    next(a for a in parser._actions if a.dest == "pgd_eps").type = _fraction
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:

@@ -22,32 +22,38 @@ seeds no test uses (default 21, 22, 23; ``--n`` rows each, clean-label poisons o
 * object discovery (``objects --discover``) through the CLI with the new vocabulary: chosen
   keywords, tests in the BH family, seconds.
 
-Measured (``results/objects_vocabulary.json`` at 2,000 rows, ``..._n1000.json`` at 1,000; tiny
-CLIP; "astronaut" subsets of 246-270 and 130-139 images, 10% carrying the flag):
+Measured (``results/objects_vocabulary.json`` at 2,000 rows, ``..._n1000.json`` at 1,000;
+testbed v2 and the tiny CLIP retrained for it; "astronaut" subsets of 246-270 and 130-139
+images, ~10% carrying the flag; per-image P / R of the flag decisions, their Wilson 95%
+intervals in the JSON and in docs/quality.md):
 
-=======================================================  =============  =======================
-scenario                                                 2,000 rows     1,000 rows
-=======================================================  =============  =======================
-old default (generator list)                             P=R=1.00       seed 23: P 0.93, R 1.00
-                                                         (seed 22: R    (seed 22: R 0.93)
-                                                         0.96)
-new default (general list + caption terms, weighted BH)  same P, R      P=R=1.00 (seed 22:
-                                                                        R 0.93)
-q of the flag, old / new weighted / new plain BH         ~1e-9 / ~2e-9  ~3e-5 / ~1e-4 / ~6e-4
-                                                         / ~1e-8
-each generator object alone, no competitors              23 of 23 objects flagged at ~10%
+=======================================================  ==============  =====================
+scenario                                                 2,000 rows      1,000 rows
+=======================================================  ==============  =====================
+old default (generator list)                             P 0.93-0.97,    P 0.86-1.00,
+                                                         R 1.00          R 0.92-1.00
+new default (general list + caption terms, weighted BH)  same P, R       P 0.86-1.00, R
+                                                                         0.71-0.93 (seed 22:
+                                                                         R 0.71 [0.45, 0.88])
+q of the flag, old / new weighted / new plain BH         ~1e-11 / ~2e-11 ~1e-5 / 2e-5-0.02 /
+                                                         / ~1e-10        2e-4-0.14 (seed 22,
+                                                                         plain BH: not flagged)
+each generator object alone, no competitors              14-18 of 23     16-17 of 23 flagged
+                                                         flagged, ~11%   at ~11%
 vocabulary without "flag" (an object in no list)         nothing flagged in its place
 --objects moon (flag not listed): vocabulary searched    flag found, moon not flagged
-discovery (~9,000-14,000 keyword x object tests)         "astronaut"/flag the only flag; seed
-                                                         22 at 2,000 rows: "house" x "pencil"
-                                                         passed unadjusted, removed by BH
-=======================================================  =============  =======================
+discovery (~9,000-14,000 keyword x object tests)         "astronaut"/flag the only flag; at 1,000
+                                                         rows seed 22 nothing is flagged (BH over
+                                                         9,400 tests), other terms' best pairs
+                                                         pass unadjusted and are removed by BH
+=======================================================  ==============  =====================
 
-Per image the two vocabularies agree on these testbeds (the tiny CLIP separates the drawn flag
-well); the new one costs power through the larger family, which the weighting recovers: on the
-demo testbed (1,000 rows, seed 0, with poisons; 376 objects; 10 of 127 astronaut images found,
-13 planted) the flag has q = 0.0012 with the old list, 0.096 with the new list under plain BH
-(not flagged) and 0.013 weighted (flagged); per image P = 1.00 and R = 0.85 (old) vs 0.77 (new).
+Per image the two vocabularies agree at 2,000 rows; at 1,000 rows the new one finds fewer flag
+images on seed 21 and 22 (its threshold is calibrated among more competitors) and costs power
+through the larger family, which the weighting recovers in part. Measured before testbed v2 on
+the demo testbed (1,000 rows, seed 0, with poisons; 376 objects; 10 of 127 astronaut images
+found, 13 planted), the flag had q = 0.0012 with the old list, 0.096 with the new list under
+plain BH (not flagged) and 0.013 weighted (flagged).
 
 Usage::
 

@@ -21,7 +21,7 @@ from audit.report.html import SECTION_IDS
 from audit.report.images import ShardIndex
 from audit.workspace import Workspace
 from tests.chromium import find_chromium, load_page
-from tests.report_fixtures import make_workspace
+from tests.report_fixtures import ADV_PROMPT, make_workspace
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "report_schema.md"
 
@@ -108,6 +108,26 @@ def test_report_numbers(report: dict) -> None:
     assert len(top["pairs"]) == 6 and all(pair["copy"] for pair in top["pairs"])
     assert [pair["seed"] for pair in top["pairs"]] == [0, 1, 2, 3, 4, 5]
     assert top["pairs"][0]["generation"].startswith("generations/")
+    mit = report["mitigations"]
+    starry = "ESD-x “starry night by van gogh”"
+    assert [c["label"] for c in mit["columns"]] == [
+        "original", starry, f"{starry} + UnlearnDiffAtk", "SLD max",
+    ]  # fmt: skip
+    assert mit["columns"][0]["runs"] == ["main", "original"] and mit["differences"] == []
+    assert len(mit["rows"]) == 2  # the object prompt was measured by the original only
+    best = mit["rows"][0]
+    assert best["best"] and best["prompt"] == "starry night van gogh"
+    cells = {c["column"]: c for c in best["cells"]}
+    assert [cells[c["key"]]["replication_rate"] for c in mit["columns"]] == [0.75, 0.0, 0.25, 0.125]
+    attacked = cells[mit["columns"][2]["key"]]
+    assert attacked["prompt"] == ADV_PROMPT and attacked["attack_success"] is True
+    assert cells[mit["original"]]["run"] == "main" and cells[mit["original"]]["replicates"]
+    assert not cells[mit["columns"][1]["key"]]["replicates"]
+    costs = {c["column"]: c for c in mit["costs"]}
+    assert (costs[mit["original"]]["correct"], costs[mit["original"]]["n"]) == (10, 16)
+    assert costs[mit["columns"][1]["key"]]["change"] == pytest.approx(9 / 16 - 10 / 16)
+    assert mit["attacks"][0]["asr_after"] == 1.0 and mit["attacks"][0]["n"] == 1
+    assert [r["run"] for r in mit["runs"]][0] == "main"
     run = report["run"]
     assert [s["stage"] for s in run["stages"]] == ["embed", "dedup", "concepts"]
     assert run["versions"]["laion-audit"] and "pyarrow" in run["versions"]
@@ -230,6 +250,32 @@ def test_sections_not_run_say_so(tmp_path: Path) -> None:
     assert parser.ids["duplicates"] == "not_run" and parser.ids["dataset"] == "ok"
     assert page.count("Stage not run") == 6
     assert "laion-audit dedup WS" in page and "laion-audit reproduce WS" in page
+    assert report["mitigations"]["status"] == "not_run" and parser.ids["mitigations"] == "not_run"
+    assert "No mitigation measured yet" in page
+
+
+def test_mitigations_table_and_poison_coverage_on_the_page(full_ws: Workspace) -> None:
+    page = (full_ws.report_dir / "index.html").read_text()
+    section = page[page.index('<section id="mitigations"') :]
+    section = section[: section.index("</section>")]
+    assert "SLD max" in section and "UnlearnDiffAtk" in section and "img/mitigations.png" in section
+    assert "75.0%" in section and "25.0%" in section and "12.5%" in section
+    assert "What the fix costs" in section and "62.5%" in section and "(-0.06)" in section
+    assert f'title="{ADV_PROMPT}"' in section  # the adversarial prompt behind the cell
+
+
+def test_poison_coverage_is_rendered_when_the_finding_records_it(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", findings=("poisons",), shards=False, generations=False)
+    meta = ws.finding_meta("poisons")
+    coverage = {"alignment_gmm_v1": {"sees": ["dirty-label"], "misses": ["clean-label"]},
+                "knn_distance_v1": "clean-label and split-view at high rates"}  # fmt: skip
+    ws.write_finding("poisons", ws.read_finding("poisons"), {**meta, "coverage": coverage})
+    page = write_report(ws).read_text()
+    report = json.loads((ws.report_dir / "report.json").read_text())
+    assert report["poisons"]["coverage"] == coverage
+    assert "What each score can and cannot see" in page and "clean-label and split-view" in page
+    ws.write_finding("poisons", ws.read_finding("poisons"), meta)
+    assert "can and cannot see" not in write_report(ws).read_text()
 
 
 def test_imported_embeddings_without_shards_list_keys(tmp_path: Path) -> None:

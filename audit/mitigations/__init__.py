@@ -6,4 +6,7 @@
   tokens that bring an erased concept back (``laion-audit attack``).
 - Safe Latent Diffusion (Schramowski et al., CVPR 2023) is a generation-time option of
   ``laion-audit reproduce --safety sld:PRESET`` (``pipelines.safety``).
+- :mod:`audit.mitigations.runs`: reproduce runs of mitigated models recorded side by side
+  (``generations/runs/<label>/``), and the zero-shot accuracy of control prompts (what a fix
+  costs); the report's "Mitigations" section compares them.
 """

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from audit import __version__
+from audit.report.mitigations import mitigations_section
 from audit.workspace import Workspace, _jsonable
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ SECTIONS = (
     "object_replication",
     "poisons",
     "memorization",
+    "mitigations",
     "run",
 )
 """Section keys of report.json, in page order."""
@@ -62,6 +64,7 @@ STAGE_OF = {
     "object_replication": "objects",
     "poisons": "poisons",
     "memorization": "reproduce",
+    "mitigations": "erase / attack / reproduce",
 }
 """The stage (CLI subcommand) that writes each section's input, for "stage not run" notes."""
 
@@ -592,6 +595,7 @@ def poisons_section(ws: Workspace, limits: Limits) -> dict[str, Any]:
         "n_infinite_scores": int(np.isinf(cs).sum()),
         "flagged_by_kind": {str(k): int(v) for k, v in kinds.items()},
         "score_columns": score_cols,
+        "coverage": meta.get("coverage"),
         "combined_histogram": {
             "all": _histogram(finite, 30, lo, hi),
             "flagged": _histogram(cs[flagged & np.isfinite(cs)], 30, lo, hi),
@@ -913,6 +917,7 @@ def build_report(ws: Workspace | str | Path, limits: Limits | None = None) -> di
         "object_replication": lambda: object_replication_section(ws, limits),
         "poisons": lambda: poisons_section(ws, limits),
         "memorization": lambda: memorization_section(ws, limits),
+        "mitigations": lambda: mitigations_section(ws, limits),
         "run": lambda: run_section(ws),
     }
     for name, fn in builders.items():

@@ -29,6 +29,7 @@ SECTION_IDS = {
     "object_replication": ("object-replication", "Object-level replication"),
     "poisons": ("poisons", "Poison candidates"),
     "memorization": ("reproduction", "Reproduction"),
+    "mitigations": ("mitigations", "Mitigations"),
     "run": ("run-metadata", "Run metadata"),
 }
 """report.json section -> (HTML id, heading)."""
@@ -65,6 +66,11 @@ th, td { border-bottom:1px solid var(--line); padding:3px 8px; text-align:left;
          vertical-align:top; }
 th { background:#eef1f5; font-weight:600; }
 td.num { text-align:right; font-variant-numeric:tabular-nums; }
+td.rep { background:#fdf1ef; color:var(--red); }
+tr.cost td { border-top:2px solid var(--line); background:#f4f8fc; }
+tr.fgroup td { background:#eef1f5; font-weight:600; }
+td.cell { white-space:nowrap; text-align:right; font-variant-numeric:tabular-nums; }
+td.cell small { color:var(--muted); }
 tr.flag td { background:#fdf1ef; }
 .note { color:var(--muted); font-size:12.5px; }
 .not-run { color:var(--muted); font-style:italic; }
@@ -269,6 +275,8 @@ class Renderer:
         stage = sec.get("stage") or "the stage"
         if sec.get("status") == "error":
             return f'<p class="error">This finding could not be read: {esc(sec.get("error"))}</p>'
+        if sec.get("note"):
+            return f'<p class="not-run">{esc(sec["note"])}</p>'
         cmd = " / ".join(f"laion-audit {s.strip()} WS" for s in str(stage).split("/"))
         return f'<p class="not-run">Stage not run: <code>{esc(cmd)}</code> writes this section.</p>'
 
@@ -599,6 +607,7 @@ class Renderer:
             f"candidates by their scores ({kinds}). "
             f"Scores per detector: {esc(', '.join(d['score_columns']) or '–')}. Ranked by the "
             f"combined score; the top {len(d['top'])} are shown.</p>"
+            f"{_coverage(d.get('coverage'))}"
             f"{self.plot('poison_scores', plots.score_histogram, d['combined_histogram'])}"
             f"{self.no_images_note()}<div class=gallery>{''.join(items)}</div>{review}"
         )
@@ -688,6 +697,132 @@ class Renderer:
             )
         return "".join(parts)
 
+    def s_mitigations(self, d: dict[str, Any]) -> str:
+        cols = d["columns"]
+        from audit.report.mitigations import cells_of, costs_of
+
+        costs = costs_of(d)
+        shown = [c for c in cols if any(c["key"] in cells_of(r) for r in d["rows"])]
+        shown += [c for c in cols if c not in shown and c["key"] in costs]
+        n_runs = len(d["runs"])
+        parts = [
+            f"<p>Did a fix stop the copying, and what did it cost? {n_runs} reproduce runs of "
+            f"this workspace side by side ({esc(', '.join(r['run'] for r in d['runs']))}). A "
+            "column is one way of generating: the audited model, a model erased by "
+            "<code>laion-audit erase</code>, SLD safety guidance (<code>--safety</code>), and "
+            "prompts rewritten by <code>laion-audit attack</code> (UnlearnDiffAtk: adversarial "
+            "tokens in front of the prompt, sitting in the row of the prompt they were made "
+            "from). A cell is the prompt's replication rate, its Wilson 95% interval and the "
+            "number of seeds; red: the prompt replicates (interval's lower bound at least the "
+            "run's minimum copy share). &#9733; marks each finding's best prompt (the one the "
+            "original model copies most).</p>"
+        ]
+        if d.get("differences"):
+            by_setting: dict[str, list[str]] = {}
+            for x in d["differences"]:
+                by_setting.setdefault(x["setting"], []).append(f"{x['run']} {x['value']}")
+            diff = "; ".join(f"{esc(k)}: {esc(', '.join(v))}" for k, v in by_setting.items())
+            parts.append(
+                f'<p class="error">The runs differ in settings that change the rates, so '
+                f"columns are not strictly comparable: {diff}.</p>"
+            )
+        parts.append(
+            self.plot(
+                "mitigations", plots.mitigation_rates, [r for r in d["rows"] if r["best"]], cols
+            )
+        )
+        head = "".join(
+            f'<th title="{esc(", ".join(c["runs"]))}">{esc(c["label"])}</th>' for c in shown
+        )
+        body = []
+        last = None
+        for r in d["rows"]:
+            if r["finding_id"] != last:
+                body.append(
+                    f'<tr class="fgroup"><td colspan="{2 + len(shown)}"><code>'
+                    f"{esc(r['finding_id'])}</code></td></tr>"
+                )
+                last = r["finding_id"]
+            row_cells = cells_of(r)
+            cells = "".join(_mitigation_cell(row_cells.get(c["key"])) for c in shown)
+            star = "&#9733; " if r["best"] else ""
+            body.append(
+                f"<tr><td>{star}{esc(r['prompt_kind'])}</td><td>{esc(r['prompt'])}</td>{cells}</tr>"
+            )
+        if costs:
+            cost_cells = []
+            for c in shown:
+                x = costs.get(c["key"])
+                if not x or x.get("accuracy") is None:
+                    cost_cells.append('<td class="cell">–</td>')
+                    continue
+                change = (
+                    f" <small>({x['change']:+.2f})</small>"
+                    if x.get("change") is not None and c["key"] != d.get("original")
+                    else ""
+                )
+                cost_cells.append(
+                    f'<td class="cell">{pct(x["accuracy"])}{change}<br><small>'
+                    f"{interval(x['ci_low'], x['ci_high'])} · {fmt(x['n'])}</small></td>"
+                )
+            body.append(
+                f'<tr class="cost"><td colspan="2">What the fix costs: zero-shot accuracy of '
+                f"control prompts' generations (change vs the original)</td>"
+                f"{''.join(cost_cells)}</tr>"
+            )
+        more = (
+            f"<p class=note>{d['n_rows_total'] - len(d['rows'])} more prompts in report.json.</p>"
+            if d["n_rows_total"] > len(d["rows"])
+            else ""
+        )
+        parts.append(
+            f"<table><tr><th>prompt kind</th><th>prompt</th>{head}</tr>{''.join(body)}</table>"
+            + more
+        )
+        if not costs:
+            parts.append(
+                "<p class=note>No control prompts in these runs, so the cost of a fix is not "
+                'measured: add rows such as <code>{"prompt": "a photo of a dog", '
+                '"prompt_kind": "control", "keyword": "dog"}</code> (a few '
+                "concepts unrelated to the findings) with <code>--prompts</code> to the "
+                "original's run and every mitigation run.</p>"
+            )
+        else:
+            parts.append(f"<p class=note>Cost: {esc(d['cost_measure'])}.</p>")
+        if d["attacks"]:
+            rows = "".join(
+                f"<tr><td>{esc(a['run'])}</td><td>{esc(a['column'])}</td>"
+                f"<td class=num>{fmt(a.get('n'))}</td>"
+                f"<td>{pct(a.get('asr_before'))} {interval(*(a.get('ci_before') or [None, None]))}"
+                f"</td><td>{pct(a.get('asr_after'))} "
+                f"{interval(*(a.get('ci_after') or [None, None]))}</td>"
+                f"<td>{esc(_budget(a.get('settings') or {}))}</td></tr>"
+                for a in d["attacks"]
+            )
+            parts.append(
+                "<h3>Attacks</h3><p class=note>Attack success rate when the prompts were "
+                "attacked: one seed per prompt (a prompt that already copied counts as a "
+                "success before the attack); the table above measures the same prompts over "
+                "every seed.</p><table><tr><th>run</th><th>column</th><th>prompts</th>"
+                f"<th>ASR before</th><th>ASR after</th><th>budget</th></tr>{rows}</table>"
+            )
+        runs = "".join(
+            f"<tr><td>{esc(r['run'])}</td><td>{esc(', '.join(r['columns']))}</td>"
+            f"<td>{esc(_short(r['generator']))}</td><td>{esc(_erasure(r.get('erase')))}</td>"
+            f"<td>{esc(r.get('safety') or '–')}"
+            + (f"<br><small>{esc(r['safety_concept'])}</small>" if r.get("safety_concept") else "")
+            + f"</td><td>{esc(r.get('prompts_from') or ('findings' if r['main'] else '–'))}</td>"
+            f"<td class=num>{fmt(r.get('n_prompts'))}</td><td class=num>{fmt(r.get('n'))}</td>"
+            f"<td class=num>{fmt(r.get('steps'))}</td><td><code>{esc(r['path'])}</code></td></tr>"
+            for r in d["runs"]
+        )
+        parts.append(
+            "<h3>Runs</h3><table><tr><th>run</th><th>columns</th><th>generator</th>"
+            "<th>erasure</th><th>safety</th><th>prompts</th><th>prompts generated</th>"
+            f"<th>seeds</th><th>steps</th><th>folder</th></tr>{runs}</table>"
+        )
+        return "".join(parts)
+
     def s_run(self, d: dict[str, Any]) -> str:
         versions = "".join(
             f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in d["versions"].items()
@@ -722,6 +857,84 @@ class Renderer:
             )
             + f"<h3>Versions</h3><table>{versions}</table>{toml}"
         )
+
+
+def _mitigation_cell(c: dict[str, Any] | None) -> str:
+    if not c:
+        return '<td class="cell">–</td>'
+    cls = "cell rep" if c.get("replicates") else "cell"
+    title = f' title="{esc(c["prompt"])}"' if c.get("prompt") else ""
+    mark = ""
+    if c.get("attack_success") is not None:
+        mark = " &#10003;" if c["attack_success"] else " &#10007;"
+    return (
+        f'<td class="{cls}"{title}>{pct(c.get("replication_rate"))}{mark}<br><small>'
+        f"{interval(c.get('ci_low'), c.get('ci_high'))} · {fmt(c.get('n'))}</small></td>"
+    )
+
+
+def _short(path: Any) -> str:
+    p = str(path or "–").rstrip("/")
+    return p.split("/")[-1] if "/" in p else p
+
+
+def _erasure(e: dict[str, Any] | None) -> str:
+    if not e:
+        return "–"
+    return (
+        f"{e.get('method')} “{e.get('concept')}”: {e.get('steps')} steps, lr {e.get('lr')}, "
+        f"eta {e.get('eta')}, seed {e.get('seed')}"
+    )
+
+
+def _budget(s: dict[str, Any]) -> str:
+    if not s:
+        return "–"
+    return (
+        f"{s.get('tokens')} tokens, {s.get('timesteps')} timesteps x {s.get('iterations')} "
+        f"steps ({s.get('relax')})"
+    )
+
+
+def _coverage(cov: Any) -> str:
+    """What each poison score can and cannot see (``coverage`` in the poisons finding's JSON):
+    a text, a list of lines, or score -> text / {sees, misses} / list."""
+    if not cov:
+        return ""
+
+    def words(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return ", ".join(str(x) for x in v)
+        return str(v)
+
+    if isinstance(cov, str):
+        body = f"<p>{esc(cov)}</p>"
+    elif isinstance(cov, (list, tuple)):
+        body = "<ul>" + "".join(f"<li>{esc(words(x))}</li>" for x in cov) + "</ul>"
+    elif isinstance(cov, dict):
+        rows = []
+        for score, v in cov.items():
+            if isinstance(v, dict):
+                sees = v.get("sees", v.get("can_see", v.get("detects")))
+                misses = v.get("misses", v.get("cannot_see", v.get("blind_to")))
+                note = {k: x for k, x in v.items() if k not in (
+                    "sees", "can_see", "detects", "misses", "cannot_see", "blind_to")}  # fmt: skip
+                rows.append(
+                    f"<tr><td><code>{esc(score)}</code></td><td>{esc(words(sees or '–'))}</td>"
+                    f"<td>{esc(words(misses or '–'))}</td>"
+                    f"<td>{esc('; '.join(f'{k}: {words(x)}' for k, x in note.items()))}</td></tr>"
+                )
+            else:
+                rows.append(
+                    f"<tr><td><code>{esc(score)}</code></td><td colspan=3>{esc(words(v))}</td></tr>"
+                )
+        body = (
+            "<table><tr><th>score</th><th>can see</th><th>cannot see</th><th>note</th></tr>"
+            f"{''.join(rows)}</table>"
+        )
+    else:
+        body = f"<p>{esc(cov)}</p>"
+    return f"<h3>What each score can and cannot see</h3>{body}"
 
 
 def _when(ts: float | None) -> str:

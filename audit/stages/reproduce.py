@@ -50,6 +50,15 @@ Mitigation: --safety sld:weak|medium|strong|max generates with Safe Latent Diffu
 the concept are part of the chunks' settings fingerprint, so runs with and without it never
 mix. An erased model (`laion-audit erase`) is just another --generator.
 
+Runs side by side: a run that measures a mitigation (--safety, a --generator written by
+`laion-audit erase`, --prompts written by `laion-audit attack`) or is given --name LABEL is
+recorded under WS/generations/runs/<label>/ (its generations, tables and memorization.parquet)
+and never overwrites the main run's findings/memorization; it generates the main run's prompts
+(--prompts adds to them), so `laion-audit report` compares the runs per prompt ("Mitigations").
+Control prompts (prompt_kind "control", the concept in "keyword") measure what a fix costs:
+zero-shot accuracy of their generations with the workspace's CLIP model. See
+audit/mitigations/runs.py.
+
 Scoring per generation: best cosine similarity (CLIP image space) over every member of the
 finding's training cluster (object findings and file prompts without a finding: over every
 training image). Copy threshold, calibrated without labels: the pair threshold is the
@@ -110,6 +119,7 @@ class Config:
     min_copy_share: float = 0.02  # detectors.memorization.DEFAULT_MIN_COPY_SHARE
     clip_batch_size: int = 64
     torch_threads: int = 0
+    name: str = ""  # a recorded run's label (audit.mitigations.runs)
     runner: str | None = None
     dask_local: int | None = None
 
@@ -211,6 +221,10 @@ class Config:
             self.clip_batch_size >= 1, f"{s}.clip_batch_size", "must be >= 1", self.clip_batch_size
         )
         require(self.torch_threads >= 0, f"{s}.torch_threads", "must be >= 0", self.torch_threads)
+        from audit.mitigations.runs import LABEL_RE, LABEL_RULE
+
+        require(not self.name or bool(LABEL_RE.match(self.name)), f"{s}.name", LABEL_RULE,
+                self.name)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -284,6 +298,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="torch CPU threads (default: torch's choice)",
+    )
+    g.add_argument(
+        "--name",
+        default=None,
+        metavar="LABEL",
+        help="record this run under WS/generations/runs/LABEL beside the main run (default: "
+        "mitigation runs get a label from what they measure, other runs are the main run)",
     )
     p = parser.add_argument_group("prompts and triage")
     p.add_argument(
@@ -625,6 +646,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     if not ws.root.is_dir():
         raise InputError(f"workspace not found: {ws.root}")
+    from audit.mitigations import runs
+
+    ws, cfg, mitigation = runs.prepare(ws, cfg)  # a recorded run writes in its own folder
     if cfg.torch_threads:
         import torch
 
@@ -664,8 +688,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     )
     timings["scoring"] = time.perf_counter() - t0
     out = per_prompt(prompts, gdf, refs, triage, selected, thr)
+    out, controls = runs.control_accuracy(ws, out, tasks, settings, device)
     write_generation_tables(ws, gdf, cfg.examples)
     meta = run_meta(cfg, out, settings, device, counts, cal, verify_info, timings)
+    meta.update(mitigation=mitigation, controls=controls)
     meta["seconds"] = round(time.perf_counter() - t_start, 3)
     ws.write_finding(FINDING, _to_arrow(out), meta)
     for r in out.sort_values("replication_rate", ascending=False).head(5).to_dict("records"):
@@ -945,7 +971,8 @@ def score(
     gdf["object_present"] = obj_present
     gdf["finding_id"] = [str(pid_to_row[p]["finding_id"]) for p in gdf["prompt_id"]]
     gdf["prompt_kind"] = [str(pid_to_row[p]["prompt_kind"]) for p in gdf["prompt_id"]]
-    gdf["gen_path"] = ["generations/" + p if isinstance(p, str) else None for p in gdf["path"]]
+    gen_dir = ws.generations_dir.relative_to(ws.root).as_posix()
+    gdf["gen_path"] = [f"{gen_dir}/{p}" if isinstance(p, str) else None for p in gdf["path"]]
     return gdf, refs
 
 

@@ -623,22 +623,15 @@ def assign_partitions(
     if index is not None and k > 1 and n:
         radius = probe_scale * probe_radius(threshold, slack)
         return _assign_with_index(xf, c, index, radius, max_probes, candidates)
-    s = xf @ c.T
-    primary = np.argmax(s, axis=1).astype(np.int32) if n else np.zeros(0, np.int32)
     probes = np.full((n, max(0, max_probes)), -1, dtype=np.int32)
     if k == 1 or n == 0:
-        return primary, probes, np.zeros(n, dtype=np.int32)
+        return np.zeros(n, np.int32), probes, np.zeros(n, dtype=np.int32)
     if cdist is None:
         cdist = centroid_distances(c)
     radius = probe_scale * probe_radius(threshold, slack)
-    sp = s[np.arange(n), primary]
-    # cheap prefilter with each primary's farthest centroid, then the exact per-pair bound
-    loose = (sp[:, None] - s) <= (radius * cdist.max(axis=1))[primary][:, None]
-    loose &= np.arange(k)[None, :] > primary[:, None]  # only Q > P (symmetry)
-    rr, qq = np.nonzero(loose)
-    margin = sp[rr] - s[rr, qq]
+    rr, qq, margin, primary = _flat_candidates(xf, c, radius * cdist.max(axis=1))
     bound = radius * cdist[primary[rr], qq]
-    ok = margin <= bound
+    ok = (qq > primary[rr]) & (margin <= bound)  # only Q > P (symmetry)
     rr, qq = rr[ok], qq[ok]
     ratio = margin[ok] / np.maximum(bound[ok], 1e-12)
     n_needed = np.bincount(rr, minlength=n).astype(np.int32)
@@ -650,6 +643,70 @@ def assign_partitions(
         sel = rank < max_probes
         probes[rr[sel], rank[sel]] = qq[sel]
     return primary, probes, n_needed
+
+
+RELEASE_ROWS = 65_536
+"""Rows gathered from a memory-mapped input between two :func:`release_pages` calls."""
+
+FLAT_CANDIDATES = 64
+"""The flat assignment asks FAISS for each row's this many most similar centroids (a BLAS
+matrix product plus a small heap, instead of N x K elementwise work in numpy); rows whose list
+might miss a centroid within the probe bound are scored against every centroid."""
+
+
+def _flat_candidates(
+    xf: np.ndarray, c: np.ndarray, loose: np.ndarray, m: int = FLAT_CANDIDATES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (row, centroid) pair whose margin ``s[row, primary] - s[row, centroid]`` is at most
+    ``loose[primary]`` (plus the primary itself): ``(rows, centroids, margins, primary)``.
+
+    Exact, like scoring all K centroids: a row's ``m`` nearest centroids come from FAISS; when
+    the m-th is still within ``loose`` of the first (a centroid beyond the list might be too),
+    the row is scored against all K."""
+    import faiss
+
+    n, k = xf.shape[0], c.shape[0]
+    index = faiss.IndexFlatIP(c.shape[1])
+    index.add(c)
+    m = int(min(k, max(2, m)))
+    with faiss_threads(2.0 * n * k * c.shape[1]):
+        s, q = index.search(xf, m)
+    primary = q[:, 0].astype(np.int32)
+    margin = s[:, :1] - s
+    lim = loose[primary]
+    incomplete = np.flatnonzero(margin[:, -1] <= lim) if m < k else np.zeros(0, np.int64)
+    keep = margin <= lim[:, None]
+    keep[incomplete] = False
+    rr, cc = np.nonzero(keep)
+    out_r, out_q, out_m = [rr], [q[rr, cc].astype(np.int64)], [margin[rr, cc]]
+    step = max(1, int(2**24 // k))
+    for a in range(0, incomplete.size, step):
+        rows = incomplete[a : a + step]
+        with faiss_threads(2.0 * rows.size * k * c.shape[1]):
+            s2, q2 = index.search(xf[rows], k)
+        m2 = s[rows, :1] - s2  # the first search's top similarity: the same primary
+        r2, c2 = np.nonzero(m2 <= lim[rows, None])
+        out_r.append(rows[r2])
+        out_q.append(q2[r2, c2].astype(np.int64))
+        out_m.append(m2[r2, c2])
+    return (
+        np.concatenate(out_r).astype(np.int64),
+        np.concatenate(out_q),
+        np.concatenate(out_m).astype(np.float32),
+        primary,
+    )
+
+
+def release_pages(x: Any) -> None:
+    """Drop the pages of a memory-mapped array (``np.load(..., mmap_mode="r")``) from this
+    process's resident set (``MADV_DONTNEED``; the file stays in the page cache), so a sweep over
+    a file larger than memory keeps a bounded RSS. No-op for in-memory arrays."""
+    import mmap
+
+    mm = getattr(x, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(mmap.MADV_DONTNEED)
 
 
 def partitioned_edges(
@@ -691,16 +748,22 @@ def partitioned_edges(
         centroids = train_partitioner(x[sample_index], k, niter=niter, seed=seed, use_gpu=gpu)
     k = centroids.shape[0]
     t_train = time.perf_counter()
+    logger.debug("partitioned: %d centroids in %.1f s", k, t_train - t0)
     method = resolve_assign(assign, k)
     index = centroid_index(centroids) if method == "hnsw" and k > 1 else None
     cdist = centroid_distances(centroids) if index is None else None
     primary = np.empty(n, dtype=np.int32)
     probes = np.empty((n, max_probes), dtype=np.int32)
     n_needed = np.empty(n, dtype=np.int32)
-    width = k if index is None else max(1, candidates)
+    width = min(k, FLAT_CANDIDATES) if index is None else max(1, candidates)
     step = max(1, min(chunk_size, int(2e7 // width)))  # bounds the n x K work arrays
+    touched = 0
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
+        touched += sl.stop - sl.start
+        if touched >= RELEASE_ROWS:  # a memory-mapped x: keep the resident set bounded
+            release_pages(x)
+            touched = 0
         primary[sl], probes[sl], n_needed[sl] = assign_partitions(
             x[sl],
             centroids,
@@ -711,7 +774,10 @@ def partitioned_edges(
             index=index,
             candidates=candidates,
         )
+    release_pages(x)
+    touched = 0
     t_assign = time.perf_counter()
+    logger.debug("partitioned: %d rows assigned in %.1f s", n, t_assign - t_train)
 
     base_order = np.argsort(primary, kind="stable")
     base_bounds = np.searchsorted(primary[base_order], np.arange(k + 1))
@@ -735,11 +801,16 @@ def partitioned_edges(
         max_work = max(max_work, b_ids.size + qi.size)
         if b_ids.size + qi.size < 2:
             continue
+        touched += b_ids.size + qi.size
+        if touched >= RELEASE_ROWS:
+            release_pages(x)
+            touched = 0
         e = search_partition(
             b_ids, x[b_ids], threshold, qi, x[qi], keep_all_pairs=keep_all_pairs, use_gpu=gpu
         )
         if len(e) or e.n_pairs:
             parts.append(e)
+    release_pages(x)
     edges = Edges.concat(parts)
     t_end = time.perf_counter()
     edges.info = {

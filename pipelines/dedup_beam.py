@@ -1,49 +1,62 @@
 """Partitioned near-duplicate detection as an Apache Beam pipeline (for data past one machine).
 
-The same algorithm as ``detectors.dedup.partitioned_edges``, one step per Beam transform:
+The same algorithm as ``detectors.dedup.partitioned_edges``, one step per Beam transform. Rows
+travel as **Arrow record batches** (columns ``key``, ``vec`` = fixed-size list, ``priority``),
+a few thousand rows per element, so Beam's cost is paid per batch, not per row:
 
-1. **sample**: the ``max_sample`` rows with the smallest stable key hash
-   (``CombineGlobally(TopCombineFn)``), the same deterministic sample as
-   ``detectors.dedup.hash_sample`` on one machine;
+1. **sample**: the ``max_sample`` rows with the smallest stable key hash (each batch keeps its
+   own bottom rows, ``CombineGlobally(BottomKFn)`` merges them), the same deterministic sample
+   as ``detectors.dedup.hash_sample`` on one machine;
 2. **train**: spherical FAISS k-means on the first ``sample_per_partition x K`` of them
-   (``K = round(N / partition_size)``, N from ``Count.Globally``), once, as a singleton side
-   input;
-3. **assign**: every vector to its nearest centroid (its base partition) and to the probe
-   partitions whose boundary is within the duplicate radius (``assign_partitions``); above
-   ``dd.FLAT_ASSIGN_MAX`` centroids (``assign="auto"``) each vector scores only its nearest
-   centroids from an HNSW graph built once by the train step and broadcast serialized;
-4. **GroupByKey(partition)** then **search**: exact FAISS range search of the partition against
-   itself plus its probe vectors (``search_partition``), emitting a connectivity certificate
-   (spanning forest + each vector's best partner). Worker memory is bounded by one partition;
+   (``K = round(N / partition_size)``, N summed over the batches), once;
+3. **assign**: every vector of a batch to its nearest centroid (its base partition) and to the
+   probe partitions whose boundary is within the duplicate radius (``assign_partitions``);
+   above ``dd.FLAT_ASSIGN_MAX`` centroids (``assign="auto"``) each vector scores only its
+   nearest centroids from an HNSW graph built once by the train step and broadcast serialized.
+   The batch is cut into one sub-batch per *search group* (partition ``p`` belongs to group
+   ``p % G``, ``G ~ N / group_rows``), base and probe copies together;
+4. **GroupByKey(group)** then **search**: per partition of the group, exact FAISS range search
+   of the partition against itself plus its probe vectors (``search_partition``), emitting a
+   connectivity certificate (spanning forest + each vector's best partner) and the priority of
+   every key that has an edge. Worker memory is bounded by one group;
 5. **components**: global connected components over the emitted edges (scipy), group ids
-   numbered by each group's smallest key, each member's best partner;
-6. **representative**: joined with a per-row priority (``CoGroupByKey``), grouped by group id;
-   highest priority wins, ties the smallest key.
+   numbered by each group's smallest key, each member's best partner, and the representative
+   (highest priority, ties the smallest key): output batches with the columns of
+   :data:`OUTPUT_COLUMNS`.
 
-Output rows (dicts): ``key, group_id, group_size, kind="near", representative_key,
-is_representative, nearest_key, similarity``, equal row for row to the single-machine partitioned
-path on the same input (same sample, centroids, partitions and per-partition function; equality
-holds up to floating-point ties at partition boundaries, which neither path resolves
-meaningfully). Step 5 holds the edge list in one worker: that list is linear in the number of
-duplicated rows (at most two edges per row per partition), e.g. ~2.4 GB for 10^8 edges.
+Output rows are equal row for row to the single-machine partitioned path on the same input
+(same sample, centroids, partitions and per-partition function; equality holds up to
+floating-point ties at partition boundaries, which neither path resolves meaningfully). Step 5
+holds the edge list in one worker: that list is linear in the number of duplicated rows (at
+most two edges per row per partition), e.g. ~2.4 GB for 10^8 edges.
 
 Runs on the DirectRunner by default; any Beam runner through standard pipeline options. Nothing
-is emitted from ``finish_bundle`` on runners that drop such outputs (Beam 2.77's DaskRunner):
-see :data:`BATCHING` and :func:`run_near_dedup`. On the DaskRunner, whose side inputs are
+is emitted from ``finish_bundle`` (Beam 2.77's DaskRunner drops such outputs; see
+:data:`BATCHING` and :func:`run_near_dedup`). On the DaskRunner, whose side inputs are
 recomputed per bundle (:func:`recomputes_side_inputs`), :func:`run_near_dedup` runs steps 1-2
 as a first pipeline (:func:`fit_model`) and gives the model to the second as a plain argument.
+
+Two entry points: :class:`NearDuplicateBatches` (record batches in, output batches out: what
+:func:`run_near_dedup` runs) and :class:`PartitionedNearDuplicates` (``(key, vector,
+priority)`` tuples in, output dicts out; batches the rows first).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import AsSingleton
 
 from detectors import dedup as dd
+from pipelines.common import atomic_write_uri, vectors
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +74,184 @@ OUTPUT_COLUMNS = (
 )
 
 Row = tuple[str, np.ndarray, float]
-"""An input element: (key, L2-normalised vector, priority for the keep-one policy)."""
+"""A row-API input element: (key, L2-normalised vector, priority for the keep-one policy)."""
+
+BATCH_ROWS = 8192
+"""Rows per record batch read from parquet (and the largest row-API batch)."""
+GROUP_ROWS = 16_384
+"""Rows (base copies) per search group, the unit of the partition shuffle."""
+MAX_GROUPS = 4096
+"""At most this many search groups, however large N: a batch is cut into at most this many
+sub-batches (bigger groups beyond ~6.7 x 10^7 rows)."""
+
+BATCHING = ("auto", "bundle", "shuffle")
+"""How the row API batches tuples: ``bundle`` = ``BatchElements`` (no shuffle; its last batch
+per bundle is emitted from ``finish_bundle``), ``shuffle`` = rows hashed into ~N/max_batch
+buckets and grouped (one extra shuffle, emits only from ``process``), ``auto`` = ``shuffle`` on
+runners that drop ``finish_bundle`` outputs (the DaskRunner), else ``bundle``. Record-batch
+inputs are not re-batched."""
+
+FIT_PARAMS = ("partition_size", "sample_per_partition", "max_sample", "niter", "seed", "assign")
+
+
+# ---------------------------------------------------------------------------------------------
+# record batches
+# ---------------------------------------------------------------------------------------------
+def make_batch(keys: Sequence[str], x: np.ndarray, priority: np.ndarray | None = None) -> Any:
+    """A record batch of rows: ``key`` (string), ``vec`` (fixed-size list of ``x``'s float
+    dtype), ``priority`` (float64, NaN = none)."""
+    x = np.asarray(x)
+    n = len(keys)
+    d = x.shape[1] if x.ndim == 2 else 0
+    flat = pa.array(np.ascontiguousarray(x).reshape(-1))
+    pr = np.full(n, np.nan) if priority is None else np.asarray(priority, dtype=np.float64)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(list(keys), pa.string()), pa.FixedSizeListArray.from_arrays(flat, d), pr],
+        names=["key", "vec", "priority"],
+    )
+
+
+def batch_arrays(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(keys as a unicode array, vectors n x d, priorities)`` of a record batch."""
+    vec = batch.column("vec")
+    x = vectors(vec, dtype=vec.type.value_type.to_pandas_dtype(), nulls=False, name="vec").matrix
+    keys = np.asarray(batch.column("key").to_numpy(zero_copy_only=False).astype(str))
+    prio = batch.column("priority").to_numpy(zero_copy_only=False).astype(np.float64)
+    return keys, x, prio
+
+
+def as_batch(element: Any) -> Any:
+    """A record batch from an element: a batch as is, a list of :data:`Row` tuples, one tuple."""
+    if isinstance(element, pa.RecordBatch):
+        return element
+    if isinstance(element, pa.Table):
+        return element.combine_chunks().to_batches()[0] if element.num_rows else None
+    rows = [element] if isinstance(element, tuple) else list(element)
+    if not rows:
+        return None
+    x = np.stack([np.asarray(r[1]) for r in rows])
+    pr = np.array([_prio_or_nan(r[2]) for r in rows], dtype=np.float64)
+    return make_batch([r[0] for r in rows], x, pr)
+
+
+def _prio_or_nan(p: Any) -> float:
+    return float("nan") if p is None else float(p)
+
+
+def batch_from_table(
+    table: Any, vector_column: str = "image_emb", priority_column: str | None = None
+) -> Any:
+    """A record batch (``key``, ``vec``, ``priority``) from an embeddings table or batch; rows
+    with a null vector are skipped (they have no embedding to compare). None if no row is
+    left."""
+    import pyarrow.compute as pc
+
+    col = table.column(vector_column)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    valid = col.is_valid()
+    kept = col.filter(valid)
+    if len(kept) == 0:
+        return None
+    # readers may hand fixed-size lists over as plain lists: check the lengths
+    if not pa.types.is_fixed_size_list(kept.type):
+        lengths = pc.list_value_length(kept).to_numpy(zero_copy_only=False)
+        if np.any(lengths != lengths[0]):
+            raise ValueError(
+                f"{vector_column}: vectors of different lengths "
+                f"({sorted(set(lengths.tolist()))[:5]})"
+            )
+        kept = pa.FixedSizeListArray.from_arrays(pc.list_flatten(kept), int(lengths[0]))
+    keys = _filtered(table.column("key"), valid)
+    if priority_column:
+        prio = pc.cast(_filtered(table.column(priority_column), valid), pa.float64())
+        prio = pc.fill_null(prio, float("nan"))
+    else:
+        prio = pa.array(np.full(len(kept), np.nan))
+    return pa.RecordBatch.from_arrays(
+        [pc.cast(keys, pa.string()), kept, prio], names=["key", "vec", "priority"]
+    )
+
+
+def _filtered(col: Any, mask: Any) -> Any:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col.filter(mask)
+
+
+def rows_from_table(
+    table: Any, vector_column: str = "image_emb", priority: np.ndarray | None = None
+) -> Iterator[Row]:
+    """(key, vector, priority) tuples from an Arrow table/record batch (the row API); rows with
+    a null vector are skipped."""
+    col = table.column(vector_column)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False))
+    batch = batch_from_table(table, vector_column)
+    if batch is None:
+        return
+    keys, x, _ = batch_arrays(batch)
+    rows = np.flatnonzero(valid)
+    for r, k, v in zip(rows, keys.tolist(), x):
+        yield k, v, float("nan") if priority is None else float(priority[r])
+
+
+# ---------------------------------------------------------------------------------------------
+# steps 1-2: sample and train
+# ---------------------------------------------------------------------------------------------
+def _hashes(keys: np.ndarray) -> np.ndarray:
+    return np.fromiter((dd.stable_hash64(k) for k in keys.tolist()), np.uint64, len(keys))
+
+
+def bottom_k(batch: Any, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` rows of a batch with the smallest ``(stable_hash64(key), key)``, in that
+    order: ``(hashes, keys, vectors)``."""
+    batch = None if batch is None else as_batch(batch)
+    if batch is None or batch.num_rows == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, str), np.zeros((0, 0), np.float32)
+    keys, x, _ = batch_arrays(batch)
+    return _compact(_hashes(keys), keys, x, k)
+
+
+def _compact(h: np.ndarray, keys: np.ndarray, x: np.ndarray, k: int) -> tuple:
+    order = np.lexsort((keys, h))[:k]
+    return h[order], keys[order], x[order]
+
+
+class BottomKFn(beam.CombineFn):
+    """Merges :func:`bottom_k` triples into the global bottom ``k`` (emits only from
+    ``extract_output``: safe on the DaskRunner, unlike ``Top``)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = int(k)
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, acc: list, triple: tuple) -> list:
+        acc.append(triple)
+        return self._shrink(acc) if sum(len(t[0]) for t in acc) > 2 * self.k else acc
+
+    def merge_accumulators(self, accs: Iterable[list]) -> list:
+        return self._shrink([t for a in accs for t in a])
+
+    def _shrink(self, acc: list) -> list:
+        acc = [t for t in acc if len(t[0])]
+        if not acc:
+            return []
+        h = np.concatenate([t[0] for t in acc])
+        keys = np.concatenate([t[1] for t in acc])
+        x = np.concatenate([t[2] for t in acc])
+        return [_compact(h, keys, x, self.k)]
+
+    def extract_output(self, acc: list) -> tuple:
+        acc = self._shrink(acc)
+        return acc[0] if acc else bottom_k(None, self.k)
 
 
 def train_model(
-    sample: Sequence[tuple[str, np.ndarray]],
+    sample: Any,
     n: int,
     *,
     threshold: float,
@@ -78,14 +264,20 @@ def train_model(
 ) -> dict[str, Any]:
     """Centroids from the hash-ordered sample (``n`` = row count), with what assignment needs:
     their distance matrix (flat) or a serialized HNSW graph over them (``assign="hnsw"``, the
-    default above ``dd.FLAT_ASSIGN_MAX`` centroids, where a K x K matrix no longer fits)."""
-    sample = sorted(sample, key=lambda kv: (dd.stable_hash64(kv[0]), kv[0]))
+    default above ``dd.FLAT_ASSIGN_MAX`` centroids, where a K x K matrix no longer fits).
+
+    ``sample``: :class:`BottomKFn`'s ``(hashes, keys, vectors)`` (already in hash order) or a
+    list of ``(key, vector)`` pairs."""
+    if isinstance(sample, tuple) and len(sample) == 3 and isinstance(sample[0], np.ndarray):
+        vecs_all = sample[2]
+    else:
+        pairs = sorted(sample, key=lambda kv: (dd.stable_hash64(kv[0]), kv[0]))
+        vecs_all = np.stack([np.asarray(v) for _, v in pairs]) if pairs else np.zeros((0, 0))
     k = dd.choose_n_partitions(max(n, 1), partition_size)
     size = dd.partition_sample_size(n, partition_size, sample_per_partition, max_sample)
-    if not sample:
+    if len(vecs_all) == 0:
         return {"centroids": None, "cdist": None, "index": None, "k": 0}
-    vecs = np.stack([np.asarray(v) for _, v in sample[:size]])
-    centroids = dd.train_partitioner(vecs, k, niter=niter, seed=seed)
+    centroids = dd.train_partitioner(vecs_all[:size], k, niter=niter, seed=seed)
     k = int(centroids.shape[0])
     if dd.resolve_assign(assign, k) == "hnsw" and k > 1:
         import faiss
@@ -105,6 +297,10 @@ def train_model(
         "k": k,
         "threshold": threshold,
     }
+
+
+def _train_with_count(sample: Any, n: int, **kw: Any) -> dict[str, Any]:
+    return {**train_model(sample, n, **kw), "n": int(n)}
 
 
 _INDEX_CACHE: dict[str, Any] = {}
@@ -131,294 +327,328 @@ def _model_index(model: dict[str, Any]) -> Any:
     return _INDEX_CACHE["index"]
 
 
-def _beam():
-    import apache_beam as beam
+def n_groups(n: int, k: int, group_rows: int = GROUP_ROWS) -> int:
+    """Search groups for ``n`` rows in ``k`` partitions: ~``n / group_rows``, at least 1, at
+    most ``k`` and :data:`MAX_GROUPS`."""
+    return int(max(1, min(k, MAX_GROUPS, math.ceil(max(n, 1) / max(1, group_rows)))))
 
-    return beam
+
+def _batch_count(batch: Any) -> int:
+    batch = as_batch(batch)
+    return 0 if batch is None else batch.num_rows
 
 
-def make_transforms() -> dict[str, Any]:
-    """Build the DoFns / PTransform lazily so importing this module does not import Beam."""
-    beam = _beam()
-    from apache_beam.metrics import Metrics
+class FitPartitionModel(beam.PTransform):
+    """Batches (or row tuples) -> one dict: :func:`train_model`'s model plus the row count
+    ``n`` (steps 1-2 of the module doc)."""
 
-    class AssignPartitions(beam.DoFn):
-        """A batch of rows -> (partition, (key, vec, is_base)) for base and probe partitions."""
+    def __init__(
+        self,
+        threshold: float,
+        *,
+        partition_size: int = dd.PARTITION_SIZE,
+        sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
+        max_sample: int = dd.MAX_SAMPLE,
+        niter: int = 10,
+        seed: int = 0,
+        assign: str = "auto",
+    ) -> None:
+        super().__init__()
+        dd.resolve_assign(assign, 0)  # validates
+        self.kw = dict(
+            threshold=threshold,
+            partition_size=partition_size,
+            sample_per_partition=sample_per_partition,
+            max_sample=max_sample,
+            niter=niter,
+            seed=seed,
+            assign=assign,
+        )
 
-        def __init__(self, threshold: float, max_probes: int, probe_scale: float) -> None:
-            self.threshold = threshold
-            self.max_probes = max_probes
-            self.probe_scale = probe_scale
-            self.truncated = Metrics.counter(NAME, "probe_lists_truncated")
-            self.probes = Metrics.counter(NAME, "probe_copies")
+    def expand(self, batches: Any) -> Any:
+        k = self.kw["max_sample"]
+        count = (
+            batches | "CountRows" >> beam.Map(_batch_count) | "Count" >> beam.CombineGlobally(sum)
+        )
+        sample = (
+            batches
+            | "BatchSample" >> beam.Map(bottom_k, k)
+            | "HashSample" >> beam.CombineGlobally(BottomKFn(k))
+        )
+        # single-element main input: the side input is read once
+        return sample | "Train" >> beam.Map(_train_with_count, AsSingleton(count), **self.kw)
 
-        def process(self, batch: list[Row], model: dict[str, Any]) -> Iterator[tuple]:
-            if not batch:
-                return
-            keys = [r[0] for r in batch]
-            x = np.stack([np.asarray(r[1]) for r in batch])
-            primary, probes, needed = dd.assign_partitions(
-                x,
-                model["centroids"],
-                self.threshold,
-                max_probes=self.max_probes,
-                probe_scale=self.probe_scale,
-                cdist=model["cdist"],
-                index=_model_index(model),
+
+# ---------------------------------------------------------------------------------------------
+# steps 3-5: assign, search, components
+# ---------------------------------------------------------------------------------------------
+class AssignPartitions(beam.DoFn):
+    """A batch -> ``(group, sub-batch)`` for every search group it touches; the sub-batch holds
+    the base rows and probe copies of the group's partitions (columns of the batch plus
+    ``part`` int32 and ``base`` bool)."""
+
+    def __init__(
+        self, threshold: float, max_probes: int, probe_scale: float, group_rows: int = GROUP_ROWS
+    ) -> None:
+        self.threshold = threshold
+        self.max_probes = max_probes
+        self.probe_scale = probe_scale
+        self.group_rows = group_rows
+        self.truncated = Metrics.counter(NAME, "probe_lists_truncated")
+        self.probes = Metrics.counter(NAME, "probe_copies")
+        self.rows = Metrics.counter(NAME, "rows_assigned")
+
+    def process(self, element: Any, model: dict[str, Any]) -> Iterator[tuple[int, Any]]:
+        batch = as_batch(element)
+        if batch is None or batch.num_rows == 0:
+            return
+        _, x, _ = batch_arrays(batch)
+        primary, probes, needed = dd.assign_partitions(
+            x,
+            model["centroids"],
+            self.threshold,
+            max_probes=self.max_probes,
+            probe_scale=self.probe_scale,
+            cdist=model["cdist"],
+            index=_model_index(model),
+        )
+        n = batch.num_rows
+        self.rows.inc(n)
+        self.truncated.inc(int(np.sum(needed > self.max_probes)))
+        pr, pc_ = np.nonzero(probes >= 0)
+        self.probes.inc(int(pr.size))
+        rows = np.concatenate([np.arange(n), pr])
+        part = np.concatenate([primary.astype(np.int64), probes[pr, pc_].astype(np.int64)])
+        base = np.concatenate([np.ones(n, bool), np.zeros(pr.size, bool)])
+        g = part % n_groups(int(model["n"]), int(model["k"]), self.group_rows)
+        order = np.argsort(g, kind="stable")
+        bounds = np.flatnonzero(np.diff(g[order])) + 1
+        for sel in np.split(order, bounds):
+            sub = batch.take(pa.array(rows[sel]))
+            yield (
+                int(g[sel[0]]),
+                pa.RecordBatch.from_arrays(
+                    [*sub.columns, pa.array(part[sel], pa.int32()), pa.array(base[sel])],
+                    names=[*sub.schema.names, "part", "base"],
+                ),
             )
-            self.truncated.inc(int(np.sum(needed > self.max_probes)))
-            for r, key in enumerate(keys):
-                yield int(primary[r]), (key, x[r], True)
-                for q in probes[r]:
-                    if q < 0:
-                        break
-                    self.probes.inc()
-                    yield int(q), (key, x[r], False)
 
-    class SearchPartition(beam.DoFn):
-        """(partition, members) -> edges (key_i, key_j, sim), key_i < key_j."""
 
-        def __init__(self, threshold: float) -> None:
-            self.threshold = threshold
-            self.pairs = Metrics.counter(NAME, "pairs_above_threshold")
-            self.size = Metrics.distribution(NAME, "partition_rows")
+class SearchGroup(beam.DoFn):
+    """``(group, sub-batches)`` -> one ``(edges, priorities)`` element: the certificate edges
+    ``key_i < key_j`` of every partition in the group (a batch with ``i``, ``j``, ``sim``) and
+    the priority of each key with an edge (``key``, ``priority``)."""
 
-        def process(self, element: tuple[int, Iterable[tuple]]) -> Iterator[tuple]:
-            _, items = element
-            items = sorted(items, key=lambda t: t[0])
-            self.size.update(len(items))
-            base = [t for t in items if t[2]]
-            query = [t for t in items if not t[2]]
-            if not base or len(items) < 2:
-                return
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.pairs = Metrics.counter(NAME, "pairs_above_threshold")
+        self.size = Metrics.distribution(NAME, "partition_rows")
+
+    def process(self, element: tuple[int, Iterable[Any]]) -> Iterator[tuple[Any, Any]]:
+        _, subs = element
+        subs = [s for s in subs if s.num_rows]
+        if not subs:
+            return
+        t = pa.Table.from_batches(subs).combine_chunks()
+        batch = t.to_batches()[0] if t.num_rows else None
+        if batch is None:
+            return
+        keys, x, prio = batch_arrays(batch)
+        part = batch.column("part").to_numpy()
+        base = batch.column("base").to_numpy(zero_copy_only=False)
+        order = np.lexsort((keys, part))
+        bounds = np.flatnonzero(np.diff(part[order])) + 1
+        ei, ej, es = [], [], []
+        for sel in np.split(order, bounds):
+            self.size.update(int(sel.size))
+            b, q = sel[base[sel]], sel[~base[sel]]
+            if b.size == 0 or sel.size < 2:
+                continue
             e = dd.search_partition(
-                np.array([t[0] for t in base]),
-                np.stack([t[1] for t in base]),
+                keys[b],
+                x[b],
                 self.threshold,
-                np.array([t[0] for t in query]) if query else None,
-                np.stack([t[1] for t in query]) if query else None,
+                keys[q] if q.size else None,
+                x[q] if q.size else None,
             )
             self.pairs.inc(e.n_pairs)
-            for a, b, s in zip(e.i.tolist(), e.j.tolist(), e.sim.tolist()):
-                yield str(a), str(b), float(s)
-
-    def components(edges: list[tuple[str, str, float]]) -> Iterator[tuple[str, dict]]:
-        """All edges -> (key, {group_id, group_size, nearest_key, similarity})."""
-        if not edges:
+            if len(e):
+                ei.append(e.i)
+                ej.append(e.j)
+                es.append(e.sim)
+        if not ei:
             return
-        a = np.array([e[0] for e in edges])
-        b = np.array([e[1] for e in edges])
-        s = np.array([e[2] for e in edges], dtype=np.float32)
-        keys, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
-        m = a.size
-        ei = dd.Edges.concat([dd.Edges(inv[:m].astype(np.int64), inv[m:].astype(np.int64), s)])
-        labels = dd.components(keys.size, ei)
-        nbr, sim = dd.best_partner(keys.size, ei)
-        sizes = np.bincount(labels[labels >= 0])
-        for r in np.flatnonzero(labels >= 0):
-            yield (
-                str(keys[r]),
-                {
-                    "group_id": int(labels[r]),
-                    "group_size": int(sizes[labels[r]]),
-                    "nearest_key": str(keys[nbr[r]]),
-                    "similarity": float(sim[r]),
-                },
+        i, j, s = np.concatenate(ei), np.concatenate(ej), np.concatenate(es)
+        involved = np.unique(np.concatenate([i, j]))
+        first = np.unique(keys, return_index=True)  # a key's priority is the same in every copy
+        p = prio[first[1][np.searchsorted(first[0], involved)]]
+        yield (
+            pa.RecordBatch.from_arrays(
+                [pa.array(i, pa.string()), pa.array(j, pa.string()), pa.array(s, pa.float32())],
+                names=["i", "j", "sim"],
+            ),
+            pa.RecordBatch.from_arrays(
+                [pa.array(involved, pa.string()), pa.array(p, pa.float64())],
+                names=["key", "priority"],
+            ),
+        )
+
+
+def components(found: list[tuple[Any, Any]]) -> Iterator[Any]:
+    """Every group's ``(edges, priorities)`` -> the output rows (one record batch with the
+    columns of :data:`OUTPUT_COLUMNS`, sorted by group id then key)."""
+    found = [f for f in found if f[0].num_rows]
+    if not found:
+        return
+    a = np.concatenate([f[0].column("i").to_numpy(zero_copy_only=False) for f in found])
+    b = np.concatenate([f[0].column("j").to_numpy(zero_copy_only=False) for f in found])
+    s = np.concatenate([f[0].column("sim").to_numpy() for f in found]).astype(np.float32)
+    a, b = a.astype(str), b.astype(str)
+    keys, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    m = a.size
+    edges = dd.Edges.concat([dd.Edges(inv[:m].astype(np.int64), inv[m:].astype(np.int64), s)])
+    labels = dd.components(keys.size, edges)
+    nbr, sim = dd.best_partner(keys.size, edges)
+    pk = np.concatenate([f[1].column("key").to_numpy(zero_copy_only=False) for f in found])
+    pv = np.concatenate([f[1].column("priority").to_numpy() for f in found])
+    pk = pk.astype(str)
+    prio = np.full(keys.size, np.nan)
+    prio[np.searchsorted(keys, pk)] = pv
+    rep = dd.pick_representatives(labels, prio)
+    table = dd.group_table(keys.astype(object), labels, "near", rep, nbr, sim)
+    if table.num_rows:
+        yield table.combine_chunks().to_batches()[0]
+
+
+class NearDuplicateBatches(beam.PTransform):
+    """PCollection of record batches (``key``, ``vec``, ``priority``; see :func:`make_batch`,
+    :func:`batch_from_table`) -> PCollection of output record batches (columns
+    :data:`OUTPUT_COLUMNS`).
+
+    ``model`` (from :func:`fit_model`): skip steps 1-2 and pass the model to the assignment as
+    a plain argument instead of a side input (two-pass mode)."""
+
+    def __init__(
+        self,
+        threshold: float,
+        *,
+        partition_size: int = dd.PARTITION_SIZE,
+        max_probes: int = dd.MAX_PROBES,
+        probe_scale: float = dd.PROBE_SCALE,
+        sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
+        max_sample: int = dd.MAX_SAMPLE,
+        niter: int = 10,
+        seed: int = 0,
+        assign: str = "auto",
+        group_rows: int = GROUP_ROWS,
+        model: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if model is not None and "n" not in model:
+            raise ValueError(
+                "a precomputed model needs its row count under 'n' "
+                "(what FitPartitionModel / fit_model return)"
             )
+        dd.resolve_assign(assign, 0)  # validates
+        self.model = model
+        self.threshold = threshold
+        self.max_probes = max_probes
+        self.probe_scale = probe_scale
+        self.group_rows = group_rows
+        self.fit = dict(
+            partition_size=partition_size,
+            sample_per_partition=sample_per_partition,
+            max_sample=max_sample,
+            niter=niter,
+            seed=seed,
+            assign=assign,
+        )
 
-    def representative(element: tuple[int, Iterable[tuple]]) -> Iterator[dict[str, Any]]:
-        """(group_id, [(key, info, priority)]) -> output rows with the kept member."""
-        _, members = element
-        members = list(members)
-        best = min(members, key=lambda t: (-_prio(t[2]), t[0]))
-        for key, info, _ in sorted(members, key=lambda t: t[0]):
-            yield {
-                "key": key,
-                "group_id": info["group_id"],
-                "group_size": info["group_size"],
-                "kind": "near",
-                "representative_key": best[0],
-                "is_representative": key == best[0],
-                "nearest_key": info["nearest_key"],
-                "similarity": info["similarity"],
-            }
+    def expand(self, batches: Any) -> Any:
+        if self.model is None:
+            refuse_side_inputs(batches.pipeline)
+            fitted = batches | "Fit" >> FitPartitionModel(self.threshold, **self.fit)
+            model_arg: Any = AsSingleton(fitted)
+        else:  # precomputed (two-pass mode): a plain argument, no side input
+            model_arg = self.model
+        return (
+            batches
+            | "Assign"
+            >> beam.ParDo(
+                AssignPartitions(
+                    self.threshold, self.max_probes, self.probe_scale, self.group_rows
+                ),
+                model_arg,
+            )
+            | "GroupByGroup" >> beam.GroupByKey()
+            | "Search" >> beam.ParDo(SearchGroup(self.threshold))
+            | "AllEdges" >> beam.combiners.ToList()
+            | "Components" >> beam.FlatMap(components)
+        )
 
-    def join(element: tuple[str, dict[str, list]]) -> Iterator[tuple[int, tuple]]:
-        key, d = element
-        prios = list(d["priority"])
-        for info in d["group"]:
-            prio = prios[0] if prios else float("nan")
-            yield info["group_id"], (key, info, prio)
 
-    class PartitionedNearDuplicates(beam.PTransform):
-        """PCollection[(key, vec, priority)] -> PCollection[dict] near-duplicate group rows."""
+class PartitionedNearDuplicates(beam.PTransform):
+    """The row API: PCollection[(key, vec, priority)] -> PCollection[dict] output rows (see the
+    module doc). Rows are batched (``batching``, :data:`BATCHING`) into record batches and run
+    through :class:`NearDuplicateBatches`; ``model=`` (from :func:`fit_model`) as there."""
 
-        def __init__(
-            self,
-            threshold: float,
-            *,
-            partition_size: int = dd.PARTITION_SIZE,
-            max_probes: int = dd.MAX_PROBES,
-            probe_scale: float = dd.PROBE_SCALE,
-            sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
-            max_sample: int = dd.MAX_SAMPLE,
-            niter: int = 10,
-            seed: int = 0,
-            min_batch: int = 256,
-            max_batch: int = 4096,
-            batching: str = "auto",
-            assign: str = "auto",
-            model: dict[str, Any] | None = None,
-        ) -> None:
-            super().__init__()
-            if model is not None and "n" not in model:
-                raise ValueError(
-                    "a precomputed model needs its row count under 'n' "
-                    "(what FitPartitionModel / fit_model return)"
-                )
-            self.model = model
-            if batching not in BATCHING:
-                raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
-            dd.resolve_assign(assign, 0)  # validates
-            self.assign = assign
-            self.batching = batching
-            self.threshold = threshold
-            self.partition_size = partition_size
-            self.max_probes = max_probes
-            self.probe_scale = probe_scale
-            self.sample_per_partition = sample_per_partition
-            self.max_sample = max_sample
-            self.niter = niter
-            self.seed = seed
-            self.min_batch = min_batch
-            self.max_batch = max_batch
+    def __init__(
+        self,
+        threshold: float,
+        *,
+        min_batch: int = 256,
+        max_batch: int = 4096,
+        batching: str = "auto",
+        model: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> None:
+        super().__init__()
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
+        self.threshold = threshold
+        self.min_batch = min_batch
+        self.max_batch = max_batch
+        self.batching = batching
+        self.model = model
+        self.params = params
+        # validates the model and the parameters now, not at expansion
+        self.core = NearDuplicateBatches(threshold, model=model, **params)
 
-        def expand(self, rows: Any) -> Any:
-            from apache_beam.pvalue import AsSingleton
-
-            if self.model is None:
-                fitted = rows | "Fit" >> FitPartitionModel(
-                    self.threshold,
-                    partition_size=self.partition_size,
-                    sample_per_partition=self.sample_per_partition,
-                    max_sample=self.max_sample,
-                    niter=self.niter,
-                    seed=self.seed,
-                    assign=self.assign,
-                )
-                model_arg: Any = AsSingleton(fitted)
-                count_arg: Any = AsSingleton(fitted | "N" >> beam.Map(lambda m: m["n"]))
+    def expand(self, rows: Any) -> Any:
+        batching = self.batching
+        if batching == "auto":
+            batching = "shuffle" if drops_finish_bundle_outputs(rows.pipeline) else "bundle"
+        if batching == "bundle":
+            lists = rows | "Batch" >> beam.BatchElements(
+                min_batch_size=self.min_batch, max_batch_size=self.max_batch
+            )
+        else:
+            if self.model is not None:
+                count: Any = int(self.model["n"])
             else:
-                # precomputed (two-pass mode): plain arguments, no side inputs
-                model_arg, count_arg = self.model, int(self.model["n"])
-            batching = self.batching
-            if batching == "auto":
-                batching = "shuffle" if drops_finish_bundle_outputs(rows.pipeline) else "bundle"
-            if batching == "bundle":
-                batches = rows | "Batch" >> beam.BatchElements(
-                    min_batch_size=self.min_batch, max_batch_size=self.max_batch
-                )
-            else:
-                batches = (
-                    rows
-                    | "Bucket" >> beam.Map(_bucket, count_arg, self.max_batch)
-                    | "GroupBuckets" >> beam.GroupByKey()
-                    | "Batches" >> beam.FlatMap(_chunks, self.max_batch)
-                )
-            edges = (
-                batches
-                | "Assign"
-                >> beam.ParDo(
-                    AssignPartitions(self.threshold, self.max_probes, self.probe_scale), model_arg
-                )
-                | "GroupByPartition" >> beam.GroupByKey()
-                | "Search" >> beam.ParDo(SearchPartition(self.threshold))
-            )
-            groups = (
-                edges
-                | "AllEdges" >> beam.combiners.ToList()
-                | "Components" >> beam.FlatMap(components)
-            )
-            priority = rows | "Priority" >> beam.Map(lambda r: (r[0], r[2]))
-            return (
-                {"group": groups, "priority": priority}
-                | "JoinPriority" >> beam.CoGroupByKey()
-                | "ByGroup" >> beam.FlatMap(join)
-                | "GroupMembers" >> beam.GroupByKey()
-                | "Representative" >> beam.FlatMap(representative)
-            )
-
-    class FitPartitionModel(beam.PTransform):
-        """PCollection[(key, vec, priority)] -> one dict: :func:`train_model`'s model plus the
-        row count ``n`` (steps 1-2 of the module doc)."""
-
-        def __init__(
-            self,
-            threshold: float,
-            *,
-            partition_size: int = dd.PARTITION_SIZE,
-            sample_per_partition: int = dd.SAMPLE_PER_PARTITION,
-            max_sample: int = dd.MAX_SAMPLE,
-            niter: int = 10,
-            seed: int = 0,
-            assign: str = "auto",
-        ) -> None:
-            super().__init__()
-            self.kw = dict(
-                threshold=threshold,
-                partition_size=partition_size,
-                sample_per_partition=sample_per_partition,
-                max_sample=max_sample,
-                niter=niter,
-                seed=seed,
-                assign=assign,
-            )
-
-        def expand(self, rows: Any) -> Any:
-            from apache_beam.pvalue import AsSingleton
-            from apache_beam.transforms.combiners import TopCombineFn
-
-            count = rows | "Count" >> beam.combiners.Count.Globally()
-            # CombineGlobally(TopCombineFn), not Top.Smallest: Top emits per-bundle heaps from
-            # finish_bundle, which the DaskRunner drops
-            sample = (
+                count = AsSingleton(rows | "CountRows" >> beam.combiners.Count.Globally())
+            lists = (
                 rows
-                | "KeyVec" >> beam.Map(lambda r: (r[0], r[1]))
-                | "HashSample"
-                >> beam.CombineGlobally(
-                    TopCombineFn(self.kw["max_sample"], key=_sample_order, reverse=True)
-                )
+                | "Bucket" >> beam.Map(_bucket, count, self.max_batch)
+                | "GroupBuckets" >> beam.GroupByKey()
+                | "Batches" >> beam.FlatMap(_chunks, self.max_batch)
             )
-            # single-element main input: the side input is read once
-            return sample | "Train" >> beam.Map(
-                lambda smp, n, **kw: {**train_model(smp, n, **kw), "n": int(n)},
-                AsSingleton(count),
-                **self.kw,
-            )
-
-    return {
-        "AssignPartitions": AssignPartitions,
-        "SearchPartition": SearchPartition,
-        "PartitionedNearDuplicates": PartitionedNearDuplicates,
-        "FitPartitionModel": FitPartitionModel,
-    }
+        return (
+            lists
+            | "ToBatches" >> beam.Map(as_batch)
+            | "NearDuplicates" >> self.core
+            | "ToRows" >> beam.FlatMap(_batch_rows)
+        )
 
 
-BATCHING = ("auto", "bundle", "shuffle")
-"""How rows are batched for the partition assignment: ``bundle`` = ``BatchElements`` (no
-shuffle; its last batch per bundle is emitted from ``finish_bundle``), ``shuffle`` = rows hashed
-into ~N/max_batch buckets and grouped (one extra shuffle, emits only from ``process``), ``auto``
-= ``shuffle`` on runners that drop ``finish_bundle`` outputs (the DaskRunner), else ``bundle``."""
+def _batch_rows(batch: Any) -> list[dict[str, Any]]:
+    return batch.to_pylist()
 
 
 def drops_finish_bundle_outputs(pipeline: Any) -> bool:
     """Beam 2.77's DaskRunner snapshots a bundle's outputs before ``finish_bundle`` runs, so
     anything emitted there is lost (see tests/test_dask.py)."""
     return type(getattr(pipeline, "runner", None)).__name__ == "DaskRunner"
-
-
-def _sample_order(kv: tuple[str, Any]) -> tuple[int, str]:
-    return dd.stable_hash64(kv[0]), kv[0]
 
 
 def _bucket(row: Row, n: int, max_batch: int) -> tuple[int, Row]:
@@ -433,24 +663,19 @@ def _chunks(element: tuple[int, Iterable[Row]], max_batch: int) -> Iterator[list
         yield rows[i : i + max_batch]
 
 
-def _prio(p: float | None) -> float:
-    return float("-inf") if p is None or p != p else float(p)
-
-
-def PartitionedNearDuplicates(threshold: float, **kwargs: Any) -> Any:  # noqa: N802 - a PTransform
-    """The composite transform: ``rows | PartitionedNearDuplicates(0.95)``; see the module doc.
-
-    ``model=`` (from :func:`fit_model`) skips the fit steps and passes the model to the
-    assignment as a plain argument instead of a side input (two-pass mode)."""
-    return make_transforms()["PartitionedNearDuplicates"](threshold, **kwargs)
-
-
-def FitPartitionModel(threshold: float, **kwargs: Any) -> Any:  # noqa: N802 - a PTransform
-    """``rows | FitPartitionModel(0.95)``: one dict, the partition model plus the row count."""
-    return make_transforms()["FitPartitionModel"](threshold, **kwargs)
-
-
-FIT_PARAMS = ("partition_size", "sample_per_partition", "max_sample", "niter", "seed", "assign")
+def refuse_side_inputs(pipeline: Any) -> None:
+    """Raise ValueError on runners whose side inputs are recomputed per bundle (the DaskRunner):
+    there the recomputation runs inside a worker process, where Beam 2.77's shared output
+    lists accumulate (:mod:`pipelines.dask_checks`), so the fitted model saw ~3x the rows
+    (measured: n = 6096 for 2000 rows) and rows went missing. Fit first (:func:`fit_model`)
+    and pass ``model=``: what :func:`run_near_dedup` does there."""
+    runner = getattr(pipeline, "runner", None)
+    if runner is not None and recomputes_side_inputs(runner):
+        raise ValueError(
+            "near-duplicates on the DaskRunner need a precomputed model: its side inputs are "
+            "recomputed inside each worker and see duplicated rows; call fit_model(...) and "
+            "pass model= (run_near_dedup does this)"
+        )
 
 
 def recomputes_side_inputs(runner: Any) -> bool:
@@ -464,21 +689,18 @@ def recomputes_side_inputs(runner: Any) -> bool:
     return name.rsplit(".", 1)[-1] == "DaskRunner"
 
 
+# ---------------------------------------------------------------------------------------------
+# the model on disk (two-pass mode)
+# ---------------------------------------------------------------------------------------------
 def save_model(model: dict[str, Any], path: str) -> str:
     """Write a fitted model (arrays + scalars, ``.npz``, no pickle) atomically through Beam's
     ``FileSystems``; returns ``path``."""
     import io
-    import uuid
-
-    from apache_beam.io.filesystems import FileSystems
 
     arrays = {k: np.asarray(v) for k, v in model.items() if v is not None}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(tmp) as f:
-        f.write(buf.getvalue())
-    FileSystems.rename([tmp], [path])
+    atomic_write_uri(path, buf.getvalue())
     return path
 
 
@@ -505,11 +727,13 @@ def load_model(path: str) -> dict[str, Any]:
 def fit_model(
     read_rows: Any, model_path: str, threshold: float, setup: Any, **params: Any
 ) -> dict[str, Any]:
-    """Pass 1 of the two-pass mode: ``read_rows(pipeline) -> PCollection`` of rows, fitted
-    and written to ``model_path`` by a worker (from ``process``), then read back here.
-    ``params``: the :data:`FIT_PARAMS` among ``PartitionedNearDuplicates``'s options."""
-    beam = _beam()
+    """Pass 1 of the two-pass mode: ``read_rows(pipeline) -> PCollection`` of record batches
+    (or row tuples), fitted and written to ``model_path`` by a worker (from ``process``), then
+    read back here. ``params``: the :data:`FIT_PARAMS` among the transform's options."""
+    from pipelines.dask_checks import check_safe_runner
+
     fit = {k: v for k, v in params.items() if k in FIT_PARAMS}
+    check_safe_runner(setup)
     p = beam.Pipeline(runner=setup.new_runner(), options=setup.options)
     (
         read_rows(p)
@@ -528,34 +752,9 @@ def _close_client(result: Any) -> None:
         client.close()
 
 
-def rows_from_table(
-    table: Any, vector_column: str = "image_emb", priority: np.ndarray | None = None
-) -> Iterator[Row]:
-    """(key, vector, priority) rows from an Arrow table/record batch; rows with a null vector
-    are skipped (they have no embedding to compare)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    col = table.column(vector_column) if isinstance(table, pa.Table) else table[vector_column]
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    keys = table.column("key").to_pylist()
-    kept = col.filter(pa.array(valid))
-    # Beam's parquet reader may hand fixed-size lists over as plain lists: check the lengths
-    lengths = pc.list_value_length(kept).to_numpy(zero_copy_only=False)
-    if lengths.size and np.any(lengths != lengths[0]):
-        raise ValueError(
-            f"{vector_column}: vectors of different lengths ({sorted(set(lengths.tolist()))[:5]})"
-        )
-    flat = pc.list_flatten(kept).to_numpy(zero_copy_only=False)
-    vecs = flat.reshape(len(kept), -1) if len(kept) else flat.reshape(0, 0)
-    rows = np.flatnonzero(valid)
-    for r, v in zip(rows, vecs):
-        p = float("nan") if priority is None else float(priority[r])
-        yield keys[r], v, p
-
-
+# ---------------------------------------------------------------------------------------------
+# parquet in, parquet out
+# ---------------------------------------------------------------------------------------------
 OUTPUT_SCHEMA_FIELDS = (
     ("key", "string"),
     ("group_id", "int64"),
@@ -569,52 +768,104 @@ OUTPUT_SCHEMA_FIELDS = (
 
 
 def output_schema() -> Any:
-    import pyarrow as pa
-
     return pa.schema([(n, pa.type_for_alias(t)) for n, t in OUTPUT_SCHEMA_FIELDS])
 
 
-def read_parquet_batches(
-    path: str, columns: Sequence[str], batch_size: int = 65536
-) -> Iterator[Any]:
-    """Record batches of one parquet file, read with pyarrow through Beam's ``FileSystems``
-    (local paths, gs://, s3://...). Used instead of ``ReadFromParquetBatched``, whose source
-    the DaskRunner cannot read."""
+def plan_reads(
+    paths: Sequence[str], columns: Sequence[str], target_rows: int = 8 * BATCH_ROWS
+) -> list[tuple[str, tuple[int, ...] | None]]:
+    """Read tasks ``(path, row groups)``: a file's row groups in runs of ~``target_rows`` rows
+    (``None``: the whole file). More tasks than files lets a runner that parallelises by
+    input element (the DaskRunner) read one large file on several workers. Checks the columns
+    up front."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
+    out: list[tuple[str, tuple[int, ...] | None]] = []
+    for path in sorted(paths):
+        with FileSystems.open(path) as f:
+            meta = pq.ParquetFile(f)
+            missing = [c for c in columns if c not in meta.schema_arrow.names]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {missing}")
+            sizes = [meta.metadata.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        if len(sizes) <= 1:
+            out.append((path, None))
+            continue
+        run: list[int] = []
+        rows = 0
+        for g, r in enumerate(sizes):
+            run.append(g)
+            rows += r
+            if rows >= target_rows:
+                out.append((path, tuple(run)))
+                run, rows = [], 0
+        if run:
+            out.append((path, tuple(run)))
+    return out
+
+
+def read_parquet_batches(
+    path: Any, columns: Sequence[str], batch_size: int = BATCH_ROWS
+) -> Iterator[Any]:
+    """Record batches of one parquet file (or of ``(path, row groups)`` from
+    :func:`plan_reads`), read with pyarrow through Beam's ``FileSystems`` (local paths, gs://,
+    s3://...). Used instead of ``ReadFromParquetBatched``, whose source the DaskRunner cannot
+    read."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    groups = None
+    if isinstance(path, tuple | list):
+        path, groups = path
     with FileSystems.open(path) as f:
         pf = pq.ParquetFile(f)
         missing = [c for c in columns if c not in pf.schema_arrow.names]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}")
-        yield from pf.iter_batches(batch_size=batch_size, columns=list(columns))
+        yield from pf.iter_batches(
+            batch_size=batch_size,
+            columns=list(columns),
+            row_groups=list(groups) if groups is not None else None,
+        )
+
+
+def split_shards(batch: Any, n_shards: int) -> Iterator[tuple[int, Any]]:
+    """An output batch -> ``(shard, rows of that shard)`` by stable key hash."""
+    keys = batch.column("key").to_numpy(zero_copy_only=False)
+    shard = np.array([dd.stable_hash64(k) % n_shards for k in keys], dtype=np.int64)
+    for s in np.unique(shard):
+        yield int(s), batch.filter(pa.array(shard == s))
 
 
 def write_output_shard(
-    element: tuple[int, Iterable[dict]], prefix: str, n_shards: int
+    element: tuple[int, Iterable[Any]], prefix: str, n_shards: int
 ) -> Iterator[str]:
-    """(shard, rows) -> ``{prefix}-SSSSS-of-NNNNN.parquet``, rows sorted by key, written to a
-    temporary name and renamed, so a retried bundle rewrites the same file and a reader never
-    sees half a shard. A sink that emits only from ``process`` (Beam's file sinks emit their
-    temporary names from ``finish_bundle``, which the DaskRunner drops)."""
-    import uuid
-
-    import pyarrow as pa
+    """(shard, record batches or row dicts) -> ``{prefix}-SSSSS-of-NNNNN.parquet``, rows sorted
+    by key, written to a temporary name and renamed, so a retried bundle rewrites the same file
+    and a reader never sees half a shard. A sink that emits only from ``process`` (Beam's file
+    sinks emit their temporary names from ``finish_bundle``, which the DaskRunner drops)."""
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
 
-    shard, rows = element
-    rows = sorted(rows, key=lambda r: r["key"])
-    table = pa.Table.from_pylist(rows, schema=output_schema())
+    shard, items = element
+    items = list(items)
+    schema = output_schema()
+    if items and isinstance(items[0], dict):
+        table = pa.Table.from_pylist(items, schema=schema)
+    else:
+        table = pa.Table.from_batches([b.cast(schema) for b in items], schema=schema)
+    table = table.sort_by("key")
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     path = f"{prefix}-{shard:05d}-of-{n_shards:05d}.parquet"
-    tmp = f"{prefix}-{shard:05d}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(tmp) as f:
-        f.write(buf.getvalue().to_pybytes())
-    FileSystems.rename([tmp], [path])
+    atomic_write_uri(path, buf.getvalue().to_pybytes())
     yield path
+
+
+def _to_batch(batch: Any, vector_column: str, priority_column: str | None) -> Iterator[Any]:
+    out = batch_from_table(batch, vector_column, priority_column)
+    if out is not None:
+        yield out
 
 
 def run_near_dedup(
@@ -627,32 +878,25 @@ def run_near_dedup(
     n_output_shards: int = 8,
     two_pass: bool | None = None,
     vector_column: str = "image_emb",
+    batch_rows: int = BATCH_ROWS,
     **params: Any,
 ) -> None:
-    """Read embedding parts, run :class:`PartitionedNearDuplicates`, write parquet shards to
+    """Read embedding parts, run :class:`NearDuplicateBatches`, write parquet shards to
     ``output_prefix-SSSSS-of-NNNNN.parquet`` (columns :data:`OUTPUT_COLUMNS`; a shard with no
     rows is not written).
 
-    Every step emits only from ``process`` (files read with pyarrow from ``Create(paths)``,
-    shards written by a keyed ``GroupByKey``), so the pipeline gives the same result on every
-    runner, the DaskRunner included. ``setup``: a ``pipelines.beam_options.BeamSetup`` (runner
-    + options); default DirectRunner. ``vector_column``: the embedding searched (``image_emb``
-    or the copy descriptor ``copy_emb``). ``two_pass`` (default: on runners where
-    :func:`recomputes_side_inputs`): fit the partition model in a first pipeline (written to
-    ``output_prefix-model.npz``), then run the search with it as a plain argument.
+    Every step emits only from ``process`` (files read with pyarrow from ``Create(read
+    tasks)``, shards written by a keyed ``GroupByKey``), so the pipeline gives the same result
+    on every runner, the DaskRunner included. ``setup``: a ``pipelines.beam_options.BeamSetup``
+    (runner + options); default DirectRunner. Runner configurations that lose or duplicate
+    rows are refused before anything runs (:func:`pipelines.dask_checks.check_safe_runner`).
+    ``vector_column``: the embedding searched (``image_emb`` or the copy descriptor
+    ``copy_emb``). ``two_pass`` (default: on runners where :func:`recomputes_side_inputs`): fit
+    the partition model in a first pipeline (written to ``output_prefix-model.npz``), then run
+    the search with it as a plain argument.
     """
     from pipelines.beam_options import beam_setup
-
-    beam = _beam()
-    columns = ["key", vector_column] + ([priority_column] if priority_column else [])
-
-    def to_rows(batch: Any) -> Iterator[Row]:
-        pr = None
-        if priority_column:
-            pr = np.asarray(
-                batch.column(priority_column).to_numpy(zero_copy_only=False), dtype=np.float64
-            )
-        yield from rows_from_table(batch, vector_column, pr)
+    from pipelines.dask_checks import check_safe_runner, with_bag_partitions
 
     if setup is None:
         with beam_setup([]) as default_setup:
@@ -665,16 +909,21 @@ def run_near_dedup(
                 n_output_shards=n_output_shards,
                 two_pass=two_pass,
                 vector_column=vector_column,
+                batch_rows=batch_rows,
                 **params,
             )
+    check_safe_runner(setup)
+    columns = ["key", vector_column] + ([priority_column] if priority_column else [])
+    reads = plan_reads(parquet_files, columns, 8 * batch_rows)
+    setup = with_bag_partitions(setup, len(reads))
     n = max(1, int(n_output_shards))
 
-    def read_rows(p: Any) -> Any:
+    def read_batches(p: Any) -> Any:
         return (
             p
-            | "Files" >> beam.Create(sorted(parquet_files))
-            | "Read" >> beam.FlatMap(read_parquet_batches, columns)
-            | "ToRows" >> beam.FlatMap(to_rows)
+            | "ReadTasks" >> beam.Create(reads)
+            | "Read" >> beam.FlatMap(read_parquet_batches, columns, batch_rows)
+            | "ToBatches" >> beam.FlatMap(_to_batch, vector_column, priority_column)
         )
 
     if two_pass is None:
@@ -687,13 +936,20 @@ def run_near_dedup(
         )
         params = {
             **params,
-            "model": fit_model(read_rows, f"{output_prefix}-model.npz", threshold, setup, **params),
+            "model": fit_model(
+                read_batches, f"{output_prefix}-model.npz", threshold, setup, **params
+            ),
         }
-    with beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p:
-        (
-            read_rows(p)
-            | "NearDuplicates" >> PartitionedNearDuplicates(threshold, **params)
-            | "Shard" >> beam.Map(lambda r: (dd.stable_hash64(r["key"]) % n, r))
-            | "GroupShards" >> beam.GroupByKey()
-            | "Write" >> beam.FlatMap(write_output_shard, output_prefix, n)
-        )
+    p = beam.Pipeline(runner=setup.new_runner(), options=setup.options)
+    (
+        read_batches(p)
+        | "NearDuplicates" >> NearDuplicateBatches(threshold, **params)
+        | "Shard" >> beam.FlatMap(split_shards, n)
+        | "GroupShards" >> beam.GroupByKey()
+        | "Write" >> beam.FlatMap(write_output_shard, output_prefix, n)
+    )
+    result = p.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        _close_client(result)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -294,7 +295,8 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
         if not batch:
             return []
         try:
-            return self._embed(batch, model)
+            with _MODEL_LOCK:
+                return self._embed(batch, model)
         except Exception as exc:  # noqa: BLE001 - a bad batch is recorded, not fatal
             logger.warning(
                 "model failed on a batch of %d samples: %s: %s", len(batch), type(exc).__name__, exc
@@ -354,6 +356,14 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
             row["_shard"] = e.sample.shard
             rows.append(row)
         return rows
+
+
+_MODEL_LOCK = threading.Lock()
+"""One batch at a time through the models of a process. A worker with several threads (a Dask
+worker process with ``nthreads > 1``, ``multi_threading``) shares one model between them, and
+torch's thread count is process-wide: without the lock, one batch's single-threaded preprocess
+(:func:`_preprocess_single_threaded`) changed another's forward pass to one thread, and so its
+floating-point reductions (tests/test_dask.py: parts differed from the in-process run)."""
 
 
 def _preprocess_single_threaded(preprocess: Any, images: list[Any]) -> list[Any]:
@@ -616,7 +626,14 @@ def run_embed(
     runner: Any = None,
     settings: EmbedSettings = EmbedSettings(),
 ) -> Any:
-    """Build and run the pipeline over ``specs``; returns the finished ``PipelineResult``."""
+    """Build and run the pipeline over ``specs``; returns the finished ``PipelineResult``.
+    A Dask cluster whose workers would duplicate rows is refused first
+    (:func:`pipelines.dask_checks.check_workers`)."""
+    from pipelines.dask_checks import bag_partitions, check_workers
+
+    if options is not None and runner is not None:
+        check_workers(options, runner)
+        options = bag_partitions(options, runner, len(specs))  # one shard per Dask partition
     p = beam.Pipeline(runner=runner, options=options)
     _ = (
         p

@@ -204,18 +204,24 @@ def reshard(
     ``_stats.json`` files the workers wrote) plus ``shards``. Runner options as in
     :func:`pipelines.beam_options.beam_setup` (DirectRunner by default)."""
     from pipelines.beam_options import beam_setup
+    from pipelines.dask_checks import check_safe_runner, with_bag_partitions
 
-    tars = find_shards(shards_dir)
-    if not tars:
-        raise FileNotFoundError(f"no webdataset shards (*.tar) in {shards_dir}")
-    qualified = qualified_keys(shards_dir)
-    if not FileSystems.exists(out_dir):
-        FileSystems.mkdirs(out_dir)
-    with (
-        beam_setup(list(pipeline_args or []), runner=runner, dask_local=dask_local) as setup,
-        beam.Pipeline(runner=setup.new_runner(), options=setup.options) as p,
-    ):
-        _ = p | "Shards" >> beam.Create(tars) | "Reshard" >> Reshard(drop_path, out_dir, qualified)
+    with beam_setup(list(pipeline_args or []), runner=runner, dask_local=dask_local) as setup:
+        check_safe_runner(setup)  # refuses Dask workers that duplicate rows, before any work
+        tars = find_shards(shards_dir)
+        if not tars:
+            raise FileNotFoundError(f"no webdataset shards (*.tar) in {shards_dir}")
+        qualified = qualified_keys(shards_dir)
+        if not FileSystems.exists(out_dir):
+            FileSystems.mkdirs(out_dir)
+        with beam.Pipeline(
+            runner=setup.new_runner(), options=with_bag_partitions(setup, len(tars)).options
+        ) as p:
+            _ = (
+                p
+                | "Shards" >> beam.Create(tars)
+                | "Reshard" >> Reshard(drop_path, out_dir, qualified)
+            )
     per_shard = []
     for t in tars:
         with FileSystems.open(

@@ -28,6 +28,7 @@ import pytest
 
 from detectors import dedup as dd
 from tests.test_dedup import clustered
+from tests.test_embed import write_simple_shard
 
 pytest.importorskip("distributed")
 
@@ -129,10 +130,13 @@ def test_dask_runner_drops_finish_bundle_outputs_and_safe_equivalents(
 
 
 def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any, tmp_path: Path) -> None:
+    """On Dask the model is fitted by a first pipeline and passed as a plain argument (what
+    ``run_near_dedup`` does there); the one-pipeline version, whose model is a side input, is
+    refused on Dask (see ``test_dask_side_inputs_see_duplicated_rows``)."""
     import apache_beam as beam
 
     from pipelines.beam_options import beam_setup
-    from pipelines.dedup_beam import PartitionedNearDuplicates
+    from pipelines.dedup_beam import PartitionedNearDuplicates, fit_model
 
     x, truth = clustered(N, seed=3, n_groups=150, dim=DIM)
     rng = np.random.default_rng(1)
@@ -145,11 +149,11 @@ def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any, tmp_p
     want = sorted(expected.to_pylist(), key=lambda r: r["key"])
     rows = [(k, x[i], float(prio[i])) for i, k in enumerate(keys)]
 
-    def build(p: Any) -> Any:
+    def build(p: Any, model: dict | None = None) -> Any:
         return (
             p
             | beam.Create(rows)
-            | PartitionedNearDuplicates(0.95, **PARAMS)
+            | PartitionedNearDuplicates(0.95, model=model, **PARAMS)
             | beam.Map(lambda r: dict(r, similarity=float(r["similarity"])))
         )
 
@@ -157,7 +161,12 @@ def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any, tmp_p
         got_direct = run_collect(build, tmp_path / "direct.json", direct)
     with dask_setup(cluster) as on_dask:
         assert on_dask.runner_name.endswith("DaskRunner")
-        got_dask = run_collect(build, tmp_path / "dask.json", on_dask)
+        with pytest.raises(ValueError, match="precomputed model"):
+            run_collect(build, tmp_path / "refused.json", on_dask)
+        model = fit_model(
+            lambda p: p | beam.Create(rows), str(tmp_path / "m.npz"), 0.95, on_dask, **PARAMS
+        )
+        got_dask = run_collect(lambda p: build(p, model), tmp_path / "dask.json", on_dask)
 
     def norm(rs: list[dict]) -> list[dict]:
         # JSON turns float32 similarities into float64 text: compare at float32 precision
@@ -170,6 +179,175 @@ def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any, tmp_p
     assert norm(got_dask) == norm(want)
     pairs = {(r["key"], r["group_id"]) for r in got_dask}
     assert len(pairs) == len(got_dask)  # one row per key, no duplicates
+
+
+def test_dask_side_inputs_see_duplicated_rows(cluster: Any, tmp_path: Path) -> None:
+    """Why the near-duplicate model is never a side input on Dask: the runner recomputes a
+    side input's upstream inside the worker, where the tasks of one step share Beam's output
+    list (see ``pipelines.dask_checks``), so the fitted model counted ~3x the rows. If this
+    fails because ``n`` is right, Beam fixed the runner."""
+    import apache_beam as beam
+    from apache_beam.pvalue import AsSingleton
+
+    from pipelines import dedup_beam as db
+    from pipelines.beam_options import beam_setup
+
+    x, _ = clustered(N, seed=3, n_groups=20, dim=DIM)
+    rows = [(f"{i:09d}", x[i], 0.0) for i in range(N)]
+
+    def seen(_: Any, model: dict) -> int:
+        return int(model["n"])
+
+    def build(p: Any) -> Any:
+        batches = p | beam.Create(rows) | beam.Map(db.as_batch)
+        fitted = batches | db.FitPartitionModel(0.95, partition_size=200)
+        return batches | "Seen" >> beam.Map(seen, AsSingleton(fitted)) | beam.Distinct()
+
+    with dask_setup(cluster) as on_dask:
+        got = run_collect(build, tmp_path / "out.json", on_dask)
+    assert got and all(n > N for n in got)  # the model read as a side input: too many rows
+    with beam_setup([]) as direct:
+        assert run_collect(build, tmp_path / "direct.json", direct) == [N]
+
+
+def test_in_process_workers_duplicate_outputs_and_every_pipeline_refuses_them(
+    tmp_path: Path,
+) -> None:
+    """Dask workers that are threads of the launching process (``processes=False``) share the
+    runner's per-step output list: 100 inputs in 4 bag partitions give 250 side-effect calls in
+    the step after a ``Map`` (25 + 50 + 75 + 100). dedup, embed and reshard refuse such a
+    cluster before doing any work."""
+    import apache_beam as beam
+    from distributed import LocalCluster
+
+    from pipelines import dedup_beam as db
+    from pipelines.beam_options import beam_setup
+    from pipelines.dask_checks import UnsafeDaskCluster, check_safe_runner, worker_kinds
+    from pipelines.embed import run_embed
+    from pipelines.reshard import reshard
+
+    log = tmp_path / "calls.txt"
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as threads:
+        flags = [f"--dask_client_address={threads.scheduler_address}", "--dask_npartitions=4"]
+        with beam_setup(flags, runner="DaskRunner") as setup:
+            kinds = worker_kinds(setup.options)
+            assert kinds and all(k["in_process"] for k in kinds.values())
+            p = beam.Pipeline(runner=setup.new_runner(), options=setup.options)
+            (
+                p
+                | beam.Create(list(range(100)))
+                | "Double" >> beam.Map(lambda i: 2 * i)
+                | "Record" >> beam.Map(_record_call, str(log))
+            )
+            result = p.run()
+            result.wait_until_finish()
+            result.client.close()
+            calls = log.read_text().split()
+            assert len(set(calls)) == 100 and len(calls) == 250
+
+            with pytest.raises(UnsafeDaskCluster, match="threads inside the launching process"):
+                check_safe_runner(setup)
+            with pytest.raises(UnsafeDaskCluster):
+                db.run_near_dedup([], str(tmp_path / "near"), 0.95, setup=setup)
+            with pytest.raises(UnsafeDaskCluster):
+                run_embed([], None, None, None, options=setup.options, runner=setup.new_runner())
+            write_simple_shard(tmp_path / "shards", 0, 2)
+            with pytest.raises(UnsafeDaskCluster):
+                reshard(str(tmp_path / "shards"), "drop.parquet", str(tmp_path / "out"), flags,
+                        runner="DaskRunner")  # fmt: skip
+            assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.fixture(scope="module")
+def threaded_cluster() -> Iterator[Any]:
+    """2 worker processes with 2 threads each (what a default ``Client()`` / ``dask worker``
+    gives: several threads per process)."""
+    from distributed import LocalCluster
+
+    from pipelines.beam_options import _restore_environ
+
+    saved = dict(os.environ)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as c:
+        _restore_environ(saved)
+        yield c
+    _restore_environ(saved)
+
+
+@pytest.mark.parametrize("kind", ["1 thread", "2 threads"])
+def test_pipelines_on_worker_processes_lose_and_duplicate_no_row(
+    kind: str, cluster: Any, threaded_cluster: Any, tmp_path: Path
+) -> None:
+    """dedup (parquet in, shards out), embed and reshard on Dask worker processes with 1 and 2
+    threads each: every row read comes out once, equal to the DirectRunner's output."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines import dedup_beam as db
+    from pipelines.beam_options import beam_setup
+    from pipelines.reshard import reshard
+    from tests.test_dedup import make_workspace
+    from tests.test_embed import TinyModel, run_pipeline
+
+    c = cluster if kind == "1 thread" else threaded_cluster
+    flags = ["--runner", "DaskRunner", f"--dask_client_address={c.scheduler_address}"]
+
+    # dedup: 600 rows in 2 parquet parts (7 + 2 failed rows without an embedding)
+    ws, _, _ = make_workspace(tmp_path / "ws", n=600, seed=21)
+    parts = [str(p) for p in ws.embedding_parts()]
+    n_in = sum(pq.read_metadata(p).num_rows for p in parts)
+    params = {"partition_size": 60, "group_rows": 150}  # 10 partitions in 4 search groups
+    outs = {}
+    for name, args in (("direct", []), ("dask", flags)):
+        with beam_setup(args) as setup:
+            db.run_near_dedup(parts, str(tmp_path / name / "near"), 0.95, setup=setup, **params)
+        files = sorted((tmp_path / name).glob("near-*-of-*.parquet"))
+        outs[name] = pa.concat_tables([pq.read_table(f) for f in files]).sort_by("key")
+    assert n_in == 600 and outs["direct"].num_rows > 40
+    assert outs["dask"].to_pylist() == outs["direct"].to_pylist()
+    assert len(set(outs["dask"].column("key").to_pylist())) == outs["dask"].num_rows
+
+    # embed: 3 shards of 5 images + 1 failed download each: 18 rows in, 18 out, same parts
+    model = TinyModel()
+    for name, args in (("e_direct", []), ("e_dask", flags)):
+        for i in range(3):
+            write_simple_shard(tmp_path / name / "shards", i, 5, failed=1)
+        run_pipeline(tmp_path / name, model, args)
+    for i in range(3):
+        a = pq.read_table(tmp_path / "e_direct" / "embeddings" / f"part-{i:05d}.parquet")
+        b = pq.read_table(tmp_path / "e_dask" / "embeddings" / f"part-{i:05d}.parquet")
+        assert a.num_rows == b.num_rows == 6 and a.equals(b)
+
+    # reshard: 3 shards, 2 keys dropped: samples in = out + dropped, the same kept keys
+    drop = tmp_path / "drop.parquet"
+    pq.write_table(pa.table({"key": ["000000001", "000010003"]}), drop)
+    totals = {}
+    for name, args in (("r_direct", []), ("r_dask", flags)):
+        totals[name] = reshard(
+            str(tmp_path / "e_direct" / "shards"), str(drop), str(tmp_path / name), args
+        )
+        kept = set()
+        for t in sorted((tmp_path / name).glob("*.tar")):
+            kept |= set(_tar_member_keys(t))
+        totals[name]["kept_keys"] = sorted(kept)
+    assert totals["r_dask"] == totals["r_direct"]
+    assert totals["r_dask"]["samples_in"] == 15 and totals["r_dask"]["samples_dropped"] == 2
+
+
+def _tar_member_keys(path: Path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        return sorted({m.name.split(".", 1)[0] for m in tf.getmembers()})
+
+
+def _record_call(i: int, path: str) -> int:
+    with open(path, "a") as f:
+        f.write(f"{i}\n")
+    return i
 
 
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(cluster: Any, tmp_path: Path) -> None:

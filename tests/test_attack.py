@@ -162,3 +162,85 @@ def test_bad_inputs_give_one_clear_error(erased: Path, prompts: Path, tmp_path: 
     assert "unknown work" in capsys.readouterr().err
     assert main([*base, "--tokens", "0", "--out", out]) == 2
     assert "attack.tokens" in capsys.readouterr().err
+    assert main([*base, "--finding", "word:x:0", "--out", out]) == 2  # a file or a finding
+    assert "attack.prompts" in capsys.readouterr().err
+    assert main(["attack", "--generator", str(erased), "--finding", "f", "--out", out, *FAST]) == 2
+    assert "--workspace" in capsys.readouterr().err
+    ws = _memorization_ws(tmp_path / "ws")
+    assert main(["attack", "--generator", str(erased), "--workspace", str(ws), "--finding",
+                 "word:nope:1", "--out", out, *FAST]) == 3  # fmt: skip
+    err = capsys.readouterr().err
+    assert "word:nope:1" in err and "word:van gogh:2" in err
+
+
+def _memorization_ws(root: Path) -> Path:
+    """A workspace whose main reproduce run generated two prompts of the sunflowers finding
+    (and a control prompt and another finding's prompt)."""
+    import pyarrow as pa
+
+    from audit.workspace import Workspace
+    from tests.report_fixtures import _control, _mem_row
+
+    rows = [
+        _mem_row("word:van gogh:2", "keywords", "van gogh sunflowers", 4),
+        _mem_row("word:van gogh:2", "short_related", "sunflowers by van gogh", 7),
+        _mem_row("word:van gogh:0", "keywords", "van gogh starry night", 8),
+        _control("dog", 3),
+    ]
+    Workspace(root).write_finding("memorization", pa.Table.from_pylist(rows), {})
+    return root
+
+
+def test_attack_a_finding_of_a_workspace_with_options_from_its_audit_toml(erased: Path, tmp_path: Path) -> None:  # fmt: skip
+    ws = _memorization_ws(tmp_path / "ws")
+    (ws / "audit.toml").write_text("[attack]\ntokens = 2\nthreshold = 0.99\nseed = 5\n")
+    out = tmp_path / "adv.jsonl"
+    args = ["attack", "--generator", str(erased), "--workspace", str(ws), "--finding",
+            "word:van gogh:2", "--out", str(out), *FAST]  # fmt: skip
+    assert main(args) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["original_prompt"] for r in rows] == ["sunflowers by van gogh", "van gogh sunflowers"]
+    assert [r["seed"] for r in rows] == [5, 6] and all(len(r["tokens"]) == 2 for r in rows)
+    assert [r["prompt_kind"] for r in rows] == ["short_related" + ATTACK_KIND_SUFFIX,
+                                                "keywords" + ATTACK_KIND_SUFFIX]  # fmt: skip
+    summary = json.loads((tmp_path / "adv.summary.json").read_text())
+    assert summary["findings"] == ["word:van gogh:2"] and summary["settings"]["threshold"] == 0.99
+
+
+def test_attack_resumes_after_an_interruption(erased: Path, prompts: Path, tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+    from audit.mitigations import attack as mod
+
+    def run(out: Path) -> int:
+        return main(["attack", "--generator", str(erased), "--prompts", str(prompts),
+                     "--threshold", "0.99", "--out", str(out), *FAST])  # fmt: skip
+
+    whole = tmp_path / "whole.jsonl"
+    assert run(whole) == 0
+    calls: list[str] = []
+    real = mod.UnlearnDiffAtk.attack
+
+    def counting(self, prompt, *a, **k):
+        calls.append(prompt)
+        if len(calls) == 2 and stop:
+            raise KeyboardInterrupt
+        return real(self, prompt, *a, **k)
+
+    monkeypatch.setattr(mod.UnlearnDiffAtk, "attack", counting)
+    out = tmp_path / "adv.jsonl"
+    stop = True
+    assert run(out) == 130 and not out.exists()
+    assert (tmp_path / ".adv.jsonl.partial.jsonl").is_file()
+    stop, calls[:] = False, []
+    assert run(out) == 0
+    assert calls == ["a vase of sunflowers, van gogh"]  # the first prompt was kept
+    assert not (tmp_path / ".adv.jsonl.partial.jsonl").exists()
+
+    def strip(path: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                for x in path.read_text().splitlines()]  # fmt: skip
+
+    assert strip(out) == strip(whole)
+    assert json.loads((tmp_path / "adv.summary.json").read_text())["resumed_prompts"] == 1
+    calls[:] = []  # other settings: nothing is reused
+    assert main(["attack", "--generator", str(erased), "--prompts", str(prompts), "--threshold",
+                 "0.98", "--out", str(out), *FAST]) == 0 and len(calls) == 2  # fmt: skip

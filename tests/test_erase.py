@@ -137,4 +137,63 @@ def test_bad_inputs_give_one_clear_error(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:  # argparse choices: usage error
         main(["erase", "--concept", "x", "--method", "esd-y", "--out", out])
     assert exc.value.code == 2
+    assert main(["erase", "--concept", "x", "--steps", "0", "--out", out]) == 2
+    assert "erase.steps" in capsys.readouterr().err
     assert TINY_SD_DIR.is_dir()  # nothing above touched the shipped model
+
+
+def test_an_interrupted_erase_resumes_to_the_same_weights(tmp_path: Path, base, original_unet) -> None:  # fmt: skip
+    """A checkpoint every 2 steps; a run stopped after 3 of 5 steps resumes at step 2 and ends
+    with the weights (and loss curve) of a run that was never interrupted."""
+    from audit.mitigations.esd import Checkpoint
+
+    settings = ESDSettings(method="esd-x", seed=1, steps=5, lr=1e-3, eta=1.0, ddim_steps=3)
+    base.unet.load_state_dict(original_unet)
+    whole = erase_concept(base, CONCEPT, settings)
+    expected = _unet_state(base)
+
+    def stop_after(k: int):
+        def wrap(steps):
+            for i, s in enumerate(steps):
+                if i == k:
+                    raise KeyboardInterrupt
+                yield s
+
+        return wrap
+
+    ckpt = Checkpoint(tmp_path / "state.pt", every=2, generator="tiny-sd")
+    base.unet.load_state_dict(original_unet)
+    with pytest.raises(KeyboardInterrupt):
+        erase_concept(base, CONCEPT, settings, progress=stop_after(3), checkpoint=ckpt)
+    assert ckpt.load(CONCEPT, settings)["step"] == 2
+    base.unet.load_state_dict(original_unet)  # a new process loads the original again
+    resumed = erase_concept(base, CONCEPT, settings, checkpoint=ckpt)
+    assert resumed.resumed_from == 2 and resumed.losses == whole.losses
+    got = _unet_state(base)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    # another concept or setting never resumes from it
+    assert ckpt.load("another concept", settings) is None
+    assert ckpt.load(CONCEPT, ESDSettings(method="esd-x", seed=2, steps=5, lr=1e-3, eta=1.0,
+                                          ddim_steps=3)) is None  # fmt: skip
+
+
+def test_erase_options_come_from_audit_toml(tmp_path: Path, capsys) -> None:
+    """The [erase] section of audit.toml (``-c``) sets any option; the command line wins;
+    unknown keys and bad values name the section and field."""
+    out = tmp_path / "erased"
+    toml = tmp_path / "audit.toml"
+    toml.write_text(
+        f'[erase]\nconcept = "{CONCEPT}"\nmethod = "esd-x-strict"\nsteps = 9\nlr = 1e-3\n'
+        f'eta = 1.0\nddim_steps = 3\ndevice = "cpu"\ncheckpoint_every = 1\nout = "{out}"\n'
+    )
+    assert main(["erase", "-c", str(toml), "--steps", "2", "-q"]) == 0
+    card = json.loads((out / "erase.json").read_text())
+    assert card["method"] == "esd-x-strict" and card["settings"]["steps"] == 2
+    assert card["concept"] == CONCEPT and card["settings"]["ddim_steps"] == 3
+    assert not list(tmp_path.glob(".*checkpoint*"))  # the checkpoint goes once the run is saved
+    toml.write_text('[erase]\nconcept = "x"\nstepz = 3\n')
+    assert main(["erase", "-c", str(toml), "--out", str(tmp_path / "o2"), "-q"]) == 2
+    assert "erase.stepz: unknown option" in capsys.readouterr().err
+    toml.write_text('[erase]\nconcept = "x"\nlr = -1\n')
+    assert main(["erase", "-c", str(toml), "--out", str(tmp_path / "o2"), "-q"]) == 2
+    assert "erase.lr" in capsys.readouterr().err

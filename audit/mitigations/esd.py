@@ -95,6 +95,64 @@ class ESDResult:
     trained: list[str] = field(default_factory=list)
     n_trained_values: int = 0
     amp_dtype: str | None = None
+    resumed_from: int = 0  # the step a checkpoint resumed from (0: from the start)
+
+
+@dataclass
+class Checkpoint:
+    """Where an ESD run keeps its resumable state (one ``torch.save`` file, written atomically:
+    the trained parameters, Adam's state, the random generator, the losses so far), saved every
+    ``every`` steps and used only by a run of the same concept, settings and ``generator``."""
+
+    path: Any  # str | Path
+    every: int = 25
+    generator: str = ""
+
+    def _key(self, concept: str, settings: ESDSettings) -> dict[str, Any]:
+        s = asdict(settings)
+        s.pop("device", None)  # a CPU state resumes on CUDA and back
+        return {"concept": concept, "settings": s, "generator": self.generator}
+
+    def load(self, concept: str, settings: ESDSettings) -> dict[str, Any] | None:
+        from pathlib import Path
+
+        import torch
+
+        p = Path(self.path)
+        if not p.is_file():
+            return None
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a broken checkpoint means starting afresh
+            logger.warning("ignoring unreadable ESD checkpoint %s: %s", p, exc)
+            return None
+        if state.get("key") != self._key(concept, settings):
+            logger.info("ESD checkpoint %s is for another concept or settings: starting afresh", p)
+            return None
+        return state
+
+    def save(self, concept: str, settings: ESDSettings, state: dict[str, Any]) -> None:
+        import os
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        p = Path(self.path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+        os.close(fd)
+        try:
+            torch.save({"key": self._key(concept, settings), **state}, tmp)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def clear(self) -> None:
+        from pathlib import Path
+
+        Path(self.path).unlink(missing_ok=True)
 
 
 def _amp(device: str) -> tuple[Any, bool]:
@@ -113,12 +171,16 @@ def erase_concept(
     concept: str,
     settings: ESDSettings,
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> ESDResult:
     """Fine-tune ``pipe.unet`` in place so that it stops drawing ``concept``.
 
     ``pipe`` is a Stable-Diffusion-family diffusers pipeline (``unet``, ``text_encoder``,
     ``tokenizer``, ``scheduler``, ``encode_prompt``) in float32 on ``settings.device``.
-    ``progress`` wraps the step range (e.g. a tqdm bar). Returns the loss curve and timings.
+    ``progress`` wraps the range of the steps still to run (e.g. a tqdm bar). With
+    ``checkpoint`` the run saves its state every ``checkpoint.every`` steps and starts from a
+    saved state of the same concept and settings: an interrupted run resumes where it stopped
+    and ends with the weights an uninterrupted run has. Returns the loss curve and timings.
     """
     import contextlib
 
@@ -171,7 +233,23 @@ def erase_concept(
         n_trained_values=sum(p.numel() for p in params),
         amp_dtype=None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
     )
-    steps: Iterable[int] = range(settings.steps)
+    first = 0
+    if checkpoint is not None:
+        state = checkpoint.load(concept, settings)
+        if state is not None:
+            with torch.no_grad():
+                named = dict(unet.named_parameters())
+                for n, v in state["params"].items():
+                    named[n].copy_(v.to(named[n].device))
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            result.losses = list(state["losses"])
+            first = int(state["step"])
+            result.resumed_from = first
+            logger.info("resuming %r from step %d of %d", concept, first, settings.steps)
+    steps: Iterable[int] = range(first, settings.steps)
     if progress is not None:
         steps = progress(steps)
     every = max(1, settings.steps // 10)
@@ -208,6 +286,27 @@ def erase_concept(
             loss.backward()
             opt.step()
         result.losses.append(float(loss.detach()))
+        if (
+            checkpoint is not None
+            and (step + 1) % checkpoint.every == 0
+            and step + 1 < settings.steps
+        ):
+            checkpoint.save(
+                concept,
+                settings,
+                {
+                    "step": step + 1,
+                    "params": {
+                        n: p.detach().cpu().clone()
+                        for n, p in unet.named_parameters()
+                        if n in names
+                    },
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "losses": list(result.losses),
+                },
+            )
         if (step + 1) % every == 0 or step + 1 == settings.steps:
             recent = result.losses[-every:]
             logger.debug(
@@ -243,6 +342,7 @@ def card(
         "master_weights": "float32",
         "autocast_dtype": result.amp_dtype,
         "loss_curve": [round(v, 6) for v in result.losses],
+        "resumed_from_step": result.resumed_from or None,
         "loss_first": result.losses[0] if result.losses else None,
         "loss_last_mean": (
             sum(result.losses[-10:]) / len(result.losses[-10:]) if result.losses else None

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audit.config import require
+from audit.config import Options, add_options, option, require
 
 logger = logging.getLogger(__name__)
 
@@ -38,46 +39,151 @@ new successes) / prompts, logged with Wilson 95% intervals. The paper's budget (
 an image path) and `target_prompt` (the original model's prompt for the target image, e.g. the
 work's best prompt when attacking a near-miss). --reference sets the reference of every row
 (default: the target image itself). work:ID names a canonical SynthLAION work
-(audit.testbed.draw.WORKS), drawn at the generation size.
+(audit.testbed.draw.WORKS), drawn at the generation size. --workspace WS --finding ID instead
+attacks the prompts the workspace's main reproduce run generated for that finding (most copied
+first), and reads WS/audit.toml's [attack] section.
 
 Writes --out (.jsonl), one row per prompt, readable by `laion-audit reproduce --prompts FILE`:
 prompt (adversarial tokens first), finding_id, prompt_kind (the input kind + "+unlearndiffatk"),
 original_prompt, seed, success, success_before, steps, timesteps_used, tokens, token_ids,
 similarity, similarity_before, target_similarity, seconds; and FILE.summary.json (ASR
 before/after with intervals, settings, timings). Use --generator G --original G to
-sanity-check the attack on an unerased model's near-misses.
+sanity-check the attack on an unerased model's near-misses. Measure the adversarial prompts
+over many seeds with `laion-audit reproduce WS --generator ERASED --prompts FILE`: the report's
+"Mitigations" section puts them beside the prompts they were made from.
+
+Resumable: every finished prompt is appended to .FILE.partial.jsonl; a rerun with the same
+models, settings and prompts attacks only the rest (--no-resume starts afresh).
 """
 
 
-@dataclass
-class Config:
-    generator: str = ""
-    original: str = "tiny-sd"
-    prompts: str = ""
-    tokens: int = 3
-    out: str = ""
-    reference: str = ""
-    relax: str = "simplex"
-    iterations: int = 40
-    timesteps: int = 50
-    vocabulary: str = ""
-    lr: float = 0.01
-    weight_decay: float = 0.1
-    seed: int = 0
-    sample_steps: int = 50
-    guidance: float = 7.5
-    threshold: float = 0.5
-    copy_model: str = "sscd"
-    copy_size: int = 224
-    limit: int = 0
-    device: str = "auto"
-    torch_threads: int = 0
+def _relaxations() -> tuple[str, ...]:
+    from audit.mitigations.attack import RELAXATIONS
 
-    def __post_init__(self) -> None:
+    return tuple(RELAXATIONS)
+
+
+@dataclass
+class Config(Options):
+    generator: str = option(
+        "", help="the erased pipeline", metavar="ERASED", default_help="none; required",
+        group="models and prompts",
+    )  # fmt: skip
+    original: str = option(
+        "tiny-sd", help="the original pipeline that makes the target images", metavar="G",
+        group="models and prompts",
+    )  # fmt: skip
+    prompts: str = option(
+        "",
+        help="prompts to attack (.jsonl/.csv/.txt, as `reproduce --prompts` reads them)",
+        metavar="FILE",
+        default_help="none; this or --finding",
+        group="models and prompts",
+    )
+    workspace: str = option(
+        "",
+        help="the audit workspace --finding reads (its audit.toml's [attack] section applies too)",
+        metavar="WS",
+        default_help="none",
+        group="models and prompts",
+    )
+    finding: list[str] = option(
+        [],
+        help="attack the prompts the workspace's main reproduce run generated for these "
+        "findings (finding ids; most copied first)",
+        metavar="IDS",
+        group="models and prompts",
+    )
+    out: str = option(
+        "", help="adversarial prompts (.jsonl)", metavar="FILE", default_help="none; required",
+        group="models and prompts",
+    )  # fmt: skip
+    reference: str = option(
+        "",
+        help="what success is judged against: work:ID or an image path",
+        metavar="SPEC",
+        default_help="the target image",
+        group="models and prompts",
+    )
+    limit: int = option(
+        0, help="attack only the first N prompts", ge=0, default_help="every prompt",
+        group="models and prompts",
+    )  # fmt: skip
+    tokens: int = option(3, help="adversarial tokens prepended", ge=1, le=16, group="attack")
+    relax: str = option(
+        "simplex",
+        help="token relaxation: simplex (relaxed one-hot, the paper's) or project "
+        "(nearest-embedding projection)",
+        choices=_relaxations,
+        group="attack",
+    )
+    iterations: int = option(40, help="optimisation steps per timestep", ge=0, group="attack")
+    timesteps: int = option(
+        50,
+        help="evenly spaced timesteps visited in order, a success check after each (50: at "
+        "most 50 x 40 steps and 50 checks per prompt)",
+        ge=1,
+        le=1000,
+        group="attack",
+    )
+    vocabulary: str = option(
+        "",
+        help="only these words as adversarial tokens (a text file)",
+        metavar="FILE",
+        default_help="every whole-word token of the tokenizer",
+        group="attack",
+    )
+    lr: float = option(0.01, help="AdamW learning rate", gt=0, group="attack")
+    weight_decay: float = option(0.1, help="AdamW weight decay", ge=0, group="attack")
+    seed: int = option(0, help="base seed", group="attack")
+    sample_steps: int = option(
+        50, help="denoising steps of the check generations", ge=1, group="judging success"
+    )
+    guidance: float = option(7.5, help="classifier-free guidance", ge=0, group="judging success")
+    threshold: float = option(
+        0.5, help="copy cosine threshold", ge=-1, le=1, group="judging success"
+    )
+    copy_model: str = option(
+        "sscd",
+        help="copy descriptor: sscd, sscd_distilled, or a .onnx/TorchScript path",
+        metavar="NAME",
+        group="judging success",
+    )
+    copy_size: int = option(
+        224,
+        help="side the copy descriptor sees (use the generation size, e.g. 64, for tiny-sd: "
+        "its VAE's own reconstructions score < 0.5 at 224)",
+        ge=32,
+        group="judging success",
+    )
+    device: str = option(
+        "auto", help="auto (cuda when available), cpu, cuda, cuda:N or mps", metavar="DEVICE"
+    )
+    torch_threads: int = option(
+        0, help="torch CPU threads", ge=0, default_help="torch's choice", metavar="N"
+    )
+    resume: bool = option(
+        True,
+        help="keep the prompts an interrupted run of the same models and settings finished "
+        "(in .FILE.partial.jsonl next to FILE) and attack only the rest",
+    )
+
+    def check(self) -> None:
         s = "attack"
         require(bool(self.generator), f"{s}.generator", "must name the erased pipeline", "")
         require(bool(self.original), f"{s}.original", "must name the original pipeline", "")
-        require(bool(self.prompts), f"{s}.prompts", "needs a prompt file (--prompts FILE)", "")
+        require(
+            bool(self.prompts) != bool(self.finding),
+            f"{s}.prompts",
+            "needs a prompt file (--prompts FILE) or --finding ID with --workspace WS, not both",
+            self.prompts or self.finding,
+        )
+        require(
+            not self.finding or bool(self.workspace),
+            f"{s}.finding",
+            "needs the workspace it comes from (--workspace WS)",
+            self.finding,
+        )
         require(bool(self.out), f"{s}.out", "needs an output file (--out FILE.jsonl)", "")
         require(
             Path(self.out).suffix.lower() == ".jsonl",
@@ -85,128 +191,58 @@ class Config:
             "must be a .jsonl file",
             self.out,
         )
-        require(1 <= self.tokens <= 16, f"{s}.tokens", "must be in 1..16", self.tokens)
-        from audit.mitigations.attack import RELAXATIONS
-
-        require(
-            self.relax in RELAXATIONS, f"{s}.relax", f"must be one of {RELAXATIONS}", self.relax
-        )
-        require(self.iterations >= 0, f"{s}.iterations", "must be >= 0", self.iterations)
-        require(1 <= self.timesteps <= 1000, f"{s}.timesteps", "must be in 1..1000", self.timesteps)
-        require(self.lr > 0, f"{s}.lr", "must be > 0", self.lr)
-        require(self.weight_decay >= 0, f"{s}.weight_decay", "must be >= 0", self.weight_decay)
-        require(self.sample_steps >= 1, f"{s}.sample_steps", "must be >= 1", self.sample_steps)
-        require(self.guidance >= 0, f"{s}.guidance", "must be >= 0", self.guidance)
-        require(-1 <= self.threshold <= 1, f"{s}.threshold", "must be a cosine", self.threshold)
-        require(self.copy_size >= 32, f"{s}.copy_size", "must be >= 32", self.copy_size)
-        require(self.limit >= 0, f"{s}.limit", "must be >= 0 (0 = every prompt)", self.limit)
         require(
             bool(DEVICE_RE.match(self.device)),
             f"{s}.device",
             "must be auto, cpu, cuda, cuda:N or mps",
             self.device,
         )
-        require(self.torch_threads >= 0, f"{s}.torch_threads", "must be >= 0", self.torch_threads)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("models and prompts")
-    g.add_argument("--generator", default=None, metavar="ERASED", help="the erased pipeline")
-    g.add_argument(
-        "--original",
-        default=None,
-        metavar="G",
-        help="the original pipeline that makes the target images (default tiny-sd)",
-    )
-    g.add_argument("--prompts", default=None, metavar="FILE", help="prompts to attack")
-    g.add_argument("--out", default=None, metavar="FILE", help="adversarial prompts (.jsonl)")
-    g.add_argument(
-        "--reference",
-        default=None,
-        metavar="SPEC",
-        help="what success is judged against: work:ID or an image path (default: the target)",
-    )
-    g.add_argument(
-        "--limit", type=int, default=None, help="attack only the first N prompts (default all)"
-    )
-    a = parser.add_argument_group("attack")
-    a.add_argument(
-        "--tokens", type=int, default=None, help="adversarial tokens prepended (default 3)"
-    )
-    a.add_argument(
-        "--relax",
-        choices=("simplex", "project"),
-        default=None,
-        help="token relaxation: simplex (relaxed one-hot, the paper's; default) or project "
-        "(nearest-embedding projection)",
-    )
-    a.add_argument(
-        "--iterations",
-        type=int,
-        default=None,
-        help="optimisation steps per timestep (default 40)",
-    )
-    a.add_argument(
-        "--timesteps",
-        type=int,
-        default=None,
-        help="evenly spaced timesteps visited in order, a success check after each "
-        "(default 50: at most 50 x 40 steps and 50 checks per prompt)",
-    )
-    a.add_argument(
-        "--vocabulary",
-        default=None,
-        metavar="FILE",
-        help="only these words as adversarial tokens (a text file; default: every whole-word "
-        "token of the tokenizer)",
-    )
-    a.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 0.01)")
-    a.add_argument(
-        "--weight-decay",
-        dest="weight_decay",
-        type=float,
-        default=None,
-        help="AdamW weight decay (default 0.1)",
-    )
-    a.add_argument("--seed", type=int, default=None, help="base seed (default 0)")
-    j = parser.add_argument_group("judging success")
-    j.add_argument(
-        "--sample-steps",
-        dest="sample_steps",
-        type=int,
-        default=None,
-        help="denoising steps of the check generations (default 50)",
-    )
-    j.add_argument(
-        "--guidance", type=float, default=None, help="classifier-free guidance (default 7.5)"
-    )
-    j.add_argument(
-        "--threshold", type=float, default=None, help="copy cosine threshold (default 0.5)"
-    )
-    j.add_argument(
-        "--copy-model",
-        dest="copy_model",
-        default=None,
-        help="copy descriptor: sscd (default), sscd_distilled, or a .onnx/TorchScript path",
-    )
-    j.add_argument(
-        "--copy-size",
-        dest="copy_size",
-        type=int,
-        default=None,
-        help="side the copy descriptor sees (default 224; use the generation size, e.g. 64, "
-        "for tiny-sd: its VAE's own reconstructions score < 0.5 at 224)",
-    )
-    parser.add_argument(
-        "--device", default=None, help="auto (default: cuda when available), cpu, cuda, cuda:N"
-    )
-    parser.add_argument(
-        "--torch-threads",
-        dest="torch_threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice)",
-    )
+    add_options(parser, Config)
+
+
+def finding_rows(workspace: str, findings: list[str]) -> list[dict[str, Any]]:
+    """The prompts the workspace's main reproduce run generated for ``findings`` (most copied
+    first, within the order the findings are given), as :func:`read_rows` returns rows."""
+    from audit.errors import InputError
+    from audit.mitigations.runs import ATTACK_SUFFIX, CONTROL_KIND, FINDING
+    from audit.workspace import Workspace
+
+    ws = Workspace(workspace)
+    if not ws.has_finding(FINDING):
+        raise InputError(
+            f"{ws.finding_path(FINDING)} not found: run `laion-audit reproduce {workspace}` "
+            "first (or give --prompts FILE)"
+        )
+    df = ws.read_finding(FINDING).to_pandas()
+    df = df[df["n"].fillna(0).astype(int) > 0]
+    if "generated" in df.columns:
+        df = df[df["generated"].fillna(True).astype(bool)]
+    df = df[(df["prompt_kind"] != CONTROL_KIND) & ~df["prompt_kind"].str.endswith(ATTACK_SUFFIX)]
+    rows = []
+    for fid in findings:
+        sub = df[df["finding_id"].astype(str) == fid]
+        if sub.empty:
+            known = sorted(df["finding_id"].astype(str).unique())
+            raise InputError(
+                f"finding {fid!r}: no generated prompts in {ws.finding_path(FINDING)} "
+                f"(findings there: {', '.join(known) or 'none'})"
+            )
+        sub = sub.sort_values(["replication_rate", "prompt_kind"], ascending=[False, True])
+        for r in sub.to_dict("records"):
+            rows.append(
+                {
+                    "prompt": str(r["prompt"]),
+                    "finding_id": fid,
+                    "prompt_kind": str(r["prompt_kind"]),
+                    "seed": None,
+                    "reference": None,
+                    "target_prompt": None,
+                }
+            )
+    return rows
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
@@ -287,6 +323,89 @@ def load_reference(spec: str, size: tuple[int, int]) -> Any:
         raise InputError(f"reference {spec}: not a usable image ({exc})") from exc
 
 
+def fingerprint(cfg: Config, settings: Any, vocabulary: Any, rows: list[dict]) -> dict[str, Any]:
+    """What an attacked prompt depends on: the models (an erased folder by its erase.json's
+    creation time too), the attack and judging settings, and the prompt rows."""
+    import hashlib
+    import json
+
+    def model(name: str) -> Any:
+        card = Path(name) / "erase.json"
+        if card.is_file():
+            return [str(Path(name).resolve()), json.loads(card.read_text()).get("created")]
+        return name
+
+    st = dict(settings.__dict__)
+    st.pop("device", None)
+    return {
+        "generator": model(cfg.generator),
+        "original": model(cfg.original),
+        "settings": st,
+        "copy_model": cfg.copy_model,
+        "copy_size": cfg.copy_size,
+        "reference": cfg.reference,
+        "vocabulary": vocabulary,
+        "rows": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest(),
+    }
+
+
+class Partial:
+    """``.FILE.partial.jsonl`` next to the output: a header line with the run's fingerprint,
+    then one line per finished prompt (its row number and output row), flushed as it is
+    written; a rerun with the same fingerprint keeps those prompts. Removed once FILE is
+    written."""
+
+    def __init__(self, out: Path, fp: dict[str, Any]) -> None:
+        self.path = out.with_name(f".{out.name}.partial.jsonl")
+        self.fp = fp
+        self.fh: Any = None
+
+    def load(self) -> dict[int, dict[str, Any]]:
+        import json
+
+        if not self.path.is_file():
+            return {}
+        done: dict[int, dict[str, Any]] = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            if not lines or json.loads(lines[0]).get("fingerprint") != json.loads(
+                json.dumps(self.fp)
+            ):
+                return {}
+            for line in lines[1:]:
+                rec = json.loads(line)  # a torn last line ends the usable part
+                done[int(rec["index"])] = rec["row"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        return done
+
+    def start(self, keep: dict[int, dict[str, Any]]) -> None:
+        import json
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(
+            json.dumps({"fingerprint": self.fp}) + "\n"
+            + "".join(json.dumps({"index": i, "row": r}) + "\n" for i, r in sorted(keep.items())),
+            encoding="utf-8",
+        )  # fmt: skip
+        tmp.replace(self.path)
+        self.fh = self.path.open("a", encoding="utf-8")
+
+    def append(self, index: int, row: dict[str, Any]) -> None:
+        import json
+        import os
+
+        self.fh.write(json.dumps({"index": index, "row": row}) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def clear(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        self.path.unlink(missing_ok=True)
+
+
 def run(cfg: Config, args: argparse.Namespace) -> int:
     import json
     import time
@@ -302,15 +421,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         attacker,
     )
     from audit.models import ModelError, load_copy_detector
-    from audit.stages.erase import load_pipeline
-    from audit.stages.reproduce import resolve_device
+    from audit.stages.erase import load_pipeline, resolve_device
 
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     if cfg.torch_threads:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)
-    rows = read_rows(cfg.prompts)
+    rows = read_rows(cfg.prompts) if cfg.prompts else finding_rows(cfg.workspace, cfg.finding)
     vocabulary = None
     if cfg.vocabulary:
         vp = Path(cfg.vocabulary)
@@ -347,16 +465,25 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         threshold=cfg.threshold,
         device=device,
     )
-    results = []
-    out_rows = []
+    results: list[Any] = []
+    out_rows: list[dict[str, Any]] = []
     refs: dict[str, Any] = {}
+    partial = Partial(Path(cfg.out), fingerprint(cfg, settings, vocabulary, rows))
+    done = partial.load() if cfg.resume else {}
+    if done:
+        logger.info("resuming: %d of %d prompts finished by an earlier run", len(done), len(rows))
+    partial.start(keep=done)
     with attacker(erased, original, detector, settings, vocabulary) as atk:
         n_candidates = len(atk.cand)
         for i, row in enumerate(progress(rows, desc="attack", total=len(rows), unit="prompt")):
             spec = row["reference"] or cfg.reference or None
+            seed = row["seed"] if row["seed"] is not None else cfg.seed + i
+            if i in done:
+                out_rows.append(done[i])
+                results.append(types.SimpleNamespace(**done[i]))
+                continue
             if spec and spec not in refs:
                 refs[spec] = load_reference(spec, atk.size)
-            seed = row["seed"] if row["seed"] is not None else cfg.seed + i
             res = atk.attack(row["prompt"], seed, refs.get(spec), row["target_prompt"])
             results.append(res)
             logger.info(
@@ -382,6 +509,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                     "target_prompt": row["target_prompt"],
                 }
             )
+            partial.append(i, out_rows[-1])
     asr = attack_success_rate(results)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -393,7 +521,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "reference": REFERENCE,
         "generator": cfg.generator,
         "original": cfg.original,
-        "prompts": cfg.prompts,
+        "prompts": cfg.prompts or None,
+        "workspace": cfg.workspace or None,
+        "findings": cfg.finding or None,
         "settings": {
             **settings.__dict__,
             "copy_model": cfg.copy_model,
@@ -406,8 +536,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         "cpu_seconds": round(time.process_time() - t_cpu, 3),
         "laion_audit": __version__,
     }
+    summary["resumed_prompts"] = len(done)
     summary_path = out.with_name(out.stem + ".summary.json")
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    partial.clear()
     logger.info(
         "ASR before %.2f [%.2f, %.2f], after %.2f [%.2f, %.2f] over %d prompts -> %s",
         asr["asr_before"],

@@ -7,7 +7,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from audit.config import require
+from audit.config import Options, add_options, option, require
 
 logger = logging.getLogger(__name__)
 
@@ -40,26 +40,52 @@ trained parameter names, the loss curve, wall and CPU time). Measure what erasur
 """
 
 
+def _methods() -> tuple[str, ...]:
+    from audit.mitigations.esd import METHODS
+
+    return tuple(METHODS)
+
+
 @dataclass
-class Config:
-    generator: str = "tiny-sd"
-    concept: str = ""
-    method: str = "esd-x"
-    steps: int = 200
-    lr: float = 5e-5
-    eta: float = 2.0
-    seed: int = 0
-    ddim_steps: int = 50
-    sample_guidance: float = 3.0
-    batch_size: int = 1
-    device: str = "auto"
-    torch_threads: int = 0
-    out: str = ""
-    overwrite: bool = False
+class Config(Options):
+    generator: str = option(
+        "tiny-sd",
+        help="diffusers pipeline to erase from: hub id, local folder, or tiny-sd (the shipped "
+        "offline model)",
+        metavar="NAME_OR_PATH",
+    )
+    concept: str = option(
+        "",
+        help="the concept to erase, as a prompt (e.g. 'starry night by van gogh')",
+        metavar="TEXT",
+        default_help="none; required",
+    )
+    method: str = option("esd-x", help="which UNet parameters are trained", choices=_methods)
+    steps: int = option(200, help="training steps", ge=1)
+    lr: float = option(5e-5, help="Adam learning rate", gt=0)
+    eta: float = option(2.0, help="negative guidance of the target", ge=0)
+    seed: int = option(0, help="random seed")
+    ddim_steps: int = option(50, help="DDIM schedule that x_t is sampled on", ge=1)
+    sample_guidance: float = option(3.0, help="classifier-free guidance when sampling x_t", ge=0)
+    batch_size: int = option(1, help="noise samples per step", ge=1)
+    device: str = option(
+        "auto", help="auto (cuda when available), cpu, cuda, cuda:N or mps", metavar="DEVICE"
+    )
+    torch_threads: int = option(
+        0, help="torch CPU threads", ge=0, default_help="torch's choice", metavar="N"
+    )
+    checkpoint_every: int = option(
+        50,
+        help="save the training state every N steps next to DIR (.DIR.esd-checkpoint.pt): a "
+        "rerun after an interruption resumes there and ends with the same weights; 0 = never",
+        ge=0,
+    )
+    out: str = option(
+        "", help="folder for the erased pipeline", metavar="DIR", default_help="none; required"
+    )
+    overwrite: bool = option(False, help="replace DIR if it already holds files")
 
-    def __post_init__(self) -> None:
-        from audit.mitigations.esd import METHODS
-
+    def check(self) -> None:
         s = "erase"
         require(bool(self.generator), f"{s}.generator", "must name a diffusers pipeline", "")
         require(
@@ -68,86 +94,17 @@ class Config:
             "must name the concept to erase (a prompt, e.g. 'starry night by van gogh')",
             self.concept,
         )
-        require(self.method in METHODS, f"{s}.method", f"must be one of {METHODS}", self.method)
-        require(self.steps >= 1, f"{s}.steps", "must be >= 1", self.steps)
-        require(self.lr > 0, f"{s}.lr", "must be > 0", self.lr)
-        require(self.eta >= 0, f"{s}.eta", "must be >= 0", self.eta)
-        require(self.ddim_steps >= 1, f"{s}.ddim_steps", "must be >= 1", self.ddim_steps)
-        require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1", self.batch_size)
-        require(
-            self.sample_guidance >= 0,
-            f"{s}.sample_guidance",
-            "must be >= 0",
-            self.sample_guidance,
-        )
         require(
             bool(DEVICE_RE.match(self.device)),
             f"{s}.device",
             "must be auto, cpu, cuda, cuda:N or mps",
             self.device,
         )
-        require(self.torch_threads >= 0, f"{s}.torch_threads", "must be >= 0", self.torch_threads)
         require(bool(self.out), f"{s}.out", "needs an output folder (--out DIR)", self.out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--generator",
-        default=None,
-        metavar="NAME_OR_PATH",
-        help="diffusers pipeline to erase from: hub id, local folder, or tiny-sd (default)",
-    )
-    parser.add_argument("--concept", default=None, help="the concept to erase, as a prompt")
-    parser.add_argument(
-        "--method",
-        default=None,
-        choices=("esd-x", "esd-u", "esd-x-strict"),
-        help="which parameters are trained (default esd-x)",
-    )
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default 200)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-5)")
-    parser.add_argument(
-        "--eta", type=float, default=None, help="negative guidance of the target (default 2)"
-    )
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    parser.add_argument(
-        "--ddim-steps",
-        dest="ddim_steps",
-        type=int,
-        default=None,
-        help="DDIM schedule that x_t is sampled on (default 50)",
-    )
-    parser.add_argument(
-        "--sample-guidance",
-        dest="sample_guidance",
-        type=float,
-        default=None,
-        help="classifier-free guidance when sampling x_t (default 3)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        dest="batch_size",
-        type=int,
-        default=None,
-        help="noise samples per step (default 1)",
-    )
-    parser.add_argument(
-        "--device", default=None, help="auto (default: cuda when available), cpu, cuda, cuda:N"
-    )
-    parser.add_argument(
-        "--torch-threads",
-        dest="torch_threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice)",
-    )
-    parser.add_argument("--out", default=None, metavar="DIR", help="folder for the erased pipeline")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        default=None,
-        help="replace DIR if it already holds files",
-    )
+    add_options(parser, Config)
 
 
 def load_pipeline(name_or_path: str, device: str, what: str = "--generator") -> object:
@@ -183,6 +140,23 @@ def load_pipeline(name_or_path: str, device: str, what: str = "--generator") -> 
             f"pipeline (missing {', '.join(missing) or 'encode_prompt'})"
         )
     return pipe
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def checkpoint_path(out: str) -> str:
+    """Where ``erase`` keeps its resumable state for the output folder ``out``."""
+    from pathlib import Path
+
+    p = Path(out).resolve()
+    return str(p.with_name(f".{p.name}.esd-checkpoint.pt"))
 
 
 def prepare_out(out: str, overwrite: bool) -> None:
@@ -222,7 +196,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit import __version__
     from audit.log import progress
     from audit.mitigations import esd
-    from audit.stages.reproduce import resolve_device
 
     if cfg.torch_threads:
         import torch
@@ -253,14 +226,20 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         cfg.seed,
         device,
     )
+    ckpt = None
+    if cfg.checkpoint_every:
+        ckpt = esd.Checkpoint(checkpoint_path(cfg.out), cfg.checkpoint_every, cfg.generator)
     result = esd.erase_concept(
         pipe,
         cfg.concept,
         settings,
         progress=lambda it: progress(it, desc=f"{cfg.method} steps", total=cfg.steps),
+        checkpoint=ckpt,
     )
     card = esd.card(cfg.concept, cfg.generator, settings, result, __version__)
     save(pipe, cfg.out, card)
+    if ckpt is not None:
+        ckpt.clear()
     logger.info(
         "erased pipeline in %s: %d parameters trained (%d values), loss %.5f -> %.5f, "
         "%.1f s (%.1f s CPU)",

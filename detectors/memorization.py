@@ -389,3 +389,179 @@ def select_top(
                 mask[i] = True
                 taken[g] = taken.get(g, 0) + 1
     return mask
+
+
+# ---- per-prompt tables ----------------------------------------------------------------------
+def prompt_thresholds(
+    prompts: pd.DataFrame, refs: dict[str, tuple[str, int]], calibration: dict[str, Any]
+) -> dict[str, float]:
+    """Each prompt's copy threshold: its cluster's (``calibration["cluster_thresholds"]``,
+    falling back to ``copy_threshold``), or the whole training set's (``dataset_threshold``)
+    for prompts scored against every training image."""
+    out = {}
+    for p in prompts.to_dict("records"):
+        pid, fid = p["prompt_id"], str(p["finding_id"])
+        if refs[pid][0] == "cluster":
+            out[pid] = float(
+                calibration["cluster_thresholds"].get(fid, calibration["copy_threshold"])
+            )
+        else:
+            t = calibration["dataset_threshold"]
+            out[pid] = float(calibration["copy_threshold"] if t is None else t)
+    return out
+
+
+_NOT_GENERATED = dict(
+    n=0,
+    n_copies=0,
+    replication_rate=float("nan"),
+    ci_low=0.0,
+    ci_high=1.0,
+    mean_sim=float("nan"),
+    p95_sim=float("nan"),
+    max_sim=float("nan"),
+    n_failed=0,
+    n_verbatim=None,
+    verbatim_rate=float("nan"),
+    n_object=None,
+    object_rate=float("nan"),
+    object_ci_low=float("nan"),
+    object_ci_high=float("nan"),
+)
+
+
+def prompt_table(
+    prompts: pd.DataFrame,
+    gens: pd.DataFrame,
+    refs: dict[str, tuple[str, int]],
+    triage: np.ndarray,
+    selected: np.ndarray,
+    thresholds: dict[str, float],
+) -> pd.DataFrame:
+    """The memorization table: one row per prompt with its :func:`summarize_generations`
+    summary (prompts left out by the triage get ``n = 0``), triage score and rank, whether it
+    was generated, its reference set and copy threshold."""
+    summary = {}
+    if len(gens):
+        summary = summarize_generations(gens, by=["prompt_id"]).set_index("prompt_id")
+        summary = summary.to_dict("index")
+    rank = pd.Series(triage).rank(ascending=False, method="first").to_numpy()
+    rows = []
+    for i, p in enumerate(prompts.to_dict("records")):
+        ref = refs[p["prompt_id"]]
+        rows.append(
+            {
+                **{k: p[k] for k in ("finding_id", "prompt_id", "prompt_kind", "prompt")},
+                **{k: p[k] for k in ("keyword", "object", "source")},
+                **summary.get(p["prompt_id"], _NOT_GENERATED),
+                "triage_score": float(triage[i]),
+                "triage_rank": float(rank[i]),
+                "generated": bool(selected[i]),
+                "reference": ref[0],
+                "reference_size": int(ref[1]),
+                "copy_threshold": thresholds[p["prompt_id"]],
+                "detector": NAME,
+            }
+        )
+    out = pd.DataFrame(rows)
+    for col in ("n", "n_copies", "n_failed"):
+        out[col] = out[col].astype("int64")
+    for col in ("n_verbatim", "n_object"):
+        out[col] = pd.array(out[col], dtype="Int64")
+    return out
+
+
+# ---- intervals over prompts -----------------------------------------------------------------
+def bootstrap_over_prompts(
+    statistic: Any,
+    *arrays: np.ndarray,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*arrays)`` resampling *prompts* (the rows
+    of the arrays) with replacement. Generations of one prompt are not independent (a prompt
+    that replicates copies in most seeds), so a Wilson interval over the pooled generations is
+    far too narrow; the prompt is the unit. Resamples where the statistic is not finite (e.g.
+    an AUROC with one class) are left out; (nan, nan) when none is."""
+    cols = [np.asarray(a) for a in arrays]
+    n = len(cols[0]) if cols else 0
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    stats = np.array(
+        [statistic(*(c[idx] for c in cols)) for idx in rng.integers(0, n, size=(n_boot, n))],
+        dtype=np.float64,
+    )
+    stats = stats[np.isfinite(stats)]
+    if not len(stats):
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+
+
+def pooled_rate(n_copies: np.ndarray, n: np.ndarray) -> float:
+    """Copies over generations, pooled over prompts (NaN without generations)."""
+    total = float(np.sum(n))
+    return float(np.sum(n_copies)) / total if total else float("nan")
+
+
+def copy_rate_over_prompts(
+    n_copies: np.ndarray, n: np.ndarray, n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """The pooled copy rate of a group of prompts with a bootstrap 95% interval over prompts
+    (:func:`bootstrap_over_prompts`), and the counts it rests on."""
+    k = np.asarray(n_copies, dtype=np.float64)
+    m = np.asarray(n, dtype=np.float64)
+    keep = m > 0
+    k, m = k[keep], m[keep]
+    lo, hi = bootstrap_over_prompts(pooled_rate, k, m, n_boot=n_boot, seed=seed)
+    return {
+        "prompts": int(len(m)),
+        "copies": int(k.sum()),
+        "n": int(m.sum()),
+        "rate": pooled_rate(k, m),
+        "ci_low": lo,
+        "ci_high": hi,
+        "interval": "bootstrap over prompts (percentile, 95%)",
+    }
+
+
+def resolvable_fprs(
+    n_negatives: int, levels: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2)
+) -> list[float]:
+    """The false-positive rates a sample of ``n_negatives`` can resolve: those that allow at
+    least one false positive (``fpr * n_negatives >= 1``). Below that, "FPR <= f" only means
+    "no false positive", and a TPR there is a TPR at FPR 0 whatever ``f`` says."""
+    return [f for f in levels if f * n_negatives >= 1 - 1e-9]
+
+
+def triage_quality(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    n_boot: int = 2000,
+    seed: int = 0,
+    levels: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2),
+) -> dict[str, Any]:
+    """AUROC of a per-prompt triage score against replication labels with a bootstrap 95%
+    interval over prompts, and the TPR at each false-positive rate the sample can resolve
+    (:func:`resolvable_fprs`). The labels must come from prompts that were *not* chosen by the
+    triage itself (e.g. a random subset of all prompts, each generated at the full N);
+    otherwise the AUROC measures the selection, not the triage."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    ok = np.isfinite(s)
+    s, y = s[ok], y[ok]
+    lo, hi = bootstrap_over_prompts(
+        lambda yy, ss: triage_auroc(ss, yy), y, s, n_boot=n_boot, seed=seed
+    )
+    n_neg = int((~y).sum())
+    return {
+        "prompts": int(len(y)),
+        "positives": int(y.sum()),
+        "negatives": n_neg,
+        "auroc": triage_auroc(s, y),
+        "auroc_ci": [lo, hi],
+        "auroc_interval": "bootstrap over prompts (percentile, 95%)",
+        "tpr_at_fpr": {f"{f:g}": tpr_at_fpr(s, y, f) for f in resolvable_fprs(n_neg, levels)},
+    }

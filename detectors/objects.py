@@ -446,6 +446,18 @@ def _same_words(a: str, b: str) -> bool:
     return set(a.lower().split()) == set(b.lower().split())
 
 
+def keyword_candidates(
+    keyword: str, objects: Sequence[str], alternatives: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """What :func:`keyword_objects` scores for ``keyword``: the objects tested (every object but
+    the keyword itself) and the alternatives that only compete. ``reproduce`` scores object
+    presence in generations with the same candidates, so a finding's threshold means the same
+    there."""
+    objs = [o for o in objects if not _same_words(o, keyword)]
+    alts = [a for a in alternatives if not _same_words(a, keyword) and a not in objs]
+    return objs, alts
+
+
 def keyword_objects(
     emb: np.ndarray,
     captions: Sequence[str],
@@ -474,8 +486,7 @@ def keyword_objects(
     kw_mask = match_keyword(captions, keyword)
     ok = np.ones(len(captions), bool) if usable is None else np.asarray(usable, bool)
     subset = np.flatnonzero(kw_mask & ok)
-    objs = [o for o in objects if not _same_words(o, keyword)]
-    alts = [a for a in alternatives or [] if not _same_words(a, keyword) and a not in objs]
+    objs, alts = keyword_candidates(keyword, objects, alternatives or [])
     summary: dict[str, Any] = {
         "keyword": keyword,
         "source": source,

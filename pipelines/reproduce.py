@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.common import atomic_path
+from pipelines.common import atomic_path, atomic_write_bytes, fixed_list_array, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -148,16 +148,6 @@ def chunk_done(out_root: str | Path, task: ChunkTask, settings: GenerationSettin
     except (OSError, ValueError):
         return False
     return info.get("fingerprint") == settings.fingerprint() and not info.get("failed")
-
-
-# ---- atomic files ---------------------------------------------------------------------------
-def _write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def png_bytes(image: Any) -> bytes:
@@ -358,15 +348,10 @@ def _encode_rows(
 
 def _vectors(vecs: list[np.ndarray | None], dim: int) -> pa.Array:
     values = np.zeros((len(vecs), dim), dtype=np.float16)
-    valid = np.zeros(len(vecs), dtype=bool)
-    for i, v in enumerate(vecs):
-        if v is not None:
-            values[i] = np.asarray(v, dtype=np.float16).reshape(-1)
-            valid[i] = True
-    fixed = pa.FixedSizeListArray.from_arrays(
-        pa.array(values.reshape(-1)), dim, mask=pa.array(~valid)
-    )
-    return fixed.cast(pa.list_(pa.float16()))
+    valid = np.array([v is not None for v in vecs], dtype=bool)
+    for i in np.flatnonzero(valid):
+        values[i] = np.asarray(vecs[i], dtype=np.float16).reshape(-1)
+    return fixed_list_array(values, valid).cast(pa.list_(pa.float16()))
 
 
 @dataclass
@@ -447,7 +432,7 @@ def generate_chunk(
     for s, im in zip(seeds, images):
         rel = f"{task.prompt_id}/{image_name(s)}"
         if im is not None:
-            _write_bytes(root / rel, png_bytes(im))
+            atomic_write_bytes(root / rel, png_bytes(im))
         paths.append(rel if im is not None else None)
     sizes = [(im.width, im.height) if im is not None else (None, None) for im in images]
     table = pa.table(
@@ -469,7 +454,7 @@ def generate_chunk(
     with atomic_path(part) as tmp:
         pq.write_table(table, tmp)
     n_failed = sum(st != OK for st in status)
-    _write_json(
+    write_json_atomic(
         marker,
         {
             "finished": time.time(),
@@ -635,6 +620,61 @@ def read_chunks(
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")
+
+
+@dataclass
+class Generations:
+    """The finished chunks' rows as read back: ``frame`` (pandas, one row per generation, no
+    vectors), ``image_emb`` (n, dim) and, when asked for, ``copy_emb`` (n, copy_dim); rows
+    whose generation or embedding failed (or whose chunk has no descriptor) are NaN."""
+
+    frame: Any
+    image_emb: np.ndarray
+    copy_emb: np.ndarray | None = None
+
+    def missing_copies(self) -> np.ndarray:
+        """Rows generated fine but without a copy descriptor (chunks written without one)."""
+        if self.copy_emb is None:
+            return np.zeros(0, np.int64)
+        ok = self.frame["status"].eq(OK).to_numpy(bool)
+        return np.flatnonzero(ok & ~np.isfinite(self.copy_emb).all(axis=1))
+
+
+def read_generations(
+    out_root: str | Path,
+    tasks: Sequence[ChunkTask],
+    settings: GenerationSettings,
+    dim: int,
+    copy_dim: int | None = None,
+) -> Generations:
+    """:func:`read_chunks` as :class:`Generations` (an empty frame when nothing is finished)."""
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    from pipelines.common import vectors
+
+    gens = read_chunks(out_root, tasks, settings)
+    if gens is None:
+        cols = (("prompt_id", str), ("prompt", str), ("seed", "int64"), ("path", str),
+                ("status", str), ("error", str))  # fmt: skip
+        frame = pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols})
+        copy = None if copy_dim is None else np.zeros((0, copy_dim), np.float32)
+        return Generations(frame, np.zeros((0, dim), np.float32), copy)
+    vec_cols = [c for c in ("image_emb", "copy_emb") if c in gens.column_names]
+    frame = gens.drop_columns(vec_cols).to_pandas()
+    bad = ~frame["status"].eq(OK).to_numpy(bool)
+
+    def matrix(column: str, d: int) -> np.ndarray:
+        out = np.full((len(frame), d), np.nan, np.float32)
+        if column in gens.column_names:
+            valid = pc.is_valid(gens.column(column)).to_numpy(zero_copy_only=False)
+            if valid.any():
+                out[valid] = vectors(gens.filter(valid).column(column), name=column).matrix
+        out[bad] = np.nan
+        return out
+
+    copy = None if copy_dim is None else matrix("copy_emb", copy_dim)
+    return Generations(frame, matrix("image_emb", dim), copy)
 
 
 def settings_dict(settings: GenerationSettings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from PIL import Image
 
 from detectors import poisons as P
 from detectors.stats import normalize_rows
@@ -572,3 +573,65 @@ def test_semantic_membership_uses_the_concepts_finding(tmp_path: Path) -> None:
     assert unnamed_keys <= set(df.index)
     assert (df.loc[sorted(unnamed_keys), "concept"] == "thing0").all()
     assert ws.finding_meta("poisons")["semantic_reference"] == "concepts finding"
+
+
+# ---- poisons aimed at the generator (Nightshade- and Glaze-style, tiny-sd's VAE) -------------
+
+
+def _served_rgb(tb: Path, name: str) -> Image.Image:
+    from pipelines.decode import decode_image
+
+    return decode_image((tb / "files" / name).read_bytes()).image
+
+
+def test_generator_poisons_are_deterministic_and_move_the_vae_latent(tmp_path: Path) -> None:
+    """Nightshade- and Glaze-style testbed poisons: same seed, same bytes; recorded in the truth
+    with their target; within the L-infinity budget of their source drawing (plus the JPEG
+    q95 they are served as); and their VAE latent is measurably nearer their target's."""
+    from audit.testbed.generate import build_testbed, load_truth, poison_sources
+    from audit.testbed.poison import latent_distances, load_vae
+
+    vae = load_vae("tiny-sd")
+    kw = dict(
+        n=100,
+        dirty_rate=0.0,
+        clean_rate=0.0,
+        nightshade_rate=0.04,
+        glaze_rate=0.04,
+        gen_steps=30,
+        work_rate=0.0,
+        vae=vae,
+    )
+    s1 = build_testbed(tmp_path / "a", seed=3, **kw)
+    build_testbed(tmp_path / "b", seed=3, **kw)
+    build_testbed(tmp_path / "c", seed=4, **kw)
+    ta, tb_, tc = (load_truth(tmp_path / x).to_pandas() for x in "abc")
+    pa_ = ta[ta["poison_kind"].isin(["nightshade", "glaze"])]
+    assert sorted(pa_["poison_kind"].value_counts().items()) == [("glaze", 4), ("nightshade", 4)]
+    assert (pa_["served_sha256"].to_numpy() == tb_.loc[pa_.index, "served_sha256"]).all()
+    assert set(pa_["served_sha256"]).isdisjoint(tc["served_sha256"].dropna())
+    ns = pa_[pa_["poison_kind"] == "nightshade"]
+    assert (ns["concept"] == "house").all() and (ns["caption_concept"] == "house").all()
+    assert (ns["poison_target"] == "clock").all()
+    gl = pa_[pa_["poison_kind"] == "glaze"]
+    assert (gl["style"] == "watercolor").all() and (gl["poison_target"] == "pixel art").all()
+    assert all(("watercolo" in c.lower()) for c in gl["caption"])  # the caption names the style
+    src = poison_sources(tmp_path / "a")
+    assert set(src) == set(pa_["key"])
+    served = [_served_rgb(tmp_path / "a", f) for f in pa_["file_name"]]
+    sources = [src[k]["source"] for k in pa_["key"]]
+    targets = [src[k]["target"] for k in pa_["key"]]
+    assert [src[k]["target_label"] for k in pa_["key"]] == pa_["poison_target"].tolist()
+    eps = 16  # gen_eps default, in pixels; the served JPEG q95 adds its own rounding
+    for a, b in zip(served, sources, strict=True):
+        diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))
+        assert diff.mean() <= eps and np.percentile(diff, 99) <= eps + 12
+    before = latent_distances(vae, sources, targets)
+    after = latent_distances(vae, served, targets)
+    ratio = after / before
+    assert (ratio < 0.95).all() and ratio.mean() < 0.8, ratio
+    # the generator's own measurement agrees
+    g = s1["generator_poisons"]
+    assert g["nightshade"]["count"] == 4 and g["nightshade"]["latent_distance_ratio_mean"] < 0.8
+    assert g["glaze"]["latent_distance_ratio_mean"] < 0.8
+    assert g["eps_pixels"] == 16.0

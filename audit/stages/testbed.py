@@ -38,8 +38,9 @@ a warning, when the detector is not installed).
 
 The same arguments and seed give byte-identical output. Serve the files for a real download
 with audit.testbed.server.serve_testbed(DIR) and audit.testbed.generate.write_url_list().
-Clean-label poisons need the tiny-synth CLIP weights (or --poison-model/--poison-pretrained);
-pass --clean-rate 0 to build without any model.
+Clean-label poisons need the tiny-synth CLIP weights (or --poison-model/--poison-pretrained),
+Nightshade- and Glaze-style poisons the tiny-sd VAE (or --generator); pass --clean-rate 0
+--nightshade-rate 0 --glaze-rate 0 to build without any model.
 """
 
 
@@ -170,6 +171,51 @@ class Config(Options):
         default_help="shipped tiny-synth weights",
         group=POISONS,
     )
+    nightshade_rate: float = option(
+        0.01,
+        help="share of rows that are Nightshade-style poisons aimed at the generator (an image "
+        "of A whose VAE latent PGD moves toward the same picture with B drawn in; caption "
+        "stays A), split evenly over --nightshade-pairs",
+        group=POISONS,
+    )
+    nightshade_pairs: list[str] = option(
+        ["house:clock"],
+        help="A:B pairs, image/caption concept : target concept",
+        metavar="PAIRS",
+        group=POISONS,
+    )
+    glaze_rate: float = option(
+        0.01,
+        help="share of rows that are Glaze-style cloaks (an image in style S, caption naming "
+        "S, whose VAE latent PGD moves toward the same picture in style T), split evenly over "
+        "--glaze-pairs",
+        group=POISONS,
+    )
+    glaze_pairs: list[str] = option(
+        ["watercolor:pixel art"],
+        help="S:T pairs, cloaked style : target style",
+        metavar="PAIRS",
+        group=POISONS,
+    )
+    gen_eps: float = option(
+        16 / 255,
+        help="L-infinity budget of the Nightshade- and Glaze-style perturbations, in [0,1] "
+        "pixel units: a number or a fraction",
+        default_help="16/255",
+        group=POISONS,
+        parse=_fraction,
+    )
+    gen_steps: int = option(
+        50,
+        help="PGD steps of the generator poisons (step eps/10; converged by 50 on tiny-sd)",
+        group=POISONS,
+    )
+    generator: str = option(
+        "tiny-sd",
+        help="diffusers pipeline whose VAE the Nightshade- and Glaze-style poisons are "
+        "optimised against (a folder, or the shipped tiny-sd)",
+        group=POISONS,
+    )
     device: str = option("cpu", help="torch device for PGD", group=POISONS)
     truncated_rate: float = option(
         0.005,
@@ -253,8 +299,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         raise ConfigError(f"testbed.out: {exc}") from None
     except ModelError as exc:
         raise ConfigError(
-            f"testbed.clean_rate: clean-label poisons need a CLIP model: {exc}; pass "
-            "--clean-rate 0 to build without poisons of that kind"
+            f"testbed: poisons need their model (clean-label: a CLIP model; Nightshade- and "
+            f"Glaze-style: the generator's VAE): {exc}; pass --clean-rate 0, or "
+            "--nightshade-rate 0 --glaze-rate 0, to build without poisons of that kind"
         ) from None
     c = summary["counts"]
     logger.info(

@@ -40,18 +40,24 @@ Planted truth, all disjoint except where noted:
 - object-level replication: a flag drawn into ``object_rate`` of the images of the
   ``object_keyword`` concept (astronaut); their captions never name it. Astronauts are never
   drawn in the van gogh style, so the two keyword subsets do not overlap;
-- poisons: dirty-label pairs (caption names concept A, the image shows B) and clean-label
-  Nightshade-style poisons (an image of A, perturbed by PGD under an L-infinity budget toward one
-  anchor image of B in the tiny CLIP's embedding space; the caption stays A);
+- poisons: dirty-label pairs (caption names concept A, the image shows B); clean-label poisons
+  against the auditor's CLIP (``clean``: an image of A, perturbed by PGD under an L-infinity
+  budget toward one anchor image of B in the tiny CLIP's embedding space; the caption stays A);
+  and poisons aimed at the generator, whose VAE encoder turns images into the latents it trains
+  on (:func:`audit.testbed.poison.pgd_toward_latents`, L-infinity ``gen_eps``):
+  ``nightshade`` (an image of A whose latent is moved toward the latent of the same picture
+  with B drawn in place of A; caption stays A) and ``glaze`` (an image in style S, caption
+  naming S, whose latent is moved toward the same picture drawn in style T);
 - broken inputs: truncated and zero-byte files, wrong formats (HTML or text served as .jpg),
   404s (no file), and split-view rows (the served file is another image; urls.parquet keeps the
   original's sha256).
 
 Same parameters and seed give byte-identical files (every random choice comes from a
 ``numpy.random.Generator`` seeded from ``(seed, stream, index)``; JPEG/PNG parameters are fixed;
-tar members carry a fixed mtime and the shard stats fixed times). Clean-label poisons depend on
-the CLIP weights and on torch's CPU kernels, so they are reproducible on one machine and torch
-build; elsewhere their pixels may differ by a rounding step.
+tar members carry a fixed mtime and the shard stats fixed times). Clean-label, Nightshade- and
+Glaze-style poisons depend on the CLIP or VAE weights and on torch's CPU kernels, so they are
+reproducible on one machine and torch build; elsewhere their pixels may differ by a rounding
+step. :func:`poison_sources` redraws a testbed's poisons before the attack and their targets.
 
 With ``copy_check=True`` (the CLI's default) the generator checks itself after writing: it embeds
 every decodable served image with the SSCD copy descriptor and records, under ``copy_check`` in
@@ -64,6 +70,7 @@ off or the detector could not be loaded.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -125,6 +132,10 @@ CONCEPT_RANKING: tuple[str, ...] = (
 )  # fmt: skip
 
 BROKEN_KINDS = ("truncated", "zero_byte", "wrong_format", "missing", "split_view")
+POISON_KINDS = ("none", "dirty", "clean", "nightshade", "glaze")
+"""``truth.poison_kind``: dirty-label; clean-label against the auditor's CLIP; Nightshade-style
+and Glaze-style against the generator's VAE."""
+GENERATOR_POISONS = ("nightshade", "glaze")
 NEAR_TRANSFORMS = ("resize", "crop", "jitter", "jpeg")
 """The mild edits of generator v1 (:func:`_transform`), kept for
 ``audit.training.train_tiny_clip.near_dup_metrics``; planted copies now use :func:`plant_copy`."""
@@ -151,8 +162,9 @@ TRUTH_SCHEMA = pa.schema(
         ("keyword", pa.string()),  # "van gogh" (van gogh style subset) | object_keyword | null
         ("object_present", pa.bool_()),  # the unmentioned object was drawn in
         ("extra_object", pa.string()),  # a second, smaller, unmentioned concept drawn in
-        ("poison_kind", pa.string()),  # "none" | "dirty" | "clean"
-        ("poison_target", pa.string()),  # concept B the poison's image features carry
+        ("poison_kind", pa.string()),  # see POISON_KINDS
+        # concept B the poison's image features carry (style T for "glaze")
+        ("poison_target", pa.string()),
         ("broken_kind", pa.string()),  # one of BROKEN_KINDS or null
         ("served_concept", pa.string()),  # split_view: what the served image shows
         ("file_name", pa.string()),
@@ -198,6 +210,30 @@ def _parse_pairs(field_name: str, pairs: Sequence[str]) -> tuple[tuple[str, str]
     return tuple(out)
 
 
+def _parse_style_pairs(field_name: str, pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for p in pairs:
+        a, sep, b = str(p).partition(":")
+        a, b = a.strip(), b.strip()
+        if not sep or not a or not b:
+            raise ValueError(f"testbed.{field_name}: expected 'S:T' style pairs (got {p!r})")
+        for c in (a, b):
+            if c not in draw.STYLES:
+                raise ValueError(
+                    f"testbed.{field_name}: unknown style {c!r} in {p!r} "
+                    f"(known: {', '.join(draw.STYLES)})"
+                )
+        if a == b:
+            raise ValueError(f"testbed.{field_name}: a pair needs two different styles (got {p!r})")
+        if a == "van gogh":
+            raise ValueError(
+                f"testbed.{field_name}: 'van gogh' is the famous works' keyword subset and "
+                f"cannot be the cloaked style (got {p!r})"
+            )
+        out.append((a, b))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class TestbedParams:
     """Every knob of the generator. Rates are shares of ``n`` rows unless said otherwise."""
@@ -226,6 +262,13 @@ class TestbedParams:
     poison_format: str = "jpeg"
     poison_model: str = "tiny-synth"
     poison_pretrained: str | None = None
+    nightshade_rate: float = 0.01
+    nightshade_pairs: tuple[str, ...] = ("house:clock",)
+    glaze_rate: float = 0.01
+    glaze_pairs: tuple[str, ...] = ("watercolor:pixel art",)
+    gen_eps: float = 16 / 255
+    gen_steps: int = 50
+    generator: str = "tiny-sd"
     device: str = "cpu"
     truncated_rate: float = 0.005
     zero_byte_rate: float = 0.0025
@@ -241,6 +284,8 @@ class TestbedParams:
         object.__setattr__(self, "works", tuple(self.works))
         object.__setattr__(self, "dirty_pairs", tuple(self.dirty_pairs))
         object.__setattr__(self, "clean_pairs", tuple(self.clean_pairs))
+        object.__setattr__(self, "nightshade_pairs", tuple(self.nightshade_pairs))
+        object.__setattr__(self, "glaze_pairs", tuple(self.glaze_pairs))
         if self.n < 1:
             bad("n", "must be >= 1")
         if self.size < 16:
@@ -257,6 +302,8 @@ class TestbedParams:
             "extra_object_rate",
             "dirty_rate",
             "clean_rate",
+            "nightshade_rate",
+            "glaze_rate",
             "truncated_rate",
             "zero_byte_rate",
             "wrong_format_rate",
@@ -278,14 +325,24 @@ class TestbedParams:
             bad("pgd_eps", "must be in (0, 1] (pixel units: 8/255 = 0.0314)")
         if self.pgd_steps < 1:
             bad("pgd_steps", "must be >= 1")
+        if not 0 < self.gen_eps <= 1:
+            bad("gen_eps", "must be in (0, 1] (pixel units: 16/255 = 0.0627)")
+        if self.gen_steps < 1:
+            bad("gen_steps", "must be >= 1")
         if self.poison_format not in ("jpeg", "png"):
             bad("poison_format", "must be 'jpeg' or 'png'")
         dirty = _parse_pairs("dirty_pairs", self.dirty_pairs)
         clean = _parse_pairs("clean_pairs", self.clean_pairs)
+        nightshade = _parse_pairs("nightshade_pairs", self.nightshade_pairs)
+        glaze = _parse_style_pairs("glaze_pairs", self.glaze_pairs)
         if self.dirty_rate > 0 and not dirty:
             bad("dirty_pairs", "needs at least one pair when dirty_rate > 0")
         if self.clean_rate > 0 and not clean:
             bad("clean_pairs", "needs at least one pair when clean_rate > 0")
+        if self.nightshade_rate > 0 and not nightshade:
+            bad("nightshade_pairs", "needs at least one pair when nightshade_rate > 0")
+        if self.glaze_rate > 0 and not glaze:
+            bad("glaze_pairs", "needs at least one pair when glaze_rate > 0")
 
     @property
     def dirty(self) -> tuple[tuple[str, str], ...]:
@@ -294,6 +351,14 @@ class TestbedParams:
     @property
     def clean(self) -> tuple[tuple[str, str], ...]:
         return _parse_pairs("clean_pairs", self.clean_pairs)
+
+    @property
+    def nightshade(self) -> tuple[tuple[str, str], ...]:
+        return _parse_pairs("nightshade_pairs", self.nightshade_pairs)
+
+    @property
+    def glaze(self) -> tuple[tuple[str, str], ...]:
+        return _parse_style_pairs("glaze_pairs", self.glaze_pairs)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -466,7 +531,7 @@ def _wrong_format_bytes(rng: np.random.Generator) -> bytes:
 class _Unit:
     """One drawn source image and the rows made from it."""
 
-    kind: str  # single | exact | near | work | dirty | clean | broken
+    kind: str  # single | exact | near | work | dirty | clean | nightshade | glaze | broken
     size: int
     concept: str | None = None
     caption_concept: str | None = None
@@ -477,6 +542,7 @@ class _Unit:
     flag: bool = False
     pair: int | None = None
     extra: str | None = None  # a second, unmentioned concept drawn in
+    style: str | None = None  # glaze: the cloaked style
 
 
 @dataclass
@@ -503,7 +569,8 @@ class _Row:
     poison_target: str | None = None
     broken_kind: str | None = None
     served_concept: str | None = None
-    source: Image.Image | None = field(default=None, repr=False)  # clean poisons, before PGD
+    source: Image.Image | None = field(default=None, repr=False)  # poisons, before PGD
+    target: Image.Image | None = field(default=None, repr=False)  # nightshade/glaze PGD target
     pair: int | None = None
 
 
@@ -542,6 +609,24 @@ def _plan(p: TestbedParams) -> tuple[list[_Unit], dict[str, int]]:
                         kind, 1, concept=image_concept, caption_concept=a, poison_target=b, pair=k
                     )
                 )
+    for k, (pair, cnt) in enumerate(
+        zip(p.nightshade, _split(_count(p.nightshade_rate, p.n), len(p.nightshade)), strict=True)
+    ):
+        a, b = pair
+        for _ in range(cnt):
+            units.append(_Unit("nightshade", 1, concept=a, poison_target=b, pair=k))
+    # glaze: images of any concept (never the object keyword's) in the cloaked style; their own
+    # random stream, so the other rows' concepts do not depend on the glaze rate
+    glaze_rng = _rng(p.seed, 6)
+    for k, (pair, cnt) in enumerate(
+        zip(p.glaze, _split(_count(p.glaze_rate, p.n), len(p.glaze)), strict=True)
+    ):
+        s, t = pair
+        for _ in range(cnt):
+            c = p.object_keyword
+            while c == p.object_keyword:
+                c = ranking[int(glaze_rng.choice(len(ranking), p=weights))]
+            units.append(_Unit("glaze", 1, concept=c, poison_target=t, pair=k, style=s))
     for bk in BROKEN_KINDS:
         for _ in range(_count(getattr(p, f"{bk}_rate"), p.n)):
             units.append(_Unit("broken", 1, concept=concept(), broken_kind=bk))
@@ -573,7 +658,7 @@ def _plan(p: TestbedParams) -> tuple[list[_Unit], dict[str, int]]:
     # extra object is the planted one) or in poisons, never the planted object itself or a poison
     # pair's concept (so it neither fakes object-level replication nor looks like a poison)
     banned = {p.object_keyword, p.object_name}
-    banned |= {c for pair in (*p.dirty, *p.clean) for c in pair}
+    banned |= {c for pair in (*p.dirty, *p.clean, *p.nightshade) for c in pair}
     pool = [c for c in draw.CONCEPTS if c not in banned]
     extra_rng = _rng(p.seed, 5)
     for u in units:
@@ -643,8 +728,9 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
         return rows
 
     assert u.concept is not None and u.caption_concept is not None
-    spec = _spec(rng, u.concept, p)
+    spec = _spec(rng, u.concept, p, style=u.style)
     extra = p.object_name if u.flag else u.extra
+    target_rng = copy.deepcopy(rng)  # the generator poisons' target: the same draw, one change
     img = draw.draw_image(spec, size=p.size, extra_object=extra, rng=rng)
     cap_spec = {**spec, "concept": u.caption_concept}
 
@@ -712,6 +798,28 @@ def _render(u: _Unit, rng: np.random.Generator, p: TestbedParams) -> list[_Row]:
                 )
             )
         return rows
+    if u.kind in GENERATOR_POISONS:
+        # nightshade: the same picture with B drawn in place of A; glaze: in style T
+        change = {"concept": u.poison_target} if u.kind == "nightshade" else {}
+        if u.kind == "glaze":
+            change = {"style": u.poison_target}
+        target = draw.draw_image({**spec, **change}, size=p.size, rng=target_rng)
+        r = row(
+            None,
+            ".jpg" if p.poison_format == "jpeg" else ".png",
+            "",
+            img,
+            poison_kind=u.kind,
+            poison_target=u.poison_target,
+        )
+        if u.kind == "glaze":  # the caption names the cloaked style (Glaze protects a name)
+            words = draw._STYLE_WORDS[spec["style"]]
+            for _ in range(200):
+                if any(w in r.caption.lower() for w in words):
+                    break
+                r.caption = caption()
+        r.source, r.target, r.pair = img, target, u.pair
+        return [r]
     if u.kind == "clean":
         r = row(
             None,
@@ -821,6 +929,114 @@ def _make_clean_poisons(
         "perturbation_linf_max_pixels": linf(poisons),
         "served_linf_max_pixels": linf(served_imgs),
     }
+
+
+def _encode_poison(im: Image.Image, p: TestbedParams) -> bytes:
+    if p.poison_format == "jpeg":
+        from audit.testbed.poison import JpegSpec
+
+        return JpegSpec(95, 0).encode(im)
+    buf = io.BytesIO()
+    im.save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _make_generator_poisons(
+    rows: list[_Row], p: TestbedParams, vae: Any | None, supplied: bool
+) -> dict[str, Any]:
+    """PGD on the VAE latent for every Nightshade- and Glaze-style row (batched), fill in the
+    served bytes, and measure how far the served poisons' latents moved toward their targets."""
+    todo = [r for r in rows if r.poison_kind in GENERATOR_POISONS]
+    if not todo:
+        return {}
+    from audit.testbed import poison
+
+    if vae is None:
+        raise ValueError("Nightshade- and Glaze-style poisons need the generator's VAE")
+    sources = [r.source for r in todo]
+    targets = [r.target for r in todo]
+    jpeg = poison.JpegSpec(95, 0) if p.poison_format == "jpeg" else None
+    t0 = time.perf_counter()
+    out = poison.pgd_toward_latents(
+        vae, sources, targets, eps=p.gen_eps, steps=p.gen_steps, jpeg=jpeg, device=p.device
+    )
+    seconds = time.perf_counter() - t0
+    served = []
+    for r, im in zip(todo, out, strict=True):
+        data = _encode_poison(im, p)
+        r.served, r.sha256 = data, _sha256(data)
+        served.append(Image.open(io.BytesIO(data)).convert("RGB"))
+    before = poison.latent_distances(vae, sources, targets, device=p.device)
+    after = poison.latent_distances(vae, served, targets, device=p.device)
+    kinds = np.array([r.poison_kind for r in todo])
+    stats: dict[str, Any] = {
+        "method": poison.GENERATOR_METHOD,
+        "generator": "caller-supplied" if supplied else p.generator,
+        "eps": round(p.gen_eps, 6),
+        "eps_pixels": round(p.gen_eps * 255, 2),
+        "steps": p.gen_steps,
+        "served_format": p.poison_format,
+        "targets": {
+            "nightshade": "the same drawing (spec and instance randomness) with concept B drawn "
+            "in place of A",
+            "glaze": "the same drawing in style T",
+        },
+    }
+    for kind in GENERATOR_POISONS:
+        m = kinds == kind
+        if not m.any():
+            continue
+        ratio = after[m] / np.maximum(before[m], 1e-12)
+        lin = [
+            int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
+            for a, b, k in zip(sources, served, kinds, strict=True)
+            if k == kind
+        ]
+        stats[kind] = {
+            "count": int(m.sum()),
+            "latent_distance_before_mean": round(float(before[m].mean()), 4),
+            "latent_distance_after_mean": round(float(after[m].mean()), 4),
+            "latent_distance_ratio_mean": round(float(ratio.mean()), 4),
+            "latent_distance_ratio_max": round(float(ratio.max()), 4),
+            "served_linf_max_pixels": max(lin),
+        }
+        for r in (r for r in todo if r.poison_kind == kind):
+            r.source = r.target = None
+    logger.info(
+        "generator poisons: %d in %.1f s, latent distance to target x%.2f (mean)",
+        len(todo),
+        seconds,
+        float((after / np.maximum(before, 1e-12)).mean()),
+    )
+    return stats
+
+
+def poison_sources(testbed_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Redraw a testbed's Nightshade- and Glaze-style poisons before the attack: key ->
+    ``{"kind", "target_label", "source", "target"}`` (PIL images: the drawing as it was before
+    PGD and the image whose VAE latent PGD moved it toward). From ``testbed.json``'s
+    parameters, without drawing anything else."""
+    out = Path(testbed_dir)
+    params = json.loads((out / "testbed.json").read_text())["params"]
+    p = TestbedParams(**params)
+    units, _ = _plan(p)
+    offsets = np.cumsum([0] + [u.size for u in units])
+    order = _rng(p.seed, 3).permutation(int(offsets[-1]))
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    found: dict[str, dict[str, Any]] = {}
+    for i, u in enumerate(units):
+        if u.kind not in GENERATOR_POISONS:
+            continue
+        (r,) = _render(u, _rng(p.seed, 1, i), p)
+        key = img2dataset_key(int(position[offsets[i]]), p.shard_size)
+        found[key] = {
+            "kind": u.kind,
+            "target_label": u.poison_target,
+            "source": r.source,
+            "target": r.target,
+        }
+    return found
 
 
 # ------------------------------------------------------------------------------ img2dataset
@@ -1040,6 +1256,7 @@ def build_testbed(
     *,
     overwrite: bool = False,
     clip_model: tuple[Any, Any] | None = None,
+    vae: Any | None = None,
     copy_check: bool = False,
     copy_sheet: str | Path | None = None,
     **rates: Any,
@@ -1047,7 +1264,9 @@ def build_testbed(
     """Generate a testbed into ``out_dir`` (see the module docstring); returns the summary that
     is also written to ``testbed.json`` plus ``seconds``. ``rates`` are the other fields of
     :class:`TestbedParams`. ``clip_model``: an already loaded ``(model, preprocess)`` for the
-    clean-label poisons instead of ``load_clip(poison_model, poison_pretrained)``.
+    clean-label poisons instead of ``load_clip(poison_model, poison_pretrained)``; ``vae``: an
+    already loaded VAE for the Nightshade- and Glaze-style poisons instead of the one of
+    ``generator`` (:func:`audit.testbed.poison.load_vae`).
 
     ``copy_check``: afterwards, measure the testbed with the SSCD copy detector
     (:func:`audit.testbed.selfcheck.copy_check`; off by default here, so tests that build many
@@ -1065,12 +1284,18 @@ def build_testbed(
 
         model, preprocess, _ = load_clip(p.poison_model, p.poison_pretrained, device=p.device)
         clip_model = (model, preprocess)
+    vae_supplied = vae is not None
+    if any(u.kind in GENERATOR_POISONS for u in units) and vae is None:
+        from audit.testbed.poison import load_vae
+
+        vae = load_vae(p.generator, device=p.device)
     _prepare_out(out, overwrite)
 
     rows: list[_Row] = []
     for i, u in enumerate(progress(units, desc="drawing testbed", unit="img")):
         rows.extend(_render(u, _rng(p.seed, 1, i), p))
     poison_stats = _make_clean_poisons(rows, p, clip_model, supplied)
+    generator_stats = _make_generator_poisons(rows, p, vae, vae_supplied)
 
     order = _rng(p.seed, 3).permutation(len(rows))
     rows = [rows[int(i)] for i in order]
@@ -1145,6 +1370,7 @@ def build_testbed(
     shard_stats = write_img2dataset_shards(out / SHARDS_DIR, urls, captions, served, p.shard_size)
 
     summary = _summary(p, rows, cols, obj_stats, poison_stats, shard_stats)
+    summary["generator_poisons"] = generator_stats
     (out / "testbed.json").write_text(json.dumps(summary, indent=2) + "\n")
     if copy_check:
         from audit.testbed.selfcheck import copy_check as run_copy_check
@@ -1179,17 +1405,24 @@ def _summary(
     n_obj = obj_stats["object_rows"]
     by_caption = Counter(c for c in cols["caption_concept"] if c is not None)
     poison_pairs: dict[str, dict[str, Any]] = {}
-    for a, b, k in zip(
-        cols["caption_concept"], cols["poison_target"], cols["poison_kind"], strict=True
-    ):
+    by_style = Counter(s for s in cols["style"] if s is not None)
+    for a, s, b, k in zip(
+        cols["caption_concept"], cols["style"], cols["poison_target"], cols["poison_kind"],
+        strict=True,
+    ):  # fmt: skip
         if k != "none":
-            d = poison_pairs.setdefault(f"{k}:{a}:{b}", {"kind": k, "count": 0})
+            attacked = s if k == "glaze" else a  # glaze attacks a style, the others a concept
+            d = poison_pairs.setdefault(f"{k}:{attacked}:{b}", {"kind": k, "count": 0})
             d["count"] += 1
-    for name, d in poison_pairs.items():  # share of the attacked (caption) concept's rows
-        d["share_of_caption_concept"] = round(d["count"] / by_caption[name.split(":")[1]], 4)
+    for name, d in poison_pairs.items():  # share of the attacked concept's (style's) rows
+        attacked = name.split(":")[1]
+        total = by_style[attacked] if d["kind"] == "glaze" else by_caption[attacked]
+        key = "share_of_style" if d["kind"] == "glaze" else "share_of_caption_concept"
+        d[key] = round(d["count"] / total, 4)
     poison_pairs = dict(sorted(poison_pairs.items()))
     params = asdict(p)
     params["pgd_eps"] = round(p.pgd_eps, 6)
+    params["gen_eps"] = round(p.gen_eps, 6)
     return {
         "generator": GENERATOR,
         "params": params,

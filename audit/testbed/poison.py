@@ -215,3 +215,133 @@ def anchor_similarity(
     a = encode_images(model, preprocess, list(images), device=device)
     b = encode_images(model, preprocess, list(anchors), device=device)
     return (a * b).sum(axis=1)
+
+
+# ---- poisons aimed at the generator: its VAE encoder's latent -----------------------------------
+
+GENERATOR_METHOD = "pgd_linf_vae_latent_v1"
+"""Nightshade- and Glaze-style poisons: PGD under an L-infinity pixel budget that moves the
+latent a text-to-image model trains on (its VAE encoder's posterior mean) toward a target
+image's latent."""
+
+
+def load_vae(name_or_path: str = "tiny-sd", device: str = "cpu") -> Any:
+    """The VAE (``AutoencoderKL``, fp32, eval mode, frozen) of a diffusers text-to-image
+    pipeline folder (``model_index.json`` + ``vae/``), or of the shipped ``tiny-sd``. Weights
+    are read from safetensors only."""
+    from pathlib import Path
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from audit.models import TINY_SD_DIR, TINY_SD_NAME, ModelError
+
+    path = TINY_SD_DIR if name_or_path == TINY_SD_NAME else Path(name_or_path)
+    if not (path / "vae" / "config.json").is_file():
+        raise ModelError(
+            f"{name_or_path!r} is not a diffusers pipeline folder with a vae/ (no "
+            f"{path / 'vae' / 'config.json'})"
+        )
+    try:
+        vae = AutoencoderKL.from_pretrained(
+            str(path), subfolder="vae", use_safetensors=True, torch_dtype=torch.float32
+        )
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load the VAE of {name_or_path!r}: {e}") from e
+    vae = vae.to(device).eval()
+    vae.requires_grad_(False)
+    return vae
+
+
+def vae_latents(vae: Any, x: Any) -> Any:
+    """Posterior mean of ``vae`` for (B, 3, H, W) images in [0, 1] (unscaled latents)."""
+    return vae.encode(x * 2 - 1).latent_dist.mean
+
+
+def latent_distances(
+    vae: Any,
+    images: Sequence[Image.Image],
+    targets: Sequence[Image.Image],
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """L2 distance between each image's VAE latent and its target's (same sizes per pair)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for b in range(0, len(images), batch_size):
+            za = vae_latents(vae, _to_tensor(list(images[b : b + batch_size]), device))
+            zb = vae_latents(vae, _to_tensor(list(targets[b : b + batch_size]), device))
+            out.append((za - zb).flatten(1).norm(dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def pgd_toward_latents(
+    vae: Any,
+    images: Sequence[Image.Image],
+    targets: Sequence[Image.Image],
+    *,
+    eps: float = 16 / 255,
+    steps: int = 100,
+    step_size: float | None = None,
+    jpeg: JpegSpec | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    threads: int | None = 1,
+) -> list[Image.Image]:
+    """Perturb each ``images[i]`` within an L-infinity ball of radius ``eps`` so that its VAE
+    latent (posterior mean) moves toward ``targets[i]``'s: minimise the squared L2 distance
+    by signed-gradient steps of ``step_size`` (default ``eps / 10``). ``targets[i]`` must have
+    the size of ``images[i]``. Nightshade (target: an image of another concept) and Glaze
+    (target: the same picture in another style) are this attack with different targets.
+
+    ``jpeg``: the second half of the steps optimises through that JPEG round trip
+    (straight-through gradient), as :func:`pgd_toward_anchors` does. Returns uint8 RGB images;
+    deterministic (no random start; ``threads`` fixes torch's CPU threads during the attack).
+    """
+    import torch
+
+    if len(images) != len(targets):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+    if not 0 < eps <= 1:
+        raise ValueError(f"eps must be in (0, 1] (got {eps})")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1 (got {steps})")
+    for i, (a, b) in enumerate(zip(images, targets, strict=True)):
+        if a.size != b.size:
+            raise ValueError(f"image {i} is {a.size} but its target is {b.size}")
+    alpha = step_size if step_size is not None else eps / 10
+    out: list[Image.Image | None] = [None] * len(images)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        by_size.setdefault(im.size, []).append(i)
+    old_threads = torch.get_num_threads()
+    if threads is not None and device == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        for idx_all in by_size.values():
+            for b in range(0, len(idx_all), batch_size):
+                idx = idx_all[b : b + batch_size]
+                x0 = _to_tensor([images[i] for i in idx], device)
+                with torch.no_grad():
+                    target = vae_latents(vae, _to_tensor([targets[i] for i in idx], device))
+                x = x0.clone()
+                for step in range(steps):
+                    x.requires_grad_(True)
+                    xin = x
+                    if jpeg is not None and step >= steps // 2:
+                        q = _to_tensor([jpeg.roundtrip(im) for im in _to_pil(x)], device)
+                        xin = x + (q - x).detach()  # straight-through: JPEG forward, identity grad
+                    loss = (vae_latents(vae, xin) - target).pow(2).sum()
+                    (grad,) = torch.autograd.grad(loss, x)
+                    with torch.no_grad():
+                        x = x - alpha * grad.sign()
+                        x = torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0, 1)
+                xq = x.detach().mul(255).round().div(255)
+                xq = torch.minimum(torch.maximum(xq, x0 - eps), x0 + eps)
+                for j, im in zip(idx, _to_pil(xq), strict=True):
+                    out[j] = im
+    finally:
+        torch.set_num_threads(old_threads)
+    return [im for im in out if im is not None]

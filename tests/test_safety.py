@@ -148,3 +148,77 @@ def test_mitigations_in_a_workspace_end_to_end(tmp_path) -> None:
     assert orig_runs["erased-sunflowers"]["erase"]["concept"] == PROMPT
     page = (ws / "report" / "index.html").read_text()
     assert 'id="mitigations" data-status="ok"' in page and "SLD max" in page
+
+
+def test_recorded_runs_get_labels_folders_and_the_main_runs_prompts(tmp_path) -> None:
+    """Which runs are recorded beside the main run, under which label, with which prompts
+    (audit.mitigations.runs.prepare), without running a model."""
+    import json
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    from audit.mitigations.runs import LABEL_RE, RunWorkspace, prepare
+    from audit.workspace import Workspace
+    from tests.report_fixtures import _mem_row
+
+    @dataclass
+    class Cfg:  # the fields of reproduce's Config that prepare() reads
+        generator: str = "tiny-sd"
+        prompts: str | None = None
+        prompts_mode: str = "add"
+        safety: str = ""
+        safety_concept: str = ""
+        negative_prompt: str = ""
+        triage_top: int = 8
+        triage_per_finding: int = 1
+        name: str = ""
+
+    ws = Workspace(tmp_path / "ws")
+    fid = "word:van gogh:2"
+    rows = [_mem_row(fid, "keywords", "van gogh sunflowers", 9, n=12),
+            _mem_row(fid, "short_related", PROMPT, 12, n=12),
+            {**_mem_row(fid, "long_related", "sunflowers, a print", 0), "n": 0, "generated": False}]  # fmt: skip
+    ws.write_finding("memorization", pa.Table.from_pylist(rows), {})
+
+    same, cfg, desc = prepare(ws, Cfg())  # the model as it is: the main run
+    assert same is ws and cfg == Cfg() and not desc["mitigated"] and desc["label"] is None
+
+    view, cfg, desc = prepare(ws, Cfg(safety="sld:max", safety_concept=CONCEPT))
+    assert isinstance(view, RunWorkspace) and desc["label"] == "tiny-sd+sld-max"
+    assert view.generations_dir == ws.root / "generations" / "runs" / "tiny-sd+sld-max"
+    assert view.finding_path("memorization").parent == view.generations_dir
+    assert view.finding_path("word_replication") == ws.finding_path("word_replication")
+    assert (cfg.prompts_mode, cfg.triage_top, cfg.triage_per_finding) == ("replace", 0, 0)
+    written = [json.loads(x) for x in Path(cfg.prompts).read_text().splitlines()]  # main run's
+    assert [r["prompt"] for r in written] == ["van gogh sunflowers", PROMPT]
+    assert desc["safety_concept"] == CONCEPT and desc["prompts_from"] == "main run"
+
+    erased = tmp_path / "erased-sunflowers"
+    erased.mkdir()
+    (erased / "erase.json").write_text(json.dumps(
+        {"method": "esd-x", "concept": PROMPT, "settings": {"steps": 100, "lr": 1e-4}}))  # fmt: skip
+    controls = tmp_path / "controls.jsonl"
+    controls.write_text(json.dumps({"prompt": "a photo of a dog", "prompt_kind": "control",
+                                    "keyword": "dog"}) + "\n")  # fmt: skip
+    view, cfg, desc = prepare(ws, Cfg(generator=str(erased), prompts=str(controls)))
+    assert desc["label"] == "erased-sunflowers" and desc["erase"]["concept"] == PROMPT
+    written = [json.loads(x) for x in Path(cfg.prompts).read_text().splitlines()]
+    assert [r["prompt_kind"] for r in written] == ["keywords", "short_related", "control"]
+    assert written[-1]["keyword"] == "dog" and desc["prompts_from"] == "main run + prompts file"
+
+    adv = tmp_path / "adv.jsonl"
+    adv.write_text(json.dumps({"prompt": f"glow ferry omen {PROMPT}", "finding_id": fid,
+                               "prompt_kind": "short_related+unlearndiffatk",
+                               "original_prompt": PROMPT, "seed": 0, "success": True,
+                               "success_before": False}) + "\n")  # fmt: skip
+    (tmp_path / "adv.summary.json").write_text(json.dumps({"n": 1, "asr_after": 1.0}))
+    view, cfg, desc = prepare(ws, Cfg(generator=str(erased), prompts=str(adv)))
+    assert desc["label"] == "erased-sunflowers+adv" and cfg.prompts == str(adv)
+    assert cfg.prompts_mode == "replace" and desc["attack"]["asr_after"] == 1.0
+    assert desc["attack"]["prompts"][0]["original_prompt"] == PROMPT
+
+    view, cfg, desc = prepare(ws, Cfg(name="original", prompts=str(controls)))
+    assert desc["label"] == "original" and not desc["mitigated"]
+    assert not LABEL_RE.match("main") and not LABEL_RE.match("../x") and LABEL_RE.match("a+b")

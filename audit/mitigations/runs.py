@@ -47,8 +47,11 @@ RUNS_DIR = "runs"
 CONTROL_KIND = "control"
 ATTACK_SUFFIX = "+unlearndiffatk"  # audit.mitigations.attack.ATTACK_KIND_SUFFIX
 ZERO_SHOT_TEMPLATE = "a photo of a {}"
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,79}$")
-LABEL_RULE = "letters, digits, '.', '_', '+', '-' (up to 80, not starting with '.', '+', '-')"
+LABEL_RE = re.compile(r"^(?!main$)[A-Za-z0-9][A-Za-z0-9._+-]{0,79}$")
+LABEL_RULE = (
+    "letters, digits, '.', '_', '+', '-' (up to 80, not starting with '.', '+', '-'; 'main' "
+    "names the main run)"
+)
 
 
 class RunWorkspace(Workspace):
@@ -306,10 +309,10 @@ def control_accuracy(
         info["note"] = "fewer than 2 control concepts: nothing to classify among"
         return out, info
     pids = set(out.loc[is_ctrl & (out["n"] > 0), "prompt_id"])
-    from pipelines.reproduce import read_chunks
-
-    table = read_chunks(ws.generations_dir, [t for t in tasks if t.prompt_id in pids], settings)
-    if table is None or "image_emb" not in table.column_names:
+    table = _chunk_embeddings(
+        ws.generations_dir, [t for t in tasks if t.prompt_id in pids], settings
+    )
+    if table is None:
         info["note"] = "no control generations with CLIP embeddings"
         return out, info
     import pyarrow.compute as pc
@@ -350,6 +353,31 @@ def control_accuracy(
         "control prompts: zero-shot accuracy %d/%d among %d concepts (%s)", k, n, len(labels), name
     )
     return out, info
+
+
+def _chunk_embeddings(out_root: Path, tasks: list, settings: Any) -> Any:
+    """``prompt_id``, ``status`` and ``image_emb`` of the finished chunks of ``tasks`` (those
+    written with ``settings``), or None."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.reproduce import chunk_paths
+
+    tables = []
+    for t in tasks:
+        part, marker = chunk_paths(out_root, t)
+        if not (part.is_file() and marker.is_file()):
+            continue
+        try:
+            if json.loads(marker.read_text()).get("fingerprint") != settings.fingerprint():
+                continue
+        except ValueError:
+            continue
+        cols = ("prompt_id", "status", "image_emb")
+        if not set(cols) <= set(pq.read_schema(part).names):
+            continue
+        tables.append(pq.read_table(part, columns=list(cols)))
+    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 # ---- reading the runs back -------------------------------------------------------------------

@@ -8,8 +8,11 @@ tiny-synth CLIP (held-out generator seed, never used for training data):
   recognition accuracy.
 tiny-sd: for each famous work's prompt and for control prompts (captions of non-duplicated
   training images), the share of ``--seeds`` generations whose nearest training image (tiny-synth
-  image cosine) comes from the prompt's own source, with Wilson 95% intervals.
-Training times are read from the records the training scripts wrote next to the weights.
+  image cosine) comes from the prompt's own source, with a Wilson 95% interval per prompt; the
+  rates of all works and all controls pool the prompts' generations with a bootstrap 95%
+  interval over prompts (one prompt's generations are not independent draws).
+Training times are read from the records the training scripts wrote next to the weights; the
+JSON names the seeds the models were trained (tuned) on and the seeds measured here.
 
 Prints a table and writes ``benchmarks/results/tiny_models.json``.
 """
@@ -37,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controls", type=int, default=10, help="control (non-duplicated) prompts")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps per generation")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--setting", default="full", help="recorded as is: full, or what was reduced")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -70,15 +74,36 @@ def main(argv: list[str] | None = None) -> int:
     gen_s = time.time() - t1
     works = {k: v for k, v in mem.items() if not k.startswith("control_")}
     controls = {k: v for k, v in mem.items() if k.startswith("control_")}
-    k_w, n_w = sum(v["copies"] for v in works.values()), sum(v["n"] for v in works.values())
-    k_c, n_c = sum(v["copies"] for v in controls.values()), sum(v["n"] for v in controls.values())
+    from detectors.memorization import copy_rate_over_prompts
+
+    pooled = {
+        name: copy_rate_over_prompts([v["copies"] for v in group.values()],
+                                     [v["n"] for v in group.values()])
+        for name, group in (("works", works), ("controls", controls))
+    }  # fmt: skip
 
     sizes = {
         "tiny-synth": models.TINY_CLIP_WEIGHTS.stat().st_size,
         "tiny-sd": sum(f.stat().st_size for f in models.TINY_SD_DIR.rglob("*.safetensors")),
     }
     result = {
+        "setting": args.setting,
         "machine": {"platform": platform.platform(), "torch_threads": args.threads},
+        "seeds": {
+            "tune": {
+                "tiny_synth_training": clip_rec["args"].get("seed"),
+                "tiny_synth_training_eval": clip_rec["args"].get("eval_seed"),
+                "tiny_sd_training": sd_args["seed"],
+            },
+            "report": {
+                "tiny_synth_eval": args.clip_seed,
+                "tiny_sd_control_prompts": 1000 + sd_args["seed"],
+                "tiny_sd_generation_seeds": f"0..{args.seeds - 1}",
+            },
+            "note": "tiny-sd is measured on its own training images (memorization of the "
+            "training set is the point); the control prompts are drawn with a seed no training "
+            "step used",
+        },
         "tiny_synth": {
             "eval_seed": args.clip_seed,
             "n_images": args.clip_n,
@@ -91,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         "tiny_sd": {
             "seeds_per_prompt": args.seeds,
             "ddim_steps": args.steps,
-            "works_copy_rate": round(k_w / n_w, 4),
-            "works_wilson95": [round(v, 4) for v in train_tiny_sd.wilson(k_w, n_w)],
-            "controls_copy_rate": round(k_c / n_c, 4),
-            "controls_wilson95": [round(v, 4) for v in train_tiny_sd.wilson(k_c, n_c)],
+            "works_copy_rate": round(pooled["works"]["rate"], 4),
+            "works_bootstrap95": [round(pooled["works"][k], 4) for k in ("ci_low", "ci_high")],
+            "controls_copy_rate": round(pooled["controls"]["rate"], 4),
+            "controls_bootstrap95": [
+                round(pooled["controls"][k], 4) for k in ("ci_low", "ci_high")
+            ],
+            "pooled": pooled,
             "per_prompt": mem,
             "generation_seconds": round(gen_s, 1),
             "training_seconds": sd_rec["seconds"],
@@ -112,14 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {k:<28}{clip_q[k]:>8.3f}")
     print(f"  {'training time (s)':<28}{clip_rec['train_seconds']:>8.0f}")
     print(f"\ntiny-sd memorization ({args.seeds} seeds/prompt, DDIM {args.steps} steps)")
-    print(f"  {'prompt':<44}{'copies':>7}{'rate':>7}{'wilson95':>16}{'cos':>7}")
+    print(f"  {'prompt':<44}{'copies':>7}{'rate':>7}{'95% CI':>16}{'cos':>7}")
     for v in mem.values():
         lo, hi = v["wilson95"]
         print(f"  {v['prompt'][:43]:<44}{v['copies']:>7}{v['rate']:>7.2f}"
               f"{f'[{lo:.2f}, {hi:.2f}]':>16}{v['mean_cos_to_source']:>7.3f}")  # fmt: skip
-    for name, k, n in (("ALL WORKS", k_w, n_w), ("ALL CONTROLS", k_c, n_c)):
-        lo, hi = train_tiny_sd.wilson(k, n)
-        print(f"  {name:<44}{k:>7}{k / n:>7.2f}{f'[{lo:.2f}, {hi:.2f}]':>16}")
+    for name, key in (("ALL WORKS (bootstrap over prompts)", "works"),
+                      ("ALL CONTROLS (bootstrap over prompts)", "controls")):  # fmt: skip
+        p = pooled[key]
+        lo, hi = p["ci_low"], p["ci_high"]
+        print(f"  {name:<44}{p['copies']:>7}{p['rate']:>7.2f}{f'[{lo:.2f}, {hi:.2f}]':>16}")
     print(f"\nweights: {sum(sizes.values()) / 1e6:.1f} MB in total; results -> {out}")
     return 0
 

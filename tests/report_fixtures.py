@@ -467,9 +467,9 @@ def add_mitigation_runs(ws: Workspace) -> None:
               "prompts": [{"prompt_id": pid, "finding_id": fid, "prompt_kind": kind,
                            "original_prompt": "starry night van gogh", "seed": 0,
                            "success": True, "success_before": False, "steps": 80}]}  # fmt: skip
-    write(
+    write(  # its control prompt was measured by "erased-starry" too: counted once
         "erased-starry+adv",
-        [_mem_row(fid, kind, ADV_PROMPT, 2, prompt_id=pid)],
+        [_mem_row(fid, kind, ADV_PROMPT, 2, prompt_id=pid), _control("dog", 7)],
         _run_meta(erase=ERASE_CARD, attack=attack),
     )
     write(

@@ -184,7 +184,13 @@ def describe(cfg: Any) -> dict[str, Any]:
         "safety_concept": (cfg.safety_concept or DEFAULT_SLD_CONCEPT) if cfg.safety else None,
         "negative_prompt": cfg.negative_prompt or None,
         "prompts_file": str(Path(cfg.prompts).resolve()) if cfg.prompts else None,
-        "prompts_from": None,
+        "prompts_from": (
+            "prompts file"
+            if cfg.prompts and cfg.prompts_mode == "replace"
+            else "findings + prompts file"
+            if cfg.prompts
+            else "findings"
+        ),
     }
     out["mitigated"] = bool(erase or attack or cfg.safety)
     return out
@@ -270,8 +276,6 @@ def prepare(ws: Workspace, cfg: Any) -> tuple[Workspace, Any, dict[str, Any]]:
             cfg, prompts=str(path), prompts_mode="replace", triage_top=0, triage_per_finding=0
         )
         desc["prompts_from"] = "main run" + (" + prompts file" if user else "")
-    else:
-        desc["prompts_from"] = "prompts file" if cfg.prompts_mode == "replace" else "findings"
     logger.info(
         "recorded run %r: writes %s (the main run's finding stays as it is); prompts from the %s",
         label,

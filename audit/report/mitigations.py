@@ -129,8 +129,7 @@ def mitigations_section(ws: Any, limits: Any) -> dict[str, Any]:
         main_gen = max(set(gens), key=gens.count) if gens else None
     columns: dict[str, dict[str, Any]] = {}
     cells: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
-    costs: dict[str, list[int]] = {}
-    cost_labels: dict[str, set[str]] = {}
+    controls: dict[str, dict[str, tuple]] = {}
     run_rows = []
     attacks = []
     for run in runs:
@@ -151,15 +150,17 @@ def mitigations_section(ws: Any, limits: Any) -> dict[str, Any]:
             if run.name not in columns[col["key"]]["runs"]:
                 columns[col["key"]]["runs"].append(run.name)
             used.add(col["key"])
-            if kind == CONTROL_KIND:
+            if kind == CONTROL_KIND:  # one run's numbers per control prompt and column
                 zn, zk = _i(r.get("zero_shot_n")) or 0, _i(r.get("zero_shot_correct")) or 0
-                c = costs.setdefault(col["key"], [0, 0, 0, 0])
-                c[0] += zn
-                c[1] += zk
-                c[2] += n
-                c[3] += _i(r.get("n_copies")) or 0
-                if _s(r.get("keyword")):
-                    cost_labels.setdefault(col["key"], set()).add(str(r["keyword"]).lower())
+                have = controls.setdefault(col["key"], {}).get(str(r["prompt"]))
+                if zn and (have is None or zn > have[0]):
+                    controls[col["key"]][str(r["prompt"])] = (
+                        zn,
+                        zk,
+                        n,
+                        _i(r.get("n_copies")) or 0,
+                        _s(r.get("keyword")),
+                    )
                 continue
             if attacked:
                 a = originals.get(str(r.get("prompt_id"))) or {}
@@ -266,6 +267,10 @@ def mitigations_section(ws: Any, limits: Any) -> dict[str, Any]:
             r["best"] = True  # the finding's prompt the original model copies most
         seen.add(r["finding_id"])
         del r["_rate"]
+    costs = {c: [sum(v[i] for v in by.values()) for i in range(4)] for c, by in controls.items()}
+    cost_labels = {
+        c: {str(v[4]).lower() for v in by.values() if v[4]} for c, by in controls.items()
+    }
     cost_out: list[dict[str, Any]] = []
     base_acc = None
     if original in costs and costs[original][0]:

@@ -8,8 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from audit.config import Options, add_options, option
-from audit.stages import add_workspace_argument
+from audit.config import Options, add_options, add_workspace_argument, option
 from audit.vocabulary import DEFAULT_CONCEPTS_SOURCE as DEFAULT_SOURCE  # noqa: F401 - poisons
 from detectors.concepts import REFERENCES
 

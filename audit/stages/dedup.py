@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audit.config import ConfigError, add_options, option
+from audit.config import BeamOptions, ConfigError, add_options, add_workspace_argument, option
 from audit.copies import SPACES
-from audit.stages import BeamOptions, add_workspace_argument
 from detectors.dedup import ASSIGN_METHODS, FLAT_ASSIGN_MAX, KINDS
 from detectors.duplicates import KEEP_POLICIES
 

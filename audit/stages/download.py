@@ -6,9 +6,8 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from audit.config import ConfigError, Options, add_options, option, require
+from audit.config import ConfigError, Options, add_options, add_positional, option, require
 from audit.errors import InputError
-from audit.stages import add_positional
 
 logger = logging.getLogger(__name__)
 

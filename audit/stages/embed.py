@@ -11,9 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit.config import ConfigError, add_options, option, require
+from audit.config import (
+    BeamOptions,
+    ConfigError,
+    add_options,
+    add_workspace_argument,
+    option,
+    require,
+)
 from audit.errors import InputError
-from audit.stages import BeamOptions, add_workspace_argument
 
 if TYPE_CHECKING:
     from audit.workspace import Workspace

@@ -8,8 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from audit.config import ConfigError, Options, add_options, option
-from audit.stages import add_workspace_argument
+from audit.config import ConfigError, Options, add_options, add_workspace_argument, option
 
 # PromptEncoder re-exported for audit/reproduce/score.py until it imports audit.vocabulary
 from audit.vocabulary import PromptEncoder, flatten_list  # noqa: F401

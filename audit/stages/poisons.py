@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from audit.config import ConfigError, require
+from audit.config import ConfigError, add_workspace_argument, require
 from audit.errors import InputError
-from audit.stages import add_workspace_argument
 
 logger = logging.getLogger(__name__)
 

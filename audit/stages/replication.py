@@ -8,9 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from audit.config import ConfigError, Options, add_options, option
+from audit.config import ConfigError, Options, add_options, add_workspace_argument, option
 from audit.copies import SPACES
-from audit.stages import add_workspace_argument
 from audit.vocabulary import flatten_list
 
 logger = logging.getLogger(__name__)

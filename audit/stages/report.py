@@ -6,8 +6,7 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from audit.config import Options, add_options, option
-from audit.stages import add_workspace_argument
+from audit.config import Options, add_options, add_workspace_argument, option
 
 logger = logging.getLogger(__name__)
 

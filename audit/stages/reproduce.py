@@ -10,9 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from audit.config import add_options, option, require
+from audit.config import BeamOptions, add_options, add_workspace_argument, option, require
 from audit.errors import InputError
-from audit.stages import BeamOptions, add_workspace_argument
 from pipelines.common import STAGE_FINDINGS
 
 logger = logging.getLogger(__name__)

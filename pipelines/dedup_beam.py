@@ -219,35 +219,46 @@ def _compact(h: np.ndarray, keys: np.ndarray, x: np.ndarray, k: int) -> tuple:
     return h[order], keys[order], x[order]
 
 
+def summarize(batch: Any, k: int) -> tuple[int, tuple]:
+    """A batch -> ``(rows, bottom_k(batch, k))``: what :class:`BottomKFn` merges."""
+    return _batch_count(batch), bottom_k(batch, k)
+
+
 class BottomKFn(beam.CombineFn):
-    """Merges :func:`bottom_k` triples into the global bottom ``k`` (emits only from
-    ``extract_output``: safe on the DaskRunner, unlike ``Top``)."""
+    """Merges :func:`summarize` outputs into ``(N, global bottom k)``: the row count and the
+    hash sample in one combine (no side input; emits only from ``extract_output``: safe on the
+    DaskRunner, unlike ``Top``)."""
 
     def __init__(self, k: int) -> None:
         self.k = int(k)
 
-    def create_accumulator(self) -> list:
-        return []
+    def create_accumulator(self) -> tuple[int, list]:
+        return 0, []
 
-    def add_input(self, acc: list, triple: tuple) -> list:
-        acc.append(triple)
-        return self._shrink(acc) if sum(len(t[0]) for t in acc) > 2 * self.k else acc
+    def add_input(self, acc: tuple[int, list], summary: tuple) -> tuple[int, list]:
+        n, triples = acc
+        triples.append(summary[1])
+        if sum(len(t[0]) for t in triples) > 2 * self.k:
+            triples = self._shrink(triples)
+        return n + int(summary[0]), triples
 
-    def merge_accumulators(self, accs: Iterable[list]) -> list:
-        return self._shrink([t for a in accs for t in a])
+    def merge_accumulators(self, accs: Iterable[tuple[int, list]]) -> tuple[int, list]:
+        accs = list(accs)
+        return sum(a[0] for a in accs), self._shrink([t for a in accs for t in a[1]])
 
-    def _shrink(self, acc: list) -> list:
-        acc = [t for t in acc if len(t[0])]
-        if not acc:
+    def _shrink(self, triples: list) -> list:
+        triples = [t for t in triples if len(t[0])]
+        if not triples:
             return []
-        h = np.concatenate([t[0] for t in acc])
-        keys = np.concatenate([t[1] for t in acc])
-        x = np.concatenate([t[2] for t in acc])
+        h = np.concatenate([t[0] for t in triples])
+        keys = np.concatenate([t[1] for t in triples])
+        x = np.concatenate([t[2] for t in triples])
         return [_compact(h, keys, x, self.k)]
 
-    def extract_output(self, acc: list) -> tuple:
-        acc = self._shrink(acc)
-        return acc[0] if acc else bottom_k(None, self.k)
+    def extract_output(self, acc: tuple[int, list]) -> tuple[int, tuple]:
+        n, triples = acc
+        triples = self._shrink(triples)
+        return n, triples[0] if triples else bottom_k(None, self.k)
 
 
 def train_model(
@@ -299,8 +310,13 @@ def train_model(
     }
 
 
-def _train_with_count(sample: Any, n: int, **kw: Any) -> dict[str, Any]:
+def _train_summary(summary: tuple[int, tuple], **kw: Any) -> dict[str, Any]:
+    n, sample = summary
     return {**train_model(sample, n, **kw), "n": int(n)}
+
+
+EMPTY_MODEL: dict[str, Any] = {"centroids": None, "cdist": None, "index": None, "k": 0, "n": 0}
+"""The model of an input without rows."""
 
 
 _INDEX_CACHE: dict[str, Any] = {}
@@ -367,16 +383,14 @@ class FitPartitionModel(beam.PTransform):
 
     def expand(self, batches: Any) -> Any:
         k = self.kw["max_sample"]
-        count = (
-            batches | "CountRows" >> beam.Map(_batch_count) | "Count" >> beam.CombineGlobally(sum)
-        )
-        sample = (
+        # no side input, no default value (CombineGlobally's default is injected through a
+        # side input): nothing here is recomputed per bundle on any runner; no rows, no model
+        return (
             batches
-            | "BatchSample" >> beam.Map(bottom_k, k)
-            | "HashSample" >> beam.CombineGlobally(BottomKFn(k))
+            | "Summarize" >> beam.Map(summarize, k)
+            | "CountAndSample" >> beam.CombineGlobally(BottomKFn(k)).without_defaults()
+            | "Train" >> beam.Map(_train_summary, **self.kw)
         )
-        # single-element main input: the side input is read once
-        return sample | "Train" >> beam.Map(_train_with_count, AsSingleton(count), **self.kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,7 +582,7 @@ class NearDuplicateBatches(beam.PTransform):
         if self.model is None:
             refuse_side_inputs(batches.pipeline)
             fitted = batches | "Fit" >> FitPartitionModel(self.threshold, **self.fit)
-            model_arg: Any = AsSingleton(fitted)
+            model_arg: Any = AsSingleton(fitted, default_value=EMPTY_MODEL)
         else:  # precomputed (two-pass mode): a plain argument, no side input
             model_arg = self.model
         return (
@@ -582,7 +596,8 @@ class NearDuplicateBatches(beam.PTransform):
             )
             | "GroupByGroup" >> beam.GroupByKey()
             | "Search" >> beam.ParDo(SearchGroup(self.threshold))
-            | "AllEdges" >> beam.combiners.ToList()
+            | "AllEdges"
+            >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
             | "Components" >> beam.FlatMap(components)
         )
 
@@ -743,6 +758,10 @@ def fit_model(
     result = p.run()
     result.wait_until_finish()
     _close_client(result)
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(model_path):  # no rows: nothing was fitted
+        return dict(EMPTY_MODEL)
     return load_model(model_path)
 
 
@@ -830,12 +849,13 @@ def read_parquet_batches(
         )
 
 
-def split_shards(batch: Any, n_shards: int) -> Iterator[tuple[int, Any]]:
-    """An output batch -> ``(shard, rows of that shard)`` by stable key hash."""
+def split_shards(batch: Any, n_shards: int) -> Iterator[tuple[int, list[Any]]]:
+    """The output batch -> ``(shard, [rows of that shard])`` by stable key hash (components
+    emits one batch in all, so each shard comes once: written without a shuffle)."""
     keys = batch.column("key").to_numpy(zero_copy_only=False)
     shard = np.array([dd.stable_hash64(k) % n_shards for k in keys], dtype=np.int64)
     for s in np.unique(shard):
-        yield int(s), batch.filter(pa.array(shard == s))
+        yield int(s), [batch.filter(pa.array(shard == s))]
 
 
 def write_output_shard(
@@ -945,7 +965,6 @@ def run_near_dedup(
         read_batches(p)
         | "NearDuplicates" >> NearDuplicateBatches(threshold, **params)
         | "Shard" >> beam.FlatMap(split_shards, n)
-        | "GroupShards" >> beam.GroupByKey()
         | "Write" >> beam.FlatMap(write_output_shard, output_prefix, n)
     )
     result = p.run()

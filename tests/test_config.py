@@ -131,3 +131,23 @@ def test_declared_options_are_validated_with_the_field_named(values, message):
     with pytest.raises(ConfigError) as exc:
         merge(_declared_config(), "demo_stage", values)
     assert message in str(exc.value)
+
+
+def test_every_stage_declares_each_option_once():
+    """Each stage's Config fields carry their help (argparse and checks come from it), and every
+    CLI flag of a stage is one of its declared fields (or a common flag)."""
+    import dataclasses
+
+    from audit.cli import SUBCOMMANDS, build_parser, load_stage
+
+    common = {"help", "verbose", "quiet", "config", "workspace"}
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command, _ in SUBCOMMANDS:
+        mod = load_stage(command)
+        fields = {f.name: f for f in dataclasses.fields(mod.Config) if f.init}
+        undeclared = [n for n, f in fields.items() if "help" not in f.metadata]
+        assert not undeclared, f"{command}: options without option(...): {undeclared}"
+        dests = {a.dest for a in sub.choices[command]._actions} - common
+        extra = sorted(d for d in dests if d not in fields and not d.startswith("_"))
+        assert not extra, f"{command}: flags that are not Config fields: {extra}"

@@ -39,13 +39,18 @@ scores (NaN) and their per-sample scores are z-scored against the pooled distrib
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from detectors.stats import auroc  # noqa: F401 - part of this module's API
+from detectors.stats import (
+    auroc,  # noqa: F401 - part of this module's API
+    normalize_rows,
+)
 
 ALIGNMENT_COS = "alignment_cos_v1"
 ALIGNMENT_GMM = "alignment_gmm_v1"
@@ -55,6 +60,19 @@ LOF = "lof_v1"
 SPECTRAL = "spectral_v1"
 SPLIT_VIEW = "split_view_v1"
 COMBINED = "combined_v1"
+CHROMA_HF = "chroma_hf_v1"
+FREQ_HF = "freq_hf_v1"
+VAE_RECON = "vae_recon_v1"
+DIFFUSION_LOSS = "diffusion_loss_v1"
+DIFFUSION_GAIN = "diffusion_gain_v1"
+
+PIXEL_SCORES: tuple[str, ...] = (CHROMA_HF, FREQ_HF)
+"""Scores computed from the decoded pixels (no model)."""
+GENERATOR_SCORES: tuple[str, ...] = (VAE_RECON, DIFFUSION_LOSS, DIFFUSION_GAIN)
+"""Scores computed with the text-to-image model being audited (``poisons --generator``)."""
+IMAGE_SCORES: tuple[str, ...] = PIXEL_SCORES + GENERATOR_SCORES
+DEFAULT_TIMESTEPS: tuple[int, ...] = (100, 300, 500, 700)
+"""Diffusion timesteps (of 1000) at which the per-sample training loss is measured."""
 
 SCORE_NAMES: tuple[str, ...] = (ALIGNMENT_COS, ALIGNMENT_GMM, CONCEPT_PULL, KDIST, LOF, SPECTRAL)
 """Scores computed from embeddings (split-view comes from ingest)."""
@@ -70,10 +88,21 @@ EVIDENCE: dict[str, tuple[str, float]] = {
     KDIST: (KDIST, 1.0),
     LOF: (LOF, 1.0),
     SPECTRAL: (SPECTRAL, 1.0),
+    CHROMA_HF: (CHROMA_HF, 1.0),
+    FREQ_HF: (FREQ_HF, 1.0),
+    VAE_RECON: (VAE_RECON, 1.0),
+    DIFFUSION_LOSS: (DIFFUSION_LOSS, 1.0),
+    DIFFUSION_GAIN: (DIFFUSION_GAIN, 1.0),
 }
 """Evidence the combined score may use: name -> (column, sign). The GMM probability is a
 bounded column, mostly exactly 0 (no robust scale), so its information enters through the
 cosine z."""
+
+POOLED_EVIDENCE = frozenset(IMAGE_SCORES)
+"""Evidence standardised over every scored row rather than per concept: what PGD noise or a
+generator's loss look like does not depend on what the picture shows, and a concept whose
+images are mostly poisons cannot hide them from a pooled reference. Centre = median, scale =
+1.4826 MAD (breakdown point 50%: robust to the many poisons of a flooded concept)."""
 
 
 RULES = ("max2", "sum")
@@ -95,6 +124,7 @@ class PoisonParams:
     second_weight: float = 0.5
     rule: str = "max2"
     evidence: tuple[str, ...] = DEFAULT_EVIDENCE
+    center_cap: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -104,6 +134,8 @@ class PoisonParams:
             raise ValueError(f"min_concept_size must be >= 3 (got {self.min_concept_size})")
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES} (got {self.rule!r})")
+        if self.center_cap is not None and not 0.5 <= self.center_cap <= 1:
+            raise ValueError(f"center_cap must be a quantile in [0.5, 1] (got {self.center_cap})")
         unknown = [e for e in self.evidence if e not in EVIDENCE]
         if unknown or not self.evidence:
             raise ValueError(
@@ -267,8 +299,13 @@ def score_concepts(
     concept_emb: np.ndarray | None,
     named: np.ndarray,
     params: PoisonParams | None = None,
+    image_scores: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Raw per-concept scores, one row per (sample, concept) membership.
+
+    ``image_scores``: per-sample arrays (n,) of :data:`IMAGE_SCORES` computed elsewhere (from the
+    pixels, or with the generator); copied into every membership of the sample. Missing ones
+    are NaN columns.
 
     ``image_emb`` (n, d) L2-normalised; ``clip_score`` (n,) image-text cosine; ``members[c]`` the
     row indices whose caption names ``concepts[c]``; ``named`` (n, K) the same as a mask (used by
@@ -326,9 +363,12 @@ def score_concepts(
                 SPECTRAL: spectral_signature(x) if big else np.full(n, np.nan),
             }
         )
+        for name in IMAGE_SCORES:
+            v = (image_scores or {}).get(name)
+            df[name] = np.asarray(v, dtype=np.float64)[rows] if v is not None else np.nan
         frames.append(df)
     if not frames:
-        cols = ["row", "concept", "concept_size", "k", *SCORE_NAMES, "pull_concept"]
+        cols = ["row", "concept", "concept_size", "k", *SCORE_NAMES, "pull_concept", *IMAGE_SCORES]
         return pd.DataFrame({c: [] for c in cols})
     return pd.concat(frames, ignore_index=True)
 
@@ -348,23 +388,37 @@ def _robust_center_scale(x: np.ndarray) -> tuple[float, float]:
 
 
 def evidence_z(scores: pd.DataFrame, params: PoisonParams | None = None) -> pd.DataFrame:
-    """Per-concept robust z-score of each evidence column (``<name>_z``; NaN scores -> 0).
+    """Robust z-score of each evidence column (``<name>_z``; NaN scores -> 0).
 
-    The scale is floored at ``scale_floor`` times the pooled scale of the same column; concepts
-    smaller than ``min_concept_size`` are standardised with the pooled centre and scale.
+    Per concept for the embedding scores: the scale is floored at ``scale_floor`` times the
+    pooled scale of the same column; concepts smaller than ``min_concept_size`` are standardised
+    with the pooled centre and scale; with ``center_cap`` = q, a concept's centre is at most the
+    pooled q-quantile (a concept flooded with poisons cannot move its centre onto them).
+    Pooled for :data:`POOLED_EVIDENCE` (median and 1.4826 MAD over every membership).
     """
     params = params or PoisonParams()
     out = pd.DataFrame(index=scores.index)
     for name in params.evidence:
         col, sign = EVIDENCE[name]
         v = sign * scores[col].to_numpy(dtype=np.float64)
+        if name in POOLED_EVIDENCE:
+            fin = v[np.isfinite(v)]
+            c = float(np.median(fin)) if len(fin) else 0.0
+            s = float(np.median(np.abs(fin - c)) * 1.4826) if len(fin) else 0.0
+            zi = (v - c) / max(s, 1e-9)
+            out[f"{name}_z"] = np.where(np.isfinite(zi), zi, 0.0)
+            continue
         pooled_c, pooled_s = _robust_center_scale(v)
         floor = max(params.scale_floor * pooled_s, 1e-9)
+        cap = np.inf
+        if params.center_cap is not None and np.isfinite(v).any():
+            cap = float(np.quantile(v[np.isfinite(v)], params.center_cap))
         z = np.zeros(len(v))
         for _, idx in scores.groupby("concept", sort=False).indices.items():
             vi = v[idx]
             if len(idx) >= params.min_concept_size:
                 c, s = _robust_center_scale(vi)
+                c = min(c, cap)
             else:
                 c, s = pooled_c, pooled_s
             zi = (vi - c) / max(s, floor)
@@ -420,6 +474,13 @@ def _reason(name: str, z: float, row: pd.Series) -> str:
         return f"{name} z={z:.1f}: local outlier in its concept (LOF {row[LOF]:.2f})"
     if name == SPECTRAL:
         return f"{name} z={z:.1f}: large projection on the concept's top singular direction"
+    if name == CHROMA_HF:
+        return (
+            f"{name} z={z:.1f}: high-frequency colour noise ({row[CHROMA_HF]:.2f}), the trace "
+            "of a per-channel adversarial perturbation (Nightshade/Glaze-style)"
+        )
+    if name in (VAE_RECON, DIFFUSION_LOSS, DIFFUSION_GAIN):
+        return f"{name} z={z:.1f}: the generator finds this pair unusual ({row[name]:.4f})"
     return f"{name} z={z:.1f}"
 
 
@@ -498,18 +559,29 @@ def guess_kind(
     collapse_p: np.ndarray | None = None,
     collapse_alpha: float = 0.05,
 ) -> np.ndarray:
-    """Kind of each flagged row: "clean" when it belongs to a collapsed group (``collapse_p`` <
-    ``collapse_alpha``, see :func:`anchor_collapse`: Nightshade's single-anchor signature);
-    else "dirty" when its alignment evidence fires or its GMM mismatch p >= 0.5 (the image does
-    not match its caption); else "clean" (aligned, but pulled toward another concept or out of
-    place). Rows not flagged are "none"."""
+    """Kind of each flagged row: "perturbed" when its strongest evidence is an image-level
+    score (:data:`IMAGE_SCORES`: adversarial noise aimed at a generator, Nightshade/Glaze-style);
+    "clean" when it belongs to a collapsed group (``collapse_p`` < ``collapse_alpha``, see
+    :func:`anchor_collapse`: Nightshade's single-anchor signature); else "dirty" when its
+    alignment evidence fires or its GMM mismatch p >= 0.5 (the image does not match its
+    caption); else "clean" (aligned, but pulled toward another concept or out of place). Rows
+    not flagged are "none"."""
     align_z = scores.get(f"{ALIGNMENT_COS}_z", pd.Series(0.0, index=scores.index)).to_numpy()
     gmm = scores[ALIGNMENT_GMM].fillna(0.0).to_numpy()
     dirty = (align_z >= fire_z) | (gmm >= 0.5)
     if collapse_p is not None:
         collapsed = np.nan_to_num(np.asarray(collapse_p, dtype=np.float64), nan=1.0)
         dirty &= collapsed >= collapse_alpha
-    return np.where(~flagged, "none", np.where(dirty, "dirty", "clean"))
+    zcols = [c for c in scores.columns if c.endswith("_z")]
+    image_cols = [c for c in zcols if c[:-2] in POOLED_EVIDENCE]
+    perturbed = np.zeros(len(scores), dtype=bool)
+    if image_cols:
+        zs = scores[zcols].to_numpy(dtype=np.float64)
+        best = np.asarray(zcols, dtype=object)[np.nanargmax(np.nan_to_num(zs, nan=-np.inf), 1)]
+        perturbed = np.isin(best, image_cols)
+    kind = np.where(dirty, "dirty", "clean")
+    kind = np.where(perturbed, "perturbed", kind)
+    return np.where(~flagged, "none", kind)
 
 
 def precision_at(labels: np.ndarray, scores: np.ndarray, m: int | None = None) -> float:
@@ -522,3 +594,635 @@ def precision_at(labels: np.ndarray, scores: np.ndarray, m: int | None = None) -
     s = np.where(np.isnan(s), -np.inf, s)
     top = np.argsort(-s, kind="stable")[:m]
     return float(labels[top].mean())
+
+
+# ---- image-level scores: frequency domain and the generator's own view ------------------------
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    a = np.asarray(img, dtype=np.float64)
+    if a.ndim == 3:
+        a = a[..., :3] @ np.array([0.299, 0.587, 0.114])
+    return a / 255.0
+
+
+def high_frequency_share(images: Sequence[np.ndarray], cutoff: float = 0.5) -> np.ndarray:
+    """Share of each image's spectral energy above ``cutoff`` x the Nyquist frequency (radial,
+    in normalised frequency, so comparable across sizes): grayscale, mean removed, Hann window,
+    2-D FFT power. Adversarial perturbations add broadband high-frequency energy; smooth
+    drawings and photos keep most of theirs at low frequencies. NaN for images under 8 px."""
+    out = np.full(len(images), np.nan)
+    for i, img in enumerate(images):
+        g = _gray(img)
+        if g.ndim != 2 or min(g.shape) < 8:
+            continue
+        h, w = g.shape
+        win = np.outer(np.hanning(h), np.hanning(w))
+        p = np.abs(np.fft.fft2((g - g.mean()) * win)) ** 2
+        fy = np.fft.fftfreq(h)[:, None] / 0.5
+        fx = np.fft.fftfreq(w)[None, :] / 0.5
+        r = np.sqrt(fy**2 + fx**2)
+        p[0, 0] = 0.0
+        total = p.sum()
+        out[i] = float(p[r > cutoff].sum() / total) if total > 0 else 0.0
+    return out
+
+
+def _box_highpass(a: np.ndarray) -> np.ndarray:
+    """``a`` minus its 3x3 box blur (edges replicated): the content above the box filter's
+    passband, i.e. roughly the upper half of the spatial frequencies."""
+    h, w = a.shape
+    pad = np.pad(a, 1, mode="edge")
+    blur = sum(pad[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
+    return a - blur
+
+
+def chroma_high_frequency(images: Sequence[np.ndarray]) -> np.ndarray:
+    """log(median |high-pass Cb| + median |high-pass Cr| + 0.1), per image (YCbCr of JPEG, in
+    0-255 units; high-pass = minus the 3x3 box blur).
+
+    An L-infinity perturbation optimised by signed gradient steps moves each colour channel of
+    each pixel independently, so it adds high-frequency energy to the chroma channels, where
+    drawings and photographs carry little (their detail is mostly luminance, and 4:2:0 JPEG
+    keeps chroma at half resolution). The median keeps sparse colour edges out. A JPEG 4:2:0
+    re-encoding removes most of this signal. NaN for images under 8 px."""
+    out = np.full(len(images), np.nan)
+    m = np.array(
+        [[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=np.float64
+    )  # Cb, Cr rows of the JPEG YCbCr transform (the offset does not matter after high-pass)
+    for i, img in enumerate(images):
+        a = np.asarray(img, dtype=np.float64)
+        if a.ndim != 3 or min(a.shape[:2]) < 8:
+            continue
+        cbcr = a[..., :3] @ m.T
+        e = sum(float(np.median(np.abs(_box_highpass(cbcr[..., c])))) for c in range(2))
+        out[i] = math.log(e + 0.1)
+    return out
+
+
+def pixel_scores(images: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+    """:data:`PIXEL_SCORES` for each image (uint8 HxWx3 arrays; None -> NaN)."""
+    ok = [i for i, im in enumerate(images) if im is not None]
+    sub = [images[i] for i in ok]
+    out = {name: np.full(len(images), np.nan) for name in PIXEL_SCORES}
+    if sub:
+        out[CHROMA_HF][ok] = chroma_high_frequency(sub)  # type: ignore[arg-type]
+        out[FREQ_HF][ok] = high_frequency_share(sub)  # type: ignore[arg-type]
+    return out
+
+
+def generator_resolution(pipe: Any) -> int:
+    """The square side the pipeline's UNet was trained at (sample size x VAE scale factor)."""
+    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    size = pipe.unet.config.sample_size
+    size = size if isinstance(size, int) else int(size[0])
+    return int(size * vae_factor)
+
+
+def _generator_batch(images: Sequence[Any], res: int) -> Any:
+    """Images as a (B, 3, res, res) tensor in [-1, 1]: shorter side resized to ``res``
+    (bicubic, antialiased), then centre-cropped, as text-to-image training pipelines do."""
+    import torch
+    from PIL import Image
+
+    arrs = []
+    for im in images:
+        pil = im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, np.uint8))
+        pil = pil.convert("RGB")
+        w, h = pil.size
+        if (w, h) != (res, res):
+            s = res / min(w, h)
+            nw, nh = max(res, round(w * s)), max(res, round(h * s))
+            pil = pil.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+            left, top = (nw - res) // 2, (nh - res) // 2
+            pil = pil.crop((left, top, left + res, top + res))
+        arrs.append(np.asarray(pil, np.float32) / 127.5 - 1.0)
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+def generator_scores(
+    pipe: Any,
+    images: Sequence[Any],
+    captions: Sequence[str],
+    *,
+    seeds: Sequence[int] | None = None,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """What the text-to-image model being audited sees in each (image, caption) pair.
+
+    - ``vae_recon_v1``: mean squared error (in [-1, 1] units) between the image and its VAE
+      reconstruction (decode of the encoder's posterior mean). A poison whose latent was pushed
+      toward another image decodes to something else than it shows.
+    - ``diffusion_loss_v1``: the per-sample training loss (noise-prediction MSE, or the
+      v-target's, per the scheduler) of the caption-conditioned UNet, averaged over
+      ``timesteps``, with a fixed noise per sample (``seeds[i]``, default the row index).
+    - ``diffusion_gain_v1``: that loss minus the same loss with the empty caption: how much the
+      caption fails to help denoise the image (> 0: the caption makes it worse).
+
+    Images are resized/cropped to the model's training resolution. ``pipe``: a loaded diffusers
+    text-to-image pipeline (vae, unet, text_encoder, tokenizer, scheduler). Returns arrays of
+    ``len(images)``; None images give NaN.
+    """
+    import torch
+    from diffusers import DDPMScheduler
+
+    n = len(images)
+    if len(captions) != n:
+        raise ValueError(f"{n} images but {len(captions)} captions")
+    seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
+    res = generator_resolution(pipe)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    n_train = int(sched.config.num_train_timesteps)
+    ts = [int(t) for t in timesteps if 0 <= int(t) < n_train]
+    if not ts:
+        raise ValueError(f"timesteps must lie in [0, {n_train}) (got {list(timesteps)})")
+    vae, unet, te, tok = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+    scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    vtype = next(unet.parameters()).dtype
+
+    def text_states(texts: list[str]) -> Any:
+        ids = tok(
+            texts,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        return te(ids)[0].to(vtype)
+
+    out = {name: np.full(n, np.nan) for name in GENERATOR_SCORES}
+    ok = [i for i in range(n) if images[i] is not None]
+    with torch.no_grad():
+        empty = text_states([""])
+        for b in range(0, len(ok), batch_size):
+            idx = ok[b : b + batch_size]
+            x = _generator_batch([images[i] for i in idx], res).to(device, vae.dtype)
+            z = vae.encode(x).latent_dist.mean
+            rec = vae.decode(z).sample.float().clamp(-1, 1)
+            out[VAE_RECON][idx] = ((rec - x.float()) ** 2).flatten(1).mean(1).cpu().numpy()
+            z = ((z - shift) * scaling).to(vtype)
+            cond = text_states([str(captions[i] or "") for i in idx])
+            unc = empty.expand(len(idx), -1, -1)
+            loss_c = torch.zeros(len(idx))
+            loss_u = torch.zeros(len(idx))
+            gens = [torch.Generator("cpu").manual_seed(seeds[i]) for i in idx]
+            for t in ts:
+                noise = torch.stack([torch.randn(z.shape[1:], generator=g) for g in gens])
+                noise = noise.to(device, vtype)
+                tt = torch.full((len(idx),), t, dtype=torch.long, device=device)
+                zt = sched.add_noise(z, noise, tt)
+                if sched.config.prediction_type == "v_prediction":
+                    target = sched.get_velocity(z, noise, tt)
+                else:
+                    target = noise
+                for states, acc in ((cond, loss_c), (unc, loss_u)):
+                    pred = unet(zt, tt, encoder_hidden_states=states).sample
+                    acc += ((pred.float() - target.float()) ** 2).flatten(1).mean(1).cpu()
+            loss_c /= len(ts)
+            loss_u /= len(ts)
+            out[DIFFUSION_LOSS][idx] = loss_c.numpy()
+            out[DIFFUSION_GAIN][idx] = (loss_c - loss_u).numpy()
+    return out
+
+
+# ---- membership, flags, kinds, ranking: one row per sample -------------------------------------
+
+DEFAULT_THRESHOLD = 6.0
+"""Default flag threshold on the combined score (robust-z units): ``poisons --z-threshold``."""
+
+SPLIT_VIEW_REASON = (
+    "split_view_v1: the URL now serves bytes that differ from the recorded "
+    "sha256 (ingest status hash_mismatch)"
+)
+
+
+def caption_centroids(text_emb: np.ndarray, members: list[np.ndarray]) -> np.ndarray:
+    """Model-free fallback concept embeddings: the normalised mean caption embedding of each
+    concept's members (zero rows for concepts without members)."""
+
+    out = np.zeros((len(members), text_emb.shape[1]), np.float32)
+    for i, rows in enumerate(members):
+        if len(rows):
+            out[i] = text_emb[rows].mean(axis=0)
+    return normalize_rows(out)
+
+
+def membership(
+    captions: list[str | None],
+    concepts: list[str],
+    *,
+    text_emb: np.ndarray | None,
+    concept_emb: np.ndarray | None,
+    mode: str,
+    semantic_threshold: dict[str, float] | None = None,
+) -> np.ndarray:
+    """(n, K) mask: caption names concept k (word match), or (semantic) its text embedding's
+    nearest reference in ``concept_emb`` is k's, with cosine >= that concept's threshold."""
+    from detectors.text import match_keyword
+
+    named = np.zeros((len(captions), len(concepts)), dtype=bool)
+    if mode in ("word", "both"):
+        for j, c in enumerate(concepts):
+            named[:, j] = match_keyword(captions, c)
+    if mode in ("semantic", "both"):
+        if text_emb is None or concept_emb is None:
+            raise ValueError("semantic match needs text and concept embeddings")
+        sims = text_emb @ concept_emb.T
+        best = sims.argmax(axis=1)
+        for j, c in enumerate(concepts):
+            thr = (semantic_threshold or {}).get(c)
+            if thr is None or not math.isfinite(thr):
+                continue
+            named[:, j] |= (best == j) & (sims[:, j] >= thr)
+    return named
+
+
+def score_memberships(
+    image_emb: np.ndarray,
+    clip_score: np.ndarray,
+    named: np.ndarray,
+    concepts: list[str],
+    concept_emb: np.ndarray | None,
+    params: PoisonParams | None = None,
+    image_scores: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """Scores and combined score for every (sample, concept) membership (see
+    :func:`score_concepts` and :func:`combine`)."""
+    params = params or PoisonParams()
+    members = [np.flatnonzero(named[:, j]) for j in range(len(concepts))]
+    raw = score_concepts(
+        image_emb,
+        clip_score,
+        members,
+        concepts,
+        concept_emb=concept_emb,
+        named=named,
+        params=params,
+        image_scores=image_scores,
+    )
+    return combine(raw, params)
+
+
+def collapse_pvalues(
+    per_key: pd.DataFrame,
+    image_emb: np.ndarray,
+    named: np.ndarray,
+    concepts: list[str],
+    params: PoisonParams,
+    split_view: np.ndarray,
+) -> np.ndarray:
+    """:func:`detectors.poisons.anchor_collapse` p-value for each flagged, non-split-view row,
+    grouped by concept (at least 3 flagged rows), against random subsets of the concept's
+    members that are not flagged; NaN elsewhere."""
+    out = np.full(len(per_key), np.nan)
+    cand = per_key["flagged"].to_numpy(dtype=bool) & ~split_view
+    cand &= per_key["concept"].notna().to_numpy()
+    flagged_rows = set(per_key.loc[cand, "row"].astype(int))
+    index = {c: j for j, c in enumerate(concepts)}
+    cand_pos = np.flatnonzero(cand)
+    for _, idx in per_key.iloc[cand_pos].groupby("concept").indices.items():
+        pos = cand_pos[idx]
+        if len(pos) < 3:
+            continue
+        own = index[str(per_key["concept"].iloc[pos[0]])]
+        ref_rows = [r for r in np.flatnonzero(named[:, own]) if r not in flagged_rows]
+        rows = per_key["row"].iloc[pos].to_numpy(dtype=np.int64)
+        out[pos] = anchor_collapse(image_emb[rows], image_emb[ref_rows], seed=params.seed)
+    return out
+
+
+def select_per_key(
+    comb: pd.DataFrame,
+    keys: np.ndarray,
+    split_keys: np.ndarray,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    expected_rate: float | None = None,
+    params: PoisonParams | None = None,
+    image_emb: np.ndarray | None = None,
+    named: np.ndarray | None = None,
+    concepts: list[str] | None = None,
+) -> pd.DataFrame:
+    """Flag memberships, then keep one row per key (its most suspicious concept; flagged if
+    flagged under any concept), add split-view rows (always flagged, combined = +inf), guess
+    kinds, write reasons, and rank (1 = most suspicious)."""
+    params = params or PoisonParams()
+    comb = comb.copy()
+    comb["flagged"] = flag(comb, threshold=threshold)
+    comb["review"] = (
+        review_quota(comb, expected_rate)
+        if expected_rate is not None and len(comb)
+        else np.zeros(len(comb), dtype=bool)
+    )
+    comb["key"] = keys[comb["row"].to_numpy(dtype=np.int64)] if len(comb) else []
+    if len(comb):
+        for col in ("flagged", "review"):
+            comb[col] = comb.groupby("key")[col].transform("max").astype(bool)
+    comb = comb.sort_values(["key", "combined_score"], ascending=[True, False], kind="stable")
+    per_key = comb.drop_duplicates("key", keep="first").copy()
+    concept_lists = comb.groupby("key", sort=False)["concept"].agg("|".join)
+    per_key["concepts"] = per_key["key"].map(concept_lists)
+    split = {str(k) for k in split_keys}
+    per_key["split_view_v1"] = per_key["key"].isin(split)
+    extra = sorted(split - set(per_key["key"]))
+    if extra:
+        per_key = pd.concat(
+            [per_key, pd.DataFrame({"key": extra, "split_view_v1": True})], ignore_index=True
+        )
+    sv = per_key["split_view_v1"].to_numpy(dtype=bool)
+    per_key["flagged"] = per_key["flagged"].astype("boolean").fillna(False).to_numpy(bool) | sv
+    per_key["review"] = per_key["review"].astype("boolean").fillna(False).to_numpy(bool)
+    per_key[ALIGNMENT_GMM] = per_key[ALIGNMENT_GMM].astype(float)
+    per_key["anchor_collapse_p"] = (
+        collapse_pvalues(per_key, image_emb, named, concepts, params, sv)
+        if image_emb is not None and named is not None and concepts is not None
+        else np.nan
+    )
+    per_key["kind"] = guess_kind(
+        per_key,
+        per_key["flagged"].to_numpy(dtype=bool),
+        params.fire_z,
+        per_key["anchor_collapse_p"].to_numpy(dtype=np.float64),
+    )
+    per_key.loc[sv, "kind"] = "split_view"
+    per_key["combined_score"] = per_key["combined_score"].astype(float)
+    per_key.loc[sv, "combined_score"] = np.inf
+    reasons = per_key["reasons"].fillna("").astype(str)
+    per_key["reasons"] = np.where(
+        sv, np.where(reasons != "", SPLIT_VIEW_REASON + "; " + reasons, SPLIT_VIEW_REASON), reasons
+    )
+    review_only = per_key["review"] & ~per_key["flagged"]
+    per_key.loc[review_only, "reasons"] = [
+        _review_reason(r, params) for _, r in per_key[review_only].iterrows()
+    ]
+    order = np.lexsort(
+        (
+            per_key["key"].to_numpy(dtype=str),
+            -np.nan_to_num(per_key["combined_score"].to_numpy(), nan=-np.inf),
+        )
+    )
+    per_key = per_key.iloc[order].reset_index(drop=True)
+    per_key["rank"] = np.arange(1, len(per_key) + 1, dtype=np.int64)
+    return per_key
+
+
+def score_and_select(
+    keys: np.ndarray,
+    image_emb: np.ndarray,
+    clip_score: np.ndarray,
+    named: np.ndarray,
+    concepts: list[str],
+    concept_emb: np.ndarray | None,
+    split_keys: np.ndarray,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    expected_rate: float | None = None,
+    params: PoisonParams | None = None,
+    image_scores: dict[str, np.ndarray] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Score, combine, flag and rank; one row per key (its most suspicious concept).
+
+    Keys that name no concept are not scored (nothing to compare them with) unless they are
+    split-view rows, which are always output and flagged. Returns the table and timings.
+    """
+    t0 = time.perf_counter()
+    comb = score_memberships(
+        image_emb, clip_score, named, concepts, concept_emb, params, image_scores
+    )
+    t1 = time.perf_counter()
+    per_key = select_per_key(
+        comb,
+        keys,
+        split_keys,
+        threshold=threshold,
+        expected_rate=expected_rate,
+        params=params,
+        image_emb=image_emb,
+        named=named,
+        concepts=concepts,
+    )
+    t2 = time.perf_counter()
+    return per_key, {"scores_s": round(t1 - t0, 3), "select_s": round(t2 - t1, 3)}
+
+
+def _review_reason(row: pd.Series, params: PoisonParams) -> str:
+    """Note for a row on the review list (expected-rate quota) that is not flagged."""
+    zs = {e: row.get(f"{e}_z", np.nan) for e in params.evidence}
+    best = max(zs, key=lambda e: -np.inf if not np.isfinite(zs[e]) else zs[e])
+    fired = row.get("reasons") or ""
+    return (
+        "top-ranked for review (expected-rate quota of its concept), not a poison candidate: "
+        f"combined score below the threshold; strongest evidence {best} z={zs[best]:.1f}"
+        + (f"; {fired}" if fired else "")
+    )
+
+
+def _dense_positions(order: np.ndarray) -> np.ndarray:
+    """1-based rank of each element given the argsort ``order`` (ties by position)."""
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+def vulnerability_table(
+    concepts: list[str],
+    named: np.ndarray,
+    per_key: pd.DataFrame,
+    concepts_finding: pd.DataFrame | None,
+    word_counts: dict[str, int],
+    n_total: int,
+) -> pd.DataFrame:
+    """Concepts ranked by how few poisons would matter and how many candidates they hold.
+
+    ``sparsity_rank`` 1 = fewest images (semantic count when known, else word count);
+    ``candidate_rank`` 1 = most flagged candidates (then highest share; remaining ties by list
+    order); ``vulnerability_rank`` orders by the sum of the two ranks, ties broken by sparsity. ``share_if_100_poisons`` is the
+    share of the concept that 100 poisons (Nightshade's order of magnitude) would make up.
+    """
+    df = pd.DataFrame({"concept": concepts, "n_scored": named.sum(axis=0).astype(np.int64)})
+    if concepts_finding is not None and len(concepts_finding):
+        keep = [
+            c
+            for c in (
+                "concept",
+                "word_count",
+                "word_freq",
+                "semantic_count",
+                "semantic_freq",
+                "sparse",
+                "n_total",
+            )
+            if c in concepts_finding
+        ]
+        df = df.merge(concepts_finding[keep], on="concept", how="left")
+    for col in ("word_count", "word_freq", "semantic_count", "semantic_freq", "sparse"):
+        if col not in df:
+            df[col] = np.nan
+    df["sparse"] = df["sparse"].astype("boolean")
+    wc = df["concept"].map(word_counts).astype(float)
+    df["word_count"] = df["word_count"].astype(float).fillna(wc)
+    df["word_freq"] = df["word_freq"].astype(float).fillna(wc / max(n_total, 1))
+    flagged = per_key[per_key["flagged"] & per_key["concept"].notna()]
+    cand = flagged.groupby("concept").size()
+    df["candidates"] = df["concept"].map(cand).fillna(0).astype(np.int64)
+    df["candidate_share"] = df["candidates"] / df["n_scored"].clip(lower=1)
+    size = df["semantic_count"].astype(float).fillna(df["word_count"].astype(float))
+    df["share_if_100_poisons"] = 100.0 / (size + 100.0)
+    df["sparsity_rank"] = size.rank(method="min", ascending=True).astype(np.int64)
+    cand_order = np.lexsort((-df["candidate_share"].to_numpy(), -df["candidates"].to_numpy()))
+    df["candidate_rank"] = _dense_positions(cand_order)
+    total = (df["sparsity_rank"] + df["candidate_rank"]).to_numpy()
+    df["vulnerability_rank"] = _dense_positions(np.lexsort((df["sparsity_rank"].to_numpy(), total)))
+    return df.sort_values("vulnerability_rank").reset_index(drop=True)
+
+
+# ---- entry point -----------------------------------------------------------------------------
+
+
+def image_scores(
+    open_image: Any,
+    keys: Sequence[Any],
+    captions: Sequence[str],
+    *,
+    pixel: bool = True,
+    pipe: Any = None,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    device: str = "cpu",
+    chunk: int = 2048,
+) -> tuple[dict[str, np.ndarray], int]:
+    """:data:`PIXEL_SCORES` (``pixel``) and :data:`GENERATOR_SCORES` (``pipe``) for each key,
+    reading ``open_image(key)`` (a PIL image or None) ``chunk`` at a time; the generator's
+    noise is seeded per key (crc32). Returns the scores and how many images were read."""
+    import zlib
+
+    names = (PIXEL_SCORES if pixel else ()) + (GENERATOR_SCORES if pipe is not None else ())
+    out = {n: np.full(len(keys), np.nan) for n in names}
+    read = 0
+    for b in range(0, len(keys), chunk):
+        ks = list(keys[b : b + chunk])
+        imgs = [open_image(k) for k in ks]
+        read += sum(im is not None for im in imgs)
+        if pixel:
+            arrs = [None if im is None else np.asarray(im.convert("RGB")) for im in imgs]
+            for n, v in pixel_scores(arrs).items():
+                out[n][b : b + len(ks)] = v
+        if pipe is not None:
+            seeds = [zlib.crc32(str(k).encode()) for k in ks]
+            g = generator_scores(
+                pipe, imgs, list(captions[b : b + len(ks)]), seeds=seeds, timesteps=timesteps,
+                device=device,
+            )  # fmt: skip
+            for n, v in g.items():
+                out[n][b : b + len(ks)] = v
+    return out, read
+
+
+def finding_columns(per_key: pd.DataFrame) -> list[tuple[str, str]]:
+    """The ``poisons`` finding's columns in order, with their Arrow type names."""
+    z_cols = sorted(c for c in per_key.columns if c.endswith("_z"))
+    f32 = [ALIGNMENT_COS, ALIGNMENT_GMM, CONCEPT_PULL]
+    return [
+        ("key", "string"), ("concept", "string"), ("concepts", "string"),
+        ("concept_size", "int32"), ("k", "int32"), *[(c, "float32") for c in f32],
+        ("pull_concept", "string"), (KDIST, "float32"), (LOF, "float32"),
+        (SPECTRAL, "float32"), (SPLIT_VIEW, "bool_"), *[(c, "float32") for c in IMAGE_SCORES],
+        *[(c, "float32") for c in z_cols], ("anchor_collapse_p", "float32"),
+        ("combined_score", "float64"), ("rank", "int64"), ("flagged", "bool_"),
+        ("review", "bool_"), ("kind", "string"), ("reasons", "string"),
+    ]  # fmt: skip
+
+
+def semantic_reference_from(
+    concepts_finding: pd.DataFrame | None,
+    concepts: Sequence[str],
+    prompt_emb: np.ndarray,
+    semantic_threshold: float | None,
+) -> tuple[np.ndarray, dict[str, float], str] | None:
+    """Reference embeddings, cosine thresholds and their source for semantic membership.
+
+    With a ``concepts`` finding that carries ``reference_emb`` and ``semantic_threshold``, its
+    references and calibrated radius (``semantic_threshold`` overrides the radius); concepts
+    missing from it get no semantic members. Else the prompt-ensemble embeddings with
+    ``semantic_threshold``; None when there is neither."""
+    d = prompt_emb.shape[1]
+    df = concepts_finding
+    if df is not None and {"reference_emb", "semantic_threshold"} <= set(df.columns):
+        ref = np.zeros((len(concepts), d), np.float32)
+        thr: dict[str, float] = {}
+        rows = {str(r.concept): r for r in df.itertuples()}
+        for j, c in enumerate(concepts):
+            r = rows.get(c)
+            if r is None or r.reference_emb is None or r.semantic_threshold is None:
+                continue
+            v = np.asarray(r.reference_emb, dtype=np.float32)
+            if v.shape != (d,) or not np.isfinite(r.semantic_threshold):
+                continue
+            ref[j] = v / max(float(np.linalg.norm(v)), 1e-12)
+            thr[c] = float(r.semantic_threshold)
+        if semantic_threshold is not None:
+            thr = dict.fromkeys(thr, float(semantic_threshold))
+        if thr:
+            return ref, thr, "concepts finding"
+    if semantic_threshold is not None:
+        return prompt_emb, dict.fromkeys(concepts, float(semantic_threshold)), "prompts"
+    return None
+
+
+def summarize(
+    per_key: pd.DataFrame,
+    n_total: int,
+    n_scorable: int,
+    n_unscorable: int,
+    n_without_concept: int,
+    n_split_view: int,
+) -> dict[str, Any]:
+    """The finding's counts: rows, flags (by kind) and the review list."""
+    flagged = per_key["flagged"].to_numpy(dtype=bool) if len(per_key) else np.zeros(0, bool)
+    review = per_key["review"].to_numpy(dtype=bool) if len(per_key) else np.zeros(0, bool)
+    kinds = per_key.loc[flagged, "kind"].value_counts().to_dict() if len(per_key) else {}
+    return {
+        "n_total": int(n_total),
+        "n_scorable": int(n_scorable),
+        "n_unscorable": int(n_unscorable),
+        "n_scored": int(per_key["concept"].notna().sum()) if len(per_key) else 0,
+        "n_without_concept": int(n_without_concept),
+        "n_split_view": int(n_split_view),
+        "n_flagged": int(flagged.sum()),
+        "n_review": int(review.sum()),
+        "n_review_not_flagged": int((review & ~flagged).sum()),
+        "flagged_by_kind": {str(k): int(v) for k, v in sorted(kinds.items())},
+    }
+
+
+COVERAGE_SEES = 0.9
+"""A score *sees* a poison kind when its measured AUROC (poisons vs the other members of the
+attacked concept, served images) is at least this; *blind* below 0.7; partial in between."""
+
+MEASURED_AUROC: dict[str, dict[str, float]] = {}
+"""Served-image AUROC per score and poison kind, from ``benchmarks/bench_poisons.py`` on report
+seeds (see ``MEASURED_SOURCE``); filled in from ``benchmarks/results/poisons.json``."""
+MEASURED_SOURCE = "benchmarks/results/poisons.json"
+
+
+def coverage(evidence: Sequence[str], computed: Sequence[str]) -> dict[str, Any]:
+    """Which poison kinds each score was measured to see, partly see and not see
+    (:data:`MEASURED_AUROC`), which scores this run computed, and which entered the combined
+    score: what the report's poison section says about blind spots."""
+    rows = {}
+    for score, by_kind in MEASURED_AUROC.items():
+        rows[score] = {
+            "auroc": by_kind,
+            "sees": sorted(k for k, a in by_kind.items() if a >= COVERAGE_SEES),
+            "partly": sorted(k for k, a in by_kind.items() if 0.7 <= a < COVERAGE_SEES),
+            "blind_to": sorted(k for k, a in by_kind.items() if a < 0.7),
+            "computed": score in set(SCORE_NAMES) | set(computed) or score == COMBINED,
+            "in_combined": score in set(evidence),
+        }
+    return {
+        "source": MEASURED_SOURCE,
+        "rule": f"sees: AUROC >= {COVERAGE_SEES}; partly: 0.7-{COVERAGE_SEES}; blind: < 0.7",
+        "scores": rows,
+    }

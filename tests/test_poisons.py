@@ -635,3 +635,57 @@ def test_generator_poisons_are_deterministic_and_move_the_vae_latent(tmp_path: P
     assert g["nightshade"]["count"] == 4 and g["nightshade"]["latent_distance_ratio_mean"] < 0.8
     assert g["glaze"]["latent_distance_ratio_mean"] < 0.8
     assert g["eps_pixels"] == 16.0
+
+
+def test_z_threshold_is_the_flag_rule_and_threshold_its_old_spelling(tmp_path: Path) -> None:
+    from audit import cli
+    from audit.workspace import Workspace
+
+    s = synthetic(n_per=100, k=3, n_poison=3)
+    _write_workspace(tmp_path, s, [])
+    cmd = ["poisons", str(tmp_path), "-q", "--concepts", ",".join(CONCEPTS[:3])]
+    flags = {}
+    for spelling in ("--z-threshold", "--threshold"):
+        assert cli.main([*cmd, spelling, "2.5"]) == 0
+        ws = Workspace(tmp_path)
+        assert ws.finding_meta("poisons")["parameters"]["z_threshold"] == 2.5
+        flags[spelling] = ws.read_finding("poisons").to_pandas().set_index("key")["flagged"]
+    assert flags["--z-threshold"].equals(flags["--threshold"])
+    assert cli.main(cmd) == 0  # default 6: fewer flags than 2.5
+    default = Workspace(tmp_path).read_finding("poisons").to_pandas()["flagged"].sum()
+    assert default < flags["--z-threshold"].sum()
+    # the old audit.toml key still works
+    (tmp_path / "old.toml").write_text("[poisons]\nthreshold = 2.5\n")
+    assert cli.main([*cmd, "-c", str(tmp_path / "old.toml")]) == 0
+    assert Workspace(tmp_path).finding_meta("poisons")["parameters"]["z_threshold"] == 2.5
+
+
+def test_bad_generator_and_unknown_testbed_concepts_are_one_clear_error(
+    tmp_path: Path, capsys
+) -> None:
+    from audit import cli
+
+    s = synthetic(n_per=60, k=2, n_poison=2)
+    _write_workspace(tmp_path / "ws", s, [])
+    cmd = ["poisons", str(tmp_path / "ws"), "-q", "--concepts", ",".join(CONCEPTS[:2])]
+    not_a_pipeline = tmp_path / "weights"
+    not_a_pipeline.mkdir()
+    (not_a_pipeline / "model.safetensors").write_bytes(b"not a model")
+    assert cli.main([*cmd, "--generator", str(not_a_pipeline)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("poisons.generator") == 1 and "diffusers pipeline" in err
+    assert "Traceback" not in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    assert cli.main([*cmd, "--generator", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("poisons.generator") == 1 and "Traceback" not in err
+    # a poison pair naming a concept the testbed does not draw
+    out = tmp_path / "tb"
+    assert cli.main(["testbed", "--out", str(out), "--nightshade-pairs", "house:unicorn"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown concept 'unicorn'" in err and "Traceback" not in err
+    assert cli.main(["testbed", "--out", str(out), "--glaze-pairs", "watercolor:cubism"]) == 2
+    assert "unknown style 'cubism'" in capsys.readouterr().err
+    assert not (out / "truth.parquet").exists()

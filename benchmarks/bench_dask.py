@@ -578,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=32)
     ap.add_argument("--cores", type=int, default=16, help="cores (worker slots) per node")
     ap.add_argument("--out", default=str(HERE / "results" / "dask.json"))
+    ap.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="measure nothing but the single-core kernels: recompute targets and the estimate "
+        "from --out's stored results (e.g. after results/dedup.json gained its 1M row)",
+    )
     args = ap.parse_args(argv)
 
     import tempfile
@@ -606,13 +612,20 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(n, args.dim) for n in sizes]
     if args.overhead_n:
         runs.append((args.overhead_n, args.est_dim))
+    if args.estimate_only:  # recompute targets and the estimate from the stored measurements
+        old = json.loads(Path(args.out).read_text())
+        results.extend(old["results"])
+        runs = sorted({(r["n"], r["dim"]) for r in results if r["pipeline"] == "dedup"})
+        sizes = [n for n, dim in runs if dim == args.dim]
+        args.hnsw_k = 0
+        doc["command"] = old.get("command", doc["command"])
     with tempfile.TemporaryDirectory() as tmp:
-        for n, dim in runs:
+        for n, dim in [] if args.estimate_only else runs:
             results.extend(
                 bench_dedup(n, dim, args.threshold, workers, Path(tmp), args.partition_size)
             )
             save()
-        if args.embed_n:
+        if args.embed_n and not args.estimate_only:
             results.extend(bench_embed(args.embed_n, workers, Path(tmp)))
             save()
     for r in results:
@@ -673,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         overhead["n"] = args.overhead_n
     overhead.setdefault("dask_per_row_s", 0.0)
-    hnsw = None
+    hnsw = old.get("hnsw") if args.estimate_only else None
     if args.hnsw_k:
         print(f"# HNSW recall at {args.hnsw_k} centroids", flush=True)
         hnsw = hnsw_recall(args.hnsw_k, args.est_dim, args.hnsw_queries, args.threshold)

@@ -5,7 +5,7 @@
     ShardSpec --ReadSamples--> chunks of samples ----DecodeSamples----> chunks of RGB images
                   |  \\--failed rows (download/hash/missing-from-tar)      |  \\--failed_to_decode
                   \\--manifest (every key read)                           v
-                                                   RunInference(ClipModelHandler) -> rows
+                                      RunInference(ClipModelHandler) -> one Arrow table per chunk
                                                            \\--failed_to_embed rows
     all rows + manifests --GroupByKey(shard)--> WriteParts -> part-NNNNN.parquet + .SUCCESS
 
@@ -215,7 +215,7 @@ class ClipBundle:
     copy: Any = None
 
 
-class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
+class ClipModelHandler(ModelHandler[EmbedInput, tuple, ClipBundle]):
     """RunInference handler around an open_clip model: images and captions of a chunk in, rows
     out (L2-normalised float16 embeddings, cosine ``clip_score``).
 
@@ -291,7 +291,7 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
         batch: Sequence[EmbedInput],
         model: ClipBundle,
         inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[dict]:
+    ) -> Iterable[tuple[int, Any]]:
         if not batch:
             return []
         try:
@@ -303,14 +303,12 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
             )
             beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_to_embed").inc(len(batch))
             msg = f"model failed on this batch: {type(exc).__name__}: {exc}"[:500]
-            rows = []
-            for e in batch:
-                row = sample_row(replace(e.sample).fail("failed_to_embed", msg))
-                row["_shard"] = e.sample.shard
-                rows.append(row)
-            return rows
+            rows = [sample_row(replace(e.sample).fail("failed_to_embed", msg)) for e in batch]
+            return [(batch[0].sample.shard, chunk_table(rows))]
 
-    def _embed(self, batch: Sequence[EmbedInput], model: ClipBundle) -> list[dict]:
+    def _embed(self, batch: Sequence[EmbedInput], model: ClipBundle) -> list[tuple[int, Any]]:
+        """The chunk's rows as ONE element: ``(shard, Arrow table)`` (a chunk never spans
+        shards), so Beam's cost after inference is per chunk, not per row."""
         img_emb = txt_emb = copy_emb = None
         text_idx: list[int] = []
         if model.model is not None:
@@ -353,9 +351,8 @@ class ClipModelHandler(ModelHandler[EmbedInput, dict, ClipBundle]):
                 score,
                 None if copy_emb is None else copy_emb[i].astype(np.float16),
             )
-            row["_shard"] = e.sample.shard
             rows.append(row)
-        return rows
+        return [(batch[0].sample.shard, chunk_table(rows))]
 
 
 _MODEL_LOCK = threading.Lock()
@@ -450,6 +447,50 @@ def _vector_array(vectors: list[np.ndarray | None], dim: int, typ: pa.DataType) 
     return arr.cast(typ) if arr.type != typ else arr
 
 
+VECTOR_COLUMNS = ("image_emb", "text_emb", "copy_emb")
+
+
+def chunk_table(rows: list[dict]) -> pa.Table:
+    """Rows of one chunk as an Arrow table, vector columns as fixed-size float16 lists (only
+    those some row has; :func:`align_table` adds the others as nulls when the part is built)."""
+    from pipelines.common import fixed_list_array
+
+    cols: dict[str, Any] = {}
+    for name in ("key", "url", "caption", "sha256", "status", "error"):
+        cols[name] = pa.array([r[name] for r in rows], pa.string())
+    for name in ("width", "height"):
+        cols[name] = pa.array([r[name] for r in rows], pa.int32())
+    cols["clip_score"] = pa.array([r["clip_score"] for r in rows], pa.float32())
+    for name in VECTOR_COLUMNS:
+        vecs = [r.get(name) for r in rows]
+        first = next((v for v in vecs if v is not None), None)
+        if first is None:
+            continue
+        valid = np.array([v is not None for v in vecs])
+        m = np.zeros((len(rows), np.asarray(first).size), np.float16)
+        m[valid] = np.stack([np.asarray(v, np.float16).reshape(-1) for v in vecs if v is not None])
+        cols[name] = fixed_list_array(m, valid)
+    return pa.table(cols)
+
+
+def align_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns in ``schema``'s order and types; missing columns are nulls."""
+    n = table.num_rows
+    cols = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            if f.name in VECTOR_COLUMNS and col.type.list_size != f.type.list_size:
+                raise ValueError(
+                    f"{f.name}: embedding of length {col.type.list_size}, expected "
+                    f"{f.type.list_size}"
+                )
+            cols.append(col.cast(f.type))
+        else:
+            cols.append(pa.nulls(n, f.type))
+    return pa.table(cols, schema=schema)
+
+
 class WritePartFn(beam.DoFn):
     """(shard, [rows and one manifest]) -> part written via ``writer`` -> per-part stats.
 
@@ -464,13 +505,22 @@ class WritePartFn(beam.DoFn):
     def process(self, element: tuple[int, Iterable[tuple[str, Any]]]) -> Iterator[dict]:
         index, items = element
         rows: list[dict] = []
+        tables: list[pa.Table] = []
         manifests: list[dict] = []
         for kind, value in items:
-            (rows if kind == "row" else manifests).append(value)
+            if kind == "row":
+                rows.append(value)
+            elif kind == "batch":
+                tables.append(align_table(value, self.schema))
+            else:
+                manifests.append(value)
         if len(manifests) != 1:
             raise RuntimeError(f"part {index}: expected one manifest, got {len(manifests)}")
         manifest = manifests[0]
-        got = Counter(r["key"] for r in rows)
+        if rows or not tables:
+            tables.append(rows_to_table(rows, self.schema))
+        table = pa.concat_tables(tables).sort_by("key")  # rows_to_table's order
+        got = Counter(table.column("key").to_pylist())
         want = Counter(manifest["keys"])
         if got != want:
             missing = sorted((want - got).keys())[:5]
@@ -479,8 +529,7 @@ class WritePartFn(beam.DoFn):
                 f"part {index} ({manifest['source']}): rows do not match the "
                 f"samples read (missing {missing}, unexpected {extra})"
             )
-        table = rows_to_table(rows, self.schema)
-        counts = dict(sorted(Counter(r["status"] for r in rows).items()))
+        counts = dict(sorted(Counter(table.column("status").to_pylist()).items()))
         info = {
             "source": manifest["source"],
             "counts": counts,
@@ -489,7 +538,7 @@ class WritePartFn(beam.DoFn):
         }
         self.writer(index, table, info)
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, "parts_written").inc()
-        yield {"part": index, "rows": len(rows), "counts": counts}
+        yield {"part": index, "rows": table.num_rows, "counts": counts}
 
 
 # ---- composites ---------------------------------------------------------------------------------
@@ -540,39 +589,35 @@ class DecodeSamples(beam.PTransform):
 
 
 class EmbedChunks(beam.PTransform):
-    """Decoded chunks -> ``(shard, row)`` with embeddings (a failing batch gives
-    ``failed_to_embed`` rows, from the handler)."""
+    """Decoded chunks -> ``(shard, Arrow table of the chunk's rows)`` with embeddings (a
+    failing batch gives ``failed_to_embed`` rows, from the handler)."""
 
     def __init__(self, handler: ClipModelHandler) -> None:
         super().__init__()
         self.handler = handler
 
     def expand(self, decoded: beam.PCollection) -> beam.PCollection:
-        return (
-            decoded
-            | "RunInference" >> RunInference(self.handler.with_no_batching())
-            | "KeyByShard" >> beam.Map(_key_embedded_row)
-        )
-
-
-def _key_embedded_row(row: dict) -> tuple[int, dict]:
-    return row.pop("_shard"), row
+        return decoded | "RunInference" >> RunInference(self.handler.with_no_batching())
 
 
 class WriteParts(beam.PTransform):
-    """``(shard, row)`` rows + manifests -> one part per shard -> per-part stats."""
+    """``(shard, row)`` rows + ``(shard, table)`` chunks + manifests -> one part per shard ->
+    per-part stats. ``pcolls``: ``(rows, manifests)`` or ``(rows, chunks, manifests)``."""
 
     def __init__(self, writer: PartWriter, schema: pa.Schema) -> None:
         super().__init__()
         self.writer = writer
         self.schema = schema
 
-    def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
-        rows, manifests = pcolls
-        tagged_rows = rows | "TagRows" >> beam.MapTuple(_tag, kind="row")
-        tagged_manifests = manifests | "TagManifests" >> beam.MapTuple(_tag, kind="manifest")
+    def expand(self, pcolls: tuple[beam.PCollection, ...]) -> beam.PCollection:
+        rows, *chunks, manifests = pcolls
+        tagged = [
+            rows | "TagRows" >> beam.MapTuple(_tag, kind="row"),
+            *(c | "TagChunks" >> beam.MapTuple(_tag, kind="batch") for c in chunks),
+            manifests | "TagManifests" >> beam.MapTuple(_tag, kind="manifest"),
+        ]
         return (
-            (tagged_rows, tagged_manifests)
+            tuple(tagged)
             | "Both" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
             | "WritePart" >> beam.ParDo(WritePartFn(self.writer, self.schema))
@@ -613,8 +658,8 @@ class EmbedShards(beam.PTransform):
         read = specs | "Read" >> ReadSamples(st.chunk_size, st.max_bytes)
         decoded = read.chunks | "DecodeSamples" >> DecodeSamples(st.max_pixels, st.max_bytes)
         embedded = decoded.decoded | "Embed" >> EmbedChunks(self.handler)
-        rows = (read.failed, decoded.failed, embedded) | "AllRows" >> beam.Flatten()
-        return (rows, read.manifest) | "Write" >> WriteParts(self.writer, self.schema)
+        rows = (read.failed, decoded.failed) | "AllRows" >> beam.Flatten()
+        return (rows, embedded, read.manifest) | "Write" >> WriteParts(self.writer, self.schema)
 
 
 def run_embed(

@@ -24,11 +24,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipelines.beam_options import BeamOptionsError
+
 logger = logging.getLogger(__name__)
 
 
-class UnsafeDaskCluster(ValueError):
-    """A Dask cluster our pipelines must not run on; the message says why and what to use."""
+class UnsafeDaskCluster(BeamOptionsError):
+    """A Dask cluster our pipelines must not run on; the message says why and what to use
+    (a :class:`pipelines.beam_options.BeamOptionsError`: stages report it as a configuration
+    error)."""
 
 
 def _dask_options(options: Any) -> dict[str, Any]:

@@ -765,48 +765,47 @@ def test_reproduce_stage_rejects_a_workspace_without_prompts(tmp_path: Path) -> 
     not (HAVE_TINY_SD and HAVE_TINY_CLIP),
     reason="needs the shipped tiny-sd and tiny-synth weights (audit/assets)",
 )
-def test_shipped_tiny_sd_replicates_planted_works_far_more_than_controls(tmp_path: Path) -> None:
+def test_shipped_tiny_sd_replicates_works_and_the_triage_ranks_them_above_same_keyword_prompts(
+    tmp_path: Path,
+) -> None:
+    """Every prompt of a planted work replicates, no other prompt does, and the one-step triage
+    ranks the replicating prompts above prompts that share their keyword ("van gogh") but do
+    not replicate. Labels come from the N generations, the triage is scored on prompts it did
+    not choose (no --triage-top cut). Measured: AUROC 0.81 against the same-keyword prompts
+    (the sunflowers prompts score like them: tiny-sd's triage is far from perfect)."""
     from audit.cli import main
+    from audit.workspace import Workspace
 
     items = _items(300, 123, 0.08)
     ws = make_workspace(tmp_path / "ws", items, ("tiny-synth", None))
-    controls = [it["caption"] for it in items if it["work_id"] is None][:6]
-    prompts = tmp_path / "controls.jsonl"
-    prompts.write_text(
-        "".join(json.dumps({"prompt": c, "prompt_kind": "control"}) + "\n" for c in controls)
-    )
-    assert (
-        main(
-            [
-                "reproduce",
-                str(ws),
-                "--n",
-                "24",
-                "--steps",
-                "12",
-                "--batch-size",
-                "24",
-                "--chunk-size",
-                "24",
-                "--prompts",
-                str(prompts),
-                "--device",
-                "cpu",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    word = Workspace(ws).read_finding("word_replication").to_pandas()
+    built = build_prompts(word, None)
+    works = built[built.prompt_kind.isin(["keywords", "short_related"])]
+    plain = [it["caption"] for it in items if it["work_id"] is None]
+    named = match_keyword(plain, "van gogh")
+    rows = [{"prompt": r.prompt, "finding_id": r.finding_id, "prompt_kind": r.prompt_kind}
+            for r in works.itertuples()]  # fmt: skip
+    rows += [{"prompt": c, "prompt_kind": "same_keyword"} for c, m in zip(plain, named) if m][:6]
+    rows += [{"prompt": c, "prompt_kind": "control"} for c, m in zip(plain, named) if not m][:4]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["reproduce", str(ws), "--n", "24", "--steps", "12", "--batch-size", "24",
+            "--chunk-size", "24", "--prompts", str(prompts), "--prompts-mode", "replace",
+            "--device", "cpu", "-q"]  # fmt: skip
+    assert main(argv) == 0
     m = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas()
-    works = m[m.prompt_kind.isin(["keywords", "short_related"])]
-    ctrl = m[m.prompt_kind == "control"]
-    assert len(works) == 6 and len(ctrl) == 6
-    k_w, n_w = int(works.n_copies.sum()), int(works.n.sum())
-    k_c, n_c = int(ctrl.n_copies.sum()), int(ctrl.n.sum())
-    lo_w, _ = wilson_interval(k_w, n_w)
-    _, hi_c = wilson_interval(k_c, n_c)
-    assert k_w / n_w >= 0.5, (k_w, n_w)
-    assert lo_w > hi_c, (k_w, n_w, k_c, n_c)  # far more often: the intervals do not overlap
+    assert len(m) == 6 + 6 + 4 and m.generated.all()
+    m["replicates"] = mem.replicates(m.n_copies.to_numpy(), m.n.to_numpy())
+    work = m.finding_id != "user"
+    assert m.loc[work, "replicates"].all(), m.loc[work, ["prompt", "n_copies"]]
+    assert not m.loc[~work, "replicates"].any(), m.loc[~work, ["prompt", "n_copies"]]
+    assert m.loc[work, "replication_rate"].min() >= 0.25
+    hard = m[work | (m.prompt_kind == "same_keyword")]
+    q = mem.triage_quality(hard.triage_score, hard.replicates)
+    assert (q["positives"], q["negatives"]) == (6, 6)
+    assert q["auroc"] >= 0.7, hard[["prompt", "triage_score", "n_copies"]]
+    meta = json.loads((ws / "findings" / "memorization.json").read_text())
+    assert meta["triage"]["auroc_vs_replication"] >= 0.7  # every prompt, controls included
 
 
 def test_calibration_labels_come_from_duplicate_groups_and_clusters(tmp_path: Path) -> None:

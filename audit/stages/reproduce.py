@@ -311,8 +311,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     )
     seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.triage_seeds))
     settings, triage = g.run_triage(ws, prompts, wanted, device, seeds, stats)
-    selected = mem.select_top(triage, cfg.triage_top or None, groups=prompts["finding_id"].tolist(),
-                          per_group=cfg.triage_per_finding)  # fmt: skip
+    selected = mem.select_top(
+        triage, cfg.triage_top or None, prompts["finding_id"].tolist(), cfg.triage_per_finding
+    )
     tasks, counts = g.generate(
         ws, prompts[selected], settings, n=cfg.n, seed_offset=cfg.seed_offset, dim=train.dim,
         device=device, clip_batch_size=cfg.clip_batch_size, space=space,

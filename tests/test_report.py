@@ -198,7 +198,9 @@ def test_one_copy_of_500_does_not_replicate_and_card_json_and_triage_agree(tmp_p
     assert not mem.replicates(1, 500) and mem.replicates(50, 500)
     assert not mem.replicates(10, 500) and not mem.replicates(0, 500)
     assert mem.replicates(1, 500, min_share=0.0) and not mem.replicates(0, 0)
-    from audit.stages.reproduce import Config
+    from audit.cli import load_stage
+
+    Config = load_stage("reproduce").Config  # noqa: N806 - the stage's class
 
     assert Config.__dataclass_fields__["min_copy_share"].default == mem.DEFAULT_MIN_COPY_SHARE
     copies = np.array([50, 25, 1, 10, 0])

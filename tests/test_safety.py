@@ -65,7 +65,9 @@ def test_presets_and_validation() -> None:
     assert parse_safety("sld:max") == "max"
     with pytest.raises(ValueError):
         parse_safety("sld:extreme")
-    from audit.stages.reproduce import Config
+    from audit.cli import load_stage
+
+    Config = load_stage("reproduce").Config  # noqa: N806 - the stage's class
 
     assert Config(safety="sld:strong").safety == "sld:strong"
     with pytest.raises(ConfigError, match="reproduce.safety"):

@@ -40,7 +40,7 @@ def _one_thread() -> None:
 def erased(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-sd after 3 ESD-x steps on a work, saved like ``laion-audit erase`` saves it."""
     from audit.mitigations.esd import ESDSettings, erase_concept
-    from audit.stages.erase import save
+    from audit.mitigations.pipeline_io import save
 
     torch.set_num_threads(1)
     pipe = load_generator("tiny-sd", dtype=torch.float32)

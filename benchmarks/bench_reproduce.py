@@ -1,29 +1,43 @@
 """Reproduction stage: batched vs one-seed-at-a-time generation speed, triage AUROC and cost,
-replication rates of the planted famous works vs control prompts.
+copy rates of the planted famous works, of same-keyword prompts and of other prompts.
 
 Setup (all offline, shipped models): ``tiny-sd`` (trained on a SynthLAION-like set where the
 three van Gogh "famous works" are heavily duplicated) and ``tiny-synth`` CLIP. A workspace is
 built from a fresh draw of the same distribution (``audit.training.train_tiny_sd.make_dataset``
-with a seed the model never saw): its embeddings (tiny CLIP), shards, and one
-``word_replication`` finding per work whose cluster is the work's near-copies. Controls are the
-captions of non-duplicated images (a prompt file, scored against every training image).
+with a seed the model never saw and no earlier run of this benchmark reported): its embeddings
+(tiny CLIP), shards, and one ``word_replication`` finding per work whose cluster is the work's
+near-copies.
 
 1. **Speed**: images/s of ``SeededGenerator.generate`` with batches of 16/32/64 seeds vs a loop
    generating one seed per pipeline call, same prompt, same steps, after a warm-up; plus the
    largest pixel difference between the two for the same seeds (batch-size invariance check).
-2. **Stage run**: ``laion-audit reproduce WS --n N --steps S`` (triage with 4 seeds on every
-   prompt, full N for every prompt so the triage can be scored).
-3. **Triage**: AUROC (and TPR at 1% FPR) of Wen et al.'s first-step score (4 seeds, and 1 seed)
-   against the N-seed labels ("replicates" = the Wilson 95% lower bound of the copy rate is >= 2%,
-   ``detectors.memorization.replicates``);
-   cost = triage seconds per prompt / generation seconds per prompt, and in UNet calls.
-4. **Replication**: per prompt kind, pooled over the three works, and for the controls: copies,
-   rate, Wilson 95% interval.
+2. **Prompts**: a population of the stage's own 15 prompts for the works (five kinds each) and,
+   drawn at random from the captions of images that are no work, ``--same-keyword`` captions
+   that name the keyword ("van gogh") and ``--plain`` captions that do not; a uniform random
+   ``--subset`` of it is measured. Every prompt of the subset gets the full N
+   (``laion-audit reproduce WS --prompts FILE --prompts-mode replace --n N --steps S``, triage
+   with 4 seeds, no ``--triage-top`` cut), so the triage is scored on prompts it did not choose.
+3. **Triage**: AUROC of Wen et al.'s first-step score (4 seeds, and 1 seed) against the N-seed
+   labels ("replicates" = the Wilson 95% lower bound of the copy rate is >= 2%,
+   ``detectors.memorization.replicates``, whatever the prompt's group), with a bootstrap 95%
+   interval over prompts, against every non-replicating prompt and against the same-keyword
+   ones alone; TPR only at false-positive rates the number of negatives resolves (at least one
+   false positive allowed); cost = triage seconds per prompt / generation seconds per prompt,
+   and in UNet calls.
+4. **Copy rates** per group (works by kind, all works, same keyword, plain): copies / N pooled
+   over the group's prompts with a bootstrap 95% interval over prompts (a prompt's generations
+   are not independent draws: a pooled Wilson interval alone would be far too narrow), widened
+   to the pooled Wilson interval where resampling cannot vary (a group that never copied).
+
+Seeds: the workspace and prompt draws reported here (``--seed``, ``--prompt-seed``) are not the
+workspace seed the stage's defaults were looked at on (2024, which the earlier version of this
+benchmark published); both sets are written into the JSON (``seeds``), with ``setting`` (``full``
+or what a reduced run changed) and the rows of docs/quality.md (``quality_rows``).
 
 Usage::
 
-    python benchmarks/bench_reproduce.py                  # N=50, 25 steps (several minutes)
-    python benchmarks/bench_reproduce.py --n 16 --steps 10 --controls 6 --speed-seeds 32
+    python benchmarks/bench_reproduce.py                  # N=50, 25 steps (~15-30 min on CPU)
+    python benchmarks/bench_reproduce.py --n 16 --steps 10 --subset 20 --setting reduced
 
 Prints a table and writes ``benchmarks/results/reproduce.json``.
 """
@@ -50,6 +64,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+KEYWORD = "van gogh"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +201,7 @@ def build_workspace(root: Path, n: int, seed: int, work_share: float) -> tuple[P
         findings.append(
             {
                 "finding_id": f"word:van gogh:{rank}",
-                "keyword": "van gogh",
+                "keyword": KEYWORD,
                 "cluster_rank": rank,
                 "size": len(idx),
                 "share": len(idx) / len(items),
@@ -211,141 +227,172 @@ def build_workspace(root: Path, n: int, seed: int, work_share: float) -> tuple[P
     return root, items
 
 
-def pooled(df: Any) -> dict[str, Any]:
-    from detectors.stats import wilson_interval
+def prompt_population(
+    ws: Path, items: list[dict], n_same: int, n_plain: int, seed: int
+) -> list[dict[str, Any]]:
+    """The prompts an auditor would triage: the stage's own prompts for the three flagged works
+    (five kinds each, built from the word findings like ``reproduce`` builds them), and as many
+    negatives again of two kinds drawn at random (``seed``) from the workspace's captions of
+    images that are no famous work: ``same_keyword`` captions that name the works' keyword
+    ("van gogh") and ``plain`` captions that do not. Whether a prompt replicates is decided by
+    its N generations, never by its group."""
+    import pyarrow.parquet as pq
 
-    k, n = int(df["n_copies"].sum()), int(df["n"].sum())
-    lo, hi = wilson_interval(k, n)
-    return {
-        "prompts": int(len(df)),
-        "copies": k,
-        "n": n,
-        "rate": k / n if n else None,
-        "ci_low": float(lo),
-        "ci_high": float(hi),
-        "mean_sim": float(np.average(df["mean_sim"], weights=df["n"])) if n else None,
-    }
+    from audit.prompts import build_prompts
+    from detectors.text import match_keyword
+
+    word = pq.read_table(ws / "findings" / "word_replication.parquet").to_pandas()
+    built = build_prompts(word, None)
+    out = [
+        {"prompt": r.prompt, "finding_id": r.finding_id, "prompt_kind": r.prompt_kind,
+         "group": "work"}
+        for r in built.itertuples()
+    ]  # fmt: skip
+    caps = sorted({it["caption"] for it in items if it["work_id"] is None})
+    named = match_keyword(caps, KEYWORD)
+    rng = np.random.default_rng(seed)
+    same = [c for c, m in zip(caps, named) if m]
+    plain = [c for c, m in zip(caps, named) if not m]
+    for group, pool, k in (("same_keyword", same, n_same), ("plain", plain, n_plain)):
+        for i in np.sort(rng.choice(len(pool), size=min(k, len(pool)), replace=False)):
+            out.append({"prompt": pool[i], "prompt_kind": group, "group": group})
+    return out
 
 
 def stage_run(
     ws: Path,
-    items: list[dict],
+    prompts: list[dict[str, Any]],
     n: int,
     steps: int,
     batch: int,
-    controls: int,
     device: str,
     generator: str = "tiny-sd",
     threads: int = 0,
 ) -> dict[str, Any]:
-    import pandas as pd
+    """``laion-audit reproduce`` on exactly ``prompts`` (a prompt file, ``--prompts-mode
+    replace``): triage with 4 seeds and the full N for every prompt, no ``--triage-top`` cut."""
     import pyarrow.parquet as pq
 
     from audit.cli import main
-    from detectors import memorization as mem
 
-    plain = [it["caption"] for it in items if it["work_id"] is None]
-    rng = np.random.default_rng(7)
-    picked = [
-        plain[i] for i in rng.choice(len(plain), size=min(controls, len(plain)), replace=False)
-    ]
-    pfile = ws / "controls.jsonl"
+    pfile = ws / "prompts.jsonl"
     pfile.write_text(
-        "".join(json.dumps({"prompt": c, "prompt_kind": "control"}) + "\n" for c in picked)
+        "".join(
+            json.dumps({k: p[k] for k in ("prompt", "finding_id", "prompt_kind") if k in p}) + "\n"
+            for p in prompts
+        )
     )
     t0 = time.perf_counter()
     code = main(
-        [
-            "reproduce",
-            str(ws),
-            "--n",
-            str(n),
-            "--steps",
-            str(steps),
-            "--batch-size",
-            str(batch),
-            "--chunk-size",
-            str(max(n, 1)),
-            "--triage-seeds",
-            "4",
-            "--prompts",
-            str(pfile),
-            "--device",
-            device,
-            "--generator",
-            generator,
-            "--torch-threads",
-            str(threads),
-            "-q",
-        ]
-    )
+        ["reproduce", str(ws), "--n", str(n), "--steps", str(steps), "--batch-size", str(batch),
+         "--chunk-size", str(max(n, 1)), "--triage-seeds", "4", "--prompts", str(pfile),
+         "--prompts-mode", "replace", "--device", device, "--generator", generator,
+         "--torch-threads", str(threads), "-q"]
+    )  # fmt: skip
     wall = time.perf_counter() - t0
     if code != 0:
         raise SystemExit(f"laion-audit reproduce failed with exit code {code}")
     m = pq.read_table(ws / "findings" / "memorization.parquet").to_pandas()
-    meta = json.loads((ws / "findings" / "memorization.json").read_text())
+    group = {p["prompt"]: p["group"] for p in prompts}
+    m["group"] = [group[p] for p in m["prompt"]]
     tri = pq.read_table(ws / "generations" / "triage.parquet").to_pandas().set_index("prompt_id")
-    labels = mem.replication_labels(
+    m["triage_1_seed"] = [float(tri.loc[p, "triage_per_seed"][0]) for p in m["prompt_id"]]
+    meta = json.loads((ws / "findings" / "memorization.json").read_text())
+    return {"wall_seconds": wall, "table": m, "meta": meta}
+
+
+def analyse(run: dict[str, Any], n: int, steps: int) -> dict[str, Any]:
+    """Triage quality (AUROC with a bootstrap interval over prompts, TPR at the FPRs the sample
+    resolves; against every negative, and against same-keyword negatives alone), its cost, and
+    copy rates per group with bootstrap intervals over prompts."""
+    from detectors import memorization as mem
+
+    m, meta = run["table"], run["meta"]
+    m["label"] = mem.replicates(
         m["n_copies"].to_numpy(), m["n"].to_numpy(), meta["triage"]["min_copy_share"]
     )
-    one_seed = np.array([tri.loc[p, "triage_per_seed"][0] for p in m["prompt_id"]])
+    hard = m[m["label"] | (m["group"] == "same_keyword")]
     t = meta["timings"]
     n_prompts = len(m)
+    per_img_step = t["generation"] / (n_prompts * n * steps)
     triage = {
-        "prompts": n_prompts,
-        "replicating": int(labels.sum()),
-        "auroc_4_seeds": mem.triage_auroc(m["triage_score"], labels),
-        "auroc_1_seed": mem.triage_auroc(one_seed, labels),
-        "tpr_at_1pct_fpr_4_seeds": mem.tpr_at_fpr(m["triage_score"], labels, 0.01),
+        "labels": "replicates: Wilson 95% lower bound of the copy rate >= "
+        f"{meta['triage']['min_copy_share']} (detectors.memorization.replicates)",
+        "all_negatives_4_seeds": mem.triage_quality(m["triage_score"], m["label"]),
+        "all_negatives_1_seed": mem.triage_quality(m["triage_1_seed"], m["label"]),
+        "same_keyword_negatives_4_seeds": mem.triage_quality(hard["triage_score"], hard["label"]),
+        "stage_auroc": meta["triage"]["auroc_vs_replication"],
         "triage_seconds": t["triage"],
         "generation_seconds": t["generation"],
         "triage_seconds_per_prompt": t["triage"] / n_prompts,
         "generation_seconds_per_prompt": t["generation"] / n_prompts,
-        "cost_share_seconds": (t["triage"] / n_prompts) / (t["generation"] / n_prompts),
+        "cost_share_seconds": t["triage"] / t["generation"],
         "cost_share_unet_calls": 4 / (n * steps),
-        "cost_share_seconds_at_500x50": None,
+        # the measured per-image generation time extrapolated to the default N=500 x 50 steps
+        "cost_share_seconds_at_500x50": (t["triage"] / n_prompts) / (per_img_step * 500 * 50),
     }
-    # extrapolate the measured per-image generation time to the default N=500 x 50 steps
-    per_img_step = t["generation"] / (n_prompts * n * steps)
-    triage["cost_share_seconds_at_500x50"] = (t["triage"] / n_prompts) / (per_img_step * 500 * 50)
-    by_kind = {}
-    for kind, g in m.groupby("prompt_kind"):
-        by_kind[str(kind)] = pooled(g)
-    works = m[m["prompt_kind"] != "control"]
-    rows = m[
-        [
-            "finding_id",
-            "prompt_kind",
-            "prompt",
-            "n",
-            "n_copies",
-            "replication_rate",
-            "ci_low",
-            "ci_high",
-            "mean_sim",
-            "max_sim",
-            "verbatim_rate",
-            "triage_score",
-        ]
-    ].copy()
-    rows["label"] = labels
+    rates = {}
+    works = m[m["group"] == "work"]
+    for kind, g in works.groupby("prompt_kind"):
+        rates[f"work: {kind}"] = mem.copy_rate_over_prompts(g["n_copies"], g["n"])
+    rates["work: all kinds"] = mem.copy_rate_over_prompts(works["n_copies"], works["n"])
+    for grp in ("same_keyword", "plain"):
+        g = m[m["group"] == grp]
+        rates[grp] = mem.copy_rate_over_prompts(g["n_copies"], g["n"])
+    rows = m[["group", "finding_id", "prompt_kind", "prompt", "n", "n_copies",
+              "replication_rate", "ci_low", "ci_high", "mean_sim", "max_sim", "verbatim_rate",
+              "triage_score", "triage_1_seed", "label"]]  # fmt: skip
     return {
-        "wall_seconds": wall,
+        "wall_seconds": run["wall_seconds"],
         "copy_threshold": meta["copy_threshold"],
-        "unrelated_similarity_quantiles": meta["unrelated_similarity_quantiles"],
+        "space": (meta.get("space") or {}).get("column", "image_emb"),
+        "unrelated_similarity_quantiles": meta.get("unrelated_similarity_quantiles"),
         "tiled_l2_threshold": meta.get("tiled_l2_threshold"),
         "timings": t,
         "triage": triage,
-        "by_kind": by_kind,
-        "works_all_kinds": pooled(works),
-        "controls": pooled(m[m["prompt_kind"] == "control"]),
-        "prompts": json.loads(pd.DataFrame(rows).to_json(orient="records")),
+        "copy_rates": rates,
+        "prompts": json.loads(rows.to_json(orient="records")),
     }
+
+
+def quality_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of docs/quality.md: the triage's AUROC and the copy rates, on a workspace seed
+    and prompt draws that never chose a setting."""
+    from quality import row
+
+    st, seeds = res["stage"], res["seeds"]
+    tune, report = seeds["tune"], [f"workspace {seeds['report']['workspace']}",
+                                   f"prompts {seeds['report']['prompts']}"]  # fmt: skip
+    space = "CLIP space" if st["space"] == "image_emb" else "copy space"
+    setting = f"tiny-sd, {res['n']} seeds x {res['steps']} steps, copies in {space}"
+    if res.get("setting", "full") != "full":
+        setting += " (reduced run)"
+    out = []
+    for key, what in (("all_negatives_4_seeds", "every non-replicating prompt"),
+                      ("same_keyword_negatives_4_seeds", "same-keyword prompts")):  # fmt: skip
+        q = st["triage"][key]
+        out.append(row(
+            "triage (first-step noise norm, 4 seeds)", f"AUROC vs replication, negatives: {what}",
+            q["auroc"], ci=q["auroc_ci"], n=q["prompts"], tune=tune, report=report,
+            setting=setting, note=f"{q['positives']} replicating of {q['prompts']} prompts",
+        ))  # fmt: skip
+    for grp in ("work: all kinds", "same_keyword", "plain"):
+        r = st["copy_rates"][grp]
+        out.append(row(
+            "reproduce (copy rate)", f"{grp} prompts", r["rate"], ci=[r["ci_low"], r["ci_high"]],
+            n=r["prompts"], tune=tune, report=report, setting=setting,
+            note="bootstrap over prompts, at least the pooled Wilson interval",
+        ))  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 def _f(x: Any, d: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
+
+
+def _ci(lo: Any, hi: Any) -> str:
+    return f"[{_f(lo)}, {_f(hi)}]"
 
 
 def print_report(res: dict[str, Any]) -> None:
@@ -371,16 +418,25 @@ def print_report(res: dict[str, Any]) -> None:
             f"{b['seconds_per_image']:>10.3f}{b['images_per_s']:>10.2f}"
             f"{b['speedup_vs_loop']:>9.2f}{b['max_pixel_diff_vs_loop']:>13}"
         )
-    st = res["stage"]
+    st, seeds = res["stage"], res["seeds"]
     tr = st["triage"]
     print(
-        f"\n== triage (Wen et al. first-step ||eps_c - eps_0||) vs {res['n']}-seed labels: "
-        f"{tr['replicating']} of {tr['prompts']} prompts replicate"
+        f"\n== triage (Wen et al. first-step ||eps_c - eps_0||) vs {res['n']}-seed labels on a "
+        f"random subset of {res['prompts']['subset']} of {res['prompts']['population']} prompts "
+        f"(workspace seed {seeds['report']['workspace']}, prompt seed "
+        f"{seeds['report']['prompts']}; tuned on {', '.join(seeds['tune'])})"
     )
-    print(
-        f"AUROC 4 seeds {_f(tr['auroc_4_seeds'])}  1 seed {_f(tr['auroc_1_seed'])}  "
-        f"TPR@1%FPR {_f(tr['tpr_at_1pct_fpr_4_seeds'])}"
-    )
+    print(f"{'negatives':<34}{'prompts':>8}{'repl.':>6}{'AUROC':>7}{'95% CI (bootstrap)':>20}"
+          f"  TPR at resolvable FPR")  # fmt: skip
+    for key, name in (
+        ("all_negatives_4_seeds", "all, 4 seeds"),
+        ("all_negatives_1_seed", "all, 1 seed"),
+        ("same_keyword_negatives_4_seeds", "same keyword only, 4 seeds"),
+    ):
+        q = tr[key]
+        tpr = ", ".join(f"{_f(v, 2)} @ {k}" for k, v in q["tpr_at_fpr"].items()) or "none"
+        print(f"{name:<34}{q['prompts']:>8}{q['positives']:>6}{_f(q['auroc']):>7}"
+              f"{_ci(*q['auroc_ci']):>20}  {tpr}")  # fmt: skip
     print(
         f"cost: {_f(tr['triage_seconds_per_prompt'], 2)} s/prompt vs "
         f"{_f(tr['generation_seconds_per_prompt'], 1)} s/prompt for {res['n']} x "
@@ -388,29 +444,19 @@ def print_report(res: dict[str, Any]) -> None:
         f"{_f(tr['cost_share_unet_calls'], 4)}); extrapolated to 500 x 50: "
         f"{tr['cost_share_seconds_at_500x50']:.2e}"
     )
-    print(
-        f"\n== replication (copy = best cosine over the cluster >= "
-        f"{st['copy_threshold']:.4f}, the 1-1e-3 quantile of unrelated training pairs)"
-    )
-    print(
-        f"{'prompt kind':<26}{'prompts':>8}{'copies/n':>12}{'rate':>8}{'95% CI':>18}"
-        f"{'mean sim':>10}"
-    )
-    for kind, p in sorted(st["by_kind"].items(), key=lambda kv: kv[0] == "control"):
-        print(
-            f"{kind:<26}{p['prompts']:>8}{str(p['copies']) + '/' + str(p['n']):>12}"
-            f"{_f(p['rate']):>8}{'[' + _f(p['ci_low']) + ', ' + _f(p['ci_high']) + ']':>18}"
-            f"{_f(p['mean_sim']):>10}"
-        )
-    w, c = st["works_all_kinds"], st["controls"]
-    print(
-        f"{'works (all kinds)':<26}{w['prompts']:>8}{str(w['copies']) + '/' + str(w['n']):>12}"
-        f"{_f(w['rate']):>8}{'[' + _f(w['ci_low']) + ', ' + _f(w['ci_high']) + ']':>18}"
-    )
-    print(
-        f"{'controls':<26}{c['prompts']:>8}{str(c['copies']) + '/' + str(c['n']):>12}"
-        f"{_f(c['rate']):>8}{'[' + _f(c['ci_low']) + ', ' + _f(c['ci_high']) + ']':>18}"
-    )
+    print(f"\n== copy rates (copy = similarity >= {st['copy_threshold']:.4f} in {st['space']}; "
+          "95% interval: bootstrap over prompts, at least the pooled Wilson)")  # fmt: skip
+    print(f"{'prompts':<34}{'prompts':>8}{'copies/n':>12}{'rate':>8}{'95% CI':>18}")
+    for name, p in st["copy_rates"].items():
+        print(f"{name:<34}{p['prompts']:>8}{str(p['copies']) + '/' + str(p['n']):>12}"
+              f"{_f(p['rate']):>8}{_ci(p['ci_low'], p['ci_high']):>18}")  # fmt: skip
+
+
+TUNE_SEEDS = [2024]
+"""The workspace seed the earlier version of this benchmark published (and the stage's defaults
+were looked at on): never reported here."""
+REPORT_SEED = 5150
+PROMPT_SEED = 5151
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,13 +469,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop-seeds", type=int, default=12, help="images in the one-seed loop")
     ap.add_argument("--train-n", type=int, default=600)
     ap.add_argument("--work-share", type=float, default=0.06)
-    ap.add_argument("--controls", type=int, default=15)
+    ap.add_argument("--same-keyword", type=int, default=30, help="same-keyword prompts drawn")
+    ap.add_argument("--plain", type=int, default=30, help="plain caption prompts drawn")
+    ap.add_argument("--subset", type=int, default=45, help="prompts of the population measured")
+    ap.add_argument("--seed", type=int, default=REPORT_SEED, help="workspace seed (report)")
+    ap.add_argument("--prompt-seed", type=int, default=PROMPT_SEED, help="prompt draws (report)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--generator", default="tiny-sd", help="diffusers pipeline (tiny-sd)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved speed rounds (2)")
+    ap.add_argument("--setting", default="full", help="recorded as is: full, or what was reduced")
     ap.add_argument("--out", default=str(HERE / "results" / "reproduce.json"))
     args = ap.parse_args(argv)
+    if args.seed in TUNE_SEEDS:
+        raise SystemExit(f"--seed {args.seed} is a tuning seed; report on another one")
 
     import torch
 
@@ -439,9 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(-1)
     t0 = time.time()
     res: dict[str, Any] = {
+        "setting": args.setting,
         "n": args.n,
         "steps": args.steps,
         "threads": args.threads,
+        "seeds": {
+            "tune": [f"workspace {s}" for s in TUNE_SEEDS],
+            "report": {"workspace": args.seed, "prompts": args.prompt_seed},
+            "note": "nothing is fitted to labels: alpha 1e-3 and min_copy_share 0.02 come from "
+            "the literature, 4 triage seeds from Wen et al.; tiny-sd was trained on generator "
+            "seed 0 (its training summary)",
+        },
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -461,24 +522,24 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        ws, items = build_workspace(Path(tmp) / "ws", args.train_n, 2024, args.work_share)
-        res["workspace"] = {
-            "train_n": args.train_n,
-            "work_share": args.work_share,
-            "seed": 2024,
-            "controls": args.controls,
+        ws, items = build_workspace(Path(tmp) / "ws", args.train_n, args.seed, args.work_share)
+        population = prompt_population(ws, items, args.same_keyword, args.plain, args.prompt_seed)
+        rng = np.random.default_rng([args.prompt_seed, 1])
+        pick = np.sort(rng.choice(len(population), min(args.subset, len(population)), False))
+        subset = [population[i] for i in pick]
+        res["workspace"] = {"train_n": args.train_n, "work_share": args.work_share}
+        res["prompts"] = {
+            "population": len(population),
+            "population_groups": _counts(p["group"] for p in population),
+            "subset": len(subset),
+            "subset_groups": _counts(p["group"] for p in subset),
+            "how": "a uniform random subset of the population, every prompt generated at the "
+            "full N (no triage cut): the triage is scored on prompts it did not choose",
         }
-        res["stage"] = stage_run(
-            ws,
-            items,
-            args.n,
-            args.steps,
-            args.batch,
-            args.controls,
-            args.device,
-            args.generator,
-            args.threads,
-        )
+        run = stage_run(ws, subset, args.n, args.steps, args.batch, args.device, args.generator,
+                        args.threads)  # fmt: skip
+        res["stage"] = analyse(run, args.n, args.steps)
+    res["quality_rows"] = quality_rows(res)
     res["seconds"] = time.time() - t0
     print_report(res)
     out = Path(args.out)
@@ -486,6 +547,13 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(res, indent=2, default=float) + "\n")
     print(f"\nwrote {out} ({res['seconds']:.0f} s)")
     return 0
+
+
+def _counts(xs: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in xs:
+        out[x] = out.get(x, 0) + 1
+    return out
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ tiny-sd: for each famous work's prompt and for control prompts (captions of non-
   training images), the share of ``--seeds`` generations whose nearest training image (tiny-synth
   image cosine) comes from the prompt's own source, with a Wilson 95% interval per prompt; the
   rates of all works and all controls pool the prompts' generations with a bootstrap 95%
-  interval over prompts (one prompt's generations are not independent draws).
+  interval over prompts (one prompt's generations are not independent draws), at least as
+  wide as the pooled Wilson interval (``detectors.memorization.copy_rate_over_prompts``).
 Training times are read from the records the training scripts wrote next to the weights; the
 JSON names the seeds the models were trained (tuned) on and the seeds measured here.
 

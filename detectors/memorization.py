@@ -506,16 +506,29 @@ def pooled_rate(n_copies: np.ndarray, n: np.ndarray) -> float:
     return float(np.sum(n_copies)) / total if total else float("nan")
 
 
+COPY_RATE_INTERVAL = (
+    "bootstrap over prompts (percentile, 95%), widened to the pooled Wilson 95% interval where "
+    "that is wider"
+)
+
+
 def copy_rate_over_prompts(
     n_copies: np.ndarray, n: np.ndarray, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
-    """The pooled copy rate of a group of prompts with a bootstrap 95% interval over prompts
-    (:func:`bootstrap_over_prompts`), and the counts it rests on."""
+    """The pooled copy rate of a group of prompts with a 95% interval, and the counts it rests
+    on. The interval is the bootstrap over prompts (:func:`bootstrap_over_prompts`: prompts
+    differ, so the pooled generations are no independent sample), widened to the pooled Wilson
+    interval where that is wider: resampling cannot vary a group whose prompts all copied
+    nothing (or everything), nor a group of one prompt, and a bootstrap interval of [0, 0]
+    would claim a certainty 456 generations do not give."""
     k = np.asarray(n_copies, dtype=np.float64)
     m = np.asarray(n, dtype=np.float64)
     keep = m > 0
     k, m = k[keep], m[keep]
     lo, hi = bootstrap_over_prompts(pooled_rate, k, m, n_boot=n_boot, seed=seed)
+    if len(m):
+        w_lo, w_hi = wilson_interval(int(k.sum()), int(m.sum()))
+        lo, hi = float(min(lo, w_lo)), float(max(hi, w_hi))
     return {
         "prompts": int(len(m)),
         "copies": int(k.sum()),
@@ -523,7 +536,7 @@ def copy_rate_over_prompts(
         "rate": pooled_rate(k, m),
         "ci_low": lo,
         "ci_high": hi,
-        "interval": "bootstrap over prompts (percentile, 95%)",
+        "interval": COPY_RATE_INTERVAL,
     }
 
 

@@ -261,6 +261,9 @@ def test_intervals_over_prompts_widen_when_prompts_differ() -> None:
         assert width >= ratio[0] and (ratio[1] is None or width <= ratio[1]), width
         assert r["ci_low"] <= r["rate"] <= r["ci_high"]
     assert mem.copy_rate_over_prompts(np.array([3, 0]), np.array([10, 0]))["prompts"] == 1
+    # prompts that all copied nothing: resampling cannot vary them, the counts still bound it
+    none = mem.copy_rate_over_prompts(np.zeros(19, int), np.full(19, 24))
+    assert none["ci_low"] == 0 and none["ci_high"] == pytest.approx(wilson_interval(0, 456)[1])
 
 
 def test_triage_quality_reports_only_what_the_sample_resolves() -> None:

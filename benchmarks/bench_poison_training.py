@@ -425,7 +425,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "poison_share_of_A": round(k / (k + n_a_clean), 4),
                 "before": measure(keys),
             }
-            if ws_all is not None:
+            if ws_all is not None and (args.defence_ks is None or k in args.defence_ks):
                 aud = audit_condition(ws_all, keys, work, f"{kind}_{k}")
                 kept = aud["kept"]
                 pk = set(poisons[kind][:k])
@@ -556,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control-gens", type=int, default=25)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-defence", action="store_true", help="skip the audit and retraining")
+    ap.add_argument(
+        "--defence-ks", type=int, nargs="*", default=None, help="audit and retrain at these k only"
+    )
     ap.add_argument("--work", default=None, help="working folder (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the working folder")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "poison_training.json"))

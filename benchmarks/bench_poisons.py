@@ -63,11 +63,11 @@ SIGN = {P.ALIGNMENT_COS: -1.0}
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "chroma": {"evidence": (*P.DEFAULT_EVIDENCE, P.CHROMA_HF)},
-    "cap": {"center_cap": 0.9},
-    "chroma+cap": {"evidence": (*P.DEFAULT_EVIDENCE, P.CHROMA_HF), "center_cap": 0.9},
 }
 """Detector configurations compared (PoisonParams overrides); the stage default is chosen on
-the tune seeds."""
+the tune seeds. (The results of 2026-11-29 also hold "cap" and "chroma+cap": a per-concept
+z-score centre capped at the pooled 0.9 quantile, tried for concepts flooded with poisons; it
+changed nothing and was removed.)"""
 
 
 def concept_count(n: int, seed: int, concept: str) -> int:

@@ -124,7 +124,6 @@ class PoisonParams:
     second_weight: float = 0.5
     rule: str = "max2"
     evidence: tuple[str, ...] = DEFAULT_EVIDENCE
-    center_cap: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -134,8 +133,6 @@ class PoisonParams:
             raise ValueError(f"min_concept_size must be >= 3 (got {self.min_concept_size})")
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES} (got {self.rule!r})")
-        if self.center_cap is not None and not 0.5 <= self.center_cap <= 1:
-            raise ValueError(f"center_cap must be a quantile in [0.5, 1] (got {self.center_cap})")
         unknown = [e for e in self.evidence if e not in EVIDENCE]
         if unknown or not self.evidence:
             raise ValueError(
@@ -392,8 +389,7 @@ def evidence_z(scores: pd.DataFrame, params: PoisonParams | None = None) -> pd.D
 
     Per concept for the embedding scores: the scale is floored at ``scale_floor`` times the
     pooled scale of the same column; concepts smaller than ``min_concept_size`` are standardised
-    with the pooled centre and scale; with ``center_cap`` = q, a concept's centre is at most the
-    pooled q-quantile (a concept flooded with poisons cannot move its centre onto them).
+    with the pooled centre and scale.
     Pooled for :data:`POOLED_EVIDENCE` (median and 1.4826 MAD over every membership).
     """
     params = params or PoisonParams()
@@ -410,15 +406,11 @@ def evidence_z(scores: pd.DataFrame, params: PoisonParams | None = None) -> pd.D
             continue
         pooled_c, pooled_s = _robust_center_scale(v)
         floor = max(params.scale_floor * pooled_s, 1e-9)
-        cap = np.inf
-        if params.center_cap is not None and np.isfinite(v).any():
-            cap = float(np.quantile(v[np.isfinite(v)], params.center_cap))
         z = np.zeros(len(v))
         for _, idx in scores.groupby("concept", sort=False).indices.items():
             vi = v[idx]
             if len(idx) >= params.min_concept_size:
                 c, s = _robust_center_scale(vi)
-                c = min(c, cap)
             else:
                 c, s = pooled_c, pooled_s
             zi = (vi - c) / max(s, floor)

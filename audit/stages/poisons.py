@@ -123,15 +123,6 @@ class Config(Options):
         choices=_evidence_names,
         nonempty=True,
     )
-    center_cap: float | None = option(
-        None,
-        help="a concept's z-score centre is at most this quantile of all rows' scores (so a "
-        "concept flooded with poisons cannot centre on them)",
-        metavar="Q",
-        ge=0.5,
-        le=1,
-        default_help="off",
-    )
     pixel_scores: bool = option(
         True, help="compute chroma_hf_v1 and freq_hf_v1 from the images in WS/shards"
     )
@@ -176,8 +167,7 @@ class Config(Options):
     def params(self) -> Any:
         from detectors.poisons import PoisonParams
 
-        names = ("k_min", "k_max", "min_concept_size", "max_reference", "fire_z", "center_cap",
-                 "seed")  # fmt: skip
+        names = ("k_min", "k_max", "min_concept_size", "max_reference", "fire_z", "seed")
         return PoisonParams(evidence=tuple(self.evidence), **{n: getattr(self, n) for n in names})
 
 

@@ -726,11 +726,12 @@ class Renderer:
                 f'<p class="error">The runs differ in settings that change the rates, so '
                 f"columns are not strictly comparable: {diff}.</p>"
             )
-        parts.append(
-            self.plot(
-                "mitigations", plots.mitigation_rates, [r for r in d["rows"] if r["best"]], cols
-            )
-        )
+        moved = [  # each finding's best prompt, where some column copies at all
+            r
+            for r in d["rows"]
+            if r["best"] and any((c.get("replication_rate") or 0) > 0 for c in r["cells"])
+        ]
+        parts.append(self.plot("mitigations", plots.mitigation_rates, moved, cols))
         head = "".join(
             f'<th title="{esc(", ".join(c["runs"]))}">{esc(c["label"])}</th>' for c in shown
         )

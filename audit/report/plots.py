@@ -272,7 +272,7 @@ def mitigation_rates(
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
-    fig = _figure(7.5, 0.3 * len(rows) * len(cols) + 1.4)
+    fig = _figure(9.5, 0.3 * len(rows) * len(cols) + 1.4)
     ax = fig.subplots()
     height = 0.8 / len(cols)
     for j, c in enumerate(cols):
@@ -294,14 +294,15 @@ def mitigation_rates(
         ax.barh(ys, xs, height=height * 0.9, color=colour, label=c["label"])
         ax.errorbar(xs, ys, xerr=[lo, hi], fmt="none", ecolor="black", elinewidth=0.7, capsize=2)
         for x, y, h in zip(xs, ys, hi):
-            ax.text(min(x + h, 0.93) + 0.01, y, f"{x:.0%}", va="center", fontsize=7)
+            ax.text(x + h + 0.01, y, f"{x:.0%}", va="center", fontsize=7)
     labels = []
     for r in rows[::-1]:
         prompt = r["prompt"] if len(r["prompt"]) <= 36 else r["prompt"][:33] + "..."
         labels.append(f"{r['finding_id']}\n{prompt}")
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("replication rate with 95% CI (share of seeds that copy the training cluster)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlim(0, 1.12)
+    ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_xlabel("replication rate, Wilson 95% interval", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Mitigations: each finding's best prompt", fontsize=10)
     return _save(fig, path)

@@ -74,7 +74,15 @@ def _load() -> list[float] | None:
 def _import_pipelines() -> None:
     import importlib
 
-    for name in ("apache_beam", "pyarrow.parquet", "faiss", "pipelines.dedup_beam"):
+    for name in (
+        "apache_beam",
+        "pyarrow.parquet",
+        "faiss",
+        "pipelines.dedup_beam",
+        "torch",
+        "open_clip",
+        "pipelines.embed",
+    ):
         importlib.import_module(name)
 
 
@@ -159,73 +167,92 @@ def _rows(table: Any) -> list[dict]:
 
 
 def bench_dedup(
-    n: int, dim: int, threshold: float, workers: list[int], tmp: Path, partition_size: int
+    n: int,
+    dim: int,
+    threshold: float,
+    workers: list[int],
+    tmp: Path,
+    partition_size: int,
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
+    """Every runner on the same parts, ``repeats`` times interleaved (numpy, DirectRunner, Dask
+    x1, x2, then again): one row per runner with the median seconds, every value, and the
+    median of the per-repeat ratios to numpy (the machine may be shared)."""
+    import statistics
+
     from pipelines.beam_options import beam_setup, local_dask_cluster
 
     paths, data_info = write_parts(tmp / f"parts-{n}-{dim}", n, dim)
     params = {"partition_size": partition_size}
-    common = {"n": n, "dim": dim, "pipeline": "dedup"}
-    load0 = _load()
-    want, info, numpy_s = numpy_path(paths, threshold, params)
-    want = _rows(want)
-    out: list[dict[str, Any]] = [
-        {
-            **common,
-            "runner": "numpy (single process)",
-            "workers": 1,
-            "seconds": numpy_s,
-            "start_s": 0.0,
-            "equal": True,
-            "output_rows": len(want),
-            "partitioned_info": info,
-            "load_average": [load0, _load()],
-        }
-    ]
-    print(f"# n={n} dim={dim}: numpy {numpy_s:.1f} s, {len(want)} output rows", flush=True)
-    with beam_setup([]) as direct:
-        load0 = _load()
-        got, wall = beam_path(paths, tmp / f"direct-{n}-{dim}", threshold, params, direct)
-    out.append(
-        {
-            **common,
-            "runner": "DirectRunner",
-            "workers": 1,
-            "seconds": wall,
-            "start_s": 0.0,
-            "equal": _rows(got) == want,
-            "load_average": [load0, _load()],
-        }
-    )
-    print(f"# n={n} dim={dim}: DirectRunner {wall:.1f} s", flush=True)
-    for w in workers:
-        t0 = time.perf_counter()
-        with local_dask_cluster(w) as cluster:
-            warm_workers(cluster.scheduler_address)
-            start = time.perf_counter() - t0
-            flags = [f"--dask_client_address={cluster.scheduler_address}"]
-            with beam_setup(flags, runner="DaskRunner") as on_dask:
-                load0 = _load()
-                got, wall = beam_path(paths, tmp / f"dask{w}-{n}-{dim}", threshold, params, on_dask)
-        out.append(
+    runs: dict[str, list[dict[str, Any]]] = {}
+    want = None
+    info: dict[str, Any] = {}
+
+    def record(name: str, workers_: int, wall: float, start: float, got: Any, load0: Any) -> None:
+        runs.setdefault(name, []).append(
             {
-                **common,
-                "runner": f"DaskRunner x{w}",
-                "workers": w,
+                "workers": workers_,
                 "seconds": wall,
                 "start_s": start,
                 "equal": _rows(got) == want,
                 "load_average": [load0, _load()],
             }
         )
-        print(f"# n={n} dim={dim}: Dask x{w} {wall:.1f} s (+{start:.1f} s start)", flush=True)
-    for r in out:
-        r["ratio"] = round(r["seconds"] / numpy_s, 2)
-        r["ratio_with_start"] = round((r["seconds"] + r["start_s"]) / numpy_s, 2)
-        r["rows_per_s"] = round(n / r["seconds"], 1)
-        r["seconds"] = round(r["seconds"], 2)
-        r["start_s"] = round(r["start_s"], 2)
-        r["data"] = data_info
+        print(f"# n={n} dim={dim}: {name} {wall:.1f} s (+{start:.1f} s start)", flush=True)
+
+    for rep in range(repeats):
+        load0 = _load()
+        table, info, wall = numpy_path(paths, threshold, params)
+        if want is None:
+            want = _rows(table)
+        record("numpy (single process)", 1, wall, 0.0, table, load0)
+        with beam_setup([]) as direct:
+            load0 = _load()
+            got, wall = beam_path(paths, tmp / f"direct-{n}-{dim}-{rep}", threshold, params, direct)
+        record("DirectRunner", 1, wall, 0.0, got, load0)
+        for w in workers:
+            t0 = time.perf_counter()
+            with local_dask_cluster(w) as cluster:
+                warm_workers(cluster.scheduler_address)
+                start = time.perf_counter() - t0
+                flags = [f"--dask_client_address={cluster.scheduler_address}"]
+                with beam_setup(flags, runner="DaskRunner") as on_dask:
+                    load0 = _load()
+                    got, wall = beam_path(
+                        paths, tmp / f"dask{w}-{n}-{dim}-{rep}", threshold, params, on_dask
+                    )
+            record(f"DaskRunner x{w}", w, wall, start, got, load0)
+    base = [r["seconds"] for r in runs["numpy (single process)"]]
+    out = []
+    for name, reps in runs.items():
+        secs = [r["seconds"] for r in reps]
+        med = statistics.median(secs)
+        start = statistics.median(r["start_s"] for r in reps)
+        out.append(
+            {
+                "n": n,
+                "dim": dim,
+                "pipeline": "dedup",
+                "runner": name,
+                "workers": reps[0]["workers"],
+                "repeats": len(reps),
+                "seconds": round(med, 2),
+                "seconds_all": [round(x, 2) for x in secs],
+                "spread": round((max(secs) - min(secs)) / med, 2) if med else None,
+                "start_s": round(start, 2),
+                "equal": all(r["equal"] for r in reps),
+                "ratio": round(med / statistics.median(base), 2),
+                "paired_ratio_median": round(
+                    statistics.median(a / b for a, b in zip(secs, base)), 2
+                ),
+                "ratio_with_start": round((med + start) / statistics.median(base), 2),
+                "rows_per_s": round(n / med, 1),
+                "load_average": [r["load_average"] for r in reps],
+                "data": data_info,
+                **({"output_rows": len(want), "partitioned_info": info} if name.startswith(
+                    "numpy") else {}),
+            }
+        )  # fmt: skip
     return out
 
 
@@ -497,8 +524,9 @@ def estimate(
             "assign": f"flat (all K centroids) up to {dd.FLAT_ASSIGN_MAX} centroids, else HNSW "
             "at the per-row cost MEASURED at hnsw.centroids, scaled by log2 K / log2 "
             "hnsw.centroids; build ~ K log K from the measured build, on one core",
-            "beam_overhead_per_row": "(Dask x1 seconds - numpy seconds) / n at --est-dim, "
-            "measured here (record batches as elements)",
+            "beam_overhead_per_row": "Dask x1 seconds beyond the single-process path, per row, "
+            "at --est-dim: the slope between two sizes (fixed costs cancel; beam_overhead), "
+            "record batches as elements",
             "scaling": "efficiency = Dask x1 seconds / (2 x Dask x2 seconds) measured here "
             f"({eff:.2f}), applied to all {slots} slots",
             "shuffle": "(1 + probes) x dim x 2 bytes (fp16) + ~40 bytes of key per row; "
@@ -563,11 +591,42 @@ def estimate(
     return out
 
 
+def beam_overhead(results: list[dict], dim: int, row: Any) -> dict[str, Any]:
+    """Beam's seconds per row beyond the single-process path at ``dim``: with two sizes the
+    slope ``(extra(N2) - extra(N1)) / (N2 - N1)`` (fixed costs such as pipeline start cancel),
+    with one ``extra(N) / N`` (an over-estimate: fixed costs included)."""
+    ns = sorted({r["n"] for r in results if r["pipeline"] == "dedup" and r.get("dim") == dim})
+    out: dict[str, Any] = {"dim": dim, "sizes": ns}
+    for name, runner in (("direct", "DirectRunner"), ("dask", "DaskRunner x1")):
+        extra = {}
+        for n in ns:
+            base, r = row(n, dim, "numpy"), row(n, dim, runner)
+            if base and r:
+                extra[n] = r["seconds"] - base["seconds"]
+        out[f"{name}_extra_seconds"] = extra
+        if len(extra) >= 2:
+            (n1, e1), (n2, e2) = sorted(extra.items())[0], sorted(extra.items())[-1]
+            out[f"{name}_per_row_s"] = max(0.0, (e2 - e1) / (n2 - n1))
+            out[f"{name}_fixed_s"] = round(e1 - out[f"{name}_per_row_s"] * n1, 2)
+            out["how"] = "slope between the smallest and largest size"
+        elif extra:
+            n1, e1 = next(iter(extra.items()))
+            out[f"{name}_per_row_s"] = max(0.0, e1 / n1)
+            out["how"] = "extra seconds / N at one size (includes fixed costs)"
+    out.setdefault("dask_per_row_s", 0.0)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="60000,1000000", help="dedup rows (at --dim)")
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--overhead-n", type=int, default=60_000, help="rows at --est-dim (0: skip)")
+    ap.add_argument(
+        "--overhead-n",
+        default="60000,300000",
+        help="rows at --est-dim, comma-separated (0: skip); two sizes give the per-row "
+        "overhead as a slope, free of fixed costs",
+    )
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--partition-size", type=int, default=1000)
     ap.add_argument("--workers", default="1,2", help="Dask worker counts to run")
@@ -578,6 +637,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=32)
     ap.add_argument("--cores", type=int, default=16, help="cores (worker slots) per node")
     ap.add_argument("--out", default=str(HERE / "results" / "dask.json"))
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each dedup size")
+    ap.add_argument("--repeat-max-n", type=int, default=100_000, help="larger sizes run once")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep --out's stored rows for the sizes (and embed, HNSW) not measured now",
+    )
     ap.add_argument(
         "--estimate-only",
         action="store_true",
@@ -610,8 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, args.out)
 
     runs = [(n, args.dim) for n in sizes]
-    if args.overhead_n:
-        runs.append((args.overhead_n, args.est_dim))
+    runs += [(int(n), args.est_dim) for n in str(args.overhead_n).split(",") if int(n or 0)]
     if args.estimate_only:  # recompute targets and the estimate from the stored measurements
         old = json.loads(Path(args.out).read_text())
         results.extend(old["results"])
@@ -619,15 +684,29 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [n for n, dim in runs if dim == args.dim]
         args.hnsw_k = 0
         doc["command"] = old.get("command", doc["command"])
+    if args.merge and Path(args.out).exists() and not args.estimate_only:
+        # keep the stored rows that this run does not measure again
+        old_doc = json.loads(Path(args.out).read_text())
+        again = set(runs) | ({"embed"} if args.embed_n else set())
+        results.extend(
+            r
+            for r in old_doc["results"]
+            if (r["n"], r.get("dim")) not in again and r["pipeline"] not in again
+        )
+        if not args.hnsw_k and old_doc.get("hnsw"):
+            doc["hnsw"] = old_doc["hnsw"]
     with tempfile.TemporaryDirectory() as tmp:
         for n, dim in [] if args.estimate_only else runs:
+            reps = args.repeats if n <= args.repeat_max_n else 1
             results.extend(
-                bench_dedup(n, dim, args.threshold, workers, Path(tmp), args.partition_size)
+                bench_dedup(n, dim, args.threshold, workers, Path(tmp), args.partition_size, reps)
             )
             save()
         if args.embed_n and not args.estimate_only:
             results.extend(bench_embed(args.embed_n, workers, Path(tmp)))
             save()
+    runs = sorted({(r["n"], r["dim"]) for r in results if r["pipeline"] == "dedup"})
+    sizes = [n for n, dim in runs if dim == args.dim]
     for r in results:
         r.setdefault("rows_per_s", round(r["n"] / r["seconds"], 1))
         r["seconds"] = round(r["seconds"], 2)
@@ -675,18 +754,8 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_1_to_2": round(d1["seconds"] / d2["seconds"], 3) if d1 and d2 else None,
         "efficiency_2_workers": round(d1["seconds"] / (2 * d2["seconds"]), 3) if d1 and d2 else 0.5,
     }
-    overhead: dict[str, float] = {"dim": args.est_dim}
-    if args.overhead_n:
-        base = row(args.overhead_n, args.est_dim, "numpy")
-        for name, runner in (("direct", "DirectRunner"), ("dask", "DaskRunner x1")):
-            r = row(args.overhead_n, args.est_dim, runner)
-            if r:
-                overhead[f"{name}_per_row_s"] = max(
-                    0.0, (r["seconds"] - base["seconds"]) / args.overhead_n
-                )
-        overhead["n"] = args.overhead_n
-    overhead.setdefault("dask_per_row_s", 0.0)
-    hnsw = old.get("hnsw") if args.estimate_only else None
+    overhead = beam_overhead(results, args.est_dim, row)
+    hnsw = old.get("hnsw") if args.estimate_only else doc.get("hnsw")
     if args.hnsw_k:
         print(f"# HNSW recall at {args.hnsw_k} centroids", flush=True)
         hnsw = hnsw_recall(args.hnsw_k, args.est_dim, args.hnsw_queries, args.threshold)

@@ -253,7 +253,29 @@ class ClipModelHandler(ModelHandler[EmbedInput, tuple, ClipBundle]):
     def __repr__(self) -> str:
         return f"ClipModelHandler({self._model_name or self._loader!r}, device={self._device!r})"
 
+    def process_cached(self) -> ClipModelHandler:
+        """A copy whose model is loaded once per worker process for this run and kept there
+        (the last run's only). Beam's DaskRunner sets every DoFn up again for each bundle, and
+        RunInference's shared handle does not outlive an unpickled DoFn: without this, every
+        shard loaded the model again. ``run_embed`` uses it on the DaskRunner."""
+        import copy
+        import uuid
+
+        out = copy.copy(self)
+        out._cache_token = uuid.uuid4().hex
+        return out
+
     def load_model(self) -> ClipBundle:
+        token = getattr(self, "_cache_token", None)
+        if token is not None:
+            with _MODEL_LOCK:
+                if _PROCESS_MODEL.get("token") != token:
+                    _PROCESS_MODEL.clear()
+                    _PROCESS_MODEL.update(token=token, bundle=self._load())
+                return _PROCESS_MODEL["bundle"]
+        return self._load()
+
+    def _load(self) -> ClipBundle:
         import torch
 
         if self._torch_threads > 0:
@@ -355,7 +377,10 @@ class ClipModelHandler(ModelHandler[EmbedInput, tuple, ClipBundle]):
         return [(batch[0].sample.shard, chunk_table(rows))]
 
 
-_MODEL_LOCK = threading.Lock()
+_PROCESS_MODEL: dict[str, Any] = {}
+"""``ClipModelHandler.process_cached``'s model of this worker process (one run's only)."""
+
+_MODEL_LOCK = threading.RLock()
 """One batch at a time through the models of a process. A worker with several threads (a Dask
 worker process with ``nthreads > 1``, ``multi_threading``) shares one model between them, and
 torch's thread count is process-wide: without the lock, one batch's single-threaded preprocess
@@ -674,11 +699,13 @@ def run_embed(
     """Build and run the pipeline over ``specs``; returns the finished ``PipelineResult``.
     A Dask cluster whose workers would duplicate rows is refused first
     (:func:`pipelines.dask_checks.check_workers`)."""
-    from pipelines.dask_checks import bag_partitions, check_workers
+    from pipelines.dask_checks import bag_partitions, check_workers, is_dask
 
     if options is not None and runner is not None:
         check_workers(options, runner)
         options = bag_partitions(options, runner, len(specs))  # one shard per Dask partition
+        if is_dask(runner):
+            handler = handler.process_cached()
     p = beam.Pipeline(runner=runner, options=options)
     _ = (
         p

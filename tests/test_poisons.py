@@ -533,7 +533,10 @@ def test_clean_testbed_gives_few_flags(tmp_path: Path) -> None:
     from audit import cli
     from audit.workspace import Workspace
 
-    truth = _testbed_workspace(tmp_path, n=1200, seed=12, dirty_rate=0.0, clean_rate=0.0)
+    truth = _testbed_workspace(
+        tmp_path, n=1200, seed=12, dirty_rate=0.0, clean_rate=0.0, nightshade_rate=0.0,
+        glaze_rate=0.0,
+    )  # fmt: skip
     assert (truth["poison_kind"] == "none").all()
     assert cli.main(["poisons", str(tmp_path / "ws"), "-q"]) == 0
     df = Workspace(tmp_path / "ws").read_finding("poisons").to_pandas()

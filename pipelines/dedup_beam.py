@@ -226,46 +226,83 @@ def _compact(h: np.ndarray, keys: np.ndarray, x: np.ndarray, k: int) -> tuple:
     return h[order], keys[order], x[order]
 
 
-def summarize(batch: Any, k: int) -> tuple[int, tuple]:
-    """A batch -> ``(rows, bottom_k(batch, k))``: what :class:`BottomKFn` merges."""
-    return _batch_count(batch), bottom_k(batch, k)
+SAMPLE_KEEP_MIN = 4096
+"""A batch always passes its this many smallest hashes to the sample combine."""
+SAMPLE_MARGIN = 2.0
+"""... and every row whose hash is below ``SAMPLE_MARGIN x sample_per_partition /
+partition_size`` of the hash range: about twice the share of rows the sample can take (it
+never takes more than ``sample_per_partition`` rows per ``partition_size``), so the combine
+sees ~13% of the vectors instead of all of them."""
+SAMPLE_FANOUT = 64
+"""Batches are combined in this many groups first, then the groups' samples once: no worker
+ever holds more than ``SAMPLE_FANOUT x max_sample`` sample rows."""
+_U64 = float(2**64)
+
+
+def summarize(
+    batch: Any, k: int, share: float = 1.0, keep_min: int = SAMPLE_KEEP_MIN
+) -> tuple[int, tuple, float | int]:
+    """A batch -> ``(rows, (hashes, keys, vectors) of the rows that may be in the sample,
+    smallest hash left out)``, what :class:`BottomKFn` merges: the batch's ``keep_min``
+    smallest hashes and every row below ``share`` of the hash range, at most ``k``."""
+    h, keys, x = bottom_k(batch, k)
+    n = _batch_count(batch)
+    keep = np.arange(h.size) < keep_min
+    if share < 1.0:
+        keep |= h < np.uint64(min(int(share * _U64), 2**64 - 1))
+    left_out: float | int = int(h[~keep][0]) if (~keep).any() else float("inf")
+    if n > h.size and h.size:  # rows beyond the batch's bottom k were left out too
+        left_out = min(left_out, int(h[-1]))
+    return n, (h[keep], keys[keep], x[keep]), left_out
 
 
 class BottomKFn(beam.CombineFn):
-    """Merges :func:`summarize` outputs into ``(N, global bottom k)``: the row count and the
-    hash sample in one combine (no side input; emits only from ``extract_output``: safe on the
-    DaskRunner, unlike ``Top``)."""
+    """Merges :func:`summarize` outputs into ``(N, global bottom k, smallest hash left out)``:
+    the row count and the hash sample in one combine, composable (its output is a valid
+    input, for a combine in two levels). No side input; emits only from ``extract_output``:
+    safe on the DaskRunner, unlike ``Top``."""
 
     def __init__(self, k: int) -> None:
         self.k = int(k)
 
-    def create_accumulator(self) -> tuple[int, list]:
-        return 0, []
+    def create_accumulator(self) -> tuple[int, list, float]:
+        return 0, [], float("inf")
 
-    def add_input(self, acc: tuple[int, list], summary: tuple) -> tuple[int, list]:
-        n, triples = acc
+    def add_input(self, acc: tuple[int, list, float], summary: tuple) -> tuple[int, list, float]:
+        n, triples, left = acc
         triples.append(summary[1])
         if sum(len(t[0]) for t in triples) > 2 * self.k:
-            triples = self._shrink(triples)
-        return n + int(summary[0]), triples
+            triples, left = self._shrink(triples, left)
+        return n + int(summary[0]), triples, min(left, summary[2])
 
-    def merge_accumulators(self, accs: Iterable[tuple[int, list]]) -> tuple[int, list]:
+    def merge_accumulators(self, accs: Iterable[tuple[int, list, float]]) -> tuple:
         accs = list(accs)
-        return sum(a[0] for a in accs), self._shrink([t for a in accs for t in a[1]])
+        triples, left = self._shrink(
+            [t for a in accs for t in a[1]], min((a[2] for a in accs), default=float("inf"))
+        )
+        return sum(a[0] for a in accs), triples, left
 
-    def _shrink(self, triples: list) -> list:
+    def _shrink(self, triples: list, left: float) -> tuple[list, float]:
         triples = [t for t in triples if len(t[0])]
         if not triples:
-            return []
+            return [], left
         h = np.concatenate([t[0] for t in triples])
         keys = np.concatenate([t[1] for t in triples])
         x = np.concatenate([t[2] for t in triples])
-        return [_compact(h, keys, x, self.k)]
+        if h.size > self.k:  # what is cut here is left out too
+            order = np.argsort(h, kind="stable")
+            left = min(left, int(h[order[self.k]]))
+        return [_compact(h, keys, x, self.k)], left
 
-    def extract_output(self, acc: tuple[int, list]) -> tuple[int, tuple]:
-        n, triples = acc
-        triples = self._shrink(triples)
-        return n, triples[0] if triples else bottom_k(None, self.k)
+    def extract_output(self, acc: tuple[int, list, float]) -> tuple[int, tuple, float]:
+        n, triples, left = acc
+        triples, left = self._shrink(triples, left)
+        return n, triples[0] if triples else bottom_k(None, self.k), left
+
+
+def _fanout_key(summary: tuple, fanout: int) -> tuple[int, tuple]:
+    keys = summary[1][1]
+    return (dd.stable_hash64(str(keys[0])) % fanout if len(keys) else 0), summary
 
 
 def train_model(
@@ -317,8 +354,17 @@ def train_model(
     }
 
 
-def _train_summary(summary: tuple[int, tuple], **kw: Any) -> dict[str, Any]:
-    n, sample = summary
+def _train_summary(summary: tuple[int, tuple, float], **kw: Any) -> dict[str, Any]:
+    n, sample, left_out = summary
+    size = dd.partition_sample_size(
+        n, kw["partition_size"], kw["sample_per_partition"], kw["max_sample"]
+    )
+    h = sample[0]
+    if size > 0 and (h.size < size or int(h[size - 1]) >= left_out):
+        raise RuntimeError(
+            f"hash sample incomplete: {size} rows needed, {h.size} kept, a smaller hash was "
+            "left out by a batch (raise dedup_beam.SAMPLE_MARGIN)"
+        )
     return {**train_model(sample, n, **kw), "n": int(n)}
 
 
@@ -390,11 +436,15 @@ class FitPartitionModel(beam.PTransform):
 
     def expand(self, batches: Any) -> Any:
         k = self.kw["max_sample"]
+        share = SAMPLE_MARGIN * self.kw["sample_per_partition"] / self.kw["partition_size"]
         # no side input, no default value (CombineGlobally's default is injected through a
         # side input): nothing here is recomputed per bundle on any runner; no rows, no model
         return (
             batches
-            | "Summarize" >> beam.Map(summarize, k)
+            | "Summarize" >> beam.Map(summarize, k, share, SAMPLE_KEEP_MIN)
+            | "FanOut" >> beam.Map(_fanout_key, SAMPLE_FANOUT)
+            | "CountAndSampleGroups" >> beam.CombinePerKey(BottomKFn(k))
+            | "Samples" >> beam.Values()
             | "CountAndSample" >> beam.CombineGlobally(BottomKFn(k)).without_defaults()
             | "Train" >> beam.Map(_train_summary, **self.kw)
         )
@@ -925,8 +975,8 @@ def run_near_dedup(
     rows is not written).
 
     Every step emits only from ``process`` (files read with pyarrow from ``Create(read
-    tasks)``, shards written by a keyed ``GroupByKey``), so the pipeline gives the same result
-    on every runner, the DaskRunner included. ``setup``: a ``pipelines.beam_options.BeamSetup``
+    tasks)``, each shard written once, from ``process``, by a temporary name and a rename), so
+    the pipeline gives the same result on every runner, the DaskRunner included. ``setup``: a ``pipelines.beam_options.BeamSetup``
     (runner + options); default DirectRunner. Runner configurations that lose or duplicate
     rows are refused before anything runs (:func:`pipelines.dask_checks.check_safe_runner`).
     ``vector_column``: the embedding searched (``image_emb`` or the copy descriptor

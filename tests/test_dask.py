@@ -181,6 +181,37 @@ def test_dedup_beam_on_dask_equals_direct_and_single_machine(cluster: Any, tmp_p
     assert len(pairs) == len(got_dask)  # one row per key, no duplicates
 
 
+def test_batch_sample_equals_the_hash_sample_and_refuses_an_incomplete_one(monkeypatch) -> None:
+    """Each batch passes only its rows that can be in the k-means sample (its smallest hashes
+    and those below ~2x the sample's share of the hash range) through a two-level combine:
+    the fitted centroids are those of the single-machine hash sample; a margin too small to
+    hold the sample is an error, never a different sample."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    from pipelines import dedup_beam as db
+
+    n, p_size = 20_000, 1000
+    x, _ = clustered(n, seed=5, n_groups=10, dim=DIM)
+    keys = [f"k{i:07d}" for i in range(n)]
+    batches = [db.make_batch(keys[s : s + 1000], x[s : s + 1000]) for s in range(0, n, 1000)]
+    size = dd.partition_sample_size(n, p_size)
+    want = dd.train_partitioner(x[dd.hash_sample(keys, size)], 20)
+    monkeypatch.setattr(db, "SAMPLE_KEEP_MIN", 8)  # the hash bound does the work
+
+    def check(models: list) -> None:
+        assert len(models) == 1 and models[0]["n"] == n
+        np.testing.assert_array_equal(models[0]["centroids"], want)
+
+    with TestPipeline() as pipe:
+        fitted = pipe | beam.Create(batches) | db.FitPartitionModel(0.95, partition_size=p_size)
+        assert_that(fitted, check)
+    monkeypatch.setattr(db, "SAMPLE_MARGIN", 0.5)  # keeps ~3% of rows; the sample needs 6.4%
+    with pytest.raises(Exception, match="hash sample incomplete"), TestPipeline() as pipe:
+        _ = pipe | beam.Create(batches) | db.FitPartitionModel(0.95, partition_size=p_size)
+
+
 def test_dask_side_inputs_see_duplicated_rows(cluster: Any, tmp_path: Path) -> None:
     """Why the near-duplicate model is never a side input on Dask: the runner recomputes a
     side input's upstream inside the worker, where the tasks of one step share Beam's output

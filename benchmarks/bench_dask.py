@@ -71,29 +71,25 @@ def _load() -> list[float] | None:
         return None
 
 
-def _import_pipelines() -> None:
+DEDUP_MODULES = ("apache_beam", "pyarrow.parquet", "faiss", "pipelines.dedup_beam")
+EMBED_MODULES = ("apache_beam", "pyarrow.parquet", "torch", "open_clip", "pipelines.embed")
+
+
+def _import(names: tuple[str, ...]) -> None:
     import importlib
 
-    for name in (
-        "apache_beam",
-        "pyarrow.parquet",
-        "faiss",
-        "pipelines.dedup_beam",
-        "torch",
-        "open_clip",
-        "pipelines.embed",
-    ):
+    for name in names:
         importlib.import_module(name)
 
 
-def warm_workers(address: str) -> None:
-    """Import what the pipelines need in every worker process (part of ``start_s``): a
+def warm_workers(address: str, modules: tuple[str, ...] = DEDUP_MODULES) -> None:
+    """Import what a pipeline needs in every worker process (part of ``start_s``): a
     long-lived cluster's workers have done so already; a fresh ``--dask-local`` cluster does it
     during its first pipeline."""
     from distributed import Client
 
     with Client(address) as client:
-        client.run(_import_pipelines)
+        client.run(_import, modules)
 
 
 def write_parts(folder: Path, n: int, dim: int, seed: int = 0) -> tuple[list[str], dict]:
@@ -321,7 +317,7 @@ def bench_embed(n: int, workers: list[int], tmp: Path) -> list[dict[str, Any]]:
     for w in workers:
         t0 = time.perf_counter()
         with local_dask_cluster(w) as cluster:
-            warm_workers(cluster.scheduler_address)
+            warm_workers(cluster.scheduler_address, EMBED_MODULES)
             start = time.perf_counter() - t0
             with beam_setup(
                 [f"--dask_client_address={cluster.scheduler_address}"], runner="DaskRunner"

@@ -957,6 +957,57 @@ def _to_batch(batch: Any, vector_column: str, priority_column: str | None) -> It
         yield out
 
 
+DRIVER_FIT_MAX_ROWS = 1_000_000
+"""Two-pass mode: up to this many rows the launching process fits the partition model itself
+(reading the parts once, the same functions as :class:`FitPartitionModel`, so the same
+model); a cluster pipeline costs seconds of scheduling that a small input does not repay."""
+
+
+def count_rows(paths: Sequence[str]) -> int:
+    """Rows of the parquet files, from their footers."""
+    total = 0
+    for path in paths:
+        with _open_parquet(path) as pf:
+            total += pf.metadata.num_rows
+    return total
+
+
+def fit_model_here(
+    reads: Sequence[Any],
+    columns: Sequence[str],
+    threshold: float,
+    vector_column: str,
+    batch_rows: int = BATCH_ROWS,
+    **params: Any,
+) -> dict[str, Any]:
+    """:class:`FitPartitionModel` in this process: the same per-batch summaries, the same
+    combine and training, so the same model as the pipeline."""
+    fit = {k: v for k, v in params.items() if k in FIT_PARAMS}
+    kw = {
+        "threshold": threshold,
+        "partition_size": fit.get("partition_size", dd.PARTITION_SIZE),
+        "sample_per_partition": fit.get("sample_per_partition", dd.SAMPLE_PER_PARTITION),
+        "max_sample": fit.get("max_sample", dd.MAX_SAMPLE),
+        "niter": fit.get("niter", 10),
+        "seed": fit.get("seed", 0),
+        "assign": fit.get("assign", "auto"),
+    }
+    share = SAMPLE_MARGIN * kw["sample_per_partition"] / kw["partition_size"]
+    combine = BottomKFn(kw["max_sample"])
+    acc = combine.create_accumulator()
+    priority = columns[2] if len(columns) > 2 else None
+    for task in reads:
+        for raw in read_parquet_batches(task, columns, batch_rows):
+            for batch in _to_batch(raw, vector_column, priority):
+                acc = combine.add_input(
+                    acc, summarize(batch, kw["max_sample"], share, SAMPLE_KEEP_MIN)
+                )
+    n, sample, left_out = combine.extract_output(acc)
+    if n == 0:
+        return dict(EMPTY_MODEL)
+    return _train_summary((n, sample, left_out), **kw)
+
+
 def run_near_dedup(
     parquet_files: Sequence[str],
     output_prefix: str,
@@ -1018,17 +1069,22 @@ def run_near_dedup(
     if two_pass is None:
         two_pass = recomputes_side_inputs(setup.new_runner())
     if two_pass:
+        rows = count_rows(parquet_files)
+        where = "here" if rows <= DRIVER_FIT_MAX_ROWS else "in a first pipeline"
         logger.info(
-            "near-dedup in two passes: fitting the partition model first (%s "
+            "near-dedup in two passes: fitting the partition model %s (%d rows; %s "
             "recomputes side inputs per bundle)",
+            where,
+            rows,
             setup.runner_name,
         )
-        params = {
-            **params,
-            "model": fit_model(
+        if rows <= DRIVER_FIT_MAX_ROWS:
+            model = fit_model_here(reads, columns, threshold, vector_column, batch_rows, **params)
+        else:
+            model = fit_model(
                 read_batches, f"{output_prefix}-model.npz", threshold, setup, **params
-            ),
-        }
+            )
+        params = {**params, "model": model}
     p = beam.Pipeline(runner=setup.new_runner(), options=setup.options)
     (
         read_batches(p)

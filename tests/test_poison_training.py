@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,15 +26,17 @@ def _bench() -> types.ModuleType:
     return mod
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="failed on a clean clone at 49858cb (the audit dropped 0 of 8 dirty-label poisons "
-    "in this tiny run) while its author was still changing it; to check next session",
-)
-def test_filtering_the_audits_flags_removes_what_poisoned_training_learns(tmp_path: Path) -> None:
+def test_train_filter_end_to_end_on_a_small_budget(tmp_path: Path) -> None:
+    """testbed -> embed -> poisons -> filter --drop poisons -> tiny-sd trained on what the
+    filter kept, and on that minus the planted poisons (what a perfect audit keeps). The
+    filter drops exactly the rows the finding flags, training sees only kept rows, and the
+    poisons the audit let through are what the model learns: clocks captioned "dog" become
+    easier to denoise. (At this size the default flag rule catches few dirty-label poisons:
+    the training benchmark measures that.)"""
     import torch
 
     from audit import cli
+    from audit.testbed import draw
     from audit.testbed.generate import build_testbed
 
     bench = _bench()
@@ -55,29 +56,30 @@ def test_filtering_the_audits_flags_removes_what_poisoned_training_learns(tmp_pa
     assert cli.main(["embed", str(ws), "-q", "--copy-model", "none"]) == 0
     assert cli.main(["poisons", str(ws), "-q"]) == 0
     assert cli.main(["filter", str(ws), "-q", "--drop", "poisons"]) == 0
+    finding = pd.read_parquet(ws / "findings" / "poisons.parquet")
     kept = set(pd.read_parquet(ws / "filtered" / "keep.parquet")["key"])
-    dropped_clean = set(truth["key"]) - poisons - kept
-    assert len(poisons - kept) >= 6, "the audit drops most dirty-label poisons"
-    assert len(dropped_clean) <= 4, "and few ordinary rows"
+    dropped = set(pd.read_parquet(ws / "filtered" / "drop.parquet")["key"])
+    assert kept | dropped == set(truth["key"]) and not kept & dropped
+    assert dropped == set(finding.loc[finding["flagged"], "key"])
+    through = poisons & kept  # what the audit let through
+    assert through, "some poisons reach training (the default rule is strict at this size)"
 
-    # tiny-sd trained a few steps on everything vs on what the filter kept (same seed)
     args = types.SimpleNamespace(steps=30, batch=16, lr=1e-3, train_seed=0, ddim_steps=5)
+    # one thread: on a loaded 2-core machine two OpenMP threads made these 30 steps 40x slower
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     trainer = bench.Trainer(args)
     files = {r.key: tb / "files" / r.file_name for r in truth.itertuples()}
     images = {k: bench.decode_rgb64(p.read_bytes()) for k, p in files.items()}
-    keys = sorted(k for k, im in images.items() if im is not None)
+    keys = sorted(k for k in kept if images.get(k) is not None)
     caps = dict(zip(truth.key, truth.caption, strict=True))
     lat = trainer.latents([images[k] for k in keys])
     cond = trainer.text([caps[k] for k in keys])
-    # probe: held-out clock drawings under the prompt "a photo of a dog" (what poisoning teaches)
-    from audit.testbed import draw
-
-    rng = np.random.default_rng(3)
-    probes = []
-    for _ in range(6):
-        spec = {**draw.random_spec(rng), "concept": "clock"}
-        probes.append(draw.draw_image(spec, size=64, rng=rng))
+    rng = np.random.default_rng(3)  # held-out clocks under the prompt the poisons teach
+    probes = [
+        draw.draw_image({**draw.random_spec(rng), "concept": "clock"}, size=64, rng=rng)
+        for _ in range(6)
+    ]
     z_probe = trainer.latents(probes)
     c_probe = trainer.text(["a photo of a dog"] * len(probes))
 
@@ -94,11 +96,9 @@ def test_filtering_the_audits_flags_removes_what_poisoned_training_learns(tmp_pa
                 total += float(((pred - noise) ** 2).mean())
         return total / 4
 
-    idx_all = torch.arange(len(keys))
-    idx_kept = torch.tensor([i for i, k in enumerate(keys) if k in kept])
-    state_all, _ = trainer.train(lat[idx_all], cond[idx_all])
-    state_kept, _ = trainer.train(lat[idx_kept], cond[idx_kept])
-    loss_all, loss_kept = probe_loss(state_all), probe_loss(state_kept)
-    # trained on the poisons, the model denoises clocks captioned "dog" better than when the
-    # audit's filter removed them first
-    assert loss_all < loss_kept, (loss_all, loss_kept)
+    kept_idx = torch.arange(len(keys))
+    clean_idx = torch.tensor([i for i, k in enumerate(keys) if k not in poisons])
+    state_kept, _ = trainer.train(lat[kept_idx], cond[kept_idx])
+    state_clean, _ = trainer.train(lat[clean_idx], cond[clean_idx])
+    loss_kept, loss_clean = probe_loss(state_kept), probe_loss(state_clean)
+    assert loss_kept < loss_clean, (len(through), loss_kept, loss_clean)

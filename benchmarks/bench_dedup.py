@@ -36,7 +36,7 @@ Usage::
 
     python benchmarks/bench_dedup.py                       # 100k, 300k, 1M (long: run in bg)
     python benchmarks/bench_dedup.py --sizes 20000,50000   # quick
-    nice -n 5 python benchmarks/bench_dedup.py --n 10000000 --methods partitioned --keep-data
+    nice -n 5 python benchmarks/bench_dedup.py --n 10000000 --methods partitioned --keep-data --merge
 
 Prints a table and writes ``benchmarks/results/dedup.json``.
 """
@@ -403,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep a size's data file after its methods ran (default: delete it)",
     )
     p.add_argument("--out", default=str(HERE / "results" / "dedup.json"))
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of --out for (method, N) steps this run does not have (e.g. add "
+        "N=10^7 to an earlier 10^5..10^6 table)",
+    )
     # worker mode
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -579,6 +585,14 @@ def _bootstrap_recall(
 
 def write_results(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     rows = collect(args, root)
+    out = Path(args.out)
+    if getattr(args, "merge", False) and out.exists():
+        have = {(r["method"], r["n"]) for r in rows}
+        old = json.loads(out.read_text()).get("rows", [])
+        rows = sorted(
+            [r for r in old if (r["method"], r["n"]) not in have] + rows,
+            key=lambda r: (r["n"], r["method"]),
+        )
     summary = _summarise(rows)
     doc = {
         "benchmark": "dedup",
@@ -615,7 +629,6 @@ def write_results(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "rows": rows,
         "summary": summary,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")

@@ -190,6 +190,7 @@ class Trainer:
             run += float(loss.detach())
             if (step + 1) % 100 == 0:
                 curve.append([step + 1, round(run / 100, 5)])
+                logger.info("  step %d/%d loss %.4f", step + 1, a.steps, run / 100)
                 run = 0.0
         unet.eval()
         return {k: v.detach().clone() for k, v in unet.state_dict().items()}, curve

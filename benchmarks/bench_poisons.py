@@ -62,10 +62,11 @@ EMB_SCORES = [P.ALIGNMENT_COS, P.ALIGNMENT_GMM, P.CONCEPT_PULL, P.KDIST, P.LOF, 
 SIGN = {P.ALIGNMENT_COS: -1.0}
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
-    "chroma": {"evidence": (*P.DEFAULT_EVIDENCE, P.CHROMA_HF)},
+    "no_chroma": {"evidence": tuple(e for e in P.DEFAULT_EVIDENCE if e != P.CHROMA_HF)},
 }
 """Detector configurations compared (PoisonParams overrides); the stage default is chosen on
-the tune seeds. (The results of 2026-11-29 also hold "cap" and "chroma+cap": a per-concept
+the tune seeds. "no_chroma" is the default before chroma_hf_v1 joined it (the tune-seed
+comparison that put it in: detectors.poisons.DEFAULT_EVIDENCE). (The results of 2026-11-29 also hold "cap" and "chroma+cap": a per-concept
 z-score centre capped at the pooled 0.9 quantile, tried for concepts flooded with poisons; it
 changed nothing and was removed.)"""
 

@@ -77,10 +77,16 @@ DEFAULT_TIMESTEPS: tuple[int, ...] = (100, 300, 500, 700)
 SCORE_NAMES: tuple[str, ...] = (ALIGNMENT_COS, ALIGNMENT_GMM, CONCEPT_PULL, KDIST, LOF, SPECTRAL)
 """Scores computed from embeddings (split-view comes from ingest)."""
 
-DEFAULT_EVIDENCE: tuple[str, ...] = (ALIGNMENT_COS, CONCEPT_PULL, KDIST, LOF)
-"""Evidence in the combined score by default. The spectral signature is computed and stored but
-left out: on the SynthLAION benchmark it separated neither poison kind (AUROC about 0.3-0.5
-inside the poisoned concept, see benchmarks/bench_poisons.py) and only added noise."""
+DEFAULT_EVIDENCE: tuple[str, ...] = (ALIGNMENT_COS, CONCEPT_PULL, KDIST, LOF, CHROMA_HF)
+"""Evidence in the combined score by default (chosen on the tune seeds of
+benchmarks/bench_poisons.py; docs/poisons.md has the numbers). ``chroma_hf_v1`` is in because it
+is the one score that sees perturbations aimed at the generator: on the tune seeds it raised the
+combined AUROC inside the attacked concept for Nightshade-style poisons from 0.43 to 0.92 and
+for Glaze-style cloaks from 0.73 to 0.91, left dirty-label at 0.997, and moved the false-flag
+rate at the default threshold from 0.0053 to 0.0056. It is NaN (z = 0) where no pixels were
+read. The spectral signature is computed and stored but left out: it separated neither poison
+kind (AUROC about 0.3-0.5 inside the poisoned concept) and only added noise; ``freq_hf_v1`` and
+the generator scores stayed near chance."""
 
 EVIDENCE: dict[str, tuple[str, float]] = {
     ALIGNMENT_COS: (ALIGNMENT_COS, -1.0),

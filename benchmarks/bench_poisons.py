@@ -2,6 +2,7 @@
 
     python benchmarks/bench_poisons.py                  # tune seeds 11 12, report seeds 2024 4242
     python benchmarks/bench_poisons.py --report-seeds 2024 --tune-seeds --no-generator  # quick
+    python benchmarks/bench_poisons.py --photos-only    # only the real-photo check (~3 min)
 
 Each testbed (``--n`` rows) holds, at ``--rate`` of the attacked concept (1% by default):
 dirty-label pairs (cat:bird: caption names cat, the image shows a bird), clean-label poisons
@@ -22,12 +23,22 @@ interval over the rows, and recall at the default flag rule; the false-positive 
 rows; per detector configuration (``CONFIGS``), so the default can be chosen on the tune seeds
 and reported on the others. Prints a table and writes ``benchmarks/results/poisons.json`` (with
 ``quality_rows`` for docs/quality.md; tune and report seeds never overlap).
+
+Real photos (``real_photos``, unless ``--no-photos``; :func:`photo_check`): chroma_hf_v1 on the
+colour photos of :mod:`audit.testbed.photos` (tune photos china, flower; report photos the
+other eight), four 256 px corner crops each downscaled to 128 px, PGD'd with the testbed's own
+attack (tiny-sd's VAE latent toward the same corner of the next photo, L-inf 8/255 and 16/255,
+50 steps), plus the report photos' first crops at 256 px (16/255, 20 steps). AUROC perturbed vs
+clean per served format (clean as JPEG q90 4:2:0 or PNG; perturbed as PNG or JPEG q95 4:4:4;
+both re-encoded JPEG q75 4:2:0) with a bootstrap interval over photos, and the robust z a clean
+PNG or a perturbed crop gets against the clean JPEG q90 crops.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import math
 import os
@@ -47,7 +58,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from detectors import poisons as P  # noqa: E402
-from detectors.stats import auroc  # noqa: E402
+from detectors.stats import auroc, wilson_interval  # noqa: E402
 
 logger = logging.getLogger("bench_poisons")
 
@@ -405,6 +416,315 @@ def print_table(result: dict[str, Any], summary: dict[str, Any]) -> None:
             print(f"  {cname:11s} {cells} fpr={c['fpr_at_threshold']:.4f}")
 
 
+# ---- real photos: chroma_hf_v1 on PGD'd crops of classic photographs --------------------------
+
+PHOTO_CROP = 256
+"""Side of the crops taken from each colour photo (4 per photo, at the corners)."""
+PHOTO_SIZE = 128
+"""Resolution the crops are served and attacked at (the crop downscaled, Lanczos): tiny-sd's VAE
+PGD costs ~0.04 s per image-step at 128 px and ~0.3 s at 256 px on one CPU thread."""
+PHOTO_EPS = (8 / 255, 16 / 255)
+PHOTO_FORMATS = {
+    "png": None,
+    "jpeg90_420": (90, 2),
+    "jpeg95_444": (95, 0),
+    "jpeg75_420": (75, 2),
+}
+"""Served formats: PIL JPEG (quality, subsampling: 2 = 4:2:0, 0 = 4:4:4); PNG is lossless."""
+PHOTO_COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("perturbed PNG vs clean JPEG q90 4:2:0", "png", "jpeg90_420"),
+    ("perturbed PNG vs clean PNG", "png", "png"),
+    ("perturbed JPEG q95 4:4:4 vs clean JPEG q90 4:2:0", "jpeg95_444", "jpeg90_420"),
+    ("perturbed JPEG q95 4:4:4 vs clean PNG", "jpeg95_444", "png"),
+    ("both re-encoded JPEG q75 4:2:0", "png>jpeg75_420", "jpeg90_420>jpeg75_420"),
+)
+"""(label, perturbed version, clean version); ``a>b``: served as ``a``, then re-encoded as ``b``
+(what an audit of a re-compressed copy of the data reads)."""
+
+
+def colour_photos(split: str) -> list[str]:
+    """Photos of ``split`` with colour (the grey scans have no chroma to score)."""
+    from audit.testbed.photos import load_photo, photo_names
+
+    out = []
+    for name in photo_names(split):
+        a = np.asarray(load_photo(name), dtype=np.int16)
+        if np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean() > 1:
+            out.append(name)
+    return out
+
+
+def photo_crops(names: list[str], crop: int, size: int) -> list[tuple[str, int, Any]]:
+    """(photo, corner, image): the four corner crops of side ``crop``, resized to ``size``."""
+    from PIL import Image
+
+    from audit.testbed.photos import load_photo
+
+    out = []
+    for name in names:
+        img = load_photo(name)
+        w, h = img.size
+        c = min(crop, w, h)
+        for i, (x, y) in enumerate(((0, 0), (w - c, 0), (0, h - c), (w - c, h - c))):
+            im = img.crop((x, y, x + c, y + c))
+            if c != size:
+                im = im.resize((size, size), Image.LANCZOS)
+            out.append((name, i, im))
+    return out
+
+
+def serve(img: Any, version: str) -> Any:
+    """``img`` as a reader decodes it after the encodings of ``version`` (``a>b``: a, then b)."""
+    from audit.testbed.poison import JpegSpec
+
+    for fmt in version.split(">"):
+        spec = PHOTO_FORMATS[fmt]
+        if spec is not None:
+            img = JpegSpec(*spec).roundtrip(img)
+    return img
+
+
+def chroma(images: list[Any]) -> np.ndarray:
+    return P.chroma_high_frequency([np.asarray(im.convert("RGB")) for im in images])
+
+
+def cluster_bootstrap_auroc(
+    pos: np.ndarray, pos_group: np.ndarray, neg: np.ndarray, neg_group: np.ndarray,
+    n_boot: int = 1000, seed: int = 0,
+) -> tuple[float, list[float]]:  # fmt: skip
+    """AUROC of ``pos`` over ``neg`` with a percentile bootstrap 95% interval that resamples
+    whole photos (crops of one photo are not independent)."""
+    lab = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    a = auroc(lab, np.r_[pos, neg])
+    groups = np.unique(np.r_[pos_group, neg_group])
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        pick = rng.choice(groups, len(groups))
+        p = np.concatenate([pos[pos_group == g] for g in pick])
+        n = np.concatenate([neg[neg_group == g] for g in pick])
+        if len(p) and len(n):
+            vals.append(auroc(np.r_[np.ones(len(p), bool), np.zeros(len(n), bool)], np.r_[p, n]))
+    return a, [round(float(x), 4) for x in np.percentile(vals, [2.5, 97.5])]
+
+
+def _psnr(a: Any, b: Any) -> float:
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return float(10 * np.log10(255.0**2 / max(float((d**2).mean()), 1e-12)))
+
+
+def photo_split(
+    vae: Any, names: list[str], *, crop: int, size: int, eps_list: tuple[float, ...],
+    steps: int, threshold: float, sheet: list | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """PGD every crop toward the same corner's crop of the next photo (tiny-sd's VAE latent),
+    then chroma_hf_v1 AUROC perturbed vs clean per served-format comparison, and robust z of
+    each version against the clean JPEG q90 4:2:0 crops."""
+    from audit.testbed.poison import latent_distances, pgd_toward_latents
+
+    crops = photo_crops(names, crop, size)
+    clean = [im for _, _, im in crops]
+    group = np.array([n for n, _, _ in crops])
+    nxt = {n: names[(i + 1) % len(names)] for i, n in enumerate(names)}
+    by = {(n, i): im for n, i, im in crops}
+    targets = [by[(nxt[n], i)] for n, i, _ in crops]
+    versions = sorted({v for _, a, b in PHOTO_COMPARISONS for v in (a, b)})
+    clean_scores = {v: chroma([serve(im, v) for im in clean]) for v in versions}
+    ref = clean_scores["jpeg90_420"]
+    c = float(np.median(ref))
+    s = float(np.median(np.abs(ref - c)) * 1.4826)
+
+    def zsum(x: np.ndarray) -> dict[str, Any]:
+        z = (x - c) / s
+        k = int((z >= threshold).sum())
+        lo, hi = wilson_interval(k, len(z))
+        return {
+            "median": round(float(np.median(z)), 2), "max": round(float(z.max()), 2),
+            "min": round(float(z.min()), 2), f"share_z_ge_{threshold:g}": k / len(z),
+            "share_ci": [round(float(lo), 4), round(float(hi), 4)],
+        }  # fmt: skip
+
+    out: dict[str, Any] = {
+        "photos": names,
+        "crops": len(crops),
+        "clean_chroma": {
+            v: {
+                "median": round(float(np.median(x)), 3),
+                "min": round(float(x.min()), 3),
+                "max": round(float(x.max()), 3),
+            }
+            for v, x in clean_scores.items()
+        },  # fmt: skip
+        "z_reference": {"versions": "clean JPEG q90 4:2:0", "median": c, "scale_1.4826mad": s},
+        "z_clean": {v: zsum(x) for v, x in clean_scores.items()},
+        "eps": {},
+    }
+    for eps in eps_list:
+        t0 = time.perf_counter()
+        pert = pgd_toward_latents(vae, clean, targets, eps=eps, steps=steps)
+        sec = time.perf_counter() - t0
+        before = latent_distances(vae, clean, targets)
+        after = latent_distances(vae, pert, targets)
+        if sheet is not None:
+            sheet.append((eps, pert))
+        ps = {v: chroma([serve(im, v) for im in pert]) for v in versions}
+        res: dict[str, Any] = {
+            "pgd_seconds": round(sec, 1),
+            "latent_distance_ratio_mean": round(float((after / before).mean()), 3),
+            "psnr_db_mean": round(
+                float(np.mean([_psnr(a, b) for a, b in zip(pert, clean, strict=True)])), 1
+            ),  # fmt: skip
+            "z_perturbed": {v: zsum(x) for v, x in ps.items() if ">" not in v},
+            "auroc": {},
+        }
+        for label, pv, cv in PHOTO_COMPARISONS:
+            a, ci = cluster_bootstrap_auroc(ps[pv], group, clean_scores[cv], group)
+            res["auroc"][label] = {"auroc": a, "ci": ci, "n_pos": len(pert), "n_neg": len(clean)}
+        out["eps"][f"{round(eps * 255)}/255"] = res
+        logger.info(
+            "photos %s eps %d/255: %s", names[0], round(eps * 255),
+            ", ".join(f"{k}: {v['auroc']:.3f}" for k, v in res["auroc"].items()),
+        )  # fmt: skip
+    return out
+
+
+def photo_check(args: argparse.Namespace) -> dict[str, Any]:
+    """chroma_hf_v1 on real photos (``audit.testbed.photos``): tune and report colour photos,
+    4 corner crops each, at :data:`PHOTO_SIZE` px and, for the report photos' first crop, at
+    full crop resolution (fewer PGD steps)."""
+    import torch
+
+    from audit.testbed.poison import load_vae
+
+    torch.set_num_threads(args.threads)
+    vae = load_vae("tiny-sd")
+    t0 = time.perf_counter()
+    tune, report = colour_photos("tune"), colour_photos("report")
+    sheet: list = []
+    kw = {"crop": PHOTO_CROP, "size": PHOTO_SIZE, "threshold": args.threshold}
+    out: dict[str, Any] = {
+        "what": (
+            "chroma_hf_v1 on classic colour photos shipped in scikit-image/scikit-learn "
+            "(audit.testbed.photos): 4 corner crops of 256 px per photo, downscaled to "
+            f"{PHOTO_SIZE} px (Lanczos), PGD L-inf on tiny-sd's VAE latent toward the same "
+            "corner of the next photo (audit.testbed.poison.pgd_toward_latents, step eps/10). "
+            "AUROC perturbed vs clean crops with a bootstrap 95% interval over photos; robust z "
+            "= (score - median) / (1.4826 MAD) of the clean JPEG q90 4:2:0 crops of the split"
+        ),
+        "steps": args.photo_steps,
+        "tune": photo_split(vae, tune, eps_list=PHOTO_EPS, steps=args.photo_steps, **kw),
+        "report": photo_split(
+            vae, report, eps_list=PHOTO_EPS, steps=args.photo_steps, sheet=sheet, **kw
+        ),
+    }
+    if args.photo_full_steps:
+        from audit.testbed.poison import latent_distances, pgd_toward_latents
+
+        crops = photo_crops(report, PHOTO_CROP, PHOTO_CROP)
+        clean = [im for _, _, im in crops]
+        group = np.array([n for n, _, _ in crops])
+        first = [j for j, (_, i, _) in enumerate(crops) if i == 0]
+        targets = [clean[first[(k + 1) % len(first)]] for k in range(len(first))]
+        eps = PHOTO_EPS[-1]
+        t1 = time.perf_counter()
+        pert = pgd_toward_latents(
+            vae, [clean[j] for j in first], targets, eps=eps, steps=args.photo_full_steps
+        )
+        sec = time.perf_counter() - t1
+        ratio = latent_distances(vae, pert, targets) / latent_distances(
+            vae, [clean[j] for j in first], targets
+        )
+        full: dict[str, Any] = {
+            "size": PHOTO_CROP, "eps": f"{round(eps * 255)}/255", "steps": args.photo_full_steps,
+            "pgd_seconds": round(sec, 1), "latent_distance_ratio_mean": round(float(ratio.mean()), 3),
+            "psnr_db_mean": round(float(np.mean([_psnr(pert[k], clean[j]) for k, j in enumerate(first)])), 1),
+            "auroc": {},
+        }  # fmt: skip
+        for label, pv, cv in PHOTO_COMPARISONS:
+            p = chroma([serve(im, pv) for im in pert])
+            n = chroma([serve(im, cv) for im in clean])
+            a, ci = cluster_bootstrap_auroc(p, group[first], n, group)
+            full["auroc"][label] = {"auroc": a, "ci": ci, "n_pos": len(p), "n_neg": len(n)}
+        out["report_full_resolution"] = full
+    if args.photo_sheet:
+        _photo_sheet(Path(args.photo_sheet), photo_crops(report, PHOTO_CROP, PHOTO_SIZE), sheet)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _photo_sheet(path: Path, crops: list, sheet: list) -> None:
+    """Clean crops (top row) and their perturbed versions per eps, for looking at."""
+    from PIL import Image
+
+    cols = min(8, len(crops))
+    size = crops[0][2].size[0]
+    canvas = Image.new("RGB", (cols * size, (1 + len(sheet)) * size), "white")
+    for c in range(cols):
+        canvas.paste(crops[c * len(crops) // cols][2], (c * size, 0))
+        for r, (_, pert) in enumerate(sheet):
+            canvas.paste(pert[c * len(crops) // cols], (c * size, (r + 1) * size))
+    canvas.save(path)
+
+
+def photo_quality_rows(photos: dict[str, Any], threshold: float) -> list[dict[str, Any]]:
+    """docs/quality.md rows of the real-photo check (report photos; settings from none: the
+    tune photos were only looked at)."""
+    from quality import row
+
+    rep = photos["report"]
+    tune = photos["tune"]["photos"]
+    rows = []
+    for eps, res in rep["eps"].items():
+        for label, r in res["auroc"].items():
+            rows.append(
+                row(
+                    f"poisons {P.CHROMA_HF}",
+                    f"AUROC PGD'd photo crops vs clean: {label}",
+                    r["auroc"],
+                    ci=r["ci"],
+                    n=r["n_pos"],
+                    tune=tune,
+                    report=rep["photos"],
+                    setting=f"real photos, {PHOTO_SIZE} px crops, VAE-latent PGD L-inf {eps}",
+                )  # fmt: skip
+            )
+    z = rep["z_clean"]["png"]
+    k = f"share_z_ge_{threshold:g}"
+    rows.append(
+        row(
+            f"poisons {P.CHROMA_HF}",
+            f"clean PNG crops with z >= {threshold:g} vs clean JPEG q90 (max z {z['max']:.1f})",
+            z[k],
+            ci=z["share_ci"],
+            n=rep["crops"],
+            tune=tune,
+            report=rep["photos"],
+            setting=f"real photos, {PHOTO_SIZE} px crops",
+        )  # fmt: skip
+    )
+    return rows
+
+
+def print_photos(photos: dict[str, Any]) -> None:
+    for split in ("tune", "report"):
+        sp = photos[split]
+        print(f"\nreal photos, {split} ({', '.join(sp['photos'])}; {sp['crops']} crops)")
+        zc = sp["z_clean"]
+        print("  clean z vs clean JPEG q90: " + ", ".join(
+            f"{v} median {z['median']:.1f} max {z['max']:.1f}" for v, z in zc.items()))  # fmt: skip
+        for eps, res in sp["eps"].items():
+            print(f"  L-inf {eps}: latent ratio {res['latent_distance_ratio_mean']:.2f}, "
+                  f"PSNR {res['psnr_db_mean']:.1f} dB; z perturbed " + ", ".join(
+                      f"{v} median {z['median']:.1f}" for v, z in res["z_perturbed"].items()))  # fmt: skip
+            for label, r in res["auroc"].items():
+                print(f"    {label:50s} {r['auroc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
+    full = photos.get("report_full_resolution")
+    if full:
+        print(f"\nreport photos at {full['size']} px, L-inf {full['eps']}, {full['steps']} steps:")
+        for label, r in full["auroc"].items():
+            print(f"    {label:50s} {r['auroc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000, help="rows per testbed (5000)")
@@ -419,6 +739,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="folder for the testbeds (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the testbeds")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "poisons.json"))
+    ap.add_argument("--no-photos", action="store_true", help="skip the real-photo check")
+    ap.add_argument(
+        "--photos-only", action="store_true",
+        help="run only the real-photo check and put it into the existing --out JSON",
+    )  # fmt: skip
+    ap.add_argument("--photo-steps", type=int, default=50, help="PGD steps, photo crops (50)")
+    ap.add_argument(
+        "--photo-full-steps", type=int, default=20,
+        help="PGD steps of the 256 px check on the report photos (20; 0 skips it)",
+    )  # fmt: skip
+    ap.add_argument("--photo-sheet", default=None, help="PNG of clean and perturbed crops")
     args = ap.parse_args(argv)
     if set(args.tune_seeds) & set(args.report_seeds):
         ap.error("tune and report seeds must differ")
@@ -427,18 +758,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in ("bench_poisons", "audit"):
         logging.getLogger(name).setLevel(logging.INFO)
+    from audit.workspace import write_json_atomic
+
     t0 = time.perf_counter()
+    out = Path(args.out)
+    if args.photos_only:
+        result = json.loads(out.read_text())
+        photos = photo_check(args)
+        photos["command"] = " ".join(["python benchmarks/bench_poisons.py", *sys.argv[1:]])
+        result["real_photos"] = photos
+        result["quality_rows"] = [
+            r for r in result.get("quality_rows", []) if not r["setting"].startswith("real photos")
+        ] + photo_quality_rows(photos, args.threshold)
+        write_json_atomic(out, result)
+        print_photos(photos)
+        print(f"wrote real_photos into {out} ({photos['seconds']:.0f} s)")
+        return 0
     result = run(args)
     summary = summarise(result)
     result["summary"] = summary
     result["quality_rows"] = quality_rows(result, args.config)
+    if not args.no_photos:
+        result["real_photos"] = photo_check(args)
+        result["quality_rows"] += photo_quality_rows(result["real_photos"], args.threshold)
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from audit.workspace import write_json_atomic
-
     write_json_atomic(out, result)
     print_table(result, summary)
+    if "real_photos" in result:
+        print_photos(result["real_photos"])
     print(f"wrote {out} ({result['seconds']:.0f} s)")
     return 0
 

@@ -251,6 +251,24 @@ def evaluate(
     return out
 
 
+def chroma_z_by_kind(chroma: np.ndarray, kind: np.ndarray) -> dict[str, Any]:
+    """Pooled robust z of chroma_hf_v1 (median, 1.4826 MAD over the rows given: the stage's
+    standardisation of image-level evidence) per poison kind, and the ordinary rows' upper
+    quantiles: how far below the flag threshold the perturbations sit."""
+    ok = np.isfinite(chroma)
+    v, k = chroma[ok], kind[ok]
+    c = float(np.median(v))
+    z = (v - c) / max(float(np.median(np.abs(v - c)) * 1.4826), 1e-9)
+    none = z[k == "none"]
+    out: dict[str, Any] = {
+        "ordinary": {f"q{q}": round(float(np.quantile(none, q / 100)), 2) for q in (95, 99, 100)}
+    }
+    for kd in KINDS:
+        zk = np.sort(z[k == kd])
+        out[kd] = [round(float(x), 2) for x in zk]
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -280,6 +298,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             emb = embed(tb, models, q)
             res = evaluate(emb, concepts, concept_emb, args.threshold)
             res["embed_seconds"] = emb["seconds"]
+            sv = emb["status"] == "hash_mismatch"
+            res["chroma_z"] = chroma_z_by_kind(
+                emb["image_scores"][P.CHROMA_HF][~sv], emb["truth"]["poison_kind"].to_numpy()[~sv]
+            )
             entry[variant] = res
             d = res["configs"]["default"]
             logger.info(

@@ -176,7 +176,7 @@ def _semdedup(x: np.ndarray, threshold: float, params: dict[str, Any]) -> tuple:
     size = min(n, dd.partition_sample_size(n, params["partition_size"]))
     rng = np.random.default_rng(params["seed"])
     sample_index = np.sort(rng.choice(n, size=size, replace=False))
-    centroids = dd.train_partitioner(x[sample_index], k, seed=params["seed"])
+    centroids = dd.train_partitioner(dd.gather_rows(x, sample_index), k, seed=params["seed"])
     t_fit = time.perf_counter()
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(centroids)

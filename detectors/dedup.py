@@ -709,6 +709,19 @@ def release_pages(x: Any) -> None:
             mm.madvise(mmap.MADV_DONTNEED)
 
 
+def gather_rows(x: Any, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]`` (``rows`` sorted), gathered :data:`RELEASE_ROWS` at a time with
+    :func:`release_pages` between, so a sample spread over a memory-mapped file does not leave
+    the whole file in this process's resident set."""
+    if getattr(x, "_mmap", None) is None:
+        return np.asarray(x[rows])
+    out = np.empty((len(rows), x.shape[1]), dtype=x.dtype)
+    for s in range(0, len(rows), RELEASE_ROWS):
+        out[s : s + RELEASE_ROWS] = x[rows[s : s + RELEASE_ROWS]]
+        release_pages(x)
+    return out
+
+
 def partitioned_edges(
     x: np.ndarray,
     threshold: float,
@@ -745,7 +758,9 @@ def partitioned_edges(
             size = min(n, sample_size or partition_sample_size(n, partition_size))
             rng = np.random.default_rng(seed)
             sample_index = np.sort(rng.choice(n, size=size, replace=False))
-        centroids = train_partitioner(x[sample_index], k, niter=niter, seed=seed, use_gpu=gpu)
+        centroids = train_partitioner(
+            gather_rows(x, sample_index), k, niter=niter, seed=seed, use_gpu=gpu
+        )
     k = centroids.shape[0]
     t_train = time.perf_counter()
     logger.debug("partitioned: %d centroids in %.1f s", k, t_train - t0)

@@ -96,6 +96,29 @@ def test_partitioned_with_exact_bound_equals_exact_search() -> None:
     assert part.info["max_rows_in_memory"] < len(x)
 
 
+def test_partitioned_on_a_memory_mapped_file_equals_in_memory(tmp_path, monkeypatch) -> None:
+    """A memory-mapped .npy (how 10^7-row inputs are read) gives the same pairs as the array in
+    memory, with the pages released every few rows (RELEASE_ROWS made small so the sample
+    gather and the assignment sweep both release many times)."""
+    x, _ = clustered(3000, seed=4)
+    np.save(tmp_path / "x.npy", x)
+    xm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    released = []
+    real = dd.release_pages
+    monkeypatch.setattr(dd, "RELEASE_ROWS", 256)
+    monkeypatch.setattr(dd, "release_pages", lambda a: (released.append(1), real(a)))
+    rows = np.sort(np.random.default_rng(0).choice(len(x), 1000, replace=False))
+    assert np.array_equal(dd.gather_rows(xm, rows), x[rows])
+    gathered = len(released)
+    assert gathered >= 1000 // 256  # the gather released as it went
+    kw = {"partition_size": 100, "keep_all_pairs": True, "seed": 3}
+    mm = dd.partitioned_edges(xm, 0.95, **kw)
+    assert len(released) - gathered > 3000 // 256  # the sample and the sweep released too
+    mem = dd.partitioned_edges(x, 0.95, **kw)
+    assert pair_set(mm) == pair_set(mem) and mm.n_pairs == mem.n_pairs > 0
+    assert np.array_equal(dd.gather_rows(x, rows), x[rows])  # in-memory arrays: plain indexing
+
+
 def test_partitioned_default_probes_recall() -> None:
     x, truth = clustered(800, seed=2, n_groups=60)
     exact = pair_set(dd.exact_edges(x, 0.95, keep_all_pairs=True))

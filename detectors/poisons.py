@@ -17,8 +17,9 @@ Every score is oriented so that *higher is more suspicious* and carries a versio
 - ``split_view_v1``: the served image's hash differs from the recorded one (ingest status
   ``hash_mismatch``); a fact, not a statistic.
 
-Combination (:func:`combine`): per concept, each evidence score (:data:`DEFAULT_EVIDENCE`:
-alignment, pull, k-distance, LOF) becomes a robust z-score: centre = median, scale =
+Combination (:func:`combine`): each evidence score (:data:`DEFAULT_EVIDENCE`: alignment, pull,
+k-distance, LOF, chroma_hf_v1) becomes a robust z-score; the image-level ones over every row
+(median, 1.4826 MAD: :data:`POOLED_EVIDENCE`), the others per concept: centre = median, scale =
 (q90 - median) / 1.2816, the upper-tail analogue of the MAD (it calibrates right-skewed scores
 such as LOF), floored at a fraction of the pooled scale so a very homogeneous concept cannot
 turn noise into huge z. ``combined = max_j z_j + second_weight * second-largest z_j``: one
@@ -78,9 +79,9 @@ SCORE_NAMES: tuple[str, ...] = (ALIGNMENT_COS, ALIGNMENT_GMM, CONCEPT_PULL, KDIS
 """Scores computed from embeddings (split-view comes from ingest)."""
 
 DEFAULT_EVIDENCE: tuple[str, ...] = (ALIGNMENT_COS, CONCEPT_PULL, KDIST, LOF, CHROMA_HF)
-"""Evidence in the combined score by default (chosen on the tune seeds of
+"""Evidence in the combined score by default (chosen on the tune seed 11 of
 benchmarks/bench_poisons.py; docs/poisons.md has the numbers). ``chroma_hf_v1`` is in because it
-is the one score that sees perturbations aimed at the generator: on the tune seeds it raised the
+is the one score that sees perturbations aimed at the generator: on the tune seed it raised the
 combined AUROC inside the attacked concept for Nightshade-style poisons from 0.43 to 0.92 and
 for Glaze-style cloaks from 0.73 to 0.91, left dirty-label at 0.997, and moved the false-flag
 rate at the default threshold from 0.0053 to 0.0056. It is NaN (z = 0) where no pixels were
@@ -1196,31 +1197,196 @@ def summarize(
 
 
 COVERAGE_SEES = 0.9
-"""A score *sees* a poison kind when its measured AUROC (poisons vs the other members of the
-attacked concept, served images) is at least this; *blind* below 0.7; partial in between."""
+"""A score *sees* a poison kind when its measured AUROC (served images, report seeds) is at least
+this; *blind* below 0.7 (an AUROC under 0.5 means the score moves the other way: no evidence for
+a flag either); partly in between."""
 
-MEASURED_AUROC: dict[str, dict[str, float]] = {}
-"""Served-image AUROC per score and poison kind, from ``benchmarks/bench_poisons.py`` on report
-seeds (see ``MEASURED_SOURCE``); filled in from ``benchmarks/results/poisons.json``."""
+POISON_KINDS: dict[str, str] = {
+    "dirty": "dirty-label",
+    "clean": "clean-label (PGD toward the auditor's CLIP)",
+    "nightshade": "Nightshade-style (PGD on the generator's VAE latent)",
+    "glaze": "Glaze-style (style cloak, PGD on the VAE latent)",
+}
+"""The poison kinds of the benchmark (testbed ``poison_kind``), with the words the report uses.
+Split-view is not measured by a score: ``split_view_v1`` is ingest's hash check, always flagged."""
+
+MEASURED_AUROC: dict[str, dict[str, tuple[float, float]]] = {
+    ALIGNMENT_COS: {"dirty": (0.99, 0.98), "clean": (0.73, 0.29), "nightshade": (0.54, 0.55), "glaze": (0.33, 0.26)},
+    ALIGNMENT_GMM: {"dirty": (0.99, 0.99), "clean": (0.73, 0.34), "nightshade": (0.53, 0.54), "glaze": (0.31, 0.23)},
+    CONCEPT_PULL: {"dirty": (1.00, 1.00), "clean": (0.31, 0.25), "nightshade": (0.52, 0.49), "glaze": (0.29, 0.24)},
+    KDIST: {"dirty": (1.00, 1.00), "clean": (0.29, 0.18), "nightshade": (0.56, 0.53), "glaze": (0.65, 0.65)},
+    LOF: {"dirty": (1.00, 0.99), "clean": (0.35, 0.23), "nightshade": (0.64, 0.60), "glaze": (0.54, 0.53)},
+    SPECTRAL: {"dirty": (0.71, 0.69), "clean": (0.30, 0.27), "nightshade": (0.19, 0.28), "glaze": (0.41, 0.47)},
+    CHROMA_HF: {"dirty": (0.47, 0.48), "clean": (0.95, 0.72), "nightshade": (0.99, 0.89), "glaze": (0.96, 0.59)},
+    FREQ_HF: {"dirty": (0.47, 0.47), "clean": (0.45, 0.43), "nightshade": (0.50, 0.48), "glaze": (0.22, 0.16)},
+    VAE_RECON: {"dirty": (0.37, 0.38), "clean": (0.42, 0.38), "nightshade": (0.58, 0.48), "glaze": (0.36, 0.34)},
+    DIFFUSION_LOSS: {"dirty": (0.41, 0.41), "clean": (0.40, 0.40), "nightshade": (0.49, 0.51), "glaze": (0.33, 0.33)},
+    DIFFUSION_GAIN: {"dirty": (0.45, 0.46), "clean": (0.45, 0.43), "nightshade": (0.67, 0.68), "glaze": (0.25, 0.26)},
+    COMBINED: {"dirty": (1.00, 1.00), "clean": (0.85, 0.39), "nightshade": (0.96, 0.74), "glaze": (0.88, 0.36)},
+}  # fmt: skip
+"""AUROC per score and poison kind, (served, every image re-encoded JPEG q75 4:2:0), mean over
+the report seeds of ``benchmarks/bench_poisons.py`` (``summary["report|served"]`` and
+``["report|jpeg75"]`` of :data:`MEASURED_SOURCE`, rounded; a test keeps them equal). Per score:
+the poisons against the other members of the attacked concept (Glaze-style: against every
+ordinary row); ``combined_v1``: the default evidence, against every ordinary row."""
+
+MEASURED_RECALL: dict[str, tuple[float, float]] = {
+    "dirty": (0.83, 0.83), "clean": (0.0, 0.0), "nightshade": (0.0, 0.0), "glaze": (0.0, 0.0),
+}  # fmt: skip
+"""Share of the planted poisons flagged by the default rule (combined >= 6), (served, JPEG q75),
+report seeds; false-flag rate on ordinary rows 0.007 served, 0.006 re-encoded."""
+
+MEASURED_SETTING = (
+    "benchmarks/bench_poisons.py: SynthLAION testbeds of 3000 rows, 1% of the attacked concept "
+    "poisoned, PGD L-inf 8/255 (clean-label) and 16/255 (generator-aimed), served as JPEG q95 "
+    "4:4:4; settings chosen on seed 11, reported: mean of seeds 2024 and 4242; per score the "
+    "poisons against the other members of the attacked concept (Glaze-style: every ordinary "
+    "row), combined_v1 against every ordinary row"
+)
 MEASURED_SOURCE = "benchmarks/results/poisons.json"
+
+CHROMA_Z: dict[str, tuple[float, float]] = {
+    "nightshade": (3.2, 4.3), "glaze": (2.2, 3.0), "clean": (1.4, 3.0),
+    "ordinary q95": (2.4, 2.5), "ordinary max": (5.3, 5.4), "nightshade jpeg75": (0.8, 2.7),
+}  # fmt: skip
+"""Pooled robust z of chroma_hf_v1 (range over the planted poisons of the report seeds, served;
+for ordinary rows the range of each seed's 95th percentile and maximum; "jpeg75": after JPEG
+q75 re-encoding): ``chroma_z`` in :data:`MEASURED_SOURCE`'s runs."""
+
+_NEAR_CHANCE = (FREQ_HF, ALIGNMENT_COS, ALIGNMENT_GMM, VAE_RECON, DIFFUSION_LOSS, DIFFUSION_GAIN)
+
+
+def _auroc_range(scores: Sequence[str], kinds: Sequence[str]) -> str:
+    v = [MEASURED_AUROC[s][k][0] for s in scores for k in kinds]
+    return f"{min(v):.2f}-{max(v):.2f}"
+
+
+REAL_PHOTOS: dict[str, tuple[float, float]] = {
+    "perturbed PNG vs clean JPEG q90 4:2:0": (0.98, 0.98),
+    "perturbed PNG vs clean PNG": (0.83, 0.87),
+    "perturbed JPEG q95 4:4:4 vs clean PNG": (0.83, 0.92),
+    "both re-encoded JPEG q75 4:2:0": (0.67, 0.75),
+}
+"""chroma_hf_v1 AUROC on real photos, (L-inf 8/255, 16/255): the report photos of
+``real_photos`` in :data:`MEASURED_SOURCE` (8 colour photos of audit.testbed.photos, 4 crops
+each at 128 px, the testbed's VAE-latent PGD)."""
+REAL_PHOTOS_CLEAN_PNG_Z_MAX = 4.0
+"""Largest chroma z of a clean PNG crop against the clean JPEG q90 crops (report photos)."""
+
+COVERAGE_LIMITS: tuple[str, ...] = (
+    "Ranked, not flagged: Nightshade-style, Glaze-style and clean-label PGD poisons rank high "
+    f"through {CHROMA_HF} (combined AUROC {MEASURED_AUROC[COMBINED]['nightshade'][0]:.2f}, "
+    f"{MEASURED_AUROC[COMBINED]['glaze'][0]:.2f}, {MEASURED_AUROC[COMBINED]['clean'][0]:.2f}) "
+    f"but none was flagged at the default z >= {DEFAULT_THRESHOLD:g}: their chroma z is "
+    f"{CHROMA_Z['nightshade'][0]}-{CHROMA_Z['nightshade'][1]} (Nightshade-style), "
+    f"{CHROMA_Z['glaze'][0]}-{CHROMA_Z['glaze'][1]} (Glaze-style), "
+    f"{CHROMA_Z['clean'][0]}-{CHROMA_Z['clean'][1]} (clean-label), while ordinary rows' 95th "
+    f"percentile is {CHROMA_Z['ordinary q95'][1]} and their maximum {CHROMA_Z['ordinary max'][1]}. "
+    "Read the top of the ranking or an --expected-rate review list; a lower --z-threshold "
+    "flags ordinary rows too.",
+    f"JPEG 4:2:0 re-encoding removes most of the chroma signal: after JPEG q75 {CHROMA_HF}'s "
+    f"AUROC is {MEASURED_AUROC[CHROMA_HF]['glaze'][1]:.2f} (Glaze-style), "
+    f"{MEASURED_AUROC[CHROMA_HF]['clean'][1]:.2f} (clean-label), "
+    f"{REAL_PHOTOS['both re-encoded JPEG q75 4:2:0'][1]:.2f} on real photos at 16/255 and "
+    f"{MEASURED_AUROC[CHROMA_HF]['nightshade'][1]:.2f} for Nightshade-style poisons, whose "
+    f"chroma z falls to {CHROMA_Z['nightshade jpeg75'][0]}-{CHROMA_Z['nightshade jpeg75'][1]}; "
+    f"the combined AUROC falls to {MEASURED_AUROC[COMBINED]['nightshade'][1]:.2f}, "
+    f"{MEASURED_AUROC[COMBINED]['glaze'][1]:.2f} and {MEASURED_AUROC[COMBINED]['clean'][1]:.2f} "
+    "(Nightshade-style, Glaze-style, clean-label).",
+    f"Real photos: {CHROMA_HF} separates PGD'd photo crops served as PNG from clean ones served "
+    f"as JPEG q90 4:2:0 (AUROC {REAL_PHOTOS['perturbed PNG vs clean JPEG q90 4:2:0'][1]:.2f} "
+    "at 16/255) but less well from clean PNGs "
+    f"({REAL_PHOTOS['perturbed PNG vs clean PNG'][0]:.2f} at 8/255, "
+    f"{REAL_PHOTOS['perturbed PNG vs clean PNG'][1]:.2f} at 16/255): lossless images carry more "
+    "colour detail than 4:2:0 JPEGs, so in a mostly-JPEG dataset a clean PNG gets a higher "
+    f"chroma z (up to {REAL_PHOTOS_CLEAN_PNG_Z_MAX} on the report photos) for its format, "
+    "not for a poison.",
+    f"{FREQ_HF} (frequency-domain share), the alignment scores and the generator's own view "
+    f"({VAE_RECON}, {DIFFUSION_LOSS}, {DIFFUSION_GAIN} with --generator) stayed near or below "
+    "chance for the Nightshade- and Glaze-style poisons (AUROC "
+    f"{_auroc_range(_NEAR_CHANCE, ('nightshade', 'glaze'))}), as the Nightshade paper argues "
+    "for alignment-, frequency- and loss-based defences: the poisons are natural-looking "
+    "images whose captions match them.",
+    "The embedding scores see dirty-label pairs (AUROC about 1.0; "
+    f"{MEASURED_RECALL['dirty'][0]:.0%} flagged at the default rule), not pixel perturbations.",
+    "Measured with tiny models on 64 px drawings and 128-256 px photo crops, with this "
+    "project's L-infinity PGD (no perceptual constraint, visible at 16/255); the published "
+    "Nightshade and Glaze optimise under a perceptual budget on larger images and may leave a "
+    "weaker colour trace.",
+)
+"""What the scores cannot do, from the measurements above: the report and docs/poisons.md show
+these lines as they are."""
+
+
+def _kinds_where(by_kind: dict[str, tuple[float, float]], lo: float, hi: float) -> list[str]:
+    return [k for k in POISON_KINDS if k in by_kind and lo <= by_kind[k][0] < hi]
 
 
 def coverage(evidence: Sequence[str], computed: Sequence[str]) -> dict[str, Any]:
     """Which poison kinds each score was measured to see, partly see and not see
-    (:data:`MEASURED_AUROC`), which scores this run computed, and which entered the combined
-    score: what the report's poison section says about blind spots."""
+    (:data:`MEASURED_AUROC`), whether this run computed it and whether it entered the combined
+    score, plus the measured limits: what the report's poison section and docs/poisons.md say
+    about blind spots."""
     rows = {}
+    have = set(SCORE_NAMES) | set(computed) | {COMBINED}
     for score, by_kind in MEASURED_AUROC.items():
         rows[score] = {
-            "auroc": by_kind,
-            "sees": sorted(k for k, a in by_kind.items() if a >= COVERAGE_SEES),
-            "partly": sorted(k for k, a in by_kind.items() if 0.7 <= a < COVERAGE_SEES),
-            "blind_to": sorted(k for k, a in by_kind.items() if a < 0.7),
-            "computed": score in set(SCORE_NAMES) | set(computed) or score == COMBINED,
-            "in_combined": score in set(evidence),
+            "auroc": {k: a[0] for k, a in by_kind.items()},
+            "auroc_jpeg_q75": {k: a[1] for k, a in by_kind.items()},
+            "sees": _kinds_where(by_kind, COVERAGE_SEES, math.inf),
+            "partly": _kinds_where(by_kind, 0.7, COVERAGE_SEES),
+            "blind_to": _kinds_where(by_kind, -math.inf, 0.7),
+            "computed": score in have,
+            "in_combined": score in set(evidence) or score == COMBINED,
         }
     return {
         "source": MEASURED_SOURCE,
+        "docs": "docs/poisons.md",
+        "setting": MEASURED_SETTING,
         "rule": f"sees: AUROC >= {COVERAGE_SEES}; partly: 0.7-{COVERAGE_SEES}; blind: < 0.7",
+        "kinds": dict(POISON_KINDS),
+        "kind_order": list(POISON_KINDS),
         "scores": rows,
+        "score_order": list(rows),
+        "recall_at_default_threshold": {k: v[0] for k, v in MEASURED_RECALL.items()},
+        "real_photos_chroma_auroc": {k: list(v) for k, v in REAL_PHOTOS.items()},
+        "limits": list(COVERAGE_LIMITS),
     }
+
+
+def coverage_markdown() -> str:
+    """The coverage table and limits as markdown (docs/poisons.md holds this text verbatim)."""
+    kinds = list(POISON_KINDS)
+    head = ["score", *[POISON_KINDS[k].split(" (")[0] for k in kinds], "sees", "cannot see"]
+    out = [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    cov = coverage(DEFAULT_EVIDENCE, IMAGE_SCORES)
+    for score, r in cov["scores"].items():
+        name = f"`{score}`" + (" (default evidence)" if score in DEFAULT_EVIDENCE else "")
+        cells = [f"{r['auroc'][k]:.2f} / {r['auroc_jpeg_q75'][k]:.2f}" for k in kinds]
+        out.append(
+            f"| {name} | " + " | ".join(cells)
+            + f" | {', '.join(r['sees'] + [p + ' (partly)' for p in r['partly']]) or '-'}"
+            + f" | {', '.join(r['blind_to']) or '-'} |"
+        )  # fmt: skip
+    out += [
+        "",
+        f"AUROC served / after JPEG q75 4:2:0 re-encoding. {MEASURED_SETTING}. "
+        f"{cov['rule']} (served). Recall of the default rule (combined >= "
+        f"{DEFAULT_THRESHOLD:g}), served: "
+        + ", ".join(f"{k} {v[0]:.2f}" for k, v in MEASURED_RECALL.items())
+        + ".",
+        "",
+        f"Real photos, {CHROMA_HF} AUROC of PGD'd crops against clean ones (8 colour photos of "
+        "audit.testbed.photos not used for any setting, 4 crops each at 128 px, the testbed's "
+        "VAE-latent PGD; intervals in docs/quality.md):",
+        "",
+        "| served as | L-inf 8/255 | L-inf 16/255 |",
+        "|---|---|---|",
+        *[f"| {k} | {a:.2f} | {b:.2f} |" for k, (a, b) in REAL_PHOTOS.items()],
+        "",
+        *[f"- {line}" for line in COVERAGE_LIMITS],
+    ]
+    return "\n".join(out) + "\n"

@@ -280,6 +280,29 @@ def test_poison_coverage_is_rendered_when_the_finding_records_it(tmp_path: Path)
     assert "can and cannot see" not in write_report(ws).read_text()
 
 
+def test_measured_poison_coverage_table_and_limits(tmp_path: Path) -> None:
+    from detectors import poisons as P
+
+    ws = make_workspace(tmp_path / "ws", findings=("poisons",), shards=False, generations=False)
+    meta = ws.finding_meta("poisons")
+    cov = P.coverage(P.DEFAULT_EVIDENCE, [P.CHROMA_HF, P.FREQ_HF])
+    ws.write_finding("poisons", ws.read_finding("poisons"), {**meta, "coverage": cov})
+    page = write_report(ws).read_text()
+    section = page[page.index('<section id="poisons"') :]
+    section = section[: section.index("</section>")]
+    assert "What each score can and cannot see" in section
+    kinds = "".join(f"<th>{v.split(' (')[0]}</th>" for v in P.POISON_KINDS.values())
+    assert kinds in section  # in the recorded order, though the JSON comes back key-sorted
+    row = section[section.index("<code>chroma_hf_v1</code>") :]
+    row = row[: row.index("</tr>")]
+    a, b = P.MEASURED_AUROC[P.CHROMA_HF]["nightshade"]
+    assert "in combined" in row and f"{a:.2f} / {b:.2f}" in row
+    assert "Nightshade-style" in row and "dirty-label" in row  # sees / cannot see
+    vae = section[section.index("<code>vae_recon_v1</code>") :]
+    assert "not computed" in vae[: vae.index("</tr>")]
+    assert "Ranked, not flagged" in section and "JPEG 4:2:0 re-encoding" in section
+
+
 def test_imported_embeddings_without_shards_list_keys(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws", shards=False, generations=False)
     path = write_report(ws)

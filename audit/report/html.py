@@ -899,7 +899,9 @@ def _budget(s: dict[str, Any]) -> str:
 
 def _coverage(cov: Any) -> str:
     """What each poison score can and cannot see (``coverage`` in the poisons finding's JSON):
-    a text, a list of lines, or score -> text / {sees, misses} / list."""
+    the structure of :func:`detectors.poisons.coverage` (measured AUROC per score and poison
+    kind, the rule, the limits), or older forms: a text, a list of lines, or score -> text /
+    {sees, misses} / list."""
     if not cov:
         return ""
 
@@ -908,6 +910,8 @@ def _coverage(cov: Any) -> str:
             return ", ".join(str(x) for x in v)
         return str(v)
 
+    if isinstance(cov, dict) and isinstance(cov.get("scores"), dict):
+        return _measured_coverage(cov)
     if isinstance(cov, str):
         body = f"<p>{esc(cov)}</p>"
     elif isinstance(cov, (list, tuple)):
@@ -936,6 +940,66 @@ def _coverage(cov: Any) -> str:
     else:
         body = f"<p>{esc(cov)}</p>"
     return f"<h3>What each score can and cannot see</h3>{body}"
+
+
+def _measured_coverage(cov: dict[str, Any]) -> str:
+    """The measured coverage table: per score, AUROC per poison kind (served / JPEG q75), what
+    it sees, whether this run computed it and used it in the combined score; then the limits."""
+    kinds = cov.get("kinds") or {}
+    names = {k: str(v).split(" (")[0] for k, v in kinds.items()}
+    order = (
+        cov.get("kind_order")
+        or list(kinds)
+        or sorted({k for r in cov["scores"].values() for k in r.get("auroc", {})})
+    )  # the finding's JSON may come back with sorted keys: the recorded orders win
+
+    def label(ks: Any) -> str:
+        return ", ".join(names.get(k, str(k)) for k in ks or []) or "–"
+
+    rows = []
+    scores = [x for x in cov.get("score_order") or [] if x in cov["scores"]]
+    for score in scores + [x for x in cov["scores"] if x not in scores]:
+        r = cov["scores"][score]
+        if not isinstance(r, dict):
+            continue
+        a, j = r.get("auroc") or {}, r.get("auroc_jpeg_q75") or {}
+        cells = "".join(
+            f"<td class=num>{fmt(a.get(k), 2)}"
+            + (f" / {fmt(j.get(k), 2)}" if j.get(k) is not None else "")
+            + "</td>"
+            for k in order
+        )
+        used = "in combined" if r.get("in_combined") else (
+            "computed" if r.get("computed") else "not computed")  # fmt: skip
+        sees = (
+            "; ".join(
+                ([label(r["sees"])] if r.get("sees") else [])
+                + ([f"partly: {label(r['partly'])}"] if r.get("partly") else [])
+            )
+            or "–"
+        )
+        rows.append(
+            f"<tr><td><code>{esc(score)}</code></td><td>{esc(used)}</td>{cells}"
+            f"<td>{esc(sees)}</td><td>{esc(label(r.get('blind_to')))}</td></tr>"
+        )
+    head = "".join(f"<th>{esc(names.get(k, k))}</th>" for k in order)
+    recall = cov.get("recall_at_default_threshold") or {}
+    limits = "".join(f"<li>{esc(x)}</li>" for x in cov.get("limits") or [])
+    return (
+        "<h3>What each score can and cannot see</h3>"
+        f"<p>Measured AUROC, served / after JPEG q75 re-encoding ({esc(cov.get('setting', ''))};"
+        f" {esc(cov.get('source', ''))}). {esc(cov.get('rule', ''))}."
+        + (
+            " Share of planted poisons flagged by the default rule: "
+            + esc(", ".join(f"{names.get(k, k)} {fmt(recall[k], 2)}" for k in order if k in recall))
+            + "."
+            if recall
+            else ""
+        )  # fmt: skip
+        + "</p>"
+        f"<table><tr><th>score</th><th>this run</th>{head}<th>sees</th><th>cannot see</th></tr>"
+        f"{''.join(rows)}</table>" + (f"<ul>{limits}</ul>" if limits else "")
+    )
 
 
 def _when(ts: float | None) -> str:

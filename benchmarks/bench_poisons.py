@@ -3,6 +3,7 @@
     python benchmarks/bench_poisons.py                  # tune seeds 11 12, report seeds 2024 4242
     python benchmarks/bench_poisons.py --report-seeds 2024 --tune-seeds --no-generator  # quick
     python benchmarks/bench_poisons.py --photos-only    # only the real-photo check (~3 min)
+    python benchmarks/bench_poisons.py --ingest-only --n 3000  # only the ingest check (~6 min)
 
 Each testbed (``--n`` rows) holds, at ``--rate`` of the attacked concept (1% by default):
 dirty-label pairs (cat:bird: caption names cat, the image shows a bird), clean-label poisons
@@ -32,6 +33,17 @@ attack (tiny-sd's VAE latent toward the same corner of the next photo, L-inf 8/2
 clean per served format (clean as JPEG q90 4:2:0 or PNG; perturbed as PNG or JPEG q95 4:4:4;
 both re-encoded JPEG q75 4:2:0) with a bootstrap interval over photos, and the robust z a clean
 PNG or a perturbed crop gets against the clean JPEG q90 crops.
+
+Ingest (``ingest``, unless ``--no-ingest``; :func:`ingest_check`): the parts above encode the
+images by hand and score with the testbed generator's concept list. Here, per report seed, the
+same testbed (same poison rates) goes the user's way: served over loopback HTTP,
+``laion-audit download`` (as served, and stored as JPEG q75) and ``embed``
+(``bench_replication.ingest_workspace``), then ``laion-audit poisons WS`` with its defaults (its
+own concept list from the captions). Per poison kind: AUROC of combined_score against ordinary
+rows and inside the attacked concept, recall at the flag rule and the false-flag rate (Wilson
+intervals), and which of the planted pairs' concepts the stage's list holds; the same
+workspace is also scored with the generator's list (``with_generator_concepts``), to tell the
+concept list's effect from the ingest path's.
 """
 
 from __future__ import annotations
@@ -101,15 +113,10 @@ def style_count(n: int, seed: int, style: str) -> int:
 def build(out: Path, args: argparse.Namespace, seed: int, clip: tuple[Any, Any]) -> dict:
     from audit.testbed.generate import build_testbed
 
-    rates = {}
-    for kind, pair in PAIRS.items():
-        a = pair.split(":")[0]
-        base = style_count(args.n, seed, a) if kind == "glaze" else concept_count(args.n, seed, a)
-        rates[f"{kind}_rate"] = max(3, round(args.rate * base)) / args.n
-        rates[f"{kind}_pairs"] = (pair,)
     return build_testbed(
-        out, n=args.n, seed=seed, overwrite=True, clip_model=clip, gen_eps=args.gen_eps, **rates
-    )
+        out, n=args.n, seed=seed, overwrite=True, clip_model=clip, gen_eps=args.gen_eps,
+        **poison_rates(args, seed),
+    )  # fmt: skip
 
 
 def load_images(tb: Path, truth: pd.DataFrame, jpeg_quality: int | None) -> tuple[list, np.ndarray]:
@@ -374,8 +381,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def quality_rows(result: dict[str, Any], config: str) -> list[dict[str, Any]]:
-    """docs/quality.md rows: per report seed, served and JPEG q75, AUROC of the best pixel score
-    and of the combined score for the generator-aimed poisons, and recall / FPR at the rule."""
+    """docs/quality.md rows: per report seed, served and JPEG q75, AUROC of chroma_hf_v1 for the
+    generator-aimed poisons, and recall (Wilson interval) / FPR at the rule; the setting says
+    whom a PGD poison was optimised against (:data:`KIND_SETTING`)."""
     from quality import row
 
     rows = []
@@ -396,19 +404,22 @@ def quality_rows(result: dict[str, Any], config: str) -> list[dict[str, Any]]:
                             n=v["scores"][kind]["planted"],
                             tune=result["tune_seeds"],
                             report=[r["seed"]],
-                            setting=f"{variant}, {result['rate_of_attacked_concept']:.0%} of the concept, L-inf {result['gen_eps']}",
+                            setting=f"{variant}, {result['rate_of_attacked_concept']:.0%} of the concept, L-inf {result['gen_eps']}; {KIND_SETTING[kind]}",
                         )
                     )  # fmt: skip
                 c = v["configs"][config][kind]
+                n = v["scores"][kind]["planted"]
+                also = f"; {KIND_SETTING[kind]}" if kind in KIND_SETTING else ""
                 rows.append(
                     row(
                         f"poisons combined ({config})",
                         f"recall {kind} at z >= {result['threshold']}",
                         c["recall_at_threshold"],
-                        n=v["scores"][kind]["planted"],
+                        ci=_wilson(round(c["recall_at_threshold"] * n), n),
+                        n=n,
                         tune=result["tune_seeds"],
                         report=[r["seed"]],
-                        setting=f"{variant}; FPR {v['configs'][config]['fpr_at_threshold']:.4f}",
+                        setting=f"{variant}, testbed generator's concepts; FPR {v['configs'][config]['fpr_at_threshold']:.4f}{also}",
                     )
                 )
     return rows
@@ -747,6 +758,276 @@ def print_photos(photos: dict[str, Any]) -> None:
             print(f"    {label:50s} {r['auroc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
 
 
+# ---- ingest: the user's path (download + embed) and the stage's own concept list --------------
+
+INGEST_SETTING = "ingest (download + embed), stage default concepts"
+INGEST_VARIANTS: dict[str, tuple[str, ...]] = {
+    "served": (),
+    "jpeg75": (
+        "--resize-mode", "keep_ratio", "--image-size", "64", "--resize-always",
+        "--encode-quality", "75",
+    ),
+}  # fmt: skip
+"""Download options per ingest variant: the bytes as served, or every image stored as JPEG q75
+at download time (img2dataset's OpenCV encoder, 4:2:0). ``--reencode`` alone would not do it:
+img2dataset keeps the bytes of a JPEG that needs no resize (``skip_reencode``), so the variant
+resizes to the testbed's 64 px (the identity for the drawings and every poison; only the larger
+near-duplicate and work variants shrink) to make every image go through the encoder."""
+TRANSFER_SETTING = "transfer (optimised against tiny-sd's VAE)"
+WHITE_BOX_SETTING = "white-box (optimised against the detector's CLIP)"
+KIND_SETTING = {
+    "nightshade": TRANSFER_SETTING,
+    "glaze": TRANSFER_SETTING,
+    "clean": WHITE_BOX_SETTING,
+}
+"""Whom each PGD poison was optimised against: Nightshade- and Glaze-style poisons move tiny-sd's
+VAE latent (the detector never sees that VAE: a transfer setting); clean-label poisons are PGD'd
+against tiny-synth, the detector's own CLIP (white-box)."""
+
+
+def poison_rates(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The testbed's poison rates and pairs: ``args.rate`` of each attacked concept (of the
+    attacked style for Glaze-style), at least 3 poisons per kind."""
+    rates: dict[str, Any] = {}
+    for kind, pair in PAIRS.items():
+        a = pair.split(":")[0]
+        base = style_count(args.n, seed, a) if kind == "glaze" else concept_count(args.n, seed, a)
+        rates[f"{kind}_rate"] = max(3, round(args.rate * base)) / args.n
+        rates[f"{kind}_pairs"] = (pair,)
+    return rates
+
+
+def _wilson(k: int, n: int) -> list[float]:
+    lo, hi = wilson_interval(k, n)
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
+def evaluate_ingest(ws: Any, truth: pd.DataFrame) -> dict[str, Any]:
+    """Measure the ``poisons`` finding of ``ws`` (the stage run with its defaults) against the
+    testbed truth of the rows ingest embedded with status ok. Rows the stage did not score (their
+    caption names no concept of its list) get combined score -inf and are never flagged."""
+    from audit.testbed import draw
+    from audit.vocabulary import DEFAULT_CONCEPTS_SOURCE
+
+    meta = json.loads((Path(ws.root) / "findings" / "poisons.json").read_text())
+    fnd = pd.read_parquet(Path(ws.root) / "findings" / "poisons.parquet")
+    concepts = [r["concept"] for r in meta.get("concept_vulnerability", [])]
+    df = truth[["key", "caption", "poison_kind", "broken_kind"]].merge(
+        fnd[["key", "concept", "combined_score", "flagged", "kind"]], on="key", how="left"
+    )
+    scored = df["combined_score"].notna().to_numpy()
+    score = df["combined_score"].to_numpy(dtype=np.float64)
+    score = np.where(np.isfinite(score) | np.isposinf(score), score, -np.inf)
+    flagged = df["flagged"].fillna(False).to_numpy(dtype=bool)
+    sv = (df["broken_kind"].fillna("") == "split_view").to_numpy()
+    none = (df["poison_kind"] == "none").to_numpy() & ~sv
+    lower = {c.lower() for c in concepts}
+    out: dict[str, Any] = {
+        "concepts_source": meta.get("concepts_source"),
+        "default_source": meta.get("concepts_source") == DEFAULT_CONCEPTS_SOURCE,
+        "n_concepts": len(concepts),
+        "concepts": concepts,
+        "generator_concepts_in_list": sum(c.lower() in lower for c in draw.CONCEPTS),
+        "generator_concepts": len(draw.CONCEPTS),
+        "list_not_generator": sum(c.lower() not in {g.lower() for g in draw.CONCEPTS} for c in concepts),
+        "pairs_in_list": {
+            pair: {side: side.lower() in lower for side in pair.split(":")} for pair in PAIRS.values()
+        },
+        "evidence": meta["combined"]["evidence"],
+        "image_scores_read": meta.get("image_scores", {}).get("images_read"),
+        "threshold": meta["parameters"].get("z_threshold"),
+        "rows_ok": len(df),
+        "rows_scored": int(scored.sum()),
+        "n_ordinary": int(none.sum()),
+        "fpr_at_threshold": float(flagged[none].mean()),
+        "fpr_ci": _wilson(int(flagged[none].sum()), int(none.sum())),
+        "kinds": {},
+    }  # fmt: skip
+    for kind, pair in PAIRS.items():
+        a = pair.split(":")[0]
+        pos = (df["poison_kind"] == kind).to_numpy()
+        keep = pos | none
+        auc, ci = bootstrap_auroc(pos[keep], score[keep])
+        k = int(flagged[pos].sum())
+        res: dict[str, Any] = {
+            "pair": pair,
+            "planted_embedded": int(pos.sum()),
+            "scored": int((pos & scored).sum()),
+            "combined_auroc_global": auc,
+            "combined_auroc_global_ci": ci,
+            "recall_at_threshold": k / pos.sum() if pos.any() else math.nan,
+            "recall_ci": _wilson(k, int(pos.sum())),
+            "kind_guess": df.loc[pos & flagged, "kind"].value_counts().to_dict(),
+            "finding_concept": df.loc[pos, "concept"].fillna("(not scored)").value_counts().to_dict(),
+        }  # fmt: skip
+        if kind != "glaze" and a.lower() in lower:
+            named = P.membership(
+                df["caption"].tolist(), [a], text_emb=None, concept_emb=None, mode="word"
+            )[:, 0]
+            m = named & keep
+            auc, ci = bootstrap_auroc(pos[m], score[m])
+            res["concept_auroc"] = {"concept": a, "auroc": auc, "ci": ci,
+                                    "planted": int((pos & m).sum()), "negatives": int((m & ~pos).sum())}  # fmt: skip
+        out["kinds"][kind] = res
+    if sv.any():
+        out["split_view"] = {"rows": int(sv.sum()), "all_flagged": bool(flagged[sv].all())}
+    return out
+
+
+def ingest_check(args: argparse.Namespace) -> dict[str, Any]:
+    """Per report seed: the testbed served over loopback HTTP, ``laion-audit download`` and
+    ``embed`` (bench_replication.ingest_workspace: tiny-synth, SSCD at 128 px), then
+    ``laion-audit poisons WS`` with its defaults (no --concepts: the stage's list from the
+    captions, not the generator's), measured against truth (:func:`evaluate_ingest`)."""
+    import torch
+    from bench_replication import _cli, ingest_workspace
+
+    from audit.testbed import draw
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_poisons_ingest_"))
+    runs = []
+    for seed, variant in [(s, v) for s in args.report_seeds for v in args.ingest_variants]:
+        t0 = time.perf_counter()
+        out = work / f"ingest_s{seed}_{variant}"
+        ws, truth = ingest_workspace(
+            out, args.n, seed, download_args=INGEST_VARIANTS[variant], gen_eps=args.gen_eps,
+            **poison_rates(args, seed),
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        # the same workspace scored with the testbed generator's list, to tell what the
+        # stage's own list changes from what the ingest path changes
+        gen_file = out / "generator_concepts.txt"
+        gen_file.write_text("\n".join(draw.CONCEPTS) + "\n")
+        _cli("poisons", str(ws.root), "--concepts-file", str(gen_file))
+        gen = evaluate_ingest(ws, truth)
+        t2 = time.perf_counter()
+        _cli("poisons", str(ws.root))  # the stage's defaults
+        t3 = time.perf_counter()
+        planted = pd.read_parquet(out / "testbed" / "truth.parquet")["poison_kind"]
+        res = evaluate_ingest(ws, truth)
+        res["with_generator_concepts"] = {
+            "n_concepts": gen["n_concepts"],
+            "fpr_at_threshold": gen["fpr_at_threshold"],
+            "fpr_ci": gen["fpr_ci"],
+            "kinds": {
+                k: {m: v[m] for m in ("combined_auroc_global", "combined_auroc_global_ci",
+                                      "recall_at_threshold", "recall_ci", "concept_auroc") if m in v}
+                for k, v in gen["kinds"].items()
+            },
+        }  # fmt: skip
+        res.update(
+            seed=seed,
+            variant=variant,
+            download_args=list(INGEST_VARIANTS[variant]),
+            planted={k: int((planted == k).sum()) for k in KINDS},
+            seconds={"build_download_embed": round(t1 - t0, 1), "poisons": round(t3 - t2, 1)},
+        )
+        logger.info(
+            "ingest seed %d %s: %s; fpr %.4f; pairs in list %s", seed, variant,
+            ", ".join(f"{k} {v['combined_auroc_global']:.3f}/{v['recall_at_threshold']:.2f}"
+                      for k, v in res["kinds"].items()),
+            res["fpr_at_threshold"], res["pairs_in_list"],
+        )  # fmt: skip
+        runs.append(res)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    return {
+        "what": (
+            "the user's path: testbed served over loopback HTTP, laion-audit download "
+            "(img2dataset; variant served: the bytes as served; jpeg75: every image stored as "
+            "JPEG q75 4:2:0, see INGEST_VARIANTS) and embed (tiny-synth, SSCD at 128 px), then "
+            "laion-audit poisons WS with its defaults (no --concepts: general-list objects the "
+            "captions name + frequent caption terms, not the testbed generator's list). AUROC of "
+            "combined_score, poisons vs ordinary rows (split-view left out), bootstrap 95% "
+            "interval over rows; concept_auroc: among rows whose caption names the attacked "
+            "concept, when the stage's list holds it; recall and FPR at combined >= threshold "
+            "with Wilson intervals; rows the stage did not score count as lowest, not flagged"
+        ),
+        "n": args.n,
+        "rate_of_attacked_concept": args.rate,
+        "gen_eps": f"{round(args.gen_eps * 255)}/255",
+        "threshold": args.threshold,
+        "report_seeds": args.report_seeds,
+        "runs": runs,
+    }
+
+
+def ingest_quality_rows(ing: dict[str, Any], tune: list[int]) -> list[dict[str, Any]]:
+    """docs/quality.md rows of the ingest check, per report seed."""
+    from quality import row
+
+    rows = []
+    for r in ing["runs"]:
+        base = f"{INGEST_SETTING}, {r['variant']}" + (
+            " (re-encoded at download)" if r["variant"] != "served" else ""
+        )
+        for kind, v in r["kinds"].items():
+            setting = base + (f"; {KIND_SETTING[kind]}" if kind in KIND_SETTING else "")
+            common = {"tune": tune, "report": [r["seed"]], "n": v["planted_embedded"]}
+            rows.append(
+                row("poisons combined (default)", f"AUROC {kind} vs ordinary rows",
+                    v["combined_auroc_global"], ci=v["combined_auroc_global_ci"],
+                    setting=setting, **common)
+            )  # fmt: skip
+            ca = v.get("concept_auroc")
+            if ca:
+                rows.append(
+                    row("poisons combined (default)",
+                        f"AUROC {kind} inside concept {ca['concept']!r}", ca["auroc"], ci=ca["ci"],
+                        setting=setting, **common)
+                )  # fmt: skip
+            rows.append(
+                row("poisons combined (default)", f"recall {kind} at z >= {ing['threshold']}",
+                    v["recall_at_threshold"], ci=v["recall_ci"],
+                    setting=f"{setting}; FPR {r['fpr_at_threshold']:.4f}", **common)
+            )  # fmt: skip
+        rows.append(
+            row("poisons combined (default)", f"FPR ordinary rows at z >= {ing['threshold']}",
+                r["fpr_at_threshold"], ci=r["fpr_ci"], n=r["n_ordinary"], tune=tune,
+                report=[r["seed"]], setting=base)
+        )  # fmt: skip
+        g = r.get("with_generator_concepts")
+        if g:
+            rows.append(
+                row("poisons combined (default)",
+                    f"FPR ordinary rows at z >= {ing['threshold']}", g["fpr_at_threshold"],
+                    ci=g["fpr_ci"], n=r["n_ordinary"], tune=tune, report=[r["seed"]],
+                    setting=base.replace("stage default concepts", "testbed generator's concepts"))
+            )  # fmt: skip
+    return rows
+
+
+def print_ingest(ing: dict[str, Any]) -> None:
+    print(f"\ningest (download + embed), stage default concepts, {ing['n']} rows per testbed")
+    for r in ing["runs"]:
+        print(
+            f"  seed {r['seed']} {r['variant']}: {r['n_concepts']} concepts ({r['concepts_source']}); "
+            f"{r['generator_concepts_in_list']}/{r['generator_concepts']} generator concepts in "
+            f"the list; pairs in list {r['pairs_in_list']}; FPR {r['fpr_at_threshold']:.4f}"
+        )
+        for kind, v in r["kinds"].items():
+            ca = v.get("concept_auroc", {})
+            print(f"    {kind:10s} n {v['planted_embedded']:2d} AUROC {v['combined_auroc_global']:.3f} "
+                  f"[{v['combined_auroc_global_ci'][0]:.3f}, {v['combined_auroc_global_ci'][1]:.3f}]"
+                  + (f" in {ca['concept']} {ca['auroc']:.3f}" if ca else "")
+                  + f"; recall {v['recall_at_threshold']:.2f}")  # fmt: skip
+        g = r.get("with_generator_concepts")
+        if g:
+            print(f"    with the generator's {g['n_concepts']} concepts: FPR {g['fpr_at_threshold']:.4f}; "
+                  + ", ".join(f"{k} {v['combined_auroc_global']:.3f}" for k, v in g["kinds"].items()))  # fmt: skip
+
+
+def all_quality_rows(result: dict[str, Any], config: str, threshold: float) -> list[dict[str, Any]]:
+    """Every docs/quality.md row of the result: testbed runs, real photos, ingest."""
+    rows = quality_rows(result, config)
+    if "real_photos" in result:
+        rows += photo_quality_rows(result["real_photos"], threshold)
+    if "ingest" in result:
+        rows += ingest_quality_rows(result["ingest"], result["tune_seeds"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000, help="rows per testbed (5000)")
@@ -772,6 +1053,17 @@ def main(argv: list[str] | None = None) -> int:
         help="PGD steps of the 256 px check on the report photos (20; 0 skips it)",
     )  # fmt: skip
     ap.add_argument("--photo-sheet", default=None, help="PNG of clean and perturbed crops")
+    ap.add_argument("--no-ingest", action="store_true", help="skip the ingest check")
+    ap.add_argument(
+        "--ingest-variants", nargs="+", default=list(INGEST_VARIANTS), choices=list(INGEST_VARIANTS),
+        help="download settings of the ingest check (served: bytes as served; jpeg75: stored as "
+        "JPEG q75)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--ingest-only", action="store_true",
+        help="run only the ingest check (report seeds) and put it into the existing --out JSON "
+        "(its runs replace those of the same seeds)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if set(args.tune_seeds) & set(args.report_seeds):
         ap.error("tune and report seeds must differ")
@@ -789,26 +1081,41 @@ def main(argv: list[str] | None = None) -> int:
         photos = photo_check(args)
         photos["command"] = " ".join(["python benchmarks/bench_poisons.py", *sys.argv[1:]])
         result["real_photos"] = photos
-        result["quality_rows"] = [
-            r for r in result.get("quality_rows", []) if not r["setting"].startswith("real photos")
-        ] + photo_quality_rows(photos, args.threshold)
+        result["quality_rows"] = all_quality_rows(result, args.config, args.threshold)
         write_json_atomic(out, result)
         print_photos(photos)
         print(f"wrote real_photos into {out} ({photos['seconds']:.0f} s)")
         return 0
+    if args.ingest_only:
+        result = json.loads(out.read_text())
+        ing = ingest_check(args)
+        ing["command"] = " ".join(["python benchmarks/bench_poisons.py", *sys.argv[1:]])
+        old = {(r["seed"], r["variant"]): r for r in result.get("ingest", {}).get("runs", [])}
+        old.update({(r["seed"], r["variant"]): r for r in ing["runs"]})
+        ing["runs"] = [old[k] for k in sorted(old)]
+        ing["report_seeds"] = sorted({s for s, _ in old})
+        result["ingest"] = ing
+        result["quality_rows"] = all_quality_rows(result, args.config, args.threshold)
+        write_json_atomic(out, result)
+        print_ingest(ing)
+        print(f"wrote ingest into {out}")
+        return 0
     result = run(args)
     summary = summarise(result)
     result["summary"] = summary
-    result["quality_rows"] = quality_rows(result, args.config)
     if not args.no_photos:
         result["real_photos"] = photo_check(args)
-        result["quality_rows"] += photo_quality_rows(result["real_photos"], args.threshold)
+    if not args.no_ingest:
+        result["ingest"] = ingest_check(args)
+    result["quality_rows"] = all_quality_rows(result, args.config, args.threshold)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, result)
     print_table(result, summary)
     if "real_photos" in result:
         print_photos(result["real_photos"])
+    if "ingest" in result:
+        print_ingest(result["ingest"])
     print(f"wrote {out} ({result['seconds']:.0f} s)")
     return 0
 

@@ -119,9 +119,12 @@ def testbed_workspace(out: Path, n: int, seed: int, clip: tuple[Any, Any, Any], 
     return ws, truth
 
 
-def ingest_workspace(out: Path, n: int, seed: int, **rates: Any):
+def ingest_workspace(
+    out: Path, n: int, seed: int, download_args: tuple[str, ...] = (), **rates: Any
+):
     """The user's path: build a testbed, serve it over loopback HTTP, ``laion-audit download``
-    (img2dataset) and ``laion-audit embed`` (tiny-synth + SSCD at 128 px, as the demo); returns
+    (img2dataset; ``download_args``: extra options, e.g. ``--reencode --encode-quality 75``)
+    and ``laion-audit embed`` (tiny-synth + SSCD at 128 px, as the demo); returns
     ``(workspace, truth DataFrame of the rows embedded with status ok)``."""
     from audit.testbed.generate import build_testbed, load_truth, write_url_list
     from audit.testbed.server import serve_testbed
@@ -132,7 +135,10 @@ def ingest_workspace(out: Path, n: int, seed: int, **rates: Any):
     build_testbed(tb, n=n, seed=seed, overwrite=True, **rates)
     with serve_testbed(tb) as base_url:
         urls = write_url_list(tb, base_url, tb / "urls-served.parquet")
-        _cli("download", str(urls), "--out", str(ws_dir), "--processes", "1", "--threads", "8")
+        _cli(
+            "download", str(urls), "--out", str(ws_dir), "--processes", "1", "--threads", "8",
+            *download_args,
+        )  # fmt: skip
     _cli("embed", str(ws_dir), "--model", "tiny-synth", "--copy-size", "128")
     ws = Workspace(ws_dir)
     got = ws.embeddings().to_table(columns=["key", "status"]).to_pandas()

@@ -662,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         "partition_size": args.partition_size,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "command": "python benchmarks/bench_dask.py " + " ".join(argv or sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "results": results,
     }
 
@@ -680,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [n for n, dim in runs if dim == args.dim]
         args.hnsw_k = 0
         doc["command"] = old.get("command", doc["command"])
+        doc["when"] = old.get("when")
+        doc["earlier_commands"] = old.get("earlier_commands", [])
     if args.merge and Path(args.out).exists() and not args.estimate_only:
         # keep the stored rows that this run does not measure again
         old_doc = json.loads(Path(args.out).read_text())
@@ -691,15 +694,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.hnsw_k and old_doc.get("hnsw"):
             doc["hnsw"] = old_doc["hnsw"]
+        # which command measured which rows: the kept rows name an earlier command
+        doc["earlier_commands"] = old_doc.get("earlier_commands", []) + [
+            {"command": old_doc.get("command"), "when": old_doc.get("when")}
+        ]
     with tempfile.TemporaryDirectory() as tmp:
         for n, dim in [] if args.estimate_only else runs:
             reps = args.repeats if n <= args.repeat_max_n else 1
             results.extend(
-                bench_dedup(n, dim, args.threshold, workers, Path(tmp), args.partition_size, reps)
+                {**r, "measured_by": doc["when"]}
+                for r in bench_dedup(
+                    n, dim, args.threshold, workers, Path(tmp), args.partition_size, reps
+                )
             )
             save()
         if args.embed_n and not args.estimate_only:
-            results.extend(bench_embed(args.embed_n, workers, Path(tmp)))
+            results.extend(
+                {**r, "measured_by": doc["when"]}
+                for r in bench_embed(args.embed_n, workers, Path(tmp))
+            )
             save()
     runs = sorted({(r["n"], r["dim"]) for r in results if r["pipeline"] == "dedup"})
     sizes = [n for n, dim in runs if dim == args.dim]

@@ -959,9 +959,8 @@ def ingest_quality_rows(ing: dict[str, Any], tune: list[int]) -> list[dict[str, 
 
     rows = []
     for r in ing["runs"]:
-        base = f"{INGEST_SETTING}, {r['variant']}" + (
-            " (re-encoded at download)" if r["variant"] != "served" else ""
-        )
+        stored = {"served": "served", "jpeg75": "stored as JPEG q75 at download"}
+        base = f"{INGEST_SETTING}, {stored.get(r['variant'], r['variant'])}"
         for kind, v in r["kinds"].items():
             setting = base + (f"; {KIND_SETTING[kind]}" if kind in KIND_SETTING else "")
             common = {"tune": tune, "report": [r["seed"]], "n": v["planted_embedded"]}

@@ -274,6 +274,22 @@ def test_coverage_numbers_are_the_benchmark_results() -> None:
     assert round(photos["z_clean"]["png"]["max"], 1) == P.REAL_PHOTOS_CLEAN_PNG_Z_MAX
 
 
+def test_ingest_numbers_are_the_benchmark_results() -> None:
+    ing = json.loads((ROOT / P.MEASURED_SOURCE).read_text())["ingest"]
+    by = {v: [r for r in ing["runs"] if r["variant"] == v] for v in ("served", "jpeg75")}
+    assert all(len(rs) == len(ing["report_seeds"]) for rs in by.values())
+    for kind, pair in P.MEASURED_INGEST.items():
+        got = [np.mean([r["kinds"][kind]["combined_auroc_global"] for r in by[v]]) for v in by]
+        assert list(pair) == [round(float(g), 2) for g in got], kind
+    for name, key in (("stage_concepts", None), ("generator_concepts", "with_generator_concepts")):
+        got = [
+            np.mean([(r[key] if key else r)["fpr_at_threshold"] for r in by[v]]) for v in by
+        ]  # fmt: skip
+        assert list(P.MEASURED_INGEST_FPR[name]) == [round(float(g), 4) for g in got], name
+    for r in ing["runs"]:
+        assert r["default_source"] and r["n_concepts"] > r["generator_concepts"]
+
+
 def test_coverage_says_what_each_score_sees() -> None:
     cov = P.coverage(P.DEFAULT_EVIDENCE, [P.CHROMA_HF, P.FREQ_HF])
     chroma = cov["scores"][P.CHROMA_HF]

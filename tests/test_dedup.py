@@ -708,12 +708,21 @@ def test_testbed_planted_duplicates_precision(testbed_ws) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "the shipped tiny-synth CLIP is not instance-discriminative: planted near copies sit at "
-        "cosine 0.90-0.98 while distinct renders of the same concept/colour/style reach 0.99, so "
-        "at precision >= 0.98 recall is ~0.6-0.7 (see detectors.dedup.DEFAULT_THRESHOLDS). "
-        "Strict: passes (and must be un-marked) once a model separates them."
+        "issue 15's target in the copy space: SSCD (224 px) at 0.65 on this 600-row testbed "
+        "(seed 7) measured precision 0.989, recall 0.926 (87 of 94 planted pairs): the "
+        "heaviest edits of 64 px drawings fall below 0.65, and lower thresholds chain "
+        "look-alike drawings (docs/copy_detection.md). Strict: un-mark once it passes."
     ),
 )
 def test_testbed_planted_duplicates_recall_target(testbed_ws) -> None:
-    agree, *_ = _testbed_agreement(Workspace(testbed_ws), "--space", "clip")
+    """The testbed's planted duplicates (exact groups, near-duplicate edits, famous-work copies)
+    found by the copy detector `embed` stores (SSCD, copy space) at the threshold the demo uses
+    for its 64 px drawings (0.65, docs/copy_detection.md): pair precision >= 0.98 and recall
+    >= 0.95. (The tiny CLIP is not a copy detector: in CLIP space distinct renders of one
+    concept, colour and style sit as close as planted copies; test above.)"""
+    ws = Workspace(testbed_ws)
+    agree, *_ = _testbed_agreement(ws, "--threshold", "0.65")
+    meta = ws.finding_meta("duplicates")
+    assert meta["space"]["column"] == "copy_emb", meta["space"]
+    assert agree["true_pairs"] > 50
     assert agree["precision"] >= 0.98 and agree["recall"] >= 0.95, agree

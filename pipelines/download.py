@@ -303,7 +303,9 @@ def _img2dataset_kwargs(
         resize_only_if_bigger=s.resize_only_if_bigger,
         encode_format=s.encode_format,
         encode_quality=s.encode_quality,
-        skip_reencode=True,
+        # --reencode: every image decoded and encoded again (img2dataset otherwise keeps the
+        # original bytes of an image that needs no resize and is already --encode-format)
+        skip_reencode=not s.reencode,
         disable_all_reencoding=(s.resize_mode == "no" and not s.reencode),
         number_sample_per_shard=s.shard_size,
         oom_shard_count=OOM_SHARD_COUNT,

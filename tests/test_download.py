@@ -124,6 +124,46 @@ def test_download_testbed_over_loopback(
 
 
 @pytest.mark.slow
+def test_reencode_stores_every_image_encoded_again(testbed: Path, tmp_path: Path) -> None:
+    """``--reencode`` decodes and encodes every stored image at ``--encode-quality``, also the
+    JPEGs that need no resize (img2dataset otherwise keeps their served bytes)."""
+    import tarfile
+
+    from audit.testbed.generate import load_truth, write_url_list
+    from audit.testbed.server import serve_testbed
+
+    truth = {r["key"]: r for r in load_truth(testbed).to_pylist()}
+    stored: dict[str, dict[str, bytes]] = {}
+    with serve_testbed(testbed) as base:
+        urls = write_url_list(testbed, base, tmp_path / "urls.parquet")
+        for name, extra in (("plain", []), ("reencode", ["--reencode", "--encode-quality", "40"])):
+            ws = tmp_path / name
+            argv = ["download", str(urls), "--out", str(ws), "-q", "--resize-mode", "no"]
+            assert cli_main([*argv, *extra]) == 0
+            with tarfile.open(ws / "shards" / "00000.tar") as tf:
+                stored[name] = {
+                    m.name.split(".")[0]: tf.extractfile(m).read()
+                    for m in tf.getmembers()
+                    if m.name.endswith(".jpg")
+                }
+    served_jpeg = [
+        k
+        for k, t in truth.items()
+        if k in stored["plain"]
+        and t["broken_kind"] is None  # a truncated JPEG is stored as served, not re-encoded
+        and (testbed / "files" / t["file_name"]).read_bytes()[:2] == b"\xff\xd8"
+    ]
+    assert len(served_jpeg) > 20
+    broken = [k for k, t in truth.items() if t["broken_kind"] == "truncated"]
+    assert broken and not set(broken) & set(stored["reencode"])  # they fail to decode now
+    for k in served_jpeg:
+        served = (testbed / "files" / truth[k]["file_name"]).read_bytes()
+        assert stored["plain"][k] == served  # kept as served
+        again = stored["reencode"][k]
+        assert again[:2] == b"\xff\xd8" and again != served  # encoded again at q40
+
+
+@pytest.mark.slow
 def test_custom_columns_keep_mismatched_and_dead_host(testbed: Path, tmp_path: Path) -> None:
     from audit.testbed.generate import load_truth, urls_for
     from audit.testbed.server import serve_testbed

@@ -91,8 +91,9 @@ class Config(Options):
     )
     reencode: bool = option(
         False,
-        help="with --resize-mode no: still decode and re-encode (validates images at "
-        "download time)",
+        help="decode and re-encode every image as --encode-format at --encode-quality, also "
+        "those that need no resize (validates images at download time; without it an image "
+        "already in that format and size keeps its original bytes)",
         group="images",
     )
     encode_format: str = option(

@@ -179,6 +179,8 @@ def measure(
 
 
 def quality_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    from quality import row
+
     rows = []
     for seed, r in res["runs"].items():
         for metric, key in (
@@ -188,17 +190,17 @@ def quality_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
         ):
             v = r[key]
             rows.append(
-                {
-                    "detector": f"semantic concept frequency, {res['model']}",
-                    "metric": metric,
-                    "value": v["rate"],
-                    "ci": v["ci"],
-                    "n": v["n"],
-                    "setting": f"testbed captions, {round(100 * res['paraphrase_rate'])}% of "
+                row(
+                    f"semantic concept frequency, {res['model']}",
+                    metric,
+                    v["rate"],
+                    ci=v["ci"],
+                    n=v["n"],
+                    tune=res["tune_seeds"],
+                    report=[int(seed)],
+                    setting=f"testbed captions, {round(100 * res['paraphrase_rate'])}% of "
                     "paraphrasable rows paraphrased",
-                    "tuned_on": res["tune_seeds"],
-                    "reported_on": [int(seed)],
-                }
+                )
             )
     return rows
 

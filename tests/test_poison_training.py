@@ -26,7 +26,7 @@ def _bench() -> types.ModuleType:
     return mod
 
 
-def test_train_filter_end_to_end_on_a_small_budget(tmp_path: Path) -> None:
+def test_train_filter_end_to_end_on_a_small_budget(tmp_path: Path, request) -> None:
     """testbed -> embed -> poisons -> filter --drop poisons -> tiny-sd trained on what the
     filter kept, and on that minus the planted poisons (what a perfect audit keeps). The
     filter drops exactly the rows the finding flags, training sees only kept rows, and the
@@ -66,6 +66,7 @@ def test_train_filter_end_to_end_on_a_small_budget(tmp_path: Path) -> None:
 
     args = types.SimpleNamespace(steps=30, batch=16, lr=1e-3, train_seed=0, ddim_steps=5)
     # one thread: on a loaded 2-core machine two OpenMP threads made these 30 steps 40x slower
+    request.addfinalizer(lambda n=torch.get_num_threads(): torch.set_num_threads(n))
     torch.set_num_threads(1)
     torch.manual_seed(0)
     trainer = bench.Trainer(args)

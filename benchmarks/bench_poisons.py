@@ -769,10 +769,11 @@ INGEST_VARIANTS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 """Download options per ingest variant: the bytes as served, or every image stored as JPEG q75
-at download time (img2dataset's OpenCV encoder, 4:2:0). ``--reencode`` alone would not do it:
-img2dataset keeps the bytes of a JPEG that needs no resize (``skip_reencode``), so the variant
-resizes to the testbed's 64 px (the identity for the drawings and every poison; only the larger
-near-duplicate and work variants shrink) to make every image go through the encoder."""
+at download time (img2dataset's OpenCV encoder, 4:2:0). The variant resizes to the testbed's
+64 px (the identity for the drawings and every poison; only the larger near-duplicate and work
+variants shrink) to make every image go through the encoder: the stored ingest results were
+measured so, before ``--reencode`` re-encoded images that need no resize (fixed in a756a46;
+``--reencode --encode-quality 75`` would now do it without the resize)."""
 TRANSFER_SETTING = "transfer (optimised against tiny-sd's VAE)"
 WHITE_BOX_SETTING = "white-box (optimised against the detector's CLIP)"
 KIND_SETTING = {

@@ -1364,7 +1364,8 @@ def coverage(evidence: Sequence[str], computed: Sequence[str]) -> dict[str, Any]
             "partly": _kinds_where(by_kind, 0.7, COVERAGE_SEES),
             "blind_to": _kinds_where(by_kind, -math.inf, 0.7),
             "computed": score in have,
-            "in_combined": score in set(evidence) or score == COMBINED,
+            # a score in --evidence that this run did not compute (--no-pixel-scores) is z 0
+            "in_combined": (score in set(evidence) and score in have) or score == COMBINED,
         }
     return {
         "source": MEASURED_SOURCE,

@@ -301,6 +301,8 @@ def test_coverage_says_what_each_score_sees() -> None:
     assert any("not flagged" in line for line in cov["limits"])
     assert any("JPEG 4:2:0" in line for line in cov["limits"])
     json.dumps(cov)  # goes into poisons.json as is
+    no_pixels = P.coverage(P.DEFAULT_EVIDENCE, [])["scores"][P.CHROMA_HF]  # --no-pixel-scores
+    assert not no_pixels["computed"] and not no_pixels["in_combined"]
 
 
 def test_docs_poisons_holds_the_generated_coverage_text() -> None:

@@ -491,6 +491,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def quality_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of docs/quality.md: what the default audit removed before training (poisons and
+    clean rows), per audited condition."""
+    from quality import row  # benchmarks/ is the script's folder
+    from detectors.stats import wilson_interval
+
+    a, b = res["pair"].split(":")
+    rows = []
+    for c in res["conditions"]:
+        au = c.get("audit")
+        if not au or not au["poisons"]:
+            continue
+        kind = c["kind"] + (f" {c['eps']}" if c.get("eps") else "")
+        setting = (
+            f"{kind}, k={c['k']} ({round(100 * c['poison_share_of_A'])}% of '{a}' captions), "
+            f"testbed {res['n_ordinary']} rows, served; poisons + filter --drop poisons"
+        )
+        for metric, k, n in (
+            ("poisons removed before training", au["poisons_dropped"], au["poisons"]),
+            ("clean rows removed (cost)", au["clean_dropped"], au["clean"]),
+        ):
+            lo, hi = wilson_interval(k, n)
+            rows.append(
+                row(
+                    f"poisons audit + filter: {a}->{b}",
+                    metric,
+                    k / n,
+                    ci=(float(lo), float(hi)),
+                    n=n,
+                    tune=res["tune_seeds"],
+                    report=res["report_seeds"],
+                    setting=setting,
+                )
+            )
+    return rows
+
+
 def _cell(r: dict[str, Any]) -> str:
     return f"{r['rate']:.2f} [{r['ci'][0]:.2f},{r['ci'][1]:.2f}]"
 
@@ -567,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("bench_poison_training").setLevel(logging.INFO)
     res = run(args)
+    res["quality_rows"] = quality_rows(res)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from audit.workspace import write_json_atomic

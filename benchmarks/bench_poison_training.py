@@ -495,6 +495,7 @@ def quality_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of docs/quality.md: what the default audit removed before training (poisons and
     clean rows), per audited condition."""
     from quality import row  # benchmarks/ is the script's folder
+
     from detectors.stats import wilson_interval
 
     a, b = res["pair"].split(":")

@@ -586,13 +586,19 @@ def _bootstrap_recall(
 def write_results(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     rows = collect(args, root)
     out = Path(args.out)
+    command = "python benchmarks/bench_dedup.py " + " ".join(sys.argv[1:])
+    earlier: list[str] = []
+    for r in rows:
+        r.setdefault("measured_by", command)
     if getattr(args, "merge", False) and out.exists():
         have = {(r["method"], r["n"]) for r in rows}
-        old = json.loads(out.read_text()).get("rows", [])
-        rows = sorted(
-            [r for r in old if (r["method"], r["n"]) not in have] + rows,
-            key=lambda r: (r["n"], r["method"]),
-        )
+        prev = json.loads(out.read_text())
+        prev_command = prev.get("command", "(not recorded)")
+        kept = [r for r in prev.get("rows", []) if (r["method"], r["n"]) not in have]
+        for r in kept:
+            r.setdefault("measured_by", prev_command)
+        earlier = [*prev.get("earlier_commands", []), prev_command]
+        rows = sorted(kept + rows, key=lambda r: (r["n"], r["method"]))
     summary = _summarise(rows)
     doc = {
         "benchmark": "dedup",
@@ -625,7 +631,8 @@ def write_results(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "faiss_threads": args.threads,
             "note": "shared 2-core machine: see load_average_start/end per row",
         },
-        "command": "python benchmarks/bench_dedup.py " + " ".join(sys.argv[1:]),
+        "command": command,
+        "earlier_commands": earlier,
         "rows": rows,
         "summary": summary,
     }

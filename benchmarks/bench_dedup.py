@@ -597,6 +597,17 @@ def write_results(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         kept = [r for r in prev.get("rows", []) if (r["method"], r["n"]) not in have]
         for r in kept:
             r.setdefault("measured_by", prev_command)
+            if (
+                "recall_wilson95" not in r
+                and r.get("true_pairs_in_sample")
+                and r.get("recall") is not None
+            ):
+                # rows written before the JSON carried intervals: the same Wilson interval
+                from detectors.stats import wilson_interval
+
+                n_true = int(r["true_pairs_in_sample"])
+                lo, hi = wilson_interval(round(r["recall"] * n_true), n_true)
+                r["recall_wilson95"] = [round(float(lo), 5), round(float(hi), 5)]
         earlier = [*prev.get("earlier_commands", []), prev_command]
         rows = sorted(kept + rows, key=lambda r: (r["n"], r["method"]))
     summary = _summarise(rows)

@@ -215,6 +215,16 @@ def partition_sample_size(
     return int(min(n, sample_per_partition * k, max_sample))
 
 
+def auto_partition_size(n: int, minimum: int = PARTITION_SIZE) -> int:
+    """Vectors per partition for ``n`` rows when none is given: ``minimum`` (1,000) up to 10^6
+    rows, then about sqrt(n), which balances the assignment (every row scored against
+    n / partition_size centroids) against the search inside partitions (every row against about
+    partition_size others). Measured on 10^7 x 512 rows (docs/scale.md): at 1,000 per partition
+    (10^4 centroids) the assignment managed 213,000 rows in about 18 minutes; at 3,000 it
+    assigned all 10^7 in 499 s."""
+    return max(int(minimum), int(round(math.sqrt(max(int(n), 0)))))
+
+
 def choose_n_partitions(n: int, partition_size: int) -> int:
     """Number of k-means partitions for ``n`` vectors at ~``partition_size`` vectors each."""
     if partition_size <= 0:

@@ -120,6 +120,13 @@ def test_partitioned_on_a_memory_mapped_file_equals_in_memory(tmp_path, monkeypa
     assert np.array_equal(dd.gather_rows(x, rows), x[rows])  # in-memory arrays: plain indexing
 
 
+def test_auto_partition_size_grows_as_sqrt_past_a_million_rows() -> None:
+    assert dd.auto_partition_size(0) == dd.auto_partition_size(10**6) == 1000
+    assert dd.auto_partition_size(10**7) == 3162  # the 10^7 benchmark ran at 3,000
+    assert dd.auto_partition_size(2 * 10**9) == 44721
+    assert dd.auto_partition_size(10**4, minimum=40) == 100
+
+
 def test_partitioned_default_probes_recall() -> None:
     x, truth = clustered(800, seed=2, n_groups=60)
     exact = pair_set(dd.exact_edges(x, 0.95, keep_all_pairs=True))
@@ -452,6 +459,7 @@ def test_stage_writes_duplicates_finding(tmp_path) -> None:
     assert meta["detector"] == dd.NAME and meta["threshold"] == 0.95
     assert meta["threshold_source"] == "default for model ViT-B-32"
     assert meta["near"]["method"] == "exact"
+    assert meta["partition_size"] == 1000  # the default below 10^6 rows
     assert set(meta["counts"]) == {"exact", "near", "caption"}
     # one row per (key, kind), group ids unique across kinds
     assert not df.duplicated(["key", "kind"]).any()
@@ -489,6 +497,7 @@ def test_stage_partitioned_and_beam_methods_agree(tmp_path) -> None:
     assert _run(["dedup", str(ws.root), "--method", "partitioned", *common]) == 0
     local = ws.read_finding("duplicates")
     assert ws.finding_meta("duplicates")["near"]["n_partitions"] == 7
+    assert ws.finding_meta("duplicates")["partition_size"] == 40  # given: used as is
     assert _run(["dedup", str(ws.root), "--method", "beam", *common]) == 0
     beam = ws.read_finding("duplicates")
     assert ws.finding_meta("duplicates")["near"]["method"] == "beam"

@@ -94,7 +94,13 @@ class Config(BeamOptions):
         4.0, help="memory budget for the exact path's index", gt=0, metavar="GB"
     )
     exact_max_n: int = option(50_000, help="auto: exact search up to N vectors", ge=0)
-    partition_size: int = option(1000, help="partitioned path: vectors per partition", ge=2)
+    partition_size: int | None = option(
+        None,
+        help="partitioned and beam paths: vectors per partition",
+        ge=2,
+        metavar="N",
+        default_help="1000 up to 10^6 rows, then about sqrt(rows) (docs/scale.md)",
+    )
     max_probes: int = option(
         2,
         help="partitioned path: neighbouring partitions probed per vector, at most",
@@ -160,6 +166,7 @@ def _near_beam(
     threshold: float,
     priority_column: str | None,
     column: str = "image_emb",
+    partition_size: int = 1000,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Near-duplicate rows by the Beam pipeline (``--method beam``), read back from its
     output shards (which are deleted)."""
@@ -184,7 +191,7 @@ def _near_beam(
             threshold,
             priority_column=priority_column,
             setup=setup,
-            partition_size=cfg.partition_size,
+            partition_size=partition_size,
             max_probes=cfg.max_probes,
             probe_scale=cfg.probe_scale,
             seed=cfg.seed,
@@ -212,7 +219,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from audit.inputs import load_keyed_rows, truth_groups
     from audit.workspace import Workspace
     from detectors import duplicates as dups
-    from detectors.dedup import NAME
+    from detectors.dedup import NAME, auto_partition_size
 
     ws = Workspace(args.workspace)
     t_start = time.perf_counter()
@@ -249,14 +256,18 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         timings["exact"] = round(time.perf_counter() - t0, 3)
     if "near" in cfg.kinds:
         t0 = time.perf_counter()
+        partition_size = cfg.partition_size or auto_partition_size(int(data.valid.sum()))
+        meta["partition_size"] = partition_size
         if cfg.method == "beam":
             pcol = {"clip_score": "clip_score"}.get(cfg.keep)
-            table, meta["near"] = _near_beam(cfg, args, ws, threshold, pcol, space.column)
+            table, meta["near"] = _near_beam(
+                cfg, args, ws, threshold, pcol, space.column, partition_size
+            )
         else:
             table, meta["near"] = dups.near_table(
                 data.keys, data.x, data.valid, threshold, priority, central,
                 method=cfg.method, exact_max_n=cfg.exact_max_n, max_memory_gb=cfg.max_memory,
-                partition_size=cfg.partition_size, max_probes=cfg.max_probes,
+                partition_size=partition_size, max_probes=cfg.max_probes,
                 probe_scale=cfg.probe_scale, seed=cfg.seed, assign=cfg.assign,
             )  # fmt: skip
         tables.append(table)

@@ -565,7 +565,7 @@ def photo_split(
     clean_scores = {v: chroma([serve(im, v) for im in clean]) for v in versions}
     ref = clean_scores["jpeg90_420"]
     c = float(np.median(ref))
-    s = float(np.median(np.abs(ref - c)) * 1.4826)
+    s = max(float(np.median(np.abs(ref - c)) * 1.4826), 1e-9)  # as chroma_z_by_kind
 
     def zsum(x: np.ndarray) -> dict[str, Any]:
         z = (x - c) / s

@@ -165,8 +165,8 @@ def _near_beam(
     ws: Workspace,
     threshold: float,
     priority_column: str | None,
-    column: str = "image_emb",
-    partition_size: int = 1000,
+    column: str,
+    partition_size: int,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Near-duplicate rows by the Beam pipeline (``--method beam``), read back from its
     output shards (which are deleted)."""

@@ -119,30 +119,55 @@ def testbed_workspace(out: Path, n: int, seed: int, clip: tuple[Any, Any, Any], 
     return ws, truth
 
 
-def ingest_workspace(
-    out: Path, n: int, seed: int, download_args: tuple[str, ...] = (), **rates: Any
-):
-    """The user's path: build a testbed, serve it over loopback HTTP, ``laion-audit download``
-    (img2dataset; ``download_args``: extra options, e.g. ``--reencode --encode-quality 75``)
-    and ``laion-audit embed`` (tiny-synth + SSCD at 128 px, as the demo); returns
-    ``(workspace, truth DataFrame of the rows embedded with status ok)``."""
-    from audit.testbed.generate import build_testbed, load_truth, write_url_list
+INGEST = "download + embed (img2dataset, tiny-synth + SSCD 128 px)"
+"""What :func:`ingest_folder` runs, as the benchmarks' JSON records it."""
+
+
+def ingest_folder(folder: Path, ws_dir: Path, download_args: tuple[str, ...] = ()):
+    """The user's path for a folder laid out like a testbed (``files/`` + ``urls.parquet``:
+    ``build_testbed`` or ``audit.testbed.generate.write_served_images``): serve it over
+    loopback HTTP, ``laion-audit download`` (img2dataset; ``download_args``: extra options,
+    e.g. ``--reencode --encode-quality 75``) and ``laion-audit embed`` (tiny-synth + SSCD at
+    128 px, as the demo). Returns ``(workspace, rows)``: ``rows`` is the url list in its order
+    (row i = sample i) with the workspace's ``key``, ``status`` and ``error`` of each URL
+    (status ``missing`` where the workspace has no row for it)."""
+    import pandas as pd
+
+    from audit.testbed.generate import write_url_list
     from audit.testbed.server import serve_testbed
     from audit.workspace import Workspace
 
-    rates.setdefault("clean_rate", 0.0)
-    tb, ws_dir = out / "testbed", out / "ws"
-    build_testbed(tb, n=n, seed=seed, overwrite=True, **rates)
-    with serve_testbed(tb) as base_url:
-        urls = write_url_list(tb, base_url, tb / "urls-served.parquet")
+    folder, ws_dir = Path(folder), Path(ws_dir)
+    with serve_testbed(folder) as base_url:
+        urls = write_url_list(folder, base_url, folder / "urls-served.parquet")
         _cli(
             "download", str(urls), "--out", str(ws_dir), "--processes", "1", "--threads", "8",
             *download_args,
         )  # fmt: skip
     _cli("embed", str(ws_dir), "--model", "tiny-synth", "--copy-size", "128")
     ws = Workspace(ws_dir)
-    got = ws.embeddings().to_table(columns=["key", "status"]).to_pandas()
-    ok = set(got.loc[got["status"] == "ok", "key"])
+    got = ws.embeddings().to_table(columns=["key", "url", "status", "error"]).to_pandas()
+    if got["url"].duplicated().any():
+        raise RuntimeError(f"{ws_dir}: a URL has more than one embedding row")
+    rows = pd.read_parquet(urls, columns=["URL"]).merge(
+        got, how="left", left_on="URL", right_on="url", validate="one_to_one"
+    )
+    rows["status"] = rows["status"].fillna("missing")
+    return ws, rows.drop(columns=["url"])
+
+
+def ingest_workspace(
+    out: Path, n: int, seed: int, download_args: tuple[str, ...] = (), **rates: Any
+):
+    """Build a testbed under ``out/testbed`` and run :func:`ingest_folder` on it (workspace
+    ``out/ws``); returns ``(workspace, truth DataFrame of the rows embedded with status ok)``."""
+    from audit.testbed.generate import build_testbed, load_truth
+
+    rates.setdefault("clean_rate", 0.0)
+    tb = out / "testbed"
+    build_testbed(tb, n=n, seed=seed, overwrite=True, **rates)
+    ws, rows = ingest_folder(tb, out / "ws", download_args)
+    ok = set(rows.loc[rows["status"] == "ok", "key"])
     truth = load_truth(tb).to_pandas()
     truth = truth[truth["key"].isin(ok)].reset_index(drop=True)
     return ws, truth

@@ -3,10 +3,18 @@ copy rates of the planted famous works, of same-keyword prompts and of other pro
 
 Setup (all offline, shipped models): ``tiny-sd`` (trained on a SynthLAION-like set where the
 three van Gogh "famous works" are heavily duplicated) and ``tiny-synth`` CLIP. A workspace is
-built from a fresh draw of the same distribution (``audit.training.train_tiny_sd.make_dataset``
-with a seed the model never saw and no earlier run of this benchmark reported): its embeddings
-(tiny CLIP), shards, and one ``word_replication`` finding per work whose cluster is the work's
-near-copies.
+built the way a user builds one, from a fresh draw of the same distribution
+(``audit.training.train_tiny_sd.make_dataset`` with a seed the model never saw and no earlier
+run of this benchmark reported): the drawn images are written as PNG files with a url list
+(``audit.testbed.generate.write_served_images``), served over loopback HTTP, downloaded with
+``laion-audit download`` (img2dataset) and embedded with ``laion-audit embed --model tiny-synth
+--copy-size 128`` (as the demo: CLIP and SSCD copy embeddings, so the stage scores copies in
+copy space at its default threshold); ``bench_replication.ingest_folder``. Then one
+``word_replication`` finding per work whose cluster is the work's near-copies that came through
+with status ok (drawn item -> url list row -> URL -> workspace key). Rows that fail are counted
+per status and error in the JSON (``workspace.ingest``) and left out of findings and prompts.
+Before issue 16 item 15 the images were embedded by hand and every row marked ok (copies in
+CLIP space); that path is gone.
 
 1. **Speed**: images/s of ``SeededGenerator.generate`` with batches of 16/32/64 seeds vs a loop
    generating one seed per pipeline call, same prompt, same steps, after a warm-up; plus the
@@ -39,18 +47,18 @@ Usage::
     python benchmarks/bench_reproduce.py                  # N=50, 25 steps (~15-30 min on CPU)
     python benchmarks/bench_reproduce.py --n 16 --steps 10 --subset 20 --setting reduced
 
+The ingest (600 rows: download + embed) adds about a minute.
+
 Prints a table and writes ``benchmarks/results/reproduce.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -60,8 +68,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, HERE):  # the package, and bench_replication / quality beside this file
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -146,85 +155,115 @@ def speed(
 
 
 # ---------------------------------------------------------------------------------------------
-def build_workspace(root: Path, n: int, seed: int, work_share: float) -> tuple[Path, list[dict]]:
-    """Embeddings, shards and one word_replication finding per famous work (see module doc)."""
-    import pyarrow as pa
-
-    from audit.models import encode_images, encode_texts, load_clip
-    from audit.testbed.draw import WORKS
+def draw_items(n: int, seed: int, work_share: float) -> list[dict[str, Any]]:
+    """A fresh draw of tiny-sd's training distribution: image (PIL 64 px), caption, work_id."""
     from audit.training.train_tiny_sd import make_dataset
-    from audit.workspace import Workspace, embedding_schema
-    from pipelines.embed import rows_to_table
 
-    items = [
+    return [
         {"image": it["image"], "caption": it["captions"][0], "work_id": it["work_id"]}
         for it in make_dataset(n, seed, work_share)
     ]
-    ws = Workspace(root)
-    model, preprocess, tok = load_clip("tiny-synth")
-    keys = [f"{i:09d}" for i in range(len(items))]
-    img = encode_images(model, preprocess, [it["image"] for it in items])
-    txt = encode_texts(model, tok, [it["caption"] for it in items])
-    rows = [
-        {
-            "key": k,
-            "url": f"http://127.0.0.1/{k}.png",
-            "caption": it["caption"],
-            "sha256": None,
-            "width": 64,
-            "height": 64,
-            "status": "ok",
-            "error": None,
-            "image_emb": img[i],
-            "text_emb": txt[i],
-            "clip_score": float(img[i] @ txt[i]),
-        }
-        for i, (k, it) in enumerate(zip(keys, items))
-    ]
-    ws.write_part(ws.part_path(0), rows_to_table(rows, embedding_schema(img.shape[1])))
-    ws.write_json(
-        ws.embeddings_dir / "model.json",
-        {"name": "tiny-synth", "pretrained": None, "dim": int(img.shape[1])},
-    )
-    ws.shards_dir.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(ws.shards_dir / "00000.tar", "w") as tar:
-        for k, it in zip(keys, items):
-            buf = io.BytesIO()
-            it["image"].save(buf, format="PNG")
-            for name, data in ((f"{k}.png", buf.getvalue()), (f"{k}.txt", it["caption"].encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+
+
+def ingest_items(root: Path, items: list[dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """The user's path: the items as PNG files + a url list (``write_served_images``) under
+    ``root/served``, served over loopback HTTP, ``laion-audit download`` (img2dataset) and
+    ``embed`` (tiny-synth + SSCD at 128 px) into ``root/ws``
+    (``bench_replication.ingest_folder``). Sets each item's ``key``, ``status`` and ``error``
+    (its url list row -> its URL -> the workspace's row); returns the workspace and what the
+    ingest did (rows per status, the errors, per work how many near-copies came through)."""
+    from bench_replication import INGEST, ingest_folder
+
+    from audit.testbed.generate import write_served_images
+
+    t0 = time.perf_counter()
+    served = root / "served"
+    write_served_images(served, [it["image"] for it in items], [it["caption"] for it in items])
+    ws, rows = ingest_folder(served, root / "ws")
+    if len(rows) != len(items):
+        raise RuntimeError(f"url list has {len(rows)} rows for {len(items)} items")
+    for it, r in zip(items, rows.itertuples()):
+        it["key"] = None if r.status == "missing" else r.key
+        it["status"] = r.status
+        it["error"] = None if r.error is None or r.error != r.error else str(r.error)
+    return ws.root, ingest_summary(items, time.perf_counter() - t0, INGEST)
+
+
+def ingest_summary(items: list[dict[str, Any]], seconds: float, how: str) -> dict[str, Any]:
+    """Rows per status, the errors of the rows that failed, and per work (and the other
+    images) how many were drawn and how many came through with status ok."""
+    works: dict[str, dict[str, int]] = {}
+    for it in items:
+        w = works.setdefault(it["work_id"] or "(no work)", {"drawn": 0, "ok": 0})
+        w["drawn"] += 1
+        w["ok"] += it["status"] == "ok"
+    failed = [it for it in items if it["status"] != "ok"]
+    return {
+        "how": how,
+        "rows": len(items),
+        "ok": len(items) - len(failed),
+        "failed": len(failed),
+        "by_status": _counts(it["status"] for it in items),
+        "errors": _counts(str(it["error"]) for it in failed),
+        "by_work": works,
+        "seconds": seconds,
+        "note": "findings, prompts and the copy scoring use only rows with status ok",
+    }
+
+
+def write_planted_findings(ws_root: Path, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One ``word_replication`` finding per famous work from the planted truth: its members are
+    the work's near-copies that the ingest embedded with status ok."""
+    import pyarrow as pa
+
+    from audit.testbed.draw import WORKS
+    from audit.workspace import Workspace
+
+    ok = [it for it in items if it["status"] == "ok"]
     findings = []
     for rank, (wid, w) in enumerate(WORKS.items()):
-        idx = [i for i, it in enumerate(items) if it["work_id"] == wid]
+        members = [it for it in ok if it["work_id"] == wid]
+        if not members:
+            raise RuntimeError(f"no near-copy of {wid} came through the ingest with status ok")
+        keys = [it["key"] for it in members]
         findings.append(
             {
                 "finding_id": f"word:van gogh:{rank}",
                 "keyword": KEYWORD,
                 "cluster_rank": rank,
-                "size": len(idx),
-                "share": len(idx) / len(items),
+                "size": len(keys),
+                "share": len(keys) / len(ok),
                 "mean_sim": None,
                 "min_sim": None,
-                "medoid_key": keys[idx[0]],
-                "representative_keys": [keys[i] for i in idx[:3]],
-                "member_keys": [keys[i] for i in idx],
+                "medoid_key": keys[0],
+                "representative_keys": keys[:3],
+                "member_keys": keys,
                 "top_words": list(w["words"]),
                 "top_word_lift": [1.0] * len(w["words"]),
                 "prompt_words": w["phrase"],
-                "example_captions": [items[i]["caption"] for i in idx[:20]],
+                "example_captions": [it["caption"] for it in members[:20]],
                 "words_only_share": None,
                 "flagged": True,
                 "work_id": wid,
             }
         )
-    ws.write_finding(
+    Workspace(ws_root).write_finding(
         "word_replication",
         pa.Table.from_pylist(findings),
         {"detector": "bench_reproduce (planted truth)"},
     )
-    return root, items
+    return findings
+
+
+def build_workspace(
+    root: Path, n: int, seed: int, work_share: float
+) -> tuple[Path, list[dict[str, Any]], dict[str, Any]]:
+    """Draw ``n`` items, ingest them (:func:`ingest_items`) and write the planted findings;
+    returns ``(workspace, the items with status ok, ingest summary)``."""
+    items = draw_items(n, seed, work_share)
+    ws, summary = ingest_items(root, items)
+    write_planted_findings(ws, items)
+    return ws, [it for it in items if it["status"] == "ok"], summary
 
 
 def prompt_population(
@@ -363,8 +402,14 @@ def quality_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     st, seeds = res["stage"], res["seeds"]
     tune, report = seeds["tune"], [f"workspace {seeds['report']['workspace']}",
                                    f"prompts {seeds['report']['prompts']}"]  # fmt: skip
-    space = "CLIP space" if st["space"] == "image_emb" else "copy space"
+    space = (
+        "CLIP space"
+        if st["space"] == "image_emb"
+        else f"copy space (SSCD 128 px) at {st['copy_threshold']:.2f}"
+    )
     setting = f"tiny-sd, {res['n']} seeds x {res['steps']} steps, copies in {space}"
+    if res.get("ingest"):
+        setting = "ingest (download + embed), " + setting
     if res.get("setting", "full") != "full":
         setting += " (reduced run)"
     out = []
@@ -395,6 +440,19 @@ def _ci(lo: Any, hi: Any) -> str:
     return f"[{_f(lo)}, {_f(hi)}]"
 
 
+def print_ingest(ing: dict[str, Any]) -> None:
+    print(
+        f"\n== ingest ({ing['how']}): {ing['ok']} of {ing['rows']} rows ok, {ing['failed']} "
+        f"failed ({ing['seconds']:.0f} s)"
+    )
+    for status, c in sorted(ing["by_status"].items()):
+        print(f"  {status:<24}{c:>6}")
+    for err, c in sorted(ing["errors"].items(), key=lambda x: -x[1])[:10]:
+        print(f"  error x{c}: {err}")
+    for wid, w in ing["by_work"].items():
+        print(f"  {wid:<24}{w['ok']:>6} of {w['drawn']} ok")
+
+
 def print_report(res: dict[str, Any]) -> None:
     sp = res["speed"]
     print(
@@ -418,6 +476,8 @@ def print_report(res: dict[str, Any]) -> None:
             f"{b['seconds_per_image']:>10.3f}{b['images_per_s']:>10.2f}"
             f"{b['speedup_vs_loop']:>9.2f}{b['max_pixel_diff_vs_loop']:>13}"
         )
+    if (res.get("workspace") or {}).get("ingest"):
+        print_ingest(res["workspace"]["ingest"])
     st, seeds = res["stage"], res["seeds"]
     tr = st["triage"]
     print(
@@ -522,12 +582,15 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        ws, items = build_workspace(Path(tmp) / "ws", args.train_n, args.seed, args.work_share)
+        ws, items, ingest = build_workspace(Path(tmp), args.train_n, args.seed, args.work_share)
+        res["ingest"] = ingest["how"]
+        print_ingest(ingest)
         population = prompt_population(ws, items, args.same_keyword, args.plain, args.prompt_seed)
         rng = np.random.default_rng([args.prompt_seed, 1])
         pick = np.sort(rng.choice(len(population), min(args.subset, len(population)), False))
         subset = [population[i] for i in pick]
-        res["workspace"] = {"train_n": args.train_n, "work_share": args.work_share}
+        res["workspace"] = {"train_n": args.train_n, "work_share": args.work_share,
+                            "ingest": ingest}  # fmt: skip
         res["prompts"] = {
             "population": len(population),
             "population_groups": _counts(p["group"] for p in population),

@@ -393,6 +393,42 @@ def write_url_list(testbed_dir: str | Path, base_url: str, out_path: str | Path)
     return out
 
 
+def write_served_images(
+    out_dir: str | Path, images: Sequence[Any], captions: Sequence[str], fmt: str = "PNG"
+) -> list[str]:
+    """Any images as a folder that :func:`audit.testbed.server.serve_testbed` serves and
+    :func:`write_url_list` points at the server, like a testbed's: ``files/<i:09d>.<ext>`` (the
+    PIL ``images`` encoded as ``fmt``) and ``urls.parquet`` (``URLS_SCHEMA``: URL against the
+    placeholder base, TEXT, WIDTH, HEIGHT, sha256 of the served bytes); row i is sample i.
+    Returns the file names, in order (the URL of sample i ends with ``/files/<name i>``)."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    out = Path(out_dir)
+    (out / FILES_DIR).mkdir(parents=True, exist_ok=True)
+    ext = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}[fmt.upper()]
+    names, urls, shas, widths, heights = [], [], [], [], []
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt.upper())
+        data = buf.getvalue()
+        name = f"{i:09d}{ext}"
+        (out / FILES_DIR / name).write_bytes(data)
+        names.append(name)
+        urls.append(f"{URL_BASE_PLACEHOLDER}/{FILES_DIR}/{name}")
+        shas.append(_sha256(data))
+        widths.append(img.width)
+        heights.append(img.height)
+    table = {
+        "URL": urls,
+        "TEXT": list(captions),
+        "WIDTH": widths,
+        "HEIGHT": heights,
+        "sha256": shas,
+    }
+    pq.write_table(pa.Table.from_pydict(table, URLS_SCHEMA), out / "urls.parquet")
+    return names
+
+
 def load_truth(testbed_dir: str | Path) -> pa.Table:
     """``truth.parquet`` of a testbed (one row per key, sorted by key)."""
     path = Path(testbed_dir) / "truth.parquet"

@@ -70,7 +70,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from detectors import poisons as P  # noqa: E402
-from detectors.stats import auroc, wilson_interval  # noqa: E402
+from detectors.stats import auroc, median_mad, wilson_interval  # noqa: E402
 
 logger = logging.getLogger("bench_poisons")
 
@@ -264,8 +264,8 @@ def chroma_z_by_kind(chroma: np.ndarray, kind: np.ndarray) -> dict[str, Any]:
     quantiles: how far below the flag threshold the perturbations sit."""
     ok = np.isfinite(chroma)
     v, k = chroma[ok], kind[ok]
-    c = float(np.median(v))
-    z = (v - c) / max(float(np.median(np.abs(v - c)) * 1.4826), 1e-9)
+    c, s = median_mad(v)
+    z = (v - c) / max(s, 1e-9)
     none = z[k == "none"]
     out: dict[str, Any] = {
         "ordinary": {f"q{q}": round(float(np.quantile(none, q / 100)), 2) for q in (95, 99, 100)}
@@ -564,8 +564,8 @@ def photo_split(
     versions = sorted({v for _, a, b in PHOTO_COMPARISONS for v in (a, b)})
     clean_scores = {v: chroma([serve(im, v) for im in clean]) for v in versions}
     ref = clean_scores["jpeg90_420"]
-    c = float(np.median(ref))
-    s = max(float(np.median(np.abs(ref - c)) * 1.4826), 1e-9)  # as chroma_z_by_kind
+    c, s = median_mad(ref)
+    s = max(s, 1e-9)  # as chroma_z_by_kind
 
     def zsum(x: np.ndarray) -> dict[str, Any]:
         z = (x - c) / s

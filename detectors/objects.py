@@ -73,6 +73,7 @@ from detectors.stats import (
     FDR_METHOD,
     benjamini_hochberg,
     binomial_pvalue,
+    median_mad,
     normalize_rows,
     wilson_interval,
 )
@@ -188,8 +189,7 @@ def calibrate_presence(
     n = s.size
     if n == 0:
         return Calibration(np.inf, "robust_z", float("nan"), float("nan"), 0)
-    med = float(np.median(s))
-    mad = float(1.4826 * np.median(np.abs(s - med)))
+    med, mad = median_mad(s)
     mad = mad if mad > 1e-9 else float(np.std(s)) or 1e-9
     fb_thr = med + z * mad if zero is None else max(med + z * mad, zero)
     fallback = Calibration(fb_thr, "robust_z", med, mad, n)

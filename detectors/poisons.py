@@ -50,6 +50,7 @@ import pandas as pd
 
 from detectors.stats import (
     auroc,  # noqa: F401 - part of this module's API
+    median_mad,
     normalize_rows,
 )
 
@@ -387,7 +388,7 @@ def _robust_center_scale(x: np.ndarray) -> tuple[float, float]:
     med, q90 = (float(v) for v in np.quantile(x, [0.5, 0.9]))
     scale = (q90 - med) / 1.2815516
     if scale <= 1e-12:
-        scale = float(np.median(np.abs(x - med)) * 1.4826)
+        scale = median_mad(x)[1]
     return med, scale
 
 
@@ -405,9 +406,7 @@ def evidence_z(scores: pd.DataFrame, params: PoisonParams | None = None) -> pd.D
         col, sign = EVIDENCE[name]
         v = sign * scores[col].to_numpy(dtype=np.float64)
         if name in POOLED_EVIDENCE:
-            fin = v[np.isfinite(v)]
-            c = float(np.median(fin)) if len(fin) else 0.0
-            s = float(np.median(np.abs(fin - c)) * 1.4826) if len(fin) else 0.0
+            c, s = median_mad(v)
             zi = (v - c) / max(s, 1e-9)
             out[f"{name}_z"] = np.where(np.isfinite(zi), zi, 0.0)
             continue

@@ -72,6 +72,7 @@ from detectors.stats import (
     FDR_METHOD,
     benjamini_hochberg,
     binomial_pvalue,
+    median_mad,
     normalize_rows,
 )
 from detectors.text import match_keyword, normalize_caption
@@ -142,8 +143,7 @@ def calibrate_threshold(
     0.6 cosine (module docstring).
     """
     sims = random_pair_similarities(emb, n_pairs, seed)
-    med = float(np.median(sims))
-    mad = float(1.4826 * np.median(np.abs(sims - med)))
+    med, mad = median_mad(sims)
     thr = float(np.clip(1.0 - beta * (1.0 - med), floor, ceiling))
     return PairStats(
         n_pairs=int(sims.size),

@@ -52,11 +52,25 @@ def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(norms, eps)
 
 
+MAD_TO_SIGMA = 1.4826
+"""The median absolute deviation times this estimates a Gaussian's standard deviation."""
+
+
+def median_mad(x: np.ndarray) -> tuple[float, float]:
+    """Median and scaled MAD (``1.4826 * median |x - median|``, a robust standard deviation with
+    a 50% breakdown point) of the finite values of ``x``; ``(0.0, 0.0)`` when there are none."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return 0.0, 0.0
+    med = float(np.median(x))
+    return med, float(np.median(np.abs(x - med)) * MAD_TO_SIGMA)
+
+
 def robust_z(x: np.ndarray) -> np.ndarray:
-    """(x - median) / (1.4826 * MAD); a constant input gives zeros."""
+    """(x - median) / (1.4826 * MAD) (:func:`median_mad`); a constant input gives zeros."""
     x = np.asarray(x, dtype=np.float64)
-    med = np.median(x) if x.size else 0.0
-    mad = np.median(np.abs(x - med)) * 1.4826 if x.size else 0.0
+    med, mad = median_mad(x)
     if not math.isfinite(mad) or mad <= 1e-12:
         return np.zeros_like(x)
     return (x - med) / mad

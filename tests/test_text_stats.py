@@ -80,3 +80,21 @@ def test_binomial_pvalue_is_the_upper_tail() -> None:
     assert binomial_pvalue(5, 100, 0.02) == pytest.approx(binom.sf(4, 100, 0.02))
     assert binomial_pvalue(0, 100, 0.02) == 1.0 and binomial_pvalue(3, 0, 0.5) == 1.0
     assert binomial_pvalue(1, 10, 0.0) == 0.0 and binomial_pvalue(10, 10, 1.0) == 1.0
+
+
+def test_median_mad_is_a_robust_sigma_over_finite_values() -> None:
+    from detectors.stats import median_mad, robust_z
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, 20_000)
+    med, s = median_mad(np.concatenate([x, [np.nan, np.inf]]))
+    assert med == pytest.approx(3.0, abs=0.05) and s == pytest.approx(2.0, rel=0.03)
+    # 20% gross outliers at 1e6 move the scale by < 50% (breakdown point 50%); the SD explodes
+    y = np.concatenate([x, np.full(5_000, 1e6)])
+    assert median_mad(y)[1] < 3.0 < 1e5 < float(np.std(y))
+    assert median_mad([]) == (0.0, 0.0) and median_mad([np.nan]) == (0.0, 0.0)
+    assert np.all(robust_z(np.ones(5)) == 0)
+    z = robust_z(x)
+    assert np.median(z) == pytest.approx(0.0, abs=1e-9) and np.median(np.abs(z)) * 1.4826 == (
+        pytest.approx(1.0)
+    )

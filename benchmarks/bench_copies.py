@@ -68,7 +68,8 @@ TUNE_SEED = 1
 REPORT_SEEDS = (2, 3)
 TESTBED_N = 6000
 TESTBED_TUNE_SEED = 2024
-TESTBED_REPORT_SEEDS = (4242, 5150)
+TESTBED_REPORT_SEEDS = (5150, 6060)
+"""Never used to tune anything (4242 chose the demo's copy threshold with 2024)."""
 
 
 def _shard_images(shards: Path) -> dict[str, Any]:
@@ -242,11 +243,11 @@ def _ingested_testbed(work: Path, n: int, seed: int) -> tuple[Path, Path]:
     tb, ws = work / f"testbed-{n}-{seed}", work / f"ws-{n}-{seed}"
     if not (tb / "truth.parquet").is_file():
         build_testbed(tb, n=n, seed=seed, overwrite=True)
-    if not any(ws.glob("embeddings/*.parquet")):
+    if not (ws / "embeddings").is_dir():  # embed only starts once the download finished
         with serve_testbed(tb) as url:
             urls = write_url_list(tb, url, tb / "urls-served.parquet")
             _cli("download", str(urls), "--out", str(ws), "-q", "--threads", "8", "--overwrite")
-        _cli("embed", str(ws), "-q", "--model", "tiny-synth")
+    _cli("embed", str(ws), "-q", "--model", "tiny-synth")  # resumes: finished parts are kept
     return tb, ws
 
 
@@ -477,8 +478,10 @@ def _main_testbed(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as d:
             tb = testbed_part(Path(d))
     tb["seconds"] = time.perf_counter() - t0
+    tb["seconds_note"] = "wall time of this run; testbeds already built in --work-dir are reused"
     tb["machine"] = platform.platform()
     result["testbed"] = tb
+    result.pop("testbed_from_earlier_run", None)
     result["quality_rows"] = quality_rows(result)
     print_testbed(tb)
     out.parent.mkdir(parents=True, exist_ok=True)

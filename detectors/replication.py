@@ -143,6 +143,11 @@ def calibrate_threshold(
     0.6 cosine (module docstring).
     """
     sims = random_pair_similarities(emb, n_pairs, seed)
+    if not np.isfinite(sims).all():
+        raise ValueError(
+            f"{int((~np.isfinite(sims)).sum())} of {sims.size} random-pair similarities are not "
+            "finite: the embeddings hold NaN or inf rows"
+        )
     med, mad = median_mad(sims)
     thr = float(np.clip(1.0 - beta * (1.0 - med), floor, ceiling))
     return PairStats(

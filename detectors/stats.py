@@ -68,7 +68,8 @@ def median_mad(x: np.ndarray) -> tuple[float, float]:
 
 
 def robust_z(x: np.ndarray) -> np.ndarray:
-    """(x - median) / (1.4826 * MAD) (:func:`median_mad`); a constant input gives zeros."""
+    """(x - median) / (1.4826 * MAD) (:func:`median_mad`, over the finite values); a constant
+    input gives zeros, NaN stays NaN."""
     x = np.asarray(x, dtype=np.float64)
     med, mad = median_mad(x)
     if not math.isfinite(mad) or mad <= 1e-12:

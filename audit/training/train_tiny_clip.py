@@ -266,7 +266,10 @@ def swap_concept(txt, concept_ids, gen):
     """NegCLIP-style hard negatives: each caption with its first concept word replaced by a
     different, random concept (same colour, style and wording otherwise). Returns (negative
     tokens [B, ctx], valid [B]); captions without a concept word (the famous works) are not
-    valid negatives of anything."""
+    valid negatives of anything. The training loss scores every image against every swapped
+    caption of the batch (B x B, not only its own as NegCLIP does); a swapped caption that
+    happens to describe another image of the batch is then a false negative, rare with the
+    testbed's varied templates. Only the first concept word is swapped."""
     import torch
 
     ids = torch.tensor(concept_ids)

@@ -318,41 +318,41 @@ def quality_rows(result: dict) -> list[dict]:
     report photos (the input size was chosen on the tune photos)."""
     from quality import row
 
+    def pair_rows(name: str, r: dict, tune: list[str], report: list[str], setting: str) -> list:
+        return [
+            row(
+                name,
+                f"pair {metric}",
+                r[metric],
+                ci=r[f"{metric}_ci"],
+                n=r["true_pairs"] if metric == "recall" else r["predicted_pairs"],
+                tune=tune,
+                report=report,
+                setting=setting,
+            )
+            for metric in ("precision", "recall")
+        ]
+
     tune = [f"tune photos ({', '.join(result['tune']['photos'])}), seed {result['tune']['seed']}"]
     rows = []
     for r in result["through_embed_and_dedup"]:
-        report = [f"report photos (14), seed {r['seed']}"]
-        for metric in ("precision", "recall"):
-            rows.append(
-                row(
-                    f"near-duplicates: {r['setup']} at {r['threshold']:g}",
-                    f"pair {metric}",
-                    r[metric],
-                    ci=r[f"{metric}_ci"],
-                    n=r["true_pairs"] if metric == "recall" else r["predicted_pairs"],
-                    tune=tune,
-                    report=report,
-                    setting="photos, ingest (embed + dedup), 10 copy edits",
-                )
-            )
+        rows += pair_rows(
+            f"near-duplicates: {r['setup']} at {r['threshold']:g}",
+            r,
+            tune,
+            [f"report photos (14), seed {r['seed']}"],
+            "photos, ingest (embed + dedup), 10 copy edits",
+        )
     tb = result.get("testbed")
-    if tb:
-        for r in tb["report"]:
-            a = r["at_tuned"]
-            for metric in ("precision", "recall"):
-                rows.append(
-                    row(
-                        f"near-duplicates: sscd on the testbed at {a['threshold']:g}",
-                        f"pair {metric}",
-                        a[metric],
-                        ci=a[f"{metric}_ci"],
-                        n=a["true_pairs"] if metric == "recall" else a["predicted_pairs"],
-                        tune=[f"testbed seed {tb['tune']['seed']} ({tb['n']} rows)"],
-                        report=[f"testbed seed {r['seed']} ({tb['n']} rows)"],
-                        setting="synthetic 64 px drawings, ingest (download + embed + dedup), "
-                        "exact + near groups",
-                    )
-                )
+    for r in tb["report"] if tb else []:
+        a = r["at_tuned"]
+        rows += pair_rows(
+            f"near-duplicates: sscd on the testbed at {a['threshold']:g}",
+            a,
+            [f"testbed seed {tb['tune']['seed']} ({tb['n']} rows)"],
+            [f"testbed seed {r['seed']} ({tb['n']} rows)"],
+            "synthetic 64 px drawings, ingest (download + embed + dedup), exact + near groups",
+        )
     return rows
 
 
@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     from audit.models import DEFAULT_COPY_SIZE
     from audit.testbed.photos import photo_names
+    from audit.workspace import write_json_atomic
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     if testbed is not None:
         print_testbed(testbed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    write_json_atomic(out, result)
     print(f"\nwrote {out} ({result['seconds']:.0f} s)")
     return 0
 
@@ -468,6 +469,8 @@ def print_testbed(tb: dict[str, Any]) -> None:
 
 
 def _main_testbed(args: argparse.Namespace) -> int:
+    from audit.workspace import write_json_atomic
+
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {"benchmark": "copies"}
     t0 = time.perf_counter()
@@ -485,7 +488,7 @@ def _main_testbed(args: argparse.Namespace) -> int:
     result["quality_rows"] = quality_rows(result)
     print_testbed(tb)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    write_json_atomic(out, result)
     print(f"\nwrote {out} (part 4: {tb['seconds']:.0f} s)")
     return 0
 

@@ -284,7 +284,8 @@ def copy_model_available(name: str = DEFAULT_COPY_MODEL) -> bool:
     return p.is_file()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     import hashlib
 
     h = hashlib.sha256()
@@ -447,7 +448,7 @@ class CopyDetector:
         return {
             "name": self.name,
             "path": str(self.path),
-            "sha256": _file_sha256(self.path),
+            "sha256": file_sha256(self.path),
             "backend": self.backend,
             "input_size": self.size,
             "resize": "bicubic, whole frame to a square",

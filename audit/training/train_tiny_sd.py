@@ -367,14 +367,24 @@ def memorization_rates(
     seeds: list[int],
     *,
     steps: int = 20,
+    copy_detector=None,
+    copy_threshold: float = 0.5,
 ) -> dict[str, dict[str, Any]]:
-    """For each prompt id -> (prompt, source id): the share of seeds whose generation's nearest
-    training image (tiny CLIP image cosine) comes from that source (a work id, or one control
-    image's own id), with a Wilson 95% interval and the mean top-1 cosine."""
+    """For each prompt id -> (prompt, source id): how often its generations copy the source
+    (a work id, or one control image's own id), with Wilson 95% intervals.
+
+    - ``copies`` / ``rate``: the generation's nearest training image (tiny CLIP image cosine)
+      comes from the source; ``mean_top1_cos``, ``mean_cos_to_source``.
+    - ``copy_space`` (with ``copy_detector``, e.g. SSCD): a generation copies the source when
+      its best copy-descriptor cosine to the source's training images is >= ``copy_threshold``
+      (0.5: Somepalli et al.'s replication threshold for SSCD); ``copies_of_any`` counts
+      generations at or over the threshold with any training image.
+    """
     from audit.models import encode_images
 
     model, preprocess, _tok = clip
     train_emb = encode_images(model, preprocess, train_images)
+    train_copy = copy_detector.embed(train_images) if copy_detector is not None else None
     src = np.array(train_sources)
     out: dict[str, dict[str, Any]] = {}
     for pid, (prompt, source) in prompts.items():
@@ -385,7 +395,7 @@ def memorization_rates(
         k = int(np.sum(src[nn] == source))
         lo, hi = wilson(k, len(seeds))
         src_sims = sims[:, src == source].max(1)
-        out[pid] = {
+        rec: dict[str, Any] = {
             "prompt": prompt,
             "source": source,
             "n": len(seeds),
@@ -395,8 +405,41 @@ def memorization_rates(
             "mean_top1_cos": round(float(sims.max(1).mean()), 4),
             "mean_cos_to_source": round(float(src_sims.mean()), 4),
         }
-        logger.info("memorization %s: %d/%d (%r)", pid, k, len(seeds), prompt)
+        if train_copy is not None:
+            c = copy_detector.embed(gens) @ train_copy.T
+            best_src = c[:, src == source].max(1)
+            kc = int(np.sum(best_src >= copy_threshold))
+            clo, chi = wilson(kc, len(seeds))
+            rec["copy_space"] = {
+                "model": f"{copy_detector.name}@{copy_detector.size}px",
+                "threshold": copy_threshold,
+                "copies": kc,
+                "rate": kc / len(seeds),
+                "wilson95": [round(clo, 4), round(chi, 4)],
+                "copies_of_any": int(np.sum(c.max(1) >= copy_threshold)),
+                "mean_best_to_source": round(float(best_src.mean()), 4),
+                "max_best_to_source": round(float(best_src.max()), 4),
+            }
+        out[pid] = rec
+        logger.info(
+            "memorization %s: %d/%d by CLIP nearest neighbour%s (%r)", pid, k, len(seeds),
+            f", {rec['copy_space']['copies']}/{len(seeds)} in copy space"
+            if "copy_space" in rec else "", prompt,
+        )  # fmt: skip
     return out
+
+
+def check_copy_detector(size: int):
+    """SSCD at ``size`` px for the copy-space memorization check, or None (``size`` 0, or the
+    copy model not installed: then only the tiny-CLIP check runs, and the log says so)."""
+    from audit.models import copy_model_available, load_copy_detector
+
+    if not size:
+        return None
+    if not copy_model_available():
+        logger.warning("SSCD is not installed: the memorization check runs in CLIP space only")
+        return None
+    return load_copy_detector(size=size)
 
 
 def default_prompts(items: list[dict[str, Any]], n_controls: int, seed: int):
@@ -421,8 +464,9 @@ def sources(items: list[dict[str, Any]]) -> list[str]:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from diffusers import StableDiffusionPipeline
+    from PIL import Image as PILImage
 
-    from audit.models import load_clip
+    from audit.models import TINY_CLIP_WEIGHTS, file_sha256, load_clip
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -446,22 +490,25 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     # the key decides whether checkpoints in --work-dir belong to this run; delete the folder
     # after changing code (draw.py, architectures)
-    skip = ("out", "threads", "check_seeds", "check_controls", "work_dir")
+    skip = ("out", "threads", "check_seeds", "check_controls", "copy_size", "work_dir")
     run_key = {k: v for k, v in vars(args).items() if k not in skip}
+    # the VAE sees only the images: a run that changes the text tower or the UNet reuses it
+    vae_key = {k: v for k, v in run_key.items() if k in ("seed", "n", "work_share") or
+               k.startswith("vae_")}  # fmt: skip
     vae_ckpt = work / "vae.pt"
     st = load_checkpoint(vae_ckpt) if vae_ckpt.exists() else None
-    if st is not None and st["run_key"] == run_key:  # an interrupted run: reuse its VAE
+    if st is not None and st["run_key"] == vae_key:  # an earlier run: reuse its VAE
         vae.load_state_dict(st["vae"])
         vae.eval()
         gen.set_state(st["gen"])
         vae_curve, t_vae = st["curve"], st["seconds"]
-        logger.info("reusing the VAE trained by an interrupted run (%s)", vae_ckpt)
+        logger.info("reusing the VAE an earlier run trained on the same images (%s)", vae_ckpt)
     else:
         t1 = time.time()
         vae_curve = train_vae(vae, x, args.vae_steps, args.vae_batch, args.vae_lr, gen,
                               args.log_every)  # fmt: skip
         t_vae = time.time() - t1
-        st = {"run_key": run_key, "vae": vae.state_dict(), "gen": gen.get_state(),
+        st = {"run_key": vae_key, "vae": vae.state_dict(), "gen": gen.get_state(),
               "curve": vae_curve, "seconds": t_vae}  # fmt: skip
         torch.save(st, vae_ckpt)
     with torch.no_grad():
@@ -474,6 +521,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     vae.register_to_config(scaling_factor=scaling)
     latents = lat * scaling
     logger.info("vae: scaling factor %.4f, reconstruction mse %.5f (on [-1, 1])", scaling, vae_mse)
+    copy_det = check_copy_detector(args.copy_size) if args.check_seeds else None
+    vae_work_copy: dict[str, float] = {}
+    if copy_det is not None:  # a generation cannot be closer to a work than its VAE makes it
+        for wid in draw.WORKS:
+            canon = draw.draw_work(wid, size=IMAGE_SIZE)
+            with torch.no_grad():
+                y = vae.decode(vae.encode(_to_tensor([canon])).latent_dist.mean).sample
+            arr = ((y[0].permute(1, 2, 0).numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+            e = copy_det.embed([canon, PILImage.fromarray(arr)])
+            vae_work_copy[wid] = round(float(e[0] @ e[1]), 4)
+        logger.info("vae: copy-descriptor cosine of each work to its reconstruction %s",
+                    vae_work_copy)  # fmt: skip
 
     caps = [c for it in items for c in it["captions"]]
     cond = encode_prompts(tokenizer, text_encoder, caps).view(len(items), 2, ctx, -1)
@@ -510,7 +569,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         prompts = default_prompts(items, args.check_controls, args.seed)
         check = memorization_rates(
             reloaded, clip, [it["image"] for it in items], sources(items), prompts,
-            list(range(args.check_seeds)),
+            list(range(args.check_seeds)), copy_detector=copy_det,
         )  # fmt: skip
     summary = {
         "args": vars(args),
@@ -518,6 +577,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "work_share_each": args.work_share,
         "vae_scaling_factor": scaling,
         "vae_reconstruction_mse": vae_mse,
+        "vae_work_reconstruction_copy_cosine": vae_work_copy,
+        "clip_weights_sha256": file_sha256(
+            Path(args.clip_weights) if args.clip_weights else TINY_CLIP_WEIGHTS
+        ),
         "n_params": {
             "unet": sum(p.numel() for p in unet.parameters()),
             "vae": sum(p.numel() for p in vae.parameters()),
@@ -546,10 +609,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default="/tmp/tiny_sd_work")
     p.add_argument("--n", type=int, default=3000)
     p.add_argument("--work-share", type=float, default=0.07, help="share of EACH famous work")
-    p.add_argument("--vae-steps", type=int, default=400)
+    p.add_argument("--vae-steps", type=int, default=6000)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=2e-3)
-    p.add_argument("--unet-steps", type=int, default=1000)
+    p.add_argument("--unet-steps", type=int, default=3000)
     p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
@@ -557,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--check-seeds", type=int, default=20)
     p.add_argument("--check-controls", type=int, default=3)
+    p.add_argument("--copy-size", type=int, default=128,
+                   help="SSCD input side for the copy-space check (the demo embeds at 128); 0: "
+                   "CLIP check only")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     train(args)

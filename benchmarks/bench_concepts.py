@@ -205,6 +205,13 @@ def quality_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def shipped_models(names: list[str]) -> dict[str, str]:
+    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
+    from quality import shipped_models as _shipped
+
+    return _shipped(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000, help="testbed rows per seed (3000)")
@@ -248,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["quality_rows"] = quality_rows(res)
+    res["models"] = shipped_models(["tiny-synth"])
     write_json_atomic(Path(args.out), res)
     print(f"semantic concept frequency ({res['model']}), paraphrase rate {args.paraphrase_rate}")
     print(f"{'seed':>5s} {'paraphrase recall':>24s} {'word recall':>24s} {'sem-only prec':>24s} "

@@ -356,6 +356,13 @@ def quality_rows(result: dict) -> list[dict]:
     return rows
 
 
+def shipped_models(names: list[str]) -> dict[str, str]:
+    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
+    from quality import shipped_models as _shipped
+
+    return _shipped(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -413,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         result["testbed"] = earlier["testbed"]  # --quick skips part 4: keep the last one
         result["testbed_from_earlier_run"] = True
     result["quality_rows"] = quality_rows(result)
+    result["models"] = shipped_models(["tiny-synth"])
     print(f"\nInput size (tune photos {', '.join(photo_names('tune'))}; seed {TUNE_SEED})")
     print(
         f"{'model':16s} {'size':>4s} {'same min':>8s} {'diff max':>8s} {'rec@0.5':>7s} "
@@ -485,7 +493,7 @@ def _main_testbed(args: argparse.Namespace) -> int:
     tb["machine"] = platform.platform()
     result["testbed"] = tb
     result.pop("testbed_from_earlier_run", None)
-    result["quality_rows"] = quality_rows(result)
+    result["quality_rows"] = quality_rows(result)  # a partial rerun keeps the models record
     print_testbed(tb)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, result)

@@ -269,6 +269,13 @@ def quality_rows(results: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return rows
 
 
+def shipped_models(names: list[str]) -> dict[str, str]:
+    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
+    from quality import shipped_models as _shipped
+
+    return _shipped(names)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[21, 22, 23])
@@ -310,6 +317,7 @@ def main() -> int:
         "tune_seeds": TUNE_SEEDS,
         "report_seeds": args.seeds,
         "quality_rows": quality_rows(results, args.n),
+        "models": shipped_models(["tiny-synth"]),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")

@@ -570,6 +570,13 @@ def print_table(res: dict[str, Any]) -> None:
     )
 
 
+def shipped_models(names: list[str]) -> dict[str, str]:
+    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
+    from quality import shipped_models as _shipped
+
+    return _shipped(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=800, help="ordinary testbed rows (800)")
@@ -606,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("bench_poison_training").setLevel(logging.INFO)
     res = run(args)
     res["quality_rows"] = quality_rows(res)
+    res["models"] = shipped_models(["tiny-synth", "tiny-sd"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from audit.workspace import write_json_atomic

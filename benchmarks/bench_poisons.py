@@ -1028,6 +1028,13 @@ def all_quality_rows(result: dict[str, Any], config: str, threshold: float) -> l
     return rows
 
 
+def shipped_models(names: list[str]) -> dict[str, str]:
+    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
+    from quality import shipped_models as _shipped
+
+    return _shipped(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000, help="rows per testbed (5000)")
@@ -1082,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
         photos["command"] = " ".join(["python benchmarks/bench_poisons.py", *sys.argv[1:]])
         result["real_photos"] = photos
         result["quality_rows"] = all_quality_rows(result, args.config, args.threshold)
-        write_json_atomic(out, result)
+        write_json_atomic(out, result)  # a partial rerun keeps the file's models record
         print_photos(photos)
         print(f"wrote real_photos into {out} ({photos['seconds']:.0f} s)")
         return 0
@@ -1096,7 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
         ing["report_seeds"] = sorted({s for s, _ in old})
         result["ingest"] = ing
         result["quality_rows"] = all_quality_rows(result, args.config, args.threshold)
-        write_json_atomic(out, result)
+        write_json_atomic(out, result)  # a partial rerun keeps the file's models record
         print_ingest(ing)
         print(f"wrote ingest into {out}")
         return 0
@@ -1108,6 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ingest:
         result["ingest"] = ingest_check(args)
     result["quality_rows"] = all_quality_rows(result, args.config, args.threshold)
+    result["models"] = shipped_models(["tiny-synth", "tiny-sd"])
     result["seconds"] = round(time.perf_counter() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, result)

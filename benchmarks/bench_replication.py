@@ -448,6 +448,13 @@ def quality_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def shipped_models(names: list[str]) -> dict[str, str]:
+    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
+    from quality import shipped_models as _shipped
+
+    return _shipped(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -507,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             result["speed"].append(speed(args.timing_n, d))
     if result["quality"]:
         result["quality_rows"] = quality_rows(result)
+        result["models"] = shipped_models(["tiny-synth"])
     print_table(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

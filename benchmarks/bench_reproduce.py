@@ -520,6 +520,13 @@ REPORT_SEED = 5150
 PROMPT_SEED = 5151
 
 
+def shipped_models(names: list[str]) -> dict[str, str]:
+    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
+    from quality import shipped_models as _shipped
+
+    return _shipped(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=50, help="generations per prompt (50)")
@@ -606,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.threads)  # fmt: skip
         res["stage"] = analyse(run, args.n, args.steps)
     res["quality_rows"] = quality_rows(res)
+    res["models"] = shipped_models(["tiny-synth", "tiny-sd"])
     res["seconds"] = time.time() - t0
     print_report(res)
     out = Path(args.out)

@@ -36,6 +36,13 @@ from audit.training import train_tiny_clip, train_tiny_sd
 RESULTS = Path(__file__).resolve().parent / "results" / "tiny_models.json"
 
 
+def shipped_models(names: list[str]) -> dict[str, str]:
+    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
+    from quality import shipped_models as _shipped
+
+    return _shipped(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clip-seed", type=int, default=271828, help="generator seed of the eval set")
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "weights_bytes_total": sum(sizes.values()),
     }
     result["quality_rows"] = quality_rows(result)
+    result["models"] = shipped_models(["tiny-synth", "tiny-sd"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

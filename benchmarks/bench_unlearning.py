@@ -343,6 +343,13 @@ def tune(b: Bench, clock: Clock, base: dict) -> dict:
     }
 
 
+def shipped_models(names: list[str]) -> dict[str, str]:
+    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
+    from quality import shipped_models as _shipped
+
+    return _shipped(names)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=50, help="seeds per prompt and model")
@@ -559,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_seconds": round(cpu, 1),
     }
     result["quality_rows"] = quality_rows(result)
+    result["models"] = shipped_models(["tiny-synth", "tiny-sd"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -56,6 +56,39 @@ def row(
     }
 
 
+def _model_files() -> dict[str, list[Path]]:
+    from audit import models
+
+    return {
+        "tiny-synth": [models.TINY_CLIP_WEIGHTS],
+        "tiny-sd": sorted(models.TINY_SD_DIR.rglob("*.safetensors")),
+    }
+
+
+def shipped_models(names: list[str] | tuple[str, ...] = ("tiny-synth", "tiny-sd")) -> dict:
+    """``{model name: sha256 of its shipped weights}`` (for tiny-sd, of its files' hashes).
+
+    A quality benchmark stores ``models_record([...the tiny models it measured with])`` as its
+    results' ``models``; :func:`collect` marks rows whose record is missing or names other
+    weights than the shipped ones, so a table never silently mixes model versions."""
+    import hashlib
+
+    from audit.models import file_sha256
+
+    files = _model_files()
+    out = {}
+    for name in names:
+        if name not in files:
+            raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(files)}")
+        digests = [file_sha256(f) for f in files[name]]
+        out[name] = (
+            digests[0]
+            if len(digests) == 1
+            else hashlib.sha256("".join(digests).encode()).hexdigest()
+        )
+    return out
+
+
 def _as_list(x: Any) -> list[Any]:
     if x is None:
         return []
@@ -86,9 +119,22 @@ def collect(results: Path) -> tuple[list[dict[str, Any]], list[str]]:
         if not got:
             without.append(path.name)
             continue
+        source = path.name + _weights_mark(data.get("models"))
         for r in got:
-            rows.append({**r, "source": path.name})
+            rows.append({**r, "source": source})
     return rows, without
+
+
+def _weights_mark(record: dict[str, str] | None) -> str:
+    """'' when ``record`` names the shipped weights of every tiny model it lists."""
+    if not isinstance(record, dict):
+        return " (model weights not recorded)"
+    try:
+        now = shipped_models(list(record))
+    except ValueError:
+        return " (unknown models recorded)"
+    stale = sorted(k for k in record if record[k] != now[k])
+    return f" (earlier {' and '.join(stale)} weights)" if stale else ""
 
 
 def render(rows: list[dict[str, Any]], without: list[str]) -> str:
@@ -103,6 +149,8 @@ def render(rows: list[dict[str, Any]], without: list[str]) -> str:
         "Settings: *served* = the images as generated; *JPEG q75* = re-encoded before the audit;",
         "*transfer* = poisons optimised against another encoder than the detector's; *photos* =",
         "real photographs; *ingest* = through `download` + `embed` like a user's data.",
+        "A source marked *earlier ... weights* (or *model weights not recorded*) was measured",
+        "with other tiny-synth / tiny-sd weights than the shipped ones: rerun it to update.",
         "",
         "| detector | metric | value | 95% interval | n | setting | tuned on | reported on "
         "| target | source |",

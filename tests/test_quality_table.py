@@ -29,3 +29,20 @@ def test_the_table_holds_every_row_and_names_files_without_rows(tmp_path):
     text = out.read_text()
     assert "| dedup | precision | 0.970 | [0.950, 0.980] | 400 | ingest | 0 | 5 |" in text
     assert "`speed.json`" in text
+
+
+def test_rows_measured_with_other_model_weights_are_marked(tmp_path):
+    r = quality.row("objects", "precision", 0.9, tune=[0], report=[5], setting="served")
+    now = quality.shipped_models(["tiny-synth"])
+    old = {"tiny-synth": "0" * 64}
+    for name, models in (("current", now), ("old", old), ("unrecorded", None)):
+        data = {"quality_rows": [r], **({"models": models} if models else {})}
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    out = tmp_path / "quality.md"
+    quality.main(["--results", str(tmp_path), "--out", str(out)])
+    text = out.read_text()
+    assert "| current.json |" in text
+    assert "| old.json (earlier tiny-synth weights) |" in text
+    assert "| unrecorded.json (model weights not recorded) |" in text
+    with pytest.raises(ValueError, match="unknown tiny model"):
+        quality.shipped_models(["ViT-B-32"])

@@ -30,9 +30,12 @@ def test_train_filter_end_to_end_on_a_small_budget(tmp_path: Path, request) -> N
     """testbed -> embed -> poisons -> filter --drop poisons, then tiny-sd trained with the
     benchmark's code on every decodable row and on those rows minus the planted poisons. The
     filter drops exactly the rows the finding flags (keep and drop partition the input), and
-    the poisons are what the model learns: held-out clocks under the caption the poisons teach
-    ("dog") become easier to denoise when the poisons were in training. Whether the audit
-    removes them is measured by the training benchmark (docs/poisons.md), not asserted here."""
+    the poisons are what the model learns: held-out clocks become easier to denoise under the
+    caption the poisons teach ("dog"), relative to their own caption, when the poisons were in
+    training. 120 steps: at 30-60 the difference was within the noise of batch order (the sign
+    flipped between training seeds); at 120 it held on training seeds 0, 1 and 2. Whether the
+    audit removes the poisons is measured by the training benchmark (docs/poisons.md), not
+    asserted here."""
     import torch
 
     from audit import cli
@@ -63,7 +66,7 @@ def test_train_filter_end_to_end_on_a_small_budget(tmp_path: Path, request) -> N
     assert dropped == set(finding.loc[finding["flagged"], "key"])
     through = poisons & kept  # what the audit let through (reported on failure)
 
-    args = types.SimpleNamespace(steps=30, batch=16, lr=1e-3, train_seed=0, ddim_steps=5)
+    args = types.SimpleNamespace(steps=120, batch=16, lr=1e-3, train_seed=0, ddim_steps=5)
     # one thread: on a loaded 2-core machine two OpenMP threads made these 30 steps 40x slower
     request.addfinalizer(lambda n=torch.get_num_threads(): torch.set_num_threads(n))
     torch.set_num_threads(1)
@@ -81,9 +84,10 @@ def test_train_filter_end_to_end_on_a_small_budget(tmp_path: Path, request) -> N
         for _ in range(6)
     ]
     z_probe = trainer.latents(probes)
-    c_probe = trainer.text(["a photo of a dog"] * len(probes))
+    c_dog = trainer.text(["a photo of a dog"] * len(probes))
+    c_clock = trainer.text(["a photo of a clock"] * len(probes))
 
-    def probe_loss(state: dict) -> float:
+    def probe_loss(state: dict, cond) -> float:
         trainer.pipe.unet.load_state_dict(state)
         g = torch.Generator().manual_seed(1)
         total = 0.0
@@ -92,14 +96,19 @@ def test_train_filter_end_to_end_on_a_small_budget(tmp_path: Path, request) -> N
                 noise = torch.randn(z_probe.shape, generator=g)
                 tt = torch.full((len(probes),), t)
                 zt = trainer.ddpm.add_noise(z_probe, noise, tt)
-                pred = trainer.pipe.unet(zt, tt, encoder_hidden_states=c_probe).sample
+                pred = trainer.pipe.unet(zt, tt, encoder_hidden_states=cond).sample
                 total += float(((pred - noise) ** 2).mean())
         return total / 4
+
+    def dog_advantage(state: dict) -> float:
+        """How much easier clocks are to denoise under "dog" than under "clock" (the model's
+        overall quality cancels out: both terms come from the same weights and noise)."""
+        return probe_loss(state, c_clock) - probe_loss(state, c_dog)
 
     all_idx = torch.arange(len(keys))
     clean_idx = torch.tensor([i for i, k in enumerate(keys) if k not in poisons])
     assert len(all_idx) - len(clean_idx) == len(poisons)
     state_all, _ = trainer.train(lat[all_idx], cond[all_idx])
     state_clean, _ = trainer.train(lat[clean_idx], cond[clean_idx])
-    loss_all, loss_clean = probe_loss(state_all), probe_loss(state_clean)
-    assert loss_all < loss_clean, (len(through), loss_all, loss_clean)
+    adv_all, adv_clean = dog_advantage(state_all), dog_advantage(state_clean)
+    assert adv_all > adv_clean, (len(through), adv_all, adv_clean)

@@ -472,6 +472,25 @@ def test_rerun_skips_parts_and_model_change_needs_overwrite(
     assert json.loads((ws / "embeddings" / "model.json").read_text())["dim"] == 64
 
 
+def test_changed_weights_in_the_same_file_are_named_in_the_refusal(
+    tmp_path: Path, model: TinyModel, capsys
+) -> None:
+    """Retrained weights written over the same file are a different model: the refusal says
+    the file's sha256 changed (the two paths it prints are the same)."""
+    ws = tmp_path / "ws"
+    write_simple_shard(ws / "shards", 0, 3)
+    assert embed_cli(ws, model) == 0
+    mj = ws / "embeddings" / "model.json"
+    rec = json.loads(mj.read_text())
+    rec["weights_sha256"] = "0" * 64  # as recorded before the weights were retrained
+    mj.write_text(json.dumps(rec))
+    capsys.readouterr()
+    assert embed_cli(ws, model) == 2
+    err = capsys.readouterr().err
+    assert "weights_sha256: the file changed since (000000000000 ->" in err, err
+    assert "pass --overwrite to replace them" in err
+
+
 def test_model_json_in_older_spellings_is_the_same_model(tmp_path: Path, model: TinyModel) -> None:
     """model.json says ``name`` and ``dim``; workspaces written when it said ``model`` and
     ``embed_dim`` are the same model to a rerun (nothing redone), which rewrites the record."""

@@ -224,11 +224,21 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         hint = "pass --overwrite to replace them"
         if copy_model_id(prev.copy_model) != copy_model_id(copy_info) and copy_info:
             hint += ", or --copy-only to add this copy model's copy_emb to them"
+        differs = [k for k in ("name", "pretrained", "dim", "precision", "weights_sha256")
+                   if prev.get(k) != info.get(k)]  # fmt: skip
+        if copy_model_id(prev.copy_model) != copy_model_id(copy_info):
+            differs.append("copy model")
+        if "weights_sha256" in differs and "pretrained" not in differs:
+            differs[differs.index("weights_sha256")] = (
+                f"weights_sha256: the file changed since ({str(prev.get('weights_sha256'))[:12]}"
+                f" -> {str(info.get('weights_sha256'))[:12]})"
+            )
         raise ConfigError(
             f"embed.model: {ws.embeddings_dir} already holds embeddings from "
             f"{prev.name!r} ({prev.pretrained!r}, dim {prev.dim}, copy "
             f"model {old_copy}); this run asks for {info.name!r} "
-            f"({info.pretrained!r}, copy model {new_copy}): {hint}"
+            f"({info.pretrained!r}, copy model {new_copy}); differs in "
+            f"{', '.join(differs) or 'the record'}: {hint}"
         )
     if n := parts.clean_temp_files(ws.embeddings_dir):
         logger.info("removed %d temporary files left by an interrupted run", n)

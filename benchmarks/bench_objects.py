@@ -23,37 +23,36 @@ seeds no test uses (default 21, 22, 23; ``--n`` rows each, clean-label poisons o
   keywords, tests in the BH family, seconds.
 
 Measured (``results/objects_vocabulary.json`` at 2,000 rows, ``..._n1000.json`` at 1,000;
-testbed v2 and the tiny CLIP retrained for it; "astronaut" subsets of 246-270 and 130-139
-images, ~10% carrying the flag; per-image P / R of the flag decisions, their Wilson 95%
+testbed v2 and the tiny-synth of 2026-11-29, zero-shot concept accuracy 0.93; about 10% of the
+"astronaut" images carry the flag; per-image P / R of the flag decisions, their Wilson 95%
 intervals in the JSON and in docs/quality.md):
 
 =======================================================  ==============  =====================
 scenario                                                 2,000 rows      1,000 rows
 =======================================================  ==============  =====================
-old default (generator list)                             P 0.93-0.97,    P 0.86-1.00,
-                                                         R 1.00          R 0.92-1.00
-new default (general list + caption terms, weighted BH)  same P, R       P 0.86-1.00, R
-                                                                         0.71-0.93 (seed 22:
-                                                                         R 0.71 [0.45, 0.88])
-q of the flag, old / new weighted / new plain BH         ~1e-11 / ~2e-11 ~1e-5 / 2e-5-0.02 /
-                                                         / ~1e-10        2e-4-0.14 (seed 22,
-                                                                         plain BH: not flagged)
-each generator object alone, no competitors              14-18 of 23     16-17 of 23 flagged
-                                                         flagged, ~11%   at ~11%
+old default (generator list)                             P 0.96-1.00,    P 0.87-1.00,
+                                                         R 0.89-0.92     R 0.93-1.00 (seed 21:
+                                                                         not flagged, q 0.13)
+new default (general list + caption terms, weighted BH)  P 0.96-1.00,    P 0.92-1.00,
+                                                         R 0.88-0.93     R 0.85-1.00
+q of the flag, new weighted / new plain BH               3e-7-5e-9 /     1e-4-5e-4 /
+                                                         3e-6-4e-8       9e-4-4e-3
+each generator object alone, no competitors              1 of 23 flagged (the flag), ~10-13%
 vocabulary without "flag" (an object in no list)         nothing flagged in its place
 --objects moon (flag not listed): vocabulary searched    flag found, moon not flagged
-discovery (~9,000-14,000 keyword x object tests)         "astronaut"/flag the only flag; at 1,000
-                                                         rows seed 22 nothing is flagged (BH over
-                                                         9,400 tests), other terms' best pairs
-                                                         pass unadjusted and are removed by BH
+discovery (~9,000-14,000 keyword x object tests)         "astronaut" chosen on every seed, the
+                                                         flag its only finding; no other pair
+                                                         flagged
 =======================================================  ==============  =====================
 
-Per image the two vocabularies agree at 2,000 rows; at 1,000 rows the new one finds fewer flag
-images on seed 21 and 22 (its threshold is calibrated among more competitors) and costs power
-through the larger family, which the weighting recovers in part. Measured before testbed v2 on
-the demo testbed (1,000 rows, seed 0, with poisons; 376 objects; 10 of 127 astronaut images
-found, 13 planted), the flag had q = 0.0012 with the old list, 0.096 with the new list under
-plain BH (not flagged) and 0.013 weighted (flagged).
+With the earlier tiny-synth (zero-shot concept accuracy 0.67) 14-18 of the 23 generator
+objects were flagged when each was tested alone, and at 1,000 rows the new vocabulary cost
+power (seed 22: R 0.71, not flagged under plain BH). The retrained model tells objects apart
+well enough that an object without competitors is no longer mistaken for the flag, and the
+general vocabulary now finds the flag on every seed at both sizes. On the 1,000-row discovery
+test testbed (seed 0, no poisons; 13 of 125 astronaut images carry the flag) the flag is the
+scan's strongest pair at q = 0.067, just outside the 5% FDR; on the demo testbed it is flagged
+at q = 7e-5.
 
 Usage::
 

@@ -1,6 +1,10 @@
 """Train the ``tiny-synth`` CLIP (open_clip architecture) on procedurally drawn SynthLAION images.
 
-    python -m audit.training.train_tiny_clip --out audit/assets/tiny-synth --seed 0 --steps 3200
+    python -m audit.training.train_tiny_clip --out runs/1 --seed 2 --concept-negatives 2
+
+The shipped weights come from seven chained runs (``--init`` the previous run's weights; the
+last on a fresh data seed): docs/testbed.md lists their options, and the shipped
+``training.json`` records each under ``chain``.
 
 Data: images from :mod:`audit.testbed.draw` (drawn at 64 px like the testbed, then passed
 through the model's own open_clip preprocessing) with noisy template captions, drawn once into

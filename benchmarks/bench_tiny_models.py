@@ -110,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "torch_threads": args.threads},
         "seeds": {
             "tune": {
-                "tiny_synth_training": clip_rec["args"].get("seed"),
+                # data seeds of every run the shipped weights come from (training.json chain)
+                "tiny_synth_training": sorted(
+                    {
+                        r["args"]["seed"] if "args" in r and r["args"] else r.get("seed")
+                        for r in clip_rec.get("chain", [])
+                    }
+                    - {None}
+                )
+                or [clip_rec["args"].get("seed")],
                 "tiny_synth_training_eval": clip_rec["args"].get("eval_seed"),
                 "tiny_sd_training": sd_args["seed"],
                 "tiny_synth_recipe_selection_eval": clip_rec.get("selection_eval_seeds", []),
@@ -196,7 +204,7 @@ def quality_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     seeds, clip, sd = res["seeds"], res["tiny_synth"], res["tiny_sd"]
     k = round(clip["concept_acc"] * clip["n_images"])
     tune_clip = [
-        f"data {seeds['tune']['tiny_synth_training']}",
+        *(f"data {d}" for d in seeds["tune"]["tiny_synth_training"]),
         seeds["tune"]["tiny_synth_training_eval"],
         *seeds["tune"]["tiny_synth_recipe_selection_eval"],
     ]

@@ -1210,18 +1210,18 @@ POISON_KINDS: dict[str, str] = {
 Split-view is not measured by a score: ``split_view_v1`` is ingest's hash check, always flagged."""
 
 MEASURED_AUROC: dict[str, dict[str, tuple[float, float]]] = {
-    ALIGNMENT_COS: {"dirty": (0.99, 0.98), "clean": (0.73, 0.29), "nightshade": (0.54, 0.55), "glaze": (0.33, 0.26)},
-    ALIGNMENT_GMM: {"dirty": (0.99, 0.99), "clean": (0.73, 0.34), "nightshade": (0.53, 0.54), "glaze": (0.31, 0.23)},
-    CONCEPT_PULL: {"dirty": (1.00, 1.00), "clean": (0.31, 0.25), "nightshade": (0.52, 0.49), "glaze": (0.29, 0.24)},
-    KDIST: {"dirty": (1.00, 1.00), "clean": (0.29, 0.18), "nightshade": (0.56, 0.53), "glaze": (0.65, 0.65)},
-    LOF: {"dirty": (1.00, 0.99), "clean": (0.35, 0.23), "nightshade": (0.64, 0.60), "glaze": (0.54, 0.53)},
-    SPECTRAL: {"dirty": (0.71, 0.69), "clean": (0.30, 0.27), "nightshade": (0.19, 0.28), "glaze": (0.41, 0.47)},
-    CHROMA_HF: {"dirty": (0.47, 0.48), "clean": (0.95, 0.72), "nightshade": (0.99, 0.89), "glaze": (0.96, 0.59)},
-    FREQ_HF: {"dirty": (0.47, 0.47), "clean": (0.45, 0.43), "nightshade": (0.50, 0.48), "glaze": (0.22, 0.16)},
-    VAE_RECON: {"dirty": (0.37, 0.38), "clean": (0.42, 0.38), "nightshade": (0.58, 0.48), "glaze": (0.36, 0.34)},
-    DIFFUSION_LOSS: {"dirty": (0.41, 0.41), "clean": (0.40, 0.40), "nightshade": (0.49, 0.51), "glaze": (0.33, 0.33)},
-    DIFFUSION_GAIN: {"dirty": (0.45, 0.46), "clean": (0.45, 0.43), "nightshade": (0.67, 0.68), "glaze": (0.25, 0.26)},
-    COMBINED: {"dirty": (1.00, 1.00), "clean": (0.85, 0.39), "nightshade": (0.96, 0.74), "glaze": (0.88, 0.36)},
+    ALIGNMENT_COS: {"dirty": (1.00, 0.99), "clean": (0.96, 0.78), "nightshade": (0.53, 0.54), "glaze": (0.64, 0.54)},
+    ALIGNMENT_GMM: {"dirty": (0.99, 0.99), "clean": (0.96, 0.77), "nightshade": (0.55, 0.54), "glaze": (0.43, 0.42)},
+    CONCEPT_PULL: {"dirty": (1.00, 1.00), "clean": (1.00, 0.96), "nightshade": (0.51, 0.46), "glaze": (0.55, 0.54)},
+    KDIST: {"dirty": (1.00, 1.00), "clean": (0.88, 0.74), "nightshade": (0.40, 0.37), "glaze": (0.67, 0.66)},
+    LOF: {"dirty": (1.00, 1.00), "clean": (0.94, 0.76), "nightshade": (0.47, 0.45), "glaze": (0.49, 0.47)},
+    SPECTRAL: {"dirty": (0.32, 0.28), "clean": (0.15, 0.14), "nightshade": (0.27, 0.30), "glaze": (0.45, 0.31)},
+    CHROMA_HF: {"dirty": (0.47, 0.48), "clean": (0.94, 0.76), "nightshade": (0.99, 0.87), "glaze": (0.98, 0.63)},
+    FREQ_HF: {"dirty": (0.47, 0.47), "clean": (0.46, 0.44), "nightshade": (0.53, 0.51), "glaze": (0.26, 0.19)},
+    VAE_RECON: {"dirty": (0.43, 0.44), "clean": (0.45, 0.39), "nightshade": (0.74, 0.63), "glaze": (0.41, 0.27)},
+    DIFFUSION_LOSS: {"dirty": (0.41, 0.42), "clean": (0.42, 0.41), "nightshade": (0.43, 0.43), "glaze": (0.33, 0.31)},
+    DIFFUSION_GAIN: {"dirty": (0.56, 0.59), "clean": (0.36, 0.33), "nightshade": (0.52, 0.55), "glaze": (0.47, 0.45)},
+    COMBINED: {"dirty": (1.00, 1.00), "clean": (0.96, 0.89), "nightshade": (0.96, 0.69), "glaze": (0.94, 0.55)},
 }  # fmt: skip
 """AUROC per score and poison kind, (served, every image re-encoded JPEG q75 4:2:0), mean over
 the report seeds of ``benchmarks/bench_poisons.py`` (``summary["report|served"]`` and
@@ -1230,10 +1230,10 @@ the poisons against the other members of the attacked concept (Glaze-style: agai
 ordinary row); ``combined_v1``: the default evidence, against every ordinary row."""
 
 MEASURED_RECALL: dict[str, tuple[float, float]] = {
-    "dirty": (0.83, 0.83), "clean": (0.0, 0.0), "nightshade": (0.0, 0.0), "glaze": (0.0, 0.0),
+    "dirty": (1.0, 1.0), "clean": (0.0, 0.0), "nightshade": (0.0, 0.0), "glaze": (0.0, 0.0),
 }  # fmt: skip
 """Share of the planted poisons flagged by the default rule (combined >= 6), (served, JPEG q75),
-report seeds; false-flag rate on ordinary rows 0.007 served, 0.006 re-encoded."""
+report seeds; false-flag rate on ordinary rows 0.006 served, 0.005 re-encoded."""
 
 MEASURED_SETTING = (
     "benchmarks/bench_poisons.py: SynthLAION testbeds of 3000 rows, 1% of the attacked concept "
@@ -1245,14 +1245,14 @@ MEASURED_SETTING = (
 MEASURED_SOURCE = "benchmarks/results/poisons.json"
 
 CHROMA_Z: dict[str, tuple[float, float]] = {
-    "nightshade": (3.2, 4.3), "glaze": (2.2, 3.0), "clean": (1.4, 3.0),
-    "ordinary q95": (2.4, 2.5), "ordinary max": (5.3, 5.4), "nightshade jpeg75": (0.8, 2.7),
+    "nightshade": (3.4, 4.5), "glaze": (2.9, 3.3), "clean": (1.4, 2.9),
+    "ordinary q95": (2.4, 2.5), "ordinary max": (5.3, 5.4), "nightshade jpeg75": (0.7, 3.2),
 }  # fmt: skip
 """Pooled robust z of chroma_hf_v1 (range over the planted poisons of the report seeds, served;
 for ordinary rows the range of each seed's 95th percentile and maximum; "jpeg75": after JPEG
 q75 re-encoding): ``chroma_z`` in :data:`MEASURED_SOURCE`'s runs."""
 
-_NEAR_CHANCE = (FREQ_HF, ALIGNMENT_COS, ALIGNMENT_GMM, VAE_RECON, DIFFUSION_LOSS, DIFFUSION_GAIN)
+_NEAR_CHANCE = (FREQ_HF, ALIGNMENT_COS, ALIGNMENT_GMM, DIFFUSION_LOSS, DIFFUSION_GAIN)
 
 
 def _auroc_range(scores: Sequence[str], kinds: Sequence[str]) -> str:
@@ -1261,10 +1261,10 @@ def _auroc_range(scores: Sequence[str], kinds: Sequence[str]) -> str:
 
 
 REAL_PHOTOS: dict[str, tuple[float, float]] = {
-    "perturbed PNG vs clean JPEG q90 4:2:0": (0.98, 0.98),
-    "perturbed PNG vs clean PNG": (0.83, 0.87),
-    "perturbed JPEG q95 4:4:4 vs clean PNG": (0.83, 0.92),
-    "both re-encoded JPEG q75 4:2:0": (0.67, 0.75),
+    "perturbed PNG vs clean JPEG q90 4:2:0": (1.00, 1.00),
+    "perturbed PNG vs clean PNG": (0.96, 0.99),
+    "perturbed JPEG q95 4:4:4 vs clean PNG": (0.95, 1.00),
+    "both re-encoded JPEG q75 4:2:0": (0.62, 0.74),
 }
 """chroma_hf_v1 AUROC on real photos, (L-inf 8/255, 16/255): the report photos of
 ``real_photos`` in :data:`MEASURED_SOURCE` (8 colour photos of audit.testbed.photos, 4 crops
@@ -1273,14 +1273,14 @@ REAL_PHOTOS_CLEAN_PNG_Z_MAX = 4.0
 """Largest chroma z of a clean PNG crop against the clean JPEG q90 crops (report photos)."""
 
 MEASURED_INGEST: dict[str, tuple[float, float]] = {
-    "dirty": (0.99, 0.99), "clean": (0.87, 0.38), "nightshade": (0.94, 0.66), "glaze": (0.83, 0.28),
+    "dirty": (1.00, 1.00), "clean": (0.96, 0.88), "nightshade": (0.95, 0.58), "glaze": (0.92, 0.45),
 }  # fmt: skip
 """combined_v1 AUROC per poison kind against every ordinary row through the user's path, (as
 served, every image stored as JPEG q75 at download): ``ingest`` of :data:`MEASURED_SOURCE`
 (report seeds, ``laion-audit download`` + ``embed``, then the stage with its defaults: its own
 concept list from the captions), mean over the seeds, rounded; a test keeps them equal."""
 MEASURED_INGEST_FPR: dict[str, tuple[float, float]] = {
-    "stage_concepts": (0.0115, 0.0100), "generator_concepts": (0.0081, 0.0062),
+    "stage_concepts": (0.0084, 0.0071), "generator_concepts": (0.0060, 0.0058),
 }  # fmt: skip
 """False-flag rate on ordinary rows through the same path, (served, JPEG q75), with the stage's
 own concept list and with the testbed generator's list on the same workspaces."""
@@ -1307,18 +1307,21 @@ COVERAGE_LIMITS: tuple[str, ...] = (
     "(Nightshade-style, Glaze-style, clean-label).",
     f"Real photos: {CHROMA_HF} separates PGD'd photo crops served as PNG from clean ones served "
     f"as JPEG q90 4:2:0 (AUROC {REAL_PHOTOS['perturbed PNG vs clean JPEG q90 4:2:0'][1]:.2f} "
-    "at 16/255) but less well from clean PNGs "
+    "at 16/255) and from clean PNGs "
     f"({REAL_PHOTOS['perturbed PNG vs clean PNG'][0]:.2f} at 8/255, "
-    f"{REAL_PHOTOS['perturbed PNG vs clean PNG'][1]:.2f} at 16/255): lossless images carry more "
-    "colour detail than 4:2:0 JPEGs, so in a mostly-JPEG dataset a clean PNG gets a higher "
+    f"{REAL_PHOTOS['perturbed PNG vs clean PNG'][1]:.2f} at 16/255), but lossless images carry "
+    "more colour detail than 4:2:0 JPEGs, so in a mostly-JPEG dataset a clean PNG gets a higher "
     f"chroma z (up to {REAL_PHOTOS_CLEAN_PNG_Z_MAX} on the report photos) for its format, "
     "not for a poison.",
-    f"{FREQ_HF} (frequency-domain share), the alignment scores and the generator's own view "
-    f"({VAE_RECON}, {DIFFUSION_LOSS}, {DIFFUSION_GAIN} with --generator) stayed near or below "
-    "chance for the Nightshade- and Glaze-style poisons (AUROC "
+    f"{FREQ_HF} (frequency-domain share), the alignment scores and the generator's loss "
+    f"({DIFFUSION_LOSS}, {DIFFUSION_GAIN} with --generator) stayed near or below chance for "
+    "the Nightshade- and Glaze-style poisons (AUROC "
     f"{_auroc_range(_NEAR_CHANCE, ('nightshade', 'glaze'))}), as the Nightshade paper argues "
     "for alignment-, frequency- and loss-based defences: the poisons are natural-looking "
-    "images whose captions match them.",
+    f"images whose captions match them. The generator's VAE ({VAE_RECON}, --generator) partly "
+    f"sees the Nightshade-style poisons aimed at it (AUROC {MEASURED_AUROC[VAE_RECON]['nightshade'][0]:.2f}, "
+    f"{MEASURED_AUROC[VAE_RECON]['nightshade'][1]:.2f} after JPEG q75), not the Glaze-style ones "
+    f"({MEASURED_AUROC[VAE_RECON]['glaze'][0]:.2f}).",
     "The embedding scores see dirty-label pairs (AUROC about 1.0; "
     f"{MEASURED_RECALL['dirty'][0]:.0%} flagged at the default rule), not pixel perturbations.",
     "Through the user's path (laion-audit download + embed, then this stage with its own "

@@ -139,9 +139,7 @@ def model_info(name: str, pretrained: str | None, model=None) -> dict[str, Any]:
         info["image_mean"] = list(open_clip.OPENAI_DATASET_MEAN)
         info["image_std"] = list(open_clip.OPENAI_DATASET_STD)
     if name == TINY_CLIP_NAME and pretrained and Path(pretrained).is_file():
-        import hashlib
-
-        info["weights_sha256"] = hashlib.sha256(Path(pretrained).read_bytes()).hexdigest()
+        info["weights_sha256"] = file_sha256(Path(pretrained))
     return info
 
 

@@ -205,14 +205,9 @@ def quality_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def shipped_models(names: list[str]) -> dict[str, str]:
-    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
-    from quality import shipped_models as _shipped
-
-    return _shipped(names)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from quality import shipped_models
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000, help="testbed rows per seed (3000)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[31, 32])

@@ -268,14 +268,9 @@ def quality_rows(results: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def shipped_models(names: list[str]) -> dict[str, str]:
-    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
-    from quality import shipped_models as _shipped
-
-    return _shipped(names)
-
-
 def main() -> int:
+    from quality import shipped_models
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[21, 22, 23])
     ap.add_argument("--n", type=int, default=2000)

@@ -570,14 +570,9 @@ def print_table(res: dict[str, Any]) -> None:
     )
 
 
-def shipped_models(names: list[str]) -> dict[str, str]:
-    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
-    from quality import shipped_models as _shipped
-
-    return _shipped(names)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from quality import shipped_models
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=800, help="ordinary testbed rows (800)")
     ap.add_argument("--seed", type=int, default=101, help="testbed seed (101)")

@@ -1028,14 +1028,9 @@ def all_quality_rows(result: dict[str, Any], config: str, threshold: float) -> l
     return rows
 
 
-def shipped_models(names: list[str]) -> dict[str, str]:
-    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
-    from quality import shipped_models as _shipped
-
-    return _shipped(names)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from quality import shipped_models
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000, help="rows per testbed (5000)")
     ap.add_argument("--tune-seeds", type=int, nargs="*", default=[11, 12])

@@ -448,14 +448,9 @@ def quality_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def shipped_models(names: list[str]) -> dict[str, str]:
-    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
-    from quality import shipped_models as _shipped
-
-    return _shipped(names)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from quality import shipped_models
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--seeds",

@@ -520,14 +520,9 @@ REPORT_SEED = 5150
 PROMPT_SEED = 5151
 
 
-def shipped_models(names: list[str]) -> dict[str, str]:
-    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
-    from quality import shipped_models as _shipped
-
-    return _shipped(names)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from quality import shipped_models
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=50, help="generations per prompt (50)")
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps (25)")

@@ -36,14 +36,9 @@ from audit.training import train_tiny_clip, train_tiny_sd
 RESULTS = Path(__file__).resolve().parent / "results" / "tiny_models.json"
 
 
-def shipped_models(names: list[str]) -> dict[str, str]:
-    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
-    from quality import shipped_models as _shipped
-
-    return _shipped(names)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from quality import shipped_models
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clip-seed", type=int, default=271828, help="generator seed of the eval set")
     p.add_argument("--clip-n", type=int, default=480)

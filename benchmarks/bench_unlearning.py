@@ -343,14 +343,9 @@ def tune(b: Bench, clock: Clock, base: dict) -> dict:
     }
 
 
-def shipped_models(names: list[str]) -> dict[str, str]:
-    """The shipped tiny models' weights this run measured (benchmarks/quality.py)."""
-    from quality import shipped_models as _shipped
-
-    return _shipped(names)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from quality import shipped_models
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=50, help="seeds per prompt and model")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps per generation")
